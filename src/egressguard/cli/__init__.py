@@ -1,0 +1,1 @@
+"""The `egressguard` command line: one sub-module per area, assembled in `main`."""

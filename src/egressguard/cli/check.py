@@ -1,0 +1,77 @@
+"""`egressguard check URL`: what the engine decides, without sending anything."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from egressguard.engine import CompileError, Kind, References, Request, compile_policy
+from egressguard.policy import Policy, PolicyError, load_policy
+
+EXIT_ALLOWED, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def check(
+    url: Annotated[str, typer.Argument(help="URL or host[:port] to decide")],
+    callout_type: Annotated[str | None, typer.Option(
+        "--type", help="decide as an in-process callout of this type (sql, kusto, ...)")] = None,
+    port: Annotated[int | None, typer.Option(help="destination port (default: the URL's)")
+                    ] = None,
+    kind: Annotated[str | None, typer.Option(
+        help="request kind: http, connect, dns or flow (default http, or callout with --type)")
+    ] = None,
+    address: Annotated[list[str] | None, typer.Option(
+        "--address", help="address the name resolves to (repeatable), for the address guard")
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="client source address")] = None,
+    policy: Annotated[Path | None, typer.Option(help="policy file (YAML or JSON)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Decide one outbound call. Exit 0 allowed, 1 denied, 2 bad input."""
+    try:
+        loaded = load_policy(policy) if policy else Policy()
+        snapshot = compile_policy(loaded, _references())
+        request = _request(url, callout_type, port, kind, address or [], source)
+    except (PolicyError, CompileError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    decision = snapshot.decide(request)
+    if as_json:
+        typer.echo(json.dumps(decision.as_dict()))
+    else:
+        out = sys.stdout
+        out.write(f"verdict: {decision.verdict.value}"
+                  f"{' (report-only)' if decision.report_only else ''}\n"
+                  f"layer:   {decision.layer.value}\nrule:    {decision.rule}\n"
+                  f"reason:  {decision.reason}\n")
+    raise typer.Exit(EXIT_ALLOWED if decision.allowed else EXIT_DENIED)
+
+
+def _references() -> References:
+    """Catalog-provided references (FQDN tags, aliases, imported service tags)."""
+    try:
+        from egressguard.catalog import references
+    except ImportError:
+        return References()
+    return references()
+
+
+def _request(url: str, callout_type: str | None, port: int | None, kind: str | None,
+             addresses: list[str], source: str | None) -> Request:
+    ips = tuple(ipaddress.ip_address(a) for a in addresses)
+    src = ipaddress.ip_address(source) if source else None
+    chosen = Kind(kind) if kind else (Kind.CALLOUT if callout_type else Kind.HTTP)
+    if chosen in (Kind.HTTP, Kind.CALLOUT):
+        return Request(kind=chosen, host="", uri=url, port=port, callout_type=callout_type,
+                       addresses=ips, source=src)
+    host, _, port_text = url.rpartition(":") if url.count(":") == 1 else (url, "", "")
+    if not port_text.isdigit():
+        host, port_text = url, ""
+    return Request(kind=chosen, host=host, port=port or (int(port_text) if port_text else None),
+                   addresses=ips, source=src,
+                   protocol="udp" if chosen is Kind.DNS else "tcp")

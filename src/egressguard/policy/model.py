@@ -1,0 +1,354 @@
+"""Pydantic models of one cluster's outbound-access policy.
+
+The model validates shape and syntax (a regex RE2 cannot compile, a host pattern with a
+`*` outside the leftmost label, an unfilled `<region>` placeholder); the decision engine
+(`egressguard.engine`) turns a valid `Policy` into fast lookup structures.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+import re2
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from egressguard.policy.defaults import IMMUTABLE_CALLOUT_ROWS
+
+_PLACEHOLDER = re.compile(r"<[^<>]+>|APIServerPublicIP|CustomDNSIP")
+_GLOB_LABEL = re.compile(r"[a-z0-9_*-]+")
+_LDH_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")
+_PORT_RANGE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
+
+KNOWN_CALLOUT_TYPES = frozenset({
+    "kusto", "sql", "mysql", "postgresql", "azure_digital_twins", "cosmosdb",
+    "sandbox_artifacts", "external_data", "webapi", "azure_openai", "genevametrics", "*",
+})
+
+
+class Action(enum.StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _reject_placeholder(value: str, what: str) -> str:
+    found = _PLACEHOLDER.search(value)
+    if found:
+        raise ValueError(f"{what} {value!r} has an unresolved placeholder {found.group(0)!r}")
+    return value
+
+
+def validate_host_pattern(value: str) -> str:
+    """Check and canonicalise a host pattern (spec section 3); return its canonical text."""
+    from egressguard.engine.normalize import InvalidHost, normalize_host
+
+    _reject_placeholder(value, "host pattern")
+    text = value.strip().lower()
+    if text == "*":
+        return text
+    leading_dot = text.startswith(".")
+    body = text[1:] if leading_dot else text
+    first, _, rest = body.partition(".")
+    if "*" in rest:
+        raise ValueError(f"host pattern {value!r}: '*' may appear only in the leftmost label")
+    if "*" in first:
+        if leading_dot:
+            raise ValueError(f"host pattern {value!r}: '.' prefix cannot combine with '*'")
+        if not rest:
+            raise ValueError(f"host pattern {value!r}: a wildcard needs a parent domain")
+        if not _GLOB_LABEL.fullmatch(first):
+            raise ValueError(f"host pattern {value!r}: invalid wildcard label {first!r}")
+        try:
+            suffix = normalize_host(rest).name
+        except InvalidHost as exc:
+            raise ValueError(f"host pattern {value!r}: {exc}") from None
+        return f"{first}.{suffix}"
+    try:
+        host = normalize_host(body)
+    except InvalidHost as exc:
+        raise ValueError(f"host pattern {value!r}: {exc}") from None
+    if leading_dot and host.is_ip:
+        raise ValueError(f"host pattern {value!r}: '.' prefix needs a domain name")
+    return f".{host.name}" if leading_dot else host.name
+
+
+def _regex(value: str) -> str:
+    try:
+        re2.compile(value)
+    except re2.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+def _arm_bool(value: Any) -> Any:
+    """Accept the ARM strings `Enabled`/`Disabled` as well as booleans."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("enabled", "true"):
+            return True
+        if lowered in ("disabled", "false"):
+            return False
+        raise ValueError(f"expected Enabled, Disabled, true or false, got {value!r}")
+    return value
+
+
+ArmBool = Annotated[bool, BeforeValidator(_arm_bool)]
+
+
+class CalloutRule(_Strict):
+    """One callout policy entry; reads and writes Kusto's JSON names losslessly."""
+
+    callout_type: str = Field(validation_alias=AliasChoices("callout_type", "CalloutType"))
+    uri_regex: str = Field(validation_alias=AliasChoices("uri_regex", "CalloutUriRegex"))
+    can_call: bool = Field(validation_alias=AliasChoices("can_call", "CanCall"))
+
+    @field_validator("callout_type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in KNOWN_CALLOUT_TYPES:
+            choices = ", ".join(sorted(KNOWN_CALLOUT_TYPES))
+            raise ValueError(f"unknown callout type {value!r}; expected one of {choices}")
+        return lowered
+
+    @field_validator("uri_regex")
+    @classmethod
+    def _uri_regex(cls, value: str) -> str:
+        return _regex(value)
+
+    def to_kusto(self) -> dict[str, Any]:
+        return {"CalloutType": self.callout_type, "CalloutUriRegex": self.uri_regex,
+                "CanCall": self.can_call}
+
+
+class PortSpec(_Strict):
+    """An application-rule protocol with its port; `port=None` means any port."""
+
+    protocol: str
+    port: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> PortSpec:
+        proto, _, port = text.strip().lower().partition(":")
+        if proto not in ("http", "https", "mssql"):
+            raise ValueError(f"protocol {text!r}: expected http, https or mssql")
+        if not port:
+            return cls(protocol=proto, port={"http": 80, "https": 443, "mssql": 1433}[proto])
+        if port == "*":
+            return cls(protocol=proto, port=None)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"protocol {text!r}: port must be 1-65535 or *")
+        return cls(protocol=proto, port=int(port))
+
+    def __str__(self) -> str:
+        return f"{self.protocol}:{'*' if self.port is None else self.port}"
+
+
+def _port_specs(value: Any) -> Any:
+    if isinstance(value, list):
+        return [PortSpec.parse(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def _source(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"source {value!r} is not an IP address or CIDR") from None
+
+
+class ApplicationRule(_Strict):
+    """Allow or deny HTTP/HTTPS to host patterns (spec section 3) on given ports."""
+
+    name: str = Field(min_length=1)
+    action: Action | None = None
+    targets: list[str] = Field(default_factory=list)
+    fqdn_tags: list[str] = Field(default_factory=list)
+    protocols: Annotated[list[PortSpec], BeforeValidator(_port_specs)] = Field(
+        default_factory=lambda: [PortSpec(protocol="http", port=80),
+                                 PortSpec(protocol="https", port=443)])
+    sources: list[str] = Field(default_factory=list)
+    description: str = ""
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: list[str]) -> list[str]:
+        return [validate_host_pattern(v) for v in value]
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        return [_source(v) for v in value]
+
+    @model_validator(mode="after")
+    def _has_target(self) -> ApplicationRule:
+        if not self.targets and not self.fqdn_tags:
+            raise ValueError(f"rule {self.name!r} needs targets or fqdn_tags")
+        return self
+
+
+class PortRange(_Strict):
+    low: int = Field(ge=0, le=65535)
+    high: int = Field(ge=0, le=65535)
+
+    @classmethod
+    def parse(cls, text: str | int) -> PortRange:
+        if isinstance(text, int):
+            return cls(low=text, high=text)
+        if text.strip() == "*":
+            return cls(low=0, high=65535)
+        found = _PORT_RANGE.fullmatch(text.strip())
+        if not found:
+            raise ValueError(f"port {text!r}: expected N, N-M or *")
+        low = int(found.group(1))
+        high = int(found.group(2) or low)
+        if not low <= high <= 65535:
+            raise ValueError(f"port {text!r}: range must be ascending within 0-65535")
+        return cls(low=low, high=high)
+
+    def __str__(self) -> str:
+        if (self.low, self.high) == (0, 65535):
+            return "*"
+        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
+
+
+def _port_ranges(value: Any) -> Any:
+    if isinstance(value, list):
+        return [PortRange.parse(v) if isinstance(v, str | int) else v for v in value]
+    return value
+
+
+def is_service_tag(text: str) -> bool:
+    """`AzureCloud.westeurope`, `Storage`: starts with an upper-case letter."""
+    return bool(text) and text[0].isupper() and " " not in text
+
+
+NetworkProtocol = Literal["tcp", "udp", "icmp", "any"]
+_ANY: NetworkProtocol = "any"
+
+
+class NetworkRule(_Strict):
+    """An L3/L4 rule: destinations are IPs, CIDRs, `*`, service tags or FQDNs."""
+
+    name: str = Field(min_length=1)
+    action: Action | None = None
+    destinations: list[str] = Field(min_length=1)
+    protocols: list[NetworkProtocol] = Field(default_factory=lambda: [_ANY])
+    ports: Annotated[list[PortRange], BeforeValidator(_port_ranges)] = Field(
+        default_factory=lambda: [PortRange(low=0, high=65535)])
+    sources: list[str] = Field(default_factory=list)
+    description: str = ""
+
+    @field_validator("protocols", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return [v.lower() if isinstance(v, str) else v for v in value] if isinstance(
+            value, list) else value
+
+    @field_validator("destinations")
+    @classmethod
+    def _destinations(cls, value: list[str]) -> list[str]:
+        out = []
+        for raw in value:
+            text = _reject_placeholder(raw.strip(), "destination")
+            if text == "*" or is_service_tag(text):
+                out.append(text)
+                continue
+            try:
+                out.append(str(ipaddress.ip_network(text, strict=False)))
+            except ValueError:
+                out.append(validate_host_pattern(text))
+        return out
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        return [_source(v) for v in value]
+
+
+class _Collection(_Strict):
+    name: str = Field(min_length=1)
+    priority: int = Field(ge=100, le=65000, default=1000)
+    action: Action = Action.ALLOW
+    report_only: bool = False
+
+
+class ApplicationRuleCollection(_Collection):
+    rules: list[ApplicationRule] = Field(default_factory=list)
+
+
+class NetworkRuleCollection(_Collection):
+    rules: list[NetworkRule] = Field(default_factory=list)
+
+
+class ServiceEndpointPolicy(_Strict):
+    """Storage egress only to listed accounts and aliases (spec section 6)."""
+
+    name: str = Field(min_length=1)
+    service: Literal["Microsoft.Storage"] = "Microsoft.Storage"
+    resources: list[str] = Field(default_factory=list)
+    aliases: list[str] = Field(default_factory=list)
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: list[str]) -> list[str]:
+        for alias in value:
+            if not alias.startswith("/services/"):
+                raise ValueError(f"alias {alias!r} must start with /services/")
+        return value
+
+
+class Policy(_Strict):
+    """One cluster's complete outbound-access policy."""
+
+    restrict_outbound_network_access: ArmBool = Field(
+        default=False,
+        validation_alias=AliasChoices("restrict_outbound_network_access",
+                                      "restrictOutboundNetworkAccess"))
+    allowed_fqdn_list: list[str] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("allowed_fqdn_list", "allowedFqdnList"))
+    report_only: bool = False
+    callouts: list[CalloutRule] = Field(default_factory=list)
+    application_rule_collections: list[ApplicationRuleCollection] = Field(default_factory=list)
+    network_rule_collections: list[NetworkRuleCollection] = Field(default_factory=list)
+    service_endpoint_policies: list[ServiceEndpointPolicy] = Field(default_factory=list)
+
+    @property
+    def immutable_callouts(self) -> tuple[CalloutRule, ...]:
+        """The built-in layer; it cannot be edited, only dropped by restricting access."""
+        return IMMUTABLE_CALLOUTS
+
+    @field_validator("allowed_fqdn_list")
+    @classmethod
+    def _fqdns(cls, value: list[str]) -> list[str]:
+        return [validate_host_pattern(v) for v in value]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Policy:
+        for kind, collections in (("application", self.application_rule_collections),
+                                  ("network", self.network_rule_collections)):
+            seen: set[str] = set()
+            for collection in collections:
+                if collection.name in seen:
+                    raise ValueError(f"duplicate {kind} rule collection {collection.name!r}")
+                seen.add(collection.name)
+        return self
+
+
+IMMUTABLE_CALLOUTS: tuple[CalloutRule, ...] = tuple(
+    CalloutRule(callout_type=t, uri_regex=r, can_call=c) for t, r, c in IMMUTABLE_CALLOUT_ROWS)
