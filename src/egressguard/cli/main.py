@@ -26,6 +26,7 @@ _AREAS = (
     "egressguard.cli.catalog",
     "egressguard.cli.evidence",
     "egressguard.cli.analysis",
+    "egressguard.cli.dns",
 )
 for _name in _AREAS:
     try:
