@@ -1,0 +1,1 @@
+"""The control plane: REST API, Kusto-style commands, roles and policy propagation."""
