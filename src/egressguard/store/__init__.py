@@ -1,0 +1,36 @@
+"""The control-plane store: SQLite (embedded, WAL) or PostgreSQL, migrated by Alembic."""
+
+from egressguard.store.store import (
+    DEFAULT_CLUSTER,
+    NOTIFY_CHANNEL,
+    Invalid,
+    NotFound,
+    Store,
+    StoreError,
+    TokenInfo,
+    Version,
+    check_policy,
+    default_policy,
+    open_store,
+    references,
+    unified_diff,
+)
+from egressguard.store.urls import StoreURLError, normalize_url
+
+__all__ = [
+    "DEFAULT_CLUSTER",
+    "NOTIFY_CHANNEL",
+    "Invalid",
+    "NotFound",
+    "Store",
+    "StoreError",
+    "StoreURLError",
+    "TokenInfo",
+    "Version",
+    "check_policy",
+    "default_policy",
+    "normalize_url",
+    "open_store",
+    "references",
+    "unified_diff",
+]

@@ -1,0 +1,1 @@
+"""Alembic environment of the control-plane store (version table `alembic_version`)."""

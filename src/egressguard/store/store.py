@@ -1,0 +1,411 @@
+"""The control-plane store: clusters with append-only policy versions, and API tokens.
+
+One `Store` wraps one SQLAlchemy engine (SQLite in WAL mode, or PostgreSQL through
+psycopg 3). Opening a store runs its Alembic migrations and creates the `default` cluster
+with the default (restricted, deny-all) policy. Every write of a policy is checked by
+compiling it first, so the store never holds a policy the gateway would refuse; after the
+commit, feeds in this process learn of it at once (`bus`) and other processes through
+PostgreSQL NOTIFY or SQLite polling (`egressguard.control.runtime`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.orm import Session
+
+from egressguard.control.auth import ROLES, Principal, hash_token, new_token
+from egressguard.engine import CompileError, References, compile_policy
+from egressguard.policy import Policy, PolicyError, dump_policy, load_policy_text
+from egressguard.store import bus
+from egressguard.store.schema import ClusterRow, TokenRow, VersionRow
+from egressguard.store.urls import bus_key, normalize_url
+
+NOTIFY_CHANNEL = "egressguard_policy"
+DEFAULT_CLUSTER = "default"
+CLUSTER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_DEFAULT_POLICY_FILE = Path(__file__).parent.parent / "gateway" / "default_policy.yaml"
+
+
+class StoreError(Exception):
+    """Base of the store's refusals (mapped to 4xx by the API, exit 2 by the CLI)."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Invalid(StoreError):
+    """A policy that does not validate or compile; `field` names where, if known."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Version:
+    """One immutable policy version of a cluster."""
+
+    cluster: str
+    number: int
+    policy: Policy
+    text: str
+    principal: str
+    created_at: datetime
+    summary: str
+
+    def meta(self) -> dict[str, Any]:
+        return {"cluster": self.cluster, "version": self.number, "principal": self.principal,
+                "created_at": self.created_at.isoformat(), "summary": self.summary}
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: int
+    name: str
+    role: str
+    bootstrap: bool
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "role": self.role,
+                "bootstrap": self.bootstrap, "created_by": self.created_by,
+                "created_at": self.created_at.isoformat(),
+                "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None}
+
+
+def references() -> References:
+    """What policies may refer to (FQDN tags, aliases, service tags), from the catalog."""
+    try:
+        from egressguard.catalog import references as catalog_references
+    except ImportError:
+        return References()
+    return catalog_references()
+
+
+def default_policy() -> Policy:
+    """The gateway's shipped default policy, else restricted deny-all."""
+    if _DEFAULT_POLICY_FILE.is_file():
+        return load_policy_text(_DEFAULT_POLICY_FILE.read_text("utf-8"),
+                                str(_DEFAULT_POLICY_FILE))
+    return Policy(restrict_outbound_network_access=True)
+
+
+def check_policy(policy: Policy) -> None:
+    """Compile `policy` with the catalog's references; raise `Invalid` if it cannot."""
+    try:
+        compile_policy(policy, references())
+    except CompileError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def parse_stored(text_: str, source: str) -> Policy:
+    return load_policy_text(text_, source)
+
+
+def unified_diff(old: Version, new: Version) -> str:
+    return "".join(difflib.unified_diff(
+        old.text.splitlines(keepends=True), new.text.splitlines(keepends=True),
+        fromfile=f"{old.cluster}@{old.number}", tofile=f"{new.cluster}@{new.number}"))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, start transactions (so DDL is transactional
+    # and writers can take the write lock up front, see `_sqlite_begin`).
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    """Writers take the write lock at BEGIN, so two writers queue (busy_timeout) instead
+    of failing when one's read snapshot goes stale."""
+    immediate = conn.get_execution_options().get("sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_engine(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (safe to run from several
+    processes at once: PostgreSQL takes an advisory lock, SQLite a write lock)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.set_main_option("path_separator", "os")
+    for attempt in range(5):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7217001)"))
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+            return
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == 4:
+                raise
+
+
+class Store:
+    """Clusters, policy versions and tokens in one database."""
+
+    def __init__(self, url: str | URL, *, create_default: bool = True) -> None:
+        self.url = normalize_url(url) if isinstance(url, str) else url
+        self.key = bus_key(self.url)
+        self.engine = make_engine(self.url)
+        self._write_lock = threading.Lock()
+        migrate(self.engine)
+        if create_default:
+            self.ensure_cluster(DEFAULT_CLUSTER, default_policy(), "system",
+                                "initial default policy")
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _session(self, write: bool = False) -> Iterator[Session]:
+        with self.engine.connect() as conn:
+            if write:
+                conn.execution_options(sqlite_immediate=True)
+            with Session(bind=conn, expire_on_commit=False) as session, session.begin():
+                yield session
+
+    # -- clusters and versions ---------------------------------------------------------
+
+    def clusters(self) -> list[str]:
+        with self._session() as s:
+            return list(s.scalars(select(ClusterRow.name).order_by(ClusterRow.name)))
+
+    def _cluster_id(self, s: Session, name: str) -> int:
+        found = s.scalar(select(ClusterRow.id).where(ClusterRow.name == name))
+        if found is None:
+            raise NotFound(f"cluster {name!r} not found")
+        return found
+
+    def _version(self, name: str, row: VersionRow) -> Version:
+        return Version(name, row.number, parse_stored(row.policy, f"{name}@{row.number}"),
+                       row.policy, row.principal, _aware(row.created_at), row.summary)
+
+    def ensure_cluster(self, name: str, policy: Policy, principal: str,
+                       summary: str) -> Version:
+        """The cluster's current version, creating the cluster with `policy` if absent."""
+        try:
+            return self.current(name)
+        except NotFound:
+            pass
+        try:
+            return self.commit(name, policy, principal, summary, create=True)
+        except IntegrityError:  # created concurrently by another process
+            return self.current(name)
+
+    def latest_number(self, name: str) -> int | None:
+        """The current version number (cheap: polled by feeds)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.max(VersionRow.number)).join(
+                    ClusterRow, ClusterRow.id == VersionRow.cluster_id).where(
+                    ClusterRow.name == name)).scalar()
+
+    def current(self, name: str) -> Version:
+        with self._session() as s:
+            cid = self._cluster_id(s, name)
+            row = s.scalars(select(VersionRow).where(VersionRow.cluster_id == cid)
+                            .order_by(VersionRow.number.desc()).limit(1)).one()
+            return self._version(name, row)
+
+    def version(self, name: str, number: int) -> Version:
+        with self._session() as s:
+            cid = self._cluster_id(s, name)
+            row = s.scalar(select(VersionRow).where(VersionRow.cluster_id == cid,
+                                                    VersionRow.number == number))
+            if row is None:
+                raise NotFound(f"cluster {name!r} has no version {number}")
+            return self._version(name, row)
+
+    def versions(self, name: str, limit: int = 100) -> list[Version]:
+        """Newest first."""
+        with self._session() as s:
+            cid = self._cluster_id(s, name)
+            rows = s.scalars(select(VersionRow).where(VersionRow.cluster_id == cid)
+                             .order_by(VersionRow.number.desc()).limit(limit))
+            return [self._version(name, r) for r in rows]
+
+    def commit(self, name: str, policy: Policy, principal: str, summary: str, *,
+               create: bool = False) -> Version:
+        """Store `policy` as the cluster's next version (unless it equals the current one)
+        and announce it. Raises `Invalid` if it does not compile, `NotFound` if the cluster
+        does not exist and `create` is false."""
+        if create and not CLUSTER_NAME.fullmatch(name):
+            raise Invalid(f"invalid cluster name {name!r}: lower-case letters, digits and "
+                          "'-', at most 63", "name")
+        check_policy(policy)
+        body = dump_policy(policy)
+        for attempt in range(5):
+            try:
+                version, changed = self._insert(name, body, principal, summary, create)
+                break
+            except IntegrityError:
+                if attempt == 4 or create:
+                    raise
+        if changed:
+            bus.publish(self.key, name, version.number)
+        return version
+
+    def _insert(self, name: str, body: str, principal: str, summary: str,
+                create: bool) -> tuple[Version, bool]:
+        with self._write_lock, self._session(write=True) as s:
+            cid = s.scalar(select(ClusterRow.id).where(ClusterRow.name == name))
+            if cid is None:
+                if not create:
+                    raise NotFound(f"cluster {name!r} not found")
+                row = ClusterRow(name=name, created_at=_now())
+                s.add(row)
+                s.flush()
+                cid = row.id
+            last = s.scalars(select(VersionRow).where(VersionRow.cluster_id == cid)
+                             .order_by(VersionRow.number.desc()).limit(1)).first()
+            if last is not None and last.policy == body:
+                return self._version(name, last), False
+            new = VersionRow(cluster_id=cid, number=(last.number if last else 0) + 1,
+                             policy=body, principal=principal, created_at=_now(),
+                             summary=summary)
+            s.add(new)
+            s.flush()
+            if self.dialect == "postgresql":
+                s.execute(text("SELECT pg_notify(:channel, :payload)"),
+                          {"channel": NOTIFY_CHANNEL, "payload": f"{name}:{new.number}"})
+            return self._version(name, new), True
+
+    def rollback(self, name: str, number: int, principal: str) -> Version:
+        """A new version whose content is version `number`'s."""
+        old = self.version(name, number)
+        return self.commit(name, old.policy, principal, f"rollback to version {number}")
+
+    def diff(self, name: str, a: int, b: int) -> str:
+        return unified_diff(self.version(name, a), self.version(name, b))
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def principal_for(self, token_hash: str) -> Principal | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(TokenRow.name, TokenRow.role).where(
+                TokenRow.token_hash == token_hash, TokenRow.revoked_at.is_(None))).first()
+        return Principal(row.name, row.role) if row else None
+
+    def create_token(self, name: str, role: str, created_by: str, *,
+                     bootstrap: bool = False) -> tuple[str, TokenInfo]:
+        """A new token: returns the clear text (shown once) and its record."""
+        if role not in ROLES:
+            raise Invalid(f"unknown role {role!r}; expected one of {', '.join(ROLES)}", "role")
+        if not name.strip() or len(name) > 200:
+            raise Invalid("token name must be 1-200 characters", "name")
+        token = new_token()
+        with self._session(write=True) as s:
+            row = TokenRow(name=name, role=role, token_hash=hash_token(token),
+                           bootstrap=bootstrap, created_by=created_by, created_at=_now())
+            s.add(row)
+            s.flush()
+            return token, self._token_info(row)
+
+    @staticmethod
+    def _token_info(row: TokenRow) -> TokenInfo:
+        return TokenInfo(row.id, row.name, row.role, row.bootstrap, row.created_by,
+                         _aware(row.created_at),
+                         _aware(row.revoked_at) if row.revoked_at else None)
+
+    def tokens(self, *, include_revoked: bool = False) -> list[TokenInfo]:
+        with self._session() as s:
+            query = select(TokenRow).order_by(TokenRow.id)
+            if not include_revoked:
+                query = query.where(TokenRow.revoked_at.is_(None))
+            return [self._token_info(r) for r in s.scalars(query)]
+
+    def revoke_token(self, ident: str) -> list[TokenInfo]:
+        """Revoke the active token(s) with this id or name; NotFound if none."""
+        with self._session(write=True) as s:
+            query = select(TokenRow).where(TokenRow.revoked_at.is_(None))
+            query = query.where(TokenRow.id == int(ident)) if ident.isdigit() else query.where(
+                TokenRow.name == ident)
+            rows = list(s.scalars(query))
+            if not rows:
+                raise NotFound(f"no active token {ident!r}")
+            for row in rows:
+                row.revoked_at = _now()
+            return [self._token_info(r) for r in rows]
+
+    def ensure_bootstrap(self) -> str | None:
+        """On first start (no token at all), create the bootstrap admin token and return it
+        in clear (to print once); otherwise None."""
+        with self._session() as s:
+            if s.scalar(select(func.count()).select_from(TokenRow)):
+                return None
+        token, _ = self.create_token("bootstrap", "admin", "system", bootstrap=True)
+        return token
+
+    def rotate_bootstrap(self, principal: str) -> str:
+        """Revoke the bootstrap admin token(s) and issue a new one (returned in clear)."""
+        with self._session(write=True) as s:
+            for row in s.scalars(select(TokenRow).where(TokenRow.bootstrap.is_(True),
+                                                        TokenRow.revoked_at.is_(None))):
+                row.revoked_at = _now()
+        token, _ = self.create_token("bootstrap", "admin", principal, bootstrap=True)
+        return token
+
+
+def open_store(url: str | None = None) -> Store:
+    """The store at `url`, default the embedded SQLite file under the data directory."""
+    if url is None:
+        from egressguard.paths import default_store_url
+        url = default_store_url()
+    return Store(url)
+
+
+__all__ = ["DEFAULT_CLUSTER", "Invalid", "NotFound", "PolicyError", "Store", "StoreError",
+           "TokenInfo", "Version", "open_store"]
