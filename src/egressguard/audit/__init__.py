@@ -1,5 +1,11 @@
 """Evidence: a record of every decision any enforcement point makes."""
 
-from egressguard.audit.events import DecisionEvent, EventSink, NullSink
+from egressguard.audit.events import (
+    DecisionEvent,
+    DurableSink,
+    EventSink,
+    NullSink,
+    emit_durably,
+)
 
-__all__ = ["DecisionEvent", "EventSink", "NullSink"]
+__all__ = ["DecisionEvent", "DurableSink", "EventSink", "NullSink", "emit_durably"]

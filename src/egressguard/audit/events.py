@@ -39,6 +39,8 @@ class DecisionEvent:
     bytes_down: int = 0
     duration_s: float = 0.0
     close_cause: CloseCause = ""
+    protocol: str = ""              # tcp | udp (flow and dns), for network-rule recommendations
+    callout_type: str = ""          # for kind callout: sql, kusto, ...
 
     @property
     def would_be(self) -> str:
@@ -51,6 +53,24 @@ class DecisionEvent:
 
 class EventSink(Protocol):
     def emit(self, event: DecisionEvent) -> None: ...
+
+
+class DurableSink(EventSink, Protocol):
+    """A sink that can say when an event is durable (see `egressguard.audit.log`)."""
+
+    async def flush_for(self, event: DecisionEvent) -> None: ...
+
+
+async def emit_durably(sink: EventSink, event: DecisionEvent) -> None:
+    """Emit `event` and, if the sink supports it, wait until it is durably recorded.
+
+    Enforcement points call this for a denial before the client sees the refusal; for
+    permitted calls plain `emit` (fire-and-forget) is enough.
+    """
+    sink.emit(event)
+    flush_for = getattr(sink, "flush_for", None)
+    if flush_for is not None:
+        await flush_for(event)
 
 
 class NullSink:

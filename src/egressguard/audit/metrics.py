@@ -25,3 +25,10 @@ POLICY_VERSION = Gauge("egressguard_policy_version_info", "Policy version in for
 REVOKED = Counter("egressguard_revoked_total", "Open tunnels closed by a policy change")
 EXFIL_WARNINGS = Counter("egressguard_exfiltration_warnings_total",
                          "Destinations that crossed the bytes-sent threshold", ["host"])
+AUDIT_EVENTS = Counter("egressguard_audit_events_total",
+                       "Audit events by outcome (written, dropped: queue full, failed: retried)",
+                       ["result"])
+AUDIT_PENDING = Gauge("egressguard_audit_pending", "Audit events queued, not yet written")
+AUDIT_COMMIT_SECONDS = Histogram(
+    "egressguard_audit_commit_seconds", "Time to write and commit one audit batch",
+    buckets=(1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1, 5))
