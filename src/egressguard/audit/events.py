@@ -56,21 +56,23 @@ class EventSink(Protocol):
 
 
 class DurableSink(EventSink, Protocol):
-    """A sink that can say when an event is durable (see `egressguard.audit.log`)."""
+    """A sink that can write an event and say when it is durable (`AuditLog`)."""
 
-    async def flush_for(self, event: DecisionEvent) -> None: ...
+    async def record(self, event: DecisionEvent) -> None: ...
 
 
 async def emit_durably(sink: EventSink, event: DecisionEvent) -> None:
-    """Emit `event` and, if the sink supports it, wait until it is durably recorded.
+    """Record `event` and, if the sink supports it, return only once it is durable.
 
-    Enforcement points call this for a denial before the client sees the refusal; for
-    permitted calls plain `emit` (fire-and-forget) is enough.
+    Enforcement points await this for a denial before the client sees the refusal; for
+    permitted calls plain `emit` (fire-and-forget) is enough. Raises `TimeoutError` when
+    the sink cannot make the event durable in time (the caller still refuses the call).
     """
-    sink.emit(event)
-    flush_for = getattr(sink, "flush_for", None)
-    if flush_for is not None:
-        await flush_for(event)
+    record = getattr(sink, "record", None)
+    if record is None:
+        sink.emit(event)
+        return
+    await record(event)
 
 
 class NullSink:
