@@ -1,0 +1,312 @@
+"""The DNS filter: a forwarding DNS server (UDP and TCP) that decides every question by the
+policy before asking the upstream resolver, then decides the answer again.
+
+Denied names get NXDOMAIN (or REFUSED) with an RFC 8914 extended error saying why; an
+answer that leads to an address the address guard refuses (DNS rebinding) is replaced by
+the same refusal. Nothing a client sends stops the server: a malformed query gets FORMERR,
+an unreadable one is dropped, an upstream that does not answer in time gives SERVFAIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import ipaddress
+import logging
+import secrets
+import struct
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from dnslib import RCODE, DNSRecord
+
+from egressguard.audit.events import DecisionEvent, EventSink, NullSink
+from egressguard.audit.metrics import DECISIONS
+from egressguard.dns.decide import CnameMode, NameDecision, check_answer, decide_name
+from egressguard.dns.upstream import UpstreamError, resolve
+from egressguard.dns.wire import (
+    EDE_BLOCKED,
+    EDE_NETWORK_ERROR,
+    EDE_OTHER,
+    Malformed,
+    Query,
+    fit_udp,
+    parse_query,
+    refusal,
+    same_question,
+    upstream_query,
+)
+from egressguard.engine.holder import Active, SnapshotHolder
+from egressguard.engine.normalize import IPAddress
+
+log = logging.getLogger("egressguard.dns")
+
+
+class DenyRcode(enum.StrEnum):
+    NXDOMAIN = "NXDOMAIN"
+    REFUSED = "REFUSED"
+
+    @property
+    def code(self) -> int:
+        return int(getattr(RCODE, self.value))
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """How the filter listens, forwards and refuses.
+
+    `report_only` permits every denial and only records it (on top of report-only set in
+    the policy itself). `max_inflight` bounds the queries being worked on at once; beyond
+    it new queries get SERVFAIL at once instead of queueing without limit.
+    """
+
+    listen: tuple[str, int] = ("127.0.0.1", 5353)
+    upstream: tuple[str, int] = ("127.0.0.1", 53)
+    deny_rcode: DenyRcode = DenyRcode.NXDOMAIN
+    cname_mode: CnameMode = CnameMode.RULES
+    report_only: bool = False
+    timeout: float = 2.0
+    max_inflight: int = 1000
+    max_tcp_clients: int = 256
+    tcp_idle: float = 10.0
+    cluster: str = "default"
+
+
+def _ip(address: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+class DnsFilter:
+    """One filter instance; `await start()` binds UDP and TCP on the same port."""
+
+    def __init__(self, holder: SnapshotHolder, config: FilterConfig | None = None,
+                 sink: EventSink | None = None) -> None:
+        self.holder = holder
+        self.config = config or FilterConfig()
+        self.sink = sink or NullSink()
+        self.address: tuple[str, int] | None = None
+        self._inflight = 0
+        self._tcp_clients = 0
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- answering one query -----------------------------------------------------------
+
+    async def answer(self, data: bytes, client: str = "", tcp: bool = False) -> bytes | None:
+        """The reply to one query packet (None: drop it). Never raises."""
+        try:
+            query = parse_query(data)
+        except Malformed as exc:
+            log.debug("malformed query from %s: %s", client, exc)
+            return exc.reply
+        if self._inflight >= self.config.max_inflight:
+            return refusal(query, RCODE.SERVFAIL, EDE_OTHER, "too many queries in flight")
+        self._inflight += 1
+        try:
+            return await self._answer(query, client, tcp)
+        except Exception:
+            log.exception("error answering %s from %s", query.qname, client)
+            return refusal(query, RCODE.SERVFAIL, EDE_OTHER, "internal error")
+        finally:
+            self._inflight -= 1
+
+    def _permitted(self, verdict: NameDecision) -> bool:
+        return verdict.decision.permitted or self.config.report_only
+
+    async def _answer(self, query: Query, client: str, tcp: bool) -> bytes:
+        active = self.holder.active
+        source = _ip(client) if client else None
+        asked = decide_name(active.snapshot, query.qname, source)
+        if not self._permitted(asked):
+            self._record(active, query, asked, client)
+            return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
+                           asked.decision.reason)
+        qid = secrets.randbelow(65536)
+        try:
+            raw = await resolve(upstream_query(query, qid), qid, self.config.upstream,
+                                self.config.timeout, tcp=tcp)
+            answer = DNSRecord.parse(raw)
+        except UpstreamError as exc:
+            self._record(active, query, asked, client)
+            return refusal(query, RCODE.SERVFAIL, EDE_NETWORK_ERROR, str(exc))
+        except Exception as exc:  # an answer dnslib cannot read
+            self._record(active, query, asked, client)
+            return refusal(query, RCODE.SERVFAIL, EDE_OTHER, f"unreadable upstream answer: {exc}")
+        if not same_question(query, answer):
+            self._record(active, query, asked, client)
+            return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
+                           "upstream answered a different question")
+        final = check_answer(active.snapshot, query.qname, answer, self.config.cname_mode,
+                             source)
+        permitted = self._permitted(final)
+        self._record(active, query, final, client)
+        if not permitted:
+            return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
+                           final.decision.reason)
+        answer.header.id = query.record.header.id
+        packed = bytes(answer.pack())
+        return packed if tcp else fit_udp(query, packed)
+
+    def _record(self, active: Active, query: Query, verdict: NameDecision, client: str) -> None:
+        decision = verdict.decision
+        permitted = self._permitted(verdict)
+        DECISIONS.labels(kind="dns", verdict=decision.verdict.value, layer=decision.layer.value,
+                         permitted=str(permitted).lower()).inc()
+        event = DecisionEvent(
+            time=time.time(), cluster=self.config.cluster, kind="dns", host=verdict.host,
+            port=None, verdict=decision.verdict.value, permitted=permitted,
+            layer=decision.layer.value, rule=decision.rule, reason=decision.reason,
+            policy_version=active.version, client_address=client,
+            resolved_address=",".join(str(a) for a in verdict.addresses),
+            method=query.qtype_name)
+        try:
+            self.sink.emit(event)
+        except Exception:
+            log.exception("event sink failed")
+
+    # -- transports --------------------------------------------------------------------
+
+    async def start(self) -> tuple[str, int]:
+        """Bind UDP and TCP on `config.listen` (port 0: one free port for both)."""
+        loop = asyncio.get_running_loop()
+        host, port = self.config.listen
+        for attempt in range(10):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(host, port))
+            bound = transport.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await asyncio.start_server(self._serve_tcp, host, bound,
+                                                       reuse_address=True)
+            except OSError:
+                transport.close()
+                if port != 0 or attempt == 9:
+                    raise
+                continue
+            self._udp = transport
+            self.address = (host, bound)
+            return self.address
+        raise OSError("no free port")  # pragma: no cover
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tcp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tcp.wait_closed(), 1)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else ""
+        if self._tcp_clients >= self.config.max_tcp_clients:
+            writer.close()
+            return
+        self._tcp_clients += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            idle = self.config.tcp_idle
+            while True:
+                try:
+                    (size,) = struct.unpack("!H", await asyncio.wait_for(
+                        reader.readexactly(2), idle))
+                    data = await asyncio.wait_for(reader.readexactly(size), idle)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    break
+                reply = await self.answer(data, client, tcp=True)
+                if reply is None:
+                    break
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._tcp_clients -= 1
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, filt: DnsFilter) -> None:
+        self.filt = filt
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.filt._spawn(self._reply(data, addr))
+
+    async def _reply(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = await self.filt.answer(data, addr[0])
+        if reply is not None and self.transport is not None \
+                and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop event loop where available (the filter's production loop)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class FilterThread:
+    """Run a `DnsFilter` on its own (uv)loop in a daemon thread: for synchronous programs,
+    tests and benchmarks. Use as a context manager; `address` is where it listens."""
+
+    def __init__(self, holder: SnapshotHolder, config: FilterConfig | None = None,
+                 sink: EventSink | None = None,
+                 loop_factory: Callable[[], asyncio.AbstractEventLoop] = new_loop) -> None:
+        self.filter = DnsFilter(holder, config, sink)
+        self._loop = loop_factory()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="dns-filter",
+                                        daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.filter.address is not None
+        return self.filter.address
+
+    def start(self) -> tuple[str, int]:
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self.filter.start(), self._loop).result(10)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.filter.close(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> FilterThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
