@@ -1,0 +1,321 @@
+"""The REST API (FastAPI): clusters as ARM-shaped resources, versions, rule collections,
+what-if checks, Kusto-style commands, tokens, health and metrics.
+
+Roles: `viewer` reads policy, `operator` edits it, `auditor` reads the audit log (other
+areas' routers), `admin` does everything and manages tokens. `/healthz` and `/metrics`
+need no token (Prometheus scrapes without credentials) but, like every route, are subject
+to the `allow_cidrs` source restriction.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from egressguard.control.auth import (
+    EDIT_POLICY,
+    READ_POLICY,
+    ROLES,
+    Principal,
+    authenticate,
+    require_role,
+)
+from egressguard.control.commands import CommandSyntaxError
+from egressguard.control.errors import ControlError, InvalidInput
+from egressguard.control.mgmt import execute
+from egressguard.control.properties import (
+    collection_from_arm,
+    collection_to_arm,
+    from_arm,
+    to_arm,
+    without_collection,
+)
+from egressguard.control.whatif import CheckRequest, SnapshotCache, decide
+from egressguard.engine import CompileError
+from egressguard.engine.holder import SnapshotHolder
+from egressguard.policy import PolicyError
+from egressguard.store import Invalid, NotFound, Store, Version
+
+_log = logging.getLogger(__name__)
+OPTIONAL_ROUTERS = ("egressguard.audit.api", "egressguard.analysis.api")
+
+ClusterName = Annotated[str, Path(min_length=1, max_length=100,
+                                  pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]
+CollectionName = Annotated[str, Path(min_length=1, max_length=200)]
+VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1)]
+ArmBody = Annotated[dict[str, Any], Body(openapi_examples={"restrict": {"value": {
+    "properties": {"restrictOutboundNetworkAccess": "Enabled",
+                   "allowedFqdnList": ["my-eventhub.servicebus.windows.net"]}}}})]
+Viewer = Annotated[Principal, Depends(require_role(*READ_POLICY))]
+Operator = Annotated[Principal, Depends(require_role(*EDIT_POLICY))]
+Admin = Annotated[Principal, Depends(require_role())]
+
+COLLECTIONS = {"applicationRuleCollections": "application_rule_collections",
+               "networkRuleCollections": "network_rule_collections"}
+
+
+class MgmtRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    command: str = Field(min_length=1, max_length=1_000_000,
+                         examples=[".show cluster policy callout"])
+    cluster: str = Field("default", max_length=100)
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1, le=2**31 - 1)
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    role: str = Field(json_schema_extra={"enum": list(ROLES)})
+
+
+def _error(status: int, code: str, message: str, target: str = "") -> JSONResponse:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if target:
+        error["target"] = target
+    return JSONResponse({"error": error}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ControlError)
+    async def control_error(_r: Request, exc: ControlError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_r: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, "NotFound", str(exc))
+
+    @app.exception_handler(Invalid)
+    async def invalid(_r: Request, exc: Invalid) -> JSONResponse:
+        return _error(422, "InvalidInput", str(exc), exc.field)
+
+    @app.exception_handler(CompileError)
+    async def compile_error(_r: Request, exc: CompileError) -> JSONResponse:
+        return _error(422, "InvalidInput", str(exc))
+
+    @app.exception_handler(PolicyError)
+    async def policy_error(_r: Request, exc: PolicyError) -> JSONResponse:
+        return _error(422, "InvalidInput", str(exc))
+
+    @app.exception_handler(CommandSyntaxError)
+    async def syntax_error(_r: Request, exc: CommandSyntaxError) -> JSONResponse:
+        body = {"error": {"code": "SyntaxError", "message": str(exc),
+                          "position": exc.position, "expected": exc.expected,
+                          "found": exc.found, "target": "command"}}
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"target": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                   for e in exc.errors()]
+        first = details[0] if details else {"target": "", "message": "invalid request"}
+        return JSONResponse({"error": {"code": "InvalidInput",
+                                       "message": f"{first['target']}: {first['message']}",
+                                       "target": first["target"], "details": details}},
+                            status_code=422)
+
+
+def _cidr_guard(app: FastAPI, allow_cidrs: Sequence[str]) -> None:
+    networks = [ipaddress.ip_network(c, strict=False) for c in allow_cidrs]
+
+    @app.middleware("http")
+    async def source_filter(request: Request, call_next: Any) -> Response:
+        host = request.client.host if request.client else ""
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            addr = None
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        if addr is None or not any(addr in n for n in networks):
+            return _error(403, "SourceNotAllowed",
+                          f"source address {host or '?'} is not in the allowed CIDRs")
+        response: Response = await call_next(request)
+        return response
+
+
+def _clusters_router(store: Store, cache: SnapshotCache) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["clusters"])
+
+    @router.get("/clusters")
+    def list_clusters(_who: Viewer) -> dict[str, Any]:
+        return {"value": [to_arm(store.current(n)) for n in store.clusters()]}
+
+    @router.get("/clusters/{name}")
+    def get_cluster(name: ClusterName, _who: Viewer) -> dict[str, Any]:
+        return to_arm(store.current(name))
+
+    @router.put("/clusters/{name}")
+    def put_cluster(name: ClusterName, body: ArmBody, who: Operator) -> dict[str, Any]:
+        """Create or replace a cluster: properties not given take their defaults."""
+        policy = from_arm(body)
+        try:
+            store.current(name)
+            version = store.commit(name, policy, who.name, "PUT properties")
+        except NotFound:
+            version = store.commit(name, policy, who.name, "created by PUT", create=True)
+        return to_arm(version)
+
+    @router.patch("/clusters/{name}")
+    def patch_cluster(name: ClusterName, body: ArmBody, who: Operator) -> dict[str, Any]:
+        """Change only the properties named in the body."""
+        current = store.current(name)
+        policy = from_arm(body, current.policy)
+        props = body.get("properties", {})
+        names = ", ".join(sorted(props)) if isinstance(props, dict) else ""
+        return to_arm(store.commit(name, policy, who.name, f"PATCH {names}".strip()))
+
+    @router.get("/clusters/{name}/versions")
+    def list_versions(name: ClusterName, _who: Viewer) -> dict[str, Any]:
+        return {"value": [v.meta() for v in store.versions(name)]}
+
+    @router.get("/clusters/{name}/versions/{number}")
+    def show_version(name: ClusterName, number: VersionNumber, _who: Viewer
+                     ) -> dict[str, Any]:
+        version = store.version(name, number)
+        return {**version.meta(), "policy": version.text, "resource": to_arm(version)}
+
+    @router.get("/clusters/{name}/versions/{number}/diff/{other}",
+                response_class=PlainTextResponse)
+    def diff_versions(name: ClusterName, number: VersionNumber, other: VersionNumber,
+                      _who: Viewer) -> str:
+        return store.diff(name, number, other)
+
+    @router.post("/clusters/{name}/rollback")
+    def rollback(name: ClusterName, body: RollbackRequest, who: Operator) -> dict[str, Any]:
+        return to_arm(store.rollback(name, body.version, who.name))
+
+    for segment, field in COLLECTIONS.items():
+        _collection_routes(router, store, segment, field)
+
+    @router.post("/check")
+    def check(body: CheckRequest, _who: Viewer, response: Response) -> dict[str, Any]:
+        """What-if: the decision for one call, as `egressguard check --json` prints it."""
+        try:
+            number, answer = decide(cache, body)
+        except ValueError as exc:
+            raise InvalidInput([("addresses/source", str(exc))]) from None
+        response.headers["X-Policy-Version"] = str(number)
+        return answer
+
+    @router.post("/mgmt")
+    def mgmt(body: MgmtRequest, request: Request) -> dict[str, Any]:
+        """Run a Kusto-style command (`.show`: viewer; `.alter`, `.alter-merge`,
+        `.delete`: operator)."""
+        who = authenticate(request)
+        return execute(store, body.cluster, body.command, who).as_kusto()
+
+    return router
+
+
+def _collection_routes(router: APIRouter, store: Store, segment: str, field: str) -> None:
+    base = f"/clusters/{{name}}/{segment}"
+
+    def commit(name: str, policy: Any, who: Principal, what: str) -> Version:
+        return store.commit(name, policy, who.name, what)
+
+    @router.get(base, name=f"list_{field}")
+    def list_items(name: ClusterName, _who: Viewer) -> dict[str, Any]:
+        policy = store.current(name).policy
+        return {"value": [collection_to_arm(policy, field, c.name)
+                          for c in getattr(policy, field)]}
+
+    @router.get(base + "/{collection}", name=f"get_{field}")
+    def get_item(name: ClusterName, collection: CollectionName, _who: Viewer
+                 ) -> dict[str, Any]:
+        found = collection_to_arm(store.current(name).policy, field, collection)
+        if found is None:
+            raise NotFound(f"cluster {name!r} has no {segment} entry {collection!r}")
+        return found
+
+    @router.put(base + "/{collection}", name=f"put_{field}")
+    def put_item(name: ClusterName, collection: CollectionName, body: ArmBody, who: Operator
+                 ) -> dict[str, Any]:
+        policy = collection_from_arm(body, field, collection, store.current(name).policy)
+        version = commit(name, policy, who, f"PUT {segment}/{collection}")
+        return collection_to_arm(version.policy, field, collection) or {}
+
+    @router.delete(base + "/{collection}", name=f"delete_{field}", status_code=200)
+    def delete_item(name: ClusterName, collection: CollectionName, who: Operator
+                    ) -> dict[str, Any]:
+        policy = without_collection(store.current(name).policy, field, collection)
+        if policy is None:
+            raise NotFound(f"cluster {name!r} has no {segment} entry {collection!r}")
+        version = commit(name, policy, who, f"DELETE {segment}/{collection}")
+        return {"deleted": collection, "version": version.number}
+
+
+def _tokens_router(store: Store) -> APIRouter:
+    router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
+
+    @router.get("")
+    def list_tokens(_who: Admin) -> dict[str, Any]:
+        return {"value": [t.as_dict() for t in store.tokens()]}
+
+    @router.post("", status_code=201)
+    def create_token(body: TokenRequest, who: Admin) -> dict[str, Any]:
+        """The token is in this answer only; the store keeps its SHA-256."""
+        token, info = store.create_token(body.name, body.role, who.name)
+        return {**info.as_dict(), "token": token}
+
+    @router.delete("/{ident}")
+    def revoke_token(ident: Annotated[str, Path(min_length=1, max_length=200)], _who: Admin
+                     ) -> dict[str, Any]:
+        return {"revoked": [t.as_dict() for t in store.revoke_token(ident)]}
+
+    return router
+
+
+def _include_optional(app: FastAPI) -> None:
+    for module_name in OPTIONAL_ROUTERS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                _log.warning("router %s not loaded: %s", module_name, exc)
+            continue
+        router = getattr(module, "router", None)
+        if router is not None:
+            app.include_router(router)
+
+
+def create_app(store: Store, holder_registry: Mapping[str, SnapshotHolder] | None = None,
+               *, allow_cidrs: Sequence[str] | None = None,
+               include_optional_routers: bool = True) -> FastAPI:
+    """The API over `store`. `holder_registry` (cluster -> holder in force in this
+    process) is reported by `/healthz`; `allow_cidrs` restricts client sources."""
+    app = FastAPI(title="egressguard control plane", version="1",
+                  description=__doc__)
+    app.state.store = store
+    app.state.holders = dict(holder_registry or {})
+    cache = SnapshotCache(store)
+    _install_error_handlers(app)
+    if allow_cidrs:
+        _cidr_guard(app, allow_cidrs)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        holders = {name: holder.active.version for name, holder in app.state.holders.items()}
+        return {"status": "ok", "store": store.dialect, "active": holders}
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(_clusters_router(store, cache))
+    app.include_router(_tokens_router(store))
+    if include_optional_routers:
+        _include_optional(app)
+    return app

@@ -1,0 +1,205 @@
+"""ARM-shaped resource JSON <-> `Policy` (pure).
+
+A cluster reads and writes like an Azure resource: `{"name", "properties": {...}}` with
+camelCase property names (`restrictOutboundNetworkAccess`, `allowedFqdnList`,
+`calloutPolicies`, `applicationRuleCollections`, ...). `PUT` replaces every property,
+`PATCH` replaces only the properties it names. Unknown names are refused, naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from egressguard.control.errors import InvalidInput
+from egressguard.policy import Policy
+from egressguard.policy.load import policy_to_data
+from egressguard.store import Version
+
+RESOURCE_TYPE = "egressguard/clusters"
+# ARM property -> Policy field.
+PROPERTIES = {
+    "restrictOutboundNetworkAccess": "restrict_outbound_network_access",
+    "allowedFqdnList": "allowed_fqdn_list",
+    "reportOnly": "report_only",
+    "calloutPolicies": "callouts",
+    "applicationRuleCollections": "application_rule_collections",
+    "networkRuleCollections": "network_rule_collections",
+    "serviceEndpointPolicies": "service_endpoint_policies",
+}
+FIELDS = {v: k for k, v in PROPERTIES.items()}
+READ_ONLY = frozenset({"provisioningState", "version"})
+TOP_LEVEL = frozenset({"id", "name", "type", "properties", "systemData", "tags", "location"})
+# Callout entries: ARM names (outboundAccess Allow|Deny) and Kusto names both accepted.
+_CALLOUT_IN = {"calloutType": "callout_type", "calloutUriRegex": "uri_regex",
+               "CalloutType": "callout_type", "CalloutUriRegex": "uri_regex",
+               "CanCall": "can_call", "canCall": "can_call"}
+_CALLOUT_OUT = {"callout_type": "calloutType", "uri_regex": "calloutUriRegex",
+                "can_call": "outboundAccess"}
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+def _keys(value: Any, convert: Any) -> Any:
+    if isinstance(value, dict):
+        return {convert(k) if isinstance(k, str) else k: _keys(v, convert)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_keys(v, convert) for v in value]
+    return value
+
+
+def to_arm(version: Version) -> dict[str, Any]:
+    """The cluster as an ARM resource (what GET answers)."""
+    policy = version.policy
+    data = policy_to_data(policy)
+    props: dict[str, Any] = {
+        "provisioningState": "Succeeded",
+        "version": version.number,
+        "restrictOutboundNetworkAccess":
+            "Enabled" if policy.restrict_outbound_network_access else "Disabled",
+        "allowedFqdnList": list(policy.allowed_fqdn_list),
+        "reportOnly": policy.report_only,
+        "calloutPolicies": [
+            {"calloutType": r.callout_type, "calloutUriRegex": r.uri_regex,
+             "outboundAccess": "Allow" if r.can_call else "Deny"} for r in policy.callouts],
+    }
+    for field in ("application_rule_collections", "network_rule_collections",
+                  "service_endpoint_policies"):
+        props[FIELDS[field]] = _keys(data.get(field, []), camel)
+    return {"id": f"/v1/clusters/{version.cluster}", "name": version.cluster,
+            "type": RESOURCE_TYPE, "properties": props,
+            "systemData": {"lastModifiedBy": version.principal,
+                           "lastModifiedAt": version.created_at.isoformat(),
+                           "lastModifiedSummary": version.summary}}
+
+
+def collection_to_arm(policy: Policy, field: str, name: str) -> dict[str, Any] | None:
+    for item in policy_to_data(policy).get(field, []):
+        if item["name"] == name:
+            return dict(_keys(item, camel))
+    return None
+
+
+def _callout_in(entry: Any, where: str) -> Any:
+    if not isinstance(entry, dict):
+        raise InvalidInput([(where, "each callout policy must be a JSON object")])
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in ("outboundAccess", "OutboundAccess"):
+            if value not in ("Allow", "Deny"):
+                raise InvalidInput([(f"{where}.{key}", "expected Allow or Deny")])
+            out["can_call"] = value == "Allow"
+        elif key in ("calloutId",):
+            continue  # ARM's read-only id of an entry
+        else:
+            out[_CALLOUT_IN.get(str(key), str(key))] = value  # unknown: fails validation
+    return out
+
+
+def _property_in(name: str, value: Any) -> Any:
+    field = PROPERTIES[name]
+    if field == "callouts":
+        if not isinstance(value, list):
+            raise InvalidInput([(f"properties.{name}", "expected an array")])
+        return [_callout_in(e, f"properties.{name}[{i}]") for i, e in enumerate(value)]
+    if field in ("application_rule_collections", "network_rule_collections",
+                 "service_endpoint_policies"):
+        return _keys(value, snake)
+    return value
+
+
+def _out_name(key: str | int, trail: list[str | int]) -> str:
+    if not isinstance(key, str):
+        return str(key)
+    if not trail:
+        return FIELDS.get(key, key)
+    if trail[0] == "callouts":
+        return _CALLOUT_OUT.get(key, key)
+    return camel(key)
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        path = "properties"
+        trail: list[str | int] = []
+        for key in err["loc"]:
+            path += f"[{key}]" if isinstance(key, int) else f".{_out_name(key, trail)}"
+            trail.append(key)
+        out.append((path, err["msg"].removeprefix("Value error, ")))
+    return out
+
+
+def from_arm(body: Any, base: Policy | None = None) -> Policy:
+    """The policy an ARM body describes; with `base` (PATCH) unnamed properties keep their
+    values. Raises `InvalidInput` naming each bad field."""
+    if not isinstance(body, dict):
+        raise InvalidInput([("", "the body must be a JSON object")])
+    unknown = [k for k in body if k not in TOP_LEVEL]
+    if unknown:
+        raise InvalidInput([(k, "unknown top-level member; expected properties")
+                            for k in unknown])
+    props = body.get("properties", {})
+    if not isinstance(props, dict):
+        raise InvalidInput([("properties", "expected a JSON object")])
+    problems = [(f"properties.{k}", "unknown property; expected one of "
+                 + ", ".join(PROPERTIES)) for k in props
+                if k not in PROPERTIES and k not in READ_ONLY]
+    if problems:
+        raise InvalidInput(problems)
+    data: dict[str, Any] = {} if base is None else base.model_dump(mode="python")
+    for name, value in props.items():
+        if name in PROPERTIES:
+            data[PROPERTIES[name]] = _property_in(name, value)
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(_problems(exc)) from None
+    if (policy.restrict_outbound_network_access and policy.allowed_fqdn_list
+            and policy.callouts and ("allowedFqdnList" in props or "calloutPolicies" in props)):
+        raise InvalidInput([("properties.calloutPolicies",
+                             "a restricted cluster takes either allowedFqdnList or "
+                             "calloutPolicies, not both")])
+    return policy
+
+
+def collection_from_arm(body: Any, field: str, name: str, policy: Policy) -> Policy:
+    """`policy` with the named rule collection created or replaced by `body`."""
+    if not isinstance(body, dict):
+        raise InvalidInput([("", "the body must be a JSON object")])
+    item = _keys(body, snake)
+    if item.setdefault("name", name) != name:
+        raise InvalidInput([("name", f"must equal the collection name in the path ({name!r})")])
+    data = policy.model_dump(mode="python")
+    items = [c for c in data[field] if c["name"] != name]
+    position = next((i for i, c in enumerate(data[field]) if c["name"] == name), len(items))
+    items.insert(position, item)
+    data[field] = items
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for where, reason in _problems(exc):
+            prefix = f"properties.{FIELDS[field]}[{position}]"
+            problems.append((where.replace(prefix, "", 1).lstrip(".") or "body", reason)
+                            if where.startswith(prefix) else (where, reason))
+        raise InvalidInput(problems) from None
+
+
+def without_collection(policy: Policy, field: str, name: str) -> Policy | None:
+    """`policy` without the named collection, or None if it has no such collection."""
+    items = getattr(policy, field)
+    kept = [c for c in items if c.name != name]
+    if len(kept) == len(items):
+        return None
+    return policy.model_copy(update={field: kept})
