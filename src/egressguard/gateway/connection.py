@@ -1,0 +1,816 @@
+"""One client connection: HTTP/1.1 forwarding and CONNECT tunnels, relayed at the
+protocol level (asyncio `Protocol` callbacks, no stream readers on the data path).
+
+Bytes flow straight from one transport's `data_received` into the other's `write`, with
+flow control coupled both ways (a full write buffer pauses the opposite reader). A small
+coroutine per connection orders the work that must wait: resolving, deciding, connecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Literal, cast
+
+import httptools
+
+from egressguard.audit import metrics
+from egressguard.audit.events import DecisionEvent
+from egressguard.engine import Decision, InvalidHost, Kind, Layer, Request, Verdict
+from egressguard.engine import normalize_host as _normalize_host
+from egressguard.engine.normalize import IPAddress, parse_url
+from egressguard.gateway import http1, tls
+from egressguard.gateway.resolver import ResolveError
+
+if TYPE_CHECKING:
+    from egressguard.gateway.server import Gateway
+
+log = logging.getLogger("egressguard.gateway")
+_ids = itertools.count(1)
+_PID = f"{os.getpid():x}"
+_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+_CRLF = b"\r\n"
+
+State = Literal["idle", "head", "busy", "peek", "tunnel", "closed"]
+
+
+def _new_id() -> str:
+    return f"{_PID}-{next(_ids):x}"
+
+
+class _Exchange:
+    """One request: its head, and its body on the way to the upstream."""
+
+    __slots__ = ("body_done", "chunked", "done", "has_body", "headers", "keep_alive",
+                 "method", "pending", "sink", "url", "version")
+
+    def __init__(self, method: bytes, url: bytes, headers: http1.Headers, version: str,
+                 keep_alive: bool, done: asyncio.Future[bool]) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.chunked = False
+        self.has_body = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"transfer-encoding":
+                self.chunked = self.has_body = b"chunked" in value.lower()
+            elif lower == b"content-length":
+                self.has_body = value.strip() not in (b"0", b"")
+        self.body_done = not self.has_body
+        self.pending: list[bytes] = []
+        self.sink: asyncio.Transport | None = None
+        self.done = done  # result: whether the upstream connection may be reused
+
+    def body(self, data: bytes) -> None:
+        if self.sink is None:
+            self.pending.append(data)
+        elif self.chunked:
+            self.sink.writelines((b"%x\r\n" % len(data), data, _CRLF))
+        else:
+            self.sink.write(data)
+
+    def end(self) -> None:
+        self.body_done = True
+        if self.sink is not None and self.chunked:
+            self.sink.write(b"0\r\n\r\n")
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        self.sink = transport
+        pending, self.pending = self.pending, []
+        for data in pending:
+            self.body(data)
+        if self.body_done and self.chunked and self.has_body:
+            transport.write(b"0\r\n\r\n")
+
+
+class UpstreamError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class Upstream(asyncio.Protocol):
+    """The connection to the destination. HTTP mode parses responses; tunnel mode relays."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.mode: Literal["pending", "http", "tunnel"] = "pending"
+        self.early: list[bytes] = []
+        self.closed = False
+        self.eof = False
+        self.parser: httptools.HttpResponseParser | None = None
+        self.exchange: _Exchange | None = None
+        self.key: tuple[str, int] | None = None
+        self.used = False
+        self._reason = b""
+        self._headers: http1.Headers = []
+        self._started = False
+        self._client_chunked = False
+        self._until_close = False
+
+    # -- transport callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if self.mode == "tunnel":
+            client.bytes_down += len(data)
+            client.transport.write(data)  # type: ignore[union-attr]
+        elif self.mode == "http":
+            if self.parser is None:
+                return  # bytes after a HEAD response head: nothing may follow
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                self._fail(UpstreamError(502, f"malformed response from upstream: {exc}"))
+        else:
+            self.early.append(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.mode == "tunnel":
+            self.client.tunnel_eof_from_upstream()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.mode == "tunnel":
+            self.client.close("upstream")
+        elif self.exchange is not None:
+            if self._started and self._until_close:
+                self._finish(reuse=False)
+            else:
+                reason = "upstream closed the connection" + (f": {exc}" if exc else "")
+                self._fail(UpstreamError(502, reason))
+        self.client.upstream_gone(self)
+
+    def pause_writing(self) -> None:
+        self.client.pause_reading("upstream-buffer")
+
+    def resume_writing(self) -> None:
+        self.client.resume_reading("upstream-buffer")
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- HTTP responses --------------------------------------------------------------------
+
+    def expect_response(self, exchange: _Exchange) -> None:
+        self.mode = "http"
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
+        self.exchange = exchange
+        self._begin()
+
+    def _begin(self) -> None:
+        self._reason = b""
+        self._headers = []
+        self._started = False
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        parser = self.parser
+        if ex is None or parser is None:
+            return
+        status = parser.get_status_code()
+        client = self.client
+        head = [b"HTTP/1.1 %d " % status, self._reason, _CRLF]
+        for name, value in http1.end_to_end(self._headers):
+            head += (name, b": ", value, _CRLF)
+        head.append(http1.VIA)
+        if 100 <= status < 200:
+            if status == 101:
+                self._fail(UpstreamError(502, "upstream switched protocols unasked"))
+                return
+            head.append(_CRLF)
+            client.transport.writelines(head)  # type: ignore[union-attr]
+            self._begin()
+            return
+        has_cl = any(n.lower() == b"content-length" for n, _ in self._headers)
+        chunked = any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower()
+                      for n, v in self._headers)
+        bodiless = ex.method == b"HEAD" or status in (204, 304)
+        keep = client.keep_alive and ex.keep_alive
+        self._client_chunked = False
+        self._until_close = not bodiless and not has_cl and not chunked
+        if not bodiless and not has_cl:
+            if ex.version == "1.1":
+                self._client_chunked = True
+                head.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                keep = False  # close-delimited body for an HTTP/1.0 client
+        if not keep:
+            client.keep_alive = False
+        head.append(b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+        client.transport.writelines(head)  # type: ignore[union-attr]
+        self._started = True
+        if ex.method == b"HEAD":
+            # llhttp cannot be told a response has no body; start a fresh parser next time.
+            self.parser = None
+            self._finish(reuse=True)
+
+    def on_body(self, data: bytes) -> None:
+        client = self.client
+        client.bytes_down += len(data)
+        if self._client_chunked:
+            client.transport.writelines((b"%x\r\n" % len(data), data, _CRLF))  # type: ignore[union-attr]
+        else:
+            client.transport.write(data)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        if not self._started or self.exchange is None:
+            return  # an interim (1xx) response
+        if self._client_chunked:
+            self.client.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+        parser = self.parser
+        self._finish(reuse=parser is not None and parser.should_keep_alive())
+
+    def _finish(self, reuse: bool) -> None:
+        ex, self.exchange = self.exchange, None
+        if ex is not None and not ex.done.done():
+            ex.done.set_result(reuse and not self._until_close)
+
+    def _fail(self, error: UpstreamError) -> None:
+        ex, self.exchange = self.exchange, None
+        self.parser = None
+        if ex is not None and not ex.done.done():
+            ex.done.set_exception(error)
+        self.close()
+
+
+class ClientConnection(asyncio.Protocol):
+    """A workload's connection to the gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.loop = gateway.loop
+        self.transport: asyncio.Transport | None = None
+        self.state: State = "idle"
+        self.peer = ""
+        self.source: IPAddress | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.keep_alive = True
+        self.queue: deque[_Exchange] = deque()
+        self.receiving: _Exchange | None = None
+        self.wakeup: asyncio.Future[None] | None = None
+        self.upstream: Upstream | None = None
+        self.paused: set[str] = set()
+        self.head_started = 0.0
+        self.head_bytes = 0
+        self.bad: str | None = None
+        self.too_large = False
+        self.runner: asyncio.Task[None] | None = None
+        # What is being relayed now (re-decided on every policy swap).
+        self.active: Request | None = None
+        self.started = 0.0
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.activity_seen = 0
+        self.idle_since = 0.0
+        self.client_eof = False
+        self.upstream_eof = False
+        self.peek = b""
+        self.connect_host = ""
+        self.connect_port = 0
+        self.connected_ip: IPAddress | None = None
+        self.open_event: DecisionEvent | None = None
+        self.closed = False
+        self._url = b""
+        self._headers: http1.Headers = []
+
+    # -- transport callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.idle_since = self.loop.time()
+        transport = self.transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+            try:
+                self.source = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+            except ValueError:
+                self.source = None
+        if not self.gw.admit(self):
+            transport.write(http1.error(503, "Service Unavailable",
+                                        "too many concurrent connections"))
+            self.closed = True
+            transport.close()
+            return
+        self.runner = self.loop.create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == "tunnel":
+            self.bytes_up += len(data)
+            self.upstream.transport.write(data)  # type: ignore[union-attr]
+            return
+        if state == "peek":
+            self._peek(data)
+            return
+        if state == "closed":
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[exc.args[0]:])
+        except httptools.HttpParserError as exc:
+            self._malformed(exc)
+        else:
+            if self.state == "head" and not self.too_large:
+                self.head_bytes += len(data)
+                if self.head_bytes > self.gw.limits.max_header_bytes:
+                    self.too_large = True
+            if self.too_large:
+                self.fail(431, "Request Header Fields Too Large",
+                          f"request head larger than {self.gw.limits.max_header_bytes} bytes")
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.state == "tunnel":
+            up = self.upstream
+            if up is not None and up.transport is not None and up.transport.can_write_eof():
+                up.transport.write_eof()
+            if self.upstream_eof:
+                self.close("client")
+            return True
+        if self.receiving is not None or self.queue or self.state == "busy":
+            return True  # half-closed after the request: still answer it
+        self.close("client")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close("client")
+
+    def pause_writing(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None and not up.closed:
+            up.transport.resume_reading()
+
+    def pause_reading(self, reason: str) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        self.paused.discard(reason)
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # -- request parser callbacks (httptools) --------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.state = "head" if not self.queue and self.state == "idle" else self.state
+        self.head_started = self.loop.time()
+        self.head_bytes = 0
+        self._url = b""
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._count(len(name) + len(value) + 4)
+
+    def _count(self, n: int) -> None:
+        self.head_bytes += n
+        if self.head_bytes > self.gw.limits.max_header_bytes:
+            self.too_large = True
+            raise OverflowError("request head too large")
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        ex = _Exchange(parser.get_method(), self._url, self._headers,
+                       parser.get_http_version(), parser.should_keep_alive(),
+                       self.loop.create_future())
+        self.receiving = ex
+        self.queue.append(ex)
+        if self.state == "head":
+            self.state = "busy"
+        self.pause_reading("exchange")
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    def on_body(self, data: bytes) -> None:
+        self.bytes_up += len(data)
+        if self.receiving is not None:
+            self.receiving.body(data)
+
+    def on_message_complete(self) -> None:
+        if self.receiving is not None:
+            self.receiving.end()
+            self.receiving = None
+
+    def _upgrade(self, rest: bytes) -> None:
+        """llhttp stops at CONNECT (and at Upgrade requests, whose Upgrade we strip)."""
+        ex = self.queue[-1] if self.queue else None
+        if ex is not None and ex.method == b"CONNECT":
+            self.peek = rest
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        if rest:
+            self.data_received(rest)
+
+    def _malformed(self, exc: Exception) -> None:
+        if self.too_large:
+            self.fail(431, "Request Header Fields Too Large",
+                      f"request head larger than {self.gw.limits.max_header_bytes} bytes")
+        else:
+            cause = exc.__context__ or exc
+            self.fail(400, "Bad Request", f"malformed request: {cause}")
+
+    # -- the per-connection coroutine ----------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while not self.closed:
+                if not self.queue:
+                    self.wakeup = self.loop.create_future()
+                    await self.wakeup
+                    self.wakeup = None
+                    if self.closed or not self.queue:
+                        return
+                ex = self.queue[0]
+                if ex.method == b"CONNECT":
+                    await self._connect(ex)
+                    return
+                keep = await self._http(ex)
+                self.queue.popleft()
+                if not keep or not self.keep_alive or self.gw.draining:
+                    self.close("client")
+                    return
+                self.state = "busy" if self.queue else "idle"
+                self.resume_reading("exchange")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("gateway: connection %s failed", self.peer)
+            self.close("error")
+
+    def fail(self, status: int, reason: str, detail: str) -> None:
+        """Answer with an error and close (malformed input, timeouts, limits)."""
+        if self.closed:
+            return
+        log.info("gateway: %s %d %s", self.peer, status, detail)
+        self.state = "closed"
+        if self.transport is not None:
+            self.transport.write(http1.error(status, reason, detail))
+        self.close("error")
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _http(self, ex: _Exchange) -> bool:
+        try:
+            conflict = http1.framing_conflict(ex.headers)
+            if conflict:
+                raise http1.BadRequest(conflict)
+            url = httptools.parse_url(ex.url)
+            if not url.schema:
+                raise http1.BadRequest("origin-form request: configure this gateway as an "
+                                       "HTTP proxy (absolute-form targets only)")
+            if url.schema.lower() != b"http":
+                raise http1.BadRequest(f"{url.schema.decode('latin-1')}:// targets must use "
+                                       "CONNECT")
+            raw_host = url.host.decode("latin-1") if url.host else ""
+            http1.check_host_header(ex.headers, url.schema, raw_host, url.port)
+            uri = ex.url.decode("latin-1")
+            parsed = parse_url(uri)
+        except (http1.BadRequest, httptools.HttpParserInvalidURLError, InvalidHost,
+                UnicodeError) as exc:
+            self.fail(400, "Bad Request", str(exc) or "invalid request target")
+            return False
+        port = parsed.port
+        self.bytes_up = sum(len(p) for p in ex.pending)
+        self.bytes_down = 0
+        target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+        addresses, unresolved = await self._resolve(parsed.host.name, parsed.host.ip, port)
+        request = Request(kind=Kind.HTTP, host="", uri=uri, addresses=addresses,
+                          source=self.source)
+        decision, permitted = self.gw.decide(request)
+        event = self.gw.emit_decision(self, decision, permitted, Kind.HTTP, _new_id(),
+                                      addresses[0] if addresses else None, ex.method,
+                                      url.path or b"/")
+        if not permitted:
+            close = not ex.body_done or not ex.keep_alive
+            self._write(http1.refusal(decision, close=close))
+            return not close
+        if unresolved:
+            self.fail(502, "Bad Gateway", unresolved)
+            return False
+        key = (parsed.host.name, port)
+        up = self.upstream
+        reused = up is not None and not up.closed and up.key == key
+        if not reused:
+            if up is not None:
+                up.close()
+            up = await self._open(addresses, port)
+            if up is None:
+                return False
+            up.key = key
+        assert up is not None and up.transport is not None
+        self.active = request
+        self.open_event = event
+        self.started = time.monotonic()
+        head = [ex.method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in http1.end_to_end(ex.headers):
+            head += (name, b": ", value, _CRLF)
+        head.append(http1.VIA)
+        if ex.chunked:
+            head.append(b"Transfer-Encoding: chunked\r\n")
+        head.append(_CRLF)
+        up.expect_response(ex)
+        up.transport.writelines(head)
+        up.used = True
+        ex.attach(up.transport)
+        if not ex.body_done:
+            self.resume_reading("exchange")
+        try:
+            reuse = await ex.done
+        except UpstreamError as exc:
+            self._emit_close("upstream")
+            self.active = None
+            if self.upstream is up:
+                self.upstream = None
+            if self.transport is not None and not self.closed:
+                if up._started:
+                    self.transport.abort()  # mid-body: the client must see a truncation
+                    self.close("upstream")
+                else:
+                    self.fail(exc.status, "Bad Gateway", str(exc))
+            return False
+        self._emit_close("")
+        self.active = None
+        if not reuse or not ex.body_done:
+            up.close()
+            if self.upstream is up:
+                self.upstream = None
+        return ex.body_done
+
+    async def _resolve(self, name: str, ip: IPAddress | None,
+                       port: int) -> tuple[tuple[IPAddress, ...], str]:
+        if ip is not None:
+            return (ip,), ""
+        try:
+            return await self.gw.resolver.resolve(name, port), ""
+        except ResolveError as exc:
+            return (), str(exc)
+
+    async def _open(self, addresses: tuple[IPAddress, ...], port: int) -> Upstream | None:
+        """Connect to one of the checked addresses (never re-resolving the name)."""
+        last = ""
+        timed_out = False
+        for ip in addresses:
+            up = Upstream(self)
+            t0 = time.perf_counter()
+            try:
+                await asyncio.wait_for(
+                    self.loop.create_connection(lambda up=up: up, str(ip), port),  # type: ignore[misc]
+                    self.gw.limits.connect_timeout)
+            except TimeoutError:
+                timed_out = True
+                last = f"connecting to {ip} port {port} timed out"
+                continue
+            except OSError as exc:
+                last = f"cannot connect to {ip} port {port}: {exc.strerror or exc}"
+                continue
+            metrics.UPSTREAM_CONNECT_SECONDS.observe(time.perf_counter() - t0)
+            if self.closed:
+                up.close()
+                return None
+            self.upstream = up
+            self.connected_ip = ip
+            return up
+        if timed_out:
+            self.fail(504, "Gateway Timeout", last)
+        else:
+            self.fail(502, "Bad Gateway", last or "no address to connect to")
+        return None
+
+    def upstream_gone(self, up: Upstream) -> None:
+        if self.upstream is up and self.state != "tunnel":
+            self.upstream = None
+
+    # -- CONNECT ---------------------------------------------------------------------------
+
+    async def _connect(self, ex: _Exchange) -> None:
+        try:
+            raw_host, port = http1.split_authority(ex.url.decode("latin-1"))
+            if port is None:
+                raise http1.BadRequest("CONNECT target needs host:port")
+        except (http1.BadRequest, UnicodeError) as exc:
+            self.fail(400, "Bad Request", str(exc))
+            return
+        addresses: tuple[IPAddress, ...] = ()
+        unresolved = ""
+        try:
+            host = _normalize_host(raw_host)
+        except InvalidHost:
+            host = None
+        if host is not None:
+            addresses, unresolved = await self._resolve(host.name, host.ip, port)
+        request = Request(kind=Kind.CONNECT, host=raw_host, port=port, addresses=addresses,
+                          source=self.source)
+        decision, permitted = self.gw.decide(request)
+        event = self.gw.emit_decision(self, decision, permitted, Kind.CONNECT, _new_id(),
+                                      addresses[0] if addresses else None, b"CONNECT", b"")
+        if not permitted:
+            self._write(http1.refusal(decision, close=True))
+            self.close("client")
+            return
+        if unresolved or host is None:
+            self.fail(502, "Bad Gateway", unresolved or "invalid host")
+            return
+        up = await self._open(addresses, port)
+        if up is None:
+            return
+        self.active = request
+        self.open_event = event
+        self.connect_host = host.name
+        self.connect_port = port
+        self.started = time.monotonic()
+        self.bytes_up = self.bytes_down = 0
+        self._write(_ESTABLISHED)
+        metrics.OPEN_TUNNELS.inc()
+        # The destination may speak first; only the client's direction waits for the peek.
+        up.mode = "tunnel"
+        for data in up.early:
+            self.bytes_down += len(data)
+            self._write(data)
+        up.early = []
+        self.state = "peek"
+        self.queue.clear()
+        early, self.peek = self.peek, b""
+        self.resume_reading("exchange")
+        if early:
+            self._peek(early)
+
+    def _peek(self, data: bytes) -> None:
+        """Hold the client's first bytes until the TLS SNI (if any) has been checked."""
+        self.peek += data
+        result = tls.parse_client_hello(self.peek)
+        if result is tls.NEED_MORE:
+            return
+        refusal: Decision | None = None
+        if isinstance(result, tls.NotTLS):
+            if self.connect_port == 443 and self.gw.limits.non_tls_443 == "deny":
+                refusal = self._guard_deny("guard:non-tls-443",
+                                           "first bytes on port 443 are not a TLS ClientHello")
+        elif isinstance(result, tls.Malformed):
+            refusal = self._guard_deny("guard:malformed-tls", f"bad TLS: {result.reason}")
+        elif isinstance(result, tls.ClientHello) and result.sni is not None:
+            refusal = self._check_sni(result.sni)
+        if refusal is not None:
+            conn_id = self.open_event.connection_id if self.open_event else _new_id()
+            self.gw.emit_decision(self, refusal, self.gw.report_only, Kind.CONNECT, conn_id,
+                                  self.connected_ip, b"CONNECT", b"")
+            if not self.gw.report_only:
+                self.close("client", cause_event=False)
+                return
+        self.state = "tunnel"
+        data, self.peek = self.peek, b""
+        self.bytes_up += len(data)
+        self.upstream.transport.write(data)  # type: ignore[union-attr]
+
+    def _check_sni(self, sni: str) -> Decision | None:
+        """Spec section 5: the SNI must name the CONNECT host (or pass policy for IPs)."""
+        try:
+            sni_host = _normalize_host(sni)
+        except InvalidHost as exc:
+            return self._guard_deny("guard:invalid-sni", f"TLS SNI {sni!r}: {exc}")
+        active = self.active
+        assert active is not None and self.connected_ip is not None
+        connect_is_ip = _normalize_host(active.host).ip is not None
+        if connect_is_ip and sni_host.ip is None:
+            request = Request(kind=Kind.CONNECT, host=sni_host.name, port=self.connect_port,
+                              addresses=(self.connected_ip,), source=self.source)
+            decision, permitted = self.gw.decide(request)
+            if not permitted:
+                return decision
+            self.active = request
+            return None
+        if sni_host.name != self.connect_host:
+            return self._guard_deny(
+                "guard:domain-fronting",
+                f"domain fronting: TLS SNI {sni_host.name} does not match CONNECT host "
+                f"{self.connect_host}")
+        return None
+
+    def _guard_deny(self, rule: str, reason: str) -> Decision:
+        return Decision(Verdict.DENY, Layer.GUARD, rule, reason,
+                        destination=f"{self.connect_host}:{self.connect_port}",
+                        port=self.connect_port)
+
+    def tunnel_eof_from_upstream(self) -> None:
+        self.upstream_eof = True
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.client_eof:
+            self.close("upstream")
+
+    # -- policy changes and shutdown -------------------------------------------------------
+
+    def recheck(self) -> bool:
+        """Re-decide what is being relayed; close it if no longer permitted."""
+        request = self.active
+        if request is None or self.closed:
+            return False
+        decision, permitted = self.gw.decide(request)
+        if permitted:
+            return False
+        log.warning("gateway: revoking %s to %s: %s", self.peer, decision.destination,
+                    decision.reason)
+        metrics.REVOKED.inc()
+        self.close("revoked")
+        return True
+
+    def _emit_close(self, cause: str) -> None:
+        event, self.open_event = self.open_event, None
+        if event is None:
+            return
+        self.gw.emit_close(event, cause, self.bytes_up, self.bytes_down,
+                           time.monotonic() - self.started)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self, cause: str, *, cause_event: bool = True) -> None:
+        if self.closed:
+            return
+        was_tunnel = self.state in ("tunnel", "peek")
+        self.closed = True
+        self.state = "closed"
+        if was_tunnel or self.active is not None:
+            if cause_event:
+                self._emit_close(cause)
+            else:
+                self.open_event = None
+        if was_tunnel:
+            metrics.OPEN_TUNNELS.dec()
+        self.active = None
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            if cause in ("revoked", "shutdown", "timeout"):
+                up.abort()
+            else:
+                up.close()
+        if self.transport is not None:
+            if cause in ("revoked", "shutdown", "timeout"):
+                self.transport.abort()
+            else:
+                self.transport.close()
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+        for ex in self.queue:
+            if not ex.done.done():
+                ex.done.cancel()
+        self.gw.forget(self)
+
+    def sweep(self, now: float) -> None:
+        """Called by the gateway a few times a second: header and idle deadlines."""
+        if self.closed:
+            return
+        limits = self.gw.limits
+        if self.state == "head" and now - self.head_started > limits.header_timeout:
+            self.fail(408, "Request Timeout",
+                      f"request head not received within {limits.header_timeout:g} s")
+            return
+        activity = self.bytes_up + self.bytes_down + len(self.queue)
+        if activity != self.activity_seen:
+            self.activity_seen = activity
+            self.idle_since = now
+        elif now - self.idle_since > limits.idle_timeout:
+            log.info("gateway: %s idle for %g s, closing", self.peer, limits.idle_timeout)
+            self.close("timeout")

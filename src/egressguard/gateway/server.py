@@ -1,0 +1,169 @@
+"""The enforcing gateway: accepts workload connections and applies the policy in force.
+
+`Gateway(holder, sink, resolver, limits)` is all a composition needs: whoever owns the
+policy (a file watcher, the control plane's store) swaps snapshots in the holder, and the
+gateway re-decides what it is relaying on every swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from egressguard.audit import metrics
+from egressguard.audit.events import DecisionEvent, EventSink, NullSink
+from egressguard.engine import Decision, Kind, Request
+from egressguard.engine.holder import Active, SnapshotHolder
+from egressguard.engine.normalize import IPAddress
+from egressguard.gateway.connection import ClientConnection
+from egressguard.gateway.limits import Limits
+from egressguard.gateway.resolver import Resolver
+
+log = logging.getLogger("egressguard.gateway")
+_SWEEP_SECONDS = 0.25
+
+
+class Gateway:
+    """An HTTP/1.1 forward proxy with CONNECT, enforcing `holder.current`."""
+
+    def __init__(self, holder: SnapshotHolder, sink: EventSink | None = None,
+                 resolver: Resolver | None = None, limits: Limits | None = None, *,
+                 report_only: bool = False, cluster: str = "default") -> None:
+        self.holder = holder
+        self.sink: EventSink = sink or NullSink()
+        self.resolver = resolver or Resolver()
+        self.limits = limits or Limits()
+        self.report_only = report_only
+        self.cluster = cluster
+        self.clients: set[ClientConnection] = set()
+        self.draining = False
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._unsubscribe: object = None
+        self._counters: dict[tuple[str, str, str, bool], object] = {}
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 3128) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True)
+        self._unsubscribe = self.holder.subscribe(self._swapped)
+        self._sweeper = self.loop.create_task(self._sweep())
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the gateway listens (host, port), e.g. after binding port 0."""
+        assert self._server is not None
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    async def stop(self, deadline: float | None = None) -> None:
+        """Stop accepting; let open requests finish up to `deadline` seconds; close the rest."""
+        if self._server is None:
+            return
+        self.draining = True
+        self._server.close()
+        if callable(self._unsubscribe):
+            self._unsubscribe()
+        for client in list(self.clients):
+            if client.state == "idle" and not client.queue:
+                client.close("shutdown")
+        limit = self.limits.shutdown_deadline if deadline is None else deadline
+        end = self.loop.time() + limit
+        while self.clients and self.loop.time() < end:
+            await asyncio.sleep(0.05)
+        for client in list(self.clients):
+            client.close("shutdown")
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._server = None
+
+    # -- what connections call -------------------------------------------------------------
+
+    def admit(self, client: ClientConnection) -> bool:
+        if len(self.clients) >= self.limits.max_connections or self.draining:
+            return False
+        self.clients.add(client)
+        metrics.OPEN_CONNECTIONS.inc()
+        return True
+
+    def forget(self, client: ClientConnection) -> None:
+        if client in self.clients:
+            self.clients.discard(client)
+            metrics.OPEN_CONNECTIONS.dec()
+
+    def decide(self, request: Request) -> tuple[Decision, bool]:
+        """The engine's decision and whether to let it through (report-only permits all)."""
+        t0 = time.perf_counter()
+        decision = self.holder.current.decide(request)
+        metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)
+        return decision, decision.permitted or self.report_only
+
+    def emit_decision(self, client: ClientConnection, decision: Decision, permitted: bool,
+                      kind: Kind, conn_id: str, address: IPAddress | None, method: bytes,
+                      path: bytes) -> DecisionEvent:
+        key = (kind.value, decision.verdict.value, decision.layer.value, permitted)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = metrics.DECISIONS.labels(
+                kind.value, decision.verdict.value, decision.layer.value,
+                "true" if permitted else "false")
+        counter.inc()  # type: ignore[attr-defined]
+        host, _, port_text = decision.destination.rpartition(":")
+        if not host or not port_text.isdigit():
+            host = decision.destination
+        event = DecisionEvent(
+            time=time.time(), cluster=self.cluster, kind=kind.value, host=host,
+            port=decision.port, verdict=decision.verdict.value, permitted=permitted,
+            layer=decision.layer.value, rule=decision.rule, reason=decision.reason,
+            policy_version=self.holder.active.version, connection_id=conn_id,
+            client_address=client.peer, resolved_address=str(address) if address else "",
+            method=method.decode("latin-1"), path=path.decode("latin-1")[:2048])
+        if not decision.allowed:
+            log.info("gateway: %s %s %s %s (%s: %s)%s", client.peer,
+                     "report-only" if permitted else "deny", kind.value,
+                     decision.destination, decision.rule, decision.reason,
+                     " would be denied" if permitted else "")
+        self._emit(event)
+        return event
+
+    def emit_close(self, opened: DecisionEvent, cause: str, up: int, down: int,
+                   duration: float) -> None:
+        self._emit(DecisionEvent(
+            time=time.time(), cluster=opened.cluster, kind=opened.kind, host=opened.host,
+            port=opened.port, verdict=opened.verdict, permitted=opened.permitted,
+            layer=opened.layer, rule=opened.rule, reason=opened.reason,
+            policy_version=opened.policy_version, phase="close",
+            connection_id=opened.connection_id, client_address=opened.client_address,
+            resolved_address=opened.resolved_address, method=opened.method,
+            path=opened.path, bytes_up=up, bytes_down=down, duration_s=duration,
+            close_cause=cause))  # type: ignore[arg-type]
+        metrics.BYTES.labels("up").inc(up)
+        metrics.BYTES.labels("down").inc(down)
+
+    def _emit(self, event: DecisionEvent) -> None:
+        try:
+            self.sink.emit(event)
+        except Exception:
+            log.exception("gateway: event sink failed")
+
+    # -- policy swaps and deadlines --------------------------------------------------------
+
+    def _swapped(self, active: Active) -> None:
+        # May be called from any thread (the control plane's change feed).
+        log.info("gateway: policy %s from %s in force", active.version, active.source)
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.recheck)
+
+    def recheck(self) -> int:
+        """Re-decide every open tunnel and in-flight request; returns how many closed."""
+        return sum(client.recheck() for client in list(self.clients))
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_SECONDS)
+            now = self.loop.time()
+            for client in list(self.clients):
+                client.sweep(now)
