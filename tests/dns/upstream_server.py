@@ -46,8 +46,8 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
         self.records: dict[str, list[RR]] = {}
         for rr in RR.fromZone(ZONE):
             self.records.setdefault(str(rr.rname).lower(), []).append(rr)
-        self.records[BIG] = [RR.fromZone(f'{BIG} 60 IN TXT "{"x" * 200}"')[0]
-                             for _ in range(10)]
+        self.records[BIG] = [RR.fromZone(f'{BIG} 60 IN TXT "{i}{"x" * 200}"')[0]
+                             for i in range(10)]
         self.queries: list[str] = []
         self.slow = 3.0
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from dnslib import RCODE, DNSRecord
 
-from egressguard.audit.events import DecisionEvent, EventSink, NullSink
+from egressguard.audit.events import DecisionEvent, EventSink, NullSink, emit_durably
 from egressguard.audit.metrics import DECISIONS
 from egressguard.dns.decide import CnameMode, NameDecision, check_answer, decide_name
 from egressguard.dns.upstream import UpstreamError, resolve
@@ -126,7 +126,7 @@ class DnsFilter:
         source = _ip(client) if client else None
         asked = decide_name(active.snapshot, query.qname, source)
         if not self._permitted(asked):
-            self._record(active, query, asked, client)
+            await self._record(active, query, asked, client, tcp)
             return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
                            asked.decision.reason)
         qid = secrets.randbelow(65536)
@@ -135,19 +135,19 @@ class DnsFilter:
                                 self.config.timeout, tcp=tcp)
             answer = DNSRecord.parse(raw)
         except UpstreamError as exc:
-            self._record(active, query, asked, client)
+            await self._record(active, query, asked, client, tcp)
             return refusal(query, RCODE.SERVFAIL, EDE_NETWORK_ERROR, str(exc))
         except Exception as exc:  # an answer dnslib cannot read
-            self._record(active, query, asked, client)
+            await self._record(active, query, asked, client, tcp)
             return refusal(query, RCODE.SERVFAIL, EDE_OTHER, f"unreadable upstream answer: {exc}")
         if not same_question(query, answer):
-            self._record(active, query, asked, client)
+            await self._record(active, query, asked, client, tcp)
             return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
                            "upstream answered a different question")
         final = check_answer(active.snapshot, query.qname, answer, self.config.cname_mode,
                              source)
         permitted = self._permitted(final)
-        self._record(active, query, final, client)
+        await self._record(active, query, final, client, tcp)
         if not permitted:
             return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
                            final.decision.reason)
@@ -155,7 +155,10 @@ class DnsFilter:
         packed = bytes(answer.pack())
         return packed if tcp else fit_udp(query, packed)
 
-    def _record(self, active: Active, query: Query, verdict: NameDecision, client: str) -> None:
+    async def _record(self, active: Active, query: Query, verdict: NameDecision, client: str,
+                      tcp: bool) -> None:
+        """Count and emit the decision; a refusal waits until the sink has it durably
+        (`emit_durably`), so no client is refused without a record of why."""
         decision = verdict.decision
         permitted = self._permitted(verdict)
         DECISIONS.labels(kind="dns", verdict=decision.verdict.value, layer=decision.layer.value,
@@ -166,11 +169,14 @@ class DnsFilter:
             layer=decision.layer.value, rule=decision.rule, reason=decision.reason,
             policy_version=active.version, client_address=client,
             resolved_address=",".join(str(a) for a in verdict.addresses),
-            method=query.qtype_name)
+            method=query.qtype_name, protocol="tcp" if tcp else "udp")
         try:
-            self.sink.emit(event)
+            if permitted:
+                self.sink.emit(event)
+            else:
+                await emit_durably(self.sink, event)
         except Exception:
-            log.exception("event sink failed")
+            log.exception("event sink failed for %s", verdict.host)
 
     # -- transports --------------------------------------------------------------------
 
