@@ -1,0 +1,367 @@
+"""Control-plane commands in the `az` idiom: `mgmt`, `cluster`, `versions`, `rollback`,
+`token`, and `api` (the REST API alone).
+
+They work on the store directly (`--store URL`, default the embedded SQLite file; the
+principal recorded is the OS user) or, for `mgmt` and `cluster`, through a running API
+(`--api URL --token T`). Exit status: 0 done, 2 refused or bad input.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from egressguard.control.auth import Principal
+from egressguard.control.commands import CommandSyntaxError
+from egressguard.control.errors import ControlError
+from egressguard.control.mgmt import execute
+from egressguard.control.properties import from_arm, to_arm
+from egressguard.store import DEFAULT_CLUSTER, Store, StoreError, open_store
+from egressguard.store.urls import StoreURLError
+
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", envvar="EGRESSGUARD_STORE",
+    help="store URL (sqlite:///file.db or postgresql://...); default the embedded store")]
+ApiOpt = Annotated[str | None, typer.Option(
+    "--api", envvar="EGRESSGUARD_API", help="use a running API (e.g. http://127.0.0.1:8080)")]
+TokenOpt = Annotated[str | None, typer.Option(
+    "--token", envvar="EGRESSGUARD_TOKEN", help="API token (with --api)")]
+NameOpt = Annotated[str, typer.Option("--name", "-n", help="cluster name")]
+OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
+
+out = Console()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@contextmanager
+def _store(url: str | None) -> Iterator[Store]:
+    try:
+        store = open_store(url)
+    except StoreURLError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        yield store
+    except CommandSyntaxError as exc:
+        raise _fail(f"{exc}\n{exc.pointer()}") from None
+    except (ControlError, StoreError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        store.close()
+
+
+def _api(method: str, api: str, token: str | None, path: str, body: Any = None) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(method, api.rstrip("/") + path, json=body, headers=headers,
+                                 timeout=30)
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach {api}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except Exception:
+            message = response.text
+        raise _fail(f"{response.status_code}: {message}")
+    return response.json()
+
+
+def _emit(data: Any, output: str, table: Table | None) -> None:
+    if output == "json" or table is None:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        out.print(table)
+
+
+def _cell(value: Any) -> Text:
+    """Literal text: regexes such as `[a-z0-9]` must not be read as rich markup."""
+    return Text(value if isinstance(value, str) else json.dumps(value))
+
+
+def _resource_table(resource: dict[str, Any]) -> Table:
+    table = Table(title=f"cluster {resource['name']}", show_header=True)
+    table.add_column("Property")
+    table.add_column("Value", overflow="fold")
+    for key, value in resource["properties"].items():
+        table.add_row(key, _cell(value))
+    for key, value in resource.get("systemData", {}).items():
+        table.add_row(key, _cell(str(value)))
+    return table
+
+
+def _result_table(result: dict[str, Any]) -> Table:
+    first = result["Tables"][0]
+    table = Table(show_header=True, show_lines=True)
+    for column in first["Columns"]:
+        table.add_column(column["ColumnName"], overflow="fold")
+    for row in first["Rows"]:
+        table.add_row(*(_cell(str(v)) for v in row))
+    return table
+
+
+def mgmt(
+    command: Annotated[str, typer.Argument(help="e.g. '.show cluster policy callout'")],
+    cluster: Annotated[str, typer.Option(help="cluster name")] = DEFAULT_CLUSTER,
+    store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Run a Kusto-style management command (.show/.alter/.alter-merge/.delete cluster
+    policy callout)."""
+    if api:
+        result = _api("POST", api, token, "/v1/mgmt", {"command": command, "cluster": cluster})
+    else:
+        with _store(store) as st:
+            result = execute(st, cluster, command, Principal(_user(), "admin")).as_kusto()
+    _emit(result, output, _result_table(result))
+
+
+cluster_app = typer.Typer(help="Show and update clusters (ARM-style properties).",
+                          no_args_is_help=True)
+
+
+@cluster_app.command("list")
+def cluster_list(store: StoreOpt = None, output: OutputOpt = "table") -> None:
+    """List the clusters and their current versions."""
+    with _store(store) as st:
+        rows = [st.current(n).meta() for n in st.clusters()]
+    table = Table("Cluster", "Version", "Principal", "Time", "Summary")
+    for r in rows:
+        table.add_row(r["cluster"], str(r["version"]), _cell(r["principal"]),
+                      r["created_at"], _cell(r["summary"]))
+    _emit(rows, output, table)
+
+
+@cluster_app.command("show")
+def cluster_show(name: NameOpt = DEFAULT_CLUSTER, store: StoreOpt = None, api: ApiOpt = None,
+                 token: TokenOpt = None, output: OutputOpt = "table") -> None:
+    """Show a cluster's properties."""
+    if api:
+        resource = _api("GET", api, token, f"/v1/clusters/{name}")
+    else:
+        with _store(store) as st:
+            resource = to_arm(st.current(name))
+    _emit(resource, output, _resource_table(resource))
+
+
+def _set_value(text: str) -> Any:
+    """az-style values: JSON, a Python-ish list with single quotes, or a plain string."""
+    for candidate in (text, text.replace("'", '"')):
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    return text
+
+
+def _patch_body(sets: list[str]) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key.startswith("properties.") or "." in key[len("properties."):]:
+            raise _fail(f"--set {item!r}: expected properties.<name>=<value>")
+        props[key[len("properties."):]] = _set_value(value)
+    return {"properties": props}
+
+
+@cluster_app.command("update")
+def cluster_update(
+    name: NameOpt = DEFAULT_CLUSTER,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="properties.<name>=<value>, e.g. "
+                      "properties.restrictOutboundNetworkAccess=Enabled")] = None,
+    add_fqdn: Annotated[list[str] | None, typer.Option(
+        "--add-allowed-fqdn", "--addAllowedFQDN", help="add to allowedFqdnList")] = None,
+    remove_fqdn: Annotated[list[str] | None, typer.Option(
+        "--remove-allowed-fqdn", "--removeAllowedFQDN",
+        help="remove from allowedFqdnList")] = None,
+    store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Update a cluster's properties; each update is a new version."""
+    body = _patch_body(set_ or [])
+    if api:
+        current = _api("GET", api, token, f"/v1/clusters/{name}")
+        fqdns = _edit_fqdns(current["properties"]["allowedFqdnList"], body, add_fqdn,
+                            remove_fqdn)
+        if fqdns is not None:
+            body["properties"]["allowedFqdnList"] = fqdns
+        resource = _api("PATCH", api, token, f"/v1/clusters/{name}", body)
+    else:
+        with _store(store) as st:
+            version = st.current(name)
+            fqdns = _edit_fqdns(list(version.policy.allowed_fqdn_list), body, add_fqdn,
+                                remove_fqdn)
+            if fqdns is not None:
+                body["properties"]["allowedFqdnList"] = fqdns
+            policy = from_arm(body, version.policy)
+            summary = "update " + " ".join(
+                [*(set_ or []), *(f"+{f}" for f in add_fqdn or []),
+                 *(f"-{f}" for f in remove_fqdn or [])])
+            resource = to_arm(st.commit(name, policy, _user(), summary[:300]))
+    _emit(resource, output, _resource_table(resource))
+
+
+def _edit_fqdns(current: list[str], body: dict[str, Any], add: list[str] | None,
+                remove: list[str] | None) -> list[str] | None:
+    if not add and not remove:
+        return None
+    fqdns = list(body["properties"].get("allowedFqdnList", current))
+    for fqdn in add or []:
+        if fqdn.strip().lower().rstrip(".") not in fqdns:
+            fqdns.append(fqdn)
+    for fqdn in remove or []:
+        key = fqdn.strip().lower().rstrip(".")
+        if key not in fqdns:
+            raise _fail(f"--remove-allowed-fqdn {fqdn!r}: not in allowedFqdnList")
+        fqdns.remove(key)
+    return fqdns
+
+
+versions_app = typer.Typer(help="A cluster's immutable policy versions.", no_args_is_help=True)
+
+
+@versions_app.command("list")
+def versions_list(name: NameOpt = DEFAULT_CLUSTER, store: StoreOpt = None,
+                  output: OutputOpt = "table") -> None:
+    """List versions, newest first."""
+    with _store(store) as st:
+        rows = [v.meta() for v in st.versions(name)]
+    table = Table("Version", "Principal", "Time", "Summary", title=f"cluster {name}")
+    for r in rows:
+        table.add_row(str(r["version"]), _cell(r["principal"]), r["created_at"],
+                      _cell(r["summary"]))
+    _emit(rows, output, table)
+
+
+@versions_app.command("show")
+def versions_show(number: Annotated[int, typer.Argument(help="version number")],
+                  name: NameOpt = DEFAULT_CLUSTER, store: StoreOpt = None,
+                  output: OutputOpt = "yaml") -> None:
+    """Print one version's policy (YAML, or --output json for its metadata too)."""
+    with _store(store) as st:
+        version = st.version(name, number)
+    if output == "json":
+        typer.echo(json.dumps({**version.meta(), "policy": version.text}, indent=2))
+    else:
+        sys.stdout.write(version.text)
+
+
+@versions_app.command("diff")
+def versions_diff(a: Annotated[int, typer.Argument(help="older version")],
+                  b: Annotated[int, typer.Argument(help="newer version")],
+                  name: NameOpt = DEFAULT_CLUSTER, store: StoreOpt = None) -> None:
+    """Unified diff of two versions' YAML."""
+    with _store(store) as st:
+        sys.stdout.write(st.diff(name, a, b))
+
+
+def rollback(number: Annotated[int, typer.Argument(help="version to restore")],
+             name: NameOpt = DEFAULT_CLUSTER, store: StoreOpt = None,
+             output: OutputOpt = "table") -> None:
+    """Make a new version with the content of version NUMBER."""
+    with _store(store) as st:
+        version = st.rollback(name, number, _user())
+        resource = to_arm(version)
+    _emit(resource, output, _resource_table(resource))
+
+
+token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)
+
+
+@token_app.command("create")
+def token_create(name: Annotated[str, typer.Option(help="who or what uses it")],
+                 role: Annotated[str, typer.Option(help="admin, operator, viewer, auditor")],
+                 store: StoreOpt = None, output: OutputOpt = "table") -> None:
+    """Create a token; it is printed once and cannot be shown again."""
+    with _store(store) as st:
+        token, info = st.create_token(name, role, _user())
+    if output == "json":
+        typer.echo(json.dumps({**info.as_dict(), "token": token}))
+    else:
+        typer.echo(f"token {info.id} ({info.name}, {info.role}); store it now, it is not "
+                   f"shown again:\n{token}")
+
+
+@token_app.command("list")
+def token_list(store: StoreOpt = None, output: OutputOpt = "table",
+               all_: Annotated[bool, typer.Option("--all", help="include revoked")] = False
+               ) -> None:
+    with _store(store) as st:
+        rows = [t.as_dict() for t in st.tokens(include_revoked=all_)]
+    table = Table("Id", "Name", "Role", "Created by", "Created", "Revoked")
+    for r in rows:
+        table.add_row(str(r["id"]), _cell(r["name"]), r["role"], _cell(r["created_by"]),
+                      r["created_at"], r["revoked_at"] or "")
+    _emit(rows, output, table)
+
+
+@token_app.command("revoke")
+def token_revoke(ident: Annotated[str, typer.Argument(help="token id or name")],
+                 store: StoreOpt = None) -> None:
+    with _store(store) as st:
+        revoked = st.revoke_token(ident)
+    typer.echo(f"revoked {len(revoked)} token(s)")
+
+
+@token_app.command("rotate-bootstrap")
+def token_rotate(store: StoreOpt = None) -> None:
+    """Revoke the bootstrap admin token and print a new one."""
+    with _store(store) as st:
+        token = st.rotate_bootstrap(_user())
+    typer.echo(f"new bootstrap admin token (shown once):\n{token}")
+
+
+def api(
+    host: Annotated[str, typer.Option(help="listen address (loopback unless told)")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="listen port")] = 8080,
+    allow_cidr: Annotated[list[str] | None, typer.Option(
+        "--allow-cidr", help="client source CIDRs allowed (repeatable); others get 403")
+    ] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run the control-plane REST API alone."""
+    import uvicorn
+
+    from egressguard.control.api import create_app
+
+    with _store(store) as st:
+        bootstrap = st.ensure_bootstrap()
+        if bootstrap:
+            typer.echo(f"bootstrap admin token (shown once; rotate with `egressguard token "
+                       f"rotate-bootstrap`):\n{bootstrap}", err=True)
+        try:
+            app = create_app(st, allow_cidrs=allow_cidr or None)
+        except ValueError as exc:
+            raise _fail(f"--allow-cidr: {exc}") from None
+        uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(mgmt)
+    app.add_typer(cluster_app, name="cluster")
+    app.add_typer(versions_app, name="versions")
+    app.command()(rollback)
+    app.add_typer(token_app, name="token")
+    app.command()(api)
