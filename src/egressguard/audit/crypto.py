@@ -1,0 +1,125 @@
+"""Encryption at rest and tamper evidence for the audit log.
+
+One 32-byte master key (`$EGRESSGUARD_AUDIT_KEY`, base64, or `<data home>/audit.key`,
+created 0600 on first use) derives two keys with HKDF: an AES-256-GCM key that seals each
+record's sensitive fields, and an HMAC-SHA256 key that chains batches.
+
+The sealed fields (client address and identity, method, path, reason) are the ones that
+name people or carry secrets (paths can hold SAS tokens). The filterable columns (time,
+cluster, kind, host, port, verdict, layer, rule, bytes) stay in clear so that queries use
+indexes; they are bound to the ciphertext as GCM associated data, so editing any of them
+makes the record fail to open (`logs verify` reports it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+KEY_ENV = "EGRESSGUARD_AUDIT_KEY"
+KEY_FILE = "audit.key"
+NONCE = 12
+
+
+class KeyError_(ValueError):
+    """The audit key is missing or malformed."""
+
+
+def load_or_create_key(path: Path | None = None) -> bytes:
+    """The master key: from the environment, else the key file (created 0600 if absent)."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        try:
+            key = base64.b64decode(env, validate=True)
+        except binascii.Error:
+            raise KeyError_(f"{KEY_ENV} is not base64") from None
+        if len(key) != 32:
+            raise KeyError_(f"{KEY_ENV} must decode to 32 bytes, got {len(key)}")
+        return key
+    if path is None:
+        from egressguard.paths import data_home
+        path = data_home() / KEY_FILE
+    if not path.exists():
+        _create(path)
+    key = base64.b64decode(path.read_text().strip())
+    if len(key) != 32:
+        raise KeyError_(f"{path}: expected a base64 32-byte key")
+    return key
+
+
+def _create(path: Path) -> None:
+    """Write a fresh key atomically: several processes starting at once agree on one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, base64.b64encode(os.urandom(32)) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if another process won the race: use its key
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+
+
+def _derive(master: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(master)
+
+
+class Sealer:
+    """Seals and opens record payloads; computes the batch chain MACs."""
+
+    def __init__(self, master: bytes) -> None:
+        self._aead = AESGCM(_derive(master, b"egressguard audit payload v1"))
+        self._mac_key = _derive(master, b"egressguard audit chain v1")
+
+    def seal(self, secret: Sequence[str], clear: bytes, nonce: bytes) -> bytes:
+        """`nonce || AES-GCM(secret fields)`, authenticating the clear columns too."""
+        plain = json.dumps(secret, separators=(",", ":")).encode()
+        return nonce + self._aead.encrypt(nonce, plain, clear)
+
+    def open(self, payload: bytes, clear: bytes) -> dict[str, Any] | None:
+        """The sealed fields, or None when the record was altered (or another key)."""
+        try:
+            plain = self._aead.decrypt(payload[:NONCE], payload[NONCE:], clear)
+        except (InvalidTag, ValueError):
+            return None
+        return dict(zip(SECRET_FIELDS, json.loads(plain), strict=True))
+
+    def chain(self, prev: bytes, writer: str, seq: int, payloads: list[bytes]) -> bytes:
+        """MAC of one batch, linked to the previous batch of the same writer."""
+        digest = hashlib.sha256()
+        for payload in payloads:
+            digest.update(len(payload).to_bytes(4, "big"))
+            digest.update(payload)
+        message = b"|".join((prev, writer.encode(), str(seq).encode(),
+                             str(len(payloads)).encode(), digest.digest()))
+        return hmac.new(self._mac_key, message, hashlib.sha256).digest()
+
+
+def associated(values: tuple[Any, ...]) -> bytes:
+    """The clear columns of a record (in `CLEAR_FIELDS` order, Python types as written:
+    str, int, float, bool, None), canonically, as AES-GCM associated data."""
+    return repr(values).encode()
+
+
+SECRET_FIELDS = ("client_address", "client_identity", "method", "path", "reason")
+CLEAR_FIELDS = ("time", "cluster", "phase", "kind", "host", "port", "resolved_address",
+                "protocol", "callout_type", "verdict", "permitted", "layer", "rule",
+                "policy_version", "connection_id", "bytes_up", "bytes_down", "duration_s",
+                "close_cause")

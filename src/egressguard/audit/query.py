@@ -1,0 +1,243 @@
+"""Reading the audit log: filters and paging (CLI and API share them), retention, verify.
+
+Outcomes: `allow` (policy allowed), `deny` (policy denied and the call was refused) and
+`would-deny` (policy denied in report-only mode; the call went through). `--verdict deny`
+therefore lists enforced refusals only; `would-deny` is what a report-only policy would
+have refused once enforced.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, select
+
+from egressguard.audit.crypto import CLEAR_FIELDS, SECRET_FIELDS, Sealer, associated
+from egressguard.audit.log import GENESIS
+from egressguard.audit.schema import batches, events
+
+OUTCOMES = ("allow", "deny", "would-deny")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class QueryError(ValueError):
+    """A filter the log cannot apply (bad duration, outcome, ...)."""
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `15m`, `1h`, `7d`, `2w`, or combinations like `1h30m` -> seconds."""
+    compact = text.strip().lower().replace(" ", "")
+    if not compact or _DURATION.sub("", compact):
+        raise QueryError(f"invalid duration {text!r}: expected e.g. 90s, 15m, 1h, 7d, 2w")
+    return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(compact))
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """A duration ago (`1h`) or an ISO 8601 time (`2024-05-01T10:00:00Z`) -> UNIX time."""
+    now = time.time() if now is None else now
+    try:
+        return now - parse_duration(text)
+    except QueryError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(f"invalid time {text!r}: expected a duration (1h, 7d) or an "
+                         "ISO 8601 time") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which records to read; every field optional. `dest` is a glob (`*.example.com`)."""
+
+    since: float | None = None
+    until: float | None = None
+    outcome: str | None = None
+    dest: str | None = None
+    cluster: str | None = None
+    kind: str | None = None
+    layer: str | None = None
+    phase: str | None = None
+    connection_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome is not None and self.outcome not in OUTCOMES:
+            raise QueryError(f"invalid verdict {self.outcome!r}: expected one of "
+                             + ", ".join(OUTCOMES))
+
+    def where(self) -> list[ColumnElement[bool]]:
+        c = events.c
+        clauses: list[ColumnElement[bool]] = []
+        if self.since is not None:
+            clauses.append(c.time >= self.since)
+        if self.until is not None:
+            clauses.append(c.time < self.until)
+        if self.outcome == "allow":
+            clauses.append(c.verdict == "allow")
+        elif self.outcome == "deny":
+            clauses.append(and_(c.verdict == "deny", c.permitted.is_(False)))
+        elif self.outcome == "would-deny":
+            clauses.append(and_(c.verdict == "deny", c.permitted.is_(True)))
+        if self.dest:
+            clauses.append(host_clause(self.dest))
+        for column, value in ((c.cluster, self.cluster), (c.kind, self.kind),
+                              (c.layer, self.layer), (c.phase, self.phase),
+                              (c.connection_id, self.connection_id)):
+            if value is not None:
+                clauses.append(column == value)
+        return clauses
+
+
+def host_clause(pattern: str) -> ColumnElement[bool]:
+    """A glob on the (normalised, lower-case) host: `*` any run, `?` one character."""
+    text = pattern.strip().lower().rstrip(".")
+    if "*" not in text and "?" not in text:
+        return events.c.host == text
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return events.c.host.like(escaped.replace("*", "%").replace("?", "_"), escape="\\")
+
+
+def outcome_of(verdict: str, permitted: bool) -> str:
+    if verdict == "deny":
+        return "would-deny" if permitted else "deny"
+    return "allow"
+
+
+def clear_of(row: Any) -> tuple[Any, ...]:
+    """A stored row's clear columns with the types the writer authenticated."""
+    return (float(row.time), row.cluster, row.phase, row.kind, row.host,
+            None if row.port is None else int(row.port), row.resolved_address, row.protocol,
+            row.callout_type, row.verdict, bool(row.permitted), row.layer, row.rule,
+            row.policy_version, row.connection_id, int(row.bytes_up), int(row.bytes_down),
+            float(row.duration_s), row.close_cause)
+
+
+def to_record(row: Any, sealer: Sealer | None) -> dict[str, Any]:
+    """One stored row as a plain dict, sealed fields opened (or marked)."""
+    values = clear_of(row)
+    clear = dict(zip(CLEAR_FIELDS, values, strict=True))
+    record: dict[str, Any] = {"id": row.id, **clear,
+                              "outcome": outcome_of(clear["verdict"], clear["permitted"])}
+    opened = sealer.open(row.payload, associated(values)) if sealer is not None else None
+    if opened is None:
+        mark = "<tampered>" if sealer is not None else "<encrypted>"
+        opened = dict.fromkeys(SECRET_FIELDS, mark)
+    record.update(opened)
+    return record
+
+
+def query(engine: Engine, flt: Filter, *, sealer: Sealer | None, limit: int = 100,
+          after: int | None = None, before: int | None = None,
+          newest_first: bool = True) -> list[dict[str, Any]]:
+    """Records matching `flt`, keyset-paged by id (`after` / `before` are exclusive)."""
+    clauses = flt.where()
+    if after is not None:
+        clauses.append(events.c.id > after)
+    if before is not None:
+        clauses.append(events.c.id < before)
+    order = events.c.id.desc() if newest_first else events.c.id.asc()
+    stmt = select(events).where(*clauses).order_by(order).limit(max(1, min(limit, 10_000)))
+    with engine.connect() as conn:
+        return [to_record(row, sealer) for row in conn.execute(stmt)]
+
+
+def scan(engine: Engine, flt: Filter, *, sealer: Sealer | None,
+         page: int = 5000) -> Iterator[dict[str, Any]]:
+    """Every matching record, oldest first (for the recommender and exports)."""
+    after: int | None = None
+    while True:
+        rows = query(engine, flt, sealer=sealer, limit=page, after=after, newest_first=False)
+        yield from rows
+        if len(rows) < page:
+            return
+        after = rows[-1]["id"]
+
+
+def prune(engine: Engine, *, max_age_s: float | None = None, max_rows: int | None = None,
+          now: float | None = None) -> int:
+    """Delete whole batches older than `max_age_s` and/or beyond the newest `max_rows`
+    events; returns the number of events removed. Whole batches keep the chain verifiable
+    (a batch is removed only when all of it is out of bounds)."""
+    now = time.time() if now is None else now
+    cut: int | None = None  # remove batches with id <= cut
+    with engine.begin() as conn:
+        if max_age_s is not None:
+            old = conn.execute(select(func.max(batches.c.id)).where(
+                batches.c.last_time < now - max_age_s)).scalar()
+            cut = old if old is not None else cut
+        if max_rows is not None:
+            total = conn.execute(select(func.count()).select_from(events)).scalar() or 0
+            if total > max_rows:
+                # The newest event beyond the limit; its batch (if partly kept) stays.
+                row = conn.execute(select(events.c.id, events.c.batch_id).order_by(
+                    events.c.id.desc()).offset(max_rows).limit(1)).first()
+                if row is not None:
+                    newer = conn.execute(select(func.min(events.c.batch_id)).where(
+                        events.c.id > row.id)).scalar()
+                    limit_cut = row.batch_id if newer is None or newer > row.batch_id \
+                        else row.batch_id - 1
+                    cut = limit_cut if cut is None else max(cut, limit_cut)
+        if cut is None:
+            return 0
+        removed = conn.execute(delete(events).where(events.c.batch_id <= cut)).rowcount
+        conn.execute(delete(batches).where(batches.c.id <= cut))
+    return int(removed or 0)
+
+
+@dataclass
+class Verification:
+    batches: int = 0
+    events: int = 0
+    problems: list[str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(engine: Engine, sealer: Sealer) -> Verification:
+    """Check every record opens (nothing edited) and every writer's batch chain links
+    (no batch or record removed or added in the middle). Pruning removes the oldest
+    batches of a chain, so a chain may start after seq 0; removal of a writer's newest
+    batches cannot be told from the writer having stopped earlier."""
+    result = Verification(problems=[])
+    problems = result.problems
+    assert problems is not None
+    last: dict[str, tuple[int, bytes]] = {}
+    with engine.connect() as conn:
+        heads = conn.execute(select(batches).order_by(batches.c.writer, batches.c.seq)).all()
+        for head in heads:
+            rows = conn.execute(select(events).where(events.c.batch_id == head.id)
+                                .order_by(events.c.id)).all()
+            result.batches += 1
+            result.events += len(rows)
+            payloads = [row.payload for row in rows]
+            for row in rows:
+                if to_record(row, sealer)["reason"] == "<tampered>":
+                    problems.append(f"event {row.id}: altered (does not authenticate)")
+            prev = last.get(head.writer)
+            if prev is not None and head.seq != prev[0] + 1:
+                problems.append(f"writer {head.writer}: batches {prev[0] + 1}.."
+                                f"{head.seq - 1} missing")
+            elif prev is not None and head.prev_mac != prev[1]:
+                problems.append(f"writer {head.writer} batch {head.seq}: chain broken")
+            elif prev is None and head.seq == 0 and head.prev_mac != GENESIS:
+                problems.append(f"writer {head.writer} batch 0: chain broken")
+            if len(rows) != head.count or sealer.chain(
+                    head.prev_mac, head.writer, head.seq, payloads) != head.mac:
+                problems.append(f"writer {head.writer} batch {head.seq} (id {head.id}): "
+                                f"records added, removed or altered ({len(rows)} of "
+                                f"{head.count} present)")
+            last[head.writer] = (head.seq, head.mac)
+        orphans = conn.execute(select(func.count()).select_from(events).where(
+            events.c.batch_id.not_in(select(batches.c.id)))).scalar() or 0
+        if orphans:
+            problems.append(f"{orphans} events belong to no batch (inserted)")
+    return result
