@@ -1,0 +1,70 @@
+"""Where the analyser and the what-if get policies: a file, a stored cluster, or the
+shipped default. The only module of `analysis` that does I/O."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from egressguard.engine import References
+from egressguard.policy import Policy, PolicyError, load_policy
+
+
+class SourceError(ValueError):
+    """A policy source that cannot be read (missing file, unknown cluster, bad store)."""
+
+
+def references() -> References:
+    """The catalog's references (FQDN tags, aliases, service tags) the engine compiles with."""
+    from egressguard.store import references as store_references
+
+    return store_references()
+
+
+def from_file(path: Path) -> tuple[Policy, str]:
+    try:
+        return load_policy(path), str(path)
+    except PolicyError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def from_cluster(name: str, store_url: str | None = None) -> tuple[Policy, str]:
+    """The current version of a stored cluster."""
+    from egressguard.store import StoreError, StoreURLError, open_store
+
+    try:
+        store = open_store(store_url or os.environ.get("EGRESSGUARD_STORE") or None)
+    except (StoreURLError, StoreError) as exc:
+        raise SourceError(f"cannot open the store: {exc}") from None
+    try:
+        version = store.current(name)
+    except StoreError as exc:
+        raise SourceError(f"cluster {name!r}: {exc}") from None
+    finally:
+        store.close()
+    return version.policy, f"cluster {name} version {version.number}"
+
+
+def store_available(store_url: str | None) -> bool:
+    """A store was named, or the embedded one exists (it is never created just to read)."""
+    if store_url or os.environ.get("EGRESSGUARD_STORE"):
+        return True
+    home = Path(os.environ.get("EGRESSGUARD_HOME", "egressguard-data"))
+    return (home / "egressguard.db").is_file()
+
+
+def in_force(current: Path | None, cluster: str | None,
+             store_url: str | None = None) -> tuple[Policy, str]:
+    """The policy a change would replace: `--current FILE`, else `--cluster N`, else the
+    store's default cluster when a store exists, else the shipped default policy."""
+    if current is not None:
+        return from_file(current)
+    if cluster is not None:
+        return from_cluster(cluster, store_url)
+    if store_available(store_url):
+        from egressguard.store import DEFAULT_CLUSTER
+
+        return from_cluster(DEFAULT_CLUSTER, store_url)
+    from egressguard.store import default_policy
+
+    return default_policy(), "default policy"

@@ -1,0 +1,169 @@
+"""`egressguard analyze` (exfiltration-risk findings) and `egressguard simulate` (what-if).
+
+analyze: exit 0 unless `--fail-on SEVERITY` is given and a finding is at least that
+severe (then 1); 2 for bad input.
+simulate: exit 0 when no verdict changes, 1 when at least one does, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from egressguard.analysis import Report, Severity, analyze
+from egressguard.analysis.simulate import RequestListError, Simulation, parse_requests, simulate
+from egressguard.analysis.sources import SourceError, from_file, in_force, references
+from egressguard.engine import CompileError, compile_policy
+
+EXIT_SAME, EXIT_CHANGED, EXIT_BAD_INPUT = 0, 1, 2
+
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", envvar="EGRESSGUARD_STORE",
+    help="store URL for --cluster (default: the embedded store)")]
+OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
+_SEVERITY_STYLE = {Severity.CRITICAL: "bold red", Severity.HIGH: "red",
+                   Severity.MEDIUM: "yellow", Severity.LOW: "cyan", Severity.INFO: "dim"}
+
+
+def _console() -> Console:
+    """Wide enough that rows never wrap when output is piped (tests, CI logs)."""
+    return Console(width=None if sys.stdout.isatty() else 240, highlight=False)
+
+
+def _bad(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def _output(output: str) -> str:
+    if output not in ("table", "json"):
+        raise _bad(f"--output must be table or json, not {output!r}")
+    return output
+
+
+def analyze_command(
+    policy: Annotated[Path | None, typer.Option(help="policy file (YAML or JSON)")] = None,
+    cluster: Annotated[str | None, typer.Option(help="a stored cluster's current policy")
+                       ] = None,
+    store: StoreOpt = None,
+    output: OutputOpt = "table",
+    fail_on: Annotated[str | None, typer.Option(
+        help="exit 1 if a finding is at least this severe (info..critical)")] = None,
+) -> None:
+    """List the exfiltration paths and dead rules of a policy, most severe first."""
+    output = _output(output)
+    if policy is not None and cluster is not None:
+        raise _bad("give --policy or --cluster, not both")
+    try:
+        threshold = Severity.parse(fail_on) if fail_on else None
+        loaded, source = (from_file(policy) if policy is not None
+                          else in_force(None, cluster, store))
+    except (SourceError, ValueError) as exc:
+        raise _bad(str(exc)) from None
+    report = analyze(loaded, references())
+    if output == "json":
+        typer.echo(json.dumps({"policy": source, **report.as_dict()}, indent=2))
+    else:
+        _print_report(report, source)
+    worst = report.worst()
+    if threshold is not None and worst is not None and worst >= threshold:
+        raise typer.Exit(1)
+
+
+def _print_report(report: Report, source: str) -> None:
+    console = _console()
+    if not report.findings:
+        console.print(Text(f"{source}: no findings"))
+        return
+    table = Table(title=f"Exfiltration-risk findings: {source}", show_lines=True)
+    for column in ("severity", "check", "rule", "target", "why", "fix"):
+        table.add_column(column, overflow="fold")
+    for f in report.findings:
+        table.add_row(Text(f.severity.label, style=_SEVERITY_STYLE[f.severity]),
+                      Text(f.check), Text(f.rule), Text(f.target),
+                      Text(f"{f.title}. {f.why}" + (f" Example: {f.example}" if f.example
+                                                     else "")),
+                      Text(f.fix))
+    console.print(table)
+    counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
+    console.print(Text(f"{len(report.findings)} findings: {counts}"))
+
+
+def simulate_command(
+    urls: Annotated[Path, typer.Option(help="request list: one URL per line (see --help)")],
+    policy: Annotated[Path | None, typer.Option(
+        help="proposed policy file (default: the policy in force, i.e. no change)")] = None,
+    current: Annotated[Path | None, typer.Option(
+        help="policy in force, as a file (default: --cluster, else the store's default "
+             "cluster, else the shipped default policy)")] = None,
+    cluster: Annotated[str | None, typer.Option(help="stored cluster in force")] = None,
+    store: StoreOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Decide every request of a list under the policy in force and a proposed one.
+
+    Request list: one per line, `#` starts a comment. A URL alone is an http request;
+    `sql https://...` (any callout type) a callout; `connect host:port`, `dns host`,
+    `flow ip:port`, `http URL` name the kind. Options after the target:
+    `address=IP[,IP]`, `source=IP`, `port=N`.
+    Exit 0: no verdict changes; 1: some verdict changes; 2: bad input.
+    """
+    output = _output(output)
+    if current is not None and cluster is not None:
+        raise _bad("give --current or --cluster, not both")
+    try:
+        text = urls.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _bad(f"cannot read {urls}: {exc}") from None
+    try:
+        probes = parse_requests(text, str(urls))
+        refs = references()
+        now, now_source = in_force(current, cluster, store)
+        new, new_source = from_file(policy) if policy is not None else (now, now_source)
+        result = simulate(probes, compile_policy(now, refs), compile_policy(new, refs),
+                          now_source, new_source)
+    except (RequestListError, SourceError, CompileError) as exc:
+        raise _bad(str(exc)) from None
+    if output == "json":
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        _print_simulation(result)
+    raise typer.Exit(EXIT_CHANGED if result.changed else EXIT_SAME)
+
+
+def _cell(decision_effect: str, rule: str) -> Text:
+    return Text(f"{decision_effect} {rule}")
+
+
+def _print_simulation(result: Simulation) -> None:
+    from egressguard.analysis.simulate import effect
+
+    console = _console()
+    table = Table(title=f"What-if: {result.current_source} -> {result.proposed_source}")
+    for column in ("line", "request", "current", "proposed", "change"):
+        table.add_column(column, no_wrap=True)
+    for row in result.rows:
+        change = row.change
+        style = ""
+        if row.changed:
+            style = "bold red" if not row.proposed.permitted else "bold green"
+        elif change == "rule":
+            style = "yellow"
+        table.add_row(str(row.probe.line), Text(row.probe.text),
+                      _cell(effect(row.current), row.current.rule),
+                      _cell(effect(row.proposed), row.proposed.rule),
+                      Text(change), style=style)
+    console.print(table)
+    console.print(Text(result.summary()))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("analyze")(analyze_command)
+    app.command("simulate")(simulate_command)
