@@ -150,6 +150,8 @@ class Upstream(asyncio.Protocol):
             self.client.close("upstream")
         elif self.exchange is not None:
             if self._started and self._until_close:
+                if self._client_chunked:
+                    self.client.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
                 self._finish(reuse=False)
             else:
                 reason = "upstream closed the connection" + (f": {exc}" if exc else "")
