@@ -217,7 +217,7 @@ def test_every_decision_is_emitted_and_counted(dnsfilter: Addr, sink: ListSink) 
     assert denied.kind == "dns" and denied.host == "rebind.example.com"
     assert (denied.verdict, denied.permitted, denied.layer) == ("deny", False, "guard")
     assert denied.resolved_address == "127.0.0.1" and denied.protocol == "tcp"
-    assert denied.method == "A" and denied.policy_version.startswith("sha256:")
+    assert denied.method == "A" and len(denied.policy_version) == 12
     assert denied.client_address == "127.0.0.1"
     assert (allowed.verdict, allowed.permitted, allowed.rule) == (
         "allow", True, "application:allowed/example")

@@ -1,5 +1,8 @@
 """Hot reload of a policy file into a `SnapshotHolder` (mtime polling and explicit reloads).
 
+Thread-based, so that it also serves synchronous programs (the library check);
+`egressguard.gateway.reload.PolicyFile` is the asyncio twin.
+
 A change is loaded, validated and compiled first; only a policy that compiles replaces the
 one in force, so a bad edit is logged and changes nothing. Used by the DNS filter and the
 library check (`egressguard.callout`).
@@ -21,7 +24,8 @@ from egressguard.policy.load import Problem
 log = logging.getLogger("egressguard.policy.watch")
 
 
-def _references() -> References:
+def policy_references() -> References:
+    """The catalog's references (FQDN tags, aliases, service tags) for compiling."""
     try:
         from egressguard.catalog import references
     except ImportError:  # pragma: no cover - the catalog is part of the package
@@ -31,14 +35,15 @@ def _references() -> References:
 
 def load_active(path: str | os.PathLike[str]) -> Active:
     """Load and compile the policy file at `path`; raises `PolicyError`/`CompileError`/
-    `OSError`. The version label is a digest of the file's bytes."""
+    `OSError`. The version label is the first 12 hex digits of the file's SHA-256 (the
+    same label `egressguard.gateway.reload` uses)."""
     raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError(str(path), [Problem("", None, f"not UTF-8 text: {exc}")]) from None
-    snapshot = compile_policy(load_policy_text(text, str(path)), _references())
-    return Active(snapshot, "sha256:" + hashlib.sha256(raw).hexdigest()[:12], str(path))
+    snapshot = compile_policy(load_policy_text(text, str(path)), policy_references())
+    return Active(snapshot, hashlib.sha256(raw).hexdigest()[:12], str(path))
 
 
 class PolicyFileWatcher:
@@ -114,6 +119,6 @@ def holder_for(path: str | os.PathLike[str] | None) -> SnapshotHolder:
     if path is None:
         from egressguard.policy import Policy
 
-        return SnapshotHolder(Active(compile_policy(Policy(), _references()), "default",
+        return SnapshotHolder(Active(compile_policy(Policy(), policy_references()), "default",
                                      "built-in default"))
     return SnapshotHolder(load_active(path))

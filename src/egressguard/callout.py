@@ -1,0 +1,196 @@
+"""The library check: in-process callout decisions for applications.
+
+An application that calls out on a user's behalf (a query engine reading an external SQL
+table, a service fetching a webhook URL) asks the policy before it connects, as Azure Data
+Explorer does with its callout policy::
+
+    from egressguard.callout import CalloutDenied, Guard
+
+    guard = Guard.from_file("policy.yaml")            # reloads when the file changes
+    guard.require("sql", "https://myserver.database.windows.net")   # -> Decision
+    try:
+        guard.require("webapi", "https://attacker.example/collect")
+    except CalloutDenied as exc:
+        print(exc)   # Callout to 'https://attacker.example/collect' is not allowed by ...
+
+    # or let httpx ask before every request it sends:
+    client = httpx.Client(event_hooks={"request": [guard.httpx_hook("webapi")]})
+
+`check` only decides (and records); `require` raises `CalloutDenied` unless the call is
+permitted (a report-only denial is permitted and recorded). The address guard applies to
+IP-literal URIs and to `addresses=` you pass (the addresses you will connect to); for
+names, route the connection through the gateway so that it is resolved and checked once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from egressguard.audit.events import DecisionEvent, EventSink, NullSink
+from egressguard.audit.metrics import DECISIONS
+from egressguard.dns.watch import PolicyFileWatcher, holder_for, policy_references
+from egressguard.engine import Decision, Kind, Layer, Request, Snapshot, Verdict, compile_policy
+from egressguard.engine.holder import Active, SnapshotHolder
+from egressguard.engine.normalize import IPAddress
+from egressguard.policy import Policy
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("egressguard.callout")
+
+__all__ = ["CalloutDenied", "Guard"]
+
+
+class CalloutDenied(PermissionError):
+    """A callout the policy does not allow. `str(exc)` is Data Explorer's wording:
+    "Callout to '<uri>' is not allowed by the callout policy (...)" (error SEM0056)."""
+
+    code = "SEM0056"
+
+    def __init__(self, decision: Decision, callout_type: str, uri: str) -> None:
+        super().__init__(decision.reason)
+        self.decision = decision
+        self.callout_type = callout_type
+        self.uri = uri
+
+
+Source = Policy | Snapshot | SnapshotHolder | None
+
+
+def _holder(source: Source) -> SnapshotHolder:
+    if isinstance(source, SnapshotHolder):
+        return source
+    if isinstance(source, Snapshot):
+        return SnapshotHolder(Active(source, "snapshot", "in-process"))
+    if isinstance(source, Policy):
+        return SnapshotHolder(Active(compile_policy(source, policy_references()), "policy",
+                                     "in-process"))
+    return holder_for(None)
+
+
+class Guard:
+    """Decides callouts against the policy in force (`source`: a `Policy`, a compiled
+    `Snapshot`, a `SnapshotHolder` kept current by someone else, or None for the built-in
+    default). Thread-safe; each check reads the current snapshot once.
+
+    >>> guard = Guard()                                  # default policy: unrestricted
+    >>> guard.check("sql", "https://myserver.database.windows.net").allowed
+    True
+    >>> guard.check("webapi", "https://example.org").allowed   # no webapi entry
+    False
+    """
+
+    def __init__(self, source: Source = None, *, sink: EventSink | None = None,
+                 cluster: str = "default", report_only: bool = False) -> None:
+        self.holder = _holder(source)
+        self.sink = sink or NullSink()
+        self.cluster = cluster
+        self.report_only = report_only
+        self._watcher: PolicyFileWatcher | None = None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, watch: bool = True,
+                  interval: float = 1.0, sink: EventSink | None = None,
+                  cluster: str = "default", report_only: bool = False) -> Guard:
+        """A guard for the policy file at `path` (raises `PolicyError` if it is invalid).
+        With `watch`, edits are picked up within `interval` seconds; an invalid edit is
+        logged and the previous policy stays in force."""
+        guard = cls(holder_for(path), sink=sink, cluster=cluster, report_only=report_only)
+        if watch:
+            guard._watcher = PolicyFileWatcher(path, guard.holder, interval).start()
+        return guard
+
+    def reload(self) -> bool:
+        """Re-read the policy file now (e.g. on SIGHUP); True if a new policy is in force."""
+        return self._watcher.reload() if self._watcher is not None else False
+
+    def close(self) -> None:
+        """Stop watching the policy file."""
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- deciding ----------------------------------------------------------------------
+
+    def check(self, callout_type: str, uri: str, *,
+              addresses: Sequence[IPAddress | str] = ()) -> Decision:
+        """Decide a `callout_type` call to `uri` and record it; never raises for bad input
+        (an unparseable URI is a denial)."""
+        active = self.holder.active
+        try:
+            ips = tuple(ipaddress.ip_address(a) for a in addresses)
+        except ValueError as exc:
+            raise ValueError(f"addresses: {exc}") from None
+        try:
+            decision = active.snapshot.decide(
+                Request.from_url(uri, kind=Kind.CALLOUT, callout_type=callout_type,
+                                 addresses=ips))
+        except Exception as exc:  # fail closed: an engine error must not become a pass
+            log.exception("deciding %s callout to %s failed", callout_type, uri)
+            decision = Decision(Verdict.DENY, Layer.GUARD, "guard:error",
+                                f"Callout to '{uri}' is not allowed by the callout policy "
+                                f"(internal error: {exc})", destination=uri)
+        self._record(active, decision, callout_type, uri, ips)
+        return decision
+
+    def permitted(self, decision: Decision) -> bool:
+        """What to do with `decision`: a report-only guard permits every call."""
+        return decision.permitted or self.report_only
+
+    def require(self, callout_type: str, uri: str, *,
+                addresses: Sequence[IPAddress | str] = ()) -> Decision:
+        """`check`, raising `CalloutDenied` unless the callout is permitted."""
+        decision = self.check(callout_type, uri, addresses=addresses)
+        if not self.permitted(decision):
+            raise CalloutDenied(decision, callout_type, uri)
+        return decision
+
+    def _record(self, active: Active, decision: Decision, callout_type: str, uri: str,
+                ips: tuple[IPAddress, ...]) -> None:
+        permitted = self.permitted(decision)
+        DECISIONS.labels(kind="callout", verdict=decision.verdict.value,
+                         layer=decision.layer.value, permitted=str(permitted).lower()).inc()
+        event = DecisionEvent(
+            time=time.time(), cluster=self.cluster, kind="callout",
+            host=decision.destination, port=decision.port, verdict=decision.verdict.value,
+            permitted=permitted, layer=decision.layer.value, rule=decision.rule,
+            reason=decision.reason, policy_version=active.version,
+            resolved_address=",".join(map(str, ips)), path=uri, callout_type=callout_type)
+        try:
+            self.sink.emit(event)
+        except Exception:
+            log.exception("event sink failed")
+
+    # -- HTTP client integration -------------------------------------------------------
+
+    def httpx_hook(self, callout_type: str) -> Callable[[httpx.Request], None]:
+        """An httpx request event hook that raises `CalloutDenied` before a denied request
+        is sent: ``httpx.Client(event_hooks={"request": [guard.httpx_hook("webapi")]})``.
+        Redirects are requests too, so each hop is decided."""
+
+        def hook(request: httpx.Request) -> None:
+            self.require(callout_type, str(request.url))
+
+        return hook
+
+    def async_httpx_hook(self, callout_type: str
+                         ) -> Callable[[httpx.Request], Awaitable[None]]:
+        """The same hook for `httpx.AsyncClient`."""
+
+        async def hook(request: httpx.Request) -> None:
+            self.require(callout_type, str(request.url))
+
+        return hook
+
