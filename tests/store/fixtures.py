@@ -61,3 +61,10 @@ def store(store_url: str) -> Iterator[Store]:
     st = Store(store_url)
     yield st
     st.close()
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url: str) -> Iterator[Store]:
+    st = Store(sqlite_url)
+    yield st
+    st.close()
