@@ -101,13 +101,14 @@ def app_order(rules: list[AppRule]) -> list[Finding]:
             continue
         count = 0
         for first in earlier:
-            if first.action is rule.action or not _sources_meet(first.sources, rule.sources) \
+            if first.action is not Action.ALLOW or rule.action is not Action.DENY \
+                    or not _sources_meet(first.sources, rule.sources) \
                     or not _specs_meet(first, rule):
                 continue
             witness = _first_overlap(first, rule)
             if witness is None:
                 continue
-            out.append(_overlap(first.rule_id, first.action, rule.rule_id, witness[0],
+            out.append(_overlap(first.rule_id, rule.rule_id, witness[0],
                                 witness[1]))
             count += 1
             if count >= _MAX_OVERLAPS_PER_RULE:
@@ -124,21 +125,16 @@ def _first_overlap(first: AppRule, later: AppRule) -> tuple[str, str] | None:
     return None
 
 
-def _overlap(first_id: str, first_action: Action, later_id: str, target: str,
-             host: str) -> Finding:
-    allow_first = first_action is Action.ALLOW
+def _overlap(first_id: str, later_id: str, target: str, host: str) -> Finding:
+    """A deny rule that an earlier allow rule pre-empts for some hosts. (An earlier deny
+    carving an exception out of a later allow is the intended idiom, not reported.)"""
     return Finding(
-        "allow-deny-overlap", Severity.MEDIUM if allow_first else Severity.INFO, later_id,
-        target,
-        f"{'deny' if allow_first else 'allow'} rule overlaps an earlier "
-        f"{first_action.value} rule",
-        f"For hosts such as {host}, {first_id} decides first and {first_action.value}s "
-        + ("the call: this deny does not protect them." if allow_first
-           else "the call: this allow does not apply to them."),
+        "allow-deny-overlap", Severity.MEDIUM, later_id, target,
+        "deny rule overlaps an earlier allow rule",
+        f"For hosts such as {host}, {first_id} decides first and allows the call: this "
+        "deny does not protect them.",
         "Put deny rules in a collection with a lower priority number than the allow rules "
-        "they carve exceptions from." if allow_first else
-        "Check that the earlier deny is meant to win; otherwise reorder the collections.",
-        example=host, related=(first_id,))
+        "they carve exceptions from.", example=host, related=(first_id,))
 
 
 # -- network rules --------------------------------------------------------------------
@@ -209,13 +205,14 @@ def net_order(rules: list[NetRule]) -> list[Finding]:
             continue
         count = 0
         for first in earlier:
-            if first.action is rule.action or not _net_meet(first, rule):
+            if first.action is not Action.ALLOW or rule.action is not Action.DENY \
+                    or not _net_meet(first, rule):
                 continue
             hit = next(((b.text, w) for a in first.destinations for b in rule.destinations
                         if (w := _dest_witness(a, b)) is not None), None)
             if hit is None:
                 continue
-            out.append(_overlap(first.rule_id, first.action, rule.rule_id, *hit))
+            out.append(_overlap(first.rule_id, rule.rule_id, *hit))
             count += 1
             if count >= _MAX_OVERLAPS_PER_RULE:
                 break
@@ -236,7 +233,7 @@ def network_bypasses_app_denies(nets: list[NetRule], apps: list[AppRule]) -> lis
             continue
         ports = [p for _, p in app.specs] or [None]
         if all(p is None or any(lo <= p <= hi for lo, hi in opener.ports) for p in ports):
-            out.append(_overlap(opener.rule_id, Action.ALLOW, app.rule_id,
+            out.append(_overlap(opener.rule_id, app.rule_id,
                                 ", ".join(app.patterns),
                                 next(iter(app.patterns), "*").lstrip("*.") or "any host"))
     return out

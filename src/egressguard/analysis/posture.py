@@ -132,7 +132,7 @@ def _callout_target(policy: Policy, rule: str) -> str:
     return rule.partition(":")[2]
 
 
-_SIMPLE = re.compile(r"\^?((?:[a-z0-9-]|\\\.)+)(?:/\?)?\$?")
+_HOST_LITERAL = re.compile(r"(?:[a-z0-9-]+\\\.)+[a-z0-9-]+")
 
 
 def unanchored_callouts(policy: Policy) -> list[Finding]:
@@ -150,10 +150,10 @@ def unanchored_callouts(policy: Policy) -> list[Finding]:
         compiled = re2.compile(entry.uri_regex)
         if compiled.search(ATTACKER_URL):
             continue  # reported as callout-unrestricted
-        simple = _SIMPLE.fullmatch(entry.uri_regex)
+        literal = _HOST_LITERAL.search(entry.uri_regex.lower())
         witness = ""
-        if simple:
-            name = simple.group(1).replace("\\.", ".")
+        if literal:
+            name = literal.group(0).replace("\\.", ".")
             for probe in (f"https://{name}.{PROBE_LABEL}.example/",
                           f"https://{PROBE_LABEL}.example/{name}",
                           f"https://{PROBE_LABEL}{name}/"):
@@ -162,7 +162,7 @@ def unanchored_callouts(policy: Policy) -> list[Finding]:
                     break
             if not witness:
                 continue
-        elif entry.uri_regex.startswith("^") and entry.uri_regex.endswith("$"):
+        elif entry.uri_regex.startswith("^"):
             continue
         out.append(Finding(
             "callout-unanchored", Severity.MEDIUM if witness else Severity.LOW,
