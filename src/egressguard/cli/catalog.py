@@ -68,7 +68,8 @@ def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 @catalog_app.command("list")
 def catalog_list(output: OutputOpt = Output.TABLE) -> None:
     """List the shipped catalogs, FQDN tags and storage aliases."""
-    entries: list[dict[str, Any]] = [{"name": c.name, "title": c.title, "source": c.source, "clouds": list(c.clouds),
+    entries: list[dict[str, Any]] = [
+               {"name": c.name, "title": c.title, "source": c.source, "clouds": list(c.clouds),
                 "rows": len(c.rows()) or (len(IMMUTABLE_CALLOUT_ROWS)
                                           if c.name == "data-explorer" else 0),
                 "features": [f for f, spec in c.features.items() if spec.get("kind") != "base"]}
