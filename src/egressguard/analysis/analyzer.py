@@ -88,4 +88,16 @@ def analyze(policy: Policy, refs: References | None = None) -> Report:
     dead = {f.rule for f in findings if f.check == "shadowed-rule"}
     findings += [f for f in ordering.network_bypasses_app_denies(nets, apps)
                  if f.rule not in dead]
-    return Report(sort_findings(findings))
+    return Report(sort_findings(_dedupe(findings)))
+
+
+def _dedupe(findings: list[Finding]) -> list[Finding]:
+    """One finding per (check, rule, target): a rule seen by two probes (e.g. an allowed
+    FQDN entry both as a host pattern and as a callout destination) is reported once, at
+    the higher severity."""
+    best: dict[tuple[str, str, str], Finding] = {}
+    for finding in findings:
+        key = (finding.check, finding.rule, finding.target)
+        if key not in best or finding.severity > best[key].severity:
+            best[key] = finding
+    return list(best.values())
