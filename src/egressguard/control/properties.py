@@ -140,6 +140,16 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
     return out
 
 
+def _validate(data: dict[str, Any]) -> Policy:
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(_problems(exc)) from None
+    except RecursionError:  # a pathological value must be a refusal, not a crash
+        raise InvalidInput([("properties", "the input could not be validated "
+                                           "(too deeply nested or pathological)")]) from None
+
+
 def from_arm(body: Any, base: Policy | None = None) -> Policy:
     """The policy an ARM body describes; with `base` (PATCH) unnamed properties keep their
     values. Raises `InvalidInput` naming each bad field."""
@@ -161,10 +171,7 @@ def from_arm(body: Any, base: Policy | None = None) -> Policy:
     for name, value in props.items():
         if name in PROPERTIES:
             data[PROPERTIES[name]] = _property_in(name, value)
-    try:
-        policy = Policy.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInput(_problems(exc)) from None
+    policy = _validate(data)
     if (policy.restrict_outbound_network_access and policy.allowed_fqdn_list
             and policy.callouts and ("allowedFqdnList" in props or "calloutPolicies" in props)):
         raise InvalidInput([("properties.calloutPolicies",
@@ -186,10 +193,10 @@ def collection_from_arm(body: Any, field: str, name: str, policy: Policy) -> Pol
     items.insert(position, item)
     data[field] = items
     try:
-        return Policy.model_validate(data)
-    except ValidationError as exc:
+        return _validate(data)
+    except InvalidInput as exc:
         problems = []
-        for where, reason in _problems(exc):
+        for where, reason in exc.problems:
             prefix = f"properties.{FIELDS[field]}[{position}]"
             problems.append((where.replace(prefix, "", 1).lstrip(".") or "body", reason)
                             if where.startswith(prefix) else (where, reason))
