@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from egressguard.engine._frozen import fast_init
 from egressguard.engine.normalize import IPAddress
 
 
@@ -32,6 +33,7 @@ class Layer(enum.StrEnum):
     DEFAULT = "default"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Request:
     """One outbound call to decide.
@@ -61,6 +63,7 @@ class Request:
                    addresses=addresses, source=source)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The engine's answer.

@@ -29,7 +29,15 @@ from egressguard.engine.normalize import (
     parse_url,
 )
 from egressguard.engine.request import Decision, Kind, Layer, Request, Verdict
-from egressguard.policy.model import Action, CalloutRule, Policy, is_service_tag
+from egressguard.policy.model import (
+    Action,
+    CalloutRule,
+    NetworkRule,
+    NetworkRuleCollection,
+    Policy,
+    is_service_tag,
+    validate_host_pattern,
+)
 
 _ALLOWED_FQDN_PORTS = frozenset({80, 443})
 _STORAGE_HOST = re.compile(
@@ -62,43 +70,72 @@ class References:
     storage_accounts: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+_DNS, _CONNECT, _HTTP, _CALLOUT, _FLOW = Kind.DNS, Kind.CONNECT, Kind.HTTP, Kind.CALLOUT, Kind.FLOW
+_ALLOW, _DENY = Verdict.ALLOW, Verdict.DENY
+
+
 class _AppEntry:
-    order: int
-    rule_id: str
-    action: Action
-    # (protocol, port) pairs; port None = any port.
-    specs: tuple[tuple[str, int | None], ...]
-    sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-    report_only: bool
+    """One application rule, compiled: which (protocol, port) pairs it covers."""
+
+    __slots__ = ("action", "allow", "any_port_protocols", "connect_any", "connect_ports",
+                 "order", "pairs", "reason_tail", "report_only", "rule_id", "sources",
+                 "verdict")
+
+    def __init__(self, order: int, rule_id: str, action: Action,
+                 specs: Sequence[tuple[str, int | None]],
+                 sources: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+                 report_only: bool) -> None:
+        self.order = order
+        self.rule_id = rule_id
+        self.action = action
+        self.allow = action is Action.ALLOW
+        self.verdict = _ALLOW if self.allow else _DENY
+        self.reason_tail = (f" {'allowed' if self.allow else 'denied'} by application rule "
+                            f"{rule_id.partition(':')[2]}")
+        self.sources = tuple(sources)
+        self.report_only = report_only
+        self.pairs = frozenset((p, port) for p, port in specs if port is not None)
+        self.any_port_protocols = frozenset(p for p, port in specs if port is None)
+        self.connect_ports = frozenset(port for _, port in specs if port is not None)
+        self.connect_any = bool(self.any_port_protocols)
 
     def applies(self, kind: Kind, scheme: str | None, port: int | None,
                 source: IPAddress | None) -> bool:
         if self.sources and (source is None or not any(source in n for n in self.sources)):
             return False
-        if kind is Kind.DNS:
+        if kind is _DNS:  # a name lookup has no port yet: the rule's names are what count
             return True
-        for proto, rule_port in self.specs:
-            if rule_port is not None and rule_port != port:
-                continue
-            if kind is Kind.CONNECT or proto == scheme:
-                return True
-        return False
+        if kind is _CONNECT:  # a tunnel: the port is all we know of the protocol
+            return self.connect_any or port in self.connect_ports
+        return (scheme, port) in self.pairs or scheme in self.any_port_protocols
 
 
-@dataclass(frozen=True, slots=True)
 class _NetEntry:
-    order: int
-    rule_id: str
-    action: Action
-    protocols: frozenset[str]
-    ports: tuple[tuple[int, int], ...]
-    sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-    report_only: bool
-    explicit: bool  # matched through a literal IP/CIDR (lifts the address guard)
+    """One network rule destination, compiled."""
+
+    __slots__ = ("action", "allow", "any_protocol", "explicit", "order", "ports", "protocols",
+                 "reason_tail", "report_only", "rule_id", "sources", "verdict")
+
+    def __init__(self, order: int, rule_id: str, action: Action, protocols: frozenset[str],
+                 ports: tuple[tuple[int, int], ...],
+                 sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+                 report_only: bool, explicit: bool) -> None:
+        self.order = order
+        self.rule_id = rule_id
+        self.action = action
+        self.allow = action is Action.ALLOW
+        self.verdict = _ALLOW if self.allow else _DENY
+        self.reason_tail = (f" {'allowed' if self.allow else 'denied'} by network rule "
+                            f"{rule_id.partition(':')[2]}")
+        self.protocols = protocols
+        self.any_protocol = "any" in protocols
+        self.ports = ports
+        self.sources = sources
+        self.report_only = report_only
+        self.explicit = explicit  # matched through a literal IP/CIDR (lifts the guard)
 
     def applies(self, protocol: str, port: int | None, source: IPAddress | None) -> bool:
-        if "any" not in self.protocols and protocol not in self.protocols:
+        if not self.any_protocol and protocol not in self.protocols:
             return False
         if port is not None and not any(lo <= port <= hi for lo, hi in self.ports):
             return False
@@ -106,35 +143,45 @@ class _NetEntry:
                                     and any(source in n for n in self.sources))
 
 
-def _first(entries: Iterable[_AppEntry], kind: Kind, scheme: str | None, port: int | None,
-           source: IPAddress | None) -> _AppEntry | None:
-    best: _AppEntry | None = None
-    for entry in entries:
-        if (best is None or entry.order < best.order) and entry.applies(
-                kind, scheme, port, source):
-            best = entry
-    return best
+_Entry = _AppEntry | _NetEntry
+_L_GUARD, _L_NETWORK, _L_APPLICATION = Layer.GUARD, Layer.NETWORK, Layer.APPLICATION
+_L_DEFAULT, _L_ALLOWED_FQDN, _L_SEP = Layer.DEFAULT, Layer.ALLOWED_FQDN, Layer.SERVICE_ENDPOINT
+_L_IMMUTABLE, _L_CLUSTER = Layer.IMMUTABLE, Layer.CLUSTER
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
 
 
 class _CalloutLayer:
-    """One callout layer's entries searched together in a single RE2 set."""
+    """One callout layer's entries: one RE2 set per callout type (its own entries and the
+    `*` entries), so a decision runs one automaton over the URI whatever the layer's size."""
 
     def __init__(self, rules: Sequence[CalloutRule], layer: Layer) -> None:
         self.layer = layer
         self.rules = tuple(rules)
-        self._set: re2.Set | None = None
-        if rules:
-            regex_set = re2.Set.SearchSet()
-            for rule in rules:
-                regex_set.Add(rule.uri_regex)
-            regex_set.Compile()
-            self._set = regex_set
+        by_type: dict[str, list[int]] = {}
+        for index, rule in enumerate(self.rules):
+            by_type.setdefault(rule.callout_type, []).append(index)
+        wildcard = by_type.pop("*", [])
+        self._sets: dict[str, tuple[re2.Set, tuple[int, ...]]] = {}
+        for callout_type, indices in by_type.items():
+            self._sets[callout_type] = self._compile(sorted(indices + wildcard))
+        self._wildcard = self._compile(wildcard) if wildcard else None
+
+    def _compile(self, indices: list[int]) -> tuple[re2.Set, tuple[int, ...]]:
+        regex_set = re2.Set.SearchSet(_RE2_OPTIONS)
+        for index in indices:
+            regex_set.Add(self.rules[index].uri_regex)
+        regex_set.Compile()
+        return regex_set, tuple(indices)
 
     def matches(self, callout_type: str, uri: str) -> list[tuple[int, CalloutRule]]:
-        if self._set is None:
+        """(index, rule) of every entry of this type (or `*`) whose regex is found in
+        `uri`, in policy order."""
+        compiled = self._sets.get(callout_type) or self._wildcard
+        if compiled is None:
             return []
-        return [(i, self.rules[i]) for i in sorted(self._set.Match(uri))
-                if self.rules[i].callout_type in (callout_type, "*")]
+        regex_set, indices = compiled
+        return [(indices[i], self.rules[indices[i]]) for i in sorted(regex_set.Match(uri))]
 
 
 class Snapshot:
@@ -157,6 +204,7 @@ class Snapshot:
         self._net_any: list[_NetEntry] = []
         self._net_hosts: HostIndex[_NetEntry] = HostIndex()
         self._compile_network_rules(policy, refs)
+        self._has_net = bool(len(self._net_v4) or len(self._net_v6) or self._net_any)
         self._storage = _StorageScope(policy, refs)
 
     # -- compilation -------------------------------------------------------------------
@@ -171,44 +219,53 @@ class Snapshot:
                     order=order,
                     rule_id=f"application:{collection.name}/{rule.name}",
                     action=rule.action or collection.action,
-                    specs=tuple((p.protocol, p.port) for p in rule.protocols),
-                    sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
+                    specs=[(p.protocol, p.port) for p in rule.protocols],
+                    sources=[ipaddress.ip_network(s) for s in rule.sources],
                     report_only=collection.report_only)
                 patterns = list(rule.targets)
                 for tag in rule.fqdn_tags:
                     if tag not in refs.fqdn_tags:
                         raise CompileError(
                             f"application rule {entry.rule_id}: unknown FQDN tag {tag!r}")
-                    patterns.extend(refs.fqdn_tags[tag])
+                    patterns.extend(validate_host_pattern(p) for p in refs.fqdn_tags[tag])
+                add = self._apps.add
                 for pattern in patterns:
-                    self._apps.add(pattern, entry)
+                    add(pattern, entry)
 
     def _compile_network_rules(self, policy: Policy, refs: References) -> None:
         order = 0
         for collection in sorted(policy.network_rule_collections, key=lambda c: c.priority):
             for rule in collection.rules:
                 order += 1
-                base = dict(
-                    order=order, rule_id=f"network:{collection.name}/{rule.name}",
-                    action=rule.action or collection.action,
-                    protocols=frozenset(rule.protocols),
-                    ports=tuple((p.low, p.high) for p in rule.ports),
-                    sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
-                    report_only=collection.report_only)
+                rule_id = f"network:{collection.name}/{rule.name}"
+
+                def entry(explicit: bool, order: int = order, rule: NetworkRule = rule,
+                          rule_id: str = rule_id,
+                          collection: NetworkRuleCollection = collection) -> _NetEntry:
+                    return _NetEntry(
+                        order=order, rule_id=rule_id, action=rule.action or collection.action,
+                        protocols=frozenset(rule.protocols),
+                        ports=tuple((p.low, p.high) for p in rule.ports),
+                        sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
+                        report_only=collection.report_only, explicit=explicit)
+
                 for dest in rule.destinations:
                     if dest == "*":
-                        self._net_any.append(_NetEntry(explicit=False, **base))  # type: ignore[arg-type]
+                        self._net_any.append(entry(False))
                     elif is_service_tag(dest):
                         prefixes = refs.service_tags.get(dest)
                         if prefixes is None:
                             raise CompileError(
-                                f"network rule {base['rule_id']}: unknown service tag {dest!r}")
+                                f"network rule {rule_id}: unknown service tag {dest!r}")
+                        tagged = entry(False)
                         for prefix in prefixes:
-                            self._add_prefix(prefix, _NetEntry(explicit=False, **base))  # type: ignore[arg-type]
+                            self._add_prefix(prefix, tagged)
                     elif dest[0].isdigit() or ":" in dest:
-                        self._add_prefix(dest, _NetEntry(explicit=True, **base))  # type: ignore[arg-type]
+                        # A literal CIDR names its addresses explicitly, except /0, which
+                        # is `*` spelled differently and must not lift the address guard.
+                        self._add_prefix(dest, entry(not dest.endswith("/0")))
                     else:
-                        self._net_hosts.add(dest, _NetEntry(explicit=False, **base))  # type: ignore[arg-type]
+                        self._net_hosts.add(dest, entry(False))
 
     def _add_prefix(self, prefix: str, entry: _NetEntry) -> None:
         net = ipaddress.ip_network(prefix, strict=False)
@@ -221,52 +278,56 @@ class Snapshot:
 
     # -- matching helpers --------------------------------------------------------------
 
-    def _network_match(self, ip: IPAddress | None, host: str | None, protocol: str,
-                       port: int | None, source: IPAddress | None) -> _NetEntry | None:
-        best: _NetEntry | None = None
-
-        def consider(entries: Iterable[_NetEntry]) -> None:
-            nonlocal best
-            for entry in entries:
-                if (best is None or entry.order < best.order) and entry.applies(
-                        protocol, port, source):
-                    best = entry
-
-        if ip is not None:
-            trie = self._net_v6 if ip.version == 6 else self._net_v4
+    def _ip_entries(self, ip: IPAddress) -> list[_NetEntry]:
+        """Every network entry whose destination contains `ip` (CIDRs, tags and `*`)."""
+        out: list[_NetEntry] = []
+        trie = self._net_v6 if ip.version == 6 else self._net_v4
+        if len(trie):
             key = trie.get_key(ip)
             while key is not None:
-                consider(trie[key])
+                out.extend(trie[key])
                 key = trie.parent(key)
-            consider(self._net_any)
-        if host is not None:
-            consider(self._net_hosts.matches(host))
+        out.extend(self._net_any)
+        return out
+
+    @staticmethod
+    def _first_net(entries: Iterable[_NetEntry], protocol: str, port: int | None,
+                   source: IPAddress | None, enforced: bool) -> _NetEntry | None:
+        best: _NetEntry | None = None
+        for entry in entries:
+            if (best is None or entry.order < best.order) and not (
+                    enforced and entry.report_only) and entry.applies(protocol, port, source):
+                best = entry
         return best
 
-    def _from_entry(self, entry: _AppEntry | _NetEntry, layer: Layer, target: str,
-                    port: int | None) -> Decision:
-        verdict = Verdict.ALLOW if entry.action is Action.ALLOW else Verdict.DENY
-        verb = "allowed" if verdict is Verdict.ALLOW else "denied"
-        kind = "network" if layer is Layer.NETWORK else "application"
-        return Decision(verdict, layer, entry.rule_id,
-                        f"{target} {verb} by {kind} rule {entry.rule_id.partition(':')[2]}",
-                        destination=target, port=port,
-                        report_only=(entry.report_only or self.report_only)
-                        and verdict is Verdict.DENY)
+    def _from_entry(self, entry: _Entry, layer: Layer, target: str, port: int | None,
+                    enforced: Decision | None = None) -> Decision:
+        """The decision a matched rule makes.
+
+        A rule of a report-only collection never changes what is enforced (`enforced` is
+        the decision the other rules make): its deny is recorded as report-only when the
+        enforced decision allows; otherwise the enforced decision stands.
+        """
+        if entry.report_only and enforced is not None and (
+                entry.allow or not enforced.allowed):
+            return enforced
+        allow = entry.allow
+        return Decision(entry.verdict, layer, entry.rule_id, target + entry.reason_tail,
+                        target, port,
+                        not allow and (entry.report_only or self.report_only))
 
     def _deny(self, layer: Layer, rule: str, reason: str, host: str = "",
               port: int | None = None) -> Decision:
-        return Decision(Verdict.DENY, layer, rule, reason, destination=host, port=port,
-                        report_only=self.report_only)
+        return Decision(_DENY, layer, rule, reason, host, port, self.report_only)
 
     def _default(self, target: str, port: int | None) -> Decision:
         if self.restricted:
-            return self._deny(Layer.DEFAULT, "default",
-                              f"{target} is not allowed: no rule allows it and outbound "
-                              "network access is restricted", target, port)
-        return Decision(Verdict.ALLOW, Layer.DEFAULT, "default",
+            return Decision(_DENY, _L_DEFAULT, "default",
+                            f"{target} is not allowed: no rule allows it and outbound "
+                            "network access is restricted", target, port, self.report_only)
+        return Decision(_ALLOW, _L_DEFAULT, "default",
                         f"{target} allowed: outbound network access is not restricted",
-                        destination=target, port=port)
+                        target, port)
 
     # -- the decision ------------------------------------------------------------------
 
@@ -276,106 +337,153 @@ class Snapshot:
         port: int | None
         scheme: str | None
         try:
-            if request.uri is not None:
-                url = parse_url(request.uri)
-                host = url.host
-                port = request.port or url.port
-                scheme = url.scheme
-            else:
+            if request.uri is None:
                 host = normalize_host(request.host)
                 port = request.port
                 scheme = request.scheme
+            else:
+                url = parse_url(request.uri)
+                host = url.host
+                port = request.port or url.port or None
+                scheme = url.scheme
         except InvalidHost as exc:  # step 1
-            return self._deny(Layer.GUARD, "guard:invalid-host", str(exc),
+            return self._deny(_L_GUARD, "guard:invalid-host", str(exc),
                               request.uri or request.host, request.port)
-        target = f"{host.name}:{port}" if port else host.name
+        kind = request.kind
+        if kind is _HTTP:
+            if scheme is None:
+                scheme = "https" if port == 443 else "http"
+            if port is None:
+                port = 443 if scheme == "https" else 80
+        return self._evaluate(request, kind, host, url, scheme, port, False)
 
-        # Step 2: the address guard, on every address the caller will connect to.
+    def _evaluate(self, request: Request, kind: Kind, host: Host, url: URL | None,
+                  scheme: str | None, port: int | None, enforced: bool) -> Decision:
+        """Steps 2-7. With `enforced`, rules of report-only collections are skipped; that
+        second pass runs only when such a rule decided the first one."""
+        name = host.name
+        target = f"{name}:{port}" if port else name
+        # Step 2: the address guard, on every address the caller will connect to, and the
+        # network rules for each of them (the L3 check of every kind).
         addresses = request.addresses or ((host.ip,) if host.ip is not None else ())
         net_allowed: _NetEntry | None = None
-        for raw_ip in addresses:
-            ip = canonical_ip(raw_ip)
-            entry = self._network_match(ip, None, request.protocol, port, request.source)
-            special = special_range(ip)
-            if special is not None and not (entry is not None and entry.explicit
-                                            and entry.action is Action.ALLOW):
-                return self._deny(Layer.GUARD, f"guard:{special}",
-                                  f"{target} resolves to {ip} ({special} address); only a "
-                                  "network rule naming its CIDR can allow it", target, port)
-            if request.kind is Kind.CALLOUT:
-                if entry is not None and entry.action is Action.DENY:
-                    return self._from_entry(entry, Layer.NETWORK, target, port)
-                continue
-            if entry is None or entry.action is Action.DENY:
-                if entry is not None:
-                    return self._from_entry(entry, Layer.NETWORK, target, port)
+        if addresses:
+            protocol, source = request.protocol, request.source
+            all_allowed = True
+            for raw_ip in addresses:
+                ip = canonical_ip(raw_ip)
+                entries = self._ip_entries(ip) if self._has_net else []
+                special = special_range(ip)
+                if special is not None and not any(
+                        e.explicit and e.allow and not e.report_only
+                        and e.applies(protocol, port, source) for e in entries):
+                    return self._deny(_L_GUARD, f"guard:{special}",
+                                      f"{target} resolves to {ip} ({special} address); only "
+                                      "a network rule naming its CIDR can allow it",
+                                      target, port)
+                entry = self._first_net(entries, protocol, port, source, enforced)
+                if entry is not None and not entry.allow:
+                    return self._from_entry(entry, _L_NETWORK, target, port,
+                                            self._reevaluate(request, kind, host, url, scheme,
+                                                             port, entry))
+                if entry is None:
+                    all_allowed = False
+                elif net_allowed is None or entry.order < net_allowed.order:
+                    net_allowed = entry
+            if not all_allowed:
                 net_allowed = None
-                break
-            net_allowed = entry if net_allowed is None else net_allowed
-
-        if request.kind is Kind.CALLOUT:
-            return self._decide_callout(request, url, host)
-        if request.kind is Kind.FLOW:
+        if kind is _CALLOUT:
+            return self._decide_callout(request, url, host, port)
+        if kind is _FLOW:
+            if net_allowed is None and host.ip is None and self._net_hosts:
+                net_allowed = self._first_net(self._net_hosts.matches(name), request.protocol,
+                                              port, request.source, enforced)
             if net_allowed is not None:
-                return self._from_entry(net_allowed, Layer.NETWORK, target, port)
+                return self._from_entry(net_allowed, _L_NETWORK, target, port,
+                                        self._reevaluate(request, kind, host, url, scheme,
+                                                         port, net_allowed))
             return self._default(target, port)
-        return self._decide_application(request, host, scheme, port, target, net_allowed)
+        return self._decide_application(request, kind, host, url, scheme, port, target,
+                                        net_allowed, enforced)
 
-    def _decide_application(self, request: Request, host: Host, scheme: str | None,
-                            port: int | None, target: str,
-                            net_allowed: _NetEntry | None) -> Decision:
-        # Section 6: storage hosts outside the service endpoint policy, before anything else.
-        if self._storage.active and not host.is_ip:
-            refusal = self._storage.refuse(host.name)
+    def _reevaluate(self, request: Request, kind: Kind, host: Host, url: URL | None,
+                    scheme: str | None, port: int | None, entry: _Entry) -> Decision | None:
+        if not entry.report_only:
+            return None
+        return self._evaluate(request, kind, host, url, scheme, port, True)
+
+    def _decide_application(self, request: Request, kind: Kind, host: Host, url: URL | None,
+                            scheme: str | None, port: int | None, target: str,
+                            net_allowed: _NetEntry | None, enforced: bool) -> Decision:
+        name = host.name
+        # Section 6: storage hosts outside the service endpoint policy, before anything else
+        # (even a network rule allowing the Storage service tag).
+        if self._storage.active and host.ip is None:
+            refusal = self._storage.refuse(name)
             if refusal is not None:
-                return self._deny(Layer.SERVICE_ENDPOINT, "service_endpoint", refusal,
-                                  target, port)
+                return self._deny(_L_SEP, "service_endpoint", refusal, target, port)
         # Step 5: a flow already allowed by a network rule (by address or FQDN).
+        if net_allowed is None and host.ip is None and self._net_hosts:
+            net_allowed = self._first_net(self._net_hosts.matches(name), request.protocol,
+                                          port, request.source, enforced)
         if net_allowed is not None:
-            return self._from_entry(net_allowed, Layer.NETWORK, target, port)
-        if not host.is_ip:
-            by_name = self._network_match(None, host.name, request.protocol, port,
-                                          request.source)
-            if by_name is not None:
-                return self._from_entry(by_name, Layer.NETWORK, target, port)
-        entry = _first(self._apps.matches(host.name), request.kind, scheme, port,
-                       request.source)
-        if entry is not None:
-            return self._from_entry(entry, Layer.APPLICATION, target, port)
-        # Step 6: the allowed FQDN list, ports 80 and 443 only.
-        if self.restricted and (port is None or port in _ALLOWED_FQDN_PORTS):
-            for pattern in self._allowed_fqdns.matches(host.name):
-                return Decision(Verdict.ALLOW, Layer.ALLOWED_FQDN, f"allowed_fqdn:{pattern}",
-                                f"{target} is in the allowed FQDN list", destination=target,
-                                port=port)
+            return self._from_entry(net_allowed, _L_NETWORK, target, port,
+                                    self._reevaluate(request, kind, host, url, scheme, port,
+                                                     net_allowed))
+        best: _AppEntry | None = None
+        source = request.source
+        for entries in self._apps.candidates(name):
+            for entry in entries:
+                if (best is None or entry.order < best.order) and not (
+                        enforced and entry.report_only) and entry.applies(
+                            kind, scheme, port, source):
+                    best = entry
+        if best is not None:
+            if best.report_only:
+                return self._from_entry(best, _L_APPLICATION, target, port,
+                                        self._evaluate(request, kind, host, url, scheme,
+                                                       port, True))
+            return self._from_entry(best, _L_APPLICATION, target, port)
+        # Step 6: the allowed FQDN list, ports 80 and 443 only (a DNS question has no port).
+        if self.restricted and self._allowed_fqdns and (
+                kind is _DNS or port in _ALLOWED_FQDN_PORTS):
+            for pattern in self._allowed_fqdns.matches(name):
+                return Decision(_ALLOW, _L_ALLOWED_FQDN, f"allowed_fqdn:{pattern}",
+                                f"{target} is in the allowed FQDN list", target, port)
         return self._default(target, port)
 
-    def _decide_callout(self, request: Request, url: URL | None, host: Host) -> Decision:
+    def _decide_callout(self, request: Request, url: URL | None, host: Host,
+                        port: int | None) -> Decision:
         callout_type = (request.callout_type or "").lower()
-        uri = url.match_string if url is not None else host.name
-        matched = self._immutable.matches(callout_type, uri) + [
-            (-1 - i, r) for i, r in self._cluster.matches(callout_type, uri)]
-        refused = [(i, r) for i, r in matched if not r.can_call]
-        chosen = refused[0] if refused else (matched[0] if matched else None)
+        if url is not None:
+            uri = url.match_string
+        else:  # a bare host: the URI it stands for, in the form regexes are written for
+            shown = f"[{host.name}]" if host.ip is not None and host.ip.version == 6 \
+                else host.name
+            uri = f"{request.scheme or 'https'}://{shown}{f':{port}' if port else ''}/"
+        matched = [(i, r, _L_IMMUTABLE) for i, r in self._immutable.matches(callout_type, uri)]
+        matched += [(i, r, _L_CLUSTER) for i, r in self._cluster.matches(callout_type, uri)]
+        chosen = next((m for m in matched if not m[1].can_call), None) or (
+            matched[0] if matched else None)
         if chosen is not None:
-            index, rule = chosen
-            layer = Layer.IMMUTABLE if index >= 0 else Layer.CLUSTER
-            rule_id = f"{layer.value}[{index if index >= 0 else -1 - index}]"
+            index, rule, layer = chosen
+            rule_id = f"{layer.value}[{index}]"
             if rule.can_call:
-                return Decision(Verdict.ALLOW, layer, rule_id,
+                return Decision(_ALLOW, layer, rule_id,
                                 f"{callout_type} callout to {uri} allowed by {rule_id} "
-                                f"({rule.uri_regex})", destination=host.name)
+                                f"({rule.uri_regex})", host.name, port)
             return self._deny(layer, rule_id,
                               f"Callout to '{uri}' is not allowed by the callout policy "
-                              f"({rule_id} forbids {callout_type})", host.name)
+                              f"({rule_id} forbids {callout_type})", host.name, port)
+        # While restricted, the allowed FQDN list covers every callout type but webapi.
         if self.restricted and callout_type != "webapi":
             for pattern in self._allowed_fqdns.matches(host.name):
-                return Decision(Verdict.ALLOW, Layer.ALLOWED_FQDN, f"allowed_fqdn:{pattern}",
+                return Decision(_ALLOW, _L_ALLOWED_FQDN, f"allowed_fqdn:{pattern}",
                                 f"{callout_type} callout to {uri}: {host.name} is in the "
-                                "allowed FQDN list", destination=host.name)
-        return self._deny(Layer.DEFAULT, "default",
+                                "allowed FQDN list", host.name, port)
+        return self._deny(_L_DEFAULT, "default",
                           f"Callout to '{uri}' is not allowed by the callout policy "
-                          f"(no {callout_type or 'typed'} entry matches)", host.name)
+                          f"(no {callout_type or 'typed'} entry matches)", host.name, port)
 
 
 class _StorageScope:
