@@ -85,7 +85,7 @@ class HostIndex(Generic[T]):
             out.append(found)
         if self.everything:
             out.append(self.everything)
-        trie = self._trie
+        trie: dict[str, Any] | None = self._trie
         if not trie:
             return out
         labels = host.split(".")
