@@ -41,7 +41,7 @@ def reader(request: Request) -> tuple[Engine, Sealer]:
             engine = make_engine(url)
             migrate(engine)
             cached = state.audit_reader = (engine, Sealer(load_or_create_key()))
-    return cached  # type: ignore[no-any-return]
+    return cached
 
 
 @router.get("/v1/audit")

@@ -1,0 +1,21 @@
+"""Build the sink an enforcement point writes to (used by `egressguard serve`)."""
+
+from __future__ import annotations
+
+from egressguard.audit.events import EventSink
+from egressguard.audit.log import AuditLog, Retention
+from egressguard.audit.sinks import ExfilMonitor, FanoutSink
+
+
+def audit_sink(url: str | None = None, *, retention: Retention | None = None,
+               exfil_threshold: int | None = None, exfil_window_s: float = 3600.0
+               ) -> tuple[EventSink, AuditLog]:
+    """(the sink to give the gateway, the log to `close()` on shutdown).
+
+    With `exfil_threshold` (bytes), an `ExfilMonitor` watches bytes sent per destination
+    over `exfil_window_s` and writes its warnings to the same log.
+    """
+    log = AuditLog(url, retention=retention)
+    if exfil_threshold is None:
+        return log, log
+    return FanoutSink([log, ExfilMonitor(exfil_threshold, exfil_window_s, warn_to=log)]), log

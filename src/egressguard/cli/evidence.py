@@ -1,0 +1,233 @@
+"""`egressguard logs` (query, follow, prune, verify the audit log) and
+`egressguard recommend` (a least-privilege policy from observed traffic)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from egressguard.audit.crypto import KeyError_, Sealer, load_or_create_key
+from egressguard.audit.query import (
+    Filter,
+    QueryError,
+    parse_duration,
+    parse_since,
+    prune,
+    query,
+    scan,
+    verify,
+)
+from egressguard.store.urls import StoreURLError
+
+EXIT_BAD_INPUT = 2
+Store = Annotated[str | None, typer.Option(
+    "--store", envvar="EGRESSGUARD_STORE",
+    help="store URL (sqlite:///file.db or postgresql://...); default the embedded store")]
+
+logs_app = typer.Typer(help="Query, follow, prune and verify the audit log.",
+                       no_args_is_help=False)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def _open(url: str | None) -> tuple[Engine, Sealer]:
+    from egressguard.audit.db import make_engine, migrate
+    from egressguard.paths import default_store_url
+
+    try:
+        engine = make_engine(url or default_store_url())
+        migrate(engine)
+        return engine, Sealer(load_or_create_key())
+    except (StoreURLError, KeyError_, SQLAlchemyError, OSError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _line(r: dict[str, Any]) -> str:
+    dest = f"{r['host']}:{r['port']}" if r["port"] else r["host"]
+    extra = ""
+    if r["phase"] == "close":
+        extra = (f" up={r['bytes_up']} down={r['bytes_down']} {r['duration_s']:.3f}s"
+                 f"{' cause=' + r['close_cause'] if r['close_cause'] else ''}")
+    who = r["client_identity"] or r["client_address"]
+    return (f"{_when(r['time'])} {r['cluster']:<10} {r['outcome']:<10} {r['kind']:<8} "
+            f"{r['phase']:<8} {dest:<40} {r['layer']:<12} {r['rule']}"
+            f"{' ' + who if who else ''}{extra}  {r['reason']}")
+
+
+def _emit(records: list[dict[str, Any]], output: str) -> None:
+    for r in records:
+        sys.stdout.write((json.dumps(r) if output == "json" else _line(r)) + "\n")
+    sys.stdout.flush()
+
+
+@logs_app.callback(invoke_without_command=True)
+def logs(
+    ctx: typer.Context,
+    since: Annotated[str | None, typer.Option(help="e.g. 1h, 7d or an ISO time")] = None,
+    until: Annotated[str | None, typer.Option(help="e.g. 10m or an ISO time")] = None,
+    verdict: Annotated[str | None, typer.Option(
+        help="allow, deny (enforced) or would-deny (report-only)")] = None,
+    would_deny: Annotated[bool, typer.Option(
+        "--would-deny", help="only what report-only mode would have denied")] = False,
+    dest: Annotated[str | None, typer.Option(
+        help="destination host glob, e.g. '*.blob.core.windows.net'")] = None,
+    cluster: Annotated[str | None, typer.Option(help="cluster name")] = None,
+    kind: Annotated[str | None, typer.Option(help="http, connect, dns, callout, flow, "
+                                                  "warning")] = None,
+    layer: Annotated[str | None, typer.Option(help="deciding layer")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new records")
+                      ] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json (one object "
+                                                               "a line)")] = "table",
+    limit: Annotated[int, typer.Option(help="at most this many (the newest)")] = 100,
+    store: Store = None,
+) -> None:
+    """Show audit records, oldest first (the newest `--limit`), optionally following."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if output not in ("table", "json"):
+        raise _fail("--output must be table or json")
+    if limit < 1:
+        raise _fail("--limit must be at least 1")
+    try:
+        flt = Filter(since=parse_since(since) if since else None,
+                     until=parse_since(until) if until else None,
+                     outcome="would-deny" if would_deny else verdict, dest=dest,
+                     cluster=cluster, kind=kind, layer=layer)
+    except QueryError as exc:
+        raise _fail(str(exc)) from None
+    engine, sealer = _open(store)
+    records = list(reversed(query(engine, flt, sealer=sealer, limit=limit)))
+    _emit(records, output)
+    if not follow:
+        return
+    last = records[-1]["id"] if records else _max_id(engine)
+    try:
+        while True:
+            time.sleep(0.5)
+            fresh = query(engine, flt, sealer=sealer, limit=1000, after=last,
+                          newest_first=False)
+            if fresh:
+                _emit(fresh, output)
+                last = fresh[-1]["id"]
+    except KeyboardInterrupt:
+        return
+
+
+def _max_id(engine: Engine) -> int:
+    from sqlalchemy import func, select
+
+    from egressguard.audit.schema import events
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar() or 0)
+
+
+@logs_app.command("prune")
+def logs_prune(
+    max_age: Annotated[str | None, typer.Option(help="delete records older than, e.g. 30d")
+                       ] = None,
+    max_rows: Annotated[int | None, typer.Option(help="keep at most this many records")
+                        ] = None,
+    store: Store = None,
+) -> None:
+    """Apply retention now (whole batches, so `logs verify` still holds)."""
+    if max_age is None and max_rows is None:
+        raise _fail("give --max-age and/or --max-rows")
+    try:
+        age = parse_duration(max_age) if max_age else None
+    except QueryError as exc:
+        raise _fail(str(exc)) from None
+    if max_rows is not None and max_rows < 0:
+        raise _fail("--max-rows must not be negative")
+    engine, _ = _open(store)
+    removed = prune(engine, max_age_s=age, max_rows=max_rows)
+    typer.echo(f"removed {removed} records")
+
+
+@logs_app.command("verify")
+def logs_verify(store: Store = None) -> None:
+    """Check that no record was edited, removed or inserted. Exit 0 intact, 1 not."""
+    engine, sealer = _open(store)
+    result = verify(engine, sealer)
+    for problem in result.problems or []:
+        typer.echo(f"TAMPERED: {problem}")
+    typer.echo(f"{result.events} records in {result.batches} batches: "
+               f"{'intact' if result.ok else 'NOT intact'}")
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def recommend(
+    since: Annotated[str, typer.Option(help="observed window, e.g. 7d")] = "7d",
+    cluster: Annotated[str | None, typer.Option(help="only this cluster's traffic")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the policy "
+                                                                       "here")] = None,
+    show_diff: Annotated[bool, typer.Option(
+        "--diff", help="compare with the policy in force (--policy, else the store's)")
+    ] = False,
+    policy: Annotated[Path | None, typer.Option(help="policy in force, for --diff")] = None,
+    wildcard_min: Annotated[int, typer.Option(
+        help="propose *.parent only when this many names under parent were seen")] = 5,
+    upload_risk: Annotated[int, typer.Option(
+        help="mark destinations that received at least this many bytes")] = 100 * 2**20,
+    include_would_deny: Annotated[bool, typer.Option(
+        help="include calls report-only mode would have denied")] = True,
+    store: Store = None,
+) -> None:
+    """Propose a least-privilege policy that allows exactly the observed traffic."""
+    from egressguard.policy import PolicyError, load_policy, load_policy_text
+    from egressguard.recommend import Options, diff, observe, propose, render
+
+    if wildcard_min < 2:
+        raise _fail("--wildcard-min must be at least 2")
+    try:
+        flt = Filter(since=parse_since(since), cluster=cluster)
+        current = load_policy(policy) if policy is not None else None
+    except (QueryError, PolicyError) as exc:
+        raise _fail(str(exc)) from None
+    options = Options(wildcard_min=wildcard_min, upload_risk_bytes=upload_risk,
+                      include_would_deny=include_would_deny)
+    engine, sealer = _open(store)
+    seen = observe(scan(engine, flt, sealer=sealer), options)
+    proposals = propose(seen, options)
+    text = render(proposals, seen, cluster)
+    load_policy_text(text, "recommendation")  # what we write always loads
+    if output is not None:
+        output.write_text(text)
+        typer.echo(f"wrote {output}: {len(proposals)} rules from {seen.calls} calls",
+                   err=True)
+    else:
+        sys.stdout.write(text)
+    if show_diff:
+        if current is None:
+            current = _policy_in_force(store, cluster)
+        sys.stdout.write(("" if output is not None else "\n") + diff(current, proposals, seen))
+
+
+def _policy_in_force(url: str | None, cluster: str | None) -> Any:
+    from egressguard.store import DEFAULT_CLUSTER, StoreError, open_store
+
+    try:
+        with open_store(url) as store:
+            return store.current(cluster or DEFAULT_CLUSTER).policy
+    except (StoreError, StoreURLError, SQLAlchemyError) as exc:
+        raise _fail(f"cannot read the policy in force ({exc}); pass --policy FILE") from None
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(logs_app, name="logs")
+    app.command()(recommend)
