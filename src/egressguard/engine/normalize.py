@@ -135,6 +135,13 @@ def _check_a_label(label: str) -> None:
         raise InvalidHost(f"invalid host: {label!r} is not a valid IDNA A-label")
 
 
+@lru_cache(maxsize=65536)
+def _name_host(name: str) -> Host:
+    """A `Host` for a name ada produced (already mapped); the cache keeps URL decisions
+    from re-checking the labels of hosts seen before."""
+    return Host(_check_name(name))
+
+
 def _host_from_ada(hostname: str) -> Host:
     if hostname.startswith("["):
         literal = hostname[1:-1]
@@ -146,7 +153,7 @@ def _host_from_ada(hostname: str) -> Host:
     if hostname.count(".") == 3 and hostname.replace(".", "").isdigit():
         ip4 = ipaddress.IPv4Address(hostname)
         return Host(ip4.compressed, ip4)
-    return normalize_host(hostname) if hostname.isascii() else Host(_check_name(hostname))
+    return _name_host(hostname)
 
 
 def _ada(text: str) -> tuple[str, str, int | None, str] | None:

@@ -62,6 +62,31 @@ def _node_at(root: yaml.Node | None, loc: tuple[int | str, ...]) -> yaml.Node | 
     return node
 
 
+def _subject(data: Any, loc: tuple[int | str, ...]) -> str:
+    """Which rule an error is about, e.g. `rule 'registry' in collection 'aks'`, so an
+    operator can find it by name as well as by path."""
+    names: list[str] = []
+    node = data
+    for key in loc:
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            break
+        if isinstance(node, dict) and isinstance(node.get("name"), str):
+            names.append(node["name"])
+    if len(loc) >= 2 and loc[0] == "callouts" and isinstance(loc[1], int):
+        entry = node if len(loc) == 2 else data["callouts"][loc[1]]
+        kind = entry.get("callout_type", entry.get("CalloutType")) if isinstance(
+            entry, dict) else None
+        return f"callout entry {loc[1]}" + (f" ({kind})" if kind else "")
+    if len(names) >= 2:
+        return f"rule {names[-1]!r} in collection {names[-2]!r}"
+    if names:
+        return f"{'policy' if loc[0] == 'service_endpoint_policies' else 'collection'} " \
+               f"{names[0]!r}"
+    return ""
+
+
 def _path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for key in loc:
@@ -92,6 +117,9 @@ def load_policy_text(text: str, source: str = "<policy>") -> Policy:
             node = _node_at(root, loc)
             line = node.start_mark.line + 1 if node is not None else None
             reason = err["msg"].removeprefix("Value error, ")
+            subject = _subject(data, loc)
+            if subject:
+                reason = f"{reason} ({subject})"
             problems.append(Problem(_path(loc), line, reason))
         raise PolicyError(source, problems) from None
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import re2
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
@@ -86,11 +87,19 @@ def validate_host_pattern(value: str) -> str:
     return f".{host.name}" if leading_dot else host.name
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the reason goes into the load error, not to stderr
+
+
 def _regex(value: str) -> str:
     try:
-        re2.compile(value)
+        re2.compile(value, _RE2_OPTIONS)
     except re2.error as exc:
-        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        raise ValueError(f"invalid regular expression {value!r} (RE2 syntax): "
+                         f"{detail}") from None
     return value
 
 
@@ -107,6 +116,8 @@ def _arm_bool(value: Any) -> Any:
 
 
 ArmBool = Annotated[bool, BeforeValidator(_arm_bool)]
+# Validated one item at a time so that an error's path (and line) names the item.
+HostPattern = Annotated[str, AfterValidator(validate_host_pattern)]
 
 
 class CalloutRule(_Strict):
@@ -165,10 +176,14 @@ def _port_specs(value: Any) -> Any:
 
 
 def _source(value: str) -> str:
+    """An IP or CIDR, canonical (`10.0.0.1/8` -> `10.0.0.0/8`)."""
     try:
         return str(ipaddress.ip_network(value.strip(), strict=False))
     except ValueError:
         raise ValueError(f"source {value!r} is not an IP address or CIDR") from None
+
+
+Source = Annotated[str, AfterValidator(_source)]
 
 
 class ApplicationRule(_Strict):
@@ -176,23 +191,13 @@ class ApplicationRule(_Strict):
 
     name: str = Field(min_length=1)
     action: Action | None = None
-    targets: list[str] = Field(default_factory=list)
+    targets: list[HostPattern] = Field(default_factory=list)
     fqdn_tags: list[str] = Field(default_factory=list)
     protocols: Annotated[list[PortSpec], BeforeValidator(_port_specs)] = Field(
         default_factory=lambda: [PortSpec(protocol="http", port=80),
                                  PortSpec(protocol="https", port=443)])
-    sources: list[str] = Field(default_factory=list)
+    sources: list[Source] = Field(default_factory=list)
     description: str = ""
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, value: list[str]) -> list[str]:
-        return [validate_host_pattern(v) for v in value]
-
-    @field_validator("sources")
-    @classmethod
-    def _sources(cls, value: list[str]) -> list[str]:
-        return [_source(v) for v in value]
 
     @model_validator(mode="after")
     def _has_target(self) -> ApplicationRule:
@@ -237,6 +242,19 @@ def is_service_tag(text: str) -> bool:
     return bool(text) and text[0].isupper() and " " not in text
 
 
+def _destination(raw: str) -> str:
+    """`*`, a service tag, an IP/CIDR (canonical network) or a host pattern."""
+    text = _reject_placeholder(raw.strip(), "destination")
+    if text == "*" or is_service_tag(text):
+        return text
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return validate_host_pattern(text)
+
+
+Destination = Annotated[str, AfterValidator(_destination)]
+
 NetworkProtocol = Literal["tcp", "udp", "icmp", "any"]
 _ANY: NetworkProtocol = "any"
 
@@ -246,11 +264,11 @@ class NetworkRule(_Strict):
 
     name: str = Field(min_length=1)
     action: Action | None = None
-    destinations: list[str] = Field(min_length=1)
+    destinations: list[Destination] = Field(min_length=1)
     protocols: list[NetworkProtocol] = Field(default_factory=lambda: [_ANY])
     ports: Annotated[list[PortRange], BeforeValidator(_port_ranges)] = Field(
         default_factory=lambda: [PortRange(low=0, high=65535)])
-    sources: list[str] = Field(default_factory=list)
+    sources: list[Source] = Field(default_factory=list)
     description: str = ""
 
     @field_validator("protocols", mode="before")
@@ -258,27 +276,6 @@ class NetworkRule(_Strict):
     def _lower(cls, value: Any) -> Any:
         return [v.lower() if isinstance(v, str) else v for v in value] if isinstance(
             value, list) else value
-
-    @field_validator("destinations")
-    @classmethod
-    def _destinations(cls, value: list[str]) -> list[str]:
-        out = []
-        for raw in value:
-            text = _reject_placeholder(raw.strip(), "destination")
-            if text == "*" or is_service_tag(text):
-                out.append(text)
-                continue
-            try:
-                out.append(str(ipaddress.ip_network(text, strict=False)))
-            except ValueError:
-                out.append(validate_host_pattern(text))
-        return out
-
-    @field_validator("sources")
-    @classmethod
-    def _sources(cls, value: list[str]) -> list[str]:
-        return [_source(v) for v in value]
-
 
 class _Collection(_Strict):
     name: str = Field(min_length=1)
@@ -319,7 +316,7 @@ class Policy(_Strict):
         default=False,
         validation_alias=AliasChoices("restrict_outbound_network_access",
                                       "restrictOutboundNetworkAccess"))
-    allowed_fqdn_list: list[str] = Field(
+    allowed_fqdn_list: list[HostPattern] = Field(
         default_factory=list,
         validation_alias=AliasChoices("allowed_fqdn_list", "allowedFqdnList"))
     report_only: bool = False
@@ -332,11 +329,6 @@ class Policy(_Strict):
     def immutable_callouts(self) -> tuple[CalloutRule, ...]:
         """The built-in layer; it cannot be edited, only dropped by restricting access."""
         return IMMUTABLE_CALLOUTS
-
-    @field_validator("allowed_fqdn_list")
-    @classmethod
-    def _fqdns(cls, value: list[str]) -> list[str]:
-        return [validate_host_pattern(v) for v in value]
 
     @model_validator(mode="after")
     def _unique_names(self) -> Policy:
