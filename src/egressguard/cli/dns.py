@@ -1,0 +1,179 @@
+"""`egressguard dns serve|query`: the policy-enforcing DNS filter and a probe for it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, TextIO
+
+import typer
+
+from egressguard.audit.events import DecisionEvent, EventSink, NullSink
+from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig, PolicyFileWatcher
+from egressguard.dns.watch import holder_for
+from egressguard.engine import CompileError, InvalidHost, normalize_host
+from egressguard.policy import PolicyError
+
+dns_app = typer.Typer(help="DNS filter: answer only names the policy allows.",
+                      no_args_is_help=True)
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "gateway" / "default_policy.yaml"
+EXIT_OK, EXIT_BLOCKED, EXIT_ERROR = 0, 1, 2
+
+
+def parse_endpoint(text: str, default_port: int) -> tuple[str, int]:
+    """`host:port`, `[v6]:port`, or a bare host (with `default_port`)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if not host or (port and not port.isdigit()) or not 0 <= int(port or default_port) < 65536:
+        raise ValueError(f"{text!r}: expected host:port")
+    return host, int(port or default_port)
+
+
+class JsonLinesSink:
+    """Writes each decision as one JSON line (for `--events`); the audit log is the
+    durable sink once the control plane supplies it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def emit(self, event: DecisionEvent) -> None:
+        self.stream.write(json.dumps(event.as_dict(), separators=(",", ":")) + "\n")
+        self.stream.flush()
+
+
+@dns_app.command("serve")
+def serve(
+    listen: Annotated[str, typer.Option(help="address:port for UDP and TCP")
+                      ] = "127.0.0.1:5353",
+    upstream: Annotated[str, typer.Option(help="upstream resolver address:port")
+                        ] = "127.0.0.1:53",
+    policy: Annotated[Path | None, typer.Option(
+        help="policy file (YAML/JSON), reloaded on change or SIGHUP "
+             "(default: the built-in deny-all policy)")] = None,
+    deny_rcode: Annotated[DenyRcode, typer.Option(
+        case_sensitive=False, help="answer to a refused name")] = DenyRcode.NXDOMAIN,
+    cname_mode: Annotated[CnameMode, typer.Option(
+        case_sensitive=False,
+        help="names an answer leads to: addresses (only the address guard), rules "
+             "(also refuse chains into explicitly denied names), strict (every name "
+             "must be allowed)")] = CnameMode.RULES,
+    report_only: Annotated[bool, typer.Option(
+        help="answer everything; record what would have been refused")] = False,
+    timeout: Annotated[float, typer.Option(help="upstream seconds before SERVFAIL")] = 2.0,
+    max_inflight: Annotated[int, typer.Option(
+        help="queries worked on at once; beyond it SERVFAIL")] = 1000,
+    cluster: Annotated[str, typer.Option(help="cluster name recorded in events")] = "default",
+    events: Annotated[Path | None, typer.Option(
+        help="also write every decision as JSON lines to this file ('-' for stdout)")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the DNS filter: decide every question, forward allowed ones, check answers."""
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = FilterConfig(
+            listen=parse_endpoint(listen, 53), upstream=parse_endpoint(upstream, 53),
+            deny_rcode=deny_rcode, cname_mode=cname_mode, report_only=report_only,
+            timeout=timeout, max_inflight=max_inflight, cluster=cluster)
+        path = policy or DEFAULT_POLICY
+        holder = holder_for(path)
+    except (PolicyError, CompileError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    sink: EventSink = NullSink()
+    stream: TextIO | None = None
+    if events is not None:
+        stream = sys.stdout if str(events) == "-" else events.open("a", encoding="utf-8")
+        sink = JsonLinesSink(stream)
+    watcher = PolicyFileWatcher(path, holder)
+    try:
+        _run(_serve(DnsFilter(holder, config, sink), watcher))
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {listen}: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    finally:
+        if stream is not None and stream is not sys.stdout:
+            stream.close()
+
+
+async def _serve(dns_filter: DnsFilter, watcher: PolicyFileWatcher) -> None:
+    loop = asyncio.get_running_loop()
+    host, port = await dns_filter.start()
+    watcher.start()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP,
+                            lambda: loop.run_in_executor(None, watcher.reload))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    active = dns_filter.holder.active
+    config = dns_filter.config
+    typer.echo(f"egressguard dns: listening on {host}:{port} (UDP, TCP), upstream "
+               f"{config.upstream[0]}:{config.upstream[1]}")
+    typer.echo(f"egressguard dns: policy {active.source} version {active.version}"
+               f"{' (report-only)' if config.report_only else ''}")
+    await stop.wait()
+    typer.echo("egressguard dns: shutting down", err=True)
+    watcher.stop()
+    await dns_filter.close()
+
+
+def _run(main: object) -> None:
+    from egressguard.dns.server import new_loop
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(main)  # type: ignore[arg-type]
+
+
+@dns_app.command("query")
+def query(
+    name: Annotated[str, typer.Argument(help="name to look up (any spelling, IDN allowed)")],
+    qtype: Annotated[str, typer.Option("--type", help="record type")] = "A",
+    server: Annotated[str, typer.Option(help="DNS filter address:port")] = "127.0.0.1:5353",
+    tcp: Annotated[bool, typer.Option(help="ask over TCP")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 5.0,
+) -> None:
+    """Ask the filter one question; print the answer or why it was refused.
+    Exit 0 answered, 1 refused (NXDOMAIN/REFUSED/SERVFAIL), 2 bad input or no answer."""
+    from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
+
+    from egressguard.dns.wire import EDE_OPTION
+
+    try:
+        host, port = parse_endpoint(server, 53)
+        wire_name = normalize_host(name).name
+        question = DNSRecord.question(wire_name, qtype.upper())
+        question.add_ar(EDNS0(udp_len=1232))
+        reply = DNSRecord.parse(question.send(host, port, tcp=tcp, timeout=timeout))
+    except (InvalidHost, ValueError, AttributeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    except OSError as exc:
+        typer.echo(f"error: no answer from {server}: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    status = str(RCODE.get(reply.header.rcode))
+    typer.echo(f"status: {status}{' (truncated)' if reply.header.tc else ''}")
+    for rr in reply.rr:
+        typer.echo(f"answer: {rr.rname} {rr.ttl} {QTYPE.get(rr.rtype)} {rr.rdata}")
+    for rr in reply.ar:
+        if rr.rtype != QTYPE.OPT:
+            continue
+        for opt in rr.rdata:
+            if opt.code == EDE_OPTION and len(opt.data) >= 2:
+                code = int.from_bytes(opt.data[:2], "big")
+                typer.echo(f"reason: [EDE {code}] {opt.data[2:].decode('utf-8', 'replace')}")
+    raise typer.Exit(EXIT_OK if reply.header.rcode == 0 else EXIT_BLOCKED)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(dns_app, name="dns")
