@@ -181,7 +181,10 @@ class _CalloutLayer:
         if compiled is None:
             return []
         regex_set, indices = compiled
-        return [(indices[i], self.rules[indices[i]]) for i in sorted(regex_set.Match(uri))]
+        found = regex_set.Match(uri)  # None, not [], when nothing matches
+        if not found:
+            return []
+        return [(indices[i], self.rules[indices[i]]) for i in sorted(found)]
 
 
 class Snapshot:
