@@ -19,7 +19,7 @@ SEED_000_IMMUTABLE = json.loads(r"""[
    {"CalloutType":"sql","CalloutUriRegex":"[a-z0-9-]{0,61}?(-ondemand)?\\.sql\\.azuresynapse(-dogfood)?\\.net/?$","CanCall":true},
    {"CalloutType":"external_data","CalloutUriRegex":".*","CanCall":true},
    {"CalloutType":"azure_digital_twins","CalloutUriRegex":"[A-Za-z0-9\\-]{3,63}\\.api\\.[A-Za-z0-9]+\\.digitaltwins\\.azure\\.net/?$","CanCall":true}
-]""")  # noqa: E501
+]""")
 
 
 def test_immutable_layer_is_seed_000_verbatim() -> None:
@@ -164,7 +164,8 @@ def test_regex_is_searched_unanchored_in_the_normalised_uri() -> None:
 def test_query_string_cannot_smuggle_an_allowed_host() -> None:
     snap = snapshot(r"""
         restrict_outbound_network_access: true
-        callouts: [{callout_type: sql, uri_regex: 'good\.database\.windows\.net/?$', can_call: true}]
+        callouts:
+          - {callout_type: sql, uri_regex: 'good\.database\.windows\.net/?$', can_call: true}
         """)
     decision = callout(snap, "https://evil.example/?x=good.database.windows.net", "sql")
     assert not decision.allowed

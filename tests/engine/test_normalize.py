@@ -22,7 +22,7 @@ V4 = ipaddress.IPv4Address
     ("BÜCHER.DE", "xn--bcher-kva.de"),
     ("xn--bcher-kva.de", "xn--bcher-kva.de"),
     ("faß.de", "xn--fa-hia.de"),            # UTS-46 nontransitional: ß kept
-    ("ＥＸＡＭＰＬＥ.com", "example.com"),   # full-width letters map to ASCII
+    ("\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com", "example.com"),  # full-width
     ("ex%41mple.com", "example.com"),       # percent-encoded host decoded once
     ("a_b.example.com", "a_b.example.com"),
 ])
