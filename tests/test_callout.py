@@ -36,27 +36,6 @@ RESTRICTED = textwrap.dedent("""\
     """)
 
 
-def _engine_crashes_when_no_callout_entry_matches() -> bool:
-    """Probe for an engine bug: `re2.Set.Match` returns None (not []) when nothing matches,
-    and `_CalloutLayer.matches` iterates it. The guard then fails closed (layer `guard`),
-    so tests that assert the exact deny layer/wording cannot pass until the engine is fixed."""
-    from egressguard.engine import Kind, Request, compile_policy
-
-    snapshot = compile_policy(load_policy_text(
-        "callouts: [{callout_type: sql, uri_regex: 'x', can_call: true}]\n", "probe"))
-    try:
-        snapshot.decide(Request.from_url("https://y.example", kind=Kind.CALLOUT,
-                                         callout_type="sql"))
-    except TypeError:
-        return True
-    return False
-
-
-engine_bug = pytest.mark.xfail(
-    _engine_crashes_when_no_callout_entry_matches(), strict=True,
-    reason="engine: _CalloutLayer.matches iterates re2.Set.Match(), which is None on no match")
-
-
 class ListSink:
     def __init__(self) -> None:
         self.events: list[DecisionEvent] = []
@@ -81,7 +60,6 @@ def test_restricted_policy_drops_the_immutable_layer(guard: Guard) -> None:
         guard.require("kusto", "https://help.kusto.windows.net")
 
 
-@engine_bug
 def test_denied_callout_uses_data_explorers_wording(guard: Guard) -> None:
     with pytest.raises(CalloutDenied) as info:
         guard.require("webapi", "https://attacker.example/collect?d=secret")
@@ -102,7 +80,6 @@ def test_can_call_false_wins_over_an_allowing_entry(guard: Guard) -> None:
         guard.require("sql", "https://myserver.database.windows.net/forbidden")
 
 
-@engine_bug
 def test_allowed_fqdn_list_covers_every_type_but_webapi(guard: Guard) -> None:
     assert guard.check("sql", "https://adedicated.sql.azuresynapse.net").allowed
     assert not guard.check("webapi", "https://adedicated.sql.azuresynapse.net").allowed
@@ -128,7 +105,6 @@ def test_unparseable_uri_is_a_denial_not_a_crash(guard: Guard) -> None:
     assert not decision.allowed and decision.layer == "guard"
 
 
-@engine_bug
 def test_report_only_permits_and_records_the_would_be_denial() -> None:
     sink = ListSink()
     guard = Guard(load_policy_text(RESTRICTED, "t"), sink=sink, report_only=True)

@@ -101,6 +101,7 @@ class Upstream:
     def start(self) -> Upstream:
         for server in (self.udp, self.tcp):
             server.server.daemon_threads = True
+            server.server.handle_error = lambda *args: None  # connections cut at teardown
             threading.Thread(target=server.server.serve_forever, kwargs={"poll_interval": 0.05},
                              daemon=True).start()
         return self

@@ -67,18 +67,9 @@ def decide_name(snapshot: Snapshot, label: DNSLabel, source: IPAddress | None = 
     if host.ip is None and host.name != wire.lower():
         return NameDecision(host.name, _guard_deny(
             snapshot, wire, f"invalid host: {wire!r} normalises to {host.name!r}"))
-    def decide(ips: tuple[IPAddress, ...]) -> Decision:
-        return snapshot.decide(Request(kind=Kind.DNS, host=wire, protocol="udp",
-                                       addresses=ips, source=source))
-
-    # Each address on its own first: the engine's guard loop stops at the first public
-    # address no network rule names, so [public, 169.254.169.254] together would pass.
-    if len(addrs) > 1:
-        for ip in addrs:
-            one = decide((ip,))
-            if not one.permitted:
-                return NameDecision(host.name, one, addrs)
-    return NameDecision(host.name, decide(addrs), addrs)
+    decision = snapshot.decide(Request(kind=Kind.DNS, host=wire, protocol="udp",
+                                       addresses=addrs, source=source))
+    return NameDecision(host.name, decision, addrs)
 
 
 def _counts(decision: Decision, mode: CnameMode) -> bool:

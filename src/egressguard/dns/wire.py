@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from dnslib import EDNS0, HTTPS, OPCODE, QTYPE, RCODE, DNSBuffer, DNSError, DNSHeader, DNSLabel
+from dnslib import EDNS0, HTTPS, OPCODE, QTYPE, RCODE, DNSBuffer, DNSHeader, DNSLabel
 from dnslib import DNSRecord as DNSRecord
 from dnslib import EDNSOption as EDNSOption
 
@@ -75,19 +75,23 @@ def parse_query(data: bytes) -> Query:
     if len(data) < 12:
         raise Malformed("shorter than a DNS header", None)
     try:
-        header = DNSHeader.parse(DNSBuffer(data))
-    except (DNSError, ValueError) as exc:
-        raise Malformed(f"unreadable header: {exc}", None) from None
+        record = DNSRecord.parse(data)
+        header = record.header
+    except Exception as exc:  # dnslib raises several types for bad input
+        try:
+            header = DNSHeader.parse(DNSBuffer(data))
+        except Exception:
+            raise Malformed(f"unreadable header: {exc}", None) from None
+        if header.qr:
+            raise Malformed("a response, not a query", None) from None
+        rcode = RCODE.NOTIMP if header.opcode != OPCODE.QUERY else RCODE.FORMERR
+        raise Malformed(f"unparseable query: {exc}",
+                        _error_header(header, rcode).pack()) from None
     if header.qr:
         raise Malformed("a response, not a query", None)  # never answer answers (loops)
     if header.opcode != OPCODE.QUERY:
         raise Malformed(f"opcode {header.opcode} not supported",
                         _error_header(header, RCODE.NOTIMP).pack())
-    try:
-        record = DNSRecord.parse(data)
-    except Exception as exc:  # dnslib raises several types for bad input
-        raise Malformed(f"unparseable query: {exc}",
-                        _error_header(header, RCODE.FORMERR).pack()) from None
     if len(record.questions) != 1 or record.rr or record.auth:
         raise Malformed("a query must carry exactly one question",
                         _error_header(header, RCODE.FORMERR).pack())
