@@ -41,6 +41,8 @@ def check(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     decision = snapshot.decide(request)
+    # An unparsable URL or host is bad input (exit 2), though the engine denies it too.
+    bad_input = decision.rule == "guard:invalid-host"
     if as_json:
         typer.echo(json.dumps(decision.as_dict()))
     else:
@@ -49,6 +51,8 @@ def check(
                   f"{' (report-only)' if decision.report_only else ''}\n"
                   f"layer:   {decision.layer.value}\nrule:    {decision.rule}\n"
                   f"reason:  {decision.reason}\n")
+    if bad_input:
+        raise typer.Exit(EXIT_BAD_INPUT)
     raise typer.Exit(EXIT_ALLOWED if decision.allowed else EXIT_DENIED)
 
 
@@ -65,13 +69,23 @@ def _request(url: str, callout_type: str | None, port: int | None, kind: str | N
              addresses: list[str], source: str | None) -> Request:
     ips = tuple(ipaddress.ip_address(a) for a in addresses)
     src = ipaddress.ip_address(source) if source else None
-    chosen = Kind(kind) if kind else (Kind.CALLOUT if callout_type else Kind.HTTP)
+    chosen = Kind(kind.lower()) if kind else (Kind.CALLOUT if callout_type else Kind.HTTP)
     if chosen in (Kind.HTTP, Kind.CALLOUT):
         return Request(kind=chosen, host="", uri=url, port=port, callout_type=callout_type,
                        addresses=ips, source=src)
-    host, _, port_text = url.rpartition(":") if url.count(":") == 1 else (url, "", "")
-    if not port_text.isdigit():
-        host, port_text = url, ""
+    host, port_text = _split_host_port(url)
     return Request(kind=chosen, host=host, port=port or (int(port_text) if port_text else None),
                    addresses=ips, source=src,
                    protocol="udp" if chosen is Kind.DNS else "tcp")
+
+
+def _split_host_port(text: str) -> tuple[str, str]:
+    """`host:port`, `[v6]:port`, a bare IPv6 address or a bare host."""
+    if text.startswith("[") and "]:" in text:
+        host, _, port_text = text.rpartition(":")
+        return host, port_text
+    if text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if port_text.isdigit():
+            return host, port_text
+    return text, ""
