@@ -235,3 +235,17 @@ async def test_concurrent_record_calls_share_commits(sqlite_url: str,
             batches = conn.execute(text("SELECT count(*) FROM audit_batches")).scalar()
         assert len(query(log.engine, Filter(), sealer=None, limit=500)) == 200
     assert batches is not None and batches < 200
+
+
+def test_unusual_fields_round_trip_and_a_malformed_event_does_not_wedge_the_writer(
+        sqlite_url: str, audit_key: bytes) -> None:
+    odd = event(path="/a\0b", reason='quote " and \\ and ü', client_identity="")
+    with AuditLog(sqlite_url) as log:
+        log.emit(odd)
+        log.emit(event(port="not-a-port", connection_id="bad"))  # type: ignore[arg-type]
+        log.emit(event(connection_id="after"))
+        log.flush(timeout=10)
+        records = query(log.engine, Filter(), sealer=log.sealer, newest_first=False)
+        assert verify(log.engine, log.sealer).ok
+    assert [r["connection_id"] for r in records] == ["c1", "after"]
+    assert (records[0]["path"], records[0]["reason"]) == ("/a\0b", 'quote " and \\ and ü')

@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import marshal
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,7 +91,11 @@ class Sealer:
 
     def seal(self, secret: Sequence[str], clear: bytes, nonce: bytes) -> bytes:
         """`nonce || AES-GCM(secret fields)`, authenticating the clear columns too."""
-        plain = json.dumps(secret, separators=(",", ":")).encode()
+        joined = "\0".join(secret)
+        if joined.count("\0") == len(secret) - 1:   # no field holds a NUL: the fast form
+            plain = b"0" + joined.encode("utf-8", "surrogatepass")
+        else:
+            plain = b"1" + json.dumps(list(secret)).encode()
         return nonce + self._aead.encrypt(nonce, plain, clear)
 
     def open(self, payload: bytes, clear: bytes) -> dict[str, Any] | None:
@@ -99,7 +104,11 @@ class Sealer:
             plain = self._aead.decrypt(payload[:NONCE], payload[NONCE:], clear)
         except (InvalidTag, ValueError):
             return None
-        return dict(zip(SECRET_FIELDS, json.loads(plain), strict=True))
+        if plain[:1] == b"0":
+            fields = plain[1:].decode("utf-8", "surrogatepass").split("\0")
+        else:
+            fields = json.loads(plain[1:])
+        return dict(zip(SECRET_FIELDS, fields, strict=True))
 
     def chain(self, prev: bytes, writer: str, seq: int, payloads: list[bytes]) -> bytes:
         """MAC of one batch, linked to the previous batch of the same writer."""
@@ -114,8 +123,11 @@ class Sealer:
 
 def associated(values: tuple[Any, ...]) -> bytes:
     """The clear columns of a record (in `CLEAR_FIELDS` order, Python types as written:
-    str, int, float, bool, None), canonically, as AES-GCM associated data."""
-    return repr(values).encode()
+    str, int, float, bool, None), canonically, as AES-GCM associated data.
+
+    marshal format version 2 is fixed (it has no object references, so equal values give
+    equal bytes whatever their identity) and about 3x cheaper than `repr`."""
+    return marshal.dumps(values, 2)
 
 
 SECRET_FIELDS = ("client_address", "client_identity", "method", "path", "reason")

@@ -74,19 +74,20 @@ class Retention:
 
 
 def clear_values(event: DecisionEvent) -> tuple[Any, ...]:
-    """The clear columns of one event, in `CLEAR_FIELDS` order, with canonical types."""
-    return (float(event.time), event.cluster, event.phase, event.kind, event.host,
-            None if event.port is None else int(event.port), event.resolved_address,
-            event.protocol, event.callout_type, event.verdict, bool(event.permitted),
-            event.layer, event.rule, event.policy_version, event.connection_id,
-            int(event.bytes_up), int(event.bytes_down), float(event.duration_s),
-            event.close_cause)
+    """The clear columns of one event, in `CLEAR_FIELDS` order, with canonical types
+    (plain str/int/float/bool, so that the associated data reads back identically)."""
+    return (float(event.time), str(event.cluster), str(event.phase), str(event.kind),
+            str(event.host), None if event.port is None else int(event.port),
+            str(event.resolved_address), str(event.protocol), str(event.callout_type),
+            str(event.verdict), bool(event.permitted), str(event.layer), str(event.rule),
+            str(event.policy_version), str(event.connection_id), int(event.bytes_up),
+            int(event.bytes_down), float(event.duration_s), str(event.close_cause))
 
 
 def secret_values(event: DecisionEvent) -> tuple[str, ...]:
     """The sealed fields of one event, in `SECRET_FIELDS` order."""
-    return (event.client_address, event.client_identity, event.method, event.path,
-            event.reason)
+    return (str(event.client_address), str(event.client_identity), str(event.method),
+            str(event.path), str(event.reason))
 
 
 _COLUMNS = ("batch_id", *CLEAR_FIELDS, "payload")
@@ -255,11 +256,19 @@ class AuditLog:
         nonces = os.urandom(NONCE * len(batch))
         seal = self.sealer.seal
         for i, event in enumerate(batch):
-            clear = clear_values(event)
-            payload = seal(secret_values(event), associated(clear),
-                           nonces[i * NONCE:(i + 1) * NONCE])
+            try:
+                clear = clear_values(event)
+                payload = seal(secret_values(event), associated(clear),
+                               nonces[i * NONCE:(i + 1) * NONCE])
+            except (TypeError, ValueError, UnicodeError):
+                # A malformed event must not wedge the writer in its retry loop.
+                metrics.AUDIT_EVENTS.labels("invalid").inc()
+                log.error("audit: unrecordable event dropped: %r", event)
+                continue
             rows.append(clear)
             payloads.append(payload)
+        if not rows:
+            return
         mac = self.sealer.chain(self._prev_mac, self.writer_id, self._seq, payloads)
         head = {"writer": self.writer_id, "seq": self._seq, "count": len(rows),
                 "first_time": rows[0][0], "last_time": rows[-1][0],

@@ -62,7 +62,5 @@ events = Table(
     Column("close_cause", String(16), nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Index("ix_audit_events_time", "time"),
-    Index("ix_audit_events_cluster_time", "cluster", "time"),
-    Index("ix_audit_events_host", "host"),
     Index("ix_audit_events_batch", "batch_id"),
 )

@@ -55,8 +55,6 @@ def upgrade() -> None:
         sa.Column("payload", sa.LargeBinary, nullable=False),
     )
     op.create_index("ix_audit_events_time", "audit_events", ["time"])
-    op.create_index("ix_audit_events_cluster_time", "audit_events", ["cluster", "time"])
-    op.create_index("ix_audit_events_host", "audit_events", ["host"])
     op.create_index("ix_audit_events_batch", "audit_events", ["batch_id"])
 
 

@@ -1,0 +1,184 @@
+"""Audit-log overhead benchmark: `.venv/bin/python bench/audit.py` (docs/benchmarks.md).
+
+Runs the real gateway (uvloop, in this process) in front of a minimal keep-alive HTTP
+upstream (its own process) and drives it from a load generator (its own process: N
+keep-alive client connections sending absolute-form GETs through the proxy). Each round
+measures completed requests per second over a fixed window; rounds alternate the
+gateway's sink between `NullSink` (audit off) and a real `AuditLog` (audit on: SQLite in
+WAL mode with synchronous=FULL, AES-GCM sealing, HMAC chain; two records per request:
+decision and close), so both see the same machine load. The last line is one JSON object
+with the median rates and their ratio (target: on/off >= 0.90), and the gateway process's
+CPU time per request in each mode: on a shared, noisy machine the rates swing with other
+load, while CPU per request does not, so `cpu_bound_ratio` (off/on CPU per request) is the
+rate ratio to expect when the gateway is CPU-bound.
+
+Round 0 is a warm-up; rounds alternate which mode goes first.
+Options: --rounds 3 --seconds 4 --conns 32 --store URL (default: a temp SQLite file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+
+
+# -- upstream (own process) ------------------------------------------------------------------
+
+async def _upstream(port_file: str) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(RESPONSE)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+    Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))
+    await server.serve_forever()
+
+
+# -- load generator (own process) ------------------------------------------------------------
+
+async def _loadgen(proxy_port: int, target: str, seconds: float, conns: int,
+                   warmup: float) -> None:
+    request = (f"GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\n\r\n").encode()
+    done = 0
+    start = time.monotonic() + warmup
+    end = start + seconds
+
+    async def client() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                break
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"unexpected response {head[:60]!r}")
+            if start <= time.monotonic() < end:
+                done += 1
+        writer.close()
+
+    await asyncio.gather(*(client() for _ in range(conns)))
+    print(json.dumps({"requests": done, "seconds": seconds}), flush=True)
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+def _start_gateway(upstream_port: int):  # type: ignore[no-untyped-def]
+    import uvloop
+
+    from egressguard.engine.holder import SnapshotHolder
+    from egressguard.gateway import Gateway, Resolver, load_active, parse_resolve
+
+    policy = Path(tempfile.mkdtemp()) / "policy.yaml"
+    policy.write_text(
+        "restrict_outbound_network_access: Enabled\n"
+        "network_rule_collections:\n"
+        "  - name: bench\n    priority: 100\n    rules:\n"
+        "      - {name: upstream, destinations: [127.0.0.1/32], protocols: [TCP]}\n")
+    gateway = Gateway(SnapshotHolder(load_active(policy)),
+                      resolver=Resolver(parse_resolve(["up.bench=127.0.0.1"]), system=False))
+    loop = uvloop.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(gateway.start("127.0.0.1", 0), loop).result(10)
+    return gateway
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--conns", type=int, default=32)
+    parser.add_argument("--store", default=None)
+    parser.add_argument("--upstream", help=argparse.SUPPRESS)
+    parser.add_argument("--loadgen", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.upstream:
+        asyncio.run(_upstream(args.upstream))
+        return
+    if args.loadgen:
+        port, target, seconds, conns = args.loadgen
+        asyncio.run(_loadgen(int(port), target, float(seconds), int(conns), warmup=0.5))
+        return
+
+    from egressguard.audit.events import NullSink
+    from egressguard.audit.log import AuditLog
+
+    tmp = Path(tempfile.mkdtemp(prefix="egressguard-bench-audit-"))
+    os.environ.setdefault("EGRESSGUARD_HOME", str(tmp))
+    port_file = tmp / "upstream.port"
+    upstream = subprocess.Popen([sys.executable, __file__, "--upstream", str(port_file)])
+    try:
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.05)
+        upstream_port = int(port_file.read_text())
+        gateway = _start_gateway(upstream_port)
+        proxy_port = gateway.addresses[0][1]
+        log = AuditLog(args.store or f"sqlite:///{tmp / 'audit.db'}")
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        cpu: dict[str, list[float]] = {"off": [], "on": []}   # gateway-process CPU s/request
+        for round_no in range(args.rounds + 1):     # round 0 warms up, not counted
+            for mode in ("off", "on") if round_no % 2 else ("on", "off"):
+                gateway.sink = log if mode == "on" else NullSink()
+                cpu_start = time.process_time()
+                out = subprocess.run(
+                    [sys.executable, __file__, "--loadgen", str(proxy_port),
+                     f"up.bench:{upstream_port}", str(args.seconds), str(args.conns)],
+                    check=True, capture_output=True, text=True).stdout
+                if mode == "on":
+                    log.flush(timeout=60)      # the writer's work is part of "on"
+                cpu_used = time.process_time() - cpu_start
+                result = json.loads(out.strip().splitlines()[-1])
+                rate = result["requests"] / result["seconds"]
+                # CPU over the whole round (warm-up tail included) per counted request:
+                # slightly pessimistic for both modes alike.
+                per_request = cpu_used / max(1, result["requests"])
+                if round_no:
+                    rates[mode].append(rate)
+                    cpu[mode].append(per_request)
+                print(f"round {round_no} audit {mode:<3}: {rate:8.0f} requests/s, "
+                      f"{per_request * 1e6:6.0f} us CPU/request"
+                      f"{' (warm-up)' if not round_no else ''}", flush=True)
+        written = log.acknowledged
+        log.close()
+    finally:
+        upstream.terminate()
+        upstream.wait(5)
+    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    print(json.dumps({
+        "bench": "audit", "python": platform.python_version(), "cpus": os.cpu_count(),
+        "conns": args.conns, "seconds_per_round": args.seconds, "rounds": args.rounds,
+        "rps_off": round(off), "rps_on": round(on), "ratio": round(on / off, 3),
+        "cpu_us_per_request_off": round(cpu_off * 1e6, 1),
+        "cpu_us_per_request_on": round(cpu_on * 1e6, 1),
+        "cpu_bound_ratio": round(cpu_off / cpu_on, 3),
+        "rps_off_all": [round(r) for r in rates["off"]],
+        "rps_on_all": [round(r) for r in rates["on"]], "audit_records": written}))
+
+
+if __name__ == "__main__":
+    main()
