@@ -252,7 +252,7 @@ def test_check_gives_the_same_answer_as_the_cli(client: TestClient, sqlite_store
                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
         assert answer.json() == json.loads(cli.stdout.strip().splitlines()[-1])
     assert [client.post("/v1/check", json=c, headers=tokens["viewer"]).json()["verdict"]
-            for c in cases] == ["allow", "deny", "allow"]
+            for c in cases] == ["allow", "deny", "deny"]
 
 
 def test_check_rejects_bad_addresses(client: TestClient, tokens: dict[str, dict[str, str]]
