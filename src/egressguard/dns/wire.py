@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from dnslib import EDNS0, HTTPS, OPCODE, QTYPE, RCODE, DNSBuffer, DNSHeader, DNSLabel
+from dnslib import DNAME, EDNS0, HTTPS, OPCODE, QTYPE, RCODE, RDMAP, DNSBuffer, DNSHeader, DNSLabel
 from dnslib import DNSRecord as DNSRecord
 from dnslib import EDNSOption as EDNSOption
 
@@ -33,6 +33,9 @@ _MAX_UDP = 4096
 # so such names are refused rather than decided under one spelling and resolved under another.
 _LABEL = re.compile(rb"[A-Za-z0-9_-]+")
 _SVCB = 64
+# dnslib has a DNAME class but leaves it out of its type map, so DNAME answers would parse
+# as opaque bytes and their target (possibly compressed) could not be decided. Register it.
+RDMAP.setdefault("DNAME", DNAME)
 _HINT_KEYS = {4: 4, 6: 16}  # SvcParamKey ipv4hint / ipv6hint -> address length
 
 
