@@ -1,9 +1,10 @@
 """The durable audit log writer: events queue in memory and a thread writes them in batches.
 
 The hot path only appends to a queue (`emit`, a few hundred nanoseconds, never blocks).
-One writer thread drains whatever is queued into one transaction (group commit: under load
-batches grow by themselves, idle there is no added delay) and then wakes the callers
-waiting for it.
+One writer thread drains whatever is queued into one transaction and then wakes the
+callers waiting for it (group commit). While nobody waits for an acknowledgement it lingers
+up to `max_delay` (50 ms) to fill a batch, since each commit costs an fsync; a `record` or
+`flush` call ends the linger at once, so a denial waits for one commit, not for the timer.
 
 Durability, exactly:
 
@@ -97,7 +98,8 @@ class AuditLog:
     """An `EventSink` writing every event to the audit tables of the store at `url`."""
 
     def __init__(self, url: str | URL | None = None, *, key: bytes | None = None,
-                 batch_size: int = 1000, max_pending: int = 100_000,
+                 batch_size: int = 2000, max_pending: int = 100_000,
+                 max_delay: float = 0.05,
                  retention: Retention | None = None, engine: Engine | None = None) -> None:
         if engine is None:
             if url is None:
@@ -108,6 +110,8 @@ class AuditLog:
         migrate(self.engine)
         self.sealer = Sealer(key if key is not None else load_or_create_key())
         self.batch_size = batch_size
+        self.max_delay = max_delay
+        self._urgent = threading.Event()     # someone waits for an acknowledgement
         self.max_pending = max_pending
         self.retention = retention
         self.writer_id = secrets.token_hex(8)
@@ -181,7 +185,8 @@ class AuditLog:
             if self._acked >= target:
                 return False
             self._waiters.append((target, callback))
-            return True
+        self._urgent.set()
+        return True
 
     async def _wait_async(self, target: int, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -206,6 +211,7 @@ class AuditLog:
                 return
             self._closed = True
             self._queue.put(_STOP)
+        self._urgent.set()
         self._thread.join(timeout)
         self.engine.dispose()
 
@@ -221,18 +227,28 @@ class AuditLog:
             item = self._queue.get()
             if item is _STOP:
                 break
+            self._urgent.clear()   # a waiter registering from now on sets it again
             batch = [item]
-            while len(batch) < self.batch_size:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
+            stop = self._drain(batch)
+            # Group commit: while nobody waits for an acknowledgement, linger up to
+            # `max_delay` so that one commit (one fsync) carries many events.
+            if not stop and len(batch) < self.batch_size and not self._waiters:
+                self._urgent.wait(self.max_delay)
+                stop = self._drain(batch)
             self._write_until_done(batch)
             self._maybe_prune()
+
+    def _drain(self, batch: list[Any]) -> bool:
+        """Move queued events into `batch` (up to `batch_size`); True if told to stop."""
+        while len(batch) < self.batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            batch.append(item)
+        return False
 
     def _write_until_done(self, batch: list[tuple[int, DecisionEvent]]) -> None:
         delay = 0.05
