@@ -27,9 +27,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _MAX_NAME = 253
 _MAX_LABEL = 63
-# A host that is already canonical: lower-case LDH labels, last label not all digits
-# (an all-digit last label makes WHATWG parse it as an IPv4 number) and no punycode.
-_CANONICAL = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
+# A host that is already canonical: lower-case LDH labels of 1-63 octets, an optional
+# trailing dot, and a last label that WHATWG would not read as an IPv4 number (all digits
+# or 0x-hex). Such a host skips the URL parser; `xn--` labels still go through it.
+_CANONICAL = re.compile(
+    r"(?:[a-z0-9_-]{1,63}\.)*(?![0-9]+\.?$)(?!0x)[a-z0-9_-]{1,63}\.?")
 _OMITTED = 0xFFFFFFFF  # ada's "component absent" offset
 _ada_parse, _ada_is_valid, _ada_free = _lib.ada_parse, _lib.ada_is_valid, _lib.ada_free
 _ada_get_href, _ada_get_components = _lib.ada_get_href, _lib.ada_get_components
@@ -190,12 +192,8 @@ def normalize_host(raw: str) -> Host:
     Accepts bracketed or bare IPv6, any IPv4 encoding and Unicode names. Raises
     `InvalidHost` with a reason fit for a denial.
     """
-    if _CANONICAL.fullmatch(raw) and "xn--" not in raw:
-        last = raw.rstrip(".").rpartition(".")[2]
-        if not (last.isdigit() or last.startswith("0x")):  # else WHATWG reads an IPv4
-            if len(raw) <= _MAX_LABEL and ".." not in raw and raw[0] != ".":
-                return Host(raw[:-1] if raw[-1] == "." else raw)
-            return Host(_check_name(raw))
+    if len(raw) <= _MAX_NAME and _CANONICAL.fullmatch(raw) and "xn--" not in raw:
+        return Host(raw[:-1] if raw[-1] == "." else raw)
     if not raw or raw.strip() != raw:
         raise InvalidHost("invalid host: empty or padded with spaces")
     if ":" in raw and not raw.startswith("["):

@@ -40,6 +40,7 @@ from egressguard.policy.model import (
 )
 
 _ALLOWED_FQDN_PORTS = frozenset({80, 443})
+_MEMO_SIZE = 65536  # decisions remembered per snapshot and request kind
 _STORAGE_HOST = re.compile(
     r"(?P<account>[a-z0-9]{3,24})(?P<secondary>-secondary)?\.(?:z\d+\.)?"
     r"(?:blob|queue|table|file|dfs|web)\.core\."
@@ -207,8 +208,17 @@ class Snapshot:
         self._net_any: list[_NetEntry] = []
         self._net_hosts: HostIndex[_NetEntry] = HostIndex()
         self._compile_network_rules(policy, refs)
-        self._has_net = bool(len(self._net_v4) or len(self._net_v6) or self._net_any)
+        for trie in (self._net_v4, self._net_v6):
+            _merge_ancestors(trie)
+        # pytricia's len() walks the whole tree: remember emptiness once.
+        self._has_v4, self._has_v6 = bool(len(self._net_v4)), bool(len(self._net_v6))
+        self._has_net = bool(self._has_v4 or self._has_v6 or self._net_any)
+        self._has_net_hosts = bool(self._net_hosts)
+        self._has_allowed_fqdns = bool(self._allowed_fqdns)
         self._storage = _StorageScope(policy, refs)
+        self._memo_connect: dict[tuple[object, ...], Decision] = {}
+        self._memo_http: dict[tuple[object, ...], Decision] = {}
+        self._memo_other: dict[tuple[object, ...], Decision] = {}
 
     # -- compilation -------------------------------------------------------------------
 
@@ -282,16 +292,15 @@ class Snapshot:
     # -- matching helpers --------------------------------------------------------------
 
     def _ip_entries(self, ip: IPAddress) -> list[_NetEntry]:
-        """Every network entry whose destination contains `ip` (CIDRs, tags and `*`)."""
-        out: list[_NetEntry] = []
-        trie = self._net_v6 if ip.version == 6 else self._net_v4
-        if len(trie):
-            key = trie.get_key(ip)
-            while key is not None:
-                out.extend(trie[key])
-                key = trie.parent(key)
-        out.extend(self._net_any)
-        return out
+        """Every network entry whose destination contains `ip` (CIDRs, tags and `*`):
+        one longest-prefix lookup, as each prefix holds its ancestors' entries too."""
+        if ip.version == 4:
+            found = self._net_v4.get(ip) if self._has_v4 else None
+        else:
+            found = self._net_v6.get(ip) if self._has_v6 else None
+        if found is None:
+            return self._net_any
+        return found + self._net_any if self._net_any else found
 
     @staticmethod
     def _first_net(entries: Iterable[_NetEntry], protocol: str, port: int | None,
@@ -335,7 +344,30 @@ class Snapshot:
     # -- the decision ------------------------------------------------------------------
 
     def decide(self, request: Request) -> Decision:
-        """Decide one request (spec section 4). Never raises for bad input: it denies."""
+        """Decide one request (spec section 4). Never raises for bad input: it denies.
+
+        Decisions about names (no resolved addresses, no source scope) are memoised per
+        snapshot: the snapshot is immutable and `Decision` frozen, so a repeated request
+        gets the same answer without re-normalising or re-matching. The memo is bounded
+        (cleared when full), so random names cannot grow it without limit.
+        """
+        if request.addresses or request.source is not None:
+            return self._decide(request)
+        kind = request.kind
+        memo = (self._memo_connect if kind is _CONNECT else self._memo_http if kind is _HTTP
+                else self._memo_other)
+        key = (request.host, request.uri, request.port, request.scheme, request.protocol,
+               request.callout_type, kind if memo is self._memo_other else None)
+        found = memo.get(key)
+        if found is not None:
+            return found
+        decision = self._decide(request)
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[key] = decision
+        return decision
+
+    def _decide(self, request: Request) -> Decision:
         url: URL | None = None
         port: int | None
         scheme: str | None
@@ -358,6 +390,11 @@ class Snapshot:
                 scheme = "https" if port == 443 else "http"
             if port is None:
                 port = 443 if scheme == "https" else 80
+        if (kind is _CONNECT or kind is _HTTP or kind is _DNS) and (
+                host.ip is None and not request.addresses):  # the hot path: a name, no L3
+            name = host.name
+            return self._decide_application(request, kind, host, url, scheme, port,
+                                            f"{name}:{port}" if port else name, None, False)
         return self._evaluate(request, kind, host, url, scheme, port, False)
 
     def _evaluate(self, request: Request, kind: Kind, host: Host, url: URL | None,
@@ -398,7 +435,7 @@ class Snapshot:
         if kind is _CALLOUT:
             return self._decide_callout(request, url, host, port)
         if kind is _FLOW:
-            if net_allowed is None and host.ip is None and self._net_hosts:
+            if net_allowed is None and host.ip is None and self._has_net_hosts:
                 net_allowed = self._first_net(self._net_hosts.matches(name), request.protocol,
                                               port, request.source, enforced)
             if net_allowed is not None:
@@ -426,7 +463,7 @@ class Snapshot:
             if refusal is not None:
                 return self._deny(_L_SEP, "service_endpoint", refusal, target, port)
         # Step 5: a flow already allowed by a network rule (by address or FQDN).
-        if net_allowed is None and host.ip is None and self._net_hosts:
+        if net_allowed is None and host.ip is None and self._has_net_hosts:
             net_allowed = self._first_net(self._net_hosts.matches(name), request.protocol,
                                           port, request.source, enforced)
         if net_allowed is not None:
@@ -448,7 +485,7 @@ class Snapshot:
                                                        port, True))
             return self._from_entry(best, _L_APPLICATION, target, port)
         # Step 6: the allowed FQDN list, ports 80 and 443 only (a DNS question has no port).
-        if self.restricted and self._allowed_fqdns and (
+        if self.restricted and self._has_allowed_fqdns and (
                 kind is _DNS or port in _ALLOWED_FQDN_PORTS):
             for pattern in self._allowed_fqdns.matches(name):
                 return Decision(_ALLOW, _L_ALLOWED_FQDN, f"allowed_fqdn:{pattern}",
@@ -530,6 +567,19 @@ class _StorageScope:
             return None
         return (f"storage account {account!r} ({host}) is not in the cluster's service "
                 "endpoint policy")
+
+
+def _merge_ancestors(trie: pytricia.PyTricia) -> None:
+    """Give every prefix the entries of the prefixes that contain it, so that a lookup
+    needs only the longest match (no walk up the tree per decision)."""
+    own = {key: list(trie[key]) for key in trie}
+    for key in own:
+        merged = list(own[key])
+        parent = trie.parent(key)
+        while parent is not None:
+            merged.extend(own[parent])
+            parent = trie.parent(parent)
+        trie[key] = merged
 
 
 def compile_policy(policy: Policy, refs: References | None = None) -> Snapshot:
