@@ -66,6 +66,8 @@ def test_label_and_name_length_limits() -> None:
 @pytest.mark.parametrize(("raw", "address"), [
     ("2130706433", "127.0.0.1"),        # decimal
     ("0177.0.0.1", "127.0.0.1"),        # octal
+    ("10.0.0.010", "10.0.0.8"),         # a leading zero makes one octet octal
+    ("8.8.8.8", "8.8.8.8"),
     ("0x7f.0.0.1", "127.0.0.1"),        # hex octet
     ("0x7f000001", "127.0.0.1"),        # hex whole
     ("127.1", "127.0.0.1"),             # short form a.b

@@ -32,6 +32,10 @@ _MAX_LABEL = 63
 # or 0x-hex). Such a host skips the URL parser; `xn--` labels still go through it.
 _CANONICAL = re.compile(
     r"(?:[a-z0-9_-]{1,63}\.)*(?![0-9]+\.?$)(?!0x)[a-z0-9_-]{1,63}\.?")
+# Plain dotted-decimal IPv4 without leading zeros (a leading zero is octal to WHATWG):
+# the common literal, read directly rather than through the URL parser.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _OMITTED = 0xFFFFFFFF  # ada's "component absent" offset
 _ada_parse, _ada_is_valid, _ada_free = _lib.ada_parse, _lib.ada_is_valid, _lib.ada_free
 _ada_get_href, _ada_get_components = _lib.ada_get_href, _lib.ada_get_components
@@ -194,6 +198,8 @@ def normalize_host(raw: str) -> Host:
     """
     if len(raw) <= _MAX_NAME and _CANONICAL.fullmatch(raw) and "xn--" not in raw:
         return Host(raw[:-1] if raw[-1] == "." else raw)
+    if _DOTTED_QUAD.fullmatch(raw):
+        return Host(raw, ipaddress.IPv4Address(raw))
     if not raw or raw.strip() != raw:
         raise InvalidHost("invalid host: empty or padded with spaces")
     if ":" in raw and not raw.startswith("["):
