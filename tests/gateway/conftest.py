@@ -44,6 +44,7 @@ class Upstream(BaseHTTPRequestHandler):
     server: _HTTPServer
 
     def setup(self) -> None:
+        self.request.settimeout(5)
         super().setup()
         self.server.peers.append(self.client_address)
 
@@ -133,7 +134,9 @@ def start_http(tls_context: ssl.SSLContext | None = None, host: str = "127.0.0.1
     server = _HTTPServer((host, 0), Upstream)
     server.peers = []
     if tls_context is not None:
-        server.socket = tls_context.wrap_socket(server.socket, server_side=True)
+        # Handshake in the handler thread, so a stalled client cannot block accept().
+        server.socket = tls_context.wrap_socket(server.socket, server_side=True,
+                                                do_handshake_on_connect=False)
     return Server(server.server_address[1], server.peers, _serve(server))
 
 
