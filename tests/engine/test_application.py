@@ -321,3 +321,20 @@ def test_non_storage_hosts_are_untouched_by_service_endpoint_policies() -> None:
 def test_unknown_alias_is_a_compile_error() -> None:
     with pytest.raises(CompileError, match="/services/Azure/Nope"):
         snapshot("service_endpoint_policies: [{name: a, aliases: [/services/Azure/Nope]}]")
+
+
+# -- the decision memo -------------------------------------------------------------------
+
+def test_repeated_requests_get_the_same_decision_and_the_memo_stays_bounded() -> None:
+    from egressguard.engine import snapshot as snapshot_module
+
+    snap = snapshot(APP)
+    first = connect(snap, "api.example")
+    assert connect(snap, "api.example") == first
+    assert connect(snap, "API.example.") == first  # another spelling, same answer
+    # Addresses and sources are never memoised: the guard sees every call.
+    assert connect(snap, "api.example", 443, "169.254.169.254").layer is Layer.GUARD
+    for i in range(snapshot_module._MEMO_SIZE + 10):
+        snap.decide(Request(kind=Kind.CONNECT, host=f"h{i}.random.example", port=443))
+    assert len(snap._memo_connect) <= snapshot_module._MEMO_SIZE
+    assert connect(snap, "api.example") == first
