@@ -73,7 +73,6 @@ def test_domain_fronting_sni_mismatch_is_cut(gateway_factory, tls_upstream, ca):
     sock.close()
     event = gw.sink.wait_for(lambda e: e.rule == "guard:domain-fronting")
     assert not event.permitted and "other.test" in event.reason
-    assert tls_upstream.peers == [] or True  # TCP may be open, but no byte was relayed
 
 
 def test_sni_matching_connect_host_in_other_spelling_is_allowed(gateway_factory, tls_upstream,

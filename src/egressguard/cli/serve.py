@@ -28,7 +28,6 @@ from egressguard.gateway import (
     parse_hosts_file,
     parse_resolve,
 )
-from egressguard.gateway.http1 import BadRequest, split_authority
 from egressguard.policy import PolicyError
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "gateway" / "default_policy.yaml"
@@ -66,9 +65,7 @@ def serve(
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
-        host, port = split_authority(listen)
-        if port is None:
-            raise BadRequest("--listen needs address:port")
+        host, port = _listen_address(listen)
         if non_tls_443 not in ("deny", "allow"):
             raise ValueError("--non-tls-443 must be deny or allow")
         static = parse_resolve(resolve or [])
@@ -89,6 +86,13 @@ def serve(
     gateway = Gateway(holder, _sink(), Resolver(static, system=system_resolver), limits,
                       report_only=report_only)
     _run(_serve(gateway, holder, PolicyFile(path, holder), host, port))
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen {text!r}: expected address:port (port 0 picks one)")
+    return host.strip("[]"), int(port)
 
 
 def _sink() -> EventSink:

@@ -1,0 +1,83 @@
+"""Nothing a client sends can hold the gateway: slowloris, oversized heads, floods."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from egressguard.gateway import Limits
+from tests.gateway.conftest import raw
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_slowloris_head_is_cut_with_408(gateway_factory):
+    gw = gateway_factory(limits=Limits(header_timeout=0.5))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        start = time.monotonic()
+        sock.sendall(b"GET http://up.test/ HTTP/1.1\r\n")
+        out = b""
+        try:
+            for i in range(20):
+                sock.sendall(f"X-Slow-{i}: 1\r\n".encode())
+                time.sleep(0.1)
+        except OSError:
+            pass
+        while chunk := sock.recv(4096):
+            out += chunk
+        elapsed = time.monotonic() - start
+    assert out.startswith(b"HTTP/1.1 408")
+    assert elapsed < 1.5
+
+
+def test_oversized_head_is_431(gateway_factory):
+    gw = gateway_factory(limits=Limits(max_header_bytes=4096))
+    out = raw(gw.port, b"GET http://up.test/ HTTP/1.1\r\nHost: up.test\r\nX-Big: "
+              + b"a" * 10000 + b"\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 431")
+
+
+def test_oversized_head_sent_in_pieces_is_431(gateway_factory):
+    gw = gateway_factory(limits=Limits(max_header_bytes=4096))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as sock:
+        sock.sendall(b"GET http://up.test/ HTTP/1.1\r\n")
+        try:
+            for i in range(100):
+                sock.sendall(f"X-H{i}: {'v' * 100}\r\n".encode())
+        except OSError:
+            pass
+        assert sock.recv(4096).startswith(b"HTTP/1.1 431")
+
+
+def test_idle_keep_alive_connection_is_closed(gateway_factory):
+    gw = gateway_factory(limits=Limits(idle_timeout=0.5))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as sock:
+        start = time.monotonic()
+        assert sock.recv(10) == b""
+        assert time.monotonic() - start < 1.5
+
+
+def test_connection_flood_beyond_the_limit_gets_503(gateway_factory):
+    gw = gateway_factory(limits=Limits(max_connections=3))
+    held = [socket.create_connection(("127.0.0.1", gw.port), timeout=3) for _ in range(3)]
+    try:
+        time.sleep(0.1)
+        out = raw(gw.port, b"")
+        assert out.startswith(b"HTTP/1.1 503")
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    r = httpx.get("http://not-allowed.test/", proxy=gw.url)
+    assert r.status_code == 403  # capacity is back once clients leave
+
+
+def test_binary_garbage_does_not_hurt_the_server(gateway_factory):
+    gw = gateway_factory()
+    for blob in (bytes(range(256)) * 4, b"\x16\x03\x01\x00\x05hello", b"\r\n" * 5000):
+        raw(gw.port, blob, timeout=1)
+    r = httpx.get("http://not-allowed.test/", proxy=gw.url)
+    assert r.status_code == 403
