@@ -40,7 +40,7 @@ from egressguard.policy.model import (
 )
 
 _ALLOWED_FQDN_PORTS = frozenset({80, 443})
-_MEMO_SIZE = 65536  # decisions remembered per snapshot and request kind
+_MEMO_SIZE = 32768  # decisions remembered per snapshot and request kind (~20 MB at most)
 _STORAGE_HOST = re.compile(
     r"(?P<account>[a-z0-9]{3,24})(?P<secondary>-secondary)?\.(?:z\d+\.)?"
     r"(?:blob|queue|table|file|dfs|web)\.core\."
