@@ -3,14 +3,16 @@
 Runs the real gateway (uvloop, in this process) in front of a minimal keep-alive HTTP
 upstream (its own process) and drives it from a load generator (its own process: N
 keep-alive client connections sending absolute-form GETs through the proxy). Each round
-measures completed requests per second over a fixed window; rounds alternate the
-gateway's sink between `NullSink` (audit off) and a real `AuditLog` (audit on: SQLite in
-WAL mode with synchronous=FULL, AES-GCM sealing, HMAC chain; two records per request:
-decision and close), so both see the same machine load. The last line is one JSON object
-with the median rates and their ratio (target: on/off >= 0.90), and the gateway process's
-CPU time per request in each mode: on a shared, noisy machine the rates swing with other
-load, while CPU per request does not, so `cpu_bound_ratio` (off/on CPU per request) is the
-rate ratio to expect when the gateway is CPU-bound.
+measures completed requests per second over a fixed window with the gateway's sink set to
+`NullSink` (off), `AuditLog` (thread: sealing and SQL in a thread of the gateway process)
+or `ProcessAuditLog` (process: the same in a child process); both write SQLite in WAL mode
+with synchronous=FULL, AES-GCM sealing and the HMAC chain, two records per request
+(decision and close). All modes run in every round, so they see the same machine load.
+The last line is one JSON object with median rates, their ratios to off (target >= 0.90)
+and the gateway process's CPU time per request in each mode: on a shared, noisy machine
+rates swing with other load while CPU per request does not, so `cpu_bound_ratio_*` (off
+CPU / mode CPU per request) is the rate ratio to expect when the gateway is CPU-bound.
+(The process mode's child CPU is not in that figure; it runs on another core.)
 
 Round 0 is a warm-up; rounds alternate which mode goes first.
 Options: --rounds 3 --seconds 4 --conns 32 --store URL (default: a temp SQLite file).
@@ -113,6 +115,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--conns", type=int, default=32)
     parser.add_argument("--store", default=None)
+    parser.add_argument("--max-delay", type=float, default=0.05,
+                        help="the audit log's group-commit linger (seconds)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() after start-up (as a server would)")
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--loadgen", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,6 +132,7 @@ def main() -> None:
 
     from egressguard.audit.events import NullSink
     from egressguard.audit.log import AuditLog
+    from egressguard.audit.remote import ProcessAuditLog
 
     tmp = Path(tempfile.mkdtemp(prefix="egressguard-bench-audit-"))
     os.environ.setdefault("EGRESSGUARD_HOME", str(tmp))
@@ -137,19 +144,28 @@ def main() -> None:
         upstream_port = int(port_file.read_text())
         gateway = _start_gateway(upstream_port)
         proxy_port = gateway.addresses[0][1]
-        log = AuditLog(args.store or f"sqlite:///{tmp / 'audit.db'}")
-        rates: dict[str, list[float]] = {"off": [], "on": []}
-        cpu: dict[str, list[float]] = {"off": [], "on": []}   # gateway-process CPU s/request
+        url = args.store or f"sqlite:///{tmp / 'audit.db'}"
+        delay = args.max_delay
+        logs: dict[str, AuditLog] = {"thread": AuditLog(url, max_delay=delay),
+                                     "process": ProcessAuditLog(url, max_delay=delay)}
+        modes = ("off", "thread", "process")
+        if args.gc_freeze:
+            import gc
+            gc.collect()
+            gc.freeze()
+        rates: dict[str, list[float]] = {m: [] for m in modes}
+        cpu: dict[str, list[float]] = {m: [] for m in modes}  # gateway-process CPU s/request
         for round_no in range(args.rounds + 1):     # round 0 warms up, not counted
-            for mode in ("off", "on") if round_no % 2 else ("on", "off"):
-                gateway.sink = log if mode == "on" else NullSink()
+            for mode in modes if round_no % 2 else modes[::-1]:
+                log = logs.get(mode)
+                gateway.sink = log if log is not None else NullSink()
                 cpu_start = time.process_time()
                 out = subprocess.run(
                     [sys.executable, __file__, "--loadgen", str(proxy_port),
                      f"up.bench:{upstream_port}", str(args.seconds), str(args.conns)],
                     check=True, capture_output=True, text=True).stdout
-                if mode == "on":
-                    log.flush(timeout=60)      # the writer's work is part of "on"
+                if log is not None:
+                    log.flush(timeout=60)      # the writer's work is part of the round
                 cpu_used = time.process_time() - cpu_start
                 result = json.loads(out.strip().splitlines()[-1])
                 rate = result["requests"] / result["seconds"]
@@ -159,25 +175,28 @@ def main() -> None:
                 if round_no:
                     rates[mode].append(rate)
                     cpu[mode].append(per_request)
-                print(f"round {round_no} audit {mode:<3}: {rate:8.0f} requests/s, "
+                print(f"round {round_no} audit {mode:<7}: {rate:8.0f} requests/s, "
                       f"{per_request * 1e6:6.0f} us CPU/request"
                       f"{' (warm-up)' if not round_no else ''}", flush=True)
-        written = log.acknowledged
-        log.close()
+        written = sum(log.acknowledged for log in logs.values())
+        for log in logs.values():
+            log.close()
     finally:
         upstream.terminate()
         upstream.wait(5)
-    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
-    cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    med = {m: statistics.median(rates[m]) for m in modes}
+    med_cpu = {m: statistics.median(cpu[m]) for m in modes}
     print(json.dumps({
         "bench": "audit", "python": platform.python_version(), "cpus": os.cpu_count(),
         "conns": args.conns, "seconds_per_round": args.seconds, "rounds": args.rounds,
-        "rps_off": round(off), "rps_on": round(on), "ratio": round(on / off, 3),
-        "cpu_us_per_request_off": round(cpu_off * 1e6, 1),
-        "cpu_us_per_request_on": round(cpu_on * 1e6, 1),
-        "cpu_bound_ratio": round(cpu_off / cpu_on, 3),
-        "rps_off_all": [round(r) for r in rates["off"]],
-        "rps_on_all": [round(r) for r in rates["on"]], "audit_records": written}))
+        **{f"rps_{m}": round(med[m]) for m in modes},
+        "ratio_thread": round(med["thread"] / med["off"], 3),
+        "ratio_process": round(med["process"] / med["off"], 3),
+        **{f"cpu_us_per_request_{m}": round(med_cpu[m] * 1e6, 1) for m in modes},
+        "cpu_bound_ratio_thread": round(med_cpu["off"] / med_cpu["thread"], 3),
+        "cpu_bound_ratio_process": round(med_cpu["off"] / med_cpu["process"], 3),
+        **{f"rps_{m}_all": [round(r) for r in rates[m]] for m in modes},
+        "audit_records": written}))
 
 
 if __name__ == "__main__":

@@ -249,3 +249,23 @@ def test_unusual_fields_round_trip_and_a_malformed_event_does_not_wedge_the_writ
         assert verify(log.engine, log.sealer).ok
     assert [r["connection_id"] for r in records] == ["c1", "after"]
     assert (records[0]["path"], records[0]["reason"]) == ("/a\0b", 'quote " and \\ and ü')
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+async def test_audit_sink_composition_writes_events_and_exfil_warnings(
+        sqlite_url: str, audit_key: bytes, writer: str) -> None:
+    from egressguard.audit.compose import audit_sink
+    from egressguard.audit.events import emit_durably
+
+    sink, log = audit_sink(sqlite_url, exfil_threshold=1000, exfil_window_s=60,
+                           writer=writer)  # type: ignore[arg-type]
+    try:
+        sink.emit(event(phase="close", bytes_up=600, connection_id="a"))
+        sink.emit(event(phase="close", bytes_up=600, connection_id="b"))
+        await emit_durably(sink, event(verdict="deny", permitted=False, connection_id="d"))
+        await log.flush_for()
+        kinds = [(r["kind"], r["connection_id"]) for r in
+                 query(log.engine, Filter(), sealer=log.sealer, newest_first=False)]
+    finally:
+        log.close()
+    assert kinds == [("connect", "a"), ("connect", "b"), ("warning", "b"), ("connect", "d")]

@@ -12,6 +12,7 @@ import time
 
 from egressguard.audit.events import DecisionEvent
 from egressguard.audit.log import AuditLog
+from egressguard.audit.remote import ProcessAuditLog
 
 
 def make(i: int) -> DecisionEvent:
@@ -22,8 +23,8 @@ def make(i: int) -> DecisionEvent:
                          reason=f"event {i}", connection_id=str(i))
 
 
-async def main(url: str) -> None:
-    log = AuditLog(url)
+async def main(url: str, mode: str) -> None:
+    log = ProcessAuditLog(url) if mode == "process" else AuditLog(url)
     i = 0
     while True:
         for _ in range(7):            # fire-and-forget events...
@@ -35,4 +36,4 @@ async def main(url: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "thread"))

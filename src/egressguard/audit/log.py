@@ -92,6 +92,20 @@ def secret_values(event: DecisionEvent) -> tuple[str, ...]:
 
 
 _COLUMNS = ("batch_id", *CLEAR_FIELDS, "payload")
+Pair = tuple[tuple[Any, ...], tuple[str, ...]]
+
+
+def pairs_of(batch: list[DecisionEvent]) -> list[Pair]:
+    """(clear values, sealed values) of each event; a malformed event is dropped (logged
+    and counted) so that it can never wedge the writer in its retry loop."""
+    out = []
+    for event in batch:
+        try:
+            out.append((clear_values(event), secret_values(event)))
+        except (TypeError, ValueError, UnicodeError):
+            metrics.AUDIT_EVENTS.labels("invalid").inc()
+            log.error("audit: unrecordable event dropped: %r", event)
+    return out
 
 
 class AuditLog:
@@ -100,7 +114,8 @@ class AuditLog:
     def __init__(self, url: str | URL | None = None, *, key: bytes | None = None,
                  batch_size: int = 2000, max_pending: int = 100_000,
                  max_delay: float = 0.05,
-                 retention: Retention | None = None, engine: Engine | None = None) -> None:
+                 retention: Retention | None = None, engine: Engine | None = None,
+                 start: bool = True) -> None:
         if engine is None:
             if url is None:
                 from egressguard.paths import default_store_url
@@ -130,7 +145,8 @@ class AuditLog:
         self._insert_sql = (f"INSERT INTO {events.name} ({', '.join(_COLUMNS)}) "
                             f"VALUES ({', '.join([mark] * len(_COLUMNS))})")
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-        self._thread.start()
+        if start:
+            self._thread.start()
 
     # -- hot path ------------------------------------------------------------------------
 
@@ -251,40 +267,35 @@ class AuditLog:
         return False
 
     def _write_until_done(self, batch: list[tuple[int, DecisionEvent]]) -> None:
+        self.write_pairs(pairs_of([event for _, event in batch]))
+        self._acknowledge(batch[-1][0])
+
+    def write_pairs(self, pairs: list[Pair]) -> None:
+        """Write one batch, retrying until it is committed (never discards it)."""
+        if not pairs:
+            return
         delay = 0.05
         while True:
             try:
                 started = time.perf_counter()
-                self._write([event for _, event in batch])
+                self._write(pairs)
                 metrics.AUDIT_COMMIT_SECONDS.observe(time.perf_counter() - started)
                 break
             except Exception:
-                metrics.AUDIT_EVENTS.labels("failed").inc(len(batch))
+                metrics.AUDIT_EVENTS.labels("failed").inc(len(pairs))
                 log.exception("audit write of %d events failed; retrying in %.2f s",
-                              len(batch), delay)
+                              len(pairs), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        metrics.AUDIT_EVENTS.labels("written").inc(len(batch))
-        self._acknowledge(batch[-1][0])
+        metrics.AUDIT_EVENTS.labels("written").inc(len(pairs))
 
-    def _write(self, batch: list[DecisionEvent]) -> None:
+    def _write(self, pairs: list[Pair]) -> None:
         rows, payloads = [], []
-        nonces = os.urandom(NONCE * len(batch))
+        nonces = os.urandom(NONCE * len(pairs))
         seal = self.sealer.seal
-        for i, event in enumerate(batch):
-            try:
-                clear = clear_values(event)
-                payload = seal(secret_values(event), associated(clear),
-                               nonces[i * NONCE:(i + 1) * NONCE])
-            except (TypeError, ValueError, UnicodeError):
-                # A malformed event must not wedge the writer in its retry loop.
-                metrics.AUDIT_EVENTS.labels("invalid").inc()
-                log.error("audit: unrecordable event dropped: %r", event)
-                continue
+        for i, (clear, secret) in enumerate(pairs):
+            payloads.append(seal(secret, associated(clear), nonces[i * NONCE:(i + 1) * NONCE]))
             rows.append(clear)
-            payloads.append(payload)
-        if not rows:
-            return
         mac = self.sealer.chain(self._prev_mac, self.writer_id, self._seq, payloads)
         head = {"writer": self.writer_id, "seq": self._seq, "count": len(rows),
                 "first_time": rows[0][0], "last_time": rows[-1][0],

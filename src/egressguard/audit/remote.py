@@ -1,0 +1,204 @@
+"""`ProcessAuditLog`: the same audit log with its sealing and SQL in a child process.
+
+Sealing and inserting cost tens of microseconds of CPU per event; inside the gateway's
+process that CPU competes (through the GIL) with the event loop. Here the gateway keeps
+only the queue: a sender thread turns queued events into plain tuples and ships them,
+marshalled, through a pipe to `python -m egressguard.audit.remote`, which batches, seals,
+commits and answers with the highest committed sequence number.
+
+The acknowledgement contract is `AuditLog`'s: `record`/`flush` return only after the child
+reported the commit. Frames sent but not yet acknowledged stay in memory; if the child
+dies it is restarted and they are sent again (so a child crash between commit and
+acknowledgement can store a batch twice: at-least-once; kill -9 of the gateway itself
+loses only unacknowledged events, as with `AuditLog`).
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+from egressguard.audit.crypto import load_or_create_key
+from egressguard.audit.log import _STOP, AuditLog, Pair, Retention, pairs_of
+
+log = logging.getLogger("egressguard.audit")
+_LEN = struct.Struct(">I")
+_ACK = struct.Struct(">Q")
+
+
+class ProcessAuditLog(AuditLog):
+    """`AuditLog` whose writer runs in a child process (same interface and guarantee)."""
+
+    def __init__(self, url: str | URL | None = None, *, key: bytes | None = None,
+                 batch_size: int = 2000, max_pending: int = 100_000,
+                 max_delay: float = 0.05, retention: Retention | None = None) -> None:
+        key = key if key is not None else load_or_create_key()
+        super().__init__(url, key=key, batch_size=batch_size, max_pending=max_pending,
+                         max_delay=max_delay, retention=retention, start=False)
+        self._key = key
+        self._url = self.engine.url.render_as_string(hide_password=False)
+        self._proc_lock = threading.Lock()
+        self._inflight: deque[tuple[int, bytes]] = deque()
+        self._stopping = False
+        self._child = self._spawn()
+        self._receiver = threading.Thread(target=self._receive, name="audit-acks",
+                                          daemon=True)
+        self._receiver.start()
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "egressguard.audit.remote", str(self.batch_size), "0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ})
+        assert child.stdin is not None
+        hello = marshal.dumps((self._key, self._url), 2)  # secrets never in argv or env
+        child.stdin.write(_LEN.pack(len(hello)) + hello)
+        child.stdin.flush()
+        return child
+
+    def _send(self, frame: bytes) -> None:
+        stdin = self._child.stdin
+        assert stdin is not None
+        try:
+            stdin.write(_LEN.pack(len(frame)) + frame)
+            stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the receiver sees the child gone and resends everything in flight
+
+    def _run(self) -> None:
+        """Sender: queue -> frames (last seq, urgent, pairs) -> child."""
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            self._urgent.clear()
+            batch = [item]
+            stop = self._drain(batch)
+            # Linger here (not in the child): one frame, one wake-up per `max_delay`.
+            if not stop and len(batch) < self.batch_size and not self._waiters:
+                self._urgent.wait(self.max_delay)
+                stop = self._drain(batch)
+            pairs: list[Pair] = pairs_of([event for _, event in batch])
+            frame = marshal.dumps((batch[-1][0], bool(self._waiters), pairs), 2)
+            with self._proc_lock:
+                self._inflight.append((batch[-1][0], frame))
+                self._send(frame)
+            self._maybe_prune()
+        with self._proc_lock:
+            self._stopping = True
+            if self._child.stdin is not None:
+                self._child.stdin.close()   # the child writes what it has, then exits
+
+    def _receive(self) -> None:
+        while True:
+            stdout = self._child.stdout
+            assert stdout is not None
+            data = stdout.read(_ACK.size)
+            if len(data) == _ACK.size:
+                seq = _ACK.unpack(data)[0]
+                with self._proc_lock:
+                    while self._inflight and self._inflight[0][0] <= seq:
+                        self._inflight.popleft()
+                self._acknowledge(seq)
+                continue
+            self._child.wait()
+            with self._proc_lock:
+                if self._stopping:
+                    return
+                log.error("audit writer process exited (%s); restarting, resending %d "
+                          "unacknowledged batches", self._child.returncode,
+                          len(self._inflight))
+                time.sleep(0.2)
+                self._child = self._spawn()
+                for _, frame in self._inflight:
+                    self._send(frame)
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._receiver.join(timeout)
+        self.engine.dispose()
+
+
+class _Frames:
+    """Length-prefixed frames from a file descriptor, with a timeout."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.eof = False
+
+    def _complete(self) -> bytes | None:
+        if len(self.buf) < _LEN.size:
+            return None
+        size = _LEN.unpack_from(self.buf)[0]
+        if len(self.buf) < _LEN.size + size:
+            return None
+        frame = bytes(self.buf[_LEN.size:_LEN.size + size])
+        del self.buf[:_LEN.size + size]
+        return frame
+
+    def next(self, timeout: float | None) -> bytes | None:
+        """The next frame, or None on timeout or end of input."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            frame = self._complete()
+            if frame is not None or self.eof:
+                return frame
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if remaining is not None and remaining == 0.0:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                self.eof = True
+            self.buf += chunk
+
+
+def child_main(batch_size: int, max_delay: float) -> None:
+    frames = _Frames(sys.stdin.fileno())
+    hello = frames.next(None)
+    if hello is None:
+        return
+    key, url = marshal.loads(hello)
+    writer = AuditLog(url, key=key, start=False)
+    out = sys.stdout.buffer
+    while True:
+        frame = frames.next(None)
+        if frame is None:
+            return
+        last, urgent, pairs = marshal.loads(frame)
+        pending: list[Any] = list(pairs)
+        deadline = time.monotonic() + max_delay
+        while not urgent and len(pending) < batch_size and not frames.eof:
+            more = frames.next(max(0.0, deadline - time.monotonic()))
+            if more is None:
+                break
+            last, urgent, pairs = marshal.loads(more)
+            pending += pairs
+        writer.write_pairs(pending)
+        out.write(_ACK.pack(last))
+        out.flush()
+        writer._maybe_prune()
+
+
+if __name__ == "__main__":
+    child_main(int(sys.argv[1]), float(sys.argv[2]))
