@@ -23,7 +23,7 @@ from egressguard.audit import metrics
 from egressguard.audit.events import DecisionEvent
 from egressguard.engine import Decision, InvalidHost, Kind, Layer, Request, Verdict
 from egressguard.engine import normalize_host as _normalize_host
-from egressguard.engine.normalize import IPAddress, parse_url
+from egressguard.engine.normalize import IPAddress
 from egressguard.gateway import http1, tls
 from egressguard.gateway.resolver import ResolveError
 
@@ -116,6 +116,7 @@ class Upstream(asyncio.Protocol):
         self._started = False
         self._client_chunked = False
         self._until_close = False
+        self.out: list[bytes] = []  # response bytes, written once per read (fewer syscalls)
 
     # -- transport callbacks -------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class Upstream(asyncio.Protocol):
                 self.parser.feed_data(data)
             except httptools.HttpParserError as exc:
                 self._fail(UpstreamError(502, f"malformed response from upstream: {exc}"))
+            self.flush()
         else:
             self.early.append(data)
 
@@ -151,7 +153,8 @@ class Upstream(asyncio.Protocol):
         elif self.exchange is not None:
             if self._started and self._until_close:
                 if self._client_chunked:
-                    self.client.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+                    self.out.append(b"0\r\n\r\n")
+                self.flush()
                 self._finish(reuse=False)
             else:
                 reason = "upstream closed the connection" + (f": {exc}" if exc else "")
@@ -210,7 +213,7 @@ class Upstream(asyncio.Protocol):
                 self._fail(UpstreamError(502, "upstream switched protocols unasked"))
                 return
             head.append(_CRLF)
-            client.transport.writelines(head)  # type: ignore[union-attr]
+            self.out += head
             self._begin()
             return
         has_cl = any(n.lower() == b"content-length" for n, _ in self._headers)
@@ -229,7 +232,7 @@ class Upstream(asyncio.Protocol):
         if not keep:
             client.keep_alive = False
         head.append(b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
-        client.transport.writelines(head)  # type: ignore[union-attr]
+        self.out += head
         self._started = True
         if ex.method == b"HEAD":
             # llhttp cannot be told a response has no body; start a fresh parser next time.
@@ -240,17 +243,24 @@ class Upstream(asyncio.Protocol):
         client = self.client
         client.bytes_down += len(data)
         if self._client_chunked:
-            client.transport.writelines((b"%x\r\n" % len(data), data, _CRLF))  # type: ignore[union-attr]
+            self.out += (b"%x\r\n" % len(data), data, _CRLF)
         else:
-            client.transport.write(data)  # type: ignore[union-attr]
+            self.out.append(data)
 
     def on_message_complete(self) -> None:
         if not self._started or self.exchange is None:
             return  # an interim (1xx) response
         if self._client_chunked:
-            self.client.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+            self.out.append(b"0\r\n\r\n")
         parser = self.parser
         self._finish(reuse=parser is not None and parser.should_keep_alive())
+
+    def flush(self) -> None:
+        if self.out:
+            transport = self.client.transport
+            if transport is not None and not self.client.closed:
+                transport.writelines(self.out)
+            self.out = []
 
     def _finish(self, reuse: bool) -> None:
         ex, self.exchange = self.exchange, None
@@ -385,6 +395,8 @@ class ClientConnection(asyncio.Protocol):
         self.paused.add(reason)
 
     def resume_reading(self, reason: str) -> None:
+        if reason not in self.paused:
+            return
         self.paused.discard(reason)
         if not self.paused and self.transport is not None and not self.closed:
             self.transport.resume_reading()
@@ -421,14 +433,18 @@ class ClientConnection(asyncio.Protocol):
         self.queue.append(ex)
         if self.state == "head":
             self.state = "busy"
-        self.pause_reading("exchange")
+        if len(self.queue) > 1:
+            self.pause_reading("exchange")  # pipelined: hold further input until answered
         if self.wakeup is not None and not self.wakeup.done():
             self.wakeup.set_result(None)
 
     def on_body(self, data: bytes) -> None:
         self.bytes_up += len(data)
-        if self.receiving is not None:
-            self.receiving.body(data)
+        ex = self.receiving
+        if ex is not None:
+            ex.body(data)
+            if ex.sink is None and len(ex.pending) > 16:
+                self.pause_reading("exchange")  # body waiting for its upstream
 
     def on_message_complete(self) -> None:
         if self.receiving is not None:
@@ -507,19 +523,18 @@ class ClientConnection(asyncio.Protocol):
                                        "CONNECT")
             raw_host = url.host.decode("latin-1") if url.host else ""
             http1.check_host_header(ex.headers, url.schema, raw_host, url.port)
-            uri = ex.url.decode("latin-1")
-            parsed = parse_url(uri)
+            host = _normalize_host(raw_host)  # cached; the same key the engine computes
         except (http1.BadRequest, httptools.HttpParserInvalidURLError, InvalidHost,
                 UnicodeError) as exc:
             self.fail(400, "Bad Request", str(exc) or "invalid request target")
             return False
-        port = parsed.port
+        port = url.port or 80
         self.bytes_up = sum(len(p) for p in ex.pending)
         self.bytes_down = 0
         target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
-        addresses, unresolved = await self._resolve(parsed.host.name, parsed.host.ip, port)
-        request = Request(kind=Kind.HTTP, host="", uri=uri, addresses=addresses,
-                          source=self.source)
+        addresses, unresolved = await self._resolve(host.name, host.ip, port)
+        request = Request(kind=Kind.HTTP, host=host.name, port=port, scheme="http",
+                          addresses=addresses, source=self.source)
         decision, permitted = self.gw.decide(request)
         event = self.gw.emit_decision(self, decision, permitted, Kind.HTTP, _new_id(),
                                       addresses[0] if addresses else None, ex.method,
@@ -531,7 +546,7 @@ class ClientConnection(asyncio.Protocol):
         if unresolved:
             self.fail(502, "Bad Gateway", unresolved)
             return False
-        key = (parsed.host.name, port)
+        key = (host.name, port)
         up = self.upstream
         reused = up is not None and not up.closed and up.key == key
         if not reused:
