@@ -142,13 +142,13 @@ def test_glob_that_cannot_name_an_account_is_not_wildcard_storage() -> None:
                 if f.check == "wildcard-storage"]
 
 
-def test_wildcard_storage_with_sep_is_informational_but_allowed_fqdn_is_not_covered() -> None:
+def test_wildcard_storage_with_sep_is_informational_in_every_layer() -> None:
     assert one(R + app("['*.blob.core.windows.net']") + SEP,
                "wildcard-storage").severity is Severity.INFO
-    # The allowed FQDN list also opens callouts, which service endpoint policies do not see.
+    # The allowed FQDN list also opens callouts; the engine applies the SEP to those too.
     finding = one(R + "allowed_fqdn_list: ['*.blob.core.windows.net']\n" + SEP,
                   "wildcard-storage")
-    assert (finding.severity, finding.rule) == (Severity.HIGH,
+    assert (finding.severity, finding.rule) == (Severity.INFO,
                                                 "allowed_fqdn:*.blob.core.windows.net")
 
 
@@ -271,13 +271,11 @@ def test_unanchored_callout_gives_a_witness_the_regex_accepts() -> None:
     assert finding.example == "https://myserver.database.windows.net.exfil0probe.example/"
 
 
-def test_callout_reaching_storage_is_reported_even_with_a_sep() -> None:
+def test_callout_reaching_storage_is_no_exposure_when_a_sep_limits_it() -> None:
     text = (R + r"callouts: [{callout_type: external_data, "
-            r"uri_regex: '^https://[a-z0-9]+\.blob\.core\.windows\.net/', can_call: true}]"
-            + SEP)
-    finding = one(text, "wildcard-storage")
-    assert (finding.rule, finding.severity) == ("cluster[0]", Severity.HIGH)
-    assert "not applied to callouts" in finding.why
+            r"uri_regex: '^https://[a-z0-9]+\.blob\.core\.windows\.net/', can_call: true}]")
+    assert one(text, "wildcard-storage").severity is Severity.HIGH
+    assert not [f for f in checks(text + SEP) if f.check == "wildcard-storage"]
 
 
 def test_unresolved_reference_is_the_only_finding_and_names_the_problem() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from egressguard.engine import CompileError, Kind, Layer, References, Request, Verdict
-from tests.engine.helpers import connect, snapshot, url
+from tests.engine.helpers import callout, connect, snapshot, url
 
 APP = """
 restrict_outbound_network_access: true
@@ -338,3 +338,11 @@ def test_repeated_requests_get_the_same_decision_and_the_memo_stays_bounded() ->
         snap.decide(Request(kind=Kind.CONNECT, host=f"h{i}.random.example", port=443))
     assert len(snap._memo_connect) <= snapshot_module._MEMO_SIZE
     assert connect(snap, "api.example") == first
+
+
+def test_external_data_callout_to_an_unlisted_storage_account_is_denied_by_the_sep() -> None:
+    snap = snapshot("service_endpoint_policies: [{name: sep, resources: [mystore]}]")
+    exfil = callout(snap, "https://attacker.blob.core.windows.net/c", "external_data")
+    listed = callout(snap, "https://mystore.blob.core.windows.net/c", "external_data")
+    assert (exfil.verdict, exfil.layer) == (Verdict.DENY, Layer.SERVICE_ENDPOINT)
+    assert (listed.verdict, listed.layer) == (Verdict.ALLOW, Layer.IMMUTABLE)

@@ -124,18 +124,15 @@ def _storage(grant: Grant, ctx: Context) -> list[Finding]:
     host = _first_exposure(grant.pattern, STORAGE_ZONES, _account_ok)
     if host is None:
         return []
-    # The engine applies service endpoint policies to named requests (http, connect, dns),
-    # not to callouts: an allowed FQDN entry also opens callouts, so a SEP does not cover it.
-    mitigated = ctx.has_sep and grant.layer != "allowed_fqdn"
+    # The engine applies service endpoint policies to every named request, callouts and
+    # allowed-FQDN entries included, so a SEP mitigates every layer's storage wildcard.
+    mitigated = ctx.has_sep
     severity = Severity.INFO if mitigated else Severity.HIGH
     why = ("The pattern matches storage accounts anyone can create: an attacker provisions "
            f"their own account (e.g. {host}) and writes your data into it.")
     if mitigated:
         why += (" The cluster's service endpoint policy limits these hosts to the listed "
                 "accounts, so the wildcard is the form seed 004 prescribes.")
-    elif ctx.has_sep:
-        why += (" The service endpoint policy does not cover callouts, and the allowed FQDN "
-                "list also allows callouts (every type but webapi) to this pattern.")
     return [Finding(
         "wildcard-storage", severity, grant.rule_id, grant.pattern,
         "wildcard storage destination" + (" (limited by a service endpoint policy)"

@@ -501,6 +501,12 @@ class Snapshot:
             shown = f"[{host.name}]" if host.ip is not None and host.ip.version == 6 \
                 else host.name
             uri = f"{request.scheme or 'https'}://{shown}{f':{port}' if port else ''}/"
+        # Section 6 binds every request kind: a callout (e.g. external_data to a storage
+        # account) is the exfiltration path seed 004 warns about.
+        if self._storage.active and host.ip is None:
+            refusal = self._storage.refuse(host.name)
+            if refusal is not None:
+                return self._deny(_L_SEP, "service_endpoint", refusal, host.name, port)
         matched = [(i, r, _L_IMMUTABLE) for i, r in self._immutable.matches(callout_type, uri)]
         matched += [(i, r, _L_CLUSTER) for i, r in self._cluster.matches(callout_type, uri)]
         chosen = next((m for m in matched if not m[1].can_call), None) or (
