@@ -232,3 +232,21 @@ def test_curl_through_the_gateway(gateway_factory, upstream):
     out = subprocess.run(["curl", "-s", "-x", gw.url, f"http://up.test:{upstream.port}/curl"],
                          capture_output=True, timeout=10, text=True).stdout
     assert json.loads(out)["path"] == "/curl"
+
+
+def test_idle_upstream_connection_is_shared_by_later_clients(gateway_factory, upstream):
+    gw = gateway_factory(resolve={"up.test": "127.0.0.1"})
+    for i in range(3):
+        with httpx.Client(proxy=gw.url) as client:
+            assert client.get(f"http://up.test:{upstream.port}/c{i}").status_code == 200
+        time.sleep(0.05)
+    assert len(upstream.peers) == 1
+
+
+def test_pooled_connection_is_not_used_for_another_host(gateway_factory, upstream):
+    gw = gateway_factory(resolve={"up.test": "127.0.0.1", "alias.test": "127.0.0.1"})
+    with httpx.Client(proxy=gw.url) as client:
+        client.get(f"http://up.test:{upstream.port}/")
+        seen = json.loads(client.get(f"http://alias.test:{upstream.port}/").text)
+    assert ["Host", f"alias.test:{upstream.port}"] in seen["headers"]
+    assert len(upstream.peers) == 2

@@ -110,6 +110,9 @@ class Upstream(asyncio.Protocol):
         self.parser: httptools.HttpResponseParser | None = None
         self.exchange: _Exchange | None = None
         self.key: tuple[str, int] | None = None
+        self.ip: IPAddress | None = None
+        self.idle = False      # between responses, may carry another request
+        self.parked_at = 0.0   # >0 while in the gateway's shared pool
         self.used = False
         self._reason = b""
         self._headers: http1.Headers = []
@@ -129,7 +132,10 @@ class Upstream(asyncio.Protocol):
             client.bytes_down += len(data)
             client.transport.write(data)  # type: ignore[union-attr]
         elif self.mode == "http":
-            if self.parser is None:
+            if self.parser is None or self.exchange is None:
+                if self.parked_at or self.idle:
+                    self.close()  # unsolicited bytes on an idle connection: drop it
+                    return
                 return  # bytes after a HEAD response head: nothing may follow
             try:
                 self.parser.feed_data(data)
@@ -148,6 +154,9 @@ class Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.parked_at:
+            self.client.gw.unpark(self)
+            return
         if self.mode == "tunnel":
             self.client.close("upstream")
         elif self.exchange is not None:
@@ -548,14 +557,17 @@ class ClientConnection(asyncio.Protocol):
             return False
         key = (host.name, port)
         up = self.upstream
-        reused = up is not None and not up.closed and up.key == key
-        if not reused:
+        if up is None or up.closed or up.key != key or up.ip not in addresses:
             if up is not None:
-                up.close()
-            up = await self._open(addresses, port)
+                self.gw.park(up)
+            up = self.gw.take(key, addresses, self)
             if up is None:
-                return False
-            up.key = key
+                up = await self._open(addresses, port)
+                if up is None:
+                    return False
+                up.key = key
+            self.upstream = up
+        up.idle = False
         assert up is not None and up.transport is not None
         self.active = request
         self.open_event = event
@@ -593,6 +605,8 @@ class ClientConnection(asyncio.Protocol):
             up.close()
             if self.upstream is up:
                 self.upstream = None
+        else:
+            up.idle = True
         return ex.body_done
 
     async def _resolve(self, name: str, ip: IPAddress | None,
@@ -627,7 +641,7 @@ class ClientConnection(asyncio.Protocol):
                 up.close()
                 return None
             self.upstream = up
-            self.connected_ip = ip
+            self.connected_ip = up.ip = ip
             return up
         if timed_out:
             self.fail(504, "Gateway Timeout", last)
@@ -801,6 +815,8 @@ class ClientConnection(asyncio.Protocol):
         if up is not None:
             if cause in ("revoked", "shutdown", "timeout"):
                 up.abort()
+            elif up.idle and not was_tunnel:
+                self.gw.park(up)  # another client may reuse it
             else:
                 up.close()
         if self.transport is not None:

@@ -16,12 +16,14 @@ from egressguard.audit.events import DecisionEvent, EventSink, NullSink
 from egressguard.engine import Decision, Kind, Request
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
-from egressguard.gateway.connection import ClientConnection
+from egressguard.gateway.connection import ClientConnection, Upstream
 from egressguard.gateway.limits import Limits
 from egressguard.gateway.resolver import Resolver
 
 log = logging.getLogger("egressguard.gateway")
 _SWEEP_SECONDS = 0.25
+_POOL_PER_KEY = 32        # idle upstream connections kept per (host, port)
+_POOL_IDLE_SECONDS = 30.0
 
 
 class Gateway:
@@ -42,6 +44,10 @@ class Gateway:
         self._sweeper: asyncio.Task[None] | None = None
         self._unsubscribe: object = None
         self._counters: dict[tuple[str, str, str, bool], object] = {}
+        self._bytes_up = metrics.BYTES.labels("up")
+        self._bytes_down = metrics.BYTES.labels("down")
+        # Idle upstream HTTP connections shared by all clients, keyed by (host, port).
+        self.pool: dict[tuple[str, int], list[Upstream]] = {}
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -76,6 +82,9 @@ class Gateway:
             await asyncio.sleep(0.05)
         for client in list(self.clients):
             client.close("shutdown")
+        for idle in [up for ups in self.pool.values() for up in ups]:
+            idle.close()
+        self.pool.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._server = None
@@ -140,8 +149,47 @@ class Gateway:
             resolved_address=opened.resolved_address, method=opened.method,
             path=opened.path, bytes_up=up, bytes_down=down, duration_s=duration,
             close_cause=cause))  # type: ignore[arg-type]
-        metrics.BYTES.labels("up").inc(up)
-        metrics.BYTES.labels("down").inc(down)
+        self._bytes_up.inc(up)
+        self._bytes_down.inc(down)
+
+    # -- the shared upstream pool ----------------------------------------------------------
+
+    def park(self, up: Upstream) -> None:
+        """Keep an idle upstream HTTP connection for the next request to the same host."""
+        idle = self.pool.setdefault(up.key, []) if up.key is not None else None
+        if idle is None or up.closed or not up.idle or self.draining or \
+                len(idle) >= _POOL_PER_KEY:
+            up.close()
+            return
+        up.parked_at = self.loop.time()
+        idle.append(up)
+
+    def take(self, key: tuple[str, int], addresses: tuple[IPAddress, ...],
+             client: ClientConnection) -> Upstream | None:
+        """An idle connection to `key` whose address is one of the checked `addresses`."""
+        idle = self.pool.get(key)
+        while idle:
+            up = idle.pop()
+            up.parked_at = 0.0
+            if up.closed or up.ip not in addresses:
+                up.close()
+                continue
+            up.client = client
+            return up
+        return None
+
+    def unpark(self, up: Upstream) -> None:
+        idle = self.pool.get(up.key) if up.key is not None else None
+        if idle is not None and up in idle:
+            idle.remove(up)
+        up.parked_at = 0.0
+
+    def _expire_pool(self, now: float) -> None:
+        for idle in self.pool.values():
+            for up in [u for u in idle if now - u.parked_at > _POOL_IDLE_SECONDS]:
+                idle.remove(up)
+                up.parked_at = 0.0
+                up.close()
 
     def _emit(self, event: DecisionEvent) -> None:
         try:
@@ -167,3 +215,4 @@ class Gateway:
             now = self.loop.time()
             for client in list(self.clients):
                 client.sweep(now)
+            self._expire_pool(now)
