@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from egressguard.analysis.analyzer import analyze
 from egressguard.analysis.simulate import RequestListError, parse_requests, simulate
-from egressguard.analysis.sources import references
+from egressguard.catalog import references
 from egressguard.control.auth import Principal, require_role
 from egressguard.engine import CompileError, compile_policy
 from egressguard.policy import Policy, PolicyError, load_policy_text

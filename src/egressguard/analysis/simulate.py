@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from egressguard.control.whatif import build_request
 from egressguard.engine import Decision, Kind, Request, Snapshot
+from egressguard.engine.request import build_request
 from egressguard.policy.model import KNOWN_CALLOUT_TYPES
 
 _COMMENT = re.compile(r"\s#")  # a `#` after a space; `https://x/#frag` keeps its fragment
@@ -82,7 +82,8 @@ def _parse_line(text: str) -> Request:
     if kind in (Kind.CONNECT, Kind.FLOW) and ":" not in target.strip("[]") \
             and port is None:
         raise ValueError(f"{head} needs host:port (or port=N)")
-    return build_request(target, callout_type, port, kind, addresses, found.get("source"))
+    return build_request(target, callout_type=callout_type, port=port, kind=kind,
+                         addresses=addresses, source=found.get("source"))
 
 
 def parse_requests(text: str, source: str = "<requests>") -> list[Probe]:

@@ -6,19 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from egressguard.engine import References
 from egressguard.policy import Policy, PolicyError, load_policy
 
 
 class SourceError(ValueError):
     """A policy source that cannot be read (missing file, unknown cluster, bad store)."""
-
-
-def references() -> References:
-    """The catalog's references (FQDN tags, aliases, service tags) the engine compiles with."""
-    from egressguard.store import references as store_references
-
-    return store_references()
 
 
 def from_file(path: Path) -> tuple[Policy, str]:

@@ -19,7 +19,8 @@ from rich.text import Text
 
 from egressguard.analysis import Report, Severity, analyze
 from egressguard.analysis.simulate import RequestListError, Simulation, parse_requests, simulate
-from egressguard.analysis.sources import SourceError, from_file, in_force, references
+from egressguard.analysis.sources import SourceError, from_file, in_force
+from egressguard.catalog import references
 from egressguard.engine import CompileError, compile_policy
 
 EXIT_SAME, EXIT_CHANGED, EXIT_BAD_INPUT = 0, 1, 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import sys
 from pathlib import Path
@@ -10,7 +9,9 @@ from typing import Annotated
 
 import typer
 
-from egressguard.engine import CompileError, Kind, References, Request, compile_policy
+from egressguard.catalog import references
+from egressguard.engine import CompileError, compile_policy
+from egressguard.engine.request import build_request
 from egressguard.policy import Policy, PolicyError, load_policy
 
 EXIT_ALLOWED, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
@@ -29,14 +30,17 @@ def check(
         "--address", help="address the name resolves to (repeatable), for the address guard")
     ] = None,
     source: Annotated[str | None, typer.Option(help="client source address")] = None,
+    protocol: Annotated[str | None, typer.Option(
+        help="tcp or udp for connect/flow (default tcp; udp for dns)")] = None,
     policy: Annotated[Path | None, typer.Option(help="policy file (YAML or JSON)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Decide one outbound call. Exit 0 allowed, 1 denied, 2 bad input."""
     try:
         loaded = load_policy(policy) if policy else Policy()
-        snapshot = compile_policy(loaded, _references())
-        request = _request(url, callout_type, port, kind, address or [], source)
+        snapshot = compile_policy(loaded, references())
+        request = build_request(url, callout_type=callout_type, port=port, kind=kind,
+                                addresses=address or [], source=source, protocol=protocol)
     except (PolicyError, CompileError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -54,38 +58,3 @@ def check(
     if bad_input:
         raise typer.Exit(EXIT_BAD_INPUT)
     raise typer.Exit(EXIT_ALLOWED if decision.allowed else EXIT_DENIED)
-
-
-def _references() -> References:
-    """Catalog-provided references (FQDN tags, aliases, imported service tags)."""
-    try:
-        from egressguard.catalog import references
-    except ImportError:
-        return References()
-    return references()
-
-
-def _request(url: str, callout_type: str | None, port: int | None, kind: str | None,
-             addresses: list[str], source: str | None) -> Request:
-    ips = tuple(ipaddress.ip_address(a) for a in addresses)
-    src = ipaddress.ip_address(source) if source else None
-    chosen = Kind(kind.lower()) if kind else (Kind.CALLOUT if callout_type else Kind.HTTP)
-    if chosen in (Kind.HTTP, Kind.CALLOUT):
-        return Request(kind=chosen, host="", uri=url, port=port, callout_type=callout_type,
-                       addresses=ips, source=src)
-    host, port_text = _split_host_port(url)
-    return Request(kind=chosen, host=host, port=port or (int(port_text) if port_text else None),
-                   addresses=ips, source=src,
-                   protocol="udp" if chosen is Kind.DNS else "tcp")
-
-
-def _split_host_port(text: str) -> tuple[str, str]:
-    """`host:port`, `[v6]:port`, a bare IPv6 address or a bare host."""
-    if text.startswith("[") and "]:" in text:
-        host, _, port_text = text.rpartition(":")
-        return host, port_text
-    if text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        if port_text.isdigit():
-            return host, port_text
-    return text, ""

@@ -23,9 +23,10 @@ from collections.abc import Callable
 import psycopg
 
 from egressguard.audit.metrics import POLICY_VERSION
+from egressguard.catalog import references
 from egressguard.engine import References, compile_policy
 from egressguard.engine.holder import Active, SnapshotHolder
-from egressguard.store import NOTIFY_CHANNEL, Store, Version, bus, references
+from egressguard.store import NOTIFY_CHANNEL, Store, Version, bus
 
 _log = logging.getLogger(__name__)
 

@@ -1,16 +1,17 @@
 """What-if checks for the API: the same request building and answer as `egressguard
-check --json` (the CLI could share `build_request`)."""
+check --json` (both build requests with `engine.request.build_request`)."""
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from egressguard.engine import Kind, Request, Snapshot, compile_policy
-from egressguard.store import Store, Version, references
+from egressguard.catalog import references
+from egressguard.engine import Kind, Snapshot, compile_policy
+from egressguard.engine.request import build_request
+from egressguard.store import Store, Version
 
 
 class CheckRequest(BaseModel):
@@ -28,23 +29,6 @@ class CheckRequest(BaseModel):
                                  description="addresses the name resolves to")
     source: str | None = Field(None, max_length=64, description="client source address")
     cluster: str = Field("default", max_length=100)
-
-
-def build_request(url: str, callout_type: str | None, port: int | None, kind: Kind | None,
-                  addresses: list[str], source: str | None) -> Request:
-    """A `Request` as `egressguard check` builds it; ValueError on a bad address."""
-    ips = tuple(ipaddress.ip_address(a) for a in addresses)
-    src = ipaddress.ip_address(source) if source else None
-    chosen = kind or (Kind.CALLOUT if callout_type else Kind.HTTP)
-    if chosen in (Kind.HTTP, Kind.CALLOUT):
-        return Request(kind=chosen, host="", uri=url, port=port, callout_type=callout_type,
-                       addresses=ips, source=src)
-    host, _, port_text = url.rpartition(":") if url.count(":") == 1 else (url, "", "")
-    if not port_text.isdigit():
-        host, port_text = url, ""
-    return Request(kind=chosen, host=host, port=port or (int(port_text) if port_text else None),
-                   addresses=ips, source=src,
-                   protocol="udp" if chosen is Kind.DNS else "tcp")
 
 
 class SnapshotCache:
@@ -73,6 +57,6 @@ class SnapshotCache:
 def decide(cache: SnapshotCache, body: CheckRequest) -> tuple[int, dict[str, Any]]:
     """(version decided against, the decision as `egressguard check --json` prints it)."""
     version, snapshot = cache.current(body.cluster)
-    request = build_request(body.url, body.type, body.port, body.kind, body.addresses,
-                            body.source)
+    request = build_request(body.url, callout_type=body.type, port=body.port,
+                            kind=body.kind, addresses=body.addresses, source=body.source)
     return version.number, snapshot.decide(request).as_dict()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from egressguard.engine._frozen import fast_init
@@ -93,3 +95,38 @@ class Decision:
         return {"verdict": self.verdict.value, "layer": self.layer.value, "rule": self.rule,
                 "reason": self.reason, "destination": self.destination, "port": self.port,
                 "report_only": self.report_only, "permitted": self.permitted}
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """`host:port`, `[v6]:port`, a bare IPv6 address or a bare host."""
+    if text.startswith("[") and "]:" in text:
+        host, _, port_text = text.rpartition(":")
+        return host, int(port_text) if port_text.isdigit() else None
+    if text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if port_text.isdigit():
+            return host, int(port_text)
+    return text, None
+
+
+def build_request(target: str, *, callout_type: str | None = None, port: int | None = None,
+                  kind: str | None = None, addresses: Sequence[str] = (),
+                  source: str | None = None, protocol: str | None = None) -> Request:
+    """A `Request` from the text a person types (`egressguard check`, `POST /v1/check`).
+
+    `target` is a URL for http and callout requests, `host[:port]` otherwise; the kind
+    defaults to callout when a callout type is given, else http. Raises ValueError on a
+    bad address, kind or protocol.
+    """
+    ips = tuple(ipaddress.ip_address(a) for a in addresses)
+    src = ipaddress.ip_address(source) if source else None
+    chosen = Kind(kind.lower()) if kind else (Kind.CALLOUT if callout_type else Kind.HTTP)
+    if protocol is not None and protocol.lower() not in ("tcp", "udp", "icmp"):
+        raise ValueError(f"protocol {protocol!r}: expected tcp, udp or icmp")
+    if chosen in (Kind.HTTP, Kind.CALLOUT):
+        return Request(kind=chosen, host="", uri=target, port=port, callout_type=callout_type,
+                       addresses=ips, source=src, protocol=(protocol or "tcp").lower())
+    host, target_port = split_host_port(target)
+    default_protocol = "udp" if chosen is Kind.DNS else "tcp"
+    return Request(kind=chosen, host=host, port=port or target_port, addresses=ips,
+                   source=src, protocol=(protocol or default_protocol).lower())

@@ -12,7 +12,6 @@ from egressguard.store.store import (
     check_policy,
     default_policy,
     open_store,
-    references,
     unified_diff,
 )
 from egressguard.store.urls import StoreURLError, normalize_url
@@ -31,6 +30,5 @@ __all__ = [
     "default_policy",
     "normalize_url",
     "open_store",
-    "references",
     "unified_diff",
 ]

@@ -27,8 +27,9 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
+from egressguard.catalog import references
 from egressguard.control.auth import ROLES, Principal, hash_token, new_token
-from egressguard.engine import CompileError, References, compile_policy
+from egressguard.engine import CompileError, compile_policy
 from egressguard.policy import Policy, PolicyError, dump_policy, load_policy_text
 from egressguard.store import bus
 from egressguard.store.schema import ClusterRow, TokenRow, VersionRow
@@ -89,15 +90,6 @@ class TokenInfo:
                 "bootstrap": self.bootstrap, "created_by": self.created_by,
                 "created_at": self.created_at.isoformat(),
                 "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None}
-
-
-def references() -> References:
-    """What policies may refer to (FQDN tags, aliases, service tags), from the catalog."""
-    try:
-        from egressguard.catalog import references as catalog_references
-    except ImportError:
-        return References()
-    return catalog_references()
 
 
 def default_policy() -> Policy:
