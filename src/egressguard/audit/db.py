@@ -35,7 +35,10 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Any) -> None:
     # Take the write lock at BEGIN: concurrent writers queue on busy_timeout instead of
     # failing on a stale read snapshot; migrations from several processes serialise.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Readers that want one consistent snapshot without blocking writers pass
+    # `snapshot=True` (a deferred BEGIN: WAL gives them a stable view).
+    snapshot = conn.get_execution_options().get("snapshot", False)
+    conn.exec_driver_sql("BEGIN" if snapshot else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str | URL) -> Engine:
@@ -49,6 +52,13 @@ def make_engine(url: str | URL) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(parsed, pool_pre_ping=True, pool_size=4, max_overflow=4)
+
+
+def snapshot_options(engine: Engine) -> dict[str, Any]:
+    """Execution options for a read-only transaction that sees one consistent state."""
+    if engine.dialect.name == "sqlite":
+        return {"snapshot": True}
+    return {"isolation_level": "REPEATABLE READ"}
 
 
 def migrate(engine: Engine) -> None:

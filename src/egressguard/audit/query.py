@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, and_, delete, func, select
 
 from egressguard.audit.crypto import CLEAR_FIELDS, SECRET_FIELDS, Sealer, associated
+from egressguard.audit.db import snapshot_options
 from egressguard.audit.log import GENESIS
 from egressguard.audit.schema import batches, events
 
@@ -211,7 +212,9 @@ def verify(engine: Engine, sealer: Sealer) -> Verification:
     problems = result.problems
     assert problems is not None
     last: dict[str, tuple[int, bytes]] = {}
-    with engine.connect() as conn:
+    # One snapshot: batches committed while verifying are neither half-seen nor orphans.
+    with engine.connect().execution_options(**snapshot_options(engine)) as conn, \
+            conn.begin():
         heads = conn.execute(select(batches).order_by(batches.c.writer, batches.c.seq)).all()
         for head in heads:
             rows = conn.execute(select(events).where(events.c.batch_id == head.id)
