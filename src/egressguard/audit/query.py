@@ -222,9 +222,12 @@ def verify(engine: Engine, sealer: Sealer) -> Verification:
             result.batches += 1
             result.events += len(rows)
             payloads = [row.payload for row in rows]
-            for row in rows:
-                if to_record(row, sealer)["reason"] == "<tampered>":
-                    problems.append(f"event {row.id}: altered (does not authenticate)")
+            altered = [row.id for row in rows
+                       if sealer.open(row.payload, associated(clear_of(row))) is None]
+            if altered:
+                shown = ", ".join(map(str, altered[:5])) + (", ..." if len(altered) > 5 else "")
+                problems.append(f"{len(altered)} event{'s' if len(altered) > 1 else ''} "
+                                f"altered (do not authenticate): {shown}")
             prev = last.get(head.writer)
             if prev is not None and head.seq != prev[0] + 1:
                 problems.append(f"writer {head.writer}: batches {prev[0] + 1}.."
