@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from egressguard.audit.log import AuditLog
 from egressguard.cli.main import app
-from egressguard.engine import Kind, References, Request, compile_policy
 from egressguard.policy import load_policy, load_policy_text
 from egressguard.recommend import Options, diff, observe, propose, render
 from tests.audit.conftest import event
@@ -103,10 +102,8 @@ def test_recommended_policy_allows_exactly_the_observed_traffic(recorded: str,
     ]
     for args in denied:
         assert check(policy, *args) == 1, args
-    # `check` has no UDP switch: decide the observed UDP flow with the engine itself.
-    snapshot = compile_policy(load_policy(policy), References())
-    udp = Request(kind=Kind.FLOW, host="1.1.1.1", port=53, protocol="udp")
-    assert snapshot.decide(udp).allowed
+    assert check(policy, "1.1.1.1:53", "--kind", "flow", "--protocol", "udp") == 0
+    assert check(policy, "1.1.1.1:54", "--kind", "flow", "--protocol", "udp") == 1
     # Documented breadth: a wildcard (5 siblings) also allows unseen siblings.
     assert check(policy, "https://a99.cdn.example.net/") == 0
 
