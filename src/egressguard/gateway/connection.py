@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal, cast
 import httptools
 
 from egressguard.audit import metrics
-from egressguard.audit.events import DecisionEvent
+from egressguard.audit.events import CloseCause, DecisionEvent
 from egressguard.engine import Decision, InvalidHost, Kind, Layer, Request, Verdict
 from egressguard.engine import normalize_host as _normalize_host
 from egressguard.engine.normalize import IPAddress
@@ -786,7 +786,7 @@ class ClientConnection(asyncio.Protocol):
         self.close("revoked")
         return True
 
-    def _emit_close(self, cause: str) -> None:
+    def _emit_close(self, cause: CloseCause) -> None:
         event, self.open_event = self.open_event, None
         if event is None:
             return
@@ -797,7 +797,7 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def close(self, cause: str, *, cause_event: bool = True) -> None:
+    def close(self, cause: CloseCause, *, cause_event: bool = True) -> None:
         if self.closed:
             return
         was_tunnel = self.state in ("tunnel", "peek")

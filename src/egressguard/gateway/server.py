@@ -12,7 +12,7 @@ import logging
 import time
 
 from egressguard.audit import metrics
-from egressguard.audit.events import DecisionEvent, EventSink, NullSink
+from egressguard.audit.events import CloseCause, DecisionEvent, EventSink, NullSink
 from egressguard.engine import Decision, Kind, Request
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
@@ -24,6 +24,7 @@ log = logging.getLogger("egressguard.gateway")
 _SWEEP_SECONDS = 0.25
 _POOL_PER_KEY = 32        # idle upstream connections kept per (host, port)
 _POOL_IDLE_SECONDS = 30.0
+_CACHE_SIZE = 4096        # memoised decisions per snapshot
 
 
 class Gateway:
@@ -44,6 +45,8 @@ class Gateway:
         self._sweeper: asyncio.Task[None] | None = None
         self._unsubscribe: object = None
         self._counters: dict[tuple[str, str, str, bool], object] = {}
+        self._cached_snapshot: object = None
+        self._cache: dict[Request, Decision] = {}
         self._bytes_up = metrics.BYTES.labels("up")
         self._bytes_down = metrics.BYTES.labels("down")
         # Idle upstream HTTP connections shared by all clients, keyed by (host, port).
@@ -106,7 +109,13 @@ class Gateway:
     def decide(self, request: Request) -> tuple[Decision, bool]:
         """The engine's decision and whether to let it through (report-only permits all)."""
         t0 = time.perf_counter()
-        decision = self.holder.current.decide(request)
+        snapshot = self.holder.current
+        if snapshot is not self._cached_snapshot or len(self._cache) > _CACHE_SIZE:
+            self._cached_snapshot, self._cache = snapshot, {}
+        decision = self._cache.get(request)
+        if decision is None:
+            # Decisions are pure functions of (snapshot, request): safe to memoise.
+            decision = self._cache[request] = snapshot.decide(request)
         metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)
         return decision, decision.permitted or self.report_only
 
@@ -138,7 +147,7 @@ class Gateway:
         self._emit(event)
         return event
 
-    def emit_close(self, opened: DecisionEvent, cause: str, up: int, down: int,
+    def emit_close(self, opened: DecisionEvent, cause: CloseCause, up: int, down: int,
                    duration: float) -> None:
         self._emit(DecisionEvent(
             time=time.time(), cluster=opened.cluster, kind=opened.kind, host=opened.host,
@@ -148,7 +157,7 @@ class Gateway:
             connection_id=opened.connection_id, client_address=opened.client_address,
             resolved_address=opened.resolved_address, method=opened.method,
             path=opened.path, bytes_up=up, bytes_down=down, duration_s=duration,
-            close_cause=cause))  # type: ignore[arg-type]
+            close_cause=cause))
         self._bytes_up.inc(up)
         self._bytes_down.inc(down)
 
