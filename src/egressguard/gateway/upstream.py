@@ -1,0 +1,262 @@
+"""The gateway's side of an HTTP exchange: the request body on its way to the destination,
+and the destination connection (`Upstream`), which parses responses or relays a tunnel.
+
+Response bytes for the client are collected during one read and written with a single
+`writelines`, so a small response costs one syscall each way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Literal, cast
+
+import httptools
+
+from egressguard.engine.normalize import IPAddress
+from egressguard.gateway import http1
+
+if TYPE_CHECKING:
+    from egressguard.gateway.connection import ClientConnection
+
+_CRLF = b"\r\n"
+
+
+class Exchange:
+    """One request: its head, and its body on the way to the upstream."""
+
+    __slots__ = ("body_done", "chunked", "done", "has_body", "headers", "keep_alive",
+                 "method", "pending", "sink", "url", "version")
+
+    def __init__(self, method: bytes, url: bytes, headers: http1.Headers, version: str,
+                 keep_alive: bool, done: asyncio.Future[bool]) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.chunked = False
+        self.has_body = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"transfer-encoding":
+                self.chunked = self.has_body = b"chunked" in value.lower()
+            elif lower == b"content-length":
+                self.has_body = value.strip() not in (b"0", b"")
+        self.body_done = not self.has_body
+        self.pending: list[bytes] = []
+        self.sink: asyncio.Transport | None = None
+        self.done = done  # result: whether the upstream connection may be reused
+
+    def body(self, data: bytes) -> None:
+        if self.sink is None:
+            self.pending.append(data)
+        elif self.chunked:
+            self.sink.writelines((b"%x\r\n" % len(data), data, _CRLF))
+        else:
+            self.sink.write(data)
+
+    def end(self) -> None:
+        self.body_done = True
+        if self.sink is not None and self.chunked:
+            self.sink.write(b"0\r\n\r\n")
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        self.sink = transport
+        pending, self.pending = self.pending, []
+        for data in pending:
+            self.body(data)
+        if self.body_done and self.chunked and self.has_body:
+            transport.write(b"0\r\n\r\n")
+
+
+class UpstreamError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class Upstream(asyncio.Protocol):
+    """The connection to the destination. HTTP mode parses responses; tunnel mode relays."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.mode: Literal["pending", "http", "tunnel"] = "pending"
+        self.early: list[bytes] = []
+        self.closed = False
+        self.eof = False
+        self.parser: httptools.HttpResponseParser | None = None
+        self.exchange: Exchange | None = None
+        self.key: tuple[str, int] | None = None
+        self.ip: IPAddress | None = None
+        self.idle = False      # between responses, may carry another request
+        self.parked_at = 0.0   # >0 while in the gateway's shared pool
+        self.used = False
+        self._reason = b""
+        self._headers: http1.Headers = []
+        self._started = False
+        self._client_chunked = False
+        self._until_close = False
+        self.out: list[bytes] = []  # response bytes, written once per read (fewer syscalls)
+
+    # -- transport callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if self.mode == "tunnel":
+            client.bytes_down += len(data)
+            client.transport.write(data)  # type: ignore[union-attr]
+        elif self.mode == "http":
+            if self.parser is None or self.exchange is None:
+                if self.parked_at or self.idle:
+                    self.close()  # unsolicited bytes on an idle connection: drop it
+                    return
+                return  # bytes after a HEAD response head: nothing may follow
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                self._fail(UpstreamError(502, f"malformed response from upstream: {exc}"))
+            self.flush()
+        else:
+            self.early.append(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.mode == "tunnel":
+            self.client.tunnel_eof_from_upstream()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.parked_at:
+            self.client.gw.unpark(self)
+            return
+        if self.mode == "tunnel":
+            self.client.close("upstream")
+        elif self.exchange is not None:
+            if self._started and self._until_close:
+                if self._client_chunked:
+                    self.out.append(b"0\r\n\r\n")
+                self.flush()
+                self._finish(reuse=False)
+            else:
+                reason = "upstream closed the connection" + (f": {exc}" if exc else "")
+                self._fail(UpstreamError(502, reason))
+        self.client.upstream_gone(self)
+
+    def pause_writing(self) -> None:
+        self.client.pause_reading("upstream-buffer")
+
+    def resume_writing(self) -> None:
+        self.client.resume_reading("upstream-buffer")
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- HTTP responses --------------------------------------------------------------------
+
+    def expect_response(self, exchange: Exchange) -> None:
+        self.mode = "http"
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
+        self.exchange = exchange
+        self._begin()
+
+    def _begin(self) -> None:
+        self._reason = b""
+        self._headers = []
+        self._started = False
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        parser = self.parser
+        if ex is None or parser is None:
+            return
+        status = parser.get_status_code()
+        client = self.client
+        head = [b"HTTP/1.1 %d " % status, self._reason, _CRLF]
+        for name, value in http1.end_to_end(self._headers):
+            head += (name, b": ", value, _CRLF)
+        head.append(http1.VIA)
+        if 100 <= status < 200:
+            if status == 101:
+                self._fail(UpstreamError(502, "upstream switched protocols unasked"))
+                return
+            head.append(_CRLF)
+            self.out += head
+            self._begin()
+            return
+        has_cl = any(n.lower() == b"content-length" for n, _ in self._headers)
+        chunked = any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower()
+                      for n, v in self._headers)
+        bodiless = ex.method == b"HEAD" or status in (204, 304)
+        keep = client.keep_alive and ex.keep_alive
+        self._client_chunked = False
+        self._until_close = not bodiless and not has_cl and not chunked
+        if not bodiless and not has_cl:
+            if ex.version == "1.1":
+                self._client_chunked = True
+                head.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                keep = False  # close-delimited body for an HTTP/1.0 client
+        if not keep:
+            client.keep_alive = False
+        head.append(b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+        self.out += head
+        self._started = True
+        if ex.method == b"HEAD":
+            # llhttp cannot be told a response has no body; start a fresh parser next time.
+            self.parser = None
+            self._finish(reuse=True)
+
+    def on_body(self, data: bytes) -> None:
+        client = self.client
+        client.bytes_down += len(data)
+        if self._client_chunked:
+            self.out += (b"%x\r\n" % len(data), data, _CRLF)
+        else:
+            self.out.append(data)
+
+    def on_message_complete(self) -> None:
+        if not self._started or self.exchange is None:
+            return  # an interim (1xx) response
+        if self._client_chunked:
+            self.out.append(b"0\r\n\r\n")
+        parser = self.parser
+        self._finish(reuse=parser is not None and parser.should_keep_alive())
+
+    def flush(self) -> None:
+        if self.out:
+            transport = self.client.transport
+            if transport is not None and not self.client.closed:
+                transport.writelines(self.out)
+            self.out = []
+
+    def _finish(self, reuse: bool) -> None:
+        ex, self.exchange = self.exchange, None
+        if ex is not None and not ex.done.done():
+            ex.done.set_result(reuse and not self._until_close)
+
+    def _fail(self, error: UpstreamError) -> None:
+        ex, self.exchange = self.exchange, None
+        self.parser = None
+        if ex is not None and not ex.done.done():
+            ex.done.set_exception(error)
+        self.close()
