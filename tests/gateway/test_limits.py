@@ -81,3 +81,34 @@ def test_binary_garbage_does_not_hurt_the_server(gateway_factory):
         raw(gw.port, blob, timeout=1)
     r = httpx.get("http://not-allowed.test/", proxy=gw.url)
     assert r.status_code == 403
+
+
+def test_slowloris_on_a_later_keep_alive_request_is_cut(gateway_factory):
+    gw = gateway_factory(limits=Limits(header_timeout=0.5))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(b"GET http://not-allowed.test/ HTTP/1.1\r\nHost: not-allowed.test\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 403")
+        start = time.monotonic()
+        sock.sendall(b"GET http://up.test/ HTTP/1.1\r\n")
+        out = b""
+        try:
+            for i in range(20):
+                sock.sendall(f"X-Slow-{i}: 1\r\n".encode())
+                time.sleep(0.1)
+        except OSError:
+            pass
+        while chunk := sock.recv(4096):
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 408")
+    assert time.monotonic() - start < 1.5
+
+
+def test_half_closed_client_gets_its_answer_then_the_connection_closes(gateway_factory):
+    gw = gateway_factory()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as sock:
+        sock.sendall(b"GET http://not-allowed.test/ HTTP/1.1\r\nHost: not-allowed.test\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := sock.recv(4096):
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 403")

@@ -63,7 +63,8 @@ class ClientConnection(asyncio.Protocol):
         self.paused: set[str] = set()
         self.head_started = 0.0
         self.head_bytes = 0
-        self.bad: str | None = None
+        self.head_fields = 0
+        self.in_head = False
         self.too_large = False
         self.runner: asyncio.Task[None] | None = None
         # What is being relayed now (re-decided on every policy swap).
@@ -123,7 +124,9 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._malformed(exc)
         else:
-            if self.state == "head" and not self.too_large:
+            if self.in_head and not self.too_large:
+                # A head still incomplete after this read: all of it was head bytes
+                # (httptools buffers an unfinished header line without telling us).
                 self.head_bytes += len(data)
                 if self.head_bytes > self.gw.limits.max_header_bytes:
                     self.too_large = True
@@ -174,8 +177,9 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.state = "head" if not self.queue and self.state == "idle" else self.state
+        self.in_head = True
         self.head_started = self.loop.time()
-        self.head_bytes = 0
+        self.head_bytes = self.head_fields = 0
         self._url = b""
         self._headers = []
 
@@ -188,8 +192,8 @@ class ClientConnection(asyncio.Protocol):
         self._count(len(name) + len(value) + 4)
 
     def _count(self, n: int) -> None:
-        self.head_bytes += n
-        if self.head_bytes > self.gw.limits.max_header_bytes:
+        self.head_fields += n
+        if self.head_fields > self.gw.limits.max_header_bytes:
             self.too_large = True
             raise OverflowError("request head too large")
 
@@ -198,6 +202,7 @@ class ClientConnection(asyncio.Protocol):
         ex = Exchange(parser.get_method(), self._url, self._headers,
                        parser.get_http_version(), parser.should_keep_alive(),
                        self.loop.create_future())
+        self.in_head = False
         self.receiving = ex
         self.queue.append(ex)
         if self.state == "head":
@@ -257,6 +262,9 @@ class ClientConnection(asyncio.Protocol):
                 self.queue.popleft()
                 if not keep or not self.keep_alive or self.gw.draining:
                     self.close("client")
+                    return
+                if self.client_eof and not self.queue and not self.in_head:
+                    self.close("client")  # the client half-closed after its last request
                     return
                 self.state = "busy" if self.queue else "idle"
                 self.resume_reading("exchange")
@@ -596,7 +604,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         limits = self.gw.limits
-        if self.state == "head" and now - self.head_started > limits.header_timeout:
+        if self.in_head and now - self.head_started > limits.header_timeout:
             self.fail(408, "Request Timeout",
                       f"request head not received within {limits.header_timeout:g} s")
             return
