@@ -92,7 +92,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         port = probe.getsockname()[1]
     args = [str(Path(sys.executable).parent / "egressguard"), "serve", "--listen",
             f"127.0.0.1:{port}", "--policy", str(policy), "--no-system-resolver",
-            "--log-level", "warning"]
+            "--log-level", "warning", "--no-api"]
     for name in (LISTED, SECONDARY, OTHER):
         args += ["--resolve", f"{name}=127.0.0.1"]
     env = {**os.environ, "EGRESSGUARD_HOME": str(tmp_path / "home")}

@@ -19,22 +19,24 @@ pytestmark = pytest.mark.timeout(60)
 EGRESSGUARD = str(Path(sys.executable).parent / "egressguard")
 
 
-def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+def _start(args: list[str], home: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([EGRESSGUARD, "serve",
-                             "--listen", "127.0.0.1:0", *args],
+                             "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                 "EGRESSGUARD_HOME": str(home)})
     assert proc.stdout is not None
     listening = proc.stdout.readline()
     assert "listening on 127.0.0.1:" in listening, proc.stderr.read() if proc.stderr else ""
     return proc, listening.rsplit(":", 1)[1].split()[0]
 
 
-def test_serve_without_policy_uses_the_deny_all_default(upstream):
-    proc, port = _start([])
+def test_serve_without_policy_enforces_the_store_default_cluster_deny_all(tmp_path, upstream):
+    proc, port = _start([], tmp_path)
     try:
         assert proc.stdout is not None
-        assert "default_policy.yaml version" in proc.stdout.readline()
+        assert "REST API on http://127.0.0.1:" in proc.stdout.readline()
+        assert "policy store cluster default version 1" in proc.stdout.readline()
         r = httpx.get("http://example.test/", proxy=f"http://127.0.0.1:{port}")
         assert r.status_code == 403 and r.headers["X-Egressguard-Rule"] == "default"
     finally:
@@ -46,7 +48,7 @@ def test_sighup_reloads_and_sigterm_lets_open_requests_finish(tmp_path: Path, up
     policy = tmp_path / "p.yaml"
     policy.write_text(LOOPBACK_POLICY)
     proc, port = _start(["--policy", str(policy), "--resolve", "up.test=127.0.0.1",
-                         "--shutdown-deadline", "5"])
+                         "--shutdown-deadline", "5"], tmp_path)
     proxy = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(proxy=proxy) as client:

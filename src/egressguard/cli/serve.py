@@ -218,8 +218,9 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
         loop.add_signal_handler(sig, stop.set)
     for addr, bound in gateway.addresses:
         typer.echo(f"egressguard: listening on {addr}:{bound} (HTTP proxy, CONNECT)")
-    if api_address is not None:
-        typer.echo(f"egressguard: REST API on http://{api_address[0]}:{api_address[1]} "
+    if api_server is not None:
+        api_host, api_port = api_server.servers[0].sockets[0].getsockname()[:2]
+        typer.echo(f"egressguard: REST API on http://{api_host}:{api_port} "
                    "(OpenAPI at /openapi.json, metrics at /metrics)")
     assert parts.holder is not None
     active = parts.holder.active
