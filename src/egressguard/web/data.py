@@ -1,0 +1,130 @@
+"""What the dashboard shows, read from the store and the audit log (the I/O edge).
+
+Counts and sums are computed by the database over the clear columns (indexed by time),
+so a busy log costs one aggregate query per panel, not a scan in Python. Only the recent
+denials are opened (their reason is sealed).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from egressguard.analysis import Report, analyze
+from egressguard.audit.crypto import Sealer
+from egressguard.audit.query import Filter, outcome_of, to_record
+from egressguard.audit.schema import events
+from egressguard.store import Store, Version
+
+
+@dataclass(frozen=True)
+class PolicySummary:
+    version: Version
+    restricted: bool
+    report_only: bool
+    app_collections: int
+    app_rules: int
+    net_collections: int
+    net_rules: int
+    callouts: int
+    service_endpoint_policies: int
+    allowed_fqdns: tuple[str, ...]
+
+
+def summarize(version: Version) -> PolicySummary:
+    p = version.policy
+    return PolicySummary(
+        version=version, restricted=bool(p.restrict_outbound_network_access),
+        report_only=p.report_only,
+        app_collections=len(p.application_rule_collections),
+        app_rules=sum(len(c.rules) for c in p.application_rule_collections),
+        net_collections=len(p.network_rule_collections),
+        net_rules=sum(len(c.rules) for c in p.network_rule_collections),
+        callouts=len(p.callouts), service_endpoint_policies=len(p.service_endpoint_policies),
+        allowed_fqdns=tuple(p.allowed_fqdn_list))
+
+
+@dataclass(frozen=True)
+class DecisionCount:
+    outcome: str        # allow | deny | would-deny
+    layer: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Destination:
+    host: str
+    bytes_up: int
+    bytes_down: int
+    connections: int
+
+
+def decision_counts(engine: Engine, cluster: str, since: float) -> list[DecisionCount]:
+    """Decisions since `since`, by outcome and layer (most frequent first)."""
+    c = events.c
+    stmt = (select(c.verdict, c.permitted, c.layer, func.count())
+            .where(*Filter(since=since, cluster=cluster, phase="decision").where())
+            .group_by(c.verdict, c.permitted, c.layer))
+    with engine.connect() as conn:
+        merged: dict[tuple[str, str], int] = {}
+        for verdict, permitted, layer, n in conn.execute(stmt):
+            key = (outcome_of(verdict, bool(permitted)), layer)
+            merged[key] = merged.get(key, 0) + int(n)
+    return sorted((DecisionCount(o, layer, n) for (o, layer), n in merged.items()),
+                  key=lambda d: (-d.count, d.outcome, d.layer))
+
+
+def top_destinations(engine: Engine, cluster: str, since: float, limit: int = 10
+                     ) -> list[Destination]:
+    """Destinations by bytes sent (to upstream) over connections closed since `since`."""
+    c = events.c
+    up = func.sum(c.bytes_up)
+    stmt = (select(c.host, up, func.sum(c.bytes_down), func.count())
+            .where(*Filter(since=since, cluster=cluster, phase="close").where())
+            .group_by(c.host).order_by(up.desc(), c.host).limit(limit))
+    with engine.connect() as conn:
+        return [Destination(host, int(u or 0), int(d or 0), int(n))
+                for host, u, d, n in conn.execute(stmt)]
+
+
+def recent_denials(engine: Engine, sealer: Sealer, cluster: str, limit: int = 20
+                   ) -> list[dict[str, Any]]:
+    """The newest denied decisions, enforced or report-only, with their reasons."""
+    c = events.c
+    stmt = (select(events).where(*Filter(cluster=cluster, phase="decision").where(),
+                                 c.verdict == "deny")
+            .order_by(c.id.desc()).limit(limit))
+    with engine.connect() as conn:
+        return [to_record(row, sealer) for row in conn.execute(stmt)]
+
+
+class FindingsCache:
+    """Analysis results per (cluster, version): a version never changes, so its findings
+    need computing once."""
+
+    def __init__(self, size: int = 32) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: dict[tuple[str, int], Report] = {}
+
+    def get(self, version: Version) -> Report:
+        key = (version.cluster, version.number)
+        with self._lock:
+            found = self._items.get(key)
+        if found is not None:
+            return found
+        from egressguard.catalog import references
+
+        report = analyze(version.policy, references())
+        with self._lock:
+            if len(self._items) >= self._size:
+                self._items.pop(next(iter(self._items)))
+            self._items[key] = report
+        return report
+
+
+def history(store: Store, cluster: str, limit: int = 20) -> list[Version]:
+    return store.versions(cluster, limit=limit)

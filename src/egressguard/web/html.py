@@ -1,0 +1,86 @@
+"""Tiny, escape-by-default HTML building (pure).
+
+`Raw` marks markup this module or `views` produced; anything else given to `render`,
+`table` or `link` is escaped. That makes forgetting to escape a visible bug (markup shown
+as text) rather than an injection.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from urllib.parse import urlencode
+
+
+class Raw(str):
+    """Trusted markup (built here from escaped parts)."""
+
+    __slots__ = ()
+
+
+Cell = object
+
+
+def esc(value: object) -> str:
+    """`value` as HTML text (quotes escaped too, so it is safe in attributes)."""
+    if isinstance(value, Raw):
+        return value
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def join(parts: Iterable[object], sep: str = "") -> Raw:
+    return Raw(sep.join(esc(p) for p in parts))
+
+
+def tag(name: str, content: object = "", **attrs: object) -> Raw:
+    """`<name attrs>content</name>`; attribute names use `_` for `-` and a trailing `_`
+    to avoid keywords (`class_`)."""
+    rendered = "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"'
+                       for k, v in attrs.items() if v is not None)
+    return Raw(f"<{name}{rendered}>{esc(content)}</{name}>")
+
+
+def url(path: str, **params: object) -> str:
+    """A same-site URL with its query string encoded."""
+    query = urlencode({k: str(v) for k, v in params.items() if v is not None})
+    return f"{path}?{query}" if query else path
+
+
+def link(text: object, href: str) -> Raw:
+    return tag("a", text, href=href)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Cell]], *, empty: str = "none",
+          numeric: Sequence[int] = ()) -> Raw:
+    """A table; `numeric` columns are right-aligned."""
+    head = join(tag("th", h, class_="num" if i in numeric else None)
+                for i, h in enumerate(headers))
+    body = [join(tag("td", c, class_="num" if i in numeric else None)
+                 for i, c in enumerate(row)) for row in rows]
+    if not body:
+        return tag("p", empty, class_="empty")
+    return Raw(f"<table><thead><tr>{head}</tr></thead><tbody>"
+               + "".join(f"<tr>{r}</tr>" for r in body) + "</tbody></table>")
+
+
+def panel(title: str, body: object, *, ident: str | None = None) -> Raw:
+    return tag("section", join([tag("h2", title), body]), class_="panel", id=ident)
+
+
+def not_permitted(title: str, role: str, needs: str) -> Raw:
+    return panel(title, tag("p", f"Not permitted: role {role!r} cannot see this "
+                                 f"(needs {needs}).", class_="denied"))
+
+
+def page(title: str, body: object, *, who: str = "", nav: object = "") -> str:
+    """A whole document. The logout form posts to the dashboard; no script anywhere."""
+    header = join([tag("h1", link("egressguard", "/dashboard")), nav])
+    if who:
+        header = join([header, Raw(
+            f'<form class="logout" method="post" action="/dashboard/logout">'
+            f'<span>{esc(who)}</span> <button type="submit">Log out</button></form>')])
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{esc(title)} - egressguard</title>"
+            "<link rel=\"stylesheet\" href=\"/dashboard/static/dashboard.css\">"
+            f"</head><body><header>{header}</header><main>{esc(body)}</main></body></html>\n")
