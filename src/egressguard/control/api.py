@@ -46,7 +46,7 @@ from egressguard.policy import PolicyError
 from egressguard.store import Invalid, NotFound, Store, Version
 
 _log = logging.getLogger(__name__)
-OPTIONAL_ROUTERS = ("egressguard.audit.api", "egressguard.analysis.api")
+OPTIONAL_ROUTERS = ("egressguard.audit.api", "egressguard.analysis.api", "egressguard.web.routes")
 
 ClusterName = Annotated[str, Path(min_length=1, max_length=100,
                                   pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]
