@@ -293,7 +293,11 @@ class Store:
     def _insert(self, name: str, body: str, principal: str, summary: str,
                 create: bool) -> tuple[Version, bool]:
         with self._write_lock, self._session(write=True) as s:
-            cid = s.scalar(select(ClusterRow.id).where(ClusterRow.name == name))
+            # Lock the cluster row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
+            # writers) so that concurrent writers in other processes queue here instead of
+            # racing for the same next version number.
+            cid = s.scalar(select(ClusterRow.id).where(ClusterRow.name == name)
+                           .with_for_update())
             if cid is None:
                 if not create:
                     raise NotFound(f"cluster {name!r} not found")
