@@ -193,9 +193,6 @@ def test_allowed_and_denied_traffic_is_recorded_exactly(
         - before("egressguard_audit_events_total", {"result": "written"}) == 8
 
 
-@pytest.mark.xfail(reason="the gateway emits denials fire-and-forget; it must await "
-                          "egressguard.audit.events.emit_durably(sink, event) before the 403",
-                   strict=False)
 def test_denial_is_durable_before_the_client_sees_403(
         proxy_factory: Callable[..., Proxy], upstream: Server) -> None:
     proxy = proxy_factory()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -178,7 +179,7 @@ class ListSink:
 class Running:
     gateway: Gateway
     loop: asyncio.AbstractEventLoop
-    sink: ListSink
+    sink: Any  # a ListSink unless the test passes its own (an AuditLog)
     policy_path: Path
     holder: SnapshotHolder
     watcher: PolicyFile
@@ -210,11 +211,12 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
     def make(policy: str = LOOPBACK_POLICY, resolve: dict[str, str] | None = None,
-             limits: Limits | None = None, report_only: bool = False) -> Running:
+             limits: Limits | None = None, report_only: bool = False,
+             sink: Any = None) -> Running:
         path = tmp_path / f"policy{len(started)}.yaml"
         path.write_text(policy)
         holder = SnapshotHolder(load_active(path))
-        sink = ListSink()
+        sink = ListSink() if sink is None else sink
         static = parse_resolve(f"{k}={v}" for k, v in (resolve or {}).items())
         gateway = Gateway(holder, sink, Resolver(static, system=False),
                           limits or Limits(), report_only=report_only)

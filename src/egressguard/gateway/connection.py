@@ -82,6 +82,9 @@ class ClientConnection(asyncio.Protocol):
         self.connected_ip: IPAddress | None = None
         self.open_event: DecisionEvent | None = None
         self.closed = False
+        # A refusal is waiting for its audit record: nothing is relayed, the client waits.
+        self.refusing = False
+        self.refusal_task: asyncio.Task[None] | None = None
         self._url = b""
         self._headers: http1.Headers = []
 
@@ -276,7 +279,7 @@ class ClientConnection(asyncio.Protocol):
 
     def fail(self, status: int, reason: str, detail: str) -> None:
         """Answer with an error and close (malformed input, timeouts, limits)."""
-        if self.closed:
+        if self.closed or self.refusing:
             return
         log.info("gateway: %s %d %s", self.peer, status, detail)
         self.state = "closed"
@@ -313,13 +316,15 @@ class ClientConnection(asyncio.Protocol):
         request = Request(kind=Kind.HTTP, host=host.name, port=port, scheme="http",
                           addresses=addresses, source=self.source)
         decision, permitted = self.gw.decide(request)
-        event = self.gw.emit_decision(self, decision, permitted, Kind.HTTP, _new_id(),
-                                      addresses[0] if addresses else None, ex.method,
-                                      url.path or b"/")
+        event = self.gw.decision_event(self, decision, permitted, Kind.HTTP, _new_id(),
+                                       addresses[0] if addresses else None, ex.method,
+                                       url.path or b"/")
         if not permitted:
+            await self.gw.record(event)  # durable before the client sees the 403
             close = not ex.body_done or not ex.keep_alive
             self._write(http1.refusal(decision, close=close))
             return not close
+        self.gw.emit(event)
         if unresolved:
             self.fail(502, "Bad Gateway", unresolved)
             return False
@@ -356,6 +361,8 @@ class ClientConnection(asyncio.Protocol):
         try:
             reuse = await ex.done
         except UpstreamError as exc:
+            if self.refusing:
+                return False  # revoked: the revocation closes the connection
             self._emit_close("upstream")
             self.active = None
             if self.upstream is up:
@@ -442,12 +449,14 @@ class ClientConnection(asyncio.Protocol):
         request = Request(kind=Kind.CONNECT, host=raw_host, port=port, addresses=addresses,
                           source=self.source)
         decision, permitted = self.gw.decide(request)
-        event = self.gw.emit_decision(self, decision, permitted, Kind.CONNECT, _new_id(),
-                                      addresses[0] if addresses else None, b"CONNECT", b"")
+        event = self.gw.decision_event(self, decision, permitted, Kind.CONNECT, _new_id(),
+                                       addresses[0] if addresses else None, b"CONNECT", b"")
         if not permitted:
+            await self.gw.record(event)  # durable before the client sees the 403
             self._write(http1.refusal(decision, close=True))
             self.close("client")
             return
+        self.gw.emit(event)
         if unresolved or host is None:
             self.fail(502, "Bad Gateway", unresolved or "invalid host")
             return
@@ -477,6 +486,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _peek(self, data: bytes) -> None:
         """Hold the client's first bytes until the TLS SNI (if any) has been checked."""
+        if self.refusing:
+            return
         self.peek += data
         result = tls.parse_client_hello(self.peek)
         if result is tls.NEED_MORE:
@@ -492,11 +503,13 @@ class ClientConnection(asyncio.Protocol):
             refusal = self._check_sni(result.sni)
         if refusal is not None:
             conn_id = self.open_event.connection_id if self.open_event else _new_id()
-            self.gw.emit_decision(self, refusal, self.gw.report_only, Kind.CONNECT, conn_id,
-                                  self.connected_ip, b"CONNECT", b"")
+            event = self.gw.decision_event(self, refusal, self.gw.report_only, Kind.CONNECT,
+                                           conn_id, self.connected_ip, b"CONNECT", b"")
             if not self.gw.report_only:
-                self.close("client", cause_event=False)
+                self.open_event = None  # the refusal replaces the close event
+                self._refuse(event, "client")
                 return
+            self.gw.emit(event)
         self.state = "tunnel"
         data, self.peek = self.peek, b""
         self.bytes_up += len(data)
@@ -551,22 +564,49 @@ class ClientConnection(asyncio.Protocol):
         log.warning("gateway: revoking %s to %s: %s", self.peer, decision.destination,
                     decision.reason)
         metrics.REVOKED.inc()
-        self.close("revoked")
+        self._refuse(self._close_event("revoked"), "revoked")
         return True
 
-    def _emit_close(self, cause: CloseCause) -> None:
+    def _refuse(self, event: DecisionEvent | None, cause: CloseCause) -> None:
+        """Stop relaying at once; cut the client only once `event` is durable.
+
+        The destination is aborted now (nothing more reaches it) and the client is no
+        longer read; what the client sees (the cut) waits for the audit record.
+        """
+        self.refusing = True
+        self.active = None
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            if up.mode == "tunnel":
+                up.mode = "pending"  # detached: its loss must not close the client early
+            up.abort()
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.refusal_task = self.loop.create_task(self._cut_after_record(event, cause))
+
+    async def _cut_after_record(self, event: DecisionEvent | None, cause: CloseCause) -> None:
+        if event is not None:
+            await self.gw.record(event)
+        self.close(cause, cause_event=False, final=True)
+
+    def _close_event(self, cause: CloseCause) -> DecisionEvent | None:
         event, self.open_event = self.open_event, None
         if event is None:
-            return
-        self.gw.emit_close(event, cause, self.bytes_up, self.bytes_down,
-                           time.monotonic() - self.started)
+            return None
+        return self.gw.close_event(event, cause, self.bytes_up, self.bytes_down,
+                                   time.monotonic() - self.started)
+
+    def _emit_close(self, cause: CloseCause) -> None:
+        event = self._close_event(cause)
+        if event is not None:
+            self.gw.emit(event)
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def close(self, cause: CloseCause, *, cause_event: bool = True) -> None:
-        if self.closed:
+    def close(self, cause: CloseCause, *, cause_event: bool = True, final: bool = False) -> None:
+        if self.closed or (self.refusing and not final and cause != "shutdown"):
             return
         was_tunnel = self.state in ("tunnel", "peek")
         self.closed = True
@@ -601,7 +641,7 @@ class ClientConnection(asyncio.Protocol):
 
     def sweep(self, now: float) -> None:
         """Called by the gateway a few times a second: header and idle deadlines."""
-        if self.closed:
+        if self.closed or self.refusing:
             return
         limits = self.gw.limits
         if self.in_head and now - self.head_started > limits.header_timeout:

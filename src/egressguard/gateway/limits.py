@@ -14,5 +14,6 @@ class Limits:
     connect_timeout: float = 10.0       # upstream TCP connect; 504
     max_connections: int = 4096         # concurrent client connections; 503 beyond
     shutdown_deadline: float = 10.0     # SIGTERM: how long open requests may finish
+    audit_timeout: float = 5.0          # a refusal waits this long for its audit record
     # CONNECT to port 443 whose first client bytes are not a TLS ClientHello.
     non_tls_443: Literal["deny", "allow"] = "deny"

@@ -12,7 +12,13 @@ import logging
 import time
 
 from egressguard.audit import metrics
-from egressguard.audit.events import CloseCause, DecisionEvent, EventSink, NullSink
+from egressguard.audit.events import (
+    CloseCause,
+    DecisionEvent,
+    EventSink,
+    NullSink,
+    emit_durably,
+)
 from egressguard.engine import Decision, Kind, Request
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
@@ -119,9 +125,10 @@ class Gateway:
         metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)
         return decision, decision.permitted or self.report_only
 
-    def emit_decision(self, client: ClientConnection, decision: Decision, permitted: bool,
-                      kind: Kind, conn_id: str, address: IPAddress | None, method: bytes,
-                      path: bytes) -> DecisionEvent:
+    def decision_event(self, client: ClientConnection, decision: Decision, permitted: bool,
+                       kind: Kind, conn_id: str, address: IPAddress | None, method: bytes,
+                       path: bytes) -> DecisionEvent:
+        """Count a decision and build its event (the caller emits or records it)."""
         key = (kind.value, decision.verdict.value, decision.layer.value, permitted)
         counter = self._counters.get(key)
         if counter is None:
@@ -132,24 +139,49 @@ class Gateway:
         host, _, port_text = decision.destination.rpartition(":")
         if not host or not port_text.isdigit():
             host = decision.destination
-        event = DecisionEvent(
+        if not decision.allowed:
+            log.info("gateway: %s %s %s %s (%s: %s)%s", client.peer,
+                     "report-only" if permitted else "deny", kind.value,
+                     decision.destination, decision.rule, decision.reason,
+                     " would be denied" if permitted else "")
+        return DecisionEvent(
             time=time.time(), cluster=self.cluster, kind=kind.value, host=host,
             port=decision.port, verdict=decision.verdict.value, permitted=permitted,
             layer=decision.layer.value, rule=decision.rule, reason=decision.reason,
             policy_version=self.holder.active.version, connection_id=conn_id,
             client_address=client.peer, resolved_address=str(address) if address else "",
             method=method.decode("latin-1"), path=path.decode("latin-1")[:2048])
-        if not decision.allowed:
-            log.info("gateway: %s %s %s %s (%s: %s)%s", client.peer,
-                     "report-only" if permitted else "deny", kind.value,
-                     decision.destination, decision.rule, decision.reason,
-                     " would be denied" if permitted else "")
-        self._emit(event)
+
+    def emit_decision(self, client: ClientConnection, decision: Decision, permitted: bool,
+                      kind: Kind, conn_id: str, address: IPAddress | None, method: bytes,
+                      path: bytes) -> DecisionEvent:
+        """Count and emit a decision fire-and-forget (permitted calls)."""
+        event = self.decision_event(client, decision, permitted, kind, conn_id, address,
+                                    method, path)
+        self.emit(event)
         return event
 
-    def emit_close(self, opened: DecisionEvent, cause: CloseCause, up: int, down: int,
-                   duration: float) -> None:
-        self._emit(DecisionEvent(
+    async def record(self, event: DecisionEvent) -> None:
+        """Make a refusal's event durable before the client sees the refusal.
+
+        Fails closed: when the audit log cannot confirm in `limits.audit_timeout` seconds
+        (or fails), the error is logged and the caller refuses all the same.
+        """
+        try:
+            await asyncio.wait_for(emit_durably(self.sink, event), self.limits.audit_timeout)
+        except TimeoutError as exc:   # AuditUnavailable is a TimeoutError
+            log.error("gateway: refusal of %s:%s not confirmed durable by the audit log "
+                      "(%s); refusing anyway", event.host, event.port,
+                      exc or f"no answer in {self.limits.audit_timeout:g} s")
+        except Exception:
+            log.exception("gateway: audit record of a refusal failed; refusing anyway")
+
+    def close_event(self, opened: DecisionEvent, cause: CloseCause, up: int, down: int,
+                    duration: float) -> DecisionEvent:
+        """The close event of a permitted connection (bytes counted here)."""
+        self._bytes_up.inc(up)
+        self._bytes_down.inc(down)
+        return DecisionEvent(
             time=time.time(), cluster=opened.cluster, kind=opened.kind, host=opened.host,
             port=opened.port, verdict=opened.verdict, permitted=opened.permitted,
             layer=opened.layer, rule=opened.rule, reason=opened.reason,
@@ -157,9 +189,7 @@ class Gateway:
             connection_id=opened.connection_id, client_address=opened.client_address,
             resolved_address=opened.resolved_address, method=opened.method,
             path=opened.path, bytes_up=up, bytes_down=down, duration_s=duration,
-            close_cause=cause))
-        self._bytes_up.inc(up)
-        self._bytes_down.inc(down)
+            close_cause=cause)
 
     # -- the shared upstream pool ----------------------------------------------------------
 
@@ -200,7 +230,8 @@ class Gateway:
                 up.parked_at = 0.0
                 up.close()
 
-    def _emit(self, event: DecisionEvent) -> None:
+    def emit(self, event: DecisionEvent) -> None:
+        """Fire-and-forget (permitted calls and close events); a failing sink is logged."""
         try:
             self.sink.emit(event)
         except Exception:

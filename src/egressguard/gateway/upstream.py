@@ -244,8 +244,9 @@ class Upstream(asyncio.Protocol):
 
     def flush(self) -> None:
         if self.out:
-            transport = self.client.transport
-            if transport is not None and not self.client.closed:
+            client = self.client
+            transport = client.transport
+            if transport is not None and not client.closed and not client.refusing:
                 transport.writelines(self.out)
             self.out = []
 
