@@ -96,7 +96,7 @@ def recent_denials(engine: Engine, sealer: Sealer, cluster: str, limit: int = 20
     c = events.c
     stmt = (select(events).where(*Filter(cluster=cluster, phase="decision").where(),
                                  c.verdict == "deny")
-            .order_by(c.id.desc()).limit(limit))
+            .order_by(c.time.desc(), c.id.desc()).limit(limit))
     with engine.connect() as conn:
         return [to_record(row, sealer) for row in conn.execute(stmt)]
 
