@@ -8,6 +8,7 @@ denials are opened (their reason is sealed).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,27 +103,31 @@ def recent_denials(engine: Engine, sealer: Sealer, cluster: str, limit: int = 20
 
 
 class FindingsCache:
-    """Analysis results per (cluster, version): a version never changes, so its findings
-    need computing once."""
+    """Analysis results per (cluster, version), kept `ttl` seconds: a version never
+    changes, but the catalog it is analysed against may (an imported service tag), so a
+    page shows a catalog change within `ttl`."""
 
-    def __init__(self, size: int = 32) -> None:
+    def __init__(self, size: int = 32, ttl: float = 60.0) -> None:
         self._size = size
+        self._ttl = ttl
         self._lock = threading.Lock()
-        self._items: dict[tuple[str, int], Report] = {}
+        self._items: dict[tuple[str, int], tuple[float, Report]] = {}
 
     def get(self, version: Version) -> Report:
         key = (version.cluster, version.number)
+        now = time.monotonic()
         with self._lock:
             found = self._items.get(key)
-        if found is not None:
-            return found
+        if found is not None and now - found[0] < self._ttl:
+            return found[1]
         from egressguard.catalog import references
 
         report = analyze(version.policy, references())
         with self._lock:
+            self._items.pop(key, None)
             if len(self._items) >= self._size:
                 self._items.pop(next(iter(self._items)))
-            self._items[key] = report
+            self._items[key] = (now, report)
         return report
 
 
