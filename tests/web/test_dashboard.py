@@ -155,3 +155,16 @@ def test_an_auditor_sees_the_log_of_a_cluster_the_store_does_not_hold(env: Env) 
 def test_dashboard_is_not_part_of_the_api_document(env: Env) -> None:
     paths = env.client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p.startswith("/dashboard")]
+
+
+def test_process_panel_shows_exfiltration_warnings_to_auditors_only(env: Env) -> None:
+    from egressguard.audit import metrics
+
+    host = f"{HOSTILE}.warned.example"
+    metrics.EXFIL_WARNINGS.labels(host).inc(3)
+    auditor = overview(env, "auditor")
+    assert [host, "3"] in auditor.rows["process"]
+    viewer = overview(env, "viewer")
+    assert "warned.example" not in viewer.source
+    assert "exfiltration warnings (destinations: auditor or admin)" in viewer.text["process"]
+    assert "<script" not in auditor.source

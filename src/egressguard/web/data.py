@@ -131,5 +131,40 @@ class FindingsCache:
         return report
 
 
+@dataclass(frozen=True)
+class ProcessStats:
+    """This process's Prometheus counters (when `serve` runs the API beside the gateway;
+    zero in an API-only process)."""
+
+    open_connections: int
+    open_tunnels: int
+    revoked: int
+    audit: dict[str, int]               # written | dropped | failed | invalid -> events
+    audit_pending: int
+    exfil_warnings: dict[str, int]      # host -> warnings
+
+
+def _samples(metric: Any) -> list[tuple[dict[str, str], float]]:
+    """A metric's current values (the `_total`/plain samples, not `_created`)."""
+    return [(s.labels, s.value) for family in metric.collect() for s in family.samples
+            if not s.name.endswith("_created")]
+
+
+def process_stats() -> ProcessStats:
+    from egressguard.audit import metrics as m
+
+    def one(metric: Any) -> int:
+        return int(sum(v for _, v in _samples(metric)))
+
+    def by(metric: Any, label: str) -> dict[str, int]:
+        return {labels[label]: int(v) for labels, v in _samples(metric)}
+
+    return ProcessStats(open_connections=one(m.OPEN_CONNECTIONS),
+                        open_tunnels=one(m.OPEN_TUNNELS), revoked=one(m.REVOKED),
+                        audit=by(m.AUDIT_EVENTS, "result"),
+                        audit_pending=one(m.AUDIT_PENDING),
+                        exfil_warnings=by(m.EXFIL_WARNINGS, "host"))
+
+
 def history(store: Store, cluster: str, limit: int = 20) -> list[Version]:
     return store.versions(cluster, limit=limit)

@@ -116,6 +116,8 @@ def overview(request: Request, cluster: Annotated[str, Query(max_length=100)] = 
         page.decisions = data.decision_counts(engine, cluster, since)
         page.destinations = data.top_destinations(engine, cluster, since)
         page.denials = data.recent_denials(engine, sealer, cluster)
+    page.stats = data.process_stats()
+    page.show_hosts = role_allows(who.role, READ_AUDIT)
     return _html(views.overview(page))
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from egressguard.analysis import Report
 from egressguard.store import Version
-from egressguard.web.data import DecisionCount, Destination, PolicySummary
+from egressguard.web.data import DecisionCount, Destination, PolicySummary, ProcessStats
 from egressguard.web.html import Raw, esc, join, link, not_permitted, page, panel, table, tag, url
 
 POLICY_ROLES = "viewer, operator or admin"
@@ -56,6 +56,8 @@ class Overview:
     decisions: list[DecisionCount] | None = None
     destinations: list[Destination] | None = None
     denials: list[dict[str, Any]] | None = None
+    stats: ProcessStats | None = None
+    show_hosts: bool = False
 
 
 def version_href(cluster: str, number: int) -> str:
@@ -103,10 +105,13 @@ def decisions_panel(counts: list[DecisionCount], window: str) -> Raw:
 
 
 def destinations_panel(rows: list[Destination], window: str) -> Raw:
+    note = tag("p", "Counted when a connection closes; open tunnels are not yet included.",
+               class_="hint")
     body = table(["Destination", "Bytes up", "Bytes down", "Connections"],
                  [(tag("code", d.host), exact(d.bytes_up), exact(d.bytes_down), d.connections)
                   for d in rows], numeric=[1, 2, 3],
                  empty="No closed connections in this window.")
+    body = join([body, note])
     return panel(f"Top destinations by bytes sent (last {window})", body, ident="exfiltration")
 
 
@@ -138,6 +143,26 @@ def history_panel(cluster: str, versions: Sequence[Version]) -> Raw:
                  ident="history")
 
 
+def process_panel(s: ProcessStats, show_hosts: bool) -> Raw:
+    facts = [("Open client connections", s.open_connections),
+             ("Open CONNECT tunnels", s.open_tunnels),
+             ("Tunnels closed by a policy change", s.revoked),
+             ("Audit events queued", s.audit_pending),
+             *((f"Audit events {result}", n) for result, n in sorted(s.audit.items()))]
+    rows = table(["Counter", "Value"], facts, numeric=[1])
+    if not show_hosts:
+        warned = tag("p", f"{sum(s.exfil_warnings.values())} exfiltration warnings "
+                          "(destinations: auditor or admin).")
+    else:
+        warned = table(["Exfiltration warning: destination", "Warnings"],
+                       [(tag("code", h), n) for h, n in sorted(
+                           s.exfil_warnings.items(), key=lambda kv: (-kv[1], kv[0]))],
+                       numeric=[1], empty="No exfiltration warnings.")
+    hint = tag("p", "This process's counters (as /metrics reports them); zero when the "
+                    "API runs without a gateway.", class_="hint")
+    return panel("Gateway (this process)", join([rows, warned, hint]), ident="process")
+
+
 def cluster_nav(current: str, clusters: Sequence[str]) -> Raw:
     if len(clusters) < 2:
         return Raw("")
@@ -161,6 +186,8 @@ def overview(o: Overview) -> str:
                  else not_permitted("Open findings", o.role, POLICY_ROLES))
     parts.append(history_panel(o.cluster, o.versions) if o.versions is not None
                  else not_permitted("Version history", o.role, POLICY_ROLES))
+    if o.stats is not None:
+        parts.append(process_panel(o.stats, o.show_hosts))
     return page(f"Dashboard: {o.cluster}", join(parts), who=f"{o.who} ({o.role})",
                 nav=cluster_nav(o.cluster, o.clusters))
 
