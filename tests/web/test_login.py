@@ -52,7 +52,7 @@ def test_without_a_session_the_browser_is_sent_to_login(env: Env) -> None:
 def test_a_program_with_a_bad_token_gets_401(env: Env) -> None:
     response = env.client.get("/dashboard", headers={"Authorization": "Bearer egt_nope"},
                               follow_redirects=False)
-    assert response.status_code == 401
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
 
 
 def test_login_sets_a_strict_httponly_cookie_and_logout_clears_it(env: Env) -> None:

@@ -59,9 +59,10 @@ def _caller(request: Request) -> Principal | Response:
     if who is not None:
         return who
     if "authorization" in request.headers:
-        return _html(views.message_page("Not authenticated",
-                                        "The bearer token is missing, unknown or revoked."),
-                     401)
+        response = _html(views.message_page(
+            "Not authenticated", "The bearer token is missing, unknown or revoked."), 401)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
     return _to_login(request, clear=session.SESSION_COOKIE in request.cookies)
 
 
