@@ -15,8 +15,12 @@ Phase = Literal["decision", "close"]
 CloseCause = Literal["", "client", "upstream", "revoked", "timeout", "error", "shutdown"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DecisionEvent:
+    """One decision or close record. Treat as immutable once emitted: not `frozen`
+    only because a frozen dataclass costs twice as much to build (`object.__setattr__`
+    per field), and enforcement points build two per request on their hot path."""
+
     time: float                     # UNIX seconds (wall clock, taken by the emitter)
     cluster: str
     kind: str                       # http | connect | dns | callout | flow

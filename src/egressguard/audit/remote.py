@@ -2,9 +2,10 @@
 
 Sealing and inserting cost tens of microseconds of CPU per event; inside the gateway's
 process that CPU competes (through the GIL) with the event loop. Here the gateway keeps
-only the queue: a sender thread turns queued events into plain tuples and ships them,
-marshalled, through a pipe to `python -m egressguard.audit.remote`, which batches, seals,
-commits and answers with the highest committed sequence number.
+only the queue: a sender thread turns each batch of queued events into plain tuples
+(`attrgetter`, no conversion) and ships the batch as one marshalled frame through a
+pipe to `python -m egressguard.audit.remote`, which batches, seals, commits and answers
+with the highest committed sequence number.
 
 The acknowledgement contract is `AuditLog`'s: `record`/`flush` return only after the child
 reported the commit. Frames sent but not yet acknowledged stay in memory; if the child
@@ -30,7 +31,7 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from egressguard.audit.crypto import load_or_create_key
-from egressguard.audit.log import _STOP, AuditLog, Pair, Retention, pairs_of
+from egressguard.audit.log import AuditLog, Raw, Retention, canonical, raws_of
 
 log = logging.getLogger("egressguard.audit")
 _LEN = struct.Struct(">I")
@@ -50,7 +51,7 @@ class ProcessAuditLog(AuditLog):
         self._url = self.engine.url.render_as_string(hide_password=False)
         self._proc_lock = threading.Lock()
         self._inflight: deque[tuple[int, bytes]] = deque()
-        self._stopping = False
+        self._stopping_child = False
         self._child = self._spawn()
         self._receiver = threading.Thread(target=self._receive, name="audit-acks",
                                           daemon=True)
@@ -77,27 +78,16 @@ class ProcessAuditLog(AuditLog):
             pass  # the receiver sees the child gone and resends everything in flight
 
     def _run(self) -> None:
-        """Sender: queue -> frames (last seq, urgent, pairs) -> child."""
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            self._urgent.clear()
-            batch = [item]
-            stop = self._drain(batch)
-            # Linger here (not in the child): one frame, one wake-up per `max_delay`.
-            if not stop and len(batch) < self.batch_size and not self._waiters:
-                self._urgent.wait(self.max_delay)
-                stop = self._drain(batch)
-            pairs: list[Pair] = pairs_of([event for _, event in batch])
-            frame = marshal.dumps((batch[-1][0], bool(self._waiters), pairs), 2)
+        """Sender: queue -> frames (last seq, urgent, raw tuples) -> child."""
+        while (item := self._next_batch()) is not None:
+            batch, last = item
+            frame = _frame(last, bool(self._waiters), raws_of(batch))
             with self._proc_lock:
-                self._inflight.append((batch[-1][0], frame))
+                self._inflight.append((last, frame))
                 self._send(frame)
             self._maybe_prune()
         with self._proc_lock:
-            self._stopping = True
+            self._stopping_child = True
             if self._child.stdin is not None:
                 self._child.stdin.close()   # the child writes what it has, then exits
 
@@ -115,7 +105,7 @@ class ProcessAuditLog(AuditLog):
                 continue
             self._child.wait()
             with self._proc_lock:
-                if self._stopping:
+                if self._stopping_child:
                     return
                 log.error("audit writer process exited (%s); restarting, resending %d "
                           "unacknowledged batches", self._child.returncode,
@@ -126,14 +116,24 @@ class ProcessAuditLog(AuditLog):
                     self._send(frame)
 
     def close(self, timeout: float = 30.0) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(_STOP)
+        if not self._stop():
+            return
         self._thread.join(timeout)
         self._receiver.join(timeout)
         self.engine.dispose()
+
+
+def _frame(last: int, urgent: bool, raws: list[Raw]) -> bytes:
+    try:
+        return marshal.dumps((last, urgent, raws), 2)
+    except ValueError:      # a field of an unusual type: convert (or drop) per event
+        fixed = []
+        for raw in raws:
+            try:
+                fixed.append(canonical(raw))
+            except (TypeError, ValueError, UnicodeError):
+                log.error("audit: unrecordable event dropped: %r", raw)
+        return marshal.dumps((last, urgent, fixed), 2)
 
 
 class _Frames:
@@ -185,16 +185,16 @@ def child_main(batch_size: int, max_delay: float) -> None:
         frame = frames.next(None)
         if frame is None:
             return
-        last, urgent, pairs = marshal.loads(frame)
-        pending: list[Any] = list(pairs)
+        last, urgent, raws = marshal.loads(frame)
+        pending: list[Any] = list(raws)
         deadline = time.monotonic() + max_delay
         while not urgent and len(pending) < batch_size and not frames.eof:
             more = frames.next(max(0.0, deadline - time.monotonic()))
             if more is None:
                 break
-            last, urgent, pairs = marshal.loads(more)
-            pending += pairs
-        writer.write_pairs(pending)
+            last, urgent, raws = marshal.loads(more)
+            pending += raws
+        writer.write_raws(pending)
         out.write(_ACK.pack(last))
         out.flush()
         writer._maybe_prune()
