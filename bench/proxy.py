@@ -9,7 +9,12 @@ private port with its own temporary config allowing exactly the benchmark origin
 * CONNECT bulk throughput: one tunnel, and 32 parallel tunnels (download direction);
 * HTTP keep-alive requests/s with 64 concurrent clients (`wrk`);
 * added latency per request, p50/p99, at one sequential client (`wrk -c1`), minus direct;
-* new connections/s (`wrk` with `Connection: close`).
+* new connections/s (`wrk` with `Connection: close`);
+* the proxy's CPU time per keep-alive request (user + system, the proxy process and its
+  children, from /proc), which a shared machine disturbs far less than requests/s.
+
+egressguard runs twice: without an audit log (like Squid's `access_log none`) and with
+it (`serve`'s default: every decision sealed and written by a child process).
 
 Load generators: `wrk` (C) for HTTP; Python blocking sockets (threads, 1 MiB recv_into)
 for tunnels. Origins run in their own process (uvloop HTTP responder, threaded bulk
@@ -144,7 +149,10 @@ class Target:
     proc: subprocess.Popen[bytes] | None = None
 
 
-def start_egressguard(tmp: Path, http_port: int, bulk_port: int) -> Target:
+def start_egressguard(tmp: Path, http_port: int, bulk_port: int, *,
+                      audit: bool = False) -> Target:
+    """`egressguard serve` with the policy file; like Squid's `access_log none` unless
+    `audit` (then every decision goes to the audit log, as `serve` does by default)."""
     port = free_port()
     policy = tmp / "egressguard.yaml"
     policy.write_text(f"""restrict_outbound_network_access: Enabled
@@ -158,12 +166,15 @@ network_rule_collections:
         ports: ['{http_port}', '{bulk_port}']
 """)
     exe = Path(sys.executable).parent / "egressguard"
+    home = tmp / ("home-audit" if audit else "home")
     proc = subprocess.Popen([str(exe), "serve", "--listen", f"127.0.0.1:{port}", "--policy",
                              str(policy), "--log-level", "warning", "--idle-timeout", "600",
-                             "--max-connections", "20000"],
-                            stdout=subprocess.DEVNULL)
+                             "--max-connections", "20000", "--no-api",
+                             "--audit" if audit else "--no-audit"],
+                            stdout=subprocess.DEVNULL,
+                            env={**os.environ, "EGRESSGUARD_HOME": str(home)})
     wait_port(port, proc, timeout=60)
-    return Target("egressguard", port, proc)
+    return Target("egressguard+audit" if audit else "egressguard", port, proc)
 
 
 def start_squid(tmp: Path) -> Target:
@@ -267,6 +278,19 @@ def tunnel_throughput(target: Target, bulk_port: int, total: int, streams: int) 
     return each * streams / (time.perf_counter() - start)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and its direct children (Squid's, the audit writer)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _wrk(target: Target, http_port: int, tmp: Path, conns: int, seconds: float,
          close: bool = False) -> dict[str, float]:
     origin = f"127.0.0.1:{http_port}"
@@ -279,15 +303,19 @@ def _wrk(target: Target, http_port: int, tmp: Path, conns: int, seconds: float,
     script.write_text("\n".join(lines) + "\n")
     url = f"http://127.0.0.1:{target.port or http_port}/"
     threads = 1 if conns < 2 else 2
+    cpu0 = _cpu_seconds(target.proc.pid) if target.proc else 0.0
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s",
                           "--latency", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
+    cpu = _cpu_seconds(target.proc.pid) - cpu0 if target.proc else 0.0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"{target.name}: {errors.group(0)}\n{out}")
     lat = {p: _micros(v) for p, v in re.findall(r"\n\s+(50|99)%\s+([\d.]+\w+)", out)}
-    return {"rps": rps, "p50_us": lat.get("50", 0.0), "p99_us": lat.get("99", 0.0)}
+    return {"rps": rps, "p50_us": lat.get("50", 0.0), "p99_us": lat.get("99", 0.0),
+            "cpu_us": cpu / total * 1e6 if total else 0.0}
 
 
 def _micros(text: str) -> float:
@@ -320,6 +348,8 @@ def main() -> None:
         starters: list[tuple[str, Callable[[], Target]]] = [
             ("direct", lambda: Target("direct", None)),
             ("egressguard", lambda: start_egressguard(tmp, http_port, bulk_port)),
+            ("egressguard+audit",
+             lambda: start_egressguard(tmp, http_port, bulk_port, audit=True)),
             ("squid", lambda: start_squid(tmp)),
             ("tinyproxy", lambda: start_tinyproxy(tmp, bulk_port)),
         ]
@@ -334,6 +364,7 @@ def main() -> None:
                     target, bulk_port, parallel_total, 32) / MiB
                 keep = _wrk(target, http_port, tmp, 64, seconds)
                 r["rps_64"] = keep["rps"]
+                r["cpu_us_per_req"] = keep["cpu_us"]
                 one = _wrk(target, http_port, tmp, 1, seconds)
                 r["p50_us"], r["p99_us"] = one["p50_us"], one["p99_us"]
                 r["conn_per_s"] = _wrk(target, http_port, tmp, 16, seconds, close=True)["rps"]
@@ -358,14 +389,15 @@ def _report(results: dict[str, dict[str, float]], before: tuple[float, float, fl
     squid = results.get("squid", {})
     print(f"\nload average before {before[0]:.2f}, after {after[0]:.2f} "
           f"({os.cpu_count()} CPUs, shared machine)")
-    header = f"{'':12}{'tunnel x1':>14}{'tunnel x32':>14}{'req/s c64':>12}" \
-             f"{'added p50':>11}{'added p99':>11}{'conn/s':>10}"
+    header = f"{'':18}{'tunnel x1':>14}{'tunnel x32':>14}{'req/s c64':>12}" \
+             f"{'CPU/req':>10}{'added p50':>11}{'added p99':>11}{'conn/s':>10}"
     print(header)
     for name, r in results.items():
         added50 = r["p50_us"] - direct.get("p50_us", 0.0)
         added99 = r["p99_us"] - direct.get("p99_us", 0.0)
-        print(f"{name:12}{r['tunnel_1_MiBps']:>10,.0f}MiB/s{r['tunnel_32_MiBps']:>9,.0f}MiB/s"
-              f"{r['rps_64']:>12,.0f}{added50:>9,.0f}us{added99:>9,.0f}us"
+        print(f"{name:18}{r['tunnel_1_MiBps']:>10,.0f}MiB/s{r['tunnel_32_MiBps']:>9,.0f}MiB/s"
+              f"{r['rps_64']:>12,.0f}{r['cpu_us_per_req']:>8,.0f}us"
+              f"{added50:>9,.0f}us{added99:>9,.0f}us"
               f"{r['conn_per_s']:>10,.0f}")
     for ref_name, ref in (("direct", direct), ("squid", squid)):
         if not ref:
@@ -374,10 +406,11 @@ def _report(results: dict[str, dict[str, float]], before: tuple[float, float, fl
         for name, r in results.items():
             if name == ref_name:
                 continue
-            print(f"  {name:12} " + "  ".join(
+            print(f"  {name:18} " + "  ".join(
                 f"{k}={r[k] / ref[k]:.2f}" for k in
                 ("tunnel_1_MiBps", "tunnel_32_MiBps", "rps_64", "conn_per_s") if ref.get(k)))
     eg = results.get("egressguard", {})
+    audited = results.get("egressguard+audit", {})
 
     def ratio(a: dict[str, float], b: dict[str, float], key: str) -> float | None:
         return round(a[key] / b[key], 3) if a.get(key) and b.get(key) else None
@@ -390,6 +423,9 @@ def _report(results: dict[str, dict[str, float]], before: tuple[float, float, fl
         "tunnel32_vs_squid": ratio(eg, squid, "tunnel_32_MiBps"),
         "rps_vs_squid": ratio(eg, squid, "rps_64"),
         "cps_vs_squid": ratio(eg, squid, "conn_per_s"),
+        "cpu_per_req_vs_squid": ratio(eg, squid, "cpu_us_per_req"),
+        "audit_rps_vs_squid": ratio(audited, squid, "rps_64"),
+        "audit_cpu_per_req_vs_squid": ratio(audited, squid, "cpu_us_per_req"),
         "added_p50_us": round(eg["p50_us"] - direct["p50_us"], 1) if eg and direct else None,
         "added_p99_us": round(eg["p99_us"] - direct["p99_us"], 1) if eg and direct else None,
         "load_before": round(before[0], 2),

@@ -2,8 +2,11 @@
 protocol level (asyncio `Protocol` callbacks, no stream readers on the data path).
 
 Bytes flow straight from one transport's `data_received` into the other's `write`, with
-flow control coupled both ways (a full write buffer pauses the opposite reader). A small
-coroutine per connection orders the work that must wait: resolving, deciding, connecting.
+flow control coupled both ways (a full write buffer pauses the opposite reader). An HTTP
+request is handled inside the parser callback when nothing needs waiting (the target's
+addresses are known, an idle upstream connection is at hand): the common keep-alive
+request costs no task and no future. Only what must wait (a DNS lookup, a new upstream
+connection, the audit record of a refusal, a CONNECT) runs as a task.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Literal, cast
 
 import httptools
@@ -23,7 +27,7 @@ from egressguard.audit import metrics
 from egressguard.audit.events import CloseCause, DecisionEvent
 from egressguard.engine import Decision, InvalidHost, Kind, Layer, Request, Verdict
 from egressguard.engine import normalize_host as _normalize_host
-from egressguard.engine.normalize import IPAddress
+from egressguard.engine.normalize import Host, IPAddress
 from egressguard.gateway import http1, tls
 from egressguard.gateway.resolver import ResolveError
 from egressguard.gateway.upstream import Exchange, Upstream, UpstreamError
@@ -44,6 +48,37 @@ def _new_id() -> str:
     return f"{_PID}-{next(_ids):x}"
 
 
+class Route:
+    """Where one request goes, as parsed and checked; reused by the next request on the
+    same connection that names the same target the same way (same URL and Host bytes).
+
+    The decision is reused only under the same policy snapshot and for the same address
+    tuple (static or literal addresses: the very same object), so it is always the
+    decision the engine would give now.
+    """
+
+    __slots__ = ("address_text", "addresses", "decided_for", "decision", "host",
+                 "host_header", "key", "path", "permitted", "port", "request", "snapshot",
+                 "target", "url")
+
+    def __init__(self, url: bytes, host_header: bytes, host: Host, port: int, target: bytes,
+                 path: bytes, addresses: tuple[IPAddress, ...] | None) -> None:
+        self.url = url
+        self.host_header = host_header
+        self.host = host
+        self.port = port
+        self.key = (host.name, port)
+        self.target = target
+        self.path = path
+        self.addresses = addresses   # None: looked up per request (system resolver)
+        self.address_text = str(addresses[0]) if addresses else ""
+        self.snapshot: object = None
+        self.decided_for: tuple[IPAddress, ...] | None = None
+        self.request: Request | None = None
+        self.decision: Decision | None = None
+        self.permitted = False
+
+
 class ClientConnection(asyncio.Protocol):
     """A workload's connection to the gateway."""
 
@@ -58,11 +93,12 @@ class ClientConnection(asyncio.Protocol):
         self.keep_alive = True
         self.queue: deque[Exchange] = deque()
         self.receiving: Exchange | None = None
-        self.wakeup: asyncio.Future[None] | None = None
         self.upstream: Upstream | None = None
         self.paused: set[str] = set()
         self.head_started = 0.0
         self.head_bytes = 0
+        self.reads = 0            # data_received calls, to tell in which read a head began
+        self.head_read = 0
         self.head_fields = 0
         self.in_head = False
         self.too_large = False
@@ -85,6 +121,10 @@ class ClientConnection(asyncio.Protocol):
         # A refusal is waiting for its audit record: nothing is relayed, the client waits.
         self.refusing = False
         self.refusal_task: asyncio.Task[None] | None = None
+        self.working = False      # the exchange at the head of the queue is being handled
+        self.dispatching = False
+        self.counting = False     # a permitted exchange or tunnel whose bytes are counted
+        self.route: Route | None = None
         self._url = b""
         self._headers: http1.Headers = []
 
@@ -107,7 +147,6 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             transport.close()
             return
-        self.runner = self.loop.create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -120,6 +159,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if state == "closed":
             return
+        self.reads += 1
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -127,9 +167,11 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._malformed(exc)
         else:
-            if self.in_head and not self.too_large:
-                # A head still incomplete after this read: all of it was head bytes
-                # (httptools buffers an unfinished header line without telling us).
+            if self.in_head and not self.too_large and self.head_read != self.reads:
+                # A head begun in an earlier read and still incomplete after this one: all
+                # of this read was head bytes (httptools buffers an unfinished header line
+                # without telling us). A head begun in this read may follow pipelined
+                # messages, so only its parsed fields count until the next read.
                 self.head_bytes += len(data)
                 if self.head_bytes > self.gw.limits.max_header_bytes:
                     self.too_large = True
@@ -183,6 +225,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = True
         self.head_started = self.loop.time()
         self.head_bytes = self.head_fields = 0
+        self.head_read = self.reads
         self._url = b""
         self._headers = []
 
@@ -203,8 +246,7 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         ex = Exchange(parser.get_method(), self._url, self._headers,
-                       parser.get_http_version(), parser.should_keep_alive(),
-                       self.loop.create_future())
+                      parser.get_http_version(), parser.should_keep_alive())
         self.in_head = False
         self.receiving = ex
         self.queue.append(ex)
@@ -212,8 +254,8 @@ class ClientConnection(asyncio.Protocol):
             self.state = "busy"
         if len(self.queue) > 1:
             self.pause_reading("exchange")  # pipelined: hold further input until answered
-        if self.wakeup is not None and not self.wakeup.done():
-            self.wakeup.set_result(None)
+        else:
+            self._dispatch()
 
     def on_body(self, data: bytes) -> None:
         self.bytes_up += len(data)
@@ -246,36 +288,56 @@ class ClientConnection(asyncio.Protocol):
             cause = exc.__context__ or exc
             self.fail(400, "Bad Request", f"malformed request: {cause}")
 
-    # -- the per-connection coroutine ----------------------------------------------------
+    # -- dispatching ---------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    def _dispatch(self) -> None:
+        """Start the exchange at the head of the queue, then the next ones it completes."""
+        if self.dispatching:
+            return  # re-entered from an exchange completed synchronously: the loop goes on
+        self.dispatching = True
         try:
-            while not self.closed:
-                if not self.queue:
-                    self.wakeup = self.loop.create_future()
-                    await self.wakeup
-                    self.wakeup = None
-                    if self.closed or not self.queue:
-                        return
+            while self.queue and not self.working and not self.closed:
                 ex = self.queue[0]
+                self.working = True
                 if ex.method == b"CONNECT":
-                    await self._connect(ex)
-                    return
-                keep = await self._http(ex)
-                self.queue.popleft()
-                if not keep or not self.keep_alive or self.gw.draining:
-                    self.close("client")
-                    return
-                if self.client_eof and not self.queue and not self.in_head:
-                    self.close("client")  # the client half-closed after its last request
-                    return
-                self.state = "busy" if self.queue else "idle"
-                self.resume_reading("exchange")
+                    self._spawn(self._connect(ex))
+                else:
+                    self._start_http(ex)
+        except Exception:
+            log.exception("gateway: connection %s failed", self.peer)
+            self.close("error")
+        finally:
+            self.dispatching = False
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        """Run what must wait (lookup, connect, audit record) as this connection's task."""
+        self.runner = self.loop.create_task(self._guarded(work))
+
+    async def _guarded(self, work: Coroutine[object, object, None]) -> None:
+        try:
+            await work
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("gateway: connection %s failed", self.peer)
             self.close("error")
+
+    def _finished(self, keep: bool) -> None:
+        """The head exchange is answered: go on with the next one, or close."""
+        if self.queue:
+            self.queue.popleft()
+        self.working = False
+        if self.closed:
+            return
+        if not keep or not self.keep_alive or self.gw.draining:
+            self.close("client")
+            return
+        if self.client_eof and not self.queue and not self.in_head:
+            self.close("client")  # the client half-closed after its last request
+            return
+        self.state = "busy" if self.queue else "idle"
+        self.resume_reading("exchange")
+        self._dispatch()
 
     def fail(self, status: int, reason: str, detail: str) -> None:
         """Answer with an error and close (malformed input, timeouts, limits)."""
@@ -287,13 +349,38 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(http1.error(status, reason, detail))
         self.close("error")
 
+    def _event(self, decision: Decision, permitted: bool, kind: Kind, conn_id: str,
+               address: str, method: bytes, path: bytes) -> DecisionEvent | None:
+        """Count the decision; its audit event when there is an audit sink."""
+        gw = self.gw
+        gw.note_decision(self, decision, permitted, kind)
+        if not gw.recording:
+            return None
+        return gw.decision_event(self, decision, permitted, kind, conn_id or _new_id(),
+                                 address, method, path)
+
     # -- HTTP ------------------------------------------------------------------------------
 
-    async def _http(self, ex: Exchange) -> bool:
+    def _start_http(self, ex: Exchange) -> None:
+        route = self.route
+        if (route is None or route.url != ex.url or len(ex.hosts) != 1
+                or route.host_header != ex.hosts[0] or ex.conflict):
+            route = self._parse(ex)
+            if route is None:
+                return  # answered with 400
+            self.route = route
+        self.bytes_up = sum(len(p) for p in ex.pending)
+        self.bytes_down = 0
+        if route.addresses is None:
+            self._spawn(self._resolve_then(ex, route))
+        else:
+            self._decide_http(ex, route, route.addresses, "")
+
+    def _parse(self, ex: Exchange) -> Route | None:
+        """Check the request line and Host (spec section 5); None once answered 400."""
         try:
-            conflict = http1.framing_conflict(ex.headers)
-            if conflict:
-                raise http1.BadRequest(conflict)
+            if ex.conflict:
+                raise http1.BadRequest("both Content-Length and Transfer-Encoding")
             url = httptools.parse_url(ex.url)
             if not url.schema:
                 raise http1.BadRequest("origin-form request: configure this gateway as an "
@@ -302,78 +389,108 @@ class ClientConnection(asyncio.Protocol):
                 raise http1.BadRequest(f"{url.schema.decode('latin-1')}:// targets must use "
                                        "CONNECT")
             raw_host = url.host.decode("latin-1") if url.host else ""
-            http1.check_host_header(ex.headers, url.schema, raw_host, url.port)
+            http1.check_host(ex.hosts, url.schema, raw_host, url.port)
             host = _normalize_host(raw_host)  # cached; the same key the engine computes
         except (http1.BadRequest, httptools.HttpParserInvalidURLError, InvalidHost,
                 UnicodeError) as exc:
             self.fail(400, "Bad Request", str(exc) or "invalid request target")
-            return False
+            return None
         port = url.port or 80
-        self.bytes_up = sum(len(p) for p in ex.pending)
-        self.bytes_down = 0
-        target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
-        addresses, unresolved = await self._resolve(host.name, host.ip, port)
-        request = Request(kind=Kind.HTTP, host=host.name, port=port, scheme="http",
-                          addresses=addresses, source=self.source)
-        decision, permitted = self.gw.decide(request)
-        event = self.gw.decision_event(self, decision, permitted, Kind.HTTP, _new_id(),
-                                       addresses[0] if addresses else None, ex.method,
-                                       url.path or b"/")
+        path = url.path or b"/"
+        target = path + (b"?" + url.query if url.query else b"")
+        addresses = (host.ip,) if host.ip is not None else self.gw.resolver.known(host.name)
+        return Route(ex.url, ex.hosts[0], host, port, target, path, addresses)
+
+    async def _resolve_then(self, ex: Exchange, route: Route) -> None:
+        addresses, unresolved = await self._resolve(route.host.name, route.host.ip,
+                                                    route.port)
+        if not self.closed:
+            self._decide_http(ex, route, addresses, unresolved)
+
+    def _decide_http(self, ex: Exchange, route: Route, addresses: tuple[IPAddress, ...],
+                     unresolved: str) -> None:
+        gw = self.gw
+        snapshot = gw.holder.current
+        request = route.request
+        if route.snapshot is snapshot and route.decided_for is addresses \
+                and request is not None and route.decision is not None:
+            decision, permitted = route.decision, route.permitted
+        else:
+            request = Request(kind=Kind.HTTP, host=route.host.name, port=route.port,
+                              scheme="http", addresses=addresses, source=self.source)
+            decision, permitted = gw.decide(request)
+            route.snapshot, route.decided_for = snapshot, addresses
+            route.request, route.decision, route.permitted = request, decision, permitted
+        address = route.address_text if addresses is route.addresses else (
+            str(addresses[0]) if addresses else "")
+        event = self._event(decision, permitted, Kind.HTTP, "", address, ex.method,
+                            route.path)
         if not permitted:
-            await self.gw.record(event)  # durable before the client sees the 403
-            close = not ex.body_done or not ex.keep_alive
-            self._write(http1.refusal(decision, close=close))
-            return not close
-        self.gw.emit(event)
+            if event is None:
+                self._refuse_http(ex, decision)
+            else:
+                self._spawn(self._record_then_refuse(ex, decision, event))
+            return
+        if event is not None:
+            gw.emit(event)
         if unresolved:
             self.fail(502, "Bad Gateway", unresolved)
-            return False
-        key = (host.name, port)
+            return
         up = self.upstream
-        if up is None or up.closed or up.key != key or up.ip not in addresses:
+        if up is None or up.closed or up.key != route.key or up.ip not in addresses:
             if up is not None:
-                self.gw.park(up)
-            up = self.gw.take(key, addresses, self)
+                self.upstream = None
+                gw.park(up)
+            up = gw.take(route.key, addresses, self)
             if up is None:
-                up = await self._open(addresses, port)
-                if up is None:
-                    return False
-                up.key = key
+                self._spawn(self._open_then(ex, route, request, event, addresses))
+                return
             self.upstream = up
+        self._send(ex, route, up, request, event)
+
+    async def _record_then_refuse(self, ex: Exchange, decision: Decision,
+                                  event: DecisionEvent) -> None:
+        await self.gw.record(event)  # durable before the client sees the 403
+        self._refuse_http(ex, decision)
+
+    def _refuse_http(self, ex: Exchange, decision: Decision) -> None:
+        close = not ex.body_done or not ex.keep_alive
+        self._write(http1.refusal(decision, close=close))
+        self._finished(not close)
+
+    async def _open_then(self, ex: Exchange, route: Route, request: Request,
+                         event: DecisionEvent | None,
+                         addresses: tuple[IPAddress, ...]) -> None:
+        up = await self._open(addresses, route.port)
+        if up is None:
+            return
+        up.key = route.key
+        self._send(ex, route, up, request, event)
+
+    def _send(self, ex: Exchange, route: Route, up: Upstream, request: Request,
+              event: DecisionEvent | None) -> None:
+        """Forward the request head (and what body is here); the response comes back
+        through `exchange_done` or `exchange_failed`."""
+        transport = up.transport
+        assert transport is not None
         up.idle = False
-        assert up is not None and up.transport is not None
         self.active = request
         self.open_event = event
+        self.counting = True
         self.started = time.monotonic()
-        head = [ex.method, b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in http1.end_to_end(ex.headers):
-            head += (name, b": ", value, _CRLF)
-        head.append(http1.VIA)
-        if ex.chunked:
-            head.append(b"Transfer-Encoding: chunked\r\n")
-        head.append(_CRLF)
         up.expect_response(ex)
-        up.transport.writelines(head)
+        transport.write(b"".join((
+            ex.method, b" ", route.target, b" HTTP/1.1\r\n", ex.forwarded_headers(),
+            http1.VIA, b"Transfer-Encoding: chunked\r\n\r\n" if ex.chunked else _CRLF)))
         up.used = True
-        ex.attach(up.transport)
+        ex.attach(transport)
         if not ex.body_done:
             self.resume_reading("exchange")
-        try:
-            reuse = await ex.done
-        except UpstreamError as exc:
-            if self.refusing:
-                return False  # revoked: the revocation closes the connection
-            self._emit_close("upstream")
-            self.active = None
-            if self.upstream is up:
-                self.upstream = None
-            if self.transport is not None and not self.closed:
-                if up._started:
-                    self.transport.abort()  # mid-body: the client must see a truncation
-                    self.close("upstream")
-                else:
-                    self.fail(exc.status, "Bad Gateway", str(exc))
-            return False
+
+    def exchange_done(self, ex: Exchange, up: Upstream, reuse: bool) -> None:
+        """The upstream answered `ex` completely (its bytes are written to the client)."""
+        if self.closed or not self.queue or self.queue[0] is not ex:
+            return
         self._emit_close("")
         self.active = None
         if not reuse or not ex.body_done:
@@ -382,7 +499,21 @@ class ClientConnection(asyncio.Protocol):
                 self.upstream = None
         else:
             up.idle = True
-        return ex.body_done
+        self._finished(ex.body_done)
+
+    def exchange_failed(self, ex: Exchange, up: Upstream, exc: UpstreamError) -> None:
+        if self.closed or self.refusing or not self.queue or self.queue[0] is not ex:
+            return  # a revocation or the client's close ends the connection instead
+        self._emit_close("upstream")
+        self.active = None
+        if self.upstream is up:
+            self.upstream = None
+        if self.transport is not None:
+            if up._started:
+                self.transport.abort()  # mid-body: the client must see a truncation
+                self.close("upstream")
+            else:
+                self.fail(exc.status, "Bad Gateway", str(exc))
 
     async def _resolve(self, name: str, ip: IPAddress | None,
                        port: int) -> tuple[tuple[IPAddress, ...], str]:
@@ -449,14 +580,16 @@ class ClientConnection(asyncio.Protocol):
         request = Request(kind=Kind.CONNECT, host=raw_host, port=port, addresses=addresses,
                           source=self.source)
         decision, permitted = self.gw.decide(request)
-        event = self.gw.decision_event(self, decision, permitted, Kind.CONNECT, _new_id(),
-                                       addresses[0] if addresses else None, b"CONNECT", b"")
+        event = self._event(decision, permitted, Kind.CONNECT, "",
+                            str(addresses[0]) if addresses else "", b"CONNECT", b"")
         if not permitted:
-            await self.gw.record(event)  # durable before the client sees the 403
+            if event is not None:
+                await self.gw.record(event)  # durable before the client sees the 403
             self._write(http1.refusal(decision, close=True))
             self.close("client")
             return
-        self.gw.emit(event)
+        if event is not None:
+            self.gw.emit(event)
         if unresolved or host is None:
             self.fail(502, "Bad Gateway", unresolved or "invalid host")
             return
@@ -469,6 +602,7 @@ class ClientConnection(asyncio.Protocol):
         self.connect_port = port
         self.started = time.monotonic()
         self.bytes_up = self.bytes_down = 0
+        self.counting = True
         self._write(_ESTABLISHED)
         metrics.OPEN_TUNNELS.inc()
         # The destination may speak first; only the client's direction waits for the peek.
@@ -502,14 +636,16 @@ class ClientConnection(asyncio.Protocol):
         elif isinstance(result, tls.ClientHello) and result.sni is not None:
             refusal = self._check_sni(result.sni)
         if refusal is not None:
-            conn_id = self.open_event.connection_id if self.open_event else _new_id()
-            event = self.gw.decision_event(self, refusal, self.gw.report_only, Kind.CONNECT,
-                                           conn_id, self.connected_ip, b"CONNECT", b"")
+            conn_id = self.open_event.connection_id if self.open_event else ""
+            event = self._event(refusal, self.gw.report_only, Kind.CONNECT, conn_id,
+                                str(self.connected_ip or ""), b"CONNECT", b"")
             if not self.gw.report_only:
                 self.open_event = None  # the refusal replaces the close event
+                self.counting = False
                 self._refuse(event, "client")
                 return
-            self.gw.emit(event)
+            if event is not None:
+                self.gw.emit(event)
         self.state = "tunnel"
         data, self.peek = self.peek, b""
         self.bytes_up += len(data)
@@ -590,6 +726,11 @@ class ClientConnection(asyncio.Protocol):
         self.close(cause, cause_event=False, final=True)
 
     def _close_event(self, cause: CloseCause) -> DecisionEvent | None:
+        """End the permitted exchange or tunnel: count its bytes; its close event."""
+        if not self.counting:
+            return None
+        self.counting = False
+        self.gw.count_bytes(self.bytes_up, self.bytes_down)
         event, self.open_event = self.open_event, None
         if event is None:
             return None
@@ -616,6 +757,7 @@ class ClientConnection(asyncio.Protocol):
                 self._emit_close(cause)
             else:
                 self.open_event = None
+                self.counting = False
         if was_tunnel:
             metrics.OPEN_TUNNELS.dec()
         self.active = None
@@ -632,11 +774,6 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.abort()
             else:
                 self.transport.close()
-        if self.wakeup is not None and not self.wakeup.done():
-            self.wakeup.set_result(None)
-        for ex in self.queue:
-            if not ex.done.done():
-                ex.done.cancel()
         self.gw.forget(self)
 
     def sweep(self, now: float) -> None:

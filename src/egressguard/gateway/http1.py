@@ -69,7 +69,11 @@ def split_authority(text: str) -> tuple[str, int | None]:
 def check_host_header(headers: Headers, scheme: bytes, url_host: str,
                       url_port: int | None) -> None:
     """Spec section 5: exactly one Host, equal to the absolute-URI authority."""
-    hosts = [v for n, v in headers if n.lower() == b"host"]
+    check_host([v for n, v in headers if n.lower() == b"host"], scheme, url_host, url_port)
+
+
+def check_host(hosts: list[bytes], scheme: bytes, url_host: str, url_port: int | None) -> None:
+    """`check_host_header` given the values of the Host headers."""
     if not hosts:
         raise BadRequest("missing Host header")
     if len(hosts) > 1:

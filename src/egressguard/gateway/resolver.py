@@ -69,6 +69,10 @@ class Resolver:
         self.static = {k: tuple(v) for k, v in (static or {}).items()}
         self.system = system
 
+    def known(self, name: str) -> tuple[IPAddress, ...] | None:
+        """The static addresses of `name` (no waiting), or None when it must be looked up."""
+        return self.static.get(name)
+
     async def resolve(self, name: str, port: int) -> tuple[IPAddress, ...]:
         """Addresses for a normalised name, in the order to try them."""
         found = self.static.get(name)

@@ -41,6 +41,8 @@ class Gateway:
                  report_only: bool = False, cluster: str = "default") -> None:
         self.holder = holder
         self.sink: EventSink = sink or NullSink()
+        # Without an audit sink no event is built at all (the counters still are).
+        self.recording = not isinstance(self.sink, NullSink)
         self.resolver = resolver or Resolver()
         self.limits = limits or Limits()
         self.report_only = report_only
@@ -114,21 +116,20 @@ class Gateway:
 
     def decide(self, request: Request) -> tuple[Decision, bool]:
         """The engine's decision and whether to let it through (report-only permits all)."""
-        t0 = time.perf_counter()
         snapshot = self.holder.current
         if snapshot is not self._cached_snapshot or len(self._cache) > _CACHE_SIZE:
             self._cached_snapshot, self._cache = snapshot, {}
         decision = self._cache.get(request)
         if decision is None:
             # Decisions are pure functions of (snapshot, request): safe to memoise.
+            t0 = time.perf_counter()
             decision = self._cache[request] = snapshot.decide(request)
-        metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)
+            metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)  # engine only
         return decision, decision.permitted or self.report_only
 
-    def decision_event(self, client: ClientConnection, decision: Decision, permitted: bool,
-                       kind: Kind, conn_id: str, address: IPAddress | None, method: bytes,
-                       path: bytes) -> DecisionEvent:
-        """Count a decision and build its event (the caller emits or records it)."""
+    def note_decision(self, client: ClientConnection, decision: Decision, permitted: bool,
+                      kind: Kind) -> None:
+        """Count every enforced decision (and log those that are not plain allows)."""
         key = (kind.value, decision.verdict.value, decision.layer.value, permitted)
         counter = self._counters.get(key)
         if counter is None:
@@ -136,30 +137,26 @@ class Gateway:
                 kind.value, decision.verdict.value, decision.layer.value,
                 "true" if permitted else "false")
         counter.inc()  # type: ignore[attr-defined]
-        host, _, port_text = decision.destination.rpartition(":")
-        if not host or not port_text.isdigit():
-            host = decision.destination
         if not decision.allowed:
             log.info("gateway: %s %s %s %s (%s: %s)%s", client.peer,
                      "report-only" if permitted else "deny", kind.value,
                      decision.destination, decision.rule, decision.reason,
                      " would be denied" if permitted else "")
+
+    def decision_event(self, client: ClientConnection, decision: Decision, permitted: bool,
+                       kind: Kind, conn_id: str, address: str, method: bytes,
+                       path: bytes) -> DecisionEvent:
+        """The audit event of a decision (the caller emits or records it)."""
+        host, _, port_text = decision.destination.rpartition(":")
+        if not host or not port_text.isdigit():
+            host = decision.destination
         return DecisionEvent(
             time=time.time(), cluster=self.cluster, kind=kind.value, host=host,
             port=decision.port, verdict=decision.verdict.value, permitted=permitted,
             layer=decision.layer.value, rule=decision.rule, reason=decision.reason,
             policy_version=self.holder.active.version, connection_id=conn_id,
-            client_address=client.peer, resolved_address=str(address) if address else "",
+            client_address=client.peer, resolved_address=address,
             method=method.decode("latin-1"), path=path.decode("latin-1")[:2048])
-
-    def emit_decision(self, client: ClientConnection, decision: Decision, permitted: bool,
-                      kind: Kind, conn_id: str, address: IPAddress | None, method: bytes,
-                      path: bytes) -> DecisionEvent:
-        """Count and emit a decision fire-and-forget (permitted calls)."""
-        event = self.decision_event(client, decision, permitted, kind, conn_id, address,
-                                    method, path)
-        self.emit(event)
-        return event
 
     async def record(self, event: DecisionEvent) -> None:
         """Make a refusal's event durable before the client sees the refusal.
@@ -176,11 +173,15 @@ class Gateway:
         except Exception:
             log.exception("gateway: audit record of a refusal failed; refusing anyway")
 
+    def count_bytes(self, up: int, down: int) -> None:
+        if up:
+            self._bytes_up.inc(up)
+        if down:
+            self._bytes_down.inc(down)
+
     def close_event(self, opened: DecisionEvent, cause: CloseCause, up: int, down: int,
                     duration: float) -> DecisionEvent:
-        """The close event of a permitted connection (bytes counted here)."""
-        self._bytes_up.inc(up)
-        self._bytes_down.inc(down)
+        """The close event of a permitted connection."""
         return DecisionEvent(
             time=time.time(), cluster=opened.cluster, kind=opened.kind, host=opened.host,
             port=opened.port, verdict=opened.verdict, permitted=opened.permitted,

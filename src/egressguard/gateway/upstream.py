@@ -2,7 +2,9 @@
 and the destination connection (`Upstream`), which parses responses or relays a tunnel.
 
 Response bytes for the client are collected during one read and written with a single
-`writelines`, so a small response costs one syscall each way.
+`write`, so a small response costs one syscall each way. The end of an exchange is told
+to the client connection by a direct call once those bytes are written (no future, no
+task switch), so a keep-alive request is handled entirely in transport callbacks.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ _CRLF = b"\r\n"
 
 
 class Exchange:
-    """One request: its head, and its body on the way to the upstream."""
+    """One request: its head, and its body on the way to the upstream.
 
-    __slots__ = ("body_done", "chunked", "done", "has_body", "headers", "keep_alive",
-                 "method", "pending", "sink", "url", "version")
+    The headers are scanned once here for everything the proxy checks (framing, Host,
+    hop-by-hop), so the checks that follow do not walk them again.
+    """
+
+    __slots__ = ("body_done", "chunked", "conflict", "has_body", "headers", "hop", "hosts",
+                 "keep_alive", "method", "pending", "sink", "url", "version")
 
     def __init__(self, method: bytes, url: bytes, headers: http1.Headers, version: str,
-                 keep_alive: bool, done: asyncio.Future[bool]) -> None:
+                 keep_alive: bool) -> None:
         self.method = method
         self.url = url
         self.headers = headers
@@ -36,16 +42,31 @@ class Exchange:
         self.keep_alive = keep_alive
         self.chunked = False
         self.has_body = False
+        self.hosts: list[bytes] = []
+        self.hop = False       # some header is hop-by-hop (or named in Connection)
+        has_cl = has_te = False
+        hop_by_hop = http1.HOP_BY_HOP
         for name, value in headers:
             lower = name.lower()
-            if lower == b"transfer-encoding":
+            if lower == b"host":
+                self.hosts.append(value)
+            elif lower == b"transfer-encoding":
+                has_te = self.hop = True
                 self.chunked = self.has_body = b"chunked" in value.lower()
             elif lower == b"content-length":
+                has_cl = True
                 self.has_body = value.strip() not in (b"0", b"")
+            elif lower in hop_by_hop or lower == b"connection":
+                self.hop = True
+        self.conflict = has_cl and has_te
         self.body_done = not self.has_body
         self.pending: list[bytes] = []
         self.sink: asyncio.Transport | None = None
-        self.done = done  # result: whether the upstream connection may be reused
+
+    def forwarded_headers(self) -> bytes:
+        """The end-to-end headers, rendered (all of them when none is hop-by-hop)."""
+        headers = http1.end_to_end(self.headers) if self.hop else self.headers
+        return b"".join([b"%s: %s\r\n" % pair for pair in headers])
 
     def body(self, data: bytes) -> None:
         if self.sink is None:
@@ -98,6 +119,9 @@ class Upstream(asyncio.Protocol):
         self._client_chunked = False
         self._until_close = False
         self.out: list[bytes] = []  # response bytes, written once per read (fewer syscalls)
+        # The exchange's end, told to the client once `out` is written: (exchange, reuse)
+        # or (exchange, error).
+        self._outcome: tuple[Exchange, bool | UpstreamError] | None = None
 
     # -- transport callbacks -------------------------------------------------------------
 
@@ -120,6 +144,8 @@ class Upstream(asyncio.Protocol):
             except httptools.HttpParserError as exc:
                 self._fail(UpstreamError(502, f"malformed response from upstream: {exc}"))
             self.flush()
+            if self._outcome is not None:
+                self._deliver()
         else:
             self.early.append(data)
 
@@ -146,6 +172,8 @@ class Upstream(asyncio.Protocol):
             else:
                 reason = "upstream closed the connection" + (f": {exc}" if exc else "")
                 self._fail(UpstreamError(502, reason))
+        if self._outcome is not None:
+            self._deliver()
         self.client.upstream_gone(self)
 
     def pause_writing(self) -> None:
@@ -191,10 +219,21 @@ class Upstream(asyncio.Protocol):
             return
         status = parser.get_status_code()
         client = self.client
-        head = [b"HTTP/1.1 %d " % status, self._reason, _CRLF]
-        for name, value in http1.end_to_end(self._headers):
-            head += (name, b": ", value, _CRLF)
-        head.append(http1.VIA)
+        headers = self._headers
+        has_cl = chunked = hop = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                has_cl = True
+            elif lower == b"transfer-encoding":
+                hop = True
+                chunked = chunked or b"chunked" in value.lower()
+            elif lower in http1.HOP_BY_HOP or lower == b"connection":
+                hop = True
+        if hop:
+            headers = list(http1.end_to_end(headers))
+        head = [b"HTTP/1.1 %d " % status, self._reason, _CRLF,
+                b"".join([b"%s: %s\r\n" % pair for pair in headers]), http1.VIA]
         if 100 <= status < 200:
             if status == 101:
                 self._fail(UpstreamError(502, "upstream switched protocols unasked"))
@@ -203,9 +242,6 @@ class Upstream(asyncio.Protocol):
             self.out += head
             self._begin()
             return
-        has_cl = any(n.lower() == b"content-length" for n, _ in self._headers)
-        chunked = any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower()
-                      for n, v in self._headers)
         bodiless = ex.method == b"HEAD" or status in (204, 304)
         keep = client.keep_alive and ex.keep_alive
         self._client_chunked = False
@@ -247,17 +283,28 @@ class Upstream(asyncio.Protocol):
             client = self.client
             transport = client.transport
             if transport is not None and not client.closed and not client.refusing:
-                transport.writelines(self.out)
+                out = self.out
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
             self.out = []
 
     def _finish(self, reuse: bool) -> None:
         ex, self.exchange = self.exchange, None
-        if ex is not None and not ex.done.done():
-            ex.done.set_result(reuse and not self._until_close)
+        if ex is not None:
+            self._outcome = (ex, reuse and not self._until_close)
 
     def _fail(self, error: UpstreamError) -> None:
         ex, self.exchange = self.exchange, None
         self.parser = None
-        if ex is not None and not ex.done.done():
-            ex.done.set_exception(error)
+        if ex is not None:
+            self._outcome = (ex, error)
         self.close()
+
+    def _deliver(self) -> None:
+        """Tell the client how the exchange ended (after its bytes were written)."""
+        outcome, self._outcome = self._outcome, None
+        if outcome is not None:
+            ex, result = outcome
+            if isinstance(result, UpstreamError):
+                self.client.exchange_failed(ex, self, result)
+            else:
+                self.client.exchange_done(ex, self, result)
