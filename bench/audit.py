@@ -2,8 +2,10 @@
 
 Runs the real gateway (uvloop, in this process) in front of a minimal keep-alive HTTP
 upstream (its own process) and drives it from a load generator (its own process: N
-keep-alive client connections sending absolute-form GETs through the proxy). Each round
-measures completed requests per second over a fixed window with the gateway's sink set to
+keep-alive client connections sending absolute-form GETs through the proxy): `wrk` (C)
+when installed, else (or with `--loadgen python`) a Python asyncio client, which itself
+takes most of a core on a 2-core box and so measures box saturation more than the gateway.
+Each round measures completed requests per second over a fixed window with the gateway's sink set to
 `NullSink` (off), `AuditLog` (thread: sealing and SQL in a thread of the gateway process)
 or `ProcessAuditLog` (process: the same in a child process); both write SQLite in WAL mode
 with synchronous=FULL, AES-GCM sealing and the HMAC chain, two records per request
@@ -15,7 +17,8 @@ CPU / mode CPU per request) is the rate ratio to expect when the gateway is CPU-
 (The process mode's child CPU is not in that figure; it runs on another core.)
 
 Round 0 is a warm-up; rounds alternate which mode goes first.
-Options: --rounds 3 --seconds 4 --conns 32 --store URL (default: a temp SQLite file).
+Options: --rounds 3 --seconds 4 --conns 32 --store URL (default: a temp SQLite file)
+--loadgen wrk|python.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,9 +92,24 @@ async def _loadgen(proxy_port: int, target: str, seconds: float, conns: int,
     print(json.dumps({"requests": done, "seconds": seconds}), flush=True)
 
 
+def _wrk(proxy_port: int, target: str, seconds: float, conns: int, tmp: Path) -> dict[str, float]:
+    """The same load from `wrk` (C): absolute-form GETs through the proxy, keep-alive."""
+    script = tmp / "wrk.lua"
+    script.write_text(f'wrk.path = "http://{target}/"\nwrk.headers["Host"] = "{target}"\n')
+    duration = f"{max(1, round(seconds))}s"
+    out = subprocess.run(["wrk", "-t", "1", "-c", str(conns), "-d", duration, "-s",
+                          str(script), f"http://127.0.0.1:{proxy_port}/"],
+                         check=True, capture_output=True, text=True).stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"unexpected responses:\n{out}")
+    total = int(re.search(r"(\d+) requests in ([\d.]+)s", out).group(1))  # type: ignore[union-attr]
+    took = float(re.search(r"requests in ([\d.]+)s", out).group(1))  # type: ignore[union-attr]
+    return {"requests": total, "seconds": took}
+
+
 # -- the benchmark ---------------------------------------------------------------------------
 
-def _start_gateway(upstream_port: int):  # type: ignore[no-untyped-def]
+def _start_gateway(upstream_port: int):
     import uvloop
 
     from egressguard.engine.holder import SnapshotHolder
@@ -119,14 +139,16 @@ def main() -> None:
                         help="the audit log's group-commit linger (seconds)")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() after start-up (as a server would)")
+    parser.add_argument("--loadgen", choices=("wrk", "python"),
+                        default="wrk" if shutil.which("wrk") else "python")
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
-    parser.add_argument("--loadgen", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--python-loadgen", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream:
         asyncio.run(_upstream(args.upstream))
         return
-    if args.loadgen:
-        port, target, seconds, conns = args.loadgen
+    if args.python_loadgen:
+        port, target, seconds, conns = args.python_loadgen
         asyncio.run(_loadgen(int(port), target, float(seconds), int(conns), warmup=0.5))
         return
 
@@ -160,14 +182,18 @@ def main() -> None:
                 log = logs.get(mode)
                 gateway.sink = log if log is not None else NullSink()
                 cpu_start = time.process_time()
-                out = subprocess.run(
-                    [sys.executable, __file__, "--loadgen", str(proxy_port),
-                     f"up.bench:{upstream_port}", str(args.seconds), str(args.conns)],
-                    check=True, capture_output=True, text=True).stdout
+                target = f"up.bench:{upstream_port}"
+                if args.loadgen == "wrk":
+                    result = _wrk(proxy_port, target, args.seconds, args.conns, tmp)
+                else:
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--python-loadgen", str(proxy_port),
+                         target, str(args.seconds), str(args.conns)],
+                        check=True, capture_output=True, text=True).stdout
+                    result = json.loads(out.strip().splitlines()[-1])
                 if log is not None:
                     log.flush(timeout=60)      # the writer's work is part of the round
                 cpu_used = time.process_time() - cpu_start
-                result = json.loads(out.strip().splitlines()[-1])
                 rate = result["requests"] / result["seconds"]
                 # CPU over the whole round (warm-up tail included) per counted request:
                 # slightly pessimistic for both modes alike.
@@ -188,6 +214,7 @@ def main() -> None:
     med_cpu = {m: statistics.median(cpu[m]) for m in modes}
     print(json.dumps({
         "bench": "audit", "python": platform.python_version(), "cpus": os.cpu_count(),
+        "loadgen": args.loadgen, "load": os.getloadavg()[0],
         "conns": args.conns, "seconds_per_round": args.seconds, "rounds": args.rounds,
         **{f"rps_{m}": round(med[m]) for m in modes},
         "ratio_thread": round(med["thread"] / med["off"], 3),

@@ -93,7 +93,8 @@ _CAST: tuple[type, ...] = (float, str, str, str, str, int, str, str, str, str, b
 _PORT = CLEAR_FIELDS.index("port")
 # The exact types the reader authenticates (`query.clear_of`); a raw tuple of these needs
 # no conversion (the common case: one `map(type, ...)` instead of 24 casts).
-_CANONICAL = {_CAST, (*_CAST[:_PORT], type(None), *_CAST[_PORT + 1:])}
+_CAST_NO_PORT = (*_CAST[:_PORT], type(None), *_CAST[_PORT + 1:])
+_CANONICAL = {_CAST, _CAST_NO_PORT}
 
 
 def canonical(raw: Raw) -> Raw:
@@ -356,11 +357,11 @@ class AuditLog:
         nonces = os.urandom(NONCE * len(raws))
         encrypt = self.sealer.encrypt
         dumps = marshal.dumps
-        ok = _CANONICAL
+        types, types_no_port = _CAST, _CAST_NO_PORT
         n = _NCLEAR
         at = 0
         for raw in raws:
-            if tuple(map(type, raw)) not in ok:
+            if (t := tuple(map(type, raw))) != types and t != types_no_port:
                 try:
                     raw = canonical(raw)
                 except (TypeError, ValueError, UnicodeError):
