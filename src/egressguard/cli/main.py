@@ -31,6 +31,7 @@ AREAS: dict[str, str] = {
     "analyze": "egressguard.cli.analysis",
     "simulate": "egressguard.cli.analysis",
     "dns": "egressguard.cli.dns",
+    "firewall": "egressguard.cli.firewall",
 }
 
 
