@@ -52,6 +52,23 @@ def test_policy_change_applies_to_the_next_request_on_the_same_connection(
             assert time.monotonic() < end
             time.sleep(0.02)
         assert get(sock, url, host).startswith(b"HTTP/1.1 403")
+        assert get(sock, url + "other/path", host).startswith(b"HTTP/1.1 403")
+
+
+def test_another_path_to_the_same_target_reuses_the_decision_only_under_its_policy(
+        gateway_factory, upstream):
+    gw = gateway_factory(resolve={"up.test": "127.0.0.1"})
+    base, host = f"http://up.test:{upstream.port}/", f"up.test:{upstream.port}"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        assert get(sock, base + "a", host).startswith(b"HTTP/1.1 200")
+        assert get(sock, base + "b", host).startswith(b"HTTP/1.1 200")
+        before = gw.holder.current
+        gw.policy_path.write_text(CLOSED_POLICY)
+        end = time.monotonic() + 5
+        while gw.holder.current is before:
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        assert get(sock, base + "c", host).startswith(b"HTTP/1.1 403")
 
 
 def test_same_target_with_another_host_header_on_the_same_connection_is_400(

@@ -78,6 +78,17 @@ class Route:
         self.decision: Decision | None = None
         self.permitted = False
 
+    def adopt(self, previous: Route) -> None:
+        """Take over `previous`'s decision when only the path differs (the decision does
+        not depend on the path of an HTTP request)."""
+        if previous.key == self.key and previous.addresses is not None \
+                and previous.addresses == self.addresses:
+            self.addresses = previous.addresses
+            self.address_text = previous.address_text
+            self.snapshot, self.decided_for = previous.snapshot, previous.decided_for
+            self.request, self.decision = previous.request, previous.decision
+            self.permitted = previous.permitted
+
 
 class ClientConnection(asyncio.Protocol):
     """A workload's connection to the gateway."""
@@ -399,7 +410,10 @@ class ClientConnection(asyncio.Protocol):
         path = url.path or b"/"
         target = path + (b"?" + url.query if url.query else b"")
         addresses = (host.ip,) if host.ip is not None else self.gw.resolver.known(host.name)
-        return Route(ex.url, ex.hosts[0], host, port, target, path, addresses)
+        route = Route(ex.url, ex.hosts[0], host, port, target, path, addresses)
+        if self.route is not None:
+            route.adopt(self.route)
+        return route
 
     async def _resolve_then(self, ex: Exchange, route: Route) -> None:
         addresses, unresolved = await self._resolve(route.host.name, route.host.ip,
