@@ -9,7 +9,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egressguard.engine import References, Request, compile_policy
+from egressguard.engine import References, Request, Snapshot, compile_policy
 from egressguard.engine.request import Kind
 from egressguard.firewall import Action, Options, Packet, build_ruleset, evaluate
 from egressguard.policy import Policy
@@ -88,10 +88,10 @@ def _flow(rnd: random.Random) -> Packet:
     return Packet(protocol=protocol, daddr=daddr, dport=port, saddr=saddr)
 
 
-def _engine_permits(snapshot: object, flow: Packet) -> bool:
+def _engine_permits(snapshot: Snapshot, flow: Packet) -> bool:
     request = Request(kind=Kind.FLOW, host=str(flow.daddr), port=flow.dport,
                       protocol=flow.protocol, source=flow.saddr)
-    return snapshot.decide(request).permitted  # type: ignore[attr-defined, no-any-return]
+    return snapshot.decide(request).permitted
 
 
 @settings(max_examples=150, deadline=None)

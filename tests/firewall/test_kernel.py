@@ -91,7 +91,8 @@ class Lab:
         done = subprocess.run(["ip", "netns", "exec", self.client, sys.executable, "-c",
                                PROBE, *targets], capture_output=True, text=True,
                               timeout=20, check=True)
-        return json.loads(done.stdout)  # type: ignore[no-any-return]
+        result: dict[str, str] = json.loads(done.stdout)
+        return result
 
     def egressguard(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "EGRESSGUARD_HOME": str(self.home)}
