@@ -249,3 +249,20 @@ def test_apply_as_an_unprivileged_user_is_refused_clearly() -> None:
         message = pipe.read()
     os.waitpid(pid, 0)
     assert "needs root" in message
+
+
+def test_the_kernel_accepts_the_ruleset_of_every_random_policy(lab: Lab) -> None:
+    import random
+
+    from egressguard.engine import References
+    from egressguard.firewall import Options, build_ruleset, render
+    from tests.firewall.test_agreement import TAGS, _policy
+
+    rnd = random.Random(7)
+    text = "".join(render(build_ruleset(_policy(rnd), References(service_tags=TAGS),
+                                        Options(table=f"egcheck{i}", set_threshold=2)))
+                   for i in range(40))
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    done = subprocess.run(["ip", "netns", "exec", lab.client, nft, "-c", "-f", "-"],
+                          input=text, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
