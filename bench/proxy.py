@@ -7,7 +7,7 @@ private port with its own temporary config allowing exactly the benchmark origin
 (127.0.0.1/32), and measures:
 
 * CONNECT bulk throughput: one tunnel, and 32 parallel tunnels (download direction);
-* HTTP keep-alive requests/s with 64 concurrent clients (`wrk`);
+* HTTP keep-alive requests/s with 64 concurrent clients (`wrk`), best of three runs;
 * added latency per request, p50/p99, at one sequential client (`wrk -c1`), minus direct;
 * new connections/s (`wrk` with `Connection: close`);
 * the proxy's CPU time per keep-alive request (user + system, the proxy process and its
@@ -327,7 +327,7 @@ def _micros(text: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller volumes, < 60 s")
+    parser.add_argument("--quick", action="store_true", help="smaller volumes, 2 s runs (~90 s)")
     args = parser.parse_args()
     ensure_tools()
     single_total = 256 * MiB if args.quick else GiB
@@ -362,7 +362,9 @@ def main() -> None:
                     target, bulk_port, single_total, 1) / MiB
                 r["tunnel_32_MiBps"] = tunnel_throughput(
                     target, bulk_port, parallel_total, 32) / MiB
-                keep = _wrk(target, http_port, tmp, 64, seconds)
+                # Best of three: other jobs on a shared machine only ever slow a run down.
+                keep = max((_wrk(target, http_port, tmp, 64, seconds) for _ in range(3)),
+                           key=lambda m: m["rps"])
                 r["rps_64"] = keep["rps"]
                 r["cpu_us_per_req"] = keep["cpu_us"]
                 one = _wrk(target, http_port, tmp, 1, seconds)
