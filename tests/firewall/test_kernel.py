@@ -218,10 +218,17 @@ def test_status_without_a_table_exits_1_and_remove_is_harmless(lab: Lab) -> None
 
 
 def test_a_rejected_ruleset_leaves_the_previous_one_in_force(lab: Lab) -> None:
+    from egressguard.firewall.nft import FirewallError, apply
+
     lab.apply(ONLY_TCP_A)
-    bad = lab.egressguard("apply", "--netns", "egfw-no-such-namespace",
-                          "--policy", str(lab.home / "missing.yaml"))
-    assert bad.returncode == 2 and "error:" in bad.stderr
+    broken = ("table inet egressguard\ndelete table inet egressguard\n"
+              "table inet egressguard { chain output { type filter hook output priority "
+              "filter; policy accept; no-such-statement } }\n")
+    with pytest.raises(FirewallError, match="refused the ruleset"):
+        apply(broken, lab.client)
+    missing = lab.egressguard("apply", "--netns", lab.client,
+                              "--policy", str(lab.home / "missing.yaml"))
+    assert missing.returncode == 2 and "error:" in missing.stderr
     assert lab.probe(f"tcp/{TCP_A}", f"tcp/{TCP_B}") == {
         f"tcp/{TCP_A}": "open", f"tcp/{TCP_B}": "dropped"}
 
