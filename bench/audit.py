@@ -113,7 +113,8 @@ def _start_gateway(upstream_port: int):
     import uvloop
 
     from egressguard.engine.holder import SnapshotHolder
-    from egressguard.gateway import Gateway, Resolver, load_active, parse_resolve
+    from egressguard.gateway import Gateway, Resolver, parse_resolve
+    from egressguard.policyfile import load_active
 
     policy = Path(tempfile.mkdtemp()) / "policy.yaml"
     policy.write_text(

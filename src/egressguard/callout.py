@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING
 
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
 from egressguard.audit.metrics import DECISIONS
-from egressguard.dns.watch import PolicyFileWatcher, holder_for, policy_references
+from egressguard.catalog import references
 from egressguard.engine import Decision, Kind, Layer, Request, Snapshot, Verdict, compile_policy
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
 from egressguard.policy import Policy
+from egressguard.policyfile import PolicyFileWatcher, holder_for
 
 if TYPE_CHECKING:
     import httpx
@@ -69,7 +70,7 @@ def _holder(source: Source) -> SnapshotHolder:
     if isinstance(source, Snapshot):
         return SnapshotHolder(Active(source, "snapshot", "in-process"))
     if isinstance(source, Policy):
-        return SnapshotHolder(Active(compile_policy(source, policy_references()), "policy",
+        return SnapshotHolder(Active(compile_policy(source, references()), "policy",
                                      "in-process"))
     return holder_for(None)
 

@@ -23,7 +23,8 @@ from egressguard.audit.query import Filter, query
 from egressguard.audit.sinks import ExfilMonitor, FanoutSink
 from egressguard.cli.main import app as cli
 from egressguard.engine.holder import SnapshotHolder
-from egressguard.gateway import Gateway, PolicyFile, Resolver, load_active, parse_resolve
+from egressguard.gateway import Gateway, Resolver, parse_resolve
+from egressguard.policyfile import PolicyFileWatcher, load_active
 from tests.gateway.conftest import Server, connect_tunnel, start_echo, start_http
 
 pytestmark = pytest.mark.timeout(60)
@@ -45,7 +46,7 @@ class Proxy:
     loop: asyncio.AbstractEventLoop
     log: AuditLog
     policy: Path
-    watcher: PolicyFile
+    watcher: PolicyFileWatcher
 
     @property
     def url(self) -> str:
@@ -79,7 +80,7 @@ def proxy_factory(tmp_path: Path, sqlite_url: str, audit_key: bytes
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()
         asyncio.run_coroutine_threadsafe(gateway.start("127.0.0.1", 0), loop).result(5)
-        watcher = PolicyFile(path, holder)
+        watcher = PolicyFileWatcher(path, holder)
         asyncio.run_coroutine_threadsafe(_call(watcher.start), loop).result(5)
         proxy = Proxy(gateway, loop, log, path, watcher)
         made.append((proxy, thread))

@@ -23,7 +23,8 @@ import uvloop
 
 from egressguard.audit.events import DecisionEvent
 from egressguard.engine.holder import SnapshotHolder
-from egressguard.gateway import Gateway, Limits, PolicyFile, Resolver, load_active, parse_resolve
+from egressguard.gateway import Gateway, Limits, Resolver, parse_resolve
+from egressguard.policyfile import PolicyFileWatcher, load_active
 
 LOOPBACK_POLICY = """
 restrict_outbound_network_access: Enabled
@@ -182,7 +183,7 @@ class Running:
     sink: Any  # a ListSink unless the test passes its own (an AuditLog)
     policy_path: Path
     holder: SnapshotHolder
-    watcher: PolicyFile
+    watcher: PolicyFileWatcher
     thread: threading.Thread
     extra: list[object] = field(default_factory=list)
 
@@ -224,7 +225,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()
         asyncio.run_coroutine_threadsafe(gateway.start("127.0.0.1", 0), loop).result(5)
-        watcher = PolicyFile(path, holder)
+        watcher = PolicyFileWatcher(path, holder)
         running = Running(gateway, loop, sink, path, holder, watcher, thread)
         running.call(watcher.start)
         started.append(running)

@@ -14,9 +14,9 @@ import typer
 
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
 from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig, PolicyFileWatcher
-from egressguard.dns.watch import holder_for
 from egressguard.engine import CompileError, InvalidHost, normalize_host
 from egressguard.policy import PolicyError
+from egressguard.policyfile import holder_for
 
 dns_app = typer.Typer(help="DNS filter: answer only names the policy allows.",
                       no_args_is_help=True)

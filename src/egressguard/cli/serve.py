@@ -27,16 +27,9 @@ import typer
 from egressguard.audit.events import EventSink, NullSink
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
-from egressguard.gateway import (
-    Gateway,
-    Limits,
-    PolicyFile,
-    Resolver,
-    load_active,
-    parse_hosts_file,
-    parse_resolve,
-)
+from egressguard.gateway import Gateway, Limits, Resolver, parse_hosts_file, parse_resolve
 from egressguard.policy import PolicyError
+from egressguard.policyfile import PolicyFileWatcher, load_active
 
 if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
@@ -141,7 +134,7 @@ class _Parts:
 
     store: Store | None = None
     feed: PolicyFeed | None = None
-    policy_file: PolicyFile | None = None
+    policy_file: PolicyFileWatcher | None = None
     holder: SnapshotHolder | None = None
     sink: EventSink = NullSink()  # noqa: RUF009 - stateless default
     audit_log: AuditLog | None = None
@@ -157,7 +150,7 @@ class _Parts:
                 raise ValueError(f"cannot open the store: {exc}") from None
         if policy is not None:
             self.holder = SnapshotHolder(load_active(policy))
-            self.policy_file = PolicyFile(policy, self.holder)
+            self.policy_file = PolicyFileWatcher(policy, self.holder)
             return
         from egressguard.control.runtime import PolicyFeed
 

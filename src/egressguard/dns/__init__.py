@@ -11,7 +11,7 @@ with FilterThread(holder_for("policy.yaml"),
 
 from egressguard.dns.decide import CnameMode, check_answer, decide_name
 from egressguard.dns.server import DenyRcode, DnsFilter, FilterConfig, FilterThread
-from egressguard.dns.watch import PolicyFileWatcher, holder_for, load_active
+from egressguard.policyfile import PolicyFileWatcher, holder_for, load_active
 
 __all__ = [
     "CnameMode",

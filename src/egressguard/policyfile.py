@@ -1,11 +1,13 @@
-"""Hot reload of a policy file into a `SnapshotHolder` (mtime polling and explicit reloads).
+"""A policy file kept in force in a `SnapshotHolder`: load, then hot reload on change.
 
-Thread-based, so that it also serves synchronous programs (the library check);
-`egressguard.gateway.reload.PolicyFile` is the asyncio twin.
+One implementation for every enforcement point that runs from a file (the gateway with
+`--policy`, the DNS filter, the library check). The watcher polls on a daemon thread, so
+it serves asyncio servers and synchronous programs alike (`SnapshotHolder.swap` is
+thread-safe and enforcement points re-check open connections on every swap); SIGHUP
+handlers call `reload()`.
 
 A change is loaded, validated and compiled first; only a policy that compiles replaces the
-one in force, so a bad edit is logged and changes nothing. Used by the DNS filter and the
-library check (`egressguard.callout`).
+one in force, so a bad edit is logged with every reason and changes nothing.
 """
 
 from __future__ import annotations
@@ -16,33 +18,25 @@ import os
 import threading
 from pathlib import Path
 
-from egressguard.engine import CompileError, References, compile_policy
+from egressguard.catalog import references
+from egressguard.engine import CompileError, compile_policy
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.policy import PolicyError, load_policy_text
 from egressguard.policy.load import Problem
 
-log = logging.getLogger("egressguard.policy.watch")
-
-
-def policy_references() -> References:
-    """The catalog's references (FQDN tags, aliases, service tags) for compiling."""
-    try:
-        from egressguard.catalog import references
-    except ImportError:  # pragma: no cover - the catalog is part of the package
-        return References()
-    return references()
+log = logging.getLogger("egressguard.policyfile")
 
 
 def load_active(path: str | os.PathLike[str]) -> Active:
     """Load and compile the policy file at `path`; raises `PolicyError`/`CompileError`/
     `OSError`. The version label is the first 12 hex digits of the file's SHA-256 (the
-    same label `egressguard.gateway.reload` uses)."""
+    label stays the same across restarts, so logs and audit records line up)."""
     raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError(str(path), [Problem("", None, f"not UTF-8 text: {exc}")]) from None
-    snapshot = compile_policy(load_policy_text(text, str(path)), policy_references())
+    snapshot = compile_policy(load_policy_text(text, str(path)), references())
     return Active(snapshot, hashlib.sha256(raw).hexdigest()[:12], str(path))
 
 
@@ -51,7 +45,7 @@ class PolicyFileWatcher:
     seconds on a daemon thread once `start`ed) or when `reload()` is called (SIGHUP)."""
 
     def __init__(self, path: str | os.PathLike[str], holder: SnapshotHolder,
-                 interval: float = 1.0) -> None:
+                 interval: float = 0.25) -> None:
         self.path = Path(path)
         self.holder = holder
         self.interval = interval
@@ -83,7 +77,7 @@ class PolicyFileWatcher:
                 active = load_active(self.path)
             except (PolicyError, CompileError, OSError) as exc:
                 self.last_error = str(exc)
-                log.error("policy %s rejected, keeping version %s: %s", self.path,
+                log.error("policy reload rejected, keeping version %s: %s",
                           self.holder.active.version, exc)
                 return False
             self.last_error = None
@@ -119,6 +113,6 @@ def holder_for(path: str | os.PathLike[str] | None) -> SnapshotHolder:
     if path is None:
         from egressguard.policy import Policy
 
-        return SnapshotHolder(Active(compile_policy(Policy(), policy_references()), "default",
+        return SnapshotHolder(Active(compile_policy(Policy(), references()), "default",
                                      "built-in default"))
     return SnapshotHolder(load_active(path))
