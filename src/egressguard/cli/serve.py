@@ -68,6 +68,9 @@ def serve(
         help="warn when bytes sent to one destination within --exfil-window exceed this")
     ] = None,
     exfil_window: Annotated[str, typer.Option(help="window of --exfil-threshold")] = "1h",
+    audit_timeout: Annotated[float, typer.Option(
+        help="seconds a refusal waits for its audit record to be durable (then refuses "
+             "anyway and logs it)")] = 5.0,
     resolve: Annotated[list[str] | None, typer.Option(
         "--resolve", help="NAME=IP[,IP]: static address for a name (repeatable)")] = None,
     hosts_file: Annotated[Path | None, typer.Option(
@@ -118,7 +121,7 @@ def serve(
     limits = Limits(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
                     idle_timeout=idle_timeout, connect_timeout=connect_timeout,
                     max_connections=max_connections, shutdown_deadline=shutdown_deadline,
-                    non_tls_443=mode)
+                    non_tls_443=mode, audit_timeout=audit_timeout)
     assert parts.holder is not None
     gateway = Gateway(parts.holder, parts.sink, Resolver(static, system=system_resolver),
                       limits, report_only=report_only, cluster=cluster)
