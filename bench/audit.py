@@ -182,6 +182,8 @@ def main() -> None:
             for mode in modes if round_no % 2 else modes[::-1]:
                 log = logs.get(mode)
                 gateway.sink = log if log is not None else NullSink()
+                if hasattr(gateway, "recording"):   # off: the gateway builds no events
+                    gateway.recording = log is not None
                 cpu_start = time.process_time()
                 target = f"up.bench:{upstream_port}"
                 if args.loadgen == "wrk":
@@ -206,6 +208,8 @@ def main() -> None:
                       f"{per_request * 1e6:6.0f} us CPU/request"
                       f"{' (warm-up)' if not round_no else ''}", flush=True)
         written = sum(log.acknowledged for log in logs.values())
+        if not all(log.acknowledged for log in logs.values()):
+            raise SystemExit("an audit mode wrote no records: the benchmark is not measuring")
         for log in logs.values():
             log.close()
     finally:
