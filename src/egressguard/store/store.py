@@ -20,18 +20,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from egressguard.catalog import references
 from egressguard.control.auth import ROLES, Principal, hash_token, new_token
 from egressguard.engine import CompileError, compile_policy
 from egressguard.policy import Policy, PolicyError, dump_policy, load_policy_text
-from egressguard.store import bus
+from egressguard.store import bus, db
 from egressguard.store.schema import ClusterRow, TokenRow, VersionRow
 from egressguard.store.urls import bus_key, normalize_url
 
@@ -39,6 +37,7 @@ NOTIFY_CHANNEL = "egressguard_policy"
 DEFAULT_CLUSTER = "default"
 CLUSTER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MIGRATIONS = Path(__file__).parent / "migrations"
+_LOCK_ID = 7217001  # PostgreSQL advisory lock for concurrent migrations of the store
 _DEFAULT_POLICY_FILE = Path(__file__).parent.parent / "gateway" / "default_policy.yaml"
 
 
@@ -126,53 +125,14 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # Let SQLAlchemy, not the sqlite3 module, start transactions (so DDL is transactional
-    # and writers can take the write lock up front, see `_sqlite_begin`).
-    dbapi_conn.isolation_level = None
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
-
-
-def _sqlite_begin(conn: Any) -> None:
-    """Writers take the write lock at BEGIN, so two writers queue (busy_timeout) instead
-    of failing when one's read snapshot goes stale."""
-    immediate = conn.get_execution_options().get("sqlite_immediate", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
 def make_engine(url: URL) -> Engine:
-    if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    """An engine for the store; writers ask for the write lock with `sqlite_immediate`."""
+    return db.make_engine(url)
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (safe to run from several
-    processes at once: PostgreSQL takes an advisory lock, SQLite a write lock)."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
-    cfg.set_main_option("path_separator", "os")
-    for attempt in range(5):
-        try:
-            with engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(7217001)"))
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-            return
-        except (OperationalError, ProgrammingError, IntegrityError):
-            if attempt == 4:
-                raise
+    """Bring the store's schema to the newest Alembic revision."""
+    db.migrate(engine, _MIGRATIONS, _LOCK_ID)
 
 
 class Store:
