@@ -1,3 +1,3 @@
-from tests.audit.conftest import audit_key, pg_url, sqlite_url
+from tests.audit.conftest import audit_key
 
-__all__ = ["audit_key", "pg_url", "sqlite_url"]
+__all__ = ["audit_key"]

@@ -1,10 +1,3 @@
-from tests.store.fixtures import (
-    pg_available,
-    pg_url,
-    sqlite_store,
-    sqlite_url,
-    store,
-    store_url,
-)
+from tests.store.fixtures import sqlite_store, store
 
-__all__ = ["pg_available", "pg_url", "sqlite_store", "sqlite_url", "store", "store_url"]
+__all__ = ["sqlite_store", "store"]

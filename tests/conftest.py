@@ -1,0 +1,50 @@
+"""Databases every area's tests share: a real SQLite file and a real PostgreSQL database.
+
+PostgreSQL runs on 127.0.0.1:5432 (trust auth, user postgres; `.ci/run` starts it); each
+test that asks for `pg_url` gets its own freshly created database, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> bool:
+    try:
+        psycopg.connect(PG_ADMIN).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+@pytest.fixture
+def pg_url(pg_available: bool) -> Iterator[str]:
+    if not pg_available:
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432 (.ci/run starts it)")
+    name = f"egtest_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
