@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 
 from egressguard.audit.events import DecisionEvent
+from tests.gateway.conftest import echo, upstream  # the gateway tests' upstream servers
+
+__all__ = ["audit_key", "echo", "event", "upstream"]
 
 
 @pytest.fixture

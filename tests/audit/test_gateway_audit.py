@@ -25,7 +25,7 @@ from egressguard.cli.main import app as cli
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.gateway import Gateway, Resolver, parse_resolve
 from egressguard.policyfile import PolicyFileWatcher, load_active
-from tests.gateway.conftest import Server, connect_tunnel, start_echo, start_http
+from tests.gateway.conftest import Server, connect_tunnel, start_http
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,20 +97,6 @@ def proxy_factory(tmp_path: Path, sqlite_url: str, audit_key: bytes
 
 async def _call(fn: Callable[[], object]) -> object:
     return fn()
-
-
-@pytest.fixture
-def upstream() -> Iterator[Server]:
-    server = start_http()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def echo() -> Iterator[Server]:
-    server = start_echo()
-    yield server
-    server.stop()
 
 
 def scrape(api: TestClient) -> Callable[..., float]:
