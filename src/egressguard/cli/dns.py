@@ -15,6 +15,7 @@ import typer
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
 from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig, PolicyFileWatcher
 from egressguard.engine import CompileError, InvalidHost, normalize_host
+from egressguard.engine.request import split_host_port
 from egressguard.policy import PolicyError
 from egressguard.policyfile import holder_for
 
@@ -26,14 +27,7 @@ EXIT_OK, EXIT_BLOCKED, EXIT_ERROR = 0, 1, 2
 
 def parse_endpoint(text: str, default_port: int) -> tuple[str, int]:
     """`host:port`, `[v6]:port`, or a bare host (with `default_port`)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
+    host, port = split_host_port(text)
     if not host or (port and not port.isdigit()) or not 0 <= int(port or default_port) < 65536:
         raise ValueError(f"{text!r}: expected host:port")
     return host, int(port or default_port)

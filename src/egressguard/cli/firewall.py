@@ -15,6 +15,7 @@ import typer
 
 from egressguard.catalog import references
 from egressguard.engine import CompileError
+from egressguard.engine.request import split_host_port
 from egressguard.firewall import Options, Ruleset, build_ruleset, render
 from egressguard.firewall.nft import FirewallError, apply, remove, status
 
@@ -56,14 +57,7 @@ def _bad(message: str) -> typer.Exit:
 def _endpoint(text: str, default_port: int | None) -> tuple[str, int]:
     import ipaddress
 
-    raw = text.strip()
-    if raw.startswith("["):
-        host, _, rest = raw[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif raw.count(":") == 1:
-        host, _, port_text = raw.partition(":")
-    else:
-        host, port_text = raw, ""
+    host, port_text = split_host_port(text)
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

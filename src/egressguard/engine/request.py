@@ -97,16 +97,17 @@ class Decision:
                 "report_only": self.report_only, "permitted": self.permitted}
 
 
-def split_host_port(text: str) -> tuple[str, int | None]:
-    """`host:port`, `[v6]:port`, a bare IPv6 address or a bare host."""
-    if text.startswith("[") and "]:" in text:
-        host, _, port_text = text.rpartition(":")
-        return host, int(port_text) if port_text.isdigit() else None
+def split_host_port(text: str) -> tuple[str, str]:
+    """Split `host:port`, `[v6]:port`, `[v6]`, a bare IPv6 address or a bare host into
+    (host without brackets, port text or ""). The port text is not validated."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else ""
     if text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        if port_text.isdigit():
-            return host, int(port_text)
-    return text, None
+        host, _, port = text.partition(":")
+        return host, port
+    return text, ""
 
 
 def build_request(target: str, *, callout_type: str | None = None, port: int | None = None,
@@ -126,7 +127,10 @@ def build_request(target: str, *, callout_type: str | None = None, port: int | N
     if chosen in (Kind.HTTP, Kind.CALLOUT):
         return Request(kind=chosen, host="", uri=target, port=port, callout_type=callout_type,
                        addresses=ips, source=src, protocol=(protocol or "tcp").lower())
-    host, target_port = split_host_port(target)
+    host, port_text = split_host_port(target)
+    if port_text and not port_text.isdigit() and not target.lstrip().startswith("["):
+        host = target  # `name:junk` is no host:port: decide (and refuse) the whole text
+    target_port = int(port_text) if port_text.isdigit() else None
     default_protocol = "udp" if chosen is Kind.DNS else "tcp"
     return Request(kind=chosen, host=host, port=port or target_port, addresses=ips,
                    source=src, protocol=(protocol or default_protocol).lower())
