@@ -136,7 +136,7 @@ def main() -> None:
             [sys.executable, "-c", "from egressguard.cli.main import main; main()", "dns",
              "serve", "--listen", f"{filt_addr[0]}:{filt_addr[1]}",
              "--upstream", f"{up_addr[0]}:{up_addr[1]}", "--policy", str(policy),
-             "--log-level", "warning"], stdout=subprocess.DEVNULL))
+             "--log-level", "warning", "--no-audit"], stdout=subprocess.DEVNULL))
         _wait_ready(up_addr, "allowed.example.com")
         _wait_ready(filt_addr, "allowed.example.com")
 
