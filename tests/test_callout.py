@@ -115,6 +115,24 @@ def test_report_only_permits_and_records_the_would_be_denial() -> None:
     assert event.callout_type == "webapi" and event.host == "attacker.example"
 
 
+@pytest.mark.parametrize("switch", ["policy", "option"])
+def test_report_only_from_the_policy_or_the_guard_lets_a_denied_callout_through_recorded(
+        switch: str) -> None:
+    # The checkpoint's one definition: either switch records the would-be denial and
+    # permits; neither switch on refuses.
+    text = ("report_only: true\n" if switch == "policy" else "") + RESTRICTED
+    sink = ListSink()
+    guard = Guard(load_policy_text(text, "t"), sink=sink, report_only=switch == "option")
+    decision = guard.require("webapi", "https://attacker.example/")
+    assert decision.verdict == "deny" and guard.permitted(decision)
+    [event] = sink.events
+    assert (event.kind, event.verdict, event.permitted, event.layer) == (
+        "callout", "deny", True, decision.layer)
+    enforcing = Guard(load_policy_text(RESTRICTED, "t"), sink=ListSink())
+    with pytest.raises(CalloutDenied):
+        enforcing.require("webapi", "https://attacker.example/")
+
+
 def test_every_check_is_emitted(guard: Guard) -> None:
     guard.check("sql", "https://myserver.database.windows.net")
     guard.check("webapi", "https://attacker.example/")

@@ -27,14 +27,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING
 
-from egressguard.audit.events import DecisionEvent, EventSink, NullSink
-from egressguard.audit.metrics import DECISIONS
+from egressguard.audit.events import EventSink, NullSink
 from egressguard.catalog import references
-from egressguard.engine import Decision, Kind, Layer, Request, Snapshot, Verdict, compile_policy
+from egressguard.enforce.checkpoint import Checkpoint
+from egressguard.engine import Decision, Kind, Request, Snapshot, compile_policy
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
 from egressguard.policy import Policy
@@ -125,30 +125,41 @@ class Guard:
 
     # -- deciding ----------------------------------------------------------------------
 
+    @cached_property
+    def checkpoint(self) -> Checkpoint:
+        """The enforcement checkpoint this guard decides and records through (built on
+        first use from `holder`, `sink`, `cluster` and `report_only`)."""
+        return Checkpoint(self.holder, self.sink, report_only=self.report_only,
+                          cluster=self.cluster, point="callout")
+
     def check(self, callout_type: str, uri: str, *,
               addresses: Sequence[IPAddress | str] = ()) -> Decision:
         """Decide a `callout_type` call to `uri` and record it; never raises for bad input
         (an unparseable URI is a denial)."""
         active = self.holder.active
+        cp = self.checkpoint
         try:
             ips = tuple(ipaddress.ip_address(a) for a in addresses)
         except ValueError as exc:
             raise ValueError(f"addresses: {exc}") from None
         try:
-            decision = active.snapshot.decide(
-                Request.from_url(uri, kind=Kind.CALLOUT, callout_type=callout_type,
-                                 addresses=ips))
+            decision = cp.decide_in(active.snapshot, Request.from_url(
+                uri, kind=Kind.CALLOUT, callout_type=callout_type, addresses=ips))
         except Exception as exc:  # fail closed: an engine error must not become a pass
             log.exception("deciding %s callout to %s failed", callout_type, uri)
-            decision = Decision(Verdict.DENY, Layer.GUARD, "guard:error",
-                                f"Callout to '{uri}' is not allowed by the callout policy "
-                                f"(internal error: {exc})", destination=uri)
-        self._record(active, decision, callout_type, uri, ips)
+            decision, _ = cp.guard_deny(
+                "guard:error", f"Callout to '{uri}' is not allowed by the callout policy "
+                f"(internal error: {exc})", uri, snapshot=active.snapshot)
+        cp.enforce_sync(decision, cp.permit(decision), "callout", host=decision.destination,
+                        policy_version=active.version,
+                        resolved_address=",".join(map(str, ips)), path=uri,
+                        callout_type=callout_type)
         return decision
 
     def permitted(self, decision: Decision) -> bool:
-        """What to do with `decision`: a report-only guard permits every call."""
-        return decision.permitted or self.report_only
+        """What to do with `decision`: the checkpoint's report-only (the policy's flags
+        ORed with this guard's `report_only`)."""
+        return self.checkpoint.permit(decision)
 
     def require(self, callout_type: str, uri: str, *,
                 addresses: Sequence[IPAddress | str] = ()) -> Decision:
@@ -157,22 +168,6 @@ class Guard:
         if not self.permitted(decision):
             raise CalloutDenied(decision, callout_type, uri)
         return decision
-
-    def _record(self, active: Active, decision: Decision, callout_type: str, uri: str,
-                ips: tuple[IPAddress, ...]) -> None:
-        permitted = self.permitted(decision)
-        DECISIONS.labels(kind="callout", verdict=decision.verdict.value,
-                         layer=decision.layer.value, permitted=str(permitted).lower()).inc()
-        event = DecisionEvent(
-            time=time.time(), cluster=self.cluster, kind="callout",
-            host=decision.destination, port=decision.port, verdict=decision.verdict.value,
-            permitted=permitted, layer=decision.layer.value, rule=decision.rule,
-            reason=decision.reason, policy_version=active.version,
-            resolved_address=",".join(map(str, ips)), path=uri, callout_type=callout_type)
-        try:
-            self.sink.emit(event)
-        except Exception:
-            log.exception("event sink failed")
 
     # -- HTTP client integration -------------------------------------------------------
 

@@ -91,11 +91,19 @@ class Upstream:
 
     def __init__(self) -> None:
         self.resolver = ZoneResolver()
-        self.udp = DNSServer(self.resolver, address="127.0.0.1", port=0, logger=_Quiet(),
-                             handler=_Handler)
-        self.port: int = self.udp.server.server_address[1]
-        self.tcp = DNSServer(self.resolver, address="127.0.0.1", port=self.port, tcp=True,
-                             logger=_Quiet(), handler=_Handler)
+        for attempt in range(20):
+            # UDP takes a free port; TCP on the same number may be taken (a shared host).
+            self.udp = DNSServer(self.resolver, address="127.0.0.1", port=0,
+                                 logger=_Quiet(), handler=_Handler)
+            self.port: int = self.udp.server.server_address[1]
+            try:
+                self.tcp = DNSServer(self.resolver, address="127.0.0.1", port=self.port,
+                                     tcp=True, logger=_Quiet(), handler=_Handler)
+                break
+            except OSError:
+                self.udp.server.server_close()
+                if attempt == 19:
+                    raise
         self.address = ("127.0.0.1", self.port)
 
     def start(self) -> Upstream:

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
@@ -18,6 +18,9 @@ from egressguard.engine import CompileError, InvalidHost, normalize_host
 from egressguard.engine.request import split_host_port
 from egressguard.policy import PolicyError
 from egressguard.policyfile import holder_for
+
+if TYPE_CHECKING:
+    from egressguard.audit.log import AuditLog
 
 dns_app = typer.Typer(help="DNS filter: answer only names the policy allows.",
                       no_args_is_help=True)
@@ -71,6 +74,11 @@ def serve(
         help="also write every decision as JSON lines to this file ('-' for stdout)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    audit: Annotated[bool | None, typer.Option(
+        "--audit/--no-audit",
+        help="record every decision in the audit log (`egressguard logs`) of the store "
+             "$EGRESSGUARD_STORE or the embedded one; default: on when a store exists")
+    ] = None,
 ) -> None:
     """Run the DNS filter: decide every question, forward allowed ones, check answers."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -90,6 +98,11 @@ def serve(
     if events is not None:
         stream = sys.stdout if str(events) == "-" else events.open("a", encoding="utf-8")
         sink = JsonLinesSink(stream)
+    audit_log = _audit_log(audit)
+    if audit_log is not None:
+        from egressguard.audit.sinks import FanoutSink
+
+        sink = audit_log if stream is None else FanoutSink([sink, audit_log])
     watcher = PolicyFileWatcher(path, holder)
     try:
         _run(_serve(DnsFilter(holder, config, sink), watcher))
@@ -97,8 +110,30 @@ def serve(
         typer.echo(f"error: cannot listen on {listen}: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     finally:
+        if audit_log is not None:
+            audit_log.close()
         if stream is not None and stream is not sys.stdout:
             stream.close()
+
+
+def _audit_log(audit: bool | None) -> AuditLog | None:
+    """The audit log DNS decisions go to (None: `--no-audit`, or no store exists and
+    `--audit` was not asked for: a filter never creates a store nobody reads)."""
+    import os
+
+    url = os.environ.get("EGRESSGUARD_STORE")
+    embedded = Path(os.environ.get("EGRESSGUARD_HOME", "egressguard-data"), "egressguard.db")
+    if audit is False or (audit is None and not url and not embedded.exists()):
+        return None
+    from egressguard.audit.compose import audit_sink
+    from egressguard.paths import default_store_url
+
+    try:
+        return audit_sink(url or default_store_url())[1]
+    except Exception as exc:  # the store cannot be opened: one line, no traceback
+        typer.echo(f"error: cannot open the audit log: {exc} (hint: check "
+                   "$EGRESSGUARD_STORE, or run with --no-audit)", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 async def _serve(dns_filter: DnsFilter, watcher: PolicyFileWatcher) -> None:

@@ -19,12 +19,14 @@ decided according to `CnameMode`:
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dnslib import DNSLabel, DNSRecord
 
 from egressguard.dns.wire import BadName, addresses, chain_names, name_text
-from egressguard.engine import Decision, InvalidHost, Kind, Layer, Request, Snapshot, Verdict
+from egressguard.enforce.checkpoint import guard_decision
+from egressguard.engine import Decision, InvalidHost, Kind, Layer, Request, Snapshot
 from egressguard.engine import normalize_host as normalize_host
 from egressguard.engine.normalize import IPAddress
 
@@ -44,17 +46,26 @@ class NameDecision:
     addresses: tuple[IPAddress, ...] = ()
 
 
+Decide = Callable[[Snapshot, Request], Decision]
+
+
+def _engine(snapshot: Snapshot, request: Request) -> Decision:
+    return snapshot.decide(request)
+
+
 def _guard_deny(snapshot: Snapshot, name: str, reason: str) -> Decision:
-    return Decision(Verdict.DENY, Layer.GUARD, "guard:invalid-host", reason,
-                    destination=name, report_only=snapshot.report_only)
+    # A malformed name is a refusal minted outside the engine: the checkpoint's guard
+    # decision (report-only when the policy is, like every other refusal).
+    return guard_decision(snapshot, "guard:invalid-host", reason, name)
 
 
 def decide_name(snapshot: Snapshot, label: DNSLabel, source: IPAddress | None = None,
-                addrs: tuple[IPAddress, ...] = ()) -> NameDecision:
+                addrs: tuple[IPAddress, ...] = (), decide: Decide = _engine) -> NameDecision:
     """Decide a DNS name as it is on the wire (`label`), optionally with the addresses an
     answer gives it. A name that normalisation would change in any way other than letter
     case is refused: the upstream resolves the spelling we forward, so it must be the
-    spelling we decided."""
+    spelling we decided. `decide` is the engine call (the filter passes its checkpoint's
+    memoised `decide_in`)."""
     try:
         wire = name_text(label)
     except BadName as exc:
@@ -67,8 +78,8 @@ def decide_name(snapshot: Snapshot, label: DNSLabel, source: IPAddress | None = 
     if host.ip is None and host.name != wire.lower():
         return NameDecision(host.name, _guard_deny(
             snapshot, wire, f"invalid host: {wire!r} normalises to {host.name!r}"))
-    decision = snapshot.decide(Request(kind=Kind.DNS, host=wire, protocol="udp",
-                                       addresses=addrs, source=source))
+    decision = decide(snapshot, Request(kind=Kind.DNS, host=wire, protocol="udp",
+                                        addresses=addrs, source=source))
     return NameDecision(host.name, decision, addrs)
 
 
@@ -81,14 +92,14 @@ def _counts(decision: Decision, mode: CnameMode) -> bool:
 
 def check_answer(snapshot: Snapshot, query_name: DNSLabel, answer: DNSRecord,
                  mode: CnameMode = CnameMode.RULES,
-                 source: IPAddress | None = None) -> NameDecision:
+                 source: IPAddress | None = None, decide: Decide = _engine) -> NameDecision:
     """Decide an upstream answer to an allowed question (see the module docstring).
 
     Returns the decision that counts: the first refusal found (which may be report-only,
     then `permitted`), else the question name decided with the answer's addresses.
     """
     addrs = addresses(answer)
-    final = decide_name(snapshot, query_name, source, addrs)
+    final = decide_name(snapshot, query_name, source, addrs, decide)
     if not final.decision.permitted or mode is CnameMode.ADDRESSES:
         return final
     seen = {query_name}
@@ -96,7 +107,7 @@ def check_answer(snapshot: Snapshot, query_name: DNSLabel, answer: DNSRecord,
         if name in seen:
             continue
         seen.add(name)
-        hop = decide_name(snapshot, name, source)
+        hop = decide_name(snapshot, name, source, decide=decide)
         if not _counts(hop.decision, mode):
             continue
         refused = NameDecision(final.host, Decision(

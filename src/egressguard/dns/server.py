@@ -17,15 +17,12 @@ import logging
 import secrets
 import struct
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from dnslib import RCODE, DNSRecord
 
-from egressguard.audit.events import DecisionEvent, EventSink, NullSink, emit_durably
-from egressguard.audit.metrics import DECISIONS
 from egressguard.dns.decide import CnameMode, NameDecision, check_answer, decide_name
 from egressguard.dns.upstream import UpstreamError, resolve
 from egressguard.dns.wire import (
@@ -40,6 +37,8 @@ from egressguard.dns.wire import (
     same_question,
     upstream_query,
 )
+from egressguard.enforce.checkpoint import Checkpoint
+from egressguard.enforce.events import EventSink
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
 
@@ -59,9 +58,10 @@ class DenyRcode(enum.StrEnum):
 class FilterConfig:
     """How the filter listens, forwards and refuses.
 
-    `report_only` permits every denial and only records it (on top of report-only set in
-    the policy itself). `max_inflight` bounds the queries being worked on at once; beyond
-    it new queries get SERVFAIL at once instead of queueing without limit.
+    `report_only` permits every denial and only records it, ORed with the policy's own
+    report-only flags (the checkpoint defines report-only once: `enforce.checkpoint`).
+    `max_inflight` bounds the queries being worked on at once; beyond it new queries get
+    SERVFAIL at once instead of queueing without limit.
     """
 
     listen: tuple[str, int] = ("127.0.0.1", 5353)
@@ -90,7 +90,9 @@ class DnsFilter:
                  sink: EventSink | None = None) -> None:
         self.holder = holder
         self.config = config or FilterConfig()
-        self.sink = sink or NullSink()
+        self.checkpoint = Checkpoint(holder, sink, report_only=self.config.report_only,
+                                     cluster=self.config.cluster, point="dns")
+        self.sink = self.checkpoint.sink
         self.address: tuple[str, int] | None = None
         self._inflight = 0
         self._tcp_clients = 0
@@ -107,26 +109,36 @@ class DnsFilter:
         except Malformed as exc:
             log.debug("malformed query from %s: %s", client, exc)
             return exc.reply
+        except Exception:  # never let a packet take the server down
+            log.exception("unreadable query from %s", client)
+            return None
         if self._inflight >= self.config.max_inflight:
-            return refusal(query, RCODE.SERVFAIL, EDE_OTHER, "too many queries in flight")
+            return self._servfail(query, "too many queries in flight")
         self._inflight += 1
         try:
             return await self._answer(query, client, tcp)
         except Exception:
             log.exception("error answering %s from %s", query.qname, client)
-            return refusal(query, RCODE.SERVFAIL, EDE_OTHER, "internal error")
+            return self._servfail(query, "internal error")
         finally:
             self._inflight -= 1
 
-    def _permitted(self, verdict: NameDecision) -> bool:
-        return verdict.decision.permitted or self.config.report_only
+    @staticmethod
+    def _servfail(query: Query, text: str) -> bytes | None:
+        try:
+            return refusal(query, RCODE.SERVFAIL, EDE_OTHER, text)
+        except Exception:  # pragma: no cover - parse_query admits only packable questions
+            log.exception("cannot answer %s", query.qname)
+            return None
 
     async def _answer(self, query: Query, client: str, tcp: bool) -> bytes:
         active = self.holder.active
+        snapshot = active.snapshot
+        cp = self.checkpoint
         source = _ip(client) if client else None
-        asked = decide_name(active.snapshot, query.qname, source)
-        if not self._permitted(asked):
-            await self._record(active, query, asked, client, tcp)
+        asked = decide_name(snapshot, query.qname, source, decide=cp.decide_in)
+        if not cp.permit(asked.decision):
+            await self._record(active, query, asked, client, tcp, False)
             return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
                            asked.decision.reason)
         qid = secrets.randbelow(65536)
@@ -135,19 +147,19 @@ class DnsFilter:
                                 self.config.timeout, tcp=tcp)
             answer = DNSRecord.parse(raw)
         except UpstreamError as exc:
-            await self._record(active, query, asked, client, tcp)
+            await self._record(active, query, asked, client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_NETWORK_ERROR, str(exc))
         except Exception as exc:  # an answer dnslib cannot read
-            await self._record(active, query, asked, client, tcp)
+            await self._record(active, query, asked, client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_OTHER, f"unreadable upstream answer: {exc}")
         if not same_question(query, answer):
-            await self._record(active, query, asked, client, tcp)
+            await self._record(active, query, asked, client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
                            "upstream answered a different question")
-        final = check_answer(active.snapshot, query.qname, answer, self.config.cname_mode,
-                             source)
-        permitted = self._permitted(final)
-        await self._record(active, query, final, client, tcp)
+        final = check_answer(snapshot, query.qname, answer, self.config.cname_mode,
+                             source, cp.decide_in)
+        permitted = cp.permit(final.decision)
+        await self._record(active, query, final, client, tcp, permitted)
         if not permitted:
             return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
                            final.decision.reason)
@@ -156,27 +168,23 @@ class DnsFilter:
         return packed if tcp else fit_udp(query, packed)
 
     async def _record(self, active: Active, query: Query, verdict: NameDecision, client: str,
-                      tcp: bool) -> None:
-        """Count and emit the decision; a refusal waits until the sink has it durably
-        (`emit_durably`), so no client is refused without a record of why."""
+                      tcp: bool, permitted: bool) -> None:
+        """The checkpoint's tail: count, emit a permitted decision, make a refusal durable
+        before the client sees it (so no client is refused without a record of why)."""
+        cp = self.checkpoint
         decision = verdict.decision
-        permitted = self._permitted(verdict)
-        DECISIONS.labels(kind="dns", verdict=decision.verdict.value, layer=decision.layer.value,
-                         permitted=str(permitted).lower()).inc()
-        event = DecisionEvent(
-            time=time.time(), cluster=self.config.cluster, kind="dns", host=verdict.host,
-            port=None, verdict=decision.verdict.value, permitted=permitted,
-            layer=decision.layer.value, rule=decision.rule, reason=decision.reason,
-            policy_version=active.version, client_address=client,
+        cp.note(decision, permitted, "dns", client)
+        if not cp.recording:
+            return
+        event = cp.event(
+            decision, permitted, "dns", host=verdict.host,
+            client_address=client, policy_version=active.version,
             resolved_address=",".join(str(a) for a in verdict.addresses),
             method=query.qtype_name, protocol="tcp" if tcp else "udp")
-        try:
-            if permitted:
-                self.sink.emit(event)
-            else:
-                await emit_durably(self.sink, event)
-        except Exception:
-            log.exception("event sink failed for %s", verdict.host)
+        if permitted:
+            cp.emit(event)
+        else:
+            await cp.record(event)
 
     # -- transports --------------------------------------------------------------------
 

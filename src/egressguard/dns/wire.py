@@ -33,6 +33,8 @@ _MAX_UDP = 4096
 # so such names are refused rather than decided under one spelling and resolved under another.
 _LABEL = re.compile(rb"[A-Za-z0-9_-]+")
 _SVCB = 64
+_MAX_LABEL = 63   # RFC 1035 2.3.4: octets per label ...
+_MAX_NAME = 255   # ... and per name on the wire (length octets and the root included)
 # dnslib has a DNAME class but leaves it out of its type map, so DNAME answers would parse
 # as opaque bytes and their target (possibly compressed) could not be decided. Register it.
 RDMAP.setdefault("DNAME", DNAME)
@@ -103,7 +105,24 @@ def parse_query(data: bytes) -> Query:
     if opts:
         limit = max(_MIN_UDP, min(opts[0].rclass, _MAX_UDP))
     question = record.questions[0]
+    problem = wire_name_problem(question.qname)
+    if problem:
+        # Not a DNS name at all (dnslib reads a 64..191 length octet as a label): nothing
+        # could forward it, so it is a protocol error, answered without the question.
+        raise Malformed(f"question name: {problem}", _error_header(header, RCODE.FORMERR).pack())
     return Query(record, question.qname, question.qtype, bool(opts), limit)
+
+
+def wire_name_problem(label: DNSLabel) -> str:
+    """Why `label` cannot be a name on the wire (RFC 1035 limits), or "" if it can."""
+    size = 1
+    for raw in label.label:
+        if len(raw) > _MAX_LABEL:
+            return f"a label of {len(raw)} octets (at most {_MAX_LABEL})"
+        size += len(raw) + 1
+    if size > _MAX_NAME:
+        return f"{size} octets long (at most {_MAX_NAME})"
+    return ""
 
 
 def name_text(label: DNSLabel) -> str:

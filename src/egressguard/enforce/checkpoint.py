@@ -1,0 +1,223 @@
+"""The one enforcement checkpoint: decide -> report-only -> metrics -> audit event ->
+durable record, shared by every enforcement point (DNS filter, `Guard`, the gateway).
+
+Report-only, exactly (also in docs/report-only.md). Three switches exist:
+
+* the policy's ``report_only: true`` (the whole policy),
+* a rule collection's ``report_only: true`` (that collection's rules),
+* the enforcement point's ``--report-only`` option (``report_only=`` here).
+
+They mean one thing everywhere: **record the would-be verdict and allow**. A decision
+is *permitted* when its verdict is allow, or when it is report-only, which is the case
+when ANY of the switches that apply to it is on (they combine by OR; no switch can turn
+another one off). The engine applies the first two to its own decisions
+(`Decision.report_only`); `permit` adds the point's switch. A refusal minted outside the
+engine (domain fronting, non-TLS on port 443, a malformed DNS name, an internal error in
+a guard) is made by `guard_decision` / `guard_deny`: it belongs to no collection, so the
+policy flag and the point's switch apply; in report-only it is relayed and recorded as a
+would-deny. Every decision is recorded with its verdict (what the policy says) and
+`permitted` (what was done): ``verdict=deny, permitted=true`` is a would-deny.
+
+Not policy decisions, so not subject to report-only: protocol errors (a request or DNS
+packet that cannot be parsed or re-encoded: HTTP 400, DNS FORMERR) and overload answers.
+
+Cost: `decide` is on the gateway's keep-alive hot path. It memoises decisions per
+snapshot keyed by the `Request` (decisions are pure functions of the two), reads the
+memo through one attribute so that a concurrent swap can never file a decision under the
+wrong snapshot, and allocates nothing but its result tuple; counters are cached per
+label set; no event is built at all without an audit sink (`recording`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+
+from egressguard.audit import metrics
+from egressguard.enforce.events import CloseCause, DecisionEvent, EventSink, NullSink, emit_durably
+from egressguard.engine import Decision, Layer, Request, Snapshot, Verdict
+from egressguard.engine.holder import SnapshotHolder
+
+log = logging.getLogger("egressguard.enforce")
+MEMO_SIZE = 4096          # memoised decisions per snapshot (cleared when full)
+_PID = f"{os.getpid():x}"
+_ids = itertools.count(1)
+
+
+def new_id() -> str:
+    """A connection id unique within this process (links a decision to its close)."""
+    return f"{_PID}-{next(_ids):x}"
+
+
+def guard_decision(snapshot: Snapshot, rule: str, reason: str, destination: str,
+                   port: int | None = None) -> Decision:
+    """A refusal minted outside the engine (pure): the guard layer, report-only when the
+    policy is (such a refusal belongs to no rule collection)."""
+    return Decision(Verdict.DENY, Layer.GUARD, rule, reason, destination=destination,
+                    port=port, report_only=snapshot.report_only)
+
+
+class Checkpoint:
+    """Decides, applies report-only, counts and records for one enforcement point.
+
+    `point` names the point in log lines (``gateway``, ``dns``, ``callout``);
+    `report_only` is the point's own switch (ORed with the policy's, see above);
+    `audit_timeout` bounds how long `record` waits for a refusal to be durable.
+    Safe to share between threads (the memo tolerates races; counters are thread-safe).
+    """
+
+    __slots__ = ("_counters", "_memo", "audit_timeout", "cluster", "holder", "point",
+                 "recording", "report_only", "sink")
+
+    def __init__(self, holder: SnapshotHolder, sink: EventSink | None = None, *,
+                 report_only: bool = False, cluster: str = "default",
+                 point: str = "gateway", audit_timeout: float = 5.0) -> None:
+        self.holder = holder
+        self.sink: EventSink = sink or NullSink()
+        # Without an audit sink no event is built at all (the counters still are).
+        self.recording = not isinstance(self.sink, NullSink)
+        self.report_only = report_only
+        self.cluster = cluster
+        self.point = point
+        self.audit_timeout = audit_timeout
+        self._counters: dict[tuple[str, str, str, bool], object] = {}
+        self._memo: tuple[object, dict[Request, Decision]] = (None, {})
+
+    # -- decide and report-only --------------------------------------------------------
+
+    def decide(self, request: Request) -> tuple[Decision, bool]:
+        """The decision under the policy in force and whether to let it through."""
+        snapshot = self.holder.current
+        memo = self._memo
+        if memo[0] is not snapshot or len(memo[1]) > MEMO_SIZE:
+            memo = self._memo = (snapshot, {})
+        decision = memo[1].get(request)
+        if decision is None:
+            # Decisions are pure functions of (snapshot, request): safe to memoise.
+            t0 = time.perf_counter()
+            decision = memo[1][request] = snapshot.decide(request)
+            metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)  # engine only
+        return decision, decision.permitted or self.report_only
+
+    def decide_in(self, snapshot: Snapshot, request: Request) -> Decision:
+        """`decide` against a given snapshot (a point that reads the policy once per
+        query and decides several names under it), without the report-only step."""
+        memo = self._memo
+        if memo[0] is not snapshot or len(memo[1]) > MEMO_SIZE:
+            memo = self._memo = (snapshot, {})
+        decision = memo[1].get(request)
+        if decision is None:
+            decision = memo[1][request] = snapshot.decide(request)
+        return decision
+
+    def permit(self, decision: Decision) -> bool:
+        """What to do: the verdict, unless report-only applies (policy, collection, point)."""
+        return decision.permitted or self.report_only
+
+    def guard_deny(self, rule: str, reason: str, destination: str, port: int | None = None,
+                   snapshot: Snapshot | None = None) -> tuple[Decision, bool]:
+        """A refusal minted outside the engine and whether to let it through anyway."""
+        decision = guard_decision(snapshot or self.holder.current, rule, reason,
+                                  destination, port)
+        return decision, decision.permitted or self.report_only
+
+    # -- metrics, events, records -----------------------------------------------------
+
+    def note(self, decision: Decision, permitted: bool, kind: str, peer: str = "") -> None:
+        """Count every enforced decision (and log those that are not plain allows)."""
+        key = (kind, decision.verdict.value, decision.layer.value, permitted)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = metrics.DECISIONS.labels(
+                key[0], key[1], key[2], "true" if permitted else "false")
+        counter.inc()  # type: ignore[attr-defined]
+        if not decision.allowed:
+            log.info("%s: %s %s %s %s (%s: %s)%s", self.point, peer,
+                     "report-only" if permitted else "deny", kind,
+                     decision.destination, decision.rule, decision.reason,
+                     " would be denied" if permitted else "")
+
+    def event(self, decision: Decision, permitted: bool, kind: str, *,
+              host: str | None = None, port: int | None = None, connection_id: str = "",
+              client_address: str = "", resolved_address: str = "", method: str = "",
+              path: str = "", protocol: str = "", callout_type: str = "",
+              policy_version: str | None = None) -> DecisionEvent:
+        """The audit event of a decision (the caller emits or records it). `host`
+        defaults to the decision's destination without its port; `port` to its port."""
+        if host is None:
+            host, _, port_text = decision.destination.rpartition(":")
+            if not host or not port_text.isdigit():
+                host = decision.destination
+        return DecisionEvent(
+            time=time.time(), cluster=self.cluster, kind=kind, host=host,
+            port=decision.port if port is None else port, verdict=decision.verdict.value,
+            permitted=permitted, layer=decision.layer.value, rule=decision.rule,
+            reason=decision.reason,
+            policy_version=(self.holder.active.version if policy_version is None
+                            else policy_version),
+            connection_id=connection_id or new_id(), client_address=client_address,
+            resolved_address=resolved_address, method=method, path=path[:2048],
+            protocol=protocol, callout_type=callout_type)
+
+    def emit(self, event: DecisionEvent) -> None:
+        """Fire-and-forget (permitted calls and close events); a failing sink is logged."""
+        try:
+            self.sink.emit(event)
+        except Exception:
+            log.exception("%s: event sink failed", self.point)
+
+    async def record(self, event: DecisionEvent) -> None:
+        """Make a refusal's event durable before the client sees the refusal.
+
+        Fails closed: when the audit log cannot confirm in `audit_timeout` seconds (or
+        fails), the error is logged and the caller refuses all the same.
+        """
+        try:
+            await asyncio.wait_for(emit_durably(self.sink, event), self.audit_timeout)
+        except TimeoutError as exc:   # AuditUnavailable is a TimeoutError
+            log.error("%s: refusal of %s:%s not confirmed durable by the audit log "
+                      "(%s); refusing anyway", self.point, event.host, event.port,
+                      exc or f"no answer in {self.audit_timeout:g} s")
+        except Exception:
+            log.exception("%s: audit record of a refusal failed; refusing anyway",
+                          self.point)
+
+    async def enforce(self, decision: Decision, permitted: bool, kind: str,
+                      peer: str = "", **fields: object) -> None:
+        """Count, then (with an audit sink) emit a permitted decision or make a refused
+        one durable: the whole tail of the checkpoint for points that are not hot."""
+        self.note(decision, permitted, kind, peer)
+        if not self.recording:
+            return
+        event = self.event(decision, permitted, kind, client_address=peer,
+                           **fields)  # type: ignore[arg-type]
+        if permitted:
+            self.emit(event)
+        else:
+            await self.record(event)
+
+    def enforce_sync(self, decision: Decision, permitted: bool, kind: str,
+                     peer: str = "", **fields: object) -> None:
+        """`enforce` for synchronous callers (`Guard`): events are emitted, never awaited;
+        the sink queues them (an `AuditLog` writes them within its flush interval)."""
+        self.note(decision, permitted, kind, peer)
+        if self.recording:
+            self.emit(self.event(decision, permitted, kind, client_address=peer,
+                                 **fields))  # type: ignore[arg-type]
+
+    @staticmethod
+    def close_event(opened: DecisionEvent, cause: CloseCause, up: int, down: int,
+                    duration: float) -> DecisionEvent:
+        """The close event of a permitted connection."""
+        return DecisionEvent(
+            time=time.time(), cluster=opened.cluster, kind=opened.kind, host=opened.host,
+            port=opened.port, verdict=opened.verdict, permitted=opened.permitted,
+            layer=opened.layer, rule=opened.rule, reason=opened.reason,
+            policy_version=opened.policy_version, phase="close",
+            connection_id=opened.connection_id, client_address=opened.client_address,
+            resolved_address=opened.resolved_address, method=opened.method,
+            path=opened.path, bytes_up=up, bytes_down=down, duration_s=duration,
+            close_cause=cause)
