@@ -1,4 +1,6 @@
-"""Databases every area's tests share: a real SQLite file and a real PostgreSQL database.
+"""Databases every area's tests share: a real SQLite file and a real PostgreSQL database;
+and a private data home and config folder for the whole run, so that no test reads the
+developer's config or writes to the real home (`~/.local/share/egressguard`).
 
 PostgreSQL runs on 127.0.0.1:5432 (trust auth, user postgres; `.ci/run` starts it); each
 test that asks for `pg_url` gets its own freshly created database, dropped afterwards.
@@ -15,6 +17,31 @@ import psycopg
 import pytest
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+
+
+HERMETIC = {"EGRESSGUARD_HOME": "home", "XDG_CONFIG_HOME": "config", "XDG_DATA_HOME": "data"}
+UNSET = ("EGRESSGUARD_CONFIG", "EGRESSGUARD_STORE", "EGRESSGUARD_CLUSTER", "EGRESSGUARD_API",
+         "EGRESSGUARD_TOKEN")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test runs with a temporary data home and config folder (tests that need their
+    own still set EGRESSGUARD_HOME themselves)."""
+    root = tmp_path_factory.mktemp("egressguard-env")
+    saved = {k: os.environ.get(k) for k in (*HERMETIC, *UNSET)}
+    for key, sub in HERMETIC.items():
+        os.environ[key] = str(root / sub)
+    for key in UNSET:
+        os.environ.pop(key, None)
+    try:
+        yield root / "home"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -38,11 +38,15 @@ def from_cluster(name: str, store_url: str | None = None) -> tuple[Policy, str]:
 
 
 def store_available(store_url: str | None) -> bool:
-    """A store was named, or the embedded one exists (it is never created just to read)."""
-    if store_url or os.environ.get("EGRESSGUARD_STORE"):
+    """A store was named or configured, or the embedded one exists (it is never created
+    just to read)."""
+    from egressguard import config
+
+    settings = config.current()
+    if store_url or not settings.store.source.startswith("home"):
         return True
-    home = Path(os.environ.get("EGRESSGUARD_HOME", "egressguard-data"))
-    return (home / "egressguard.db").is_file()
+    assert settings.home.value is not None
+    return (Path(settings.home.value) / config.STORE_FILE).is_file()
 
 
 def in_force(current: Path | None, cluster: str | None,
