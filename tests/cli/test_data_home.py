@@ -129,3 +129,17 @@ def test_store_file_named_outside_the_home_is_created_0600(tmp_path: Path) -> No
     assert out.returncode == 0, out.stderr
     assert _mode(db) == 0o600
     assert all(_mode(p) == 0o600 for p in db.parent.iterdir())
+
+
+def test_imported_service_tags_land_in_the_configured_home_0600(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from egressguard.catalog.servicetags import import_file
+    from tests.catalog.conftest import FIXTURE_TAGS
+
+    monkeypatch.delenv("EGRESSGUARD_HOME")
+    env = _env(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", env["XDG_CONFIG_HOME"])
+    monkeypatch.chdir(tmp_path / "cfg")
+    stored, _ = import_file(FIXTURE_TAGS)
+    assert stored.parent == tmp_path / "home"
+    assert _mode(stored) == 0o600 and _mode(stored.parent) == 0o700
