@@ -52,15 +52,16 @@ def store_available(store_url: str | None) -> bool:
 def in_force(current: Path | None, cluster: str | None,
              store_url: str | None = None) -> tuple[Policy, str]:
     """The policy a change would replace: `--current FILE`, else `--cluster N`, else the
-    store's default cluster when a store exists, else the shipped default policy."""
+    configured cluster (`egressguard config show`) when a store exists, else the shipped
+    default policy."""
     if current is not None:
         return from_file(current)
     if cluster is not None:
         return from_cluster(cluster, store_url)
     if store_available(store_url):
-        from egressguard.store import DEFAULT_CLUSTER
+        from egressguard import config
 
-        return from_cluster(DEFAULT_CLUSTER, store_url)
+        return from_cluster(config.cluster(), store_url)
     from egressguard.store import default_policy
 
     return default_policy(), "default policy"
