@@ -99,3 +99,19 @@ def test_serve_on_a_store_without_the_cluster_says_how_to_create_it(store_url: s
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_store_and_cluster_named_once_in_the_config_file_are_used_by_every_command(
+        store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"store: {store_url}\ncluster: prod\n")
+    monkeypatch.setenv("EGRESSGUARD_CONFIG", str(cfg))
+    assert _run("cluster", "create", "prod")[0] == 0
+    code, out = _run("cluster", "update", "--add-allowed-fqdn", "api.example.com", "-o", "json")
+    assert code == 0, out
+    assert json.loads(out)["properties"]["allowedFqdnList"] == ["api.example.com"]
+    code, out = _run("versions", "list", "-o", "json")
+    assert [(v["cluster"], v["version"]) for v in json.loads(out)] == [("prod", 2), ("prod", 1)]
+    with Store(store_url) as st:
+        assert st.current("prod").policy.allowed_fqdn_list == ["api.example.com"]
+        assert st.current("default").number == 1
