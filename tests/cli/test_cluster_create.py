@@ -115,3 +115,16 @@ def test_store_and_cluster_named_once_in_the_config_file_are_used_by_every_comma
     with Store(store_url) as st:
         assert st.current("prod").policy.allowed_fqdn_list == ["api.example.com"]
         assert st.current("default").number == 1
+
+
+def test_home_flag_puts_the_store_in_that_home(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from egressguard import config
+
+    monkeypatch.setattr(config, "_home_flag", None)  # restored after the test
+    monkeypatch.setenv("EGRESSGUARD_HOME", str(tmp_path / "env-home"))
+    monkeypatch.chdir(tmp_path)
+    assert _run("--home", "flag-home", "cluster", "create", "prod")[0] == 0
+    with Store(f"sqlite:///{tmp_path / 'flag-home' / 'egressguard.db'}") as st:
+        assert st.clusters() == ["default", "prod"]
+    assert not (tmp_path / "env-home").exists()
