@@ -9,6 +9,8 @@ test that asks for `pg_url` gets its own freshly created database, dropped after
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,26 +24,44 @@ PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeo
 HERMETIC = {"EGRESSGUARD_HOME": "home", "XDG_CONFIG_HOME": "config", "XDG_DATA_HOME": "data"}
 UNSET = ("EGRESSGUARD_CONFIG", "EGRESSGUARD_STORE", "EGRESSGUARD_CLUSTER", "EGRESSGUARD_API",
          "EGRESSGUARD_TOKEN")
+_saved: dict[str, str | None] = {}
+_ROOT = pytest.StashKey[Path]()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def hermetic_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Every test runs with a temporary data home and config folder (tests that need their
-    own still set EGRESSGUARD_HOME themselves)."""
-    root = tmp_path_factory.mktemp("egressguard-env")
-    saved = {k: os.environ.get(k) for k in (*HERMETIC, *UNSET)}
+def _apply(root: Path) -> None:
     for key, sub in HERMETIC.items():
         os.environ[key] = str(root / sub)
     for key in UNSET:
         os.environ.pop(key, None)
-    try:
-        yield root / "home"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before collection: test modules compile policies at import, which reads the data
+    home (operator catalog files), so the private one must be in place that early."""
+    root = Path(tempfile.mkdtemp(prefix="egressguard-test-env-"))
+    config.stash[_ROOT] = root
+    _saved.update({k: os.environ.get(k) for k in (*HERMETIC, *UNSET)})
+    _apply(root)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for key, value in _saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    root = config.stash.get(_ROOT, None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_home(request: pytest.FixtureRequest) -> Path:
+    """Every test runs with a temporary data home and config folder, never the real ones
+    (tests that need their own home still set EGRESSGUARD_HOME themselves)."""
+    root = request.config.stash[_ROOT]
+    _apply(root)  # again, in case a module changed them at import
+    return root / "home"
 
 
 @pytest.fixture(scope="session")

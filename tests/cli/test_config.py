@@ -135,3 +135,12 @@ def test_a_broken_config_file_stops_every_command_with_one_line(tmp_path: Path) 
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "unknown key 'stroe'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_test_suite_never_uses_the_real_data_home_or_config(hermetic_home: Path) -> None:
+    from egressguard import config, paths
+
+    settings = config.current()
+    assert settings.home.value == str(hermetic_home) and settings.config_file is None
+    assert paths.data_home() == hermetic_home
+    assert not str(hermetic_home).startswith(("/var/lib/egressguard", str(Path.home())))
