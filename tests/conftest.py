@@ -21,9 +21,10 @@ import pytest
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
 
-HERMETIC = {"EGRESSGUARD_HOME": "home", "XDG_CONFIG_HOME": "config", "XDG_DATA_HOME": "data"}
-UNSET = ("EGRESSGUARD_CONFIG", "EGRESSGUARD_STORE", "EGRESSGUARD_CLUSTER", "EGRESSGUARD_API",
-         "EGRESSGUARD_TOKEN")
+# EGRESSGUARD_CONFIG names one (absent) file, so /etc/egressguard/config.yaml is not read.
+HERMETIC = {"EGRESSGUARD_HOME": "home", "XDG_CONFIG_HOME": "config", "XDG_DATA_HOME": "data",
+            "EGRESSGUARD_CONFIG": "config/egressguard/config.yaml"}
+UNSET = ("EGRESSGUARD_STORE", "EGRESSGUARD_CLUSTER", "EGRESSGUARD_API", "EGRESSGUARD_TOKEN")
 _saved: dict[str, str | None] = {}
 _ROOT = pytest.StashKey[Path]()
 
