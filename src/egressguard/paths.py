@@ -46,15 +46,20 @@ def _make_private_home(home: Path) -> None:
     finally:
         os.umask(old)
     fixed: list[str] = []
-    mode = stat.S_IMODE(home.stat().st_mode)
-    if mode & 0o077:
-        os.chmod(home, mode & 0o700)
-        fixed.append(f"{home} was {mode:04o}")
-    for entry in os.scandir(home):
-        if entry.is_file(follow_symlinks=False):
-            was = _make_private_file(Path(entry.path), warn=False)
-            if was is not None:
-                fixed.append(f"{entry.name} was {was:04o}")
+    try:
+        mode = stat.S_IMODE(home.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(home, mode & 0o700)
+            fixed.append(f"{home} was {mode:04o}")
+        for entry in os.scandir(home):
+            if entry.is_file(follow_symlinks=False):
+                was = _make_private_file(Path(entry.path), warn=False)
+                if was is not None:
+                    fixed.append(f"{entry.name} was {was:04o}")
+    except OSError as exc:  # e.g. a home owned by another user: say so, do not stop
+        log.warning("egressguard: cannot make the data home %s private: %s", home,
+                    exc.strerror or exc)
+        return
     if fixed:
         log.warning("egressguard: made the data home private (0700, files 0600): %s",
                     "; ".join(fixed))

@@ -137,6 +137,7 @@ def test_imported_service_tags_land_in_the_configured_home_0600(
     from tests.catalog.conftest import FIXTURE_TAGS
 
     monkeypatch.delenv("EGRESSGUARD_HOME")
+    monkeypatch.delenv("EGRESSGUARD_CONFIG")
     env = _env(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", env["XDG_CONFIG_HOME"])
     monkeypatch.chdir(tmp_path / "cfg")
