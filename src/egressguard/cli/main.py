@@ -67,8 +67,8 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
         try:
             config.current()
         except config.ConfigError as exc:
-            typer.echo(f"error: {exc} (fix or remove the file; `egressguard config show` "
-                       "lists where settings come from)", err=True)
+            typer.echo(f"error: {exc} (fix that file, or name another with "
+                       "$EGRESSGUARD_CONFIG)", err=True)
             raise typer.Exit(2) from None
 
     command = _command_name(argv or [])
