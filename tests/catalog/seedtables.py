@@ -11,7 +11,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-SEEDS = Path(__file__).resolve().parents[2] / ".." / "shared" / "seeds"
+import pytest
+
+SEEDS = (Path(__file__).resolve().parents[2] / ".." / "shared" / "seeds").resolve()
+NO_SEEDS = (f"the seed articles are not beside this clone ({SEEDS} is absent): the "
+            "catalog-against-seed comparisons need them")
 
 _HEADING = re.compile(r"^(#{2,6})\s+(.*?)\s*$")
 _TICKS = re.compile(r"`([^`]+)`")
@@ -19,7 +23,10 @@ _LINK = re.compile(r"\[([^\]]+)\](?:\[[^\]]*\]|\([^)]*\))")
 
 
 def seed_path(number: str) -> Path:
-    """The seed file whose name starts with `number` (e.g. '003')."""
+    """The seed file whose name starts with `number` (e.g. '003'); skips the calling test
+    when the seeds folder is absent (a clone on its own)."""
+    if not SEEDS.is_dir():
+        pytest.skip(NO_SEEDS)
     found = sorted(SEEDS.glob(f"{number}_*.txt"))
     if not found:
         raise FileNotFoundError(f"no seed {number}_*.txt in {SEEDS.resolve()}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,20 +24,16 @@ from tests.dns.upstream_server import Upstream
 pytestmark = pytest.mark.timeout(60)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+LISTENING = re.compile(r"listening on (127\.0\.0\.1:\d+) ")
 
 
 @pytest.fixture
 def served(upstream: Upstream, policy_file: Path, tmp_path: Path
            ) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
-    port = _free_port()
     events = tmp_path / "events.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-c", "from egressguard.cli.main import main; main()", "dns", "serve",
-         "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream.port}",
+         "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream.port}",
          "--policy", str(policy_file), "--events", str(events), "--timeout", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -47,8 +43,9 @@ def served(upstream: Upstream, policy_file: Path, tmp_path: Path
         proc.kill()
         pytest.fail(f"dns serve did not start: {proc.communicate()}")
     line = proc.stdout.readline()
-    assert "listening on" in line, line + proc.stderr.read()
-    yield f"127.0.0.1:{port}", proc, events
+    bound = LISTENING.search(line)  # port 0: the server picks and binds one, no race
+    assert bound, line + proc.stderr.read()
+    yield bound.group(1), proc, events
     if proc.poll() is None:
         proc.kill()
         proc.wait()

@@ -38,25 +38,30 @@ def from_cluster(name: str, store_url: str | None = None) -> tuple[Policy, str]:
 
 
 def store_available(store_url: str | None) -> bool:
-    """A store was named, or the embedded one exists (it is never created just to read)."""
-    if store_url or os.environ.get("EGRESSGUARD_STORE"):
+    """A store was named or configured, or the embedded one exists (it is never created
+    just to read)."""
+    from egressguard import config
+
+    settings = config.current()
+    if store_url or not settings.store.source.startswith("home"):
         return True
-    home = Path(os.environ.get("EGRESSGUARD_HOME", "egressguard-data"))
-    return (home / "egressguard.db").is_file()
+    assert settings.home.value is not None
+    return (Path(settings.home.value) / config.STORE_FILE).is_file()
 
 
 def in_force(current: Path | None, cluster: str | None,
              store_url: str | None = None) -> tuple[Policy, str]:
     """The policy a change would replace: `--current FILE`, else `--cluster N`, else the
-    store's default cluster when a store exists, else the shipped default policy."""
+    configured cluster (`egressguard config show`) when a store exists, else the shipped
+    default policy."""
     if current is not None:
         return from_file(current)
     if cluster is not None:
         return from_cluster(cluster, store_url)
     if store_available(store_url):
-        from egressguard.store import DEFAULT_CLUSTER
+        from egressguard import config
 
-        return from_cluster(DEFAULT_CLUSTER, store_url)
+        return from_cluster(config.cluster(), store_url)
     from egressguard.store import default_policy
 
     return default_policy(), "default policy"

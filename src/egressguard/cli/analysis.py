@@ -27,7 +27,7 @@ EXIT_SAME, EXIT_CHANGED, EXIT_BAD_INPUT = 0, 1, 2
 
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar="EGRESSGUARD_STORE",
-    help="store URL for --cluster (default: the embedded store)")]
+    help="store URL for --cluster (default: the configured store)")]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 _SEVERITY_STYLE = {Severity.CRITICAL: "bold red", Severity.HIGH: "red",
                    Severity.MEDIUM: "yellow", Severity.LOW: "cyan", Severity.INFO: "dim"}
@@ -102,7 +102,7 @@ def simulate_command(
     policy: Annotated[Path | None, typer.Option(
         help="proposed policy file (default: the policy in force, i.e. no change)")] = None,
     current: Annotated[Path | None, typer.Option(
-        help="policy in force, as a file (default: --cluster, else the store's default "
+        help="policy in force, as a file (default: --cluster, else the configured "
              "cluster, else the shipped default policy)")] = None,
     cluster: Annotated[str | None, typer.Option(help="stored cluster in force")] = None,
     store: StoreOpt = None,

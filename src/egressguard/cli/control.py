@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -20,22 +21,27 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from egressguard import config
 from egressguard.control.auth import Principal
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.errors import ControlError
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import from_arm, to_arm
-from egressguard.store import DEFAULT_CLUSTER, Store, StoreError, open_store
+from egressguard.store import Store, StoreError, open_store
 from egressguard.store.urls import StoreURLError
 
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar="EGRESSGUARD_STORE",
-    help="store URL (sqlite:///file.db or postgresql://...); default the embedded store")]
+    help="store URL (sqlite:///file.db or postgresql://...); default the configured store "
+         "(`egressguard config show`)")]
 ApiOpt = Annotated[str | None, typer.Option(
-    "--api", envvar="EGRESSGUARD_API", help="use a running API (e.g. http://127.0.0.1:8080)")]
+    "--api", envvar="EGRESSGUARD_API",
+    help="use a running API (e.g. http://127.0.0.1:8080); default the config file's `api`")]
 TokenOpt = Annotated[str | None, typer.Option(
     "--token", envvar="EGRESSGUARD_TOKEN", help="API token (with --api)")]
-NameOpt = Annotated[str, typer.Option("--name", "-n", help="cluster name")]
+NameOpt = Annotated[str | None, typer.Option(
+    "--name", "-n", help="cluster name (default $EGRESSGUARD_CLUSTER, the config file's "
+                         "`cluster`, else default)")]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 
 out = Console()
@@ -122,12 +128,14 @@ def _result_table(result: dict[str, Any]) -> Table:
 
 def mgmt(
     command: Annotated[str, typer.Argument(help="e.g. '.show cluster policy callout'")],
-    cluster: Annotated[str, typer.Option(help="cluster name")] = DEFAULT_CLUSTER,
+    cluster: Annotated[str | None, typer.Option(
+        help="cluster name (default: the configured cluster)")] = None,
     store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
     output: OutputOpt = "table",
 ) -> None:
     """Run a Kusto-style management command (.show/.alter/.alter-merge/.delete cluster
     policy callout)."""
+    cluster, api = config.cluster(cluster), config.api_url(api)
     if api:
         result = _api("POST", api, token, "/v1/mgmt", {"command": command, "cluster": cluster})
     else:
@@ -153,9 +161,10 @@ def cluster_list(store: StoreOpt = None, output: OutputOpt = "table") -> None:
 
 
 @cluster_app.command("show")
-def cluster_show(name: NameOpt = DEFAULT_CLUSTER, store: StoreOpt = None, api: ApiOpt = None,
+def cluster_show(name: NameOpt = None, store: StoreOpt = None, api: ApiOpt = None,
                  token: TokenOpt = None, output: OutputOpt = "table") -> None:
     """Show a cluster's properties."""
+    name, api = config.cluster(name), config.api_url(api)
     if api:
         resource = _api("GET", api, token, f"/v1/clusters/{name}")
     else:
@@ -186,7 +195,7 @@ def _patch_body(sets: list[str]) -> dict[str, Any]:
 
 @cluster_app.command("update")
 def cluster_update(
-    name: NameOpt = DEFAULT_CLUSTER,
+    name: NameOpt = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="properties.<name>=<value>, e.g. "
                       "properties.restrictOutboundNetworkAccess=Enabled")] = None,
@@ -199,6 +208,7 @@ def cluster_update(
     output: OutputOpt = "table",
 ) -> None:
     """Update a cluster's properties; each update is a new version."""
+    name, api = config.cluster(name), config.api_url(api)
     body = _patch_body(set_ or [])
     if api:
         current = _api("GET", api, token, f"/v1/clusters/{name}")
@@ -222,6 +232,55 @@ def cluster_update(
     _emit(resource, output, _resource_table(resource))
 
 
+@cluster_app.command("create")
+def cluster_create(
+    name: Annotated[str, typer.Argument(help="lower-case letters, digits and '-'")],
+    from_file: Annotated[Path | None, typer.Option(
+        "--from-file", help="its first policy (YAML/JSON); default the shipped "
+                            "restricted deny-all policy")] = None,
+    unrestricted: Annotated[bool, typer.Option(
+        "--unrestricted", help="start unrestricted (allow unless a rule denies)")] = False,
+    store: StoreOpt = None, output: OutputOpt = "table",
+) -> None:
+    """Create a cluster (on the store); refused if it exists. Gateways enforce it with
+    `serve --cluster NAME`."""
+    from egressguard.policy import Policy, PolicyError, load_policy
+    from egressguard.store import default_policy
+
+    if from_file is not None and unrestricted:
+        raise _fail("give --from-file or --unrestricted, not both")
+    try:
+        policy = (load_policy(from_file) if from_file is not None
+                  else Policy() if unrestricted else default_policy())
+    except PolicyError as exc:
+        raise _fail(str(exc)) from None
+    summary = (f"created from {from_file.name}" if from_file is not None
+               else "created unrestricted" if unrestricted else "created (default policy)")
+    with _store(store) as st:
+        resource = to_arm(st.create_cluster(name, policy, _user(), summary))
+    _emit(resource, output, _resource_table(resource))
+
+
+@cluster_app.command("delete")
+def cluster_delete(
+    name: Annotated[str, typer.Argument(help="the cluster to delete with all its versions")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")
+                   ] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Delete a cluster and its version history (audit records keep its name). `default`
+    cannot be deleted. Gateways following it keep its last policy until restarted."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise _fail(f"deleting cluster {name!r} removes all its versions; add --yes "
+                        "to confirm")
+        if not typer.confirm(f"Delete cluster {name!r} and all its versions?"):
+            raise _fail("not deleted")
+    with _store(store) as st:
+        gone = st.delete_cluster(name)
+    typer.echo(f"deleted cluster {name} ({gone} version{'s' if gone != 1 else ''})")
+
+
 def _edit_fqdns(current: list[str], body: dict[str, Any], add: list[str] | None,
                 remove: list[str] | None) -> list[str] | None:
     if not add and not remove:
@@ -242,9 +301,10 @@ versions_app = typer.Typer(help="A cluster's immutable policy versions.", no_arg
 
 
 @versions_app.command("list")
-def versions_list(name: NameOpt = DEFAULT_CLUSTER, store: StoreOpt = None,
+def versions_list(name: NameOpt = None, store: StoreOpt = None,
                   output: OutputOpt = "table") -> None:
     """List versions, newest first."""
+    name = config.cluster(name)
     with _store(store) as st:
         rows = [v.meta() for v in st.versions(name)]
     table = Table("Version", "Principal", "Time", "Summary", title=f"cluster {name}")
@@ -256,9 +316,10 @@ def versions_list(name: NameOpt = DEFAULT_CLUSTER, store: StoreOpt = None,
 
 @versions_app.command("show")
 def versions_show(number: Annotated[int, typer.Argument(help="version number")],
-                  name: NameOpt = DEFAULT_CLUSTER, store: StoreOpt = None,
+                  name: NameOpt = None, store: StoreOpt = None,
                   output: OutputOpt = "yaml") -> None:
     """Print one version's policy (YAML, or --output json for its metadata too)."""
+    name = config.cluster(name)
     with _store(store) as st:
         version = st.version(name, number)
     if output == "json":
@@ -270,16 +331,18 @@ def versions_show(number: Annotated[int, typer.Argument(help="version number")],
 @versions_app.command("diff")
 def versions_diff(a: Annotated[int, typer.Argument(help="older version")],
                   b: Annotated[int, typer.Argument(help="newer version")],
-                  name: NameOpt = DEFAULT_CLUSTER, store: StoreOpt = None) -> None:
+                  name: NameOpt = None, store: StoreOpt = None) -> None:
     """Unified diff of two versions' YAML."""
+    name = config.cluster(name)
     with _store(store) as st:
         sys.stdout.write(st.diff(name, a, b))
 
 
 def rollback(number: Annotated[int, typer.Argument(help="version to restore")],
-             name: NameOpt = DEFAULT_CLUSTER, store: StoreOpt = None,
+             name: NameOpt = None, store: StoreOpt = None,
              output: OutputOpt = "table") -> None:
     """Make a new version with the content of version NUMBER."""
+    name = config.cluster(name)
     with _store(store) as st:
         version = st.rollback(name, number, _user())
         resource = to_arm(version)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 import typer
 
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
+from egressguard.config import cluster as configured_cluster
 from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig, PolicyFileWatcher
 from egressguard.engine import CompileError, InvalidHost, normalize_host
 from egressguard.engine.request import split_host_port
@@ -69,7 +70,8 @@ def serve(
     timeout: Annotated[float, typer.Option(help="upstream seconds before SERVFAIL")] = 2.0,
     max_inflight: Annotated[int, typer.Option(
         help="queries worked on at once; beyond it SERVFAIL")] = 1000,
-    cluster: Annotated[str, typer.Option(help="cluster name recorded in events")] = "default",
+    cluster: Annotated[str | None, typer.Option(
+        help="cluster name recorded in events (default: the configured cluster)")] = None,
     events: Annotated[Path | None, typer.Option(
         help="also write every decision as JSON lines to this file ('-' for stdout)")
     ] = None,
@@ -87,7 +89,8 @@ def serve(
         config = FilterConfig(
             listen=parse_endpoint(listen, 53), upstream=parse_endpoint(upstream, 53),
             deny_rcode=deny_rcode, cname_mode=cname_mode, report_only=report_only,
-            timeout=timeout, max_inflight=max_inflight, cluster=cluster)
+            timeout=timeout, max_inflight=max_inflight,
+            cluster=configured_cluster(cluster))
         path = policy or DEFAULT_POLICY
         holder = holder_for(path)
     except (PolicyError, CompileError, ValueError, OSError) as exc:

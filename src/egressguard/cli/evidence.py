@@ -219,11 +219,12 @@ def recommend(
 
 
 def _policy_in_force(url: str | None, cluster: str | None) -> Any:
-    from egressguard.store import DEFAULT_CLUSTER, StoreError, open_store
+    from egressguard import config
+    from egressguard.store import StoreError, open_store
 
     try:
         with open_store(url) as store:
-            return store.current(cluster or DEFAULT_CLUSTER).policy
+            return store.current(config.cluster(cluster)).policy
     except (StoreError, StoreURLError, SQLAlchemyError) as exc:
         raise _fail(f"cannot read the policy in force ({exc}); pass --policy FILE") from None
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Annotated
 
 import typer
 
+from egressguard import config
 from egressguard.cli.check import check
 
 # The command tree in one place: top-level command -> the area module that defines it.
@@ -32,7 +34,19 @@ AREAS: dict[str, str] = {
     "simulate": "egressguard.cli.analysis",
     "dns": "egressguard.cli.dns",
     "firewall": "egressguard.cli.firewall",
+    "config": "egressguard.cli.settings",
 }
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command named in `argv`, skipping the root options (`--home PATH`)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--home":
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def build_app(argv: list[str] | None = None) -> typer.Typer:
@@ -43,10 +57,21 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     app.command()(check)
 
     @app.callback()
-    def _root() -> None:
+    def _root(home: Annotated[str | None, typer.Option(
+            "--home", help="data home (store, audit key, catalogs); default "
+                           "$EGRESSGUARD_HOME, the config file's `home`, else "
+                           "~/.local/share/egressguard (/var/lib/egressguard as root)")
+            ] = None) -> None:
         """Self-hosted egress gateway and outbound-access policy system."""
+        config.set_home_flag(home)
+        try:
+            config.current()
+        except config.ConfigError as exc:
+            typer.echo(f"error: {exc} (fix that file, or name another with "
+                       "$EGRESSGUARD_CONFIG)", err=True)
+            raise typer.Exit(2) from None
 
-    command = next((a for a in argv or [] if not a.startswith("-")), None)
+    command = _command_name(argv or [])
     if command == "check":
         wanted: list[str] = []
     elif command in AREAS:

@@ -48,9 +48,10 @@ def serve(
     store: Annotated[str | None, typer.Option(
         envvar="EGRESSGUARD_STORE",
         help="store URL: sqlite:///path or postgresql://... (default: the embedded SQLite "
-             "file under $EGRESSGUARD_HOME)")] = None,
-    cluster: Annotated[str, typer.Option(help="the store cluster whose policy to enforce")
-                       ] = "default",
+             "file in the data home; see `egressguard config show`)")] = None,
+    cluster: Annotated[str | None, typer.Option(
+        help="the store cluster whose policy to enforce (default: the configured cluster, "
+             "see `egressguard config show`)")] = None,
     api: Annotated[bool, typer.Option(help="serve the REST API in the same process")] = True,
     api_listen: Annotated[str, typer.Option(help="address:port of the REST API")
                           ] = "127.0.0.1:8080",
@@ -97,6 +98,9 @@ def serve(
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations log at INFO
+    from egressguard import config
+
+    cluster = config.cluster(cluster)
     parts = _Parts()
     try:
         host, port = _listen_address(listen)
@@ -158,8 +162,14 @@ class _Parts:
         from egressguard.control.runtime import PolicyFeed
 
         assert self.store is not None
+        from egressguard.store import NotFound
+
         try:
             self.store.current(cluster)
+        except NotFound:
+            raise ValueError(f"cluster {cluster!r} does not exist in the store; create it "
+                             f"with `egressguard cluster create {cluster}` (add --store URL "
+                             "if the store is not the configured one)") from None
         except Exception as exc:
             raise ValueError(f"cluster {cluster!r}: {exc}") from None
         self.feed = PolicyFeed(self.store, cluster)

@@ -3,6 +3,7 @@
 from egressguard.store.store import (
     DEFAULT_CLUSTER,
     NOTIFY_CHANNEL,
+    Exists,
     Invalid,
     NotFound,
     Store,
@@ -19,6 +20,7 @@ from egressguard.store.urls import StoreURLError, normalize_url
 __all__ = [
     "DEFAULT_CLUSTER",
     "NOTIFY_CHANNEL",
+    "Exists",
     "Invalid",
     "NotFound",
     "Store",

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from egressguard.paths import private_sqlite_file
 from egressguard.store.urls import normalize_url
 
 
@@ -46,6 +47,7 @@ def make_engine(url: str | URL, *, write_by_default: bool = False,
                              max_overflow=pool_size)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_file(Path(parsed.database))
     engine = create_engine(parsed, connect_args={"timeout": 10, "check_same_thread": False})
 
     def begin(conn: Any) -> None:

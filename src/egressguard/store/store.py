@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -47,6 +47,10 @@ class StoreError(Exception):
 
 class NotFound(StoreError):
     pass
+
+
+class Exists(StoreError):
+    """A cluster that is created but already exists."""
 
 
 class Invalid(StoreError):
@@ -279,6 +283,53 @@ class Store:
                           {"channel": NOTIFY_CHANNEL, "payload": f"{name}:{new.number}"})
             return self._version(name, new), True
 
+    def create_cluster(self, name: str, policy: Policy, principal: str,
+                       summary: str = "created") -> Version:
+        """A new cluster whose version 1 is `policy`; `Exists` if the name is taken (unlike
+        `ensure_cluster` and PUT, an explicit create never touches an existing cluster)."""
+        if not CLUSTER_NAME.fullmatch(name):
+            raise Invalid(f"invalid cluster name {name!r}: lower-case letters, digits and "
+                          "'-', at most 63", "name")
+        check_policy(policy)
+        body = dump_policy(policy)
+        try:
+            with self._write_lock, self._session(write=True) as s:
+                if s.scalar(select(ClusterRow.id).where(ClusterRow.name == name)) is not None:
+                    raise Exists(f"cluster {name!r} already exists")
+                row = ClusterRow(name=name, created_at=_now())
+                s.add(row)
+                s.flush()
+                new = VersionRow(cluster_id=row.id, number=1, policy=body,
+                                 principal=principal, created_at=_now(), summary=summary)
+                s.add(new)
+                s.flush()
+                if self.dialect == "postgresql":
+                    s.execute(text("SELECT pg_notify(:channel, :payload)"),
+                              {"channel": NOTIFY_CHANNEL, "payload": f"{name}:1"})
+                version = self._version(name, new)
+        except IntegrityError:  # created concurrently by another process
+            raise Exists(f"cluster {name!r} already exists") from None
+        bus.publish(self.key, name, 1)
+        return version
+
+    def delete_cluster(self, name: str) -> int:
+        """Remove a cluster and all its versions; returns how many versions went.
+        `default` is refused: every open of a store recreates it, so deleting it would
+        only reset it behind the operator's back. Audit records keep the name."""
+        if name == DEFAULT_CLUSTER:
+            raise Invalid(f"cluster {DEFAULT_CLUSTER!r} cannot be deleted (every store "
+                          "has it); change its policy with `cluster update` instead", "name")
+        with self._write_lock, self._session(write=True) as s:
+            cid = s.scalar(select(ClusterRow.id).where(ClusterRow.name == name)
+                           .with_for_update())
+            if cid is None:
+                raise NotFound(f"cluster {name!r} not found")
+            gone = s.scalar(select(func.count()).select_from(VersionRow)
+                            .where(VersionRow.cluster_id == cid))
+            s.execute(delete(VersionRow).where(VersionRow.cluster_id == cid))
+            s.execute(delete(ClusterRow).where(ClusterRow.id == cid))
+        return int(gone or 0)
+
     def rollback(self, name: str, number: int, principal: str) -> Version:
         """A new version whose content is version `number`'s."""
         old = self.version(name, number)
@@ -363,5 +414,5 @@ def open_store(url: str | None = None) -> Store:
     return Store(url)
 
 
-__all__ = ["DEFAULT_CLUSTER", "Invalid", "NotFound", "PolicyError", "Store", "StoreError",
+__all__ = ["DEFAULT_CLUSTER", "Exists", "Invalid", "NotFound", "PolicyError", "Store", "StoreError",
            "TokenInfo", "Version", "open_store"]
