@@ -72,6 +72,23 @@ def check_host_header(headers: Headers, scheme: bytes, url_host: str,
     check_host([v for n, v in headers if n.lower() == b"host"], scheme, url_host, url_port)
 
 
+def host_to_add(hosts: list[bytes], version: str, host: str, port: int | None) -> bytes:
+    """The `Host` line to add when forwarding, b"" when the request has its own.
+
+    RFC 9112 3.2 requires Host of HTTP/1.1 only: an HTTP/1.0 absolute-form request without
+    it is decided by the URI authority (`host`, normalised, `port` as written) and gets
+    that authority as its Host upstream (spec section 5). Raises BadRequest for HTTP/1.1.
+    """
+    if hosts:
+        return b""
+    if version not in ("1.0", "0.9"):
+        raise BadRequest("missing Host header")
+    authority = f"[{host}]" if ":" in host else host
+    if port is not None:
+        authority += f":{port}"
+    return b"Host: %s\r\n" % authority.encode("ascii")
+
+
 def check_host(hosts: list[bytes], scheme: bytes, url_host: str, url_port: int | None) -> None:
     """`check_host_header` given the values of the Host headers."""
     if not hosts:
