@@ -77,11 +77,14 @@ def host_to_add(hosts: list[bytes], version: str, host: str, port: int | None) -
 
     RFC 9112 3.2 requires Host of HTTP/1.1 only: an HTTP/1.0 absolute-form request without
     it is decided by the URI authority (`host`, normalised, `port` as written) and gets
-    that authority as its Host upstream (spec section 5). Raises BadRequest for HTTP/1.1.
+    that authority as its Host upstream (spec section 5). Raises BadRequest for HTTP/1.1
+    without Host, and for versions other than 1.0 and 1.1 (HTTP/0.9 has no headers).
     """
+    if version not in ("1.1", "1.0"):
+        raise BadRequest(f"unsupported HTTP version {version}")
     if hosts:
         return b""
-    if version not in ("1.0", "0.9"):
+    if version != "1.0":
         raise BadRequest("missing Host header")
     authority = f"[{host}]" if ":" in host else host
     if port is not None:
