@@ -193,7 +193,7 @@ class Outcome:
         if self.expect == "denied":
             return first == 403
         if self.expect == "bad":
-            return first is None or 400 <= first < 500 and first != 403
+            return first is None or (400 <= first < 500 and first != 403)
         return True
 
 

@@ -8,7 +8,8 @@ import time
 import httpx
 import pytest
 
-from egressguard.gateway import Limits
+from egressguard.gateway import Limits, http1
+from egressguard.gateway.limits import admission_refusal, deadline_breach
 from tests.gateway.conftest import raw
 
 pytestmark = pytest.mark.timeout(30)
@@ -112,3 +113,64 @@ def test_half_closed_client_gets_its_answer_then_the_connection_closes(gateway_f
         while chunk := sock.recv(4096):
             out += chunk
     assert out.startswith(b"HTTP/1.1 403")
+
+
+# -- the pure decisions behind the limits (tables) -------------------------------------------
+
+CAPS = Limits(max_connections=10, max_connections_per_source=3)
+
+
+@pytest.mark.parametrize(("total", "from_source", "draining", "refused"), [
+    (0, 0, False, None),
+    (9, 2, False, None),
+    (9, 3, False, "from this address"),     # one source at its cap, budget left
+    (10, 0, False, "too many concurrent connections"),
+    (10, 3, False, "from this address"),
+    (0, 0, True, "shutting down"),
+])
+def test_admission_caps_each_source_before_the_shared_budget(total, from_source, draining,
+                                                              refused):
+    why = admission_refusal(CAPS, total, from_source, draining)
+    assert (why is None) if refused is None else (why is not None and refused in why)
+
+
+T = Limits(header_timeout=10, response_timeout=60, idle_timeout=300)
+
+
+@pytest.mark.parametrize(("state", "now", "expected"), [
+    # never sent a byte: the header timeout runs from accept, not the idle timeout
+    ({"served": False}, 9.0, None),
+    ({"served": False}, 10.5, 408),
+    # a later head in progress, begun at 100
+    ({"in_head": True, "head_started": 100.0}, 109.0, None),
+    ({"in_head": True, "head_started": 100.0}, 110.5, 408),
+    # the upstream owes a response head since 200
+    ({"awaiting_response": 200.0}, 259.0, None),
+    ({"awaiting_response": 200.0}, 260.5, 504),
+    # nothing owed, idle since 0: closed quietly
+    ({"idle_since": 0.0}, 299.0, None),
+    ({"idle_since": 0.0}, 300.5, 0),
+])
+def test_deadline_breach_table(state, now, expected):
+    args = {"accepted": 0.0, "served": True, "in_head": False, "head_started": 0.0,
+            "awaiting_response": 0.0, "idle_since": now, **state}
+    breach = deadline_breach(T, now, **args)
+    assert (breach is None) if expected is None else (breach is not None
+                                                      and breach[0] == expected)
+
+
+@pytest.mark.parametrize(("hosts", "version", "host", "port", "expected"), [
+    ([b"up.test"], "1.1", "up.test", None, b""),
+    ([], "1.0", "up.test", None, b"Host: up.test\r\n"),
+    ([], "1.0", "up.test", 8080, b"Host: up.test:8080\r\n"),
+    ([], "1.0", "::1", 80, b"Host: [::1]:80\r\n"),
+    ([], "1.1", "up.test", None, "missing Host"),
+    ([b"up.test"], "0.9", "up.test", None, "unsupported HTTP version"),
+    ([b"up.test"], "2.0", "up.test", None, "unsupported HTTP version"),
+])
+def test_host_to_add_only_for_http10_without_host(hosts, version, host, port, expected):
+    if isinstance(expected, bytes):
+        assert http1.host_to_add(hosts, version, host, port) == expected
+    else:
+        with pytest.raises(http1.BadRequest, match=expected):
+            http1.host_to_add(hosts, version, host, port)
