@@ -97,6 +97,7 @@ def test_silent_sockets_from_one_source_do_not_lock_out_others(serve, origin):
     assert set(statuses) <= {b"HTTP/1.1 503", b"HTTP/1.1 408", b""}
     assert elapsed < header_timeout + 10
     assert b"from this address" in next(a for a in answers if a.startswith(b"HTTP/1.1 503"))
+    assert gw.log().count("(the per-source cap)") == 1
     gw.assert_back_to_baseline()
 
 

@@ -49,6 +49,7 @@ class Gateway:
         self.cluster = cluster
         self.clients: set[ClientConnection] = set()
         self.per_source: dict[IPAddress | None, int] = {}  # open connections by address
+        self.capped: set[IPAddress | None] = set()  # sources refused since last below cap
         self.draining = False
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -110,6 +111,11 @@ class Gateway:
         refusal = admission_refusal(self.limits, len(self.clients), from_source,
                                     self.draining)
         if refusal is not None:
+            if from_source >= self.limits.max_connections_per_source \
+                    and source not in self.capped:
+                self.capped.add(source)  # one line per episode, not one per connection
+                log.warning("gateway: %s holds %d connections (the per-source cap); refusing "
+                            "more from it", source, from_source)
             return refusal
         self.per_source[source] = from_source + 1
         self.clients.add(client)
@@ -126,6 +132,7 @@ class Gateway:
                 self.per_source[source] = left
             else:
                 self.per_source.pop(source, None)
+                self.capped.discard(source)
 
     def decide(self, request: Request) -> tuple[Decision, bool]:
         """The engine's decision and whether to let it through (report-only permits all)."""
