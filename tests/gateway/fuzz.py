@@ -41,6 +41,10 @@ def seeds(port: int) -> list[tuple[bytes, str]]:
         (get + b"Connection: close\r\n\r\n", "ok"),
         (body_cl(b"", b"hello=world"), "ok"),
         (post + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "ok"),
+        # valid bodies that hold a request: forwarded as body, never as a request
+        (body_cl(b"", INNER), "ok"),
+        (post + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(INNER) + INNER
+         + b"\r\n0\r\n\r\n", "ok"),
         (b"GET http://%s/old HTTP/1.0\r\n\r\n" % a, "ok"),
         (get + b"\r\n" + get + b"\r\n", "ok"),
         (b"HEAD http://%s/h HTTP/1.1\r\nHost: %s\r\n\r\n" % (a, a), "ok"),

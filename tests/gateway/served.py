@@ -260,9 +260,14 @@ class RecordingUpstream(_Threaded):
                 try:
                     data = conn.recv(65536)
                 except TimeoutError:
-                    return
+                    data = None
                 if not data:
-                    self.saw_eof()
+                    leftover = parser.trailing_data[0]
+                    if leftover:  # the gateway sent bytes that do not form a request
+                        # (a request cut short, the gateway aborting, is no such thing)
+                        self.errors.append(f"{parser.their_state}: {leftover[:200]!r}")
+                    if data is not None:
+                        self.saw_eof()
                     return
                 parser.receive_data(data)
             elif isinstance(event, h11.Request):
