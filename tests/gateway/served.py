@@ -79,7 +79,8 @@ class Served:
 
     def assert_no_traceback(self) -> None:
         text = self.log()
-        assert "Traceback" not in text, text[-4000:]
+        at = text.find("Traceback")
+        assert at < 0, text[max(0, at - 500):at + 3000]
 
     def assert_back_to_baseline(self, *, fd_slack: int = 0, rss_slack_mib: int = 48,
                                 settle: float = 8.0) -> Footprint:

@@ -61,7 +61,8 @@ def split_authority(text: str) -> tuple[str, int | None]:
         raise BadRequest("empty host in authority")
     if not port_text:
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    # isdigit() alone accepts "4²" or "٤", which int() then rejects (or reads as 4).
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise BadRequest(f"bad port in {text!r}")
     return host, int(port_text)
 
