@@ -55,6 +55,27 @@ class Footprint:
     fds: int
     rss_kib: int
 
+    @classmethod
+    def of(cls, pid: int) -> Footprint:
+        return cls(open_fds(pid), rss_kib(pid))
+
+
+def assert_back_to(pid: int, baseline: Footprint, *, fd_slack: int = 0,
+                   rss_slack_mib: int = 48, settle: float = 8.0) -> Footprint:
+    """fds (within `fd_slack`) and RSS (within `rss_slack_mib`: CPython keeps freed arenas)
+    of `pid` return to `baseline`, waiting up to `settle` seconds for closes in flight."""
+    end = time.monotonic() + settle
+    while True:
+        now = Footprint.of(pid)
+        fds_ok = now.fds <= baseline.fds + fd_slack
+        rss_ok = now.rss_kib <= baseline.rss_kib + rss_slack_mib * 1024
+        if (fds_ok and rss_ok) or time.monotonic() > end:
+            break
+        time.sleep(0.1)
+    assert fds_ok, f"fd leak: {baseline.fds} open before, {now.fds} after"
+    assert rss_ok, f"RSS {baseline.rss_kib} KiB before, {now.rss_kib} KiB after"
+    return now
+
 
 @dataclass
 class Served:
@@ -72,7 +93,7 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
     def footprint(self) -> Footprint:
-        return Footprint(open_fds(self.pid), rss_kib(self.pid))
+        return Footprint.of(self.pid)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -84,20 +105,11 @@ class Served:
 
     def assert_back_to_baseline(self, *, fd_slack: int = 0, rss_slack_mib: int = 48,
                                 settle: float = 8.0) -> Footprint:
-        """After a hostile test: fds (within `fd_slack`) and RSS (within `rss_slack_mib`;
-        CPython keeps freed arenas) return to what they were before it, and the log has no
-        traceback. Waits up to `settle` seconds for closes in flight."""
+        """After a hostile test: the gateway's footprint is back to its baseline
+        (`assert_back_to`) and its log has no traceback."""
         assert self.proc.poll() is None, f"gateway exited: {self.log()[-4000:]}"
-        end = time.monotonic() + settle
-        while True:
-            now = self.footprint()
-            fds_ok = now.fds <= self.baseline.fds + fd_slack
-            rss_ok = now.rss_kib <= self.baseline.rss_kib + rss_slack_mib * 1024
-            if (fds_ok and rss_ok) or time.monotonic() > end:
-                break
-            time.sleep(0.1)
-        assert fds_ok, f"fd leak: {self.baseline.fds} open before, {now.fds} after"
-        assert rss_ok, f"RSS {self.baseline.rss_kib} KiB before, {now.rss_kib} KiB after"
+        now = assert_back_to(self.pid, self.baseline, fd_slack=fd_slack,
+                             rss_slack_mib=rss_slack_mib, settle=settle)
         self.assert_no_traceback()
         return now
 

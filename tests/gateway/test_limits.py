@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -11,12 +12,14 @@ import pytest
 from egressguard.gateway import Limits, http1
 from egressguard.gateway.limits import admission_refusal, deadline_breach
 from tests.gateway.conftest import raw
+from tests.gateway.served import Footprint, assert_back_to
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def test_slowloris_head_is_cut_with_408(gateway_factory):
     gw = gateway_factory(limits=Limits(header_timeout=0.5))
+    base = Footprint.of(os.getpid())  # the gateway runs in this process
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
         start = time.monotonic()
         sock.sendall(b"GET http://up.test/ HTTP/1.1\r\n")
@@ -32,6 +35,7 @@ def test_slowloris_head_is_cut_with_408(gateway_factory):
         elapsed = time.monotonic() - start
     assert out.startswith(b"HTTP/1.1 408")
     assert elapsed < 1.5
+    assert_back_to(os.getpid(), base)
 
 
 def test_oversized_head_is_431(gateway_factory):
@@ -63,6 +67,7 @@ def test_idle_keep_alive_connection_is_closed(gateway_factory):
 
 def test_connection_flood_beyond_the_limit_gets_503(gateway_factory):
     gw = gateway_factory(limits=Limits(max_connections=3))
+    base = Footprint.of(os.getpid())  # the gateway runs in this process
     held = [socket.create_connection(("127.0.0.1", gw.port), timeout=3) for _ in range(3)]
     try:
         time.sleep(0.1)
@@ -74,14 +79,17 @@ def test_connection_flood_beyond_the_limit_gets_503(gateway_factory):
     time.sleep(0.2)
     r = httpx.get("http://not-allowed.test/", proxy=gw.url)
     assert r.status_code == 403  # capacity is back once clients leave
+    assert_back_to(os.getpid(), base, fd_slack=2)  # httpx's pool may linger
 
 
 def test_binary_garbage_does_not_hurt_the_server(gateway_factory):
     gw = gateway_factory()
+    base = Footprint.of(os.getpid())  # the gateway runs in this process
     for blob in (bytes(range(256)) * 4, b"\x16\x03\x01\x00\x05hello", b"\r\n" * 5000):
         raw(gw.port, blob, timeout=1)
     r = httpx.get("http://not-allowed.test/", proxy=gw.url)
     assert r.status_code == 403
+    assert_back_to(os.getpid(), base, fd_slack=2)  # httpx's pool may linger
 
 
 def test_slowloris_on_a_later_keep_alive_request_is_cut(gateway_factory):
