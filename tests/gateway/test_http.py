@@ -117,6 +117,38 @@ def test_host_header_inconsistent_with_target_is_400(gateway_factory, upstream, 
     assert upstream.peers == []
 
 
+def test_http10_absolute_form_without_host_is_decided_by_the_uri_and_forwarded_with_host(
+        gateway_factory, upstream):
+    gw = gateway_factory()
+    out = raw(gw.port, f"GET http://127.0.0.1:{upstream.port}/h10 HTTP/1.0\r\n"
+                       "Accept: */*\r\n\r\n".encode())
+    assert out.startswith(b"HTTP/1.1 200"), out
+    echoed = json.loads(out.partition(b"\r\n\r\n")[2])
+    assert echoed["path"] == "/h10"
+    assert [v for k, v in echoed["headers"] if k.lower() == "host"] == [
+        f"127.0.0.1:{upstream.port}"]
+    denied = raw(gw.port, b"GET http://127.0.0.9/ HTTP/1.0\r\n\r\n")
+    assert denied.startswith(b"HTTP/1.1 403") and b"127.0.0.9:80" in denied
+    # HTTP/1.1 still requires Host, and HTTP/0.9 (no headers at all) is not spoken.
+    for request in (b"GET http://127.0.0.1:%d/ HTTP/1.1\r\n\r\n" % upstream.port,
+                    b"GET http://127.0.0.1:%d/\r\n\r\n" % upstream.port):
+        assert raw(gw.port, request).startswith(b"HTTP/1.1 400")
+    assert len(upstream.peers) == 1
+
+
+@pytest.mark.parametrize("request_bytes", [
+    "GET http://127.0.0.1:4032/ HTTP/1.1\r\nHost: 127.0.0.1:4032\u00b2\r\n\r\n",
+    "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:\u00b9\r\n\r\n",
+    "CONNECT 127.0.0.1:44\u00b3 HTTP/1.1\r\nHost: 127.0.0.1:44\r\n\r\n",
+])
+def test_non_ascii_digits_in_a_port_are_400_not_a_crash(gateway_factory, request_bytes, caplog):
+    gw = gateway_factory()
+    # Read as latin-1, the byte 0xb2 is "\u00b2", which str.isdigit() calls a digit.
+    out = raw(gw.port, request_bytes.encode("latin-1"))
+    assert out.startswith(b"HTTP/1.1 400"), out
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+
+
 @pytest.mark.parametrize("request_bytes", [
     b"POST http://up.test/ HTTP/1.1\r\nHost: up.test\r\nContent-Length: 3\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",

@@ -84,12 +84,19 @@ def serve(
         help="CONNECT to port 443 whose first bytes are not TLS: deny or allow")] = "deny",
     max_header_bytes: Annotated[int, typer.Option(help="request head size limit")] = 32768,
     header_timeout: Annotated[float, typer.Option(
-        help="seconds to receive a request head (slowloris)")] = 10.0,
+        help="seconds to receive a request head, from accept for the first (slowloris, "
+             "silent sockets)")] = 10.0,
     idle_timeout: Annotated[float, typer.Option(
         help="seconds without traffic before a connection or tunnel is closed")] = 300.0,
     connect_timeout: Annotated[float, typer.Option(help="upstream connect seconds")] = 10.0,
+    response_timeout: Annotated[float, typer.Option(
+        help="seconds an upstream may take to send its response head (then 504)")] = 60.0,
+    max_response_header_bytes: Annotated[int, typer.Option(
+        help="upstream response head size limit (then 502)")] = 65536,
     max_connections: Annotated[int, typer.Option(help="concurrent client connections")
                                ] = 4096,
+    max_connections_per_source: Annotated[int, typer.Option(
+        help="concurrent client connections from one address")] = 256,
     shutdown_deadline: Annotated[float, typer.Option(
         help="seconds open requests may finish after SIGTERM")] = 10.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
@@ -124,7 +131,11 @@ def serve(
     mode: Literal["deny", "allow"] = "allow" if non_tls_443 == "allow" else "deny"
     limits = Limits(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
                     idle_timeout=idle_timeout, connect_timeout=connect_timeout,
-                    max_connections=max_connections, shutdown_deadline=shutdown_deadline,
+                    response_timeout=response_timeout,
+                    max_response_header_bytes=max_response_header_bytes,
+                    max_connections=max_connections,
+                    max_connections_per_source=max_connections_per_source,
+                    shutdown_deadline=shutdown_deadline,
                     non_tls_443=mode, audit_timeout=audit_timeout)
     assert parts.holder is not None
     gateway = Gateway(parts.holder, parts.sink, Resolver(static, system=system_resolver),

@@ -29,6 +29,7 @@ from egressguard.engine import Decision, InvalidHost, Kind, Layer, Request, Verd
 from egressguard.engine import normalize_host as _normalize_host
 from egressguard.engine.normalize import Host, IPAddress
 from egressguard.gateway import http1, tls
+from egressguard.gateway.limits import deadline_breach
 from egressguard.gateway.resolver import ResolveError
 from egressguard.gateway.upstream import Exchange, Upstream, UpstreamError
 
@@ -58,13 +59,15 @@ class Route:
     """
 
     __slots__ = ("address_text", "addresses", "decided_for", "decision", "host",
-                 "host_header", "key", "path", "permitted", "port", "request", "snapshot",
-                 "target", "url")
+                 "host_header", "host_line", "key", "path", "permitted", "port", "request",
+                 "snapshot", "target", "url")
 
     def __init__(self, url: bytes, host_header: bytes, host: Host, port: int, target: bytes,
-                 path: bytes, addresses: tuple[IPAddress, ...] | None) -> None:
+                 path: bytes, addresses: tuple[IPAddress, ...] | None,
+                 host_line: bytes = b"") -> None:
         self.url = url
         self.host_header = host_header
+        self.host_line = host_line   # the Host to add upstream (HTTP/1.0 without one)
         self.host = host
         self.port = port
         self.key = (host.name, port)
@@ -106,6 +109,8 @@ class ClientConnection(asyncio.Protocol):
         self.receiving: Exchange | None = None
         self.upstream: Upstream | None = None
         self.paused: set[str] = set()
+        self.accepted = 0.0
+        self.served = False       # a request head was completed (see limits.deadline_breach)
         self.head_started = 0.0
         self.head_bytes = 0
         self.reads = 0            # data_received calls, to tell in which read a head began
@@ -143,7 +148,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.idle_since = self.loop.time()
+        self.idle_since = self.accepted = self.loop.time()
         transport = self.transport
         peer = transport.get_extra_info("peername")
         if peer:
@@ -152,10 +157,11 @@ class ClientConnection(asyncio.Protocol):
                 self.source = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
             except ValueError:
                 self.source = None
-        if not self.gw.admit(self):
-            transport.write(http1.error(503, "Service Unavailable",
-                                        "too many concurrent connections"))
+        refusal = self.gw.admit(self)
+        if refusal is not None:
+            transport.write(http1.error(503, "Service Unavailable", refusal))
             self.closed = True
+            self.state = "closed"
             transport.close()
             return
 
@@ -199,7 +205,12 @@ class ClientConnection(asyncio.Protocol):
             if self.upstream_eof:
                 self.close("client")
             return True
-        if self.receiving is not None or self.queue or self.state == "busy":
+        if self.receiving is not None or (self.queue and self.queue[0].method == b"CONNECT"):
+            # A request cut short can never complete, and a tunnel to a client that has
+            # stopped sending is pointless: release both sockets now, not after idle_timeout.
+            self.close("client")
+            return False
+        if self.queue or self.state == "busy":
             return True  # half-closed after the request: still answer it
         self.close("client")
         return False
@@ -259,6 +270,7 @@ class ClientConnection(asyncio.Protocol):
         ex = Exchange(parser.get_method(), self._url, self._headers,
                       parser.get_http_version(), parser.should_keep_alive())
         self.in_head = False
+        self.served = True
         self.receiving = ex
         self.queue.append(ex)
         if self.state == "head":
@@ -400,8 +412,10 @@ class ClientConnection(asyncio.Protocol):
                 raise http1.BadRequest(f"{url.schema.decode('latin-1')}:// targets must use "
                                        "CONNECT")
             raw_host = url.host.decode("latin-1") if url.host else ""
-            http1.check_host(ex.hosts, url.schema, raw_host, url.port)
             host = _normalize_host(raw_host)  # cached; the same key the engine computes
+            host_line = http1.host_to_add(ex.hosts, ex.version, host.name, url.port)
+            if not host_line:
+                http1.check_host(ex.hosts, url.schema, raw_host, url.port)
         except (http1.BadRequest, httptools.HttpParserInvalidURLError, InvalidHost,
                 UnicodeError) as exc:
             self.fail(400, "Bad Request", str(exc) or "invalid request target")
@@ -410,7 +424,8 @@ class ClientConnection(asyncio.Protocol):
         path = url.path or b"/"
         target = path + (b"?" + url.query if url.query else b"")
         addresses = (host.ip,) if host.ip is not None else self.gw.resolver.known(host.name)
-        route = Route(ex.url, ex.hosts[0], host, port, target, path, addresses)
+        route = Route(ex.url, ex.hosts[0] if ex.hosts else b"", host, port, target, path,
+                      addresses, host_line)
         if self.route is not None:
             route.adopt(self.route)
         return route
@@ -495,7 +510,8 @@ class ClientConnection(asyncio.Protocol):
         up.expect_response(ex)
         transport.write(b"".join((
             ex.method, b" ", route.target, b" HTTP/1.1\r\n", ex.forwarded_headers(),
-            http1.VIA, b"Transfer-Encoding: chunked\r\n\r\n" if ex.chunked else _CRLF)))
+            route.host_line, http1.VIA,
+            b"Transfer-Encoding: chunked\r\n\r\n" if ex.chunked else _CRLF)))
         up.used = True
         ex.attach(transport)
         if not ex.body_done:
@@ -527,7 +543,7 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.abort()  # mid-body: the client must see a truncation
                 self.close("upstream")
             else:
-                self.fail(exc.status, "Bad Gateway", str(exc))
+                self.fail(exc.status, exc.phrase, str(exc))
 
     async def _resolve(self, name: str, ip: IPAddress | None, port: int, kind: Kind,
                        scheme: str | None = None) -> tuple[tuple[IPAddress, ...], str]:
@@ -588,6 +604,9 @@ class ClientConnection(asyncio.Protocol):
     # -- CONNECT ---------------------------------------------------------------------------
 
     async def _connect(self, ex: Exchange) -> None:
+        idle, self.upstream = self.upstream, None
+        if idle is not None:
+            idle.close()  # the previous request's upstream: a tunnel never reuses it
         try:
             raw_host, port = http1.split_authority(ex.url.decode("latin-1"))
             if port is None:
@@ -807,15 +826,28 @@ class ClientConnection(asyncio.Protocol):
         """Called by the gateway a few times a second: header and idle deadlines."""
         if self.closed or self.refusing:
             return
-        limits = self.gw.limits
-        if self.in_head and now - self.head_started > limits.header_timeout:
-            self.fail(408, "Request Timeout",
-                      f"request head not received within {limits.header_timeout:g} s")
-            return
         activity = self.bytes_up + self.bytes_down + len(self.queue)
         if activity != self.activity_seen:
             self.activity_seen = activity
             self.idle_since = now
-        elif now - self.idle_since > limits.idle_timeout:
-            log.info("gateway: %s idle for %g s, closing", self.peer, limits.idle_timeout)
+        up = self.upstream
+        awaiting = 0.0
+        if up is not None and up.awaiting:
+            ex = up.exchange
+            if ex is not None and not ex.body_done:
+                up.awaiting = now  # the upstream may wait for the whole body before answering
+            awaiting = up.awaiting
+        breach = deadline_breach(self.gw.limits, now, accepted=self.accepted,
+                                 served=self.served, in_head=self.in_head,
+                                 head_started=self.head_started, awaiting_response=awaiting,
+                                 idle_since=self.idle_since)
+        if breach is None:
+            return
+        status, why = breach
+        if status == 408:
+            self.fail(408, "Request Timeout", why)
+        elif status == 504 and up is not None:
+            up.timed_out(why)
+        else:
+            log.info("gateway: %s %s, closing", self.peer, why)
             self.close("timeout")

@@ -61,7 +61,8 @@ def split_authority(text: str) -> tuple[str, int | None]:
         raise BadRequest("empty host in authority")
     if not port_text:
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    # isdigit() alone accepts "4²" or "٤", which int() then rejects (or reads as 4).
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise BadRequest(f"bad port in {text!r}")
     return host, int(port_text)
 
@@ -70,6 +71,26 @@ def check_host_header(headers: Headers, scheme: bytes, url_host: str,
                       url_port: int | None) -> None:
     """Spec section 5: exactly one Host, equal to the absolute-URI authority."""
     check_host([v for n, v in headers if n.lower() == b"host"], scheme, url_host, url_port)
+
+
+def host_to_add(hosts: list[bytes], version: str, host: str, port: int | None) -> bytes:
+    """The `Host` line to add when forwarding, b"" when the request has its own.
+
+    RFC 9112 3.2 requires Host of HTTP/1.1 only: an HTTP/1.0 absolute-form request without
+    it is decided by the URI authority (`host`, normalised, `port` as written) and gets
+    that authority as its Host upstream (spec section 5). Raises BadRequest for HTTP/1.1
+    without Host, and for versions other than 1.0 and 1.1 (HTTP/0.9 has no headers).
+    """
+    if version not in ("1.1", "1.0"):
+        raise BadRequest(f"unsupported HTTP version {version}")
+    if hosts:
+        return b""
+    if version != "1.0":
+        raise BadRequest("missing Host header")
+    authority = f"[{host}]" if ":" in host else host
+    if port is not None:
+        authority += f":{port}"
+    return b"Host: %s\r\n" % authority.encode("ascii")
 
 
 def check_host(hosts: list[bytes], scheme: bytes, url_host: str, url_port: int | None) -> None:

@@ -23,7 +23,7 @@ from egressguard.engine import Decision, Kind, Request
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
 from egressguard.gateway.connection import ClientConnection, Upstream
-from egressguard.gateway.limits import Limits
+from egressguard.gateway.limits import Limits, admission_refusal
 from egressguard.gateway.resolver import Resolver
 
 log = logging.getLogger("egressguard.gateway")
@@ -48,6 +48,8 @@ class Gateway:
         self.report_only = report_only
         self.cluster = cluster
         self.clients: set[ClientConnection] = set()
+        self.per_source: dict[IPAddress | None, int] = {}  # open connections by address
+        self.capped: set[IPAddress | None] = set()  # sources refused since last below cap
         self.draining = False
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -102,17 +104,35 @@ class Gateway:
 
     # -- what connections call -------------------------------------------------------------
 
-    def admit(self, client: ClientConnection) -> bool:
-        if len(self.clients) >= self.limits.max_connections or self.draining:
-            return False
+    def admit(self, client: ClientConnection) -> str | None:
+        """Take `client` on, or say why not (it is then answered 503 and closed)."""
+        source = client.source
+        from_source = self.per_source.get(source, 0)
+        refusal = admission_refusal(self.limits, len(self.clients), from_source,
+                                    self.draining)
+        if refusal is not None:
+            if from_source >= self.limits.max_connections_per_source \
+                    and source not in self.capped:
+                self.capped.add(source)  # one line per episode, not one per connection
+                log.warning("gateway: %s holds %d connections (the per-source cap); refusing "
+                            "more from it", source, from_source)
+            return refusal
+        self.per_source[source] = from_source + 1
         self.clients.add(client)
         metrics.OPEN_CONNECTIONS.inc()
-        return True
+        return None
 
     def forget(self, client: ClientConnection) -> None:
         if client in self.clients:
             self.clients.discard(client)
             metrics.OPEN_CONNECTIONS.dec()
+            source = client.source
+            left = self.per_source.get(source, 1) - 1
+            if left > 0:
+                self.per_source[source] = left
+            else:
+                self.per_source.pop(source, None)
+                self.capped.discard(source)
 
     def decide(self, request: Request) -> tuple[Decision, bool]:
         """The engine's decision and whether to let it through (report-only permits all)."""

@@ -10,6 +10,8 @@ task switch), so a keep-alive request is handled entirely in transport callbacks
 from __future__ import annotations
 
 import asyncio
+import logging
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Literal, cast
 
 import httptools
@@ -20,6 +22,7 @@ from egressguard.gateway import http1
 if TYPE_CHECKING:
     from egressguard.gateway.connection import ClientConnection
 
+log = logging.getLogger("egressguard.gateway")
 _CRLF = b"\r\n"
 
 
@@ -91,9 +94,16 @@ class Exchange:
 
 
 class UpstreamError(Exception):
+    """Why an exchange failed, and the status the client gets for it (502 or 504)."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+        self.phrase = HTTPStatus(status).phrase
+
+
+class _Unsolicited(Exception):
+    """Response bytes the gateway did not ask for (after the response it awaited)."""
 
 
 class Upstream(asyncio.Protocol):
@@ -113,6 +123,8 @@ class Upstream(asyncio.Protocol):
         self.idle = False      # between responses, may carry another request
         self.parked_at = 0.0   # >0 while in the gateway's shared pool
         self.used = False
+        self.awaiting = 0.0    # loop time since when a response head is owed (0: none)
+        self._head_bytes = 0   # head bytes received so far for the awaited response
         self._reason = b""
         self._headers: http1.Headers = []
         self._started = False
@@ -142,7 +154,19 @@ class Upstream(asyncio.Protocol):
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserError as exc:
-                self._fail(UpstreamError(502, f"malformed response from upstream: {exc}"))
+                if isinstance(exc.__context__, _Unsolicited):
+                    self._unsolicited()
+                else:
+                    self._fail(UpstreamError(502, f"malformed response from upstream: {exc}"))
+            else:
+                if self.awaiting and self.exchange is not None:
+                    # Still no complete head: httptools buffers an unfinished header line
+                    # without a callback, so the bytes of each such read are counted here.
+                    self._head_bytes += len(data)
+                    limit = client.gw.limits.max_response_header_bytes
+                    if self._head_bytes > limit:
+                        self._fail(UpstreamError(
+                            502, f"upstream response head larger than {limit} bytes"))
             self.flush()
             if self._outcome is not None:
                 self._deliver()
@@ -199,7 +223,32 @@ class Upstream(asyncio.Protocol):
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
         self.exchange = exchange
+        self.awaiting = self.client.loop.time()
+        self._head_bytes = 0
         self._begin()
+
+    def timed_out(self, why: str) -> None:
+        """The response head did not come in time (`Limits.response_timeout`): 504."""
+        self._fail(UpstreamError(504, why))
+        self._deliver()
+
+    def _unsolicited(self) -> None:
+        """Bytes after the awaited response (a hostile upstream answering a request not
+        yet made): never relayed, and the connection is never reused."""
+        failed = self._outcome is not None and isinstance(self._outcome[1], UpstreamError)
+        if not failed:  # after a failure the rest of the read is dropped anyway
+            log.warning("gateway: upstream %s port %s sent bytes after its response; "
+                        "closing it", self.ip, self.key[1] if self.key else "?")
+        self.parser = None
+        self.exchange = None
+        self.awaiting = 0.0
+        if self._outcome is not None and self._outcome[1] is True:
+            self._outcome = (self._outcome[0], False)
+        self.close()
+
+    def on_message_begin(self) -> None:
+        if self.exchange is None:
+            raise _Unsolicited
 
     def _begin(self) -> None:
         self._reason = b""
@@ -221,7 +270,9 @@ class Upstream(asyncio.Protocol):
         client = self.client
         headers = self._headers
         has_cl = chunked = hop = False
+        size = len(self._reason)
         for name, value in headers:
+            size += len(name) + len(value)
             lower = name.lower()
             if lower == b"content-length":
                 has_cl = True
@@ -230,6 +281,10 @@ class Upstream(asyncio.Protocol):
                 chunked = chunked or b"chunked" in value.lower()
             elif lower in http1.HOP_BY_HOP or lower == b"connection":
                 hop = True
+        limit = client.gw.limits.max_response_header_bytes
+        if max(size, self._head_bytes) > limit:
+            self._fail(UpstreamError(502, f"upstream response head larger than {limit} bytes"))
+            return
         if hop:
             headers = list(http1.end_to_end(headers))
         head = [b"HTTP/1.1 %d " % status, self._reason, _CRLF,
@@ -242,6 +297,7 @@ class Upstream(asyncio.Protocol):
             self.out += head
             self._begin()
             return
+        self.awaiting = 0.0
         bodiless = ex.method == b"HEAD" or status in (204, 304)
         keep = client.keep_alive and ex.keep_alive
         self._client_chunked = False
@@ -263,6 +319,8 @@ class Upstream(asyncio.Protocol):
             self._finish(reuse=True)
 
     def on_body(self, data: bytes) -> None:
+        if self.exchange is None:
+            raise _Unsolicited  # e.g. a "body" after a HEAD response, or after a failure
         client = self.client
         client.bytes_down += len(data)
         if self._client_chunked:
@@ -295,6 +353,7 @@ class Upstream(asyncio.Protocol):
     def _fail(self, error: UpstreamError) -> None:
         ex, self.exchange = self.exchange, None
         self.parser = None
+        self.awaiting = 0.0
         if ex is not None:
             self._outcome = (ex, error)
         self.close()
