@@ -47,7 +47,14 @@ def running(store: Store, **options: object) -> Iterator[Api]:
 
 @pytest.fixture
 def api(store: Store) -> Iterator[Api]:
+    """On both stores: what the gate looks up (tokens) is in the store."""
     yield from running(store, max_body=LIMIT)
+
+
+@pytest.fixture
+def sqlite_api(sqlite_store: Store) -> Iterator[Api]:
+    """Body limits never reach the store: SQLite is enough."""
+    yield from running(sqlite_store, max_body=LIMIT)
 
 
 def head_only(port: int, head: str, timeout: float = 10.0) -> tuple[bytes, socket.socket]:
@@ -91,27 +98,27 @@ def test_huge_unauthenticated_body_is_refused_before_a_byte_of_it_is_sent(api: A
     assert closed_after_response(sock)
 
 
-def test_endless_chunked_unauthenticated_body_is_refused_before_it_is_read(api: Api) -> None:
-    data, sock = head_only(api.port, "POST /v1/mgmt HTTP/1.1\r\nHost: a\r\n"
+def test_endless_chunked_unauthenticated_body_is_refused_before_it_is_read(sqlite_api: Api) -> None:
+    data, sock = head_only(sqlite_api.port, "POST /v1/mgmt HTTP/1.1\r\nHost: a\r\n"
                                      "Transfer-Encoding: chunked\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 401"), data[:200]
     assert closed_after_response(sock)
 
 
-def test_declared_body_over_the_limit_is_413_unread_even_with_a_token(api: Api) -> None:
-    data, sock = head_only(api.port, f"PUT /v1/clusters/x HTTP/1.1\r\nHost: a\r\n"
-                                     f"Authorization: Bearer {api.admin}\r\n"
+def test_declared_body_over_the_limit_is_413_unread_even_with_a_token(sqlite_api: Api) -> None:
+    data, sock = head_only(sqlite_api.port, f"PUT /v1/clusters/x HTTP/1.1\r\nHost: a\r\n"
+                                     f"Authorization: Bearer {sqlite_api.admin}\r\n"
                                      f"Content-Length: {LIMIT + 1}\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 413"), data[:200]
     assert closed_after_response(sock)
 
 
-def test_streamed_chunked_body_is_cut_at_the_limit(api: Api) -> None:
+def test_streamed_chunked_body_is_cut_at_the_limit(sqlite_api: Api) -> None:
     """Attack: a chunked body that never ends, from a valid token: answered 413 once the
     limit is passed, the rest never read."""
-    sock = socket.create_connection(("127.0.0.1", api.port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", sqlite_api.port), timeout=10)
     sock.sendall((f"PUT /v1/clusters/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "
-                  f"{api.admin}\r\nContent-Type: application/json\r\n"
+                  f"{sqlite_api.admin}\r\nContent-Type: application/json\r\n"
                   "Transfer-Encoding: chunked\r\n\r\n").encode())
     chunk = b"4000\r\n" + b"a" * 0x4000 + b"\r\n"
     sent, answer = 0, b""
@@ -131,16 +138,16 @@ def test_streamed_chunked_body_is_cut_at_the_limit(api: Api) -> None:
     assert sent < 20 * LIMIT  # refused near the limit, not after the whole stream
 
 
-def test_a_body_within_the_limit_still_works(api: Api) -> None:
+def test_a_body_within_the_limit_still_works(sqlite_api: Api) -> None:
     body = {"properties": {"restrictOutboundNetworkAccess": "Enabled",
                            "allowedFqdnList": [f"h{i}.example.com" for i in range(100)]}}
-    answer = httpx.put(f"{api.url}/v1/clusters/x", json=body, headers=api.auth())
+    answer = httpx.put(f"{sqlite_api.url}/v1/clusters/x", json=body, headers=sqlite_api.auth())
     assert answer.status_code == 200, answer.text
 
 
-def test_login_form_of_megabytes_is_refused_before_it_is_read(api: Api) -> None:
+def test_login_form_of_megabytes_is_refused_before_it_is_read(sqlite_api: Api) -> None:
     """The login form is public, so its body is bounded far below the API's limit."""
-    data, sock = head_only(api.port, "POST /dashboard/login HTTP/1.1\r\nHost: a\r\n"
+    data, sock = head_only(sqlite_api.port, "POST /dashboard/login HTTP/1.1\r\nHost: a\r\n"
                                      "Content-Type: application/x-www-form-urlencoded\r\n"
                                      "Content-Length: 5000000\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 413"), data[:200]
@@ -185,8 +192,8 @@ def test_tokens_are_created_with_a_lifetime_and_rotated_through_the_api(api: Api
     assert httpx.get(f"{api.url}/v1/clusters", headers=api.auth(new)).status_code == 200
 
 
-def test_bad_source_is_refused_before_anything_else(store: Store) -> None:
-    for api in running(store, allow_cidrs=["10.0.0.0/8"]):
+def test_bad_source_is_refused_before_anything_else(sqlite_store: Store) -> None:
+    for api in running(sqlite_store, allow_cidrs=["10.0.0.0/8"]):
         data, _sock = head_only(api.port, "PUT /v1/clusters/x HTTP/1.1\r\nHost: a\r\n"
                                           "Content-Length: 300000000\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 403"), data[:200]

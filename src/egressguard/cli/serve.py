@@ -118,6 +118,7 @@ def serve(
     try:
         host, port = _listen_address(listen)
         api_address = _listen_address(api_listen) if api else None
+        _check_cidrs(allow_cidr or [])
         if non_tls_443 not in ("deny", "allow"):
             raise ValueError("--non-tls-443 must be deny or allow")
         if audit_writer not in ("process", "thread"):
@@ -232,6 +233,17 @@ class _Parts:
             self.audit_log.close()
         if self.store is not None:
             self.store.close()
+
+
+def _check_cidrs(cidrs: list[str]) -> None:
+    from egressguard.control.gate import parse_cidrs
+
+    for cidr in cidrs:
+        try:
+            parse_cidrs([cidr])
+        except ValueError as exc:
+            raise ValueError(f"--allow-cidr {cidr!r}: {exc} (hint: a network such as "
+                             "10.0.0.0/8 or 127.0.0.1/32)") from None
 
 
 def _listen_address(text: str) -> tuple[str, int]:
