@@ -197,3 +197,18 @@ def test_bad_source_is_refused_before_anything_else(sqlite_store: Store) -> None
         data, _sock = head_only(api.port, "PUT /v1/clusters/x HTTP/1.1\r\nHost: a\r\n"
                                           "Content-Length: 300000000\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 403"), data[:200]
+
+
+def test_a_body_that_stalls_is_cut_with_408(sqlite_store: Store) -> None:
+    """Attack: a body sent a byte now and then, to hold API connections forever."""
+    for api in running(sqlite_store, body_idle_timeout=0.5):
+        sock = socket.create_connection(("127.0.0.1", api.port), timeout=10)
+        sock.sendall((f"PATCH /v1/clusters/default HTTP/1.1\r\nHost: a\r\n"
+                      f"Authorization: Bearer {api.admin}\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+                      ).encode())
+        started = time.monotonic()
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert time.monotonic() - started < 5
+        assert closed_after_response(sock)

@@ -35,7 +35,12 @@ from egressguard.control.auth import (
 )
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.errors import ControlError, InvalidInput
-from egressguard.control.gate import DEFAULT_MAX_BODY, ApiGate, parse_cidrs
+from egressguard.control.gate import (
+    BODY_IDLE_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    ApiGate,
+    parse_cidrs,
+)
 from egressguard.control.health import RETRY_AFTER, StoreHealth
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import (
@@ -323,10 +328,12 @@ def _include_optional(app: FastAPI) -> None:
 def create_app(store: Store, holder_registry: Mapping[str, SnapshotHolder] | None = None,
                *, allow_cidrs: Sequence[str] | None = None,
                include_optional_routers: bool = True,
-               max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+               max_body: int = DEFAULT_MAX_BODY,
+               body_idle_timeout: float = BODY_IDLE_TIMEOUT) -> FastAPI:
     """The API over `store`. `holder_registry` (cluster -> holder in force in this
     process) is reported by `/healthz`; `allow_cidrs` restricts client sources;
-    `max_body` bounds request bodies (413 beyond)."""
+    `max_body` bounds request bodies (413 beyond), `body_idle_timeout` how long a body
+    may stall (408)."""
     if max_body < 1:
         raise ValueError("the API body limit must be at least 1 byte")
     if allow_cidrs:
@@ -339,7 +346,8 @@ def create_app(store: Store, holder_registry: Mapping[str, SnapshotHolder] | Non
     cache = SnapshotCache(store)
     _install_error_handlers(app)
     app.add_middleware(ApiGate, store=store, health=health, max_body=max_body,
-                       allow_cidrs=list(allow_cidrs) if allow_cidrs else None)
+                       allow_cidrs=list(allow_cidrs) if allow_cidrs else None,
+                       body_idle_timeout=body_idle_timeout)
 
     def reasons() -> tuple[list[str], dict[str, Any]]:
         problem = health.check()

@@ -5,8 +5,10 @@ In order: the client's source address against `allow_cidrs` (403); the declared 
 (`Content-Length` above `max_body`: 413, the body never read); the credential (401 unless
 the path is public; the store lookup runs in a worker thread, and a store that cannot be
 reached answers 503 with `Retry-After`); then the body is counted while the application
-streams it, so a chunked body gets 413 as soon as it passes the limit. A caller that is
-not authenticated may send at most `UNAUTHENTICATED_MAX_BODY` (the login form is small).
+streams it, so a chunked body gets 413 as soon as it passes the limit (and 408 once no
+body byte came for `BODY_IDLE_TIMEOUT`: a slow body cannot hold a connection forever). A
+caller that is not authenticated may send at most `UNAUTHENTICATED_MAX_BODY` (the login
+form is small).
 Rejecting a request whose body is still on the wire closes the connection, so the server
 never reads (or buffers) the rest.
 
@@ -47,6 +49,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_BODY = 1024 * 1024
 UNAUTHENTICATED_MAX_BODY = 16 * 1024
+BODY_IDLE_TIMEOUT = 10.0  # seconds without a body byte before 408 (slow-body attacks)
 PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs",
                     "/docs/oauth2-redirect", "/redoc", "/dashboard/login",
                     "/dashboard/static/dashboard.css"})
@@ -55,7 +58,7 @@ _log = logging.getLogger(__name__)
 
 
 class BodyTooLarge(Exception):
-    """Raised into the application when the streamed body passes the limit."""
+    """Raised into the application when the streamed body passes the limit or stalls."""
 
 
 def parse_cidrs(cidrs: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -100,8 +103,10 @@ class ApiGate:
 
     def __init__(self, app: ASGIApp, *, store: Verifier, health: StoreHealth,
                  max_body: int = DEFAULT_MAX_BODY,
-                 allow_cidrs: Sequence[str] | None = None) -> None:
+                 allow_cidrs: Sequence[str] | None = None,
+                 body_idle_timeout: float = BODY_IDLE_TIMEOUT) -> None:
         self.app = app
+        self.body_idle_timeout = body_idle_timeout
         self.store = store
         self.health = health
         self.max_body = max_body
@@ -175,23 +180,33 @@ class ApiGate:
 
     async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         seen = 0
-        exceeded = False
-        started = False
+        refused: tuple[int, str, str] | None = None  # the answer that replaces the app's
+        started = complete = False
 
         async def limited_receive() -> Message:
-            nonlocal seen, exceeded
-            message = await receive()
+            nonlocal seen, refused, complete
+            if complete:
+                return await receive()  # e.g. waiting for a disconnect: no deadline
+            try:
+                with anyio.fail_after(self.body_idle_timeout):
+                    message = await receive()
+            except TimeoutError:
+                refused = (408, "RequestTimeout", f"no body bytes for "
+                                                  f"{self.body_idle_timeout:g} s")
+                raise BodyTooLarge from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > limit:
-                    exceeded = True
+                    refused = (413, "PayloadTooLarge",
+                               f"request body larger than {limit} bytes")
                     raise BodyTooLarge
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
-            if exceeded:
-                return  # the 413 below replaces whatever the application answers
+            if refused:
+                return  # the refusal below replaces whatever the application answers
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -199,10 +214,10 @@ class ApiGate:
         try:
             await self.app(scope, limited_receive, guarded_send)
         except Exception:
-            if not exceeded:
+            if not refused:
                 raise
-        if exceeded and not started:
-            await self._too_large(send, limit)
+        if refused and not started:
+            await reply(send, *refused, close=True)
 
 
 def _dashboard(path: str) -> bool:
