@@ -162,8 +162,9 @@ def _startup_failed(exc: Exception, debug: bool) -> None:
     if isinstance(exc, StartupError | PolicyError | CompileError | ValueError):
         line = str(exc)
     elif (reason := unavailable_reason(exc)) is not None:
-        line = (f"cannot reach the store: {reason} (hint: check that the database is "
-                "running and that --store / EGRESSGUARD_STORE names it)")
+        line = (f"cannot reach the store: {reason} (hint: check that the database server "
+                "runs, or the SQLite file's folder is writable, and that --store / "
+                "EGRESSGUARD_STORE names it)")
     elif isinstance(exc, OSError):
         line = f"{exc} (hint: check the paths and permissions under $EGRESSGUARD_HOME)"
     else:
