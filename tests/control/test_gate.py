@@ -5,6 +5,7 @@ unauthenticated body, a chunked body without end, a login form of megabytes."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -212,3 +213,20 @@ def test_a_body_that_stalls_is_cut_with_408(sqlite_store: Store) -> None:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert time.monotonic() - started < 5
         assert closed_after_response(sock)
+
+
+def test_a_request_head_of_megabytes_is_refused_unbuffered(sqlite_api: Api) -> None:
+    """Attack: endless header lines before any credential could be checked (uvicorn's
+    httptools parser would buffer them all)."""
+    sock = socket.create_connection(("127.0.0.1", sqlite_api.port), timeout=10)
+    sock.sendall(b"GET /v1/clusters HTTP/1.1\r\nHost: a\r\n")
+    line = b"X-Pad: " + b"a" * 8000 + b"\r\n"
+    sent = 0
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        while sent < 50_000_000:
+            sock.sendall(line * 16)
+            sent += len(line) * 16
+    assert sent < 5_000_000  # the server closed the connection early
+    with contextlib.suppress(ConnectionResetError):
+        answer = sock.recv(65536)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:100]

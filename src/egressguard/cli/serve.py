@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "gateway" / "default_policy.yaml"
 log = logging.getLogger("egressguard.gateway")
+API_MAX_HEAD = 32 * 1024  # bytes of request line and headers the REST API accepts
 
 
 def serve(
@@ -323,9 +324,12 @@ class ApiThread:
     def __init__(self, app: Any, sock: socket.socket) -> None:
         import uvicorn
 
-        config = uvicorn.Config(app, loop="none", log_level="warning", lifespan="off",
-                                server_header=False, limit_concurrency=1024,
-                                timeout_graceful_shutdown=5)
+        # h11, not httptools: uvicorn bounds a request head only with h11 (httptools
+        # buffers any number of header bytes, unauthenticated, before the gate runs).
+        config = uvicorn.Config(app, loop="none", http="h11", log_level="warning",
+                                lifespan="off", server_header=False,
+                                h11_max_incomplete_event_size=API_MAX_HEAD,
+                                limit_concurrency=1024, timeout_graceful_shutdown=5)
         self.sock = sock
         self.server = uvicorn.Server(config)
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
