@@ -77,3 +77,35 @@ def test_tokens_create_list_revoke_rotate(sqlite_url: str) -> None:
     assert _run("token", "revoke", "ci", "--store", sqlite_url)[0] == 0
     code, out = _run("token", "rotate-bootstrap", "--store", sqlite_url)
     assert code == 0 and "egt_" in out
+
+
+def test_token_create_expires_and_rotate_by_name(store_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from egressguard.store.tokens import hash_token
+
+    code, out = _run("token", "create", "--name", "ci", "--role", "viewer", "--expires",
+                     "30d", "--store", store_url, "-o", "json")
+    assert code == 0, out
+    created = json.loads(out)
+    left = datetime.fromisoformat(created["expires_at"]) - datetime.now(UTC)
+    assert timedelta(days=29) < left <= timedelta(days=30)
+    code, out = _run("token", "rotate", "ci", "--store", store_url, "-o", "json")
+    assert code == 0, out
+    rotated = json.loads(out)
+    assert rotated["token"] != created["token"] and rotated["role"] == "viewer"
+    left = datetime.fromisoformat(rotated["expires_at"]) - datetime.now(UTC)
+    assert timedelta(days=89) < left <= timedelta(days=90)
+    with Store(store_url) as st:
+        assert st.principal_for(hash_token(created["token"])) is None
+        assert st.principal_for(hash_token(rotated["token"])) is not None
+
+
+@pytest.mark.parametrize("args", [("create", "--name", "ci", "--role", "viewer"),
+                                  ("rotate", "ci")])
+def test_token_bad_expiry_is_one_line_exit_2(sqlite_url: str, args: tuple[str, ...]) -> None:
+    with Store(sqlite_url) as st:
+        st.create_token("ci", "viewer", "t")
+    code, out = _run("token", *args, "--expires", "forever", "--store", sqlite_url)
+    assert code == 2 and "--expires" in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1

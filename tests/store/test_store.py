@@ -144,7 +144,7 @@ def test_migrations_use_alembic_version_and_leave_other_tables_alone(store_url: 
     Store(store_url).close()
     Store(store_url).close()  # reopening is a no-op
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
         assert conn.execute(text("SELECT version_num FROM alembic_version_audit")
                             ).scalar() == "audit1"
     tables = set(inspect(engine).get_table_names())

@@ -1,16 +1,22 @@
-"""Browser sessions: the token goes in a form post and lives in an HttpOnly, SameSite=Strict
-cookie; never in a URL. Attacks: login CSRF, open redirect, a revoked token's session."""
+"""Browser sessions: the token goes in a form post, the answer is a server-side session id in
+an HttpOnly, SameSite=Strict cookie; the token is never in a cookie or a URL. Attacks: login
+CSRF, open redirect, a revoked token's session, a stolen cookie replayed after logout, an
+expired session or token."""
 
 from __future__ import annotations
 
 import re
+import time
+from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from egressguard.control.api import create_app
+from egressguard.store.tokens import Refusal
 from egressguard.web.session import CSRF_COOKIE, SESSION_COOKIE
 from tests.web.conftest import Env
 
@@ -60,7 +66,7 @@ def test_login_sets_a_strict_httponly_cookie_and_logout_clears_it(env: Env) -> N
     response = post_login(client, env.tokens["viewer"])
     assert response.status_code == 303 and response.headers["location"] == "/dashboard"
     cookie = session_cookie(response)[SESSION_COOKIE]
-    assert cookie.value == env.tokens["viewer"]
+    assert cookie.value.startswith("egs_") and len(cookie.value) > 40
     assert cookie["httponly"] and cookie["samesite"].lower() == "strict"
     assert cookie["path"] == "/dashboard" and not cookie["secure"]
     assert env.tokens["viewer"] not in response.headers["location"]
@@ -134,3 +140,45 @@ def test_the_csrf_cookie_is_strict_and_httponly(env: Env) -> None:
 def test_login_rejects_what_is_not_a_form(env: Env) -> None:
     response = env.client.post("/dashboard/login", json={"token": env.tokens["admin"]})
     assert response.status_code == 400
+
+
+def test_the_session_cookie_never_carries_the_api_token(env: Env) -> None:
+    """Attack: a cookie leaked from a browser (disk, backup, XSS elsewhere) must not hand
+    over the API token, which works for the whole API and for months."""
+    response = post_login(env.client, env.tokens["admin"])
+    assert response.status_code == 303
+    for header in response.headers.get_list("set-cookie"):
+        assert env.tokens["admin"] not in header
+    value = session_cookie(response)[SESSION_COOKIE].value
+    api = env.client.get("/v1/clusters", headers={"Authorization": f"Bearer {value}"})
+    assert api.status_code == 401  # the session id is no API token
+
+
+def test_a_cookie_replayed_after_logout_is_refused(env: Env) -> None:
+    """Attack: someone copied the session cookie; the user logs out; the copy must die."""
+    client = env.client
+    stolen = session_cookie(post_login(client, env.tokens["operator"]))[SESSION_COOKIE].value
+    assert client.post("/dashboard/logout", follow_redirects=False).status_code == 303
+    thief = TestClient(create_app(env.store), cookies={SESSION_COOKIE: stolen})
+    assert thief.get("/dashboard", follow_redirects=False).status_code == 303
+
+
+def test_an_expired_session_is_refused(env: Env) -> None:
+    opened = env.store.open_session(env.tokens["viewer"], lifetime=1.0)
+    assert not isinstance(opened, Refusal)
+    client = TestClient(create_app(env.store), cookies={SESSION_COOKIE: opened[0]})
+    assert client.get("/dashboard").status_code == 200
+    time.sleep(1.2)
+    response = client.get("/dashboard", follow_redirects=False)
+    assert response.status_code == 303
+    assert session_cookie(response)[SESSION_COOKIE]["max-age"] == "0"
+
+
+def test_an_expired_token_cannot_log_in_and_says_why(env: Env) -> None:
+    token, _ = env.store.create_token("old", "viewer", "test", lifetime=60)
+    with env.store.engine.begin() as conn:
+        conn.execute(text("UPDATE api_tokens SET expires_at = :t WHERE name = 'old'"),
+                     {"t": datetime.now(UTC) - timedelta(seconds=1)})
+    response = post_login(env.client, token)
+    assert response.status_code == 401 and SESSION_COOKIE not in session_cookie(response)
+    assert "expired" in response.text and "token rotate old" in response.text

@@ -352,18 +352,39 @@ def rollback(number: Annotated[int, typer.Argument(help="version to restore")],
 token_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)
 
 
-@token_app.command("create")
-def token_create(name: Annotated[str, typer.Option(help="who or what uses it")],
-                 role: Annotated[str, typer.Option(help="admin, operator, viewer, auditor")],
-                 store: StoreOpt = None, output: OutputOpt = "table") -> None:
-    """Create a token; it is printed once and cannot be shown again."""
-    with _store(store) as st:
-        token, info = st.create_token(name, role, _user())
+ExpiresOpt = Annotated[str, typer.Option(
+    "--expires", help="lifetime, e.g. 30d, 12h, 2w (1m to 5 years)")]
+
+
+def _lifetime(text: str) -> float:
+    from egressguard.store.tokens import parse_lifetime
+
+    try:
+        return parse_lifetime(text)
+    except ValueError as exc:
+        raise _fail(f"--expires: {exc}") from None
+
+
+def _print_new_token(token: str, info: Any, output: str) -> None:
     if output == "json":
         typer.echo(json.dumps({**info.as_dict(), "token": token}))
     else:
-        typer.echo(f"token {info.id} ({info.name}, {info.role}); store it now, it is not "
-                   f"shown again:\n{token}")
+        expires = info.expires_at.isoformat(timespec="seconds") if info.expires_at else "?"
+        typer.echo(f"token {info.id} ({info.name}, {info.role}, expires {expires}); store "
+                   f"it now, it is not shown again:\n{token}")
+
+
+@token_app.command("create")
+def token_create(name: Annotated[str, typer.Option(help="who or what uses it")],
+                 role: Annotated[str, typer.Option(help="admin, operator, viewer, auditor")],
+                 expires: ExpiresOpt = "90d", store: StoreOpt = None,
+                 output: OutputOpt = "table") -> None:
+    """Create a token (valid 90 days unless --expires says otherwise); it is printed once
+    and cannot be shown again."""
+    lifetime = _lifetime(expires)
+    with _store(store) as st:
+        token, info = st.create_token(name, role, _user(), lifetime=lifetime)
+    _print_new_token(token, info, output)
 
 
 @token_app.command("list")
@@ -372,10 +393,10 @@ def token_list(store: StoreOpt = None, output: OutputOpt = "table",
                ) -> None:
     with _store(store) as st:
         rows = [t.as_dict() for t in st.tokens(include_revoked=all_)]
-    table = Table("Id", "Name", "Role", "Created by", "Created", "Revoked")
+    table = Table("Id", "Name", "Role", "Created by", "Created", "Expires", "Revoked")
     for r in rows:
         table.add_row(str(r["id"]), _cell(r["name"]), r["role"], _cell(r["created_by"]),
-                      r["created_at"], r["revoked_at"] or "")
+                      r["created_at"], r["expires_at"] or "", r["revoked_at"] or "")
     _emit(rows, output, table)
 
 
@@ -385,6 +406,17 @@ def token_revoke(ident: Annotated[str, typer.Argument(help="token id or name")],
     with _store(store) as st:
         revoked = st.revoke_token(ident)
     typer.echo(f"revoked {len(revoked)} token(s)")
+
+
+@token_app.command("rotate")
+def token_rotate_named(ident: Annotated[str, typer.Argument(help="token name or id")],
+                       expires: ExpiresOpt = "90d", store: StoreOpt = None,
+                       output: OutputOpt = "table") -> None:
+    """Issue a new secret for a token (same name and role) and revoke the old one."""
+    lifetime = _lifetime(expires)
+    with _store(store) as st:
+        token, info = st.rotate_token(ident, _user(), lifetime=lifetime)
+    _print_new_token(token, info, output)
 
 
 @token_app.command("rotate-bootstrap")

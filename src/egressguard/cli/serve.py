@@ -6,8 +6,13 @@ The composition is deliberately flat: a policy source fills a `SnapshotHolder`, 
 * Policy source: the store's cluster (default: the embedded SQLite store, cluster
   `default`, which starts with the shipped deny-all policy) followed live through
   `PolicyFeed`; or, with `--policy FILE`, that file, reloaded on change or SIGHUP.
-* The REST API (`127.0.0.1:8080` unless `--no-api`) runs in the same event loop, over
-  the same store, so a change made through it is in force at once.
+* The REST API (`127.0.0.1:8080` unless `--no-api`) runs in the same process, over the
+  same store, so a change made through it is in force at once; but in its own thread and
+  event loop, so no API request (a huge or slow body, a heavy query) can stall the proxy.
+  What the two share is thread-safe: the holder's swap tells the gateway through
+  `call_soon_threadsafe`, the store's engine hands each thread its own connection.
+* A start-up failure (port in use, store unreachable, bad option) prints one line with
+  the cause and a hint and exits 2; `--debug` (or `--log-level debug`) shows the traceback.
 * The audit log is written to the store's database unless `--no-audit`.
 """
 
@@ -15,9 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "gateway" / "default_policy.yaml"
 log = logging.getLogger("egressguard.gateway")
+API_MAX_HEAD = 32 * 1024  # bytes of request line and headers the REST API accepts
 
 
 def serve(
@@ -57,6 +66,8 @@ def serve(
                           ] = "127.0.0.1:8080",
     allow_cidr: Annotated[list[str] | None, typer.Option(
         help="client CIDR allowed to reach the API (repeatable; default any)")] = None,
+    api_max_body: Annotated[int, typer.Option(
+        help="largest API request body in bytes (413 beyond)", min=1)] = 1024 * 1024,
     audit: Annotated[bool, typer.Option(help="record every decision in the audit log")
                      ] = True,
     audit_writer: Annotated[str, typer.Option(
@@ -100,8 +111,15 @@ def serve(
     shutdown_deadline: Annotated[float, typer.Option(
         help="seconds open requests may finish after SIGTERM")] = 10.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    debug: Annotated[bool, typer.Option(
+        help="show the traceback of a start-up failure")] = False,
 ) -> None:
     """Run the gateway: an HTTP/HTTPS forward proxy that enforces the policy."""
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        typer.echo(f"error: --log-level {log_level!r}: expected debug, info, warning or "
+                   "error", err=True)
+        raise typer.Exit(2)
+    debug = debug or log_level.lower() == "debug"
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations log at INFO
@@ -112,6 +130,7 @@ def serve(
     try:
         host, port = _listen_address(listen)
         api_address = _listen_address(api_listen) if api else None
+        _check_cidrs(allow_cidr or [])
         if non_tls_443 not in ("deny", "allow"):
             raise ValueError("--non-tls-443 must be deny or allow")
         if audit_writer not in ("process", "thread"):
@@ -124,10 +143,9 @@ def serve(
         if audit:
             parts.open_audit(audit_writer, audit_max_age, audit_max_rows, exfil_threshold,
                              exfil_window)
-    except (PolicyError, CompileError, ValueError, OSError) as exc:
+    except Exception as exc:
         parts.close()
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _startup_failed(exc, debug)
     mode: Literal["deny", "allow"] = "allow" if non_tls_443 == "allow" else "deny"
     limits = Limits(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
                     idle_timeout=idle_timeout, connect_timeout=connect_timeout,
@@ -141,9 +159,37 @@ def serve(
     gateway = Gateway(parts.holder, parts.sink, Resolver(static, system=system_resolver),
                       limits, report_only=report_only, cluster=cluster)
     try:
-        _run(_serve(gateway, parts, host, port, api_address, allow_cidr or None))
+        _run(_serve(gateway, parts, host, port, api_address, allow_cidr or None,
+                    api_max_body))
+    except Exception as exc:
+        _startup_failed(exc, debug)
     finally:
         parts.close()
+
+
+class StartupError(Exception):
+    """A start-up failure already phrased for the operator: the cause and a hint."""
+
+
+def _startup_failed(exc: Exception, debug: bool) -> None:
+    """Print one line (cause, then a hint) and exit 2; with `debug`, the traceback too."""
+    from egressguard.store import unavailable_reason
+
+    if isinstance(exc, StartupError | PolicyError | CompileError | ValueError):
+        line = str(exc)
+    elif (reason := unavailable_reason(exc)) is not None:
+        line = (f"cannot reach the store: {reason} (hint: check that the database server "
+                "runs, or the SQLite file's folder is writable, and that --store / "
+                "EGRESSGUARD_STORE names it)")
+    elif isinstance(exc, OSError):
+        line = f"{exc} (hint: check the paths and permissions under $EGRESSGUARD_HOME)"
+    else:
+        line = (f"start-up failed: {type(exc).__name__}: {exc} (hint: rerun with --debug "
+                "for the traceback)")
+    if debug:
+        log.error("start-up failed", exc_info=exc)
+    typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(2) from None
 
 
 @dataclass
@@ -212,6 +258,17 @@ class _Parts:
             self.store.close()
 
 
+def _check_cidrs(cidrs: list[str]) -> None:
+    from egressguard.control.gate import parse_cidrs
+
+    for cidr in cidrs:
+        try:
+            parse_cidrs([cidr])
+        except ValueError as exc:
+            raise ValueError(f"--allow-cidr {cidr!r}: {exc} (hint: a network such as "
+                             "10.0.0.0/8 or 127.0.0.1/32)") from None
+
+
 def _listen_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
@@ -220,10 +277,19 @@ def _listen_address(text: str) -> tuple[str, int]:
 
 
 async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
-                 api_address: tuple[str, int] | None, allow_cidrs: list[str] | None) -> None:
+                 api_address: tuple[str, int] | None, allow_cidrs: list[str] | None,
+                 api_max_body: int) -> None:
     loop = asyncio.get_running_loop()
-    await gateway.start(host, port)
-    api_server, api_task = await _start_api(parts, api_address, allow_cidrs)
+    try:
+        await gateway.start(host, port)
+    except OSError as exc:
+        raise StartupError(_bind_failure("the gateway", host, port, exc, "--listen")
+                           ) from exc
+    try:
+        api = _start_api(parts, api_address, allow_cidrs, api_max_body)
+    except BaseException:
+        await gateway.stop(0)
+        raise
     if parts.policy_file is not None:
         parts.policy_file.start()
     stop = asyncio.Event()
@@ -235,8 +301,8 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
         loop.add_signal_handler(sig, stop.set)
     for addr, bound in gateway.addresses:
         typer.echo(f"egressguard: listening on {addr}:{bound} (HTTP proxy, CONNECT)")
-    if api_server is not None:
-        api_host, api_port = api_server.servers[0].sockets[0].getsockname()[:2]
+    if api is not None:
+        api_host, api_port = api.address
         typer.echo(f"egressguard: REST API on http://{api_host}:{api_port} "
                    "(OpenAPI at /openapi.json, metrics at /metrics)")
     assert parts.holder is not None
@@ -251,19 +317,95 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
     if parts.policy_file is not None:
         parts.policy_file.stop()
     await gateway.stop()
-    if api_server is not None and api_task is not None:
-        api_server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await api_task
+    if api is not None:
+        await asyncio.to_thread(api.stop)
 
 
-async def _start_api(parts: _Parts, address: tuple[str, int] | None,
-                     allow_cidrs: list[str] | None) -> tuple[Any, asyncio.Task[None] | None]:
-    """Run the REST API in this event loop (the store and holder are shared in-process)."""
+def _bind_failure(what: str, host: str, port: int, exc: OSError, option: str) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        cause = "the address is already in use"
+        hint = f"another process listens there; pick another port with {option}"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        cause = "no local interface has that address"
+        hint = f"use a local address with {option}"
+    elif exc.errno == errno.EACCES:
+        cause = "permission denied"
+        hint = f"ports below 1024 need privileges; pick another with {option}"
+    else:
+        cause = exc.strerror or str(exc)
+        hint = f"check {option}"
+    return f"{what} cannot listen on {host}:{port}: {cause} (hint: {hint})"
+
+
+class ApiThread:
+    """The REST API's uvicorn server in a thread with its own event loop, so that nothing
+    the API does can stall the proxy's loop. The socket is bound by the caller first, so
+    a bind failure is an ordinary `OSError` before any thread starts."""
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        import uvicorn
+
+        # h11, not httptools: uvicorn bounds a request head only with h11 (httptools
+        # buffers any number of header bytes, unauthenticated, before the gate runs).
+        config = uvicorn.Config(app, loop="none", http="h11", log_level="warning",
+                                lifespan="off", server_header=False,
+                                h11_max_incomplete_event_size=API_MAX_HEAD,
+                                limit_concurrency=1024, timeout_graceful_shutdown=5)
+        self.sock = sock
+        self.server = uvicorn.Server(config)
+        self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, name="egressguard-api",
+                                       daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.sock.getsockname()[:2]
+        return host, port
+
+    def _main(self) -> None:
+        try:
+            _run(self.server.serve(sockets=[self.sock]))
+        except BaseException as exc:  # reported by start(); the thread must not print
+            self.error = exc
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.thread.start()
+        deadline = threading.Event()
+        waited = 0.0
+        while not self.server.started:
+            if not self.thread.is_alive() or waited > timeout:
+                raise StartupError(f"the REST API did not start: {self.error or 'timeout'} "
+                                   "(hint: rerun with --debug)")
+            deadline.wait(0.01)
+            waited += 0.01
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.sock.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(_bind_failure("the REST API", host, port, exc,
+                                         "--api-listen (or --no-api)")) from exc
+    sock.setblocking(False)
+    return sock
+
+
+def _start_api(parts: _Parts, address: tuple[str, int] | None,
+               allow_cidrs: list[str] | None, max_body: int) -> ApiThread | None:
+    """Start the REST API in its own thread (the store and holder are shared)."""
     if address is None or parts.store is None:
-        return None, None
-    import uvicorn
-
+        return None
     from egressguard.control.api import create_app
 
     bootstrap = parts.store.ensure_bootstrap()
@@ -272,20 +414,20 @@ async def _start_api(parts: _Parts, address: tuple[str, int] | None,
                    f"`egressguard token rotate-bootstrap`):\n{bootstrap}", err=True)
     assert parts.holder is not None
     cluster = parts.feed.cluster if parts.feed is not None else "default"
-    app = create_app(parts.store, {cluster: parts.holder}, allow_cidrs=allow_cidrs)
+    try:
+        app = create_app(parts.store, {cluster: parts.holder}, allow_cidrs=allow_cidrs,
+                         max_body=max_body)
+    except ValueError as exc:
+        raise StartupError(f"--allow-cidr: {exc}") from None
     if parts.audit_log is not None:
         app.state.audit = parts.audit_log
-    config = uvicorn.Config(app, host=address[0], port=address[1], loop="none",
-                            log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()  # raises the bind error
-            raise OSError(f"the REST API could not listen on {address[0]}:{address[1]}")
-        await asyncio.sleep(0.01)
-    return server, task
+    api = ApiThread(app, _bind(*address))
+    try:
+        api.start()
+    except BaseException:
+        api.stop()
+        raise
+    return api
 
 
 def _run(main: object) -> None:

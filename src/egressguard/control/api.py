@@ -2,15 +2,17 @@
 what-if checks, Kusto-style commands, tokens, health and metrics.
 
 Roles: `viewer` reads policy, `operator` edits it, `auditor` reads the audit log (other
-areas' routers), `admin` does everything and manages tokens. `/healthz` and `/metrics`
-need no token (Prometheus scrapes without credentials) but, like every route, are subject
-to the `allow_cidrs` source restriction.
+areas' routers), `admin` does everything and manages tokens. `/healthz`, `/readyz` and
+`/metrics` need no token (probes and Prometheus scrape without credentials) but, like
+every route, are subject to the `allow_cidrs` source restriction. Every request passes
+the gate (`control.gate`: source, body limit, authentication) before its body is read.
+While the store cannot be reached, `/healthz` says `degraded`, `/readyz` answers 503 and
+every route that needs the store answers 503 with `Retry-After`.
 """
 
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
@@ -19,7 +21,9 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from egressguard.control.auth import (
     EDIT_POLICY,
@@ -31,6 +35,13 @@ from egressguard.control.auth import (
 )
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.errors import ControlError, InvalidInput
+from egressguard.control.gate import (
+    BODY_IDLE_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    ApiGate,
+    parse_cidrs,
+)
+from egressguard.control.health import RETRY_AFTER, StoreHealth
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import (
     collection_from_arm,
@@ -43,7 +54,9 @@ from egressguard.control.whatif import CheckRequest, SnapshotCache, decide
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.policy import PolicyError
-from egressguard.store import Invalid, NotFound, Store, Version
+from egressguard.store import Invalid, NotFound, Store, StoreUnavailable, Version
+from egressguard.store import unavailable_reason as _unavailable
+from egressguard.store.tokens import DEFAULT_TOKEN_LIFETIME, parse_lifetime
 
 _log = logging.getLogger(__name__)
 OPTIONAL_ROUTERS = ("egressguard.audit.api", "egressguard.analysis.api", "egressguard.web.routes")
@@ -79,6 +92,25 @@ class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     role: str = Field(json_schema_extra={"enum": list(ROLES)})
+    expires: str = Field("90d", max_length=20, examples=["30d", "12h"],
+                         description="lifetime: 1m to 5 years (default 90 days)")
+
+    @field_validator("expires")
+    @classmethod
+    def _lifetime(cls, value: str) -> str:
+        parse_lifetime(value)
+        return value
+
+
+class RotateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    expires: str = Field("90d", max_length=20, examples=["30d"])
+
+    @field_validator("expires")
+    @classmethod
+    def _lifetime(cls, value: str) -> str:
+        parse_lifetime(value)
+        return value
 
 
 def _error(status: int, code: str, message: str, target: str = "") -> JSONResponse:
@@ -116,6 +148,17 @@ def _install_error_handlers(app: FastAPI) -> None:
                           "found": exc.found, "target": "command"}}
         return JSONResponse(body, status_code=400)
 
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        reason = _unavailable(exc) or "the database cannot be reached"
+        request.app.state.health.failed(reason)
+        response = _error(503, "StoreUnavailable",
+                          f"the policy store is unavailable: {reason}; retry later")
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
+
+    for kind in (StoreUnavailable, OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(kind, unavailable)
+
     @app.exception_handler(RequestValidationError)
     async def validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"target": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
@@ -125,25 +168,6 @@ def _install_error_handlers(app: FastAPI) -> None:
                                        "message": f"{first['target']}: {first['message']}",
                                        "target": first["target"], "details": details}},
                             status_code=422)
-
-
-def _cidr_guard(app: FastAPI, allow_cidrs: Sequence[str]) -> None:
-    networks = [ipaddress.ip_network(c, strict=False) for c in allow_cidrs]
-
-    @app.middleware("http")
-    async def source_filter(request: Request, call_next: Any) -> Response:
-        host = request.client.host if request.client else ""
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            addr = None
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        if addr is None or not any(addr in n for n in networks):
-            return _error(403, "SourceNotAllowed",
-                          f"source address {host or '?'} is not in the allowed CIDRs")
-        response: Response = await call_next(request)
-        return response
 
 
 def _clusters_router(store: Store, cache: SnapshotCache) -> APIRouter:
@@ -267,7 +291,17 @@ def _tokens_router(store: Store) -> APIRouter:
     @router.post("", status_code=201)
     def create_token(body: TokenRequest, who: Admin) -> dict[str, Any]:
         """The token is in this answer only; the store keeps its SHA-256."""
-        token, info = store.create_token(body.name, body.role, who.name)
+        token, info = store.create_token(body.name, body.role, who.name,
+                                         lifetime=parse_lifetime(body.expires))
+        return {**info.as_dict(), "token": token}
+
+    @router.post("/{ident}/rotate", status_code=201)
+    def rotate_token(ident: Annotated[str, Path(min_length=1, max_length=200)],
+                     who: Admin, body: RotateRequest | None = None) -> dict[str, Any]:
+        """Revoke the token(s) with this id or name and issue a new secret with the same
+        name and role (in this answer only)."""
+        lifetime = parse_lifetime(body.expires) if body else DEFAULT_TOKEN_LIFETIME
+        token, info = store.rotate_token(ident, who.name, lifetime=lifetime)
         return {**info.as_dict(), "token": token}
 
     @router.delete("/{ident}")
@@ -293,22 +327,59 @@ def _include_optional(app: FastAPI) -> None:
 
 def create_app(store: Store, holder_registry: Mapping[str, SnapshotHolder] | None = None,
                *, allow_cidrs: Sequence[str] | None = None,
-               include_optional_routers: bool = True) -> FastAPI:
+               include_optional_routers: bool = True,
+               max_body: int = DEFAULT_MAX_BODY,
+               body_idle_timeout: float = BODY_IDLE_TIMEOUT) -> FastAPI:
     """The API over `store`. `holder_registry` (cluster -> holder in force in this
-    process) is reported by `/healthz`; `allow_cidrs` restricts client sources."""
+    process) is reported by `/healthz`; `allow_cidrs` restricts client sources;
+    `max_body` bounds request bodies (413 beyond), `body_idle_timeout` how long a body
+    may stall (408)."""
+    if max_body < 1:
+        raise ValueError("the API body limit must be at least 1 byte")
+    if allow_cidrs:
+        parse_cidrs(allow_cidrs)  # a bad CIDR fails here, not at the first request
     app = FastAPI(title="egressguard control plane", version="1",
                   description=__doc__)
     app.state.store = store
     app.state.holders = dict(holder_registry or {})
+    app.state.health = health = StoreHealth(store)
     cache = SnapshotCache(store)
     _install_error_handlers(app)
-    if allow_cidrs:
-        _cidr_guard(app, allow_cidrs)
+    app.add_middleware(ApiGate, store=store, health=health, max_body=max_body,
+                       allow_cidrs=list(allow_cidrs) if allow_cidrs else None,
+                       body_idle_timeout=body_idle_timeout)
+
+    def reasons() -> tuple[list[str], dict[str, Any]]:
+        problem = health.check()
+        found = [f"store unreachable: {problem}"] if problem else []
+        parts: dict[str, Any] = {"store": store.dialect, "store_reachable": problem is None}
+        audit = getattr(app.state, "audit", None)
+        degraded = getattr(audit, "degraded", None)
+        if isinstance(degraded, bool):
+            parts["audit_degraded"] = degraded
+            if degraded:
+                found.append("audit log spooling locally (database unreachable)")
+        return found, parts
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
+        """Liveness: always 200 while the process serves; `status` is `degraded` (with
+        the reasons) while the store or the audit database is unreachable."""
+        found, parts = reasons()
         holders = {name: holder.active.version for name, holder in app.state.holders.items()}
-        return {"status": "ok", "store": store.dialect, "active": holders}
+        return {"status": "degraded" if found else "ok", "reasons": found, **parts,
+                "active": holders}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> Response:
+        """Readiness: 503 while the store cannot be reached (policy reads and writes
+        would fail)."""
+        problem = health.check()
+        if problem:
+            return JSONResponse({"status": "unavailable", "reasons": [
+                f"store unreachable: {problem}"]}, status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER)})
+        return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics() -> Response:

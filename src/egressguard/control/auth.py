@@ -1,10 +1,10 @@
 """API tokens and roles: who may call what.
 
-Every API route depends on `require_role(...)`, which reads `Authorization: Bearer <token>`
-and looks the token's SHA-256 up in the store the app was built with
-(`request.app.state.store`). Tokens are 256 random bits, so a plain SHA-256 is a safe
-verifier (no salt or slow hash needed: there is nothing to brute-force) and lets the store
-index by hash. `admin` passes every role check (it may also read the audit log).
+Authentication happens once per request, in the API's gate (`control.gate`), from the
+request head and before any body byte is read: `Authorization: Bearer <token>`, or on
+`/dashboard` paths the session cookie. The gate leaves the outcome in the ASGI scope;
+`require_role(...)` reads it (or, in an app built without the gate, looks the token up
+itself). `admin` passes every role check (it may also read the audit log).
 
 Other areas import this for their routers::
 
@@ -16,67 +16,95 @@ Other areas import this for their routers::
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from fastapi import HTTPException, Request
 
-ROLES = ("admin", "operator", "viewer", "auditor")
-TOKEN_PREFIX = "egt_"
+from egressguard.store.tokens import (
+    MAX_SECRET,
+    ROLES,
+    TOKEN_PREFIX,
+    Principal,
+    Refusal,
+    hash_token,
+    new_token,
+    role_allows,
+)
+
+__all__ = ["EDIT_POLICY", "READ_POLICY", "ROLES", "SESSION_COOKIE", "TOKEN_PREFIX",
+           "Principal", "Refusal", "authenticate", "bearer", "hash_token", "identify",
+           "new_token", "require_role", "role_allows"]
 
 # Which roles may read or edit policy (the admin always may).
 READ_POLICY = ("viewer", "operator")
 EDIT_POLICY = ("operator",)
 
-
-@dataclass(frozen=True)
-class Principal:
-    """An authenticated caller: the token's name and its role."""
-
-    name: str
-    role: str
+SESSION_COOKIE = "egressguard_session"
+DASHBOARD_PREFIX = "/dashboard"
+SCOPE_KEY = "egressguard.auth"  # Principal | Refusal, set by the gate
 
 
-class TokenVerifier(Protocol):
-    def principal_for(self, token_hash: str) -> Principal | None: ...
+class Verifier(Protocol):
+    def identify(self, token_hash: str) -> Principal | Refusal: ...
+
+    def session_principal(self, session_hash: str) -> Principal | Refusal: ...
 
 
-def new_token() -> str:
-    """A fresh bearer token (shown once, never stored in clear)."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def role_allows(role: str, wanted: tuple[str, ...]) -> bool:
-    return role == "admin" or role in wanted
-
-
-def bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def bearer_value(header: str) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return None
     return value.strip()
 
 
+def bearer(request: Request) -> str | None:
+    return bearer_value(request.headers.get("authorization", ""))
+
+
+def credentials(path: str, headers: Mapping[str, str], cookies: Mapping[str, str]
+                ) -> tuple[str, str] | None:
+    """What the request authenticates with: ("token", secret) from the Authorization
+    header, else ("session", id) from the cookie on dashboard paths; None if neither."""
+    if "authorization" in headers:
+        token = bearer_value(headers["authorization"])
+        return ("token", token) if token else ("token", "")
+    if path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/"):
+        session = cookies.get(SESSION_COOKIE)
+        if session:
+            return "session", session
+    return None
+
+
+def identify(verifier: Verifier, kind: str, secret: str) -> Principal | Refusal:
+    """Look a credential up (store I/O: call it off the event loop)."""
+    if not secret:
+        return Refusal("malformed Authorization header: expected 'Bearer <token>'")
+    if len(secret) > MAX_SECRET:
+        return Refusal("invalid or revoked token")
+    if kind == "session":
+        return verifier.session_principal(hash_token(secret))
+    return verifier.identify(hash_token(secret))
+
+
+def outcome(request: Request) -> Principal | Refusal | None:
+    """The gate's verdict for this request; without a gate, looked up here."""
+    if SCOPE_KEY in request.scope:
+        found: Principal | Refusal | None = request.scope[SCOPE_KEY]
+        return found
+    cred = credentials(request.url.path, request.headers, request.cookies)
+    if cred is None:
+        return None
+    return identify(request.app.state.store, *cred)
+
+
 def authenticate(request: Request) -> Principal:
-    """The caller, or 401 (no token, unknown or revoked token)."""
-    token = bearer(request)
-    if token is None:
-        raise HTTPException(401, "missing bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
-    verifier: TokenVerifier = request.app.state.store
-    principal = verifier.principal_for(hash_token(token))
-    if principal is None:
-        raise HTTPException(401, "invalid or revoked token",
-                            headers={"WWW-Authenticate": "Bearer"})
-    return principal
+    """The caller, or 401 (no token; unknown, revoked or expired token)."""
+    found = outcome(request)
+    if isinstance(found, Principal):
+        return found
+    reason = found.reason if isinstance(found, Refusal) else "missing bearer token"
+    raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
 
 
 def require_role(*roles: str) -> Callable[[Request], Principal]:

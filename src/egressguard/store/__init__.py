@@ -8,11 +8,13 @@ from egressguard.store.store import (
     NotFound,
     Store,
     StoreError,
+    StoreUnavailable,
     TokenInfo,
     Version,
     check_policy,
     default_policy,
     open_store,
+    unavailable_reason,
     unified_diff,
 )
 from egressguard.store.urls import StoreURLError, normalize_url
@@ -26,11 +28,13 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreURLError",
+    "StoreUnavailable",
     "TokenInfo",
     "Version",
     "check_policy",
     "default_policy",
     "normalize_url",
     "open_store",
+    "unavailable_reason",
     "unified_diff",
 ]

@@ -28,27 +28,35 @@ from egressguard.paths import private_sqlite_file
 from egressguard.store.urls import normalize_url
 
 
-def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.isolation_level = None  # SQLAlchemy starts transactions (see the BEGIN hook)
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+def _sqlite_setup(busy_timeout_ms: int) -> Any:
+    def connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy starts transactions (the BEGIN hook)
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    return connect
 
 
 def make_engine(url: str | URL, *, write_by_default: bool = False,
-                pool_size: int = 5) -> Engine:
-    """An engine for `url` (a store URL string or a parsed URL)."""
+                pool_size: int = 5, busy_timeout_ms: int = 10000) -> Engine:
+    """An engine for `url` (a store URL string or a parsed URL). `busy_timeout_ms`: how
+    long a SQLite statement waits for another process's lock before failing."""
     parsed = normalize_url(url) if isinstance(url, str) else url
     if parsed.get_backend_name() != "sqlite":
+        # An unreachable server must fail a request in seconds, not hang it (and /healthz).
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 5}
         return create_engine(parsed, pool_pre_ping=True, pool_size=pool_size,
-                             max_overflow=pool_size)
+                             max_overflow=pool_size, pool_timeout=10,
+                             connect_args=connect_args)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         private_sqlite_file(Path(parsed.database))
-    engine = create_engine(parsed, connect_args={"timeout": 10, "check_same_thread": False})
+    engine = create_engine(parsed, connect_args={"timeout": busy_timeout_ms / 1000,
+                                                 "check_same_thread": False})
 
     def begin(conn: Any) -> None:
         options = conn.get_execution_options()
@@ -56,7 +64,7 @@ def make_engine(url: str | URL, *, write_by_default: bool = False,
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate and not options.get("snapshot")
                              else "BEGIN")
 
-    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "connect", _sqlite_setup(busy_timeout_ms))
     event.listen(engine, "begin", begin)
     return engine
 

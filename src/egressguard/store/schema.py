@@ -1,4 +1,5 @@
-"""Tables of the control-plane store (clusters, immutable policy versions, API tokens).
+"""Tables of the control-plane store (clusters, immutable policy versions, API tokens,
+dashboard sessions).
 
 Policy versions are append-only: a change, a rollback or a first PUT adds a row; the row
 with the highest `number` for a cluster is the policy in force.
@@ -62,4 +63,19 @@ class TokenRow(Base):
     bootstrap: Mapped[bool] = mapped_column(Boolean, default=False)
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # NULL only for rows a migration could not date: such a token never authenticates.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SessionRow(Base):
+    """A dashboard login: the cookie holds the id, the store its SHA-256."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

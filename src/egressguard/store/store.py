@@ -1,4 +1,5 @@
-"""The control-plane store: clusters with append-only policy versions, and API tokens.
+"""The control-plane store: clusters with append-only policy versions, API tokens and
+dashboard sessions.
 
 One `Store` wraps one SQLAlchemy engine (SQLite in WAL mode, or PostgreSQL through
 psycopg 3). Opening a store runs its Alembic migrations and creates the `default` cluster
@@ -16,21 +17,34 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeout
 from sqlalchemy.orm import Session
 
 from egressguard.catalog import references
-from egressguard.control.auth import ROLES, Principal, hash_token, new_token
 from egressguard.engine import CompileError, compile_policy
 from egressguard.policy import Policy, PolicyError, dump_policy, load_policy_text
 from egressguard.store import bus, db
-from egressguard.store.schema import ClusterRow, TokenRow, VersionRow
+from egressguard.store.schema import ClusterRow, SessionRow, TokenRow, VersionRow
+from egressguard.store.tokens import (
+    DEFAULT_TOKEN_LIFETIME,
+    MAX_SECRET,
+    MAX_TOKEN_LIFETIME,
+    ROLES,
+    SESSION_LIFETIME,
+    Principal,
+    Refusal,
+    expired_message,
+    hash_token,
+    new_session_id,
+    new_token,
+)
 from egressguard.store.urls import bus_key, normalize_url
 
 NOTIFY_CHANNEL = "egressguard_policy"
@@ -51,6 +65,10 @@ class NotFound(StoreError):
 
 class Exists(StoreError):
     """A cluster that is created but already exists."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now; retrying later may succeed (HTTP 503)."""
 
 
 class Invalid(StoreError):
@@ -87,12 +105,14 @@ class TokenInfo:
     created_by: str
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "role": self.role,
                 "bootstrap": self.bootstrap, "created_by": self.created_by,
                 "created_at": self.created_at.isoformat(),
-                "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None}
+                "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+                "expires_at": self.expires_at.isoformat() if self.expires_at else None}
 
 
 def default_policy() -> Policy:
@@ -129,9 +149,9 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def make_engine(url: URL) -> Engine:
+def make_engine(url: URL, busy_timeout_ms: int = 10000) -> Engine:
     """An engine for the store; writers ask for the write lock with `sqlite_immediate`."""
-    return db.make_engine(url)
+    return db.make_engine(url, busy_timeout_ms=busy_timeout_ms)
 
 
 def migrate(engine: Engine) -> None:
@@ -142,10 +162,11 @@ def migrate(engine: Engine) -> None:
 class Store:
     """Clusters, policy versions and tokens in one database."""
 
-    def __init__(self, url: str | URL, *, create_default: bool = True) -> None:
+    def __init__(self, url: str | URL, *, create_default: bool = True,
+                 busy_timeout_ms: int = 10000) -> None:
         self.url = normalize_url(url) if isinstance(url, str) else url
         self.key = bus_key(self.url)
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, busy_timeout_ms)
         self._write_lock = threading.Lock()
         migrate(self.engine)
         if create_default:
@@ -340,32 +361,52 @@ class Store:
 
     # -- tokens ------------------------------------------------------------------------
 
-    def principal_for(self, token_hash: str) -> Principal | None:
+    def identify(self, token_hash: str) -> Principal | Refusal:
+        """The principal of an active, unexpired token, else why not."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(TokenRow.name, TokenRow.role).where(
+            row = conn.execute(select(TokenRow.name, TokenRow.role, TokenRow.expires_at).where(
                 TokenRow.token_hash == token_hash, TokenRow.revoked_at.is_(None))).first()
-        return Principal(row.name, row.role) if row else None
+        if row is None:
+            return Refusal("invalid or revoked token")
+        if row.expires_at is None or _aware(row.expires_at) <= _now():
+            return Refusal(expired_message(row.name, _aware(row.expires_at or _now())))
+        return Principal(row.name, row.role)
+
+    def principal_for(self, token_hash: str) -> Principal | None:
+        found = self.identify(token_hash)
+        return found if isinstance(found, Principal) else None
 
     def create_token(self, name: str, role: str, created_by: str, *,
-                     bootstrap: bool = False) -> tuple[str, TokenInfo]:
-        """A new token: returns the clear text (shown once) and its record."""
+                     bootstrap: bool = False, lifetime: float = DEFAULT_TOKEN_LIFETIME
+                     ) -> tuple[str, TokenInfo]:
+        """A new token valid for `lifetime` seconds: returns the clear text (shown once)
+        and its record."""
         if role not in ROLES:
             raise Invalid(f"unknown role {role!r}; expected one of {', '.join(ROLES)}", "role")
         if not name.strip() or len(name) > 200:
             raise Invalid("token name must be 1-200 characters", "name")
-        token = new_token()
+        if not 60 <= lifetime <= MAX_TOKEN_LIFETIME:
+            raise Invalid("token lifetime must be between 1 minute and 5 years", "expires")
         with self._session(write=True) as s:
-            row = TokenRow(name=name, role=role, token_hash=hash_token(token),
-                           bootstrap=bootstrap, created_by=created_by, created_at=_now())
-            s.add(row)
-            s.flush()
-            return token, self._token_info(row)
+            return self._add_token(s, name, role, created_by, bootstrap, lifetime)
+
+    def _add_token(self, s: Session, name: str, role: str, created_by: str, bootstrap: bool,
+                   lifetime: float) -> tuple[str, TokenInfo]:
+        token = new_token()
+        now = _now()
+        row = TokenRow(name=name, role=role, token_hash=hash_token(token),
+                       bootstrap=bootstrap, created_by=created_by, created_at=now,
+                       expires_at=now + timedelta(seconds=lifetime))
+        s.add(row)
+        s.flush()
+        return token, self._token_info(row)
 
     @staticmethod
     def _token_info(row: TokenRow) -> TokenInfo:
         return TokenInfo(row.id, row.name, row.role, row.bootstrap, row.created_by,
                          _aware(row.created_at),
-                         _aware(row.revoked_at) if row.revoked_at else None)
+                         _aware(row.revoked_at) if row.revoked_at else None,
+                         _aware(row.expires_at) if row.expires_at else None)
 
     def tokens(self, *, include_revoked: bool = False) -> list[TokenInfo]:
         with self._session() as s:
@@ -374,18 +415,41 @@ class Store:
                 query = query.where(TokenRow.revoked_at.is_(None))
             return [self._token_info(r) for r in s.scalars(query)]
 
+    @staticmethod
+    def _active(s: Session, ident: str) -> list[TokenRow]:
+        query = select(TokenRow).where(TokenRow.revoked_at.is_(None))
+        query = query.where(TokenRow.id == int(ident)) if ident.isdigit() else query.where(
+            TokenRow.name == ident)
+        rows = list(s.scalars(query))
+        if not rows:
+            raise NotFound(f"no active token {ident!r}")
+        return rows
+
     def revoke_token(self, ident: str) -> list[TokenInfo]:
-        """Revoke the active token(s) with this id or name; NotFound if none."""
+        """Revoke the active token(s) with this id or name (their dashboard sessions end
+        with them); NotFound if none."""
         with self._session(write=True) as s:
-            query = select(TokenRow).where(TokenRow.revoked_at.is_(None))
-            query = query.where(TokenRow.id == int(ident)) if ident.isdigit() else query.where(
-                TokenRow.name == ident)
-            rows = list(s.scalars(query))
-            if not rows:
-                raise NotFound(f"no active token {ident!r}")
+            rows = self._active(s, ident)
             for row in rows:
                 row.revoked_at = _now()
             return [self._token_info(r) for r in rows]
+
+    def rotate_token(self, ident: str, principal: str, *,
+                     lifetime: float = DEFAULT_TOKEN_LIFETIME) -> tuple[str, TokenInfo]:
+        """In one transaction: revoke the active token(s) with this id or name and issue a
+        new secret with the same name and role. Returns the new token in clear."""
+        if not 60 <= lifetime <= MAX_TOKEN_LIFETIME:
+            raise Invalid("token lifetime must be between 1 minute and 5 years", "expires")
+        with self._session(write=True) as s:
+            rows = self._active(s, ident)
+            if len({(r.name, r.role) for r in rows}) > 1:
+                raise Invalid(f"several active tokens are named {ident!r} with different "
+                              "roles; rotate one by its id", "name")
+            for row in rows:
+                row.revoked_at = _now()
+            first = rows[0]
+            return self._add_token(s, first.name, first.role, principal, first.bootstrap,
+                                   lifetime)
 
     def ensure_bootstrap(self) -> str | None:
         """On first start (no token at all), create the bootstrap admin token and return it
@@ -405,6 +469,82 @@ class Store:
         token, _ = self.create_token("bootstrap", "admin", principal, bootstrap=True)
         return token
 
+    # -- dashboard sessions ------------------------------------------------------------
+
+    def open_session(self, token: str, lifetime: float = SESSION_LIFETIME
+                     ) -> tuple[str, Principal] | Refusal:
+        """Log in with `token`: a new session id (in clear, for the cookie) and the
+        principal, or why not. The session ends when the token does, if sooner."""
+        if not token or len(token) > MAX_SECRET:
+            return Refusal("invalid or revoked token")
+        now = _now()
+        with self._session(write=True) as s:
+            row = s.scalar(select(TokenRow).where(TokenRow.token_hash == hash_token(token),
+                                                  TokenRow.revoked_at.is_(None)))
+            if row is None:
+                return Refusal("invalid or revoked token")
+            if row.expires_at is None or _aware(row.expires_at) <= now:
+                return Refusal(expired_message(row.name, _aware(row.expires_at or now)))
+            # Rows expired for a day are of no use to anyone: drop them as we go.
+            s.execute(delete(SessionRow).where(
+                SessionRow.expires_at < now - timedelta(days=1)))
+            session_id = new_session_id()
+            s.add(SessionRow(session_hash=hash_token(session_id), token_id=row.id,
+                             created_at=now, expires_at=min(
+                                 now + timedelta(seconds=lifetime), _aware(row.expires_at))))
+            return session_id, Principal(row.name, row.role)
+
+    def session_principal(self, session_hash: str) -> Principal | Refusal:
+        """The principal of a live session whose token is still active and unexpired."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(TokenRow.name, TokenRow.role, TokenRow.expires_at,
+                       SessionRow.expires_at.label("session_expires"))
+                .join(TokenRow, TokenRow.id == SessionRow.token_id)
+                .where(SessionRow.session_hash == session_hash,
+                       SessionRow.revoked_at.is_(None), TokenRow.revoked_at.is_(None))
+            ).first()
+        now = _now()
+        if row is None or _aware(row.session_expires) <= now:
+            return Refusal("the session has ended; log in again")
+        if row.expires_at is None or _aware(row.expires_at) <= now:
+            return Refusal(expired_message(row.name, _aware(row.expires_at or now)))
+        return Principal(row.name, row.role)
+
+    def close_session(self, session_hash: str) -> bool:
+        """Revoke a session (logout); False if it was not live."""
+        with self._session(write=True) as s:
+            row = s.scalar(select(SessionRow).where(SessionRow.session_hash == session_hash,
+                                                    SessionRow.revoked_at.is_(None)))
+            if row is None:
+                return False
+            row.revoked_at = _now()
+            return True
+
+    # -- health ------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Read one row (SQLite's `SELECT 1` would not touch the file); raises the
+        driver's error if the database cannot be read."""
+        with self.engine.connect() as conn:
+            conn.execute(select(ClusterRow.id).limit(1)).first()
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """One line saying why the database is out of reach, if `exc` means that (connection
+    refused or lost, server shutting down, file locked or unreadable, pool exhausted);
+    None for any other error."""
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)
+    if isinstance(exc, SATimeout):
+        return "no database connection free (pool timeout)"
+    if isinstance(exc, OperationalError | InterfaceError) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        orig = getattr(exc, "orig", None) or exc
+        first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+        return first[:300]
+    return None
+
 
 def open_store(url: str | None = None) -> Store:
     """The store at `url`, default the embedded SQLite file under the data directory."""
@@ -414,5 +554,6 @@ def open_store(url: str | None = None) -> Store:
     return Store(url)
 
 
-__all__ = ["DEFAULT_CLUSTER", "Exists", "Invalid", "NotFound", "PolicyError", "Store", "StoreError",
-           "TokenInfo", "Version", "open_store"]
+__all__ = ["DEFAULT_CLUSTER", "Exists", "Invalid", "NotFound", "PolicyError", "Store",
+           "StoreError", "StoreUnavailable", "TokenInfo", "Version", "open_store",
+           "unavailable_reason"]

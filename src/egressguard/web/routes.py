@@ -1,7 +1,7 @@
 """`/dashboard`: read-only HTML pages for people (the API serves programs).
 
-Included by the control-plane app like the other optional routers. Pages need the same
-tokens as the API (see `session`): policy panels a viewer, operator or admin; audit
+Included by the control-plane app like the other optional routers. Pages need a session
+or the same tokens as the API (see `session`): policy panels a viewer, operator or admin; audit
 panels an auditor or admin; a panel the caller may not see says so instead. The routes
 are left out of the OpenAPI document, which describes the JSON API.
 """
@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from egressguard.audit.query import QueryError, parse_duration
-from egressguard.control.auth import READ_POLICY, Principal, role_allows
+from egressguard.control.auth import READ_POLICY, Principal, Refusal, outcome, role_allows
 from egressguard.store import NotFound, Store
 from egressguard.web import data, session, views
 
@@ -55,12 +55,12 @@ def _to_login(request: Request, *, clear: bool = False) -> Response:
 def _caller(request: Request) -> Principal | Response:
     """The principal, or the response to send instead: 401 for a bad Authorization
     header (a program), a redirect to the login form for a browser."""
-    who = session.principal(request)
-    if who is not None:
+    who = outcome(request)
+    if isinstance(who, Principal):
         return who
     if "authorization" in request.headers:
-        response = _html(views.message_page(
-            "Not authenticated", "The bearer token is missing, unknown or revoked."), 401)
+        reason = who.reason if isinstance(who, Refusal) else "missing bearer token"
+        response = _html(views.message_page("Not authenticated", reason), 401)
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
     return _to_login(request, clear=session.SESSION_COOKIE in request.cookies)
@@ -159,13 +159,13 @@ async def login(request: Request) -> Response:
     next_path = session.safe_next(form.get("next"))
     if not session.csrf_ok(request, form.get("csrf", "")):
         return _login_page(request, next_path, "The form expired; please try again.", 403)
-    token = form.get("token", "")
     try:
-        await run_in_threadpool(session.login, request, token)
+        session_id, _who = await run_in_threadpool(session.login, request,
+                                                   form.get("token", ""))
     except session.LoginFailed as exc:
         return _login_page(request, next_path, str(exc), 401)
     response = RedirectResponse(next_path, status_code=303, headers=_HEADERS)
-    session.set_session(request, response, token)
+    session.set_session(request, response, session_id)
     return response
 
 
@@ -180,6 +180,8 @@ def _login_page(request: Request, next_path: str, error: str = "", status: int =
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
+    """Revoke the session server-side (a copied cookie stops working too), then clear it."""
+    session.logout(request)
     response = RedirectResponse("/dashboard/login", status_code=303, headers=_HEADERS)
     session.clear_session(request, response)
     return response

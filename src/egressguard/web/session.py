@@ -1,9 +1,12 @@
-"""Who is looking at the dashboard: the API's bearer token, from a cookie or the header.
+"""Who is looking at the dashboard: a server-side session, or the API's bearer token.
 
 A browser cannot attach `Authorization: Bearer` to a link, and a token in the URL would
 end up in access logs and the Referer, so `/dashboard/login` takes the token in a form
-post and keeps it in an HttpOnly, SameSite=Strict cookie (Secure over HTTPS) scoped to
-`/dashboard`. The token is looked up on every request, so revoking it ends the session.
+post and answers with a session: a random id in an HttpOnly, SameSite=Strict cookie
+(Secure over HTTPS) scoped to `/dashboard`, whose SHA-256 the store keeps with an expiry
+(8 hours, never past the token's own). The cookie never holds the token. The API's gate
+looks the session up on every request, so logging out (which revokes the row), revoking
+the token or its expiry ends the session.
 
 Login is the only state-changing form: it carries a double-submit CSRF value (a random
 cookie echoed in a hidden field), so another site cannot log a victim in with the
@@ -19,50 +22,57 @@ import secrets
 from fastapi import Request
 from fastapi.responses import Response
 
-from egressguard.control.auth import Principal, bearer, hash_token
+from egressguard.control.auth import SESSION_COOKIE, Principal, hash_token, outcome
+from egressguard.store.tokens import MAX_SECRET, SESSION_LIFETIME, Refusal
 
-SESSION_COOKIE = "egressguard_session"
+__all__ = ["COOKIE_PATH", "CSRF_COOKIE", "SESSION_COOKIE", "LoginFailed", "login",
+           "logout", "principal"]
+
 CSRF_COOKIE = "egressguard_csrf"
 COOKIE_PATH = "/dashboard"
-SESSION_SECONDS = 8 * 3600
-_MAX_TOKEN = 512
+SESSION_SECONDS = int(SESSION_LIFETIME)
 _NEXT = re.compile(r"/dashboard(?:/[A-Za-z0-9_/-]*)?(?:\?[A-Za-z0-9_=&.%-]*)?")
 
 
 class LoginFailed(ValueError):
-    """The posted token is missing, unknown or revoked (message safe to show)."""
+    """The posted token is missing, unknown, revoked or expired (message safe to show)."""
 
 
 def principal(request: Request) -> Principal | None:
     """The caller from the Authorization header, else from the session cookie; None if
-    neither holds a valid token."""
-    token = bearer(request) or request.cookies.get(SESSION_COOKIE)
-    if not token or len(token) > _MAX_TOKEN:
-        return None
-    found: Principal | None = request.app.state.store.principal_for(hash_token(token))
-    return found
+    neither is valid."""
+    found = outcome(request)
+    return found if isinstance(found, Principal) else None
 
 
-def login(request: Request, token: str) -> Principal:
-    """The principal `token` names, or `LoginFailed`."""
+def login(request: Request, token: str) -> tuple[str, Principal]:
+    """Open a session with `token`: (session id for the cookie, principal), or
+    `LoginFailed`. Store I/O: call it off the event loop."""
     token = token.strip()
     if not token:
         raise LoginFailed("enter an API token")
-    if len(token) > _MAX_TOKEN:
+    if len(token) > MAX_SECRET:
         raise LoginFailed("invalid or revoked token")
-    found = request.app.state.store.principal_for(hash_token(token))
-    if found is None:
-        raise LoginFailed("invalid or revoked token")
-    assert isinstance(found, Principal)
-    return found
+    opened = request.app.state.store.open_session(token)
+    if isinstance(opened, Refusal):
+        raise LoginFailed(opened.reason)
+    session_id, who = opened
+    return session_id, who
+
+
+def logout(request: Request) -> None:
+    """Revoke the browser's session in the store (store I/O)."""
+    value = request.cookies.get(SESSION_COOKIE, "")
+    if value and len(value) <= MAX_SECRET:
+        request.app.state.store.close_session(hash_token(value))
 
 
 def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def set_session(request: Request, response: Response, token: str) -> None:
-    response.set_cookie(SESSION_COOKIE, token.strip(), max_age=SESSION_SECONDS,
+def set_session(request: Request, response: Response, session_id: str) -> None:
+    response.set_cookie(SESSION_COOKIE, session_id, max_age=SESSION_SECONDS,
                         path=COOKIE_PATH, httponly=True, samesite="strict",
                         secure=_secure(request))
     response.delete_cookie(CSRF_COOKIE, path=COOKIE_PATH, httponly=True,
