@@ -26,8 +26,12 @@ Durability, exactly:
   `egressguard_audit_events_total{result="dropped"}`. `record` never drops (its caller
   waits, so its memory is bounded by the callers), and raises `AuditUnavailable`
   (a `TimeoutError`) when the event is not durable within its timeout.
-* A failed write is retried with backoff, never discarded; an ambiguous commit (error
-  after the server committed) is recognised by the batch's (writer, seq) key.
+* A write that fails because the database is unreachable is retried with backoff, never
+  discarded; an ambiguous commit (error after the server committed) is recognised by the
+  batch's (writer, seq) key. A batch the database *refuses* is split in halves until the
+  refused record is alone; that record is stored in its safe form (`bounds.safe_form`) or,
+  failing that, dropped and counted as `invalid`, so one record never blocks the others.
+  Every field is bounded before it is sealed (`bounds`: prefix plus hash).
 """
 
 from __future__ import annotations
@@ -44,14 +48,28 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, ge, itemgetter
 from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from egressguard.audit import metrics
+from egressguard.audit.bounds import (
+    SECRET_WIDTH,
+    STRING_AT,
+    STRING_WIDTHS,
+    bound_clear,
+    bound_secret,
+    safe_form,
+)
 from egressguard.audit.crypto import (
     CLEAR_FIELDS,
     NONCE,
@@ -95,6 +113,8 @@ _PORT = CLEAR_FIELDS.index("port")
 # no conversion (the common case: one `map(type, ...)` instead of 24 casts).
 _CAST_NO_PORT = (*_CAST[:_PORT], type(None), *_CAST[_PORT + 1:])
 _CANONICAL = {_CAST, _CAST_NO_PORT}
+_STRINGS = itemgetter(*STRING_AT)        # the clear string columns, for the bounds check
+_HOST = CLEAR_FIELDS.index("host")
 
 
 def canonical(raw: Raw) -> Raw:
@@ -329,28 +349,67 @@ class AuditLog:
             self._maybe_prune()
 
     def write_raws(self, raws: list[Raw]) -> None:
-        """Seal and write one batch, retrying until it is committed (never discards it)."""
-        prepared = self._seal(raws)
-        if not prepared[0]:
+        """Seal and write one batch. A database that is unreachable is retried with
+        backoff; a batch the database refuses is split until the refused record is
+        alone, which is then stored in its safe form (or dropped, logged): one bad
+        record never blocks the others and nothing is retried forever."""
+        clears, payloads = self._seal(raws)
+        if clears:
+            self._store(clears, payloads)
+
+    def _store(self, clears: list[Raw], payloads: list[bytes]) -> None:
+        try:
+            self._write_available(clears, payloads)
+            metrics.AUDIT_EVENTS.labels("written").inc(len(clears))
             return
+        except _Refused as refused:
+            if len(clears) > 1:
+                half = len(clears) // 2
+                self._store(clears[:half], payloads[:half])
+                self._store(clears[half:], payloads[half:])
+                return
+            why = refused.why
+        self._store_safe_form(clears[0], payloads[0], why)
+
+    def _store_safe_form(self, clear: Raw, payload: bytes, why: str) -> None:
+        opened = self.sealer.open(payload, marshal.dumps(clear, 2))
+        secret = tuple(opened.values()) if opened is not None else ("",) * _NSECRET
+        safe_clear, safe_secret = safe_form(clear, secret, why)
+        log.error("audit: the database refused a record (%s); storing it in safe form "
+                  "(host %r)", why, safe_clear[_HOST][:80])
+        clears, payloads = self._seal([(*safe_clear, *safe_secret)])
+        try:
+            if clears:
+                self._write_available(clears, payloads)
+                metrics.AUDIT_EVENTS.labels("written").inc()
+                return
+        except _Refused as again:
+            why = again.why
+        _invalid((clear, why))
+
+    def _write_available(self, clears: list[Raw], payloads: list[bytes]) -> None:
+        """`_write`, retried while the database is unreachable; `_Refused` when it
+        answers that it will not store this batch."""
         delay = 0.05
         while True:
             try:
                 started = time.perf_counter()
-                self._write(*prepared)
+                self._write(clears, payloads)
                 metrics.AUDIT_COMMIT_SECONDS.observe(time.perf_counter() - started)
-                break
-            except Exception:
-                metrics.AUDIT_EVENTS.labels("failed").inc(len(raws))
-                log.exception("audit write of %d events failed; retrying in %.2f s",
-                              len(raws), delay)
+                return
+            except _UNAVAILABLE as exc:
+                metrics.AUDIT_EVENTS.labels("failed").inc(len(clears))
+                log.error("audit write of %d events failed (%s); retrying in %.2f s",
+                          len(clears), _short(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        metrics.AUDIT_EVENTS.labels("written").inc(len(prepared[0]))
+            except Exception as exc:   # anything else: the database refused this batch
+                raise _Refused(_short(exc)) from exc
 
     def _seal(self, raws: list[Raw]) -> tuple[list[Raw], list[bytes]]:
         """(clear values, payload) of every recordable event; a malformed one is dropped
         (logged and counted) so that it can never wedge the writer in its retry loop.
+        Every field is bounded here (`bounds`), before it reaches the store.
         The per-record loop is kept flat: it is most of the writer's CPU."""
         clears: list[Raw] = []
         payloads: list[bytes] = []
@@ -358,6 +417,7 @@ class AuditLog:
         encrypt = self.sealer.encrypt
         dumps = marshal.dumps
         types, types_no_port = _CAST, _CAST_NO_PORT
+        strings, widths = _STRINGS, STRING_WIDTHS
         n = _NCLEAR
         at = 0
         for raw in raws:
@@ -368,12 +428,17 @@ class AuditLog:
                     _invalid(raw)
                     continue
             clear = raw[:n]
+            if not all(map(ge, widths, map(len, strings(clear)))) or (
+                    (port := clear[_PORT]) is not None and not 0 <= port <= 65535):
+                clear = bound_clear(clear)
             joined = "\0".join(raw[n:])
+            if len(joined) > SECRET_WIDTH:
+                joined = "\0".join(bound_secret(raw[n:]))
             try:
                 if joined.count("\0") == _NSECRET - 1:   # no field holds a NUL: fast form
                     plain = b"0" + joined.encode("utf-8", "surrogatepass")
                 else:
-                    plain = b"1" + json.dumps(list(raw[n:])).encode()
+                    plain = b"1" + json.dumps(list(bound_secret(raw[n:]))).encode()
             except UnicodeError:
                 _invalid(raw)
                 continue
@@ -451,6 +516,26 @@ class AuditLog:
             return
         if removed:
             log.info("audit retention removed %d events", removed)
+
+
+class _Refused(Exception):
+    """The database answered that it will not store this batch (not a lost connection)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+# Errors that mean "the database is not there right now" (retry, later spool); every other
+# error from a write means the database refused what was sent (split the batch).
+_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, SATimeoutError)
+
+
+def _short(exc: BaseException) -> str:
+    """One line naming an error: its class and first line, for a log line (no traceback)."""
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"{type(cause).__name__}: {first[:200]}"
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

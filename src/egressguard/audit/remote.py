@@ -20,6 +20,7 @@ import logging
 import marshal
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -52,15 +53,19 @@ class ProcessAuditLog(AuditLog):
         self._proc_lock = threading.Lock()
         self._inflight: deque[tuple[int, bytes]] = deque()
         self._stopping_child = False
-        self._child = self._spawn()
+        self._spawned = threading.Event()
+        # The receiver thread spawns every child: PR_SET_PDEATHSIG fires when the thread
+        # that forked the child ends, and this thread lives as long as the log does.
         self._receiver = threading.Thread(target=self._receive, name="audit-acks",
                                           daemon=True)
         self._receiver.start()
+        self._spawned.wait()
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         child = subprocess.Popen(
-            [sys.executable, "-m", "egressguard.audit.remote", str(self.batch_size), "0"],
+            [sys.executable, "-m", "egressguard.audit.remote", str(self.batch_size), "0",
+             str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ})
         assert child.stdin is not None
         hello = marshal.dumps((self._key, self._url), 2)  # secrets never in argv or env
@@ -92,6 +97,8 @@ class ProcessAuditLog(AuditLog):
                 self._child.stdin.close()   # the child writes what it has, then exits
 
     def _receive(self) -> None:
+        self._child = self._spawn()
+        self._spawned.set()
         while True:
             stdout = self._child.stdout
             assert stdout is not None
@@ -118,8 +125,16 @@ class ProcessAuditLog(AuditLog):
     def close(self, timeout: float = 30.0) -> None:
         if not self._stop():
             return
+        deadline = time.monotonic() + timeout
         self._thread.join(timeout)
-        self._receiver.join(timeout)
+        self._receiver.join(max(0.0, deadline - time.monotonic()))
+        if self._receiver.is_alive():      # the child did not finish in time: end it
+            log.error("audit writer process did not finish within %g s; stopping it "
+                      "(%d batches unacknowledged)", timeout, len(self._inflight))
+            with self._proc_lock:
+                self._stopping_child = True
+            self._child.kill()
+            self._receiver.join(5)
         self.engine.dispose()
 
 
@@ -173,7 +188,26 @@ class _Frames:
             self.buf += chunk
 
 
-def child_main(batch_size: int, max_delay: float) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux prctl), and exit
+    now if the parent is already gone (it died before the prctl took effect). What the
+    child holds then is unacknowledged, which the contract allows to lose."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):   # not Linux: the stdin EOF watch still applies
+        pass
+    if parent and os.getppid() != parent:
+        os._exit(0)
+
+
+def child_main(batch_size: int, max_delay: float, parent: int = 0) -> None:
+    die_with_parent(parent)
     frames = _Frames(sys.stdin.fileno())
     hello = frames.next(None)
     if hello is None:
@@ -201,4 +235,5 @@ def child_main(batch_size: int, max_delay: float) -> None:
 
 
 if __name__ == "__main__":
-    child_main(int(sys.argv[1]), float(sys.argv[2]))
+    child_main(int(sys.argv[1]), float(sys.argv[2]),
+               int(sys.argv[3]) if len(sys.argv) > 3 else 0)
