@@ -75,6 +75,22 @@ def text(value: str) -> str:
     return value.replace("\0", "\\x00")
 
 
+def storable(clear: tuple[Any, ...]) -> bool:
+    """Whether every SQL database takes `clear` as it is (no NUL, valid UTF-8, numbers in
+    range); what goes to the spool is made storable first, so draining never meets a
+    refusal."""
+    for i in STRING_AT:
+        value = clear[i]
+        if "\0" in value:
+            return False
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeError:
+                return False
+    return all(0 <= clear[i] <= INT64 for i in _INTS)
+
+
 def _clamp(value: int, low: int, high: int) -> int:
     return min(max(value, low), high)
 
@@ -107,4 +123,4 @@ def safe_form(clear: tuple[Any, ...], secret: tuple[str, ...], why: str
 
 
 __all__ = ["INT32", "INT64", "MARK", "SECRET_WIDTH", "STRING_AT", "STRING_WIDTHS", "WIDTHS",
-           "bound_clear", "bound_secret", "bounded", "digest", "safe_form", "text"]
+           "bound_clear", "bound_secret", "bounded", "digest", "safe_form", "storable", "text"]

@@ -41,7 +41,6 @@ import json
 import logging
 import marshal
 import os
-import secrets
 import threading
 import time
 from collections import deque
@@ -69,6 +68,7 @@ from egressguard.audit.bounds import (
     bound_clear,
     bound_secret,
     safe_form,
+    storable,
 )
 from egressguard.audit.crypto import (
     CLEAR_FIELDS,
@@ -79,11 +79,14 @@ from egressguard.audit.crypto import (
 )
 from egressguard.audit.db import make_engine, migrate
 from egressguard.audit.events import DecisionEvent
-from egressguard.audit.schema import batches, events
+from egressguard.audit.lineage import Slot, store_dir
+from egressguard.audit.schema import batches, events, heads
+from egressguard.audit.spool import Batch, Spool
 
 log = logging.getLogger("egressguard.audit")
 
 GENESIS = b"\0" * 32
+PROBE_S = 1.0          # while degraded, try the store this often
 
 
 class AuditUnavailable(TimeoutError):
@@ -181,7 +184,11 @@ class AuditLog:
         self.max_delay = max_delay
         self.max_pending = max_pending
         self.retention = retention
-        self.writer_id = secrets.token_hex(8)
+        self.writer_id = ""                  # set by `_resume` (a stable slot, `lineage`)
+        self._slot: Slot | None = None
+        self._spool: Spool | None = None
+        self._degraded = False
+        self._next_probe = 0.0
         # Queue order is sequence order: the n-th event appended has seq n (both under
         # `_lock`), so the writer only counts what it takes (`_taken`).
         self._pending: deque[DecisionEvent] = deque()
@@ -263,6 +270,12 @@ class AuditLog:
     def dropped(self) -> int:
         return self._dropped
 
+    @property
+    def degraded(self) -> bool:
+        """True while the store is unreachable and records go to the local spool
+        (still durable before they are acknowledged; written to the store on recovery)."""
+        return self._degraded
+
     def _register(self, target: int, callback: Callable[[], None]) -> bool:
         """Arrange `callback` once `target` is committed; False if it already is."""
         with self._wait_lock:
@@ -337,16 +350,154 @@ class AuditLog:
             return batch, self._taken
 
     def _sleep_for(self) -> float | None:
+        """How long the idle writer may sleep: until the next prune or store probe."""
+        if self._degraded:
+            return PROBE_S
         if self.retention is None:
             return None
         return max(0.0, self._next_prune - time.monotonic()) + 0.01
 
     def _run(self) -> None:
-        while (item := self._next_batch()) is not None:
-            batch, last = item
-            self.write_raws(raws_of(batch))
-            self._acknowledge(last)
-            self._maybe_prune()
+        self._resume()
+        try:
+            while (item := self._next_batch()) is not None:
+                batch, last = item
+                self.write_raws(raws_of(batch))
+                self._acknowledge(last)
+                self._maybe_prune()
+        finally:
+            self._finish()
+
+    def tick(self) -> None:
+        """Periodic work of an idle writer: probe the store while degraded, prune."""
+        self._probe()
+        self._maybe_prune()
+
+    # -- lineage: a stable writer whose chain goes on across runs (see `lineage`) ---------
+
+    def _resume(self) -> None:
+        """Take a writer slot and continue its chain from the latest of the store's head,
+        the slot's state file and its spool; write out what the spool still holds."""
+        if self._slot is not None:
+            return
+        self._slot = slot = Slot(store_dir(self.engine.url))
+        self.writer_id = slot.writer
+        self._spool = Spool(slot.spool_path)
+        spooled = self._spool.batches()
+        known = slot.last()
+        stored: list[tuple[int, bytes]] = []
+        try:
+            with self.engine.connect() as conn:
+                head = conn.execute(select(heads.c.seq, heads.c.mac).where(
+                    heads.c.writer == self.writer_id)).first()
+                top = conn.execute(select(batches.c.seq, batches.c.mac).where(
+                    batches.c.writer == self.writer_id).order_by(batches.c.seq.desc())
+                    .limit(1)).first()
+            stored = [(int(r.seq), bytes(r.mac)) for r in (head, top) if r is not None]
+        except _UNAVAILABLE as exc:
+            self._enter_degraded(exc)
+        places = [*stored, *([known] if known else []),
+                  *([(spooled[-1][0], spooled[-1][2])] if spooled else [])]
+        if places:
+            seq, mac = max(places, key=lambda p: p[0])
+            self._seq, self._prev_mac = seq + 1, mac
+        if known and stored and known[0] > max(p[0] for p in stored) and not (
+                spooled and spooled[-1][0] >= known[0]):
+            log.error("audit: writer %s made batch %d durable but the store's chain ends at "
+                      "batch %d: newer batches were removed from the store (logs verify "
+                      "will show the gap)", self.writer_id, known[0],
+                      max(p[0] for p in stored))
+        if spooled and not self._degraded:
+            self._degraded = True
+            metrics.AUDIT_DEGRADED.set(1)
+            self._probe(force=True)
+
+    def _finish(self) -> None:
+        if self._degraded:
+            self._probe(force=True)
+        if self._degraded and self._spool is not None:
+            log.warning("audit: store still unreachable at shutdown; %d batches stay in "
+                        "%s and are written by the next start", len(self._spool.batches()),
+                        self._spool.path)
+        if self._spool is not None:
+            self._spool.close()
+        if self._slot is not None:
+            self._slot.release()
+
+    # -- degraded mode: the local spool ----------------------------------------------------
+
+    def _enter_degraded(self, exc: BaseException) -> None:
+        if not self._degraded:
+            self._degraded = True
+            metrics.AUDIT_DEGRADED.set(1)
+            self._next_probe = time.monotonic() + PROBE_S
+            log.error("audit: store unreachable (%s); records go to the local spool %s "
+                      "until it is back", _short(exc),
+                      self._spool.path if self._spool is not None else "?")
+
+    def _to_spool(self, batch: Batch) -> None:
+        assert self._spool is not None
+        delay = 0.05
+        while True:
+            try:
+                self._spool.append(batch)
+                metrics.AUDIT_EVENTS.labels("spooled").inc(len(batch[3]))
+                return
+            except OSError as exc:     # the spool's disk failed too: wait for either
+                log.error("audit: cannot write the spool (%s); retrying in %.2f s",
+                          exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _probe(self, force: bool = False) -> None:
+        """While degraded: try the store, write the spool out in order, leave degraded."""
+        if not self._degraded or self._spool is None or (
+                not force and time.monotonic() < self._next_probe):
+            return
+        self._next_probe = time.monotonic() + PROBE_S
+        spooled = self._spool.batches()
+        redo: list[Raw] = []
+        for batch in spooled:
+            try:
+                self._insert(batch)
+            except _UNAVAILABLE:
+                return                      # still down: stay degraded, quietly
+            except Exception as exc:        # (storable, so this should not happen)
+                log.error("audit: the store refused spooled batch %d (%s); writing its "
+                          "records again as new batches", batch[0], _short(exc))
+                redo += self._reopen(batch)
+        self._spool.clear()
+        self._degraded = False
+        metrics.AUDIT_DEGRADED.set(0)
+        events_n = sum(len(b[3]) for b in spooled)
+        log.warning("audit: store reachable again; %d spooled events written", events_n)
+        if redo:
+            self.write_raws(redo)
+
+    def _reopen(self, batch: Batch) -> list[Raw]:
+        out: list[Raw] = []
+        for clear, payload in zip(batch[3], batch[4], strict=True):
+            opened = self.sealer.open(payload, marshal.dumps(tuple(clear), 2))
+            out.append((*clear, *(opened.values() if opened else ("",) * _NSECRET)))
+        return out
+
+    def _storable(self, clears: list[Raw], payloads: list[bytes]
+                  ) -> tuple[list[Raw], list[bytes]]:
+        """The batch with every record any store takes (for the spool)."""
+        if all(map(storable, clears)):
+            return clears, payloads
+        fixed_c: list[Raw] = []
+        fixed_p: list[bytes] = []
+        for clear, payload in zip(clears, payloads, strict=True):
+            if not storable(clear):
+                opened = self.sealer.open(payload, marshal.dumps(clear, 2))
+                secret = tuple(opened.values()) if opened else ("",) * _NSECRET
+                safe_clear, safe_secret = safe_form(clear, secret, "not storable")
+                c, p = self._seal([(*safe_clear, *safe_secret)])
+                clear, payload = c[0], p[0]
+            fixed_c.append(clear)
+            fixed_p.append(payload)
+        return fixed_c, fixed_p
 
     def write_raws(self, raws: list[Raw]) -> None:
         """Seal and write one batch. A database that is unreachable is retried with
@@ -388,21 +539,31 @@ class AuditLog:
         _invalid((clear, why))
 
     def _write_available(self, clears: list[Raw], payloads: list[bytes]) -> None:
-        """`_write`, retried while the database is unreachable; `_Refused` when it
-        answers that it will not store this batch."""
-        delay = 0.05
+        """Make one batch durable: in the store, or in the spool while the store is
+        unreachable; `_Refused` when the store answers that it will not store it."""
+        if self._slot is None:
+            self._resume()
         while True:
+            if self._degraded:
+                self._probe()
+            if self._degraded:
+                clears, payloads = self._storable(clears, payloads)
+                batch = self._link(clears, payloads)
+                self._to_spool(batch)
+                self._advance(batch)
+                return
+            batch = self._link(clears, payloads)
             try:
                 started = time.perf_counter()
-                self._write(clears, payloads)
+                self._insert(batch)
                 metrics.AUDIT_COMMIT_SECONDS.observe(time.perf_counter() - started)
+                self._advance(batch)
                 return
+            except _Collision:
+                self._resync()
             except _UNAVAILABLE as exc:
                 metrics.AUDIT_EVENTS.labels("failed").inc(len(clears))
-                log.error("audit write of %d events failed (%s); retrying in %.2f s",
-                          len(clears), _short(exc), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                self._enter_degraded(exc)
             except Exception as exc:   # anything else: the database refused this batch
                 raise _Refused(_short(exc)) from exc
 
@@ -458,11 +619,24 @@ class AuditLog:
                                      f"VALUES {', '.join([one] * rows)}")
         return sql
 
-    def _write(self, clears: list[Raw], payloads: list[bytes]) -> None:
+    def _link(self, clears: list[Raw], payloads: list[bytes]) -> Batch:
+        """The batch as the next link of this writer's chain (not yet durable)."""
         mac = self.sealer.chain(self._prev_mac, self.writer_id, self._seq, payloads)
-        head = {"writer": self.writer_id, "seq": self._seq, "count": len(clears),
+        return (self._seq, self._prev_mac, mac, clears, payloads)
+
+    def _advance(self, batch: Batch) -> None:
+        self._seq, self._prev_mac = batch[0] + 1, batch[2]
+        if self._slot is not None:
+            self._slot.remember(batch[0], batch[2])
+
+    def _insert(self, batch: Batch) -> None:
+        """Commit one batch, its events and the writer's head in one transaction;
+        a batch already present with the same MAC (a lost reply, a spool drained twice)
+        counts as written."""
+        seq, prev_mac, mac, clears, payloads = batch
+        head = {"writer": self.writer_id, "seq": seq, "count": len(clears),
                 "first_time": clears[0][0], "last_time": clears[-1][0],
-                "prev_mac": self._prev_mac, "mac": mac}
+                "prev_mac": prev_mac, "mac": mac}
         try:
             with self.engine.begin() as conn:
                 key = conn.execute(batches.insert().values(head)).inserted_primary_key
@@ -481,18 +655,40 @@ class AuditLog:
                             chain.from_iterable(rows[at:at + size])))
                         at += size
                     left = len(rows) - at
+                conn.exec_driver_sql(self._head_sql(), (
+                    self.writer_id, seq, mac, time.time(),
+                    self.sealer.mark("head", self.writer_id, seq, mac)))
         except IntegrityError:
-            # A retry after a commit whose reply was lost: the batch is already there.
-            if not self._already_written(mac):
+            found = self._stored_mac(seq)
+            if found is None:
                 raise
-        self._prev_mac = mac
-        self._seq += 1
+            if found != mac:
+                raise _Collision() from None
 
-    def _already_written(self, mac: bytes) -> bool:
+    def _head_sql(self) -> str:
+        m = self._mark
+        return (f"INSERT INTO {heads.name} (writer, seq, mac, time, head_mac) "
+                f"VALUES ({m}, {m}, {m}, {m}, {m}) ON CONFLICT (writer) DO UPDATE SET "
+                "seq = excluded.seq, mac = excluded.mac, time = excluded.time, "
+                f"head_mac = excluded.head_mac WHERE {heads.name}.seq < excluded.seq")
+
+    def _stored_mac(self, seq: int) -> bytes | None:
         with self.engine.connect() as conn:
             found = conn.execute(select(batches.c.mac).where(
-                batches.c.writer == self.writer_id, batches.c.seq == self._seq)).scalar()
-        return found == mac
+                batches.c.writer == self.writer_id, batches.c.seq == seq)).scalar()
+        return None if found is None else bytes(found)
+
+    def _resync(self) -> None:
+        """Another batch already holds our next seq (a second process with this writer
+        id, or a restored backup): go on after the store's newest one, and say so."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(batches.c.seq, batches.c.mac).where(
+                batches.c.writer == self.writer_id).order_by(batches.c.seq.desc())
+                .limit(1)).first()
+        if row is not None:
+            log.error("audit: writer %s batch %d is already in the store with another MAC; "
+                      "continuing after batch %d", self.writer_id, self._seq, row.seq)
+            self._seq, self._prev_mac = int(row.seq) + 1, bytes(row.mac)
 
     def _acknowledge(self, seq: int) -> None:
         with self._wait_lock:
@@ -504,18 +700,22 @@ class AuditLog:
             callback()
 
     def _maybe_prune(self) -> None:
-        if self.retention is None or time.monotonic() < self._next_prune:
+        if self.retention is None or self._degraded or time.monotonic() < self._next_prune:
             return
         self._next_prune = time.monotonic() + self.retention.every_s
         from egressguard.audit.query import prune
         try:
-            removed = prune(self.engine, max_age_s=self.retention.max_age_s,
+            removed = prune(self.engine, self.sealer, max_age_s=self.retention.max_age_s,
                             max_rows=self.retention.max_rows)
         except Exception:
             log.exception("audit pruning failed (will retry)")
             return
         if removed:
             log.info("audit retention removed %d events", removed)
+
+
+class _Collision(Exception):
+    """The store already holds a different batch at this writer's next seq."""
 
 
 class _Refused(Exception):

@@ -37,6 +37,7 @@ from egressguard.audit.log import AuditLog, Raw, Retention, canonical, raws_of
 log = logging.getLogger("egressguard.audit")
 _LEN = struct.Struct(">I")
 _ACK = struct.Struct(">Q")
+_DEGRADED = 1 << 63        # set in an acknowledgement while the child spools
 
 
 class ProcessAuditLog(AuditLog):
@@ -105,6 +106,8 @@ class ProcessAuditLog(AuditLog):
             data = stdout.read(_ACK.size)
             if len(data) == _ACK.size:
                 seq = _ACK.unpack(data)[0]
+                self._degraded = bool(seq & _DEGRADED)
+                seq &= ~_DEGRADED
                 with self._proc_lock:
                     while self._inflight and self._inflight[0][0] <= seq:
                         self._inflight.popleft()
@@ -214,11 +217,28 @@ def child_main(batch_size: int, max_delay: float, parent: int = 0) -> None:
         return
     key, url = marshal.loads(hello)
     writer = AuditLog(url, key=key, start=False)
+    writer._resume()
+    try:
+        _serve_frames(writer, frames, batch_size, max_delay)
+    finally:
+        writer._finish()
+
+
+def _serve_frames(writer: AuditLog, frames: _Frames, batch_size: int,
+                  max_delay: float) -> None:
     out = sys.stdout.buffer
+    acked = 0
     while True:
-        frame = frames.next(None)
+        degraded = writer.degraded
+        frame = frames.next(1.0 if degraded else None)
         if frame is None:
-            return
+            if frames.eof:
+                return
+            writer.tick()                  # idle while degraded: probe the store
+            if writer.degraded != degraded:
+                out.write(_ACK.pack(acked | (_DEGRADED if writer.degraded else 0)))
+                out.flush()
+            continue
         last, urgent, raws = marshal.loads(frame)
         pending: list[Any] = list(raws)
         deadline = time.monotonic() + max_delay
@@ -229,7 +249,8 @@ def child_main(batch_size: int, max_delay: float, parent: int = 0) -> None:
             last, urgent, raws = marshal.loads(more)
             pending += raws
         writer.write_raws(pending)
-        out.write(_ACK.pack(last))
+        acked = last
+        out.write(_ACK.pack(last | (_DEGRADED if writer.degraded else 0)))
         out.flush()
         writer._maybe_prune()
 
