@@ -337,7 +337,7 @@ class AuditLog:
             if not pending and not self._stopping:   # re-check: `emit` saw _idle False
                 self._wake.wait(self._sleep_for())
             self._idle = False
-            self._maybe_prune()
+            self.tick()
         self._urgent.clear()   # a waiter registering from now on sets it again
         # Group commit: while nobody waits for an acknowledgement, linger up to
         # `max_delay` so that one commit (one fsync) carries many events.
