@@ -32,6 +32,15 @@ Durability, exactly:
   refused record is alone; that record is stored in its safe form (`bounds.safe_form`) or,
   failing that, dropped and counted as `invalid`, so one record never blocks the others.
   Every field is bounded before it is sealed (`bounds`: prefix plus hash).
+* While the store is unreachable (connection refused or lost, database gone, SQLite
+  locked past its busy timeout), each batch is sealed, chained and appended to the
+  writer's local spool (`spool`: fdatasync'ed, mode 0600, under the data home) before its
+  events are acknowledged: acknowledged still means durable, without waiting for the store
+  (`degraded` is True meanwhile). Every `PROBE_S` the writer tries the store and, once it
+  answers, writes the spool out in order and empties it; a batch already there (same
+  writer, seq and MAC) is skipped, so nothing is written twice. A spool left by kill -9
+  is written out by the next writer to take that slot. One log line per state change.
+* Chains go on across runs and are anchored at both ends (see `lineage`).
 """
 
 from __future__ import annotations
@@ -52,12 +61,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import (
-    DisconnectionError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-)
+from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from egressguard.audit import metrics
@@ -65,6 +69,7 @@ from egressguard.audit.bounds import (
     SECRET_WIDTH,
     STRING_AT,
     STRING_WIDTHS,
+    WIDTHS,
     bound_clear,
     bound_secret,
     safe_form,
@@ -118,6 +123,11 @@ _CAST_NO_PORT = (*_CAST[:_PORT], type(None), *_CAST[_PORT + 1:])
 _CANONICAL = {_CAST, _CAST_NO_PORT}
 _STRINGS = itemgetter(*STRING_AT)        # the clear string columns, for the bounds check
 _HOST = CLEAR_FIELDS.index("host")
+_ADDR = CLEAR_FIELDS.index("resolved_address")
+_CONN = CLEAR_FIELDS.index("connection_id")
+_HOST_W, _ADDR_W, _CONN_W = (WIDTHS[i] or 0 for i in (_HOST, _ADDR, _CONN))
+# The other string columns: few distinct combinations (checked once each, `_fits`).
+_FEW = itemgetter(*(i for i in STRING_AT if i not in (_HOST, _ADDR, _CONN)))
 
 
 def canonical(raw: Raw) -> Raw:
@@ -189,6 +199,7 @@ class AuditLog:
         self._spool: Spool | None = None
         self._degraded = False
         self._next_probe = 0.0
+        self._fitting: set[tuple[Any, ...]] = set()   # see `_fits`
         # Queue order is sequence order: the n-th event appended has seq n (both under
         # `_lock`), so the writer only counts what it takes (`_taken`).
         self._pending: deque[DecisionEvent] = deque()
@@ -394,7 +405,7 @@ class AuditLog:
                     batches.c.writer == self.writer_id).order_by(batches.c.seq.desc())
                     .limit(1)).first()
             stored = [(int(r.seq), bytes(r.mac)) for r in (head, top) if r is not None]
-        except _UNAVAILABLE as exc:
+        except Exception as exc:     # the store cannot be read: spool until it can
             self._enter_degraded(exc)
         places = [*stored, *([known] if known else []),
                   *([(spooled[-1][0], spooled[-1][2])] if spooled else [])]
@@ -460,9 +471,10 @@ class AuditLog:
         for batch in spooled:
             try:
                 self._insert(batch)
-            except _UNAVAILABLE:
-                return                      # still down: stay degraded, quietly
-            except Exception as exc:        # (storable, so this should not happen)
+            except Exception as exc:
+                if unavailable(exc):
+                    return                  # still down: stay degraded, quietly
+                # (what is spooled is storable, so this should not happen)
                 log.error("audit: the store refused spooled batch %d (%s); writing its "
                           "records again as new batches", batch[0], _short(exc))
                 redo += self._reopen(batch)
@@ -561,11 +573,11 @@ class AuditLog:
                 return
             except _Collision:
                 self._resync()
-            except _UNAVAILABLE as exc:
+            except Exception as exc:
+                if not unavailable(exc):   # the database refused this batch's data
+                    raise _Refused(_short(exc)) from exc
                 metrics.AUDIT_EVENTS.labels("failed").inc(len(clears))
                 self._enter_degraded(exc)
-            except Exception as exc:   # anything else: the database refused this batch
-                raise _Refused(_short(exc)) from exc
 
     def _seal(self, raws: list[Raw]) -> tuple[list[Raw], list[bytes]]:
         """(clear values, payload) of every recordable event; a malformed one is dropped
@@ -578,7 +590,7 @@ class AuditLog:
         encrypt = self.sealer.encrypt
         dumps = marshal.dumps
         types, types_no_port = _CAST, _CAST_NO_PORT
-        strings, widths = _STRINGS, STRING_WIDTHS
+        few, fits = _FEW, self._fitting
         n = _NCLEAR
         at = 0
         for raw in raws:
@@ -589,8 +601,13 @@ class AuditLog:
                     _invalid(raw)
                     continue
             clear = raw[:n]
-            if not all(map(ge, widths, map(len, strings(clear)))) or (
-                    (port := clear[_PORT]) is not None and not 0 <= port <= 65535):
+            # Bounds, cheaply: the three columns whose values vary per request by length,
+            # the port by range, and the other columns (a handful of combinations: rule,
+            # layer, cluster, ...) once per distinct combination.
+            if (len(clear[_HOST]) > _HOST_W or len(clear[_ADDR]) > _ADDR_W
+                    or len(clear[_CONN]) > _CONN_W
+                    or ((port := clear[_PORT]) is not None and not 0 <= port <= 65535)
+                    or ((key := few(clear)) not in fits and not self._fits(key, clear))):
                 clear = bound_clear(clear)
             joined = "\0".join(raw[n:])
             if len(joined) > SECRET_WIDTH:
@@ -610,6 +627,16 @@ class AuditLog:
             payloads.append(nonce + encrypt(nonce, plain, dumps(clear, 2)))
             clears.append(clear)
         return clears, payloads
+
+    def _fits(self, key: tuple[Any, ...], clear: Raw) -> bool:
+        """Whether every string column of `clear` fits; remembers a fitting combination
+        of the low-cardinality columns (`key`), so the next records skip this."""
+        if not all(map(ge, STRING_WIDTHS, map(len, _STRINGS(clear)))):
+            return False
+        if len(self._fitting) >= 4096:
+            self._fitting.clear()
+        self._fitting.add(key)
+        return True
 
     def _insert_sql(self, rows: int) -> str:
         sql = self._sql.get(rows)
@@ -726,9 +753,14 @@ class _Refused(Exception):
         self.why = why
 
 
-# Errors that mean "the database is not there right now" (retry, later spool); every other
-# error from a write means the database refused what was sent (split the batch).
-_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, SATimeoutError)
+def unavailable(exc: BaseException) -> bool:
+    """Whether a write failed because the store is not usable now (spool, probe again)
+    rather than because it refused the data sent (split the batch): only a data or
+    integrity error from the database, or a value the driver cannot send, is a refusal;
+    a lost connection, a missing table or a permission problem is not the record's fault."""
+    if isinstance(exc, DisconnectionError | SATimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and not isinstance(exc, DataError | IntegrityError)
 
 
 def _short(exc: BaseException) -> str:

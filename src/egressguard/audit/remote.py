@@ -11,7 +11,9 @@ The acknowledgement contract is `AuditLog`'s: `record`/`flush` return only after
 reported the commit. Frames sent but not yet acknowledged stay in memory; if the child
 dies it is restarted and they are sent again (so a child crash between commit and
 acknowledgement can store a batch twice: at-least-once; kill -9 of the gateway itself
-loses only unacknowledged events, as with `AuditLog`).
+loses only unacknowledged events, as with `AuditLog`). The child dies with the gateway
+(PR_SET_PDEATHSIG, and the stdin EOF it reads on a clean stop); its acknowledgements carry
+one more bit, set while it spools (`degraded`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
+from egressguard.audit import metrics
 from egressguard.audit.crypto import load_or_create_key
 from egressguard.audit.log import AuditLog, Raw, Retention, canonical, raws_of
 
@@ -106,7 +109,9 @@ class ProcessAuditLog(AuditLog):
             data = stdout.read(_ACK.size)
             if len(data) == _ACK.size:
                 seq = _ACK.unpack(data)[0]
-                self._degraded = bool(seq & _DEGRADED)
+                if self._degraded != bool(seq & _DEGRADED):
+                    self._degraded = bool(seq & _DEGRADED)
+                    metrics.AUDIT_DEGRADED.set(int(self._degraded))
                 seq &= ~_DEGRADED
                 with self._proc_lock:
                     while self._inflight and self._inflight[0][0] <= seq:

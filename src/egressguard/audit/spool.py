@@ -29,6 +29,11 @@ class Spool:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         os.fchmod(self._fd, 0o600)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:                     # the file's name is durable too, not only its contents
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def append(self, batch: Batch) -> None:
         data = marshal.dumps(batch, 2)
