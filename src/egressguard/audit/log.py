@@ -18,7 +18,9 @@ Durability, exactly:
 * Acknowledged means the transaction holding the event has committed: on SQLite with
   `journal_mode=WAL, synchronous=FULL`, so the WAL was fsynced; on PostgreSQL the COMMIT
   returned (durable under its defaults `fsync=on, synchronous_commit=on`). An acknowledged
-  event therefore survives kill -9 of the process (and, on SQLite, power loss).
+  event therefore survives kill -9 of the process (and, on SQLite, power loss). While the
+  store is unreachable, acknowledged means instead that the event's batch is fdatasync'ed
+  in the local spool (see below): it survives kill -9 and power loss of this host.
 * Events that were emitted but not yet acknowledged may be lost on kill -9: at most the
   queue plus the batch being written.
 * `emit` never blocks: when `max_pending` events are already queued (the database is
@@ -26,7 +28,7 @@ Durability, exactly:
   `egressguard_audit_events_total{result="dropped"}`. `record` never drops (its caller
   waits, so its memory is bounded by the callers), and raises `AuditUnavailable`
   (a `TimeoutError`) when the event is not durable within its timeout.
-* A write that fails because the database is unreachable is retried with backoff, never
+* A write that fails because the database is unreachable goes to the spool (below), never
   discarded; an ambiguous commit (error after the server committed) is recognised by the
   batch's (writer, seq) key. A batch the database *refuses* is split in halves until the
   refused record is alone; that record is stored in its safe form (`bounds.safe_form`) or,
