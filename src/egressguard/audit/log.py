@@ -424,6 +424,9 @@ class AuditLog:
             self._degraded = True
             metrics.AUDIT_DEGRADED.set(1)
             self._probe(force=True)
+            if self._degraded:
+                log.error("audit: %d batches spooled by an earlier run wait for the store "
+                          "(unreachable); new records are spooled too", len(spooled))
 
     def _finish(self) -> None:
         if self._degraded:
