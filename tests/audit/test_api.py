@@ -17,9 +17,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def api(sqlite_url: str, audit_key: bytes) -> Iterator[tuple[TestClient, dict[str, str]]]:
+def api(store_url: str, audit_key: bytes) -> Iterator[tuple[TestClient, dict[str, str]]]:
     now = time.time()
-    with Store(sqlite_url) as store, AuditLog(sqlite_url) as log:
+    with Store(store_url) as store, AuditLog(store_url) as log:
         for i in range(5):
             log.emit(event(time=now - 10 + i, host=f"h{i}.example.com", connection_id=str(i)))
         log.emit(event(time=now, host="x.blob.core.windows.net", verdict="deny",
@@ -89,6 +89,17 @@ def test_bad_filters_are_400(api: tuple[TestClient, dict[str, str]]) -> None:
         response = client.get("/v1/audit", params=params, headers=headers)
         assert response.status_code in (400, 422), params
         assert response.text
+
+
+def test_cursor_beyond_bigint_is_422_not_500(api: tuple[TestClient, dict[str, str]]) -> None:
+    client, tokens = api
+    headers = {"Authorization": f"Bearer {tokens['auditor']}"}
+    for name in ("cursor", "after"):
+        for value in (2**63, 2**64 + 5, 10**30, -1):
+            response = client.get("/v1/audit", params={name: value}, headers=headers)
+            assert response.status_code == 422, (name, value, response.text)
+        top = client.get("/v1/audit", params={name: 2**63 - 1}, headers=headers)
+        assert top.status_code == 200, top.text
 
 
 def test_verify_endpoint(api: tuple[TestClient, dict[str, str]]) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,35 @@ async def test_process_writer_survives_its_child_being_killed(sqlite_url: str,
         assert stored == set(range(101))
     finally:
         log.close()
+
+
+def test_writer_child_stuck_in_a_write_dies_with_a_killed_gateway(sqlite_url: str,
+                                                                  audit_key: bytes) -> None:
+    """The child cannot see its stdin close while it waits on the database: the kernel's
+    parent-death signal (PR_SET_PDEATHSIG) ends it anyway."""
+    from sqlalchemy import create_engine
+
+    from tests.audit.test_hostile_records import _children, _gone
+
+    writer = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("writer_proc.py")), sqlite_url,
+         "process"], stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ})
+    assert writer.stdout is not None
+    blocker = create_engine(sqlite_url)
+    conn = blocker.connect()
+    try:
+        writer.stdout.readline()                 # the writer child is up and writing
+        children = _children(writer.pid)
+        assert children
+        conn.exec_driver_sql("BEGIN EXCLUSIVE")  # its next write waits (busy timeout 10 s)
+        time.sleep(0.5)
+        writer.send_signal(signal.SIGKILL)
+        writer.communicate(timeout=10)
+        deadline = time.monotonic() + 5          # well within the 10 s busy timeout
+        while not all(map(_gone, children)):
+            assert time.monotonic() < deadline, "writer child outlived its parent"
+            time.sleep(0.05)
+    finally:
+        conn.rollback()
+        conn.close()
+        blocker.dispose()

@@ -190,9 +190,9 @@ def test_retention_by_age_and_rows_keeps_the_chain_verifiable(
             for i in range(5):
                 log.emit(event(time=now - age * 86400, connection_id=f"{age}-{i}"))
             log.flush()
-        assert prune(log.engine, max_age_s=25 * 86400, now=now) == 10
-        assert prune(log.engine, max_rows=7) == 0       # keeps whole batches: 10 > 7
-        assert prune(log.engine, max_rows=5) == 5
+        assert prune(log.engine, log.sealer, max_age_s=25 * 86400, now=now) == 10
+        assert prune(log.engine, log.sealer, max_rows=7) == 0       # keeps whole batches: 10 > 7
+        assert prune(log.engine, log.sealer, max_rows=5) == 5
         left = {r["connection_id"] for r in query(log.engine, Filter(), sealer=None)}
         assert left == {f"10-{i}" for i in range(5)}
         assert verify(log.engine, log.sealer).ok

@@ -21,6 +21,7 @@ from egressguard.audit.query import Filter, QueryError, parse_since, query, veri
 from egressguard.control.auth import Principal, require_role
 
 router = APIRouter(tags=["audit"])
+MAX_ID = 2**63 - 1   # ids are BIGINT: a larger cursor is a 422, not a driver overflow (500)
 _lock = threading.Lock()
 
 
@@ -59,9 +60,11 @@ def audit_events(
     layer: str | None = None,
     phase: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[int | None, Query(description="next_cursor of the previous page")
+    cursor: Annotated[int | None, Query(ge=0, le=MAX_ID,
+                                        description="next_cursor of the previous page")
                       ] = None,
-    after: Annotated[int | None, Query(description="records newer than this id")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID,
+                                       description="records newer than this id")] = None,
 ) -> dict[str, Any]:
     try:
         flt = Filter(since=parse_since(since) if since else None,

@@ -121,6 +121,12 @@ class Sealer:
                              str(len(payloads)).encode(), digest.digest()))
         return hmac.new(self._mac_key, message, hashlib.sha256).digest()
 
+    def mark(self, label: str, *parts: bytes | str | int) -> bytes:
+        """An HMAC over `label` and `parts` with the chain key (head and prune records)."""
+        message = b"|".join(p if isinstance(p, bytes) else str(p).encode()
+                            for p in (label, *parts))
+        return hmac.new(self._mac_key, message, hashlib.sha256).digest()
+
 
 def associated(values: tuple[Any, ...]) -> bytes:
     """The clear columns of a record (in `CLEAR_FIELDS` order, Python types as written:
@@ -136,3 +142,4 @@ CLEAR_FIELDS = ("time", "cluster", "phase", "kind", "host", "port", "resolved_ad
                 "protocol", "callout_type", "verdict", "permitted", "layer", "rule",
                 "policy_version", "connection_id", "bytes_up", "bytes_down", "duration_s",
                 "close_cause")
+

@@ -18,7 +18,9 @@ Durability, exactly:
 * Acknowledged means the transaction holding the event has committed: on SQLite with
   `journal_mode=WAL, synchronous=FULL`, so the WAL was fsynced; on PostgreSQL the COMMIT
   returned (durable under its defaults `fsync=on, synchronous_commit=on`). An acknowledged
-  event therefore survives kill -9 of the process (and, on SQLite, power loss).
+  event therefore survives kill -9 of the process (and, on SQLite, power loss). While the
+  store is unreachable, acknowledged means instead that the event's batch is fdatasync'ed
+  in the local spool (see below): it survives kill -9 and power loss of this host.
 * Events that were emitted but not yet acknowledged may be lost on kill -9: at most the
   queue plus the batch being written.
 * `emit` never blocks: when `max_pending` events are already queued (the database is
@@ -26,8 +28,21 @@ Durability, exactly:
   `egressguard_audit_events_total{result="dropped"}`. `record` never drops (its caller
   waits, so its memory is bounded by the callers), and raises `AuditUnavailable`
   (a `TimeoutError`) when the event is not durable within its timeout.
-* A failed write is retried with backoff, never discarded; an ambiguous commit (error
-  after the server committed) is recognised by the batch's (writer, seq) key.
+* A write that fails because the database is unreachable goes to the spool (below), never
+  discarded; an ambiguous commit (error after the server committed) is recognised by the
+  batch's (writer, seq) key. A batch the database *refuses* is split in halves until the
+  refused record is alone; that record is stored in its safe form (`bounds.safe_form`) or,
+  failing that, dropped and counted as `invalid`, so one record never blocks the others.
+  Every field is bounded before it is sealed (`bounds`: prefix plus hash).
+* While the store is unreachable (connection refused or lost, database gone, SQLite
+  locked past its busy timeout), each batch is sealed, chained and appended to the
+  writer's local spool (`spool`: fdatasync'ed, mode 0600, under the data home) before its
+  events are acknowledged: acknowledged still means durable, without waiting for the store
+  (`degraded` is True meanwhile). Every `PROBE_S` the writer tries the store and, once it
+  answers, writes the spool out in order and empties it; a batch already there (same
+  writer, seq and MAC) is skipped, so nothing is written twice. A spool left by kill -9
+  is written out by the next writer to take that slot. One log line per state change.
+* Chains go on across runs and are anchored at both ends (see `lineage`).
 """
 
 from __future__ import annotations
@@ -37,21 +52,31 @@ import json
 import logging
 import marshal
 import os
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, ge, itemgetter
 from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from egressguard.audit import metrics
+from egressguard.audit.bounds import (
+    SECRET_WIDTH,
+    STRING_AT,
+    STRING_WIDTHS,
+    WIDTHS,
+    bound_clear,
+    bound_secret,
+    safe_form,
+    storable,
+)
 from egressguard.audit.crypto import (
     CLEAR_FIELDS,
     NONCE,
@@ -61,11 +86,14 @@ from egressguard.audit.crypto import (
 )
 from egressguard.audit.db import make_engine, migrate
 from egressguard.audit.events import DecisionEvent
-from egressguard.audit.schema import batches, events
+from egressguard.audit.lineage import Slot, store_dir
+from egressguard.audit.schema import batches, events, heads
+from egressguard.audit.spool import Batch, Spool
 
 log = logging.getLogger("egressguard.audit")
 
 GENESIS = b"\0" * 32
+PROBE_S = 1.0          # while degraded, try the store this often
 
 
 class AuditUnavailable(TimeoutError):
@@ -95,6 +123,13 @@ _PORT = CLEAR_FIELDS.index("port")
 # no conversion (the common case: one `map(type, ...)` instead of 24 casts).
 _CAST_NO_PORT = (*_CAST[:_PORT], type(None), *_CAST[_PORT + 1:])
 _CANONICAL = {_CAST, _CAST_NO_PORT}
+_STRINGS = itemgetter(*STRING_AT)        # the clear string columns, for the bounds check
+_HOST = CLEAR_FIELDS.index("host")
+_ADDR = CLEAR_FIELDS.index("resolved_address")
+_CONN = CLEAR_FIELDS.index("connection_id")
+_HOST_W, _ADDR_W, _CONN_W = (WIDTHS[i] or 0 for i in (_HOST, _ADDR, _CONN))
+# The other string columns: few distinct combinations (checked once each, `_fits`).
+_FEW = itemgetter(*(i for i in STRING_AT if i not in (_HOST, _ADDR, _CONN)))
 
 
 def canonical(raw: Raw) -> Raw:
@@ -161,7 +196,12 @@ class AuditLog:
         self.max_delay = max_delay
         self.max_pending = max_pending
         self.retention = retention
-        self.writer_id = secrets.token_hex(8)
+        self.writer_id = ""                  # set by `_resume` (a stable slot, `lineage`)
+        self._slot: Slot | None = None
+        self._spool: Spool | None = None
+        self._degraded = False
+        self._next_probe = 0.0
+        self._fitting: set[tuple[Any, ...]] = set()   # see `_fits`
         # Queue order is sequence order: the n-th event appended has seq n (both under
         # `_lock`), so the writer only counts what it takes (`_taken`).
         self._pending: deque[DecisionEvent] = deque()
@@ -243,6 +283,12 @@ class AuditLog:
     def dropped(self) -> int:
         return self._dropped
 
+    @property
+    def degraded(self) -> bool:
+        """True while the store is unreachable and records go to the local spool
+        (still durable before they are acknowledged; written to the store on recovery)."""
+        return self._degraded
+
     def _register(self, target: int, callback: Callable[[], None]) -> bool:
         """Arrange `callback` once `target` is committed; False if it already is."""
         with self._wait_lock:
@@ -304,7 +350,7 @@ class AuditLog:
             if not pending and not self._stopping:   # re-check: `emit` saw _idle False
                 self._wake.wait(self._sleep_for())
             self._idle = False
-            self._maybe_prune()
+            self.tick()
         self._urgent.clear()   # a waiter registering from now on sets it again
         # Group commit: while nobody waits for an acknowledgement, linger up to
         # `max_delay` so that one commit (one fsync) carries many events.
@@ -317,40 +363,231 @@ class AuditLog:
             return batch, self._taken
 
     def _sleep_for(self) -> float | None:
+        """How long the idle writer may sleep: until the next prune or store probe."""
+        if self._degraded:
+            return PROBE_S
         if self.retention is None:
             return None
         return max(0.0, self._next_prune - time.monotonic()) + 0.01
 
     def _run(self) -> None:
-        while (item := self._next_batch()) is not None:
-            batch, last = item
-            self.write_raws(raws_of(batch))
-            self._acknowledge(last)
-            self._maybe_prune()
+        self._resume()
+        try:
+            while (item := self._next_batch()) is not None:
+                batch, last = item
+                self.write_raws(raws_of(batch))
+                self._acknowledge(last)
+                self._maybe_prune()
+        finally:
+            self._finish()
 
-    def write_raws(self, raws: list[Raw]) -> None:
-        """Seal and write one batch, retrying until it is committed (never discards it)."""
-        prepared = self._seal(raws)
-        if not prepared[0]:
+    def tick(self) -> None:
+        """Periodic work of an idle writer: probe the store while degraded, prune."""
+        self._probe()
+        self._maybe_prune()
+
+    # -- lineage: a stable writer whose chain goes on across runs (see `lineage`) ---------
+
+    def _resume(self) -> None:
+        """Take a writer slot and continue its chain from the latest of the store's head,
+        the slot's state file and its spool; write out what the spool still holds."""
+        if self._slot is not None:
             return
+        self._slot = slot = Slot(store_dir(self.engine.url))
+        self.writer_id = slot.writer
+        self._spool = Spool(slot.spool_path)
+        spooled = self._spool.batches()
+        known = slot.last()
+        stored: list[tuple[int, bytes]] = []
+        try:
+            with self.engine.connect() as conn:
+                head = conn.execute(select(heads.c.seq, heads.c.mac).where(
+                    heads.c.writer == self.writer_id)).first()
+                top = conn.execute(select(batches.c.seq, batches.c.mac).where(
+                    batches.c.writer == self.writer_id).order_by(batches.c.seq.desc())
+                    .limit(1)).first()
+            stored = [(int(r.seq), bytes(r.mac)) for r in (head, top) if r is not None]
+        except Exception as exc:     # the store cannot be read: spool until it can
+            self._enter_degraded(exc)
+        places = [*stored, *([known] if known else []),
+                  *([(spooled[-1][0], spooled[-1][2])] if spooled else [])]
+        if places:
+            seq, mac = max(places, key=lambda p: p[0])
+            self._seq, self._prev_mac = seq + 1, mac
+        if known and stored and known[0] > max(p[0] for p in stored) and not (
+                spooled and spooled[-1][0] >= known[0]):
+            log.error("audit: writer %s made batch %d durable but the store's chain ends at "
+                      "batch %d: newer batches were removed from the store (logs verify "
+                      "will show the gap)", self.writer_id, known[0],
+                      max(p[0] for p in stored))
+        if spooled and not self._degraded:
+            self._degraded = True
+            metrics.AUDIT_DEGRADED.set(1)
+            self._probe(force=True)
+            if self._degraded:
+                log.error("audit: %d batches spooled by an earlier run wait for the store "
+                          "(unreachable); new records are spooled too", len(spooled))
+
+    def _finish(self) -> None:
+        if self._degraded:
+            self._probe(force=True)
+        if self._degraded and self._spool is not None:
+            log.warning("audit: store still unreachable at shutdown; %d batches stay in "
+                        "%s and are written by the next start", len(self._spool.batches()),
+                        self._spool.path)
+        if self._spool is not None:
+            self._spool.close()
+        if self._slot is not None:
+            self._slot.release()
+
+    # -- degraded mode: the local spool ----------------------------------------------------
+
+    def _enter_degraded(self, exc: BaseException) -> None:
+        if not self._degraded:
+            self._degraded = True
+            metrics.AUDIT_DEGRADED.set(1)
+            self._next_probe = time.monotonic() + PROBE_S
+            log.error("audit: store unreachable (%s); records go to the local spool %s "
+                      "until it is back", _short(exc),
+                      self._spool.path if self._spool is not None else "?")
+
+    def _to_spool(self, batch: Batch) -> None:
+        assert self._spool is not None
         delay = 0.05
         while True:
             try:
-                started = time.perf_counter()
-                self._write(*prepared)
-                metrics.AUDIT_COMMIT_SECONDS.observe(time.perf_counter() - started)
-                break
-            except Exception:
-                metrics.AUDIT_EVENTS.labels("failed").inc(len(raws))
-                log.exception("audit write of %d events failed; retrying in %.2f s",
-                              len(raws), delay)
+                self._spool.append(batch)
+                metrics.AUDIT_EVENTS.labels("spooled").inc(len(batch[3]))
+                return
+            except OSError as exc:     # the spool's disk failed too: wait for either
+                log.error("audit: cannot write the spool (%s); retrying in %.2f s",
+                          exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        metrics.AUDIT_EVENTS.labels("written").inc(len(prepared[0]))
+
+    def _probe(self, force: bool = False) -> None:
+        """While degraded: try the store, write the spool out in order, leave degraded."""
+        if not self._degraded or self._spool is None or (
+                not force and time.monotonic() < self._next_probe):
+            return
+        self._next_probe = time.monotonic() + PROBE_S
+        spooled = self._spool.batches()
+        redo: list[Raw] = []
+        for batch in spooled:
+            try:
+                self._insert(batch)
+            except Exception as exc:
+                if unavailable(exc):
+                    return                  # still down: stay degraded, quietly
+                # (what is spooled is storable, so this should not happen)
+                log.error("audit: the store refused spooled batch %d (%s); writing its "
+                          "records again as new batches", batch[0], _short(exc))
+                redo += self._reopen(batch)
+        self._spool.clear()
+        self._degraded = False
+        metrics.AUDIT_DEGRADED.set(0)
+        events_n = sum(len(b[3]) for b in spooled)
+        log.warning("audit: store reachable again; %d spooled events written", events_n)
+        if redo:
+            self.write_raws(redo)
+
+    def _reopen(self, batch: Batch) -> list[Raw]:
+        out: list[Raw] = []
+        for clear, payload in zip(batch[3], batch[4], strict=True):
+            opened = self.sealer.open(payload, marshal.dumps(tuple(clear), 2))
+            out.append((*clear, *(opened.values() if opened else ("",) * _NSECRET)))
+        return out
+
+    def _storable(self, clears: list[Raw], payloads: list[bytes]
+                  ) -> tuple[list[Raw], list[bytes]]:
+        """The batch with every record any store takes (for the spool)."""
+        if all(map(storable, clears)):
+            return clears, payloads
+        fixed_c: list[Raw] = []
+        fixed_p: list[bytes] = []
+        for clear, payload in zip(clears, payloads, strict=True):
+            if not storable(clear):
+                opened = self.sealer.open(payload, marshal.dumps(clear, 2))
+                secret = tuple(opened.values()) if opened else ("",) * _NSECRET
+                safe_clear, safe_secret = safe_form(clear, secret, "not storable")
+                c, p = self._seal([(*safe_clear, *safe_secret)])
+                clear, payload = c[0], p[0]
+            fixed_c.append(clear)
+            fixed_p.append(payload)
+        return fixed_c, fixed_p
+
+    def write_raws(self, raws: list[Raw]) -> None:
+        """Seal and write one batch. A database that is unreachable is retried with
+        backoff; a batch the database refuses is split until the refused record is
+        alone, which is then stored in its safe form (or dropped, logged): one bad
+        record never blocks the others and nothing is retried forever."""
+        clears, payloads = self._seal(raws)
+        if clears:
+            self._store(clears, payloads)
+
+    def _store(self, clears: list[Raw], payloads: list[bytes]) -> None:
+        try:
+            self._write_available(clears, payloads)
+            metrics.AUDIT_EVENTS.labels("written").inc(len(clears))
+            return
+        except _Refused as refused:
+            if len(clears) > 1:
+                half = len(clears) // 2
+                self._store(clears[:half], payloads[:half])
+                self._store(clears[half:], payloads[half:])
+                return
+            why = refused.why
+        self._store_safe_form(clears[0], payloads[0], why)
+
+    def _store_safe_form(self, clear: Raw, payload: bytes, why: str) -> None:
+        opened = self.sealer.open(payload, marshal.dumps(clear, 2))
+        secret = tuple(opened.values()) if opened is not None else ("",) * _NSECRET
+        safe_clear, safe_secret = safe_form(clear, secret, why)
+        log.error("audit: the database refused a record (%s); storing it in safe form "
+                  "(host %r)", why, safe_clear[_HOST][:80])
+        clears, payloads = self._seal([(*safe_clear, *safe_secret)])
+        try:
+            if clears:
+                self._write_available(clears, payloads)
+                metrics.AUDIT_EVENTS.labels("written").inc()
+                return
+        except _Refused as again:
+            why = again.why
+        _invalid((clear, why))
+
+    def _write_available(self, clears: list[Raw], payloads: list[bytes]) -> None:
+        """Make one batch durable: in the store, or in the spool while the store is
+        unreachable; `_Refused` when the store answers that it will not store it."""
+        if self._slot is None:
+            self._resume()
+        while True:
+            if self._degraded:
+                self._probe()
+            if self._degraded:
+                clears, payloads = self._storable(clears, payloads)
+                batch = self._link(clears, payloads)
+                self._to_spool(batch)
+                self._advance(batch)
+                return
+            batch = self._link(clears, payloads)
+            try:
+                started = time.perf_counter()
+                self._insert(batch)
+                metrics.AUDIT_COMMIT_SECONDS.observe(time.perf_counter() - started)
+                self._advance(batch)
+                return
+            except _Collision:
+                self._resync()
+            except Exception as exc:
+                if not unavailable(exc):   # the database refused this batch's data
+                    raise _Refused(_short(exc)) from exc
+                metrics.AUDIT_EVENTS.labels("failed").inc(len(clears))
+                self._enter_degraded(exc)
 
     def _seal(self, raws: list[Raw]) -> tuple[list[Raw], list[bytes]]:
         """(clear values, payload) of every recordable event; a malformed one is dropped
         (logged and counted) so that it can never wedge the writer in its retry loop.
+        Every field is bounded here (`bounds`), before it reaches the store.
         The per-record loop is kept flat: it is most of the writer's CPU."""
         clears: list[Raw] = []
         payloads: list[bytes] = []
@@ -358,6 +595,7 @@ class AuditLog:
         encrypt = self.sealer.encrypt
         dumps = marshal.dumps
         types, types_no_port = _CAST, _CAST_NO_PORT
+        few, fits = _FEW, self._fitting
         n = _NCLEAR
         at = 0
         for raw in raws:
@@ -368,12 +606,22 @@ class AuditLog:
                     _invalid(raw)
                     continue
             clear = raw[:n]
+            # Bounds, cheaply: the three columns whose values vary per request by length,
+            # the port by range, and the other columns (a handful of combinations: rule,
+            # layer, cluster, ...) once per distinct combination.
+            if (len(clear[_HOST]) > _HOST_W or len(clear[_ADDR]) > _ADDR_W
+                    or len(clear[_CONN]) > _CONN_W
+                    or ((port := clear[_PORT]) is not None and not 0 <= port <= 65535)
+                    or ((key := few(clear)) not in fits and not self._fits(key, clear))):
+                clear = bound_clear(clear)
             joined = "\0".join(raw[n:])
+            if len(joined) > SECRET_WIDTH:
+                joined = "\0".join(bound_secret(raw[n:]))
             try:
                 if joined.count("\0") == _NSECRET - 1:   # no field holds a NUL: fast form
                     plain = b"0" + joined.encode("utf-8", "surrogatepass")
                 else:
-                    plain = b"1" + json.dumps(list(raw[n:])).encode()
+                    plain = b"1" + json.dumps(list(bound_secret(raw[n:]))).encode()
             except UnicodeError:
                 _invalid(raw)
                 continue
@@ -385,6 +633,16 @@ class AuditLog:
             clears.append(clear)
         return clears, payloads
 
+    def _fits(self, key: tuple[Any, ...], clear: Raw) -> bool:
+        """Whether every string column of `clear` fits; remembers a fitting combination
+        of the low-cardinality columns (`key`), so the next records skip this."""
+        if not all(map(ge, STRING_WIDTHS, map(len, _STRINGS(clear)))):
+            return False
+        if len(self._fitting) >= 4096:
+            self._fitting.clear()
+        self._fitting.add(key)
+        return True
+
     def _insert_sql(self, rows: int) -> str:
         sql = self._sql.get(rows)
         if sql is None:
@@ -393,11 +651,24 @@ class AuditLog:
                                      f"VALUES {', '.join([one] * rows)}")
         return sql
 
-    def _write(self, clears: list[Raw], payloads: list[bytes]) -> None:
+    def _link(self, clears: list[Raw], payloads: list[bytes]) -> Batch:
+        """The batch as the next link of this writer's chain (not yet durable)."""
         mac = self.sealer.chain(self._prev_mac, self.writer_id, self._seq, payloads)
-        head = {"writer": self.writer_id, "seq": self._seq, "count": len(clears),
+        return (self._seq, self._prev_mac, mac, clears, payloads)
+
+    def _advance(self, batch: Batch) -> None:
+        self._seq, self._prev_mac = batch[0] + 1, batch[2]
+        if self._slot is not None:
+            self._slot.remember(batch[0], batch[2])
+
+    def _insert(self, batch: Batch) -> None:
+        """Commit one batch, its events and the writer's head in one transaction;
+        a batch already present with the same MAC (a lost reply, a spool drained twice)
+        counts as written."""
+        seq, prev_mac, mac, clears, payloads = batch
+        head = {"writer": self.writer_id, "seq": seq, "count": len(clears),
                 "first_time": clears[0][0], "last_time": clears[-1][0],
-                "prev_mac": self._prev_mac, "mac": mac}
+                "prev_mac": prev_mac, "mac": mac}
         try:
             with self.engine.begin() as conn:
                 key = conn.execute(batches.insert().values(head)).inserted_primary_key
@@ -416,18 +687,40 @@ class AuditLog:
                             chain.from_iterable(rows[at:at + size])))
                         at += size
                     left = len(rows) - at
+                conn.exec_driver_sql(self._head_sql(), (
+                    self.writer_id, seq, mac, time.time(),
+                    self.sealer.mark("head", self.writer_id, seq, mac)))
         except IntegrityError:
-            # A retry after a commit whose reply was lost: the batch is already there.
-            if not self._already_written(mac):
+            found = self._stored_mac(seq)
+            if found is None:
                 raise
-        self._prev_mac = mac
-        self._seq += 1
+            if found != mac:
+                raise _Collision() from None
 
-    def _already_written(self, mac: bytes) -> bool:
+    def _head_sql(self) -> str:
+        m = self._mark
+        return (f"INSERT INTO {heads.name} (writer, seq, mac, time, head_mac) "
+                f"VALUES ({m}, {m}, {m}, {m}, {m}) ON CONFLICT (writer) DO UPDATE SET "
+                "seq = excluded.seq, mac = excluded.mac, time = excluded.time, "
+                f"head_mac = excluded.head_mac WHERE {heads.name}.seq < excluded.seq")
+
+    def _stored_mac(self, seq: int) -> bytes | None:
         with self.engine.connect() as conn:
             found = conn.execute(select(batches.c.mac).where(
-                batches.c.writer == self.writer_id, batches.c.seq == self._seq)).scalar()
-        return found == mac
+                batches.c.writer == self.writer_id, batches.c.seq == seq)).scalar()
+        return None if found is None else bytes(found)
+
+    def _resync(self) -> None:
+        """Another batch already holds our next seq (a second process with this writer
+        id, or a restored backup): go on after the store's newest one, and say so."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(batches.c.seq, batches.c.mac).where(
+                batches.c.writer == self.writer_id).order_by(batches.c.seq.desc())
+                .limit(1)).first()
+        if row is not None:
+            log.error("audit: writer %s batch %d is already in the store with another MAC; "
+                      "continuing after batch %d", self.writer_id, self._seq, row.seq)
+            self._seq, self._prev_mac = int(row.seq) + 1, bytes(row.mac)
 
     def _acknowledge(self, seq: int) -> None:
         with self._wait_lock:
@@ -439,18 +732,47 @@ class AuditLog:
             callback()
 
     def _maybe_prune(self) -> None:
-        if self.retention is None or time.monotonic() < self._next_prune:
+        if self.retention is None or self._degraded or time.monotonic() < self._next_prune:
             return
         self._next_prune = time.monotonic() + self.retention.every_s
         from egressguard.audit.query import prune
         try:
-            removed = prune(self.engine, max_age_s=self.retention.max_age_s,
+            removed = prune(self.engine, self.sealer, max_age_s=self.retention.max_age_s,
                             max_rows=self.retention.max_rows)
         except Exception:
             log.exception("audit pruning failed (will retry)")
             return
         if removed:
             log.info("audit retention removed %d events", removed)
+
+
+class _Collision(Exception):
+    """The store already holds a different batch at this writer's next seq."""
+
+
+class _Refused(Exception):
+    """The database answered that it will not store this batch (not a lost connection)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether a write failed because the store is not usable now (spool, probe again)
+    rather than because it refused the data sent (split the batch): only a data or
+    integrity error from the database, or a value the driver cannot send, is a refusal;
+    a lost connection, a missing table or a permission problem is not the record's fault."""
+    if isinstance(exc, DisconnectionError | SATimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and not isinstance(exc, DataError | IntegrityError)
+
+
+def _short(exc: BaseException) -> str:
+    """One line naming an error: its class and first line, for a log line (no traceback)."""
+    cause = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"{type(cause).__name__}: {first[:200]}"
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -32,3 +32,5 @@ AUDIT_PENDING = Gauge("egressguard_audit_pending", "Audit events queued, not yet
 AUDIT_COMMIT_SECONDS = Histogram(
     "egressguard_audit_commit_seconds", "Time to write and commit one audit batch",
     buckets=(1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1, 5))
+AUDIT_DEGRADED = Gauge("egressguard_audit_degraded",
+                       "1 while audit records go to the local spool (store unreachable)")

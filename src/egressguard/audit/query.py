@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, delete, func, select
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, select, update
 
 from egressguard.audit.crypto import CLEAR_FIELDS, SECRET_FIELDS, Sealer, associated
 from egressguard.audit.db import snapshot_options
+from egressguard.audit.lineage import LEGACY_WRITER
 from egressguard.audit.log import GENESIS
-from egressguard.audit.schema import batches, events
+from egressguard.audit.schema import batches, events, heads, prunes
 
 OUTCOMES = ("allow", "deny", "would-deny")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -161,11 +162,12 @@ def scan(engine: Engine, flt: Filter, *, sealer: Sealer | None,
         after = rows[-1]["id"]
 
 
-def prune(engine: Engine, *, max_age_s: float | None = None, max_rows: int | None = None,
-          now: float | None = None) -> int:
+def prune(engine: Engine, sealer: Sealer, *, max_age_s: float | None = None,
+          max_rows: int | None = None, now: float | None = None) -> int:
     """Delete whole batches older than `max_age_s` and/or beyond the newest `max_rows`
-    events; returns the number of events removed. Whole batches keep the chain verifiable
-    (a batch is removed only when all of it is out of bounds)."""
+    events; returns the number of events removed. What is removed is, per writer, the
+    oldest batches of its chain, and a MACed prune record says through which batch (and
+    that batch's MAC), so `verify` still links the chain and tells pruning from deletion."""
     now = time.time() if now is None else now
     cut: int | None = None  # remove batches with id <= cut
     with engine.begin() as conn:
@@ -187,9 +189,34 @@ def prune(engine: Engine, *, max_age_s: float | None = None, max_rows: int | Non
                     cut = limit_cut if cut is None else max(cut, limit_cut)
         if cut is None:
             return 0
-        removed = conn.execute(delete(events).where(events.c.batch_id <= cut)).rowcount
-        conn.execute(delete(batches).where(batches.c.id <= cut))
-    return int(removed or 0)
+        removed = 0
+        tops = conn.execute(select(batches.c.writer, func.max(batches.c.seq)).where(
+            batches.c.id <= cut).group_by(batches.c.writer)).all()
+        for writer, through in tops:
+            through = int(through)
+            mac = bytes(conn.execute(select(batches.c.mac).where(
+                batches.c.writer == writer, batches.c.seq == through)).scalar_one())
+            ids = select(batches.c.id).where(batches.c.writer == writer,
+                                             batches.c.seq <= through)
+            count = conn.execute(delete(events).where(events.c.batch_id.in_(ids))).rowcount
+            conn.execute(delete(batches).where(batches.c.writer == writer,
+                                               batches.c.seq <= through))
+            removed += int(count or 0)
+            before = conn.execute(select(prunes.c.events).where(
+                prunes.c.writer == writer)).scalar()
+            total_events = int(before or 0) + int(count or 0)
+            values = {"through_seq": through, "through_mac": mac, "events": total_events,
+                      "time": now, "prune_mac": prune_mac(sealer, writer, through, mac,
+                                                          total_events)}
+            if before is None:
+                conn.execute(prunes.insert().values(writer=writer, **values))
+            else:
+                conn.execute(update(prunes).where(prunes.c.writer == writer).values(values))
+    return removed
+
+
+def prune_mac(sealer: Sealer, writer: str, through: int, mac: bytes, count: int) -> bytes:
+    return sealer.mark("prune", writer, through, mac, count)
 
 
 @dataclass
@@ -197,26 +224,32 @@ class Verification:
     batches: int = 0
     events: int = 0
     problems: list[str] | None = None
+    notes: list[str] | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
+@dataclass
+class _Writer:
+    first: tuple[int, bytes] | None = None     # (seq, prev_mac) of its oldest batch
+    last: tuple[int, bytes] | None = None      # (seq, mac) of its newest batch
+
+
 def verify(engine: Engine, sealer: Sealer) -> Verification:
-    """Check every record opens (nothing edited) and every writer's batch chain links
-    (no batch or record removed or added in the middle). Pruning removes the oldest
-    batches of a chain, so a chain may start after seq 0; removal of a writer's newest
-    batches cannot be told from the writer having stopped earlier."""
-    result = Verification(problems=[])
+    """Check every record opens (nothing edited), every writer's batch chain links (no
+    batch or record removed or added in the middle), its newest batch is its head (the
+    newest batches were not removed) and its oldest follows its prune record or the
+    genesis (the oldest were removed only by retention). See `lineage` for the limits."""
+    result = Verification(problems=[], notes=[])
     problems = result.problems
-    assert problems is not None
-    last: dict[str, tuple[int, bytes]] = {}
+    assert problems is not None and result.notes is not None
+    chains: dict[str, _Writer] = {}
     # One snapshot: batches committed while verifying are neither half-seen nor orphans.
     with engine.connect().execution_options(**snapshot_options(engine)) as conn, \
             conn.begin():
-        heads = conn.execute(select(batches).order_by(batches.c.writer, batches.c.seq)).all()
-        for head in heads:
+        for head in conn.execute(select(batches).order_by(batches.c.writer, batches.c.seq)):
             rows = conn.execute(select(events).where(events.c.batch_id == head.id)
                                 .order_by(events.c.id)).all()
             result.batches += 1
@@ -228,22 +261,71 @@ def verify(engine: Engine, sealer: Sealer) -> Verification:
                 shown = ", ".join(map(str, altered[:5])) + (", ..." if len(altered) > 5 else "")
                 problems.append(f"{len(altered)} event{'s' if len(altered) > 1 else ''} "
                                 f"altered (do not authenticate): {shown}")
-            prev = last.get(head.writer)
-            if prev is not None and head.seq != prev[0] + 1:
+            chain = chains.setdefault(head.writer, _Writer())
+            prev = chain.last
+            if prev is None:
+                chain.first = (head.seq, bytes(head.prev_mac))
+            elif head.seq != prev[0] + 1:
                 problems.append(f"writer {head.writer}: batches {prev[0] + 1}.."
                                 f"{head.seq - 1} missing")
-            elif prev is not None and head.prev_mac != prev[1]:
+            elif head.prev_mac != prev[1]:
                 problems.append(f"writer {head.writer} batch {head.seq}: chain broken")
-            elif prev is None and head.seq == 0 and head.prev_mac != GENESIS:
-                problems.append(f"writer {head.writer} batch 0: chain broken")
             if len(rows) != head.count or sealer.chain(
                     head.prev_mac, head.writer, head.seq, payloads) != head.mac:
                 problems.append(f"writer {head.writer} batch {head.seq} (id {head.id}): "
                                 f"records added, removed or altered ({len(rows)} of "
                                 f"{head.count} present)")
-            last[head.writer] = (head.seq, head.mac)
+            chain.last = (head.seq, bytes(head.mac))
+        tops = {r.writer: r for r in conn.execute(select(heads))}
+        pruned = {r.writer: r for r in conn.execute(select(prunes))}
         orphans = conn.execute(select(func.count()).select_from(events).where(
             events.c.batch_id.not_in(select(batches.c.id)))).scalar() or 0
-        if orphans:
-            problems.append(f"{orphans} events belong to no batch (inserted)")
+    for writer in sorted(set(chains) | set(tops) | set(pruned)):
+        _check_ends(writer, chains.get(writer, _Writer()), tops.get(writer),
+                    pruned.get(writer), sealer, result)
+    if orphans:
+        problems.append(f"{orphans} events belong to no batch (inserted)")
     return result
+
+
+def _check_ends(writer: str, chain: _Writer, head: Any, pruned: Any, sealer: Sealer,
+                result: Verification) -> None:
+    """The two ends of one writer's chain: its head record and its prune record."""
+    problems, notes = result.problems, result.notes
+    assert problems is not None and notes is not None
+    legacy = LEGACY_WRITER.fullmatch(writer) is not None and head is None
+    # The oldest end: the genesis, or just after what retention recorded pruning.
+    start_seq, start_mac = 0, GENESIS
+    if pruned is not None:
+        if bytes(pruned.prune_mac) != prune_mac(sealer, writer, int(pruned.through_seq),
+                                                bytes(pruned.through_mac),
+                                                int(pruned.events)):
+            problems.append(f"writer {writer}: prune record altered")
+        start_seq, start_mac = int(pruned.through_seq) + 1, bytes(pruned.through_mac)
+    if chain.first is not None and not legacy and chain.first != (start_seq, start_mac):
+        if chain.first[0] > start_seq:
+            problems.append(f"writer {writer}: oldest batches {start_seq}.."
+                            f"{chain.first[0] - 1} missing (not pruned by retention)")
+        else:
+            problems.append(f"writer {writer} batch {chain.first[0]}: chain broken at its "
+                            "start")
+    # The newest end: the head record.
+    if legacy:
+        notes.append(f"writer {writer}: from before chain anchoring (no head record): "
+                     "its newest and oldest batches are not protected")
+        return
+    if head is None:
+        problems.append(f"writer {writer}: head record missing (its newest batches may "
+                        "have been removed)")
+        return
+    seq, mac = int(head.seq), bytes(head.mac)
+    if bytes(head.head_mac) != sealer.mark("head", writer, seq, mac):
+        problems.append(f"writer {writer}: head record altered")
+        return
+    newest = chain.last[0] if chain.last is not None else start_seq - 1
+    if newest < seq:
+        problems.append(f"writer {writer}: newest batches {newest + 1}..{seq} missing "
+                        "(the head says the chain reaches there)")
+    elif newest > seq or (chain.last is not None and chain.last[1] != mac):
+        problems.append(f"writer {writer}: head record does not match the newest batch "
+                        f"{newest}")

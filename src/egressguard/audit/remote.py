@@ -11,7 +11,9 @@ The acknowledgement contract is `AuditLog`'s: `record`/`flush` return only after
 reported the commit. Frames sent but not yet acknowledged stay in memory; if the child
 dies it is restarted and they are sent again (so a child crash between commit and
 acknowledgement can store a batch twice: at-least-once; kill -9 of the gateway itself
-loses only unacknowledged events, as with `AuditLog`).
+loses only unacknowledged events, as with `AuditLog`). The child dies with the gateway
+(PR_SET_PDEATHSIG, and the stdin EOF it reads on a clean stop); its acknowledgements carry
+one more bit, set while it spools (`degraded`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import marshal
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -30,12 +33,14 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
+from egressguard.audit import metrics
 from egressguard.audit.crypto import load_or_create_key
 from egressguard.audit.log import AuditLog, Raw, Retention, canonical, raws_of
 
 log = logging.getLogger("egressguard.audit")
 _LEN = struct.Struct(">I")
 _ACK = struct.Struct(">Q")
+_DEGRADED = 1 << 63        # set in an acknowledgement while the child spools
 
 
 class ProcessAuditLog(AuditLog):
@@ -52,15 +57,19 @@ class ProcessAuditLog(AuditLog):
         self._proc_lock = threading.Lock()
         self._inflight: deque[tuple[int, bytes]] = deque()
         self._stopping_child = False
-        self._child = self._spawn()
+        self._spawned = threading.Event()
+        # The receiver thread spawns every child: PR_SET_PDEATHSIG fires when the thread
+        # that forked the child ends, and this thread lives as long as the log does.
         self._receiver = threading.Thread(target=self._receive, name="audit-acks",
                                           daemon=True)
         self._receiver.start()
+        self._spawned.wait()
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         child = subprocess.Popen(
-            [sys.executable, "-m", "egressguard.audit.remote", str(self.batch_size), "0"],
+            [sys.executable, "-m", "egressguard.audit.remote", str(self.batch_size), "0",
+             str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ})
         assert child.stdin is not None
         hello = marshal.dumps((self._key, self._url), 2)  # secrets never in argv or env
@@ -92,12 +101,18 @@ class ProcessAuditLog(AuditLog):
                 self._child.stdin.close()   # the child writes what it has, then exits
 
     def _receive(self) -> None:
+        self._child = self._spawn()
+        self._spawned.set()
         while True:
             stdout = self._child.stdout
             assert stdout is not None
             data = stdout.read(_ACK.size)
             if len(data) == _ACK.size:
                 seq = _ACK.unpack(data)[0]
+                if self._degraded != bool(seq & _DEGRADED):
+                    self._degraded = bool(seq & _DEGRADED)
+                    metrics.AUDIT_DEGRADED.set(int(self._degraded))
+                seq &= ~_DEGRADED
                 with self._proc_lock:
                     while self._inflight and self._inflight[0][0] <= seq:
                         self._inflight.popleft()
@@ -118,8 +133,16 @@ class ProcessAuditLog(AuditLog):
     def close(self, timeout: float = 30.0) -> None:
         if not self._stop():
             return
+        deadline = time.monotonic() + timeout
         self._thread.join(timeout)
-        self._receiver.join(timeout)
+        self._receiver.join(max(0.0, deadline - time.monotonic()))
+        if self._receiver.is_alive():      # the child did not finish in time: end it
+            log.error("audit writer process did not finish within %g s; stopping it "
+                      "(%d batches unacknowledged)", timeout, len(self._inflight))
+            with self._proc_lock:
+                self._stopping_child = True
+            self._child.kill()
+            self._receiver.join(5)
         self.engine.dispose()
 
 
@@ -173,18 +196,54 @@ class _Frames:
             self.buf += chunk
 
 
-def child_main(batch_size: int, max_delay: float) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux prctl), and exit
+    now if the parent is already gone (it died before the prctl took effect). What the
+    child holds then is unacknowledged, which the contract allows to lose."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):   # not Linux: the stdin EOF watch still applies
+        pass
+    if parent and os.getppid() != parent:
+        os._exit(0)
+
+
+def child_main(batch_size: int, max_delay: float, parent: int = 0) -> None:
+    die_with_parent(parent)
     frames = _Frames(sys.stdin.fileno())
     hello = frames.next(None)
     if hello is None:
         return
     key, url = marshal.loads(hello)
     writer = AuditLog(url, key=key, start=False)
+    writer._resume()
+    try:
+        _serve_frames(writer, frames, batch_size, max_delay)
+    finally:
+        writer._finish()
+
+
+def _serve_frames(writer: AuditLog, frames: _Frames, batch_size: int,
+                  max_delay: float) -> None:
     out = sys.stdout.buffer
+    acked = 0
     while True:
-        frame = frames.next(None)
+        degraded = writer.degraded
+        frame = frames.next(1.0 if degraded else None)
         if frame is None:
-            return
+            if frames.eof:
+                return
+            writer.tick()                  # idle while degraded: probe the store
+            if writer.degraded != degraded:
+                out.write(_ACK.pack(acked | (_DEGRADED if writer.degraded else 0)))
+                out.flush()
+            continue
         last, urgent, raws = marshal.loads(frame)
         pending: list[Any] = list(raws)
         deadline = time.monotonic() + max_delay
@@ -195,10 +254,12 @@ def child_main(batch_size: int, max_delay: float) -> None:
             last, urgent, raws = marshal.loads(more)
             pending += raws
         writer.write_raws(pending)
-        out.write(_ACK.pack(last))
+        acked = last
+        out.write(_ACK.pack(last | (_DEGRADED if writer.degraded else 0)))
         out.flush()
         writer._maybe_prune()
 
 
 if __name__ == "__main__":
-    child_main(int(sys.argv[1]), float(sys.argv[2]))
+    child_main(int(sys.argv[1]), float(sys.argv[2]),
+               int(sys.argv[3]) if len(sys.argv) > 3 else 0)

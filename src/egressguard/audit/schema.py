@@ -3,6 +3,9 @@
 `audit_events` holds one row per event: the filterable fields in clear, the sensitive
 ones sealed in `payload` (see `crypto`). `audit_batches` holds one row per committed batch
 with the HMAC chain that makes a removed, added or edited record detectable.
+`audit_heads` holds each writer's newest batch (seq and MAC, itself MACed), updated in the
+batch's own transaction; `audit_prunes` what retention removed from each writer's chain
+(through which seq, that batch's MAC, how many events), MACed (see `lineage`).
 """
 
 from __future__ import annotations
@@ -63,4 +66,23 @@ events = Table(
     Column("payload", LargeBinary, nullable=False),
     Index("ix_audit_events_time", "time"),
     Index("ix_audit_events_batch", "batch_id"),
+)
+
+heads = Table(
+    "audit_heads", metadata,
+    Column("writer", String(32), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("mac", LargeBinary, nullable=False),
+    Column("time", Float, nullable=False),
+    Column("head_mac", LargeBinary, nullable=False),
+)
+
+prunes = Table(
+    "audit_prunes", metadata,
+    Column("writer", String(32), primary_key=True),
+    Column("through_seq", BigInteger, nullable=False),
+    Column("through_mac", LargeBinary, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("time", Float, nullable=False),
+    Column("prune_mac", LargeBinary, nullable=False),
 )

@@ -154,18 +154,22 @@ def logs_prune(
         raise _fail(str(exc)) from None
     if max_rows is not None and max_rows < 0:
         raise _fail("--max-rows must not be negative")
-    engine, _ = _open(store)
-    removed = prune(engine, max_age_s=age, max_rows=max_rows)
+    engine, sealer = _open(store)
+    removed = prune(engine, sealer, max_age_s=age, max_rows=max_rows)
     typer.echo(f"removed {removed} records")
 
 
 @logs_app.command("verify")
 def logs_verify(store: Store = None) -> None:
-    """Check that no record was edited, removed or inserted. Exit 0 intact, 1 not."""
+    """Check that no record was edited, removed or inserted, and that no run, newest
+    batches or oldest batches (other than what retention pruned) were removed.
+    Exit 0 intact, 1 not."""
     engine, sealer = _open(store)
     result = verify(engine, sealer)
     for problem in result.problems or []:
         typer.echo(f"TAMPERED: {problem}")
+    for note in result.notes or []:
+        typer.echo(f"note: {note}")
     typer.echo(f"{result.events} records in {result.batches} batches: "
                f"{'intact' if result.ok else 'NOT intact'}")
     raise typer.Exit(0 if result.ok else 1)
