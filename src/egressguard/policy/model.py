@@ -186,6 +186,20 @@ def _source(value: str) -> str:
 Source = Annotated[str, AfterValidator(_source)]
 
 
+def _trusted_range(value: str) -> str:
+    try:
+        network = str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"trusted range {value!r} is not an IP address or CIDR") from None
+    if network.endswith("/0"):
+        raise ValueError(f"trusted range {value!r} would trust every address; list the "
+                         "private ranges your allowed names resolve into")
+    return network
+
+
+TrustedRange = Annotated[str, AfterValidator(_trusted_range)]
+
+
 class ApplicationRule(_Strict):
     """Allow or deny HTTP/HTTPS to host patterns (spec section 3) on given ports."""
 
@@ -270,6 +284,10 @@ class NetworkRule(_Strict):
         default_factory=lambda: [PortRange(low=0, high=65535)])
     sources: list[Source] = Field(default_factory=list)
     description: str = ""
+    match_resolved_names: bool = False
+    """Also allow a request by name when every address it resolves to falls in this rule.
+    Off by default: deciding such a name needs a DNS query first, and the query itself
+    carries the name out (spec section 4 step 5)."""
 
     @field_validator("protocols", mode="before")
     @classmethod
@@ -324,6 +342,10 @@ class Policy(_Strict):
     application_rule_collections: list[ApplicationRuleCollection] = Field(default_factory=list)
     network_rule_collections: list[NetworkRuleCollection] = Field(default_factory=list)
     service_endpoint_policies: list[ServiceEndpointPolicy] = Field(default_factory=list)
+    trusted_ranges: list[TrustedRange] = Field(default_factory=list)
+    """Private CIDRs that names allowed by name rules may resolve into (the address guard
+    lets them through for such names); the ranges themselves stay closed to flows and IP
+    literals unless a network rule names them."""
 
     @property
     def immutable_callouts(self) -> tuple[CalloutRule, ...]:
