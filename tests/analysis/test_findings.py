@@ -99,7 +99,7 @@ service_endpoint_policies: [{name: all, aliases: [/services/Azure/Everything]}]"
 
 
 def checks(text: str) -> list[Finding]:
-    return analyze(load_policy_text(text), REFS).findings
+    return analyze(load_policy_text(text or "{}"), REFS).findings
 
 
 def test_every_check_has_a_case() -> None:

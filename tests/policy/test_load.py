@@ -288,3 +288,55 @@ def test_policy_is_immutable() -> None:
     policy = Policy()
     with pytest.raises(ValidationError):
         policy.report_only = True  # type: ignore[misc]
+
+
+LONG_NAME = "r" * 300
+
+
+@pytest.mark.parametrize(("data", "path"), [
+    ({"application_rule_collections": [{"name": LONG_NAME}]},
+     "application_rule_collections[0].name"),
+    ({"network_rule_collections": [{"name": "n", "rules": [
+        {"name": LONG_NAME, "destinations": ["10.0.0.0/8"]}]}]},
+     "network_rule_collections[0].rules[0].name"),
+    ({"application_rule_collections": [{"name": "a", "rules": [
+        {"name": "r", "targets": ["a" * 60 + "." + "b" * 300 + ".example"]}]}]},
+     "application_rule_collections[0].rules[0].targets[0]"),
+    ({"network_rule_collections": [{"name": "n", "rules": [
+        {"name": "r", "destinations": ["x" * 100_000]}]}]},
+     "network_rule_collections[0].rules[0].destinations[0]"),
+    ({"callouts": [{"CalloutType": "sql", "CalloutUriRegex": "a" * 5000, "CanCall": True}]},
+     "callouts[0].CalloutUriRegex"),
+    ({"callouts": [{"CalloutType": "s" * 10_000, "CalloutUriRegex": "a", "CanCall": True}]},
+     "callouts[0].CalloutType"),
+    ({"application_rule_collections": [{"name": "a", "rules": [
+        {"name": "r", "targets": ["a.example"], "description": "d" * 2000}]}]},
+     "application_rule_collections[0].rules[0].description"),
+    ({"service_endpoint_policies": [{"name": "s", "resources": ["/s" * 1000]}]},
+     "service_endpoint_policies[0].resources[0]"),
+    ({"trusted_ranges": ["1" * 100]}, "trusted_ranges[0]"),
+    ({"application_rule_collections": [{"name": "a", "rules": [
+        {"name": "r", "targets": ["a.example"], "protocols": ["https:" + "4" * 5000]}]}]},
+     "application_rule_collections[0].rules[0].protocols"),
+])
+def test_over_long_strings_are_refused_without_echoing_them(data: dict[str, object],
+                                                            path: str) -> None:
+    problems = _problems(json.dumps(data))
+    assert path in [p for _, p, _ in problems], problems
+    assert all(len(reason) < 250 for _, _, reason in problems), problems
+
+
+@pytest.mark.parametrize("name", ["has space", "slash/in/it", "-leading", "tab\there",
+                                  "quote'", "ünïcode", "semi;colon"])
+def test_rule_and_collection_names_use_a_safe_character_set(name: str) -> None:
+    problems = _problems(json.dumps({"application_rule_collections": [
+        {"name": name, "rules": [{"name": name, "targets": ["a.example"]}]}]}))
+    assert {p for _, p, _ in problems} == {"application_rule_collections[0].name",
+                                           "application_rule_collections[0].rules[0].name"}
+
+
+def test_names_at_the_bound_load() -> None:
+    name = "a" * 128
+    policy = load_policy_text(json.dumps({"application_rule_collections": [
+        {"name": name, "rules": [{"name": "x_1.y-2", "targets": ["a.example"]}]}]}))
+    assert policy.application_rule_collections[0].name == name

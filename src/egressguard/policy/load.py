@@ -134,6 +134,11 @@ def _node_at(root: yaml.Node | None, loc: tuple[int | str, ...]) -> yaml.Node | 
     return node
 
 
+def _short(text: str, limit: int = 64) -> str:
+    """`text` cut for an error message: an over-long value is refused, not echoed."""
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} characters)"
+
+
 def _subject(data: Any, loc: tuple[int | str, ...]) -> str:
     """Which rule an error is about, e.g. `rule 'registry' in collection 'aks'`, so an
     operator can find it by name as well as by path."""
@@ -145,12 +150,13 @@ def _subject(data: Any, loc: tuple[int | str, ...]) -> str:
         except (KeyError, IndexError, TypeError):
             break
         if isinstance(node, dict) and isinstance(node.get("name"), str):
-            names.append(node["name"])
+            names.append(_short(node["name"]))
     if len(loc) >= 2 and loc[0] == "callouts" and isinstance(loc[1], int):
         entry = node if len(loc) == 2 else data["callouts"][loc[1]]
         kind = entry.get("callout_type", entry.get("CalloutType")) if isinstance(
             entry, dict) else None
-        return f"callout entry {loc[1]}" + (f" ({kind})" if kind else "")
+        return f"callout entry {loc[1]}" + (f" ({_short(kind)})" if isinstance(
+            kind, str) and kind else "")
     if len(names) >= 2:
         return f"rule {names[-1]!r} in collection {names[-2]!r}"
     if names:
