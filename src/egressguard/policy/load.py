@@ -221,6 +221,9 @@ def _json_depth(data: Any) -> int:
     return deepest
 
 
+_TOO_DEEP = object()
+
+
 def _parse_json(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     """JSON with JSON's own errors; duplicate keys refused (`object_pairs_hook`)."""
     try:
@@ -234,9 +237,10 @@ def _parse_json(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         _parse_yaml(text, source)  # the YAML loader names the duplicate's line
         raise PolicyError(source, [Problem("", None, exc.reason)]) from None
     except RecursionError:
-        raise PolicyError(source, [Problem("", None, f"nested deeper than {MAX_DEPTH} "
-                                                     "levels")]) from None
-    if _json_depth(data) > MAX_DEPTH:
+        data = _TOO_DEEP
+    if data is _TOO_DEEP or _json_depth(data) > MAX_DEPTH:
+        if data is not _TOO_DEEP:
+            _parse_yaml(text, source)  # names the line where it gets too deep
         raise PolicyError(source, [Problem("", None, f"nested deeper than {MAX_DEPTH} "
                                                      "levels")])
     try:  # the same document as YAML, only to point validation errors at their lines
