@@ -63,31 +63,37 @@ class _StrictLoader(_BaseLoader):  # type: ignore[misc,valid-type]
 
 def _check_shape(root: yaml.Node) -> None:
     """Refuse nesting deeper than `MAX_DEPTH` and alias expansion beyond `MAX_NODES`,
-    without recursion (aliases make the tree a graph: each node is measured once)."""
+    without recursion (aliases make the tree a graph: a node is measured again only when
+    reached deeper than before, so the walk stays linear in practice)."""
     depth: dict[int, int] = {}
     size: dict[int, int] = {}
-    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    mapping, sequence = yaml.MappingNode, yaml.SequenceNode
+    stack: list[tuple[yaml.Node, int, list[yaml.Node] | None]] = [(root, 1, None)]
     while stack:
         node, level, done = stack.pop()
+        if done is not None:
+            total = 1 + sum(size[id(c)] for c in done)
+            if total > MAX_NODES:
+                raise _Rejected(node.start_mark.line + 1,
+                                f"expands to more than {MAX_NODES} values (aliases)")
+            size[id(node)] = total
+            continue
         if level > MAX_DEPTH:
             raise _Rejected(node.start_mark.line + 1,
                             f"nested deeper than {MAX_DEPTH} levels")
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        if done:
-            size[id(node)] = 1 + sum(size[id(c)] for c in children)
-            if size[id(node)] > MAX_NODES:
-                raise _Rejected(node.start_mark.line + 1,
-                                f"expands to more than {MAX_NODES} values (aliases)")
-            continue
-        if depth.get(id(node), 0) >= level and id(node) in size:
+        key = id(node)
+        if key in size and depth[key] >= level:
             continue  # already measured at this depth or deeper
-        depth[id(node)] = level
-        stack.append((node, level, True))
-        stack.extend((c, level + 1, False) for c in children)
+        depth[key] = level
+        if isinstance(node, sequence):
+            children: list[yaml.Node] = node.value
+        elif isinstance(node, mapping):
+            children = [n for pair in node.value for n in pair]
+        else:
+            size[key] = 1
+            continue
+        stack.append((node, level, children))
+        stack.extend((c, level + 1, None) for c in children)
 
 
 @dataclass(frozen=True)
