@@ -121,7 +121,8 @@ def _start_gateway(upstream_port: int):
         "restrict_outbound_network_access: Enabled\n"
         "network_rule_collections:\n"
         "  - name: bench\n    priority: 100\n    rules:\n"
-        "      - {name: upstream, destinations: [127.0.0.1/32], protocols: [TCP]}\n")
+        "      - {name: upstream, destinations: [127.0.0.1/32], protocols: [TCP],"
+        " match_resolved_names: true}\n")
     gateway = Gateway(SnapshotHolder(load_active(policy)),
                       resolver=Resolver(parse_resolve(["up.bench=127.0.0.1"]), system=False))
     loop = uvloop.new_event_loop()

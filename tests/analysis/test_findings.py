@@ -99,7 +99,7 @@ service_endpoint_policies: [{name: all, aliases: [/services/Azure/Everything]}]"
 
 
 def checks(text: str) -> list[Finding]:
-    return analyze(load_policy_text(text), REFS).findings
+    return analyze(load_policy_text(text or "{}"), REFS).findings
 
 
 def test_every_check_has_a_case() -> None:
@@ -233,8 +233,10 @@ def test_overlap_reports_a_host_where_the_allow_wins() -> None:
         "application:d/r", "exfil0probe.contoso.com", ("application:a/r",))
 
 
-def test_network_star_allow_pre_empts_application_denies() -> None:
-    text = R + net("['*']", "['*']", "[TCP]") + app("[evil.example]", action="deny")
+def test_network_star_allow_opted_in_to_names_pre_empts_application_denies() -> None:
+    text = R + net("['*']", "['*']", "[TCP]").replace(
+        "ports: ['*']}", "ports: ['*'], match_resolved_names: true}") + app(
+        "[evil.example]", action="deny")
     finding = one(text, "allow-deny-overlap")
     assert (finding.rule, finding.related) == ("application:c/r", ("network:n/r",))
 
@@ -291,3 +293,17 @@ def test_a_tight_restricted_policy_has_no_findings() -> None:
 def test_findings_are_ordered_most_severe_first() -> None:
     severities = [f.severity for f in checks("allowed_fqdn_list: ['*']")]
     assert severities == sorted(severities, reverse=True)
+
+
+def test_network_any_bypasses_application_denies_only_when_it_opts_in_to_names() -> None:
+    deny = app("[pastebin.com]", action="deny", name="d")
+    plain = R + net("['*']", "['*']") + deny
+    opted = plain.replace("ports: ['*']}", "ports: ['*'], match_resolved_names: true}")
+    assert "match_resolved_names" in opted
+
+    def overlaps(text: str) -> set[str]:
+        return {f.rule for f in checks(text) if f.check == "allow-deny-overlap"
+                and "application:d/r" in (f.rule, *f.related)}
+
+    assert not overlaps(plain)  # `*` decides IP literals and flows; names go to the rules
+    assert overlaps(opted)

@@ -35,7 +35,8 @@ network_rule_collections:
   - name: upstreams
     priority: 100
     rules:
-      - {name: loopback-one, destinations: [127.0.0.1/32], protocols: [TCP]}
+      - {name: loopback-one, destinations: [127.0.0.1/32], protocols: [TCP],
+         match_resolved_names: true}
 """
 CLOSED = "restrict_outbound_network_access: Enabled\n"
 

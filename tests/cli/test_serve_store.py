@@ -80,7 +80,8 @@ def test_api_change_is_enforced_at_once_and_both_decisions_are_audited(
             "networkRuleCollections": [{
                 "name": "loopback", "priority": 100, "action": "allow",
                 "rules": [{"name": "up", "destinations": ["127.0.0.0/8"],
-                           "protocols": ["TCP"], "ports": [str(upstream.port)]}]}]}}
+                           "protocols": ["TCP"], "ports": [str(upstream.port)],
+                           "matchResolvedNames": True}]}]}}
         changed = httpx.patch(f"{gateway.api}/v1/clusters/default", json=patch,
                               headers=gateway.auth)
         assert changed.status_code == 200, changed.text

@@ -9,7 +9,7 @@ from egressguard.engine import Decision, Kind, References, Request, Snapshot, co
 from egressguard.policy import load_policy_text
 
 
-def snapshot(text: str = "", refs: References | None = None) -> Snapshot:
+def snapshot(text: str = "{}", refs: References | None = None) -> Snapshot:
     return compile_policy(load_policy_text(textwrap.dedent(text)), refs)
 
 

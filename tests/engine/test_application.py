@@ -159,12 +159,13 @@ def test_fqdn_tag_expands_from_references() -> None:
             """)
 
 
-def test_network_rule_allowing_the_address_allows_the_request() -> None:
+def test_network_rule_opted_in_to_names_allows_a_name_by_its_addresses() -> None:
     snap = snapshot("""
         restrict_outbound_network_access: true
         network_rule_collections:
           - name: net
-            rules: [{name: cdn, destinations: [20.10.0.0/16], ports: ['443']}]
+            rules: [{name: cdn, destinations: [20.10.0.0/16], ports: ['443'],
+                     match_resolved_names: true}]
         """)
     decision = connect(snap, "cdn.example", 443, "20.10.1.1")
     assert (decision.verdict, decision.layer) == (Verdict.ALLOW, Layer.NETWORK)
@@ -293,7 +294,8 @@ def test_service_endpoint_policy_beats_a_network_rule_for_the_storage_tag() -> N
     snap = snapshot(SEP + """
 network_rule_collections:
   - name: nsg
-    rules: [{name: storage, destinations: [Storage.westeurope], ports: ['443']}]
+    rules: [{name: storage, destinations: [Storage.westeurope], ports: ['443'],
+             match_resolved_names: true}]
 """, refs)
     assert connect(snap, "attacker.blob.core.windows.net", 443, "20.60.1.1").layer is (
         Layer.SERVICE_ENDPOINT)

@@ -26,7 +26,7 @@ def test_listed_registry_is_allowed_and_unlisted_host_is_denied_when_restricted(
 
 
 def test_metadata_address_is_denied_by_the_guard_in_any_encoding() -> None:
-    snapshot = compile_policy(load_policy_text(""))
+    snapshot = compile_policy(load_policy_text("{}"))
     for url in ("http://169.254.169.254/", "http://2852039166/", "http://0xa9.0xfe.0xa9.0xfe/",
                 "http://[::ffff:169.254.169.254]/"):
         decision = snapshot.decide(Request.from_url(url))
@@ -34,7 +34,7 @@ def test_metadata_address_is_denied_by_the_guard_in_any_encoding() -> None:
 
 
 def test_restriction_drops_the_immutable_external_data_callout() -> None:
-    open_policy = compile_policy(load_policy_text(""))
+    open_policy = compile_policy(load_policy_text("{}"))
     closed = compile_policy(load_policy_text("restrict_outbound_network_access: true"))
     request = Request.from_url("https://attacker.blob.core.windows.net/x",
                                kind=Kind.CALLOUT, callout_type="external_data")

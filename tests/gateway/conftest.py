@@ -35,6 +35,7 @@ network_rule_collections:
       - name: loopback-one
         destinations: [127.0.0.1/32]
         protocols: [TCP]
+        match_resolved_names: true
 """
 CLOSED_POLICY = "restrict_outbound_network_access: Enabled\n"
 

@@ -86,9 +86,85 @@ def test_dump_and_load_round_trip_to_an_equal_policy() -> None:
     assert load_policy_text(json.dumps(policy_to_data(policy))) == policy  # JSON too
 
 
-def test_empty_document_is_the_default_policy() -> None:
-    assert load_policy_text("") == Policy()
+def test_explicit_empty_mapping_is_the_default_policy() -> None:
+    assert load_policy_text("{}") == Policy()
     assert Policy().restrict_outbound_network_access is False
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t\n", "\n\n"])
+def test_empty_or_whitespace_file_is_a_load_error_not_allow_all(text: str) -> None:
+    # A truncate-then-write edit is seen half way: it must not open the gateway.
+    ((line, _, reason),) = _problems(text)
+    assert line == 1 and "empty" in reason
+
+
+@pytest.mark.parametrize("text", ["# only a comment\n", "---\n", "~\n", "null\n"])
+def test_document_with_no_mapping_is_a_load_error(text: str) -> None:
+    ((_, _, reason),) = _problems(text)
+    assert "must be a mapping" in reason
+
+
+def test_duplicate_key_cannot_turn_restriction_off() -> None:
+    ((line, _, reason),) = _problems("restrict_outbound_network_access: Enabled\n"
+                                     "report_only: false\n"
+                                     "restrict_outbound_network_access: Disabled\n")
+    assert line == 3 and "duplicate key 'restrict_outbound_network_access'" in reason
+    assert "line 1" in reason
+
+
+def test_duplicate_key_deep_inside_a_rule_is_a_load_error() -> None:
+    ((line, _, reason),) = _problems("""
+network_rule_collections:
+  - name: n
+    rules:
+      - name: r
+        destinations: [10.0.0.0/8]
+        action: deny
+        action: allow
+""")
+    assert line == 8 and "duplicate key 'action'" in reason
+
+
+def test_duplicate_key_in_json_is_a_load_error_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "policy.json"
+    path.write_text('{"restrict_outbound_network_access": true,\n'
+                    ' "restrict_outbound_network_access": false}\n')
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    (problem,) = caught.value.problems
+    assert problem.line == 2 and "duplicate key" in problem.reason
+    assert str(path) in str(caught.value)
+
+
+def test_several_documents_in_one_file_are_a_load_error() -> None:
+    ((line, _, reason),) = _problems("restrict_outbound_network_access: Enabled\n---\n"
+                                     "restrict_outbound_network_access: Disabled\n")
+    assert line == 2 and "more than one document" in reason
+
+
+@pytest.mark.parametrize("text", [
+    "a: " + "[" * 70 + "]" * 70,                                   # flow, within libyaml's cap
+    "a:\n" + "".join("  " * i + "- \n" for i in range(1, 80)),    # block
+    "a: " + "[" * 100_000,                                          # beyond libyaml's cap
+    "a: &a [*a]",                                                   # a recursive alias
+    '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}",               # JSON
+])
+def test_nesting_beyond_the_depth_limit_is_a_load_error_not_a_traceback(text: str) -> None:
+    ((_, _, reason),) = _problems(text)
+    assert "nested deeper than 64" in reason or "nesting depth" in reason
+
+
+def test_alias_expansion_bomb_is_refused_before_validation() -> None:
+    lines = ["a: &a [" + ", ".join(["x"] * 10) + "]"]
+    for prev, name in zip("abcdefg", "bcdefgh", strict=True):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
+    ((_, _, reason),) = _problems("\n".join(lines))
+    assert "expands to more than" in reason
+
+
+def test_yaml_flow_mapping_still_loads() -> None:
+    assert load_policy_text("{restrict_outbound_network_access: Enabled}") == Policy(
+        restrict_outbound_network_access=True)
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -212,3 +288,55 @@ def test_policy_is_immutable() -> None:
     policy = Policy()
     with pytest.raises(ValidationError):
         policy.report_only = True  # type: ignore[misc]
+
+
+LONG_NAME = "r" * 300
+
+
+@pytest.mark.parametrize(("data", "path"), [
+    ({"application_rule_collections": [{"name": LONG_NAME}]},
+     "application_rule_collections[0].name"),
+    ({"network_rule_collections": [{"name": "n", "rules": [
+        {"name": LONG_NAME, "destinations": ["10.0.0.0/8"]}]}]},
+     "network_rule_collections[0].rules[0].name"),
+    ({"application_rule_collections": [{"name": "a", "rules": [
+        {"name": "r", "targets": ["a" * 60 + "." + "b" * 300 + ".example"]}]}]},
+     "application_rule_collections[0].rules[0].targets[0]"),
+    ({"network_rule_collections": [{"name": "n", "rules": [
+        {"name": "r", "destinations": ["x" * 100_000]}]}]},
+     "network_rule_collections[0].rules[0].destinations[0]"),
+    ({"callouts": [{"CalloutType": "sql", "CalloutUriRegex": "a" * 5000, "CanCall": True}]},
+     "callouts[0].CalloutUriRegex"),
+    ({"callouts": [{"CalloutType": "s" * 10_000, "CalloutUriRegex": "a", "CanCall": True}]},
+     "callouts[0].CalloutType"),
+    ({"application_rule_collections": [{"name": "a", "rules": [
+        {"name": "r", "targets": ["a.example"], "description": "d" * 2000}]}]},
+     "application_rule_collections[0].rules[0].description"),
+    ({"service_endpoint_policies": [{"name": "s", "resources": ["/s" * 1000]}]},
+     "service_endpoint_policies[0].resources[0]"),
+    ({"trusted_ranges": ["1" * 100]}, "trusted_ranges[0]"),
+    ({"application_rule_collections": [{"name": "a", "rules": [
+        {"name": "r", "targets": ["a.example"], "protocols": ["https:" + "4" * 5000]}]}]},
+     "application_rule_collections[0].rules[0].protocols"),
+])
+def test_over_long_strings_are_refused_without_echoing_them(data: dict[str, object],
+                                                            path: str) -> None:
+    problems = _problems(json.dumps(data))
+    assert path in [p for _, p, _ in problems], problems
+    assert all(len(reason) < 250 for _, _, reason in problems), problems
+
+
+@pytest.mark.parametrize("name", ["has space", "slash/in/it", "-leading", "tab\there",
+                                  "quote'", "ünïcode", "semi;colon"])
+def test_rule_and_collection_names_use_a_safe_character_set(name: str) -> None:
+    problems = _problems(json.dumps({"application_rule_collections": [
+        {"name": name, "rules": [{"name": name, "targets": ["a.example"]}]}]}))
+    assert {p for _, p, _ in problems} == {"application_rule_collections[0].name",
+                                           "application_rule_collections[0].rules[0].name"}
+
+
+def test_names_at_the_bound_load() -> None:
+    name = "a" * 128
+    policy = load_policy_text(json.dumps({"application_rule_collections": [
+        {"name": name, "rules": [{"name": "x_1.y-2", "targets": ["a.example"]}]}]}))
+    assert policy.application_rule_collections[0].name == name

@@ -122,7 +122,7 @@ def test_comments_carry_counts_bytes_and_risks(recorded: str, audit_key: bytes) 
     assert "# 3 calls, 100 B up, 4.9 KiB down" in text
     assert "RISK: storage account" in text and text.count("RISK: storage account") == 6
     assert "RISK: wildcard: 5 names under cdn.example.net" in text
-    assert "RISK: raw IP address: allowed for any name" in text
+    assert "RISK: raw IP address: allowed for IP literals and flows" in text
     assert "RISK: raw IP address (private)" in text
     assert "RISK: high upload volume: 314572800 bytes sent" in text
     assert "note: report-only: would have been denied by application:block/new" in text
@@ -166,3 +166,12 @@ def test_wildcard_threshold_is_configurable() -> None:
     many = [event(host=f"site{i}.co.uk").as_dict() for i in range(9)]
     assert all(not p.targets[0].startswith("*") for p in propose(observe(many)))
     assert time.time() > 0
+
+
+def test_a_name_longer_than_a_rule_name_gets_a_bounded_distinct_rule_name() -> None:
+    from egressguard.policy.model import MAX_NAME
+    from egressguard.recommend.build import _rule_name
+
+    a, b = ("x" * 60 + "." + "a" * 60 + "." + "b" * 60 + f".{tld}" for tld in ("one", "two"))
+    assert len(_rule_name(a)) == MAX_NAME and _rule_name(a) != _rule_name(b)
+    assert _rule_name("api.example.com") == "api-example-com"

@@ -191,10 +191,12 @@ def network_findings(rules: list[NetRule], ctx: Context, snapshot: Snapshot) -> 
                     rule.rule_id, dest.text,
                     "network rule allows every destination"
                     + (" on every port and protocol" if wide_open else ""),
-                    "A network allow is decided before application rules (spec section 4, "
-                    "step 5): once the gateway resolves a name, this rule allows it, so no "
-                    "application rule or deny below it is ever reached, and raw TCP/UDP "
-                    "tunnels (SSH, DNS-over-anything) go anywhere.",
+                    ("A network allow that opts in to names is decided before application "
+                     "rules (spec section 4, step 5): once the gateway resolves a name, "
+                     "this rule allows it, so no application rule or deny below it is ever "
+                     "reached, and raw" if rule.names else
+                     "Every IP literal and raw") + " TCP/UDP tunnels (SSH, "
+                    "DNS-over-anything) go anywhere.",
                     "Replace `*` with the service tags or CIDRs the workload needs, on the "
                     "ports it needs; express web destinations as application rules.",
                     example="203.0.113.7:22"))

@@ -52,6 +52,7 @@ class NetRule:
     ports: tuple[tuple[int, int], ...]
     sources: tuple[Network, ...]
     report_only: bool
+    names: bool = False  # match_resolved_names: also allows names resolving into it
 
     @property
     def all_ports(self) -> bool:
@@ -99,7 +100,7 @@ def net_rules(policy: Policy) -> list[NetRule]:
                 protocols=frozenset(rule.protocols),
                 ports=tuple((p.low, p.high) for p in rule.ports),
                 sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
-                report_only=collection.report_only))
+                report_only=collection.report_only, names=rule.match_resolved_names))
     return out
 
 

@@ -220,9 +220,10 @@ def net_order(rules: list[NetRule]) -> list[Finding]:
 
 
 def network_bypasses_app_denies(nets: list[NetRule], apps: list[AppRule]) -> list[Finding]:
-    """A network allow for `*` (TCP) is decided before every application deny rule once the
-    gateway has resolved the name (spec section 4, step 5)."""
-    opener = next((n for n in nets if n.action is Action.ALLOW and not n.sources
+    """A network allow for `*` (TCP) that opts in to names (`match_resolved_names`) is
+    decided before every application deny rule once the gateway has resolved the name
+    (spec section 4, step 5); without the opt-in it decides IP literals and flows only."""
+    opener = next((n for n in nets if n.action is Action.ALLOW and not n.sources and n.names
                    and any(d.kind == "any" for d in n.destinations)
                    and ("any" in n.protocols or "tcp" in n.protocols)), None)
     if opener is None:

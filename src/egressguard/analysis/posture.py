@@ -180,7 +180,7 @@ def unanchored_callouts(policy: Policy) -> list[Finding]:
 def storage_without_sep(policy: Policy, snapshot: Snapshot, grants: list[Grant],
                         refs: References) -> list[Finding]:
     """Storage reachable while no service endpoint policy limits the accounts."""
-    reachable = _storage_probe(snapshot, refs)
+    reachable = _storage_probe(snapshot, refs, flows=not policy.service_endpoint_policies)
     if policy.service_endpoint_policies:
         if reachable is None:
             return []
@@ -197,7 +197,7 @@ def storage_without_sep(policy: Policy, snapshot: Snapshot, grants: list[Grant],
         return [Finding(
             "storage-without-sep", Severity.HIGH, reachable.rule, "service_endpoint_policies",
             "storage is reachable and no service endpoint policy limits the accounts",
-            f"An attacker-named account ({reachable.destination}) is allowed "
+            f"An attacker's account ({reachable.destination}) is allowed "
             f"({reachable.reason}): seed 004, 'a malicious agent can use this outbound rule "
             "to exfiltrate data by provisioning and saving data in their own storage "
             "account'.",
@@ -215,7 +215,10 @@ def storage_without_sep(policy: Policy, snapshot: Snapshot, grants: list[Grant],
     return []
 
 
-def _storage_probe(snapshot: Snapshot, refs: References) -> Decision | None:
+def _storage_probe(snapshot: Snapshot, refs: References,
+                   flows: bool = False) -> Decision | None:
+    """An allowed request to an attacker's storage account: by name, else (with `flows`)
+    by address into a Storage tag, which network rules decide without the name."""
     addresses: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]] = [()]
     for tag, prefixes in refs.service_tags.items():
         if tag.lower().partition(".")[0] == "storage" and prefixes:
@@ -231,6 +234,11 @@ def _storage_probe(snapshot: Snapshot, refs: References) -> Decision | None:
                 decision = snapshot.decide(request)
                 if decision.allowed:
                     return decision
+    for addr in addresses[1:] if flows else ():
+        decision = snapshot.decide(Request(kind=Kind.FLOW, host=str(addr[0]), port=443,
+                                           protocol="tcp", addresses=addr))
+        if decision.allowed:
+            return decision
     return None
 
 

@@ -28,6 +28,7 @@ PROPERTIES = {
     "applicationRuleCollections": "application_rule_collections",
     "networkRuleCollections": "network_rule_collections",
     "serviceEndpointPolicies": "service_endpoint_policies",
+    "trustedRanges": "trusted_ranges",
 }
 FIELDS = {v: k for k, v in PROPERTIES.items()}
 READ_ONLY = frozenset({"provisioningState", "version"})
@@ -72,6 +73,7 @@ def to_arm(version: Version) -> dict[str, Any]:
         "calloutPolicies": [
             {"calloutType": r.callout_type, "calloutUriRegex": r.uri_regex,
              "outboundAccess": "Allow" if r.can_call else "Deny"} for r in policy.callouts],
+        "trustedRanges": list(policy.trusted_ranges),
     }
     for field in ("application_rule_collections", "network_rule_collections",
                   "service_endpoint_policies"):

@@ -114,13 +114,13 @@ class _AppEntry:
 class _NetEntry:
     """One network rule destination, compiled."""
 
-    __slots__ = ("action", "allow", "any_protocol", "explicit", "order", "ports", "protocols",
-                 "reason_tail", "report_only", "rule_id", "sources", "verdict")
+    __slots__ = ("action", "allow", "any_protocol", "explicit", "names", "order", "ports",
+                 "protocols", "reason_tail", "report_only", "rule_id", "sources", "verdict")
 
     def __init__(self, order: int, rule_id: str, action: Action, protocols: frozenset[str],
                  ports: tuple[tuple[int, int], ...],
                  sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-                 report_only: bool, explicit: bool) -> None:
+                 report_only: bool, explicit: bool, names: bool = False) -> None:
         self.order = order
         self.rule_id = rule_id
         self.action = action
@@ -134,6 +134,7 @@ class _NetEntry:
         self.sources = sources
         self.report_only = report_only
         self.explicit = explicit  # matched through a literal IP/CIDR (lifts the guard)
+        self.names = names  # match_resolved_names: may allow a name by its addresses
 
     def applies(self, protocol: str, port: int | None, source: IPAddress | None) -> bool:
         if not self.any_protocol and protocol not in self.protocols:
@@ -207,6 +208,7 @@ class Snapshot:
         self._net_v6 = pytricia.PyTricia(128)
         self._net_any: list[_NetEntry] = []
         self._net_hosts: HostIndex[_NetEntry] = HostIndex()
+        self._names_by_address = False
         self._compile_network_rules(policy, refs)
         for trie in (self._net_v4, self._net_v6):
             _merge_ancestors(trie)
@@ -214,10 +216,18 @@ class Snapshot:
         self._has_v4, self._has_v6 = bool(len(self._net_v4)), bool(len(self._net_v6))
         self._has_net = bool(self._has_v4 or self._has_v6 or self._net_any)
         self._has_net_hosts = bool(self._net_hosts)
-        self.decides_by_address = self._has_net
-        """True when some network rule matches by address: a name's verdict may then depend
-        on what it resolves to. When False, addresses can only add guard denials, so a name
-        denied without its addresses is denied whatever it resolves to."""
+        self.decides_by_address = self._names_by_address
+        """True when a network rule allowing by address opts in to names
+        (`match_resolved_names`): a name's verdict may then depend on what it resolves to,
+        so it must be resolved before it is decided. When False, addresses can only add
+        denials (the guard, deny rules), so a name denied without its addresses is denied
+        whatever it resolves to and need never be looked up (spec section 4 step 5)."""
+        self._trusted_v4 = pytricia.PyTricia(32)
+        self._trusted_v6 = pytricia.PyTricia(128)
+        for cidr in policy.trusted_ranges:
+            net = ipaddress.ip_network(cidr)
+            (self._trusted_v6 if net.version == 6 else self._trusted_v4)[str(net)] = True
+        self._has_trusted = bool(policy.trusted_ranges)
         self._has_allowed_fqdns = bool(self._allowed_fqdns)
         self._storage = _StorageScope(policy, refs)
         self._memo_connect: dict[tuple[object, ...], Decision] = {}
@@ -264,7 +274,12 @@ class Snapshot:
                         protocols=frozenset(rule.protocols),
                         ports=tuple((p.low, p.high) for p in rule.ports),
                         sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
-                        report_only=collection.report_only, explicit=explicit)
+                        report_only=collection.report_only, explicit=explicit,
+                        names=rule.match_resolved_names)
+
+                if rule.match_resolved_names and (rule.action or collection.action) is \
+                        Action.ALLOW and any(not _is_fqdn(d) for d in rule.destinations):
+                    self._names_by_address = True
 
                 for dest in rule.destinations:
                     if dest == "*":
@@ -277,12 +292,17 @@ class Snapshot:
                         tagged = entry(False)
                         for prefix in prefixes:
                             self._add_prefix(prefix, tagged)
-                    elif dest[0].isdigit() or ":" in dest:
+                    elif not _is_fqdn(dest):
                         # A literal CIDR names its addresses explicitly, except /0, which
                         # is `*` spelled differently and must not lift the address guard.
                         self._add_prefix(dest, entry(not dest.endswith("/0")))
                     else:
                         self._net_hosts.add(dest, entry(False))
+
+    def _trusted(self, ip: IPAddress) -> bool:
+        """Whether `ip` is in the policy's `trusted_ranges`."""
+        trie = self._trusted_v6 if ip.version == 6 else self._trusted_v4
+        return self._has_trusted and trie.get(ip) is not None
 
     def _add_prefix(self, prefix: str, entry: _NetEntry) -> None:
         net = ipaddress.ip_network(prefix, strict=False)
@@ -413,24 +433,30 @@ class Snapshot:
         net_allowed: _NetEntry | None = None
         if addresses:
             protocol, source = request.protocol, request.source
+            # A request by name (not a flow): network rules only deny it by address, or
+            # allow it when they opt in; trusted ranges lift the guard for it (step 5).
+            by_name = host.ip is None and kind is not _FLOW
             all_allowed = True
             for raw_ip in addresses:
                 ip = canonical_ip(raw_ip)
                 entries = self._ip_entries(ip) if self._has_net else []
                 special = special_range(ip)
+                trusted = False
                 if special is not None and not any(
                         e.explicit and e.allow and not e.report_only
                         and e.applies(protocol, port, source) for e in entries):
-                    return self._deny(_L_GUARD, f"guard:{special}",
-                                      f"{target} resolves to {ip} ({special} address); only "
-                                      "a network rule naming its CIDR can allow it",
-                                      target, port)
+                    if not (by_name and self._trusted(ip)):
+                        return self._deny(_L_GUARD, f"guard:{special}",
+                                          f"{target} resolves to {ip} ({special} address); "
+                                          "only a network rule naming its CIDR can allow it",
+                                          target, port)
+                    trusted = True  # through the guard; the name rules decide
                 entry = self._first_net(entries, protocol, port, source, enforced)
                 if entry is not None and not entry.allow:
                     return self._from_entry(entry, _L_NETWORK, target, port,
                                             self._reevaluate(request, kind, host, url, scheme,
                                                              port, entry))
-                if entry is None:
+                if entry is None or trusted or (by_name and not entry.names):
                     all_allowed = False
                 elif net_allowed is None or entry.order < net_allowed.order:
                     net_allowed = entry
@@ -577,6 +603,12 @@ class _StorageScope:
             return None
         return (f"storage account {account!r} ({host}) is not in the cluster's service "
                 "endpoint policy")
+
+
+def _is_fqdn(destination: str) -> bool:
+    """A canonical network destination that is a host pattern (not `*`, a tag or a CIDR)."""
+    return not (destination == "*" or is_service_tag(destination)
+                or destination[0].isdigit() or ":" in destination)
 
 
 def _merge_ancestors(trie: pytricia.PyTricia) -> None:

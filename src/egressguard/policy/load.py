@@ -1,13 +1,20 @@
 """Read and write policy files (YAML or JSON) with errors that point at the line.
 
-A policy file is YAML (JSON is valid YAML, so `.json` files load the same way). Validation
-errors name the file, the line and column, the path inside the document and the reason, so
-an operator can fix a rejected file without guessing; nothing here touches the running
-policy, which callers replace only after a load succeeds.
+A policy file is YAML or JSON. Validation errors name the file, the line and column, the
+path inside the document and the reason, so an operator can fix a rejected file without
+guessing; nothing here touches the running policy, which callers replace only after a load
+succeeds.
+
+The loader fails closed on documents that would otherwise load as something the operator
+did not write: an empty file (a truncate-then-write edit caught half way) is not the
+allow-all default; a duplicate key is not "last one wins" (`restrict…: Enabled` then
+`Disabled`); several documents, a non-mapping document, nesting deeper than
+`MAX_DEPTH` and alias expansion beyond `MAX_NODES` are refused before validation.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +23,77 @@ import yaml
 from pydantic import ValidationError
 
 from egressguard.policy.model import Policy
+
+MAX_DEPTH = 64  # a real policy nests 6 deep; far deeper is an attack or an accident
+MAX_NODES = 1_000_000  # nodes after alias expansion (a "billion laughs" stays bounded)
+
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Rejected(Exception):
+    """A structural reason to refuse the document, with the line it is at."""
+
+    def __init__(self, line: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.line = line
+        self.reason = reason
+
+
+class _StrictLoader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """The safe loader (libyaml where available), refusing duplicate mapping keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode,
+                          deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class says why
+                break
+            seen[key] = line
+            if first is not None:
+                raise _Rejected(line, f"duplicate key {key!r} (first at line {first}): a "
+                                      "repeated key is refused, not decided by the last one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_shape(root: yaml.Node) -> None:
+    """Refuse nesting deeper than `MAX_DEPTH` and alias expansion beyond `MAX_NODES`,
+    without recursion (aliases make the tree a graph: a node is measured again only when
+    reached deeper than before, so the walk stays linear in practice)."""
+    depth: dict[int, int] = {}
+    size: dict[int, int] = {}
+    mapping, sequence = yaml.MappingNode, yaml.SequenceNode
+    stack: list[tuple[yaml.Node, int, list[yaml.Node] | None]] = [(root, 1, None)]
+    while stack:
+        node, level, done = stack.pop()
+        if done is not None:
+            total = 1 + sum(size[id(c)] for c in done)
+            if total > MAX_NODES:
+                raise _Rejected(node.start_mark.line + 1,
+                                f"expands to more than {MAX_NODES} values (aliases)")
+            size[id(node)] = total
+            continue
+        if level > MAX_DEPTH:
+            raise _Rejected(node.start_mark.line + 1,
+                            f"nested deeper than {MAX_DEPTH} levels")
+        key = id(node)
+        if key in size and depth[key] >= level:
+            continue  # already measured at this depth or deeper
+        depth[key] = level
+        if isinstance(node, sequence):
+            children: list[yaml.Node] = node.value
+        elif isinstance(node, mapping):
+            children = [n for pair in node.value for n in pair]
+        else:
+            size[key] = 1
+            continue
+        stack.append((node, level, children))
+        stack.extend((c, level + 1, None) for c in children)
 
 
 @dataclass(frozen=True)
@@ -62,6 +140,11 @@ def _node_at(root: yaml.Node | None, loc: tuple[int | str, ...]) -> yaml.Node | 
     return node
 
 
+def _short(text: str, limit: int = 64) -> str:
+    """`text` cut for an error message: an over-long value is refused, not echoed."""
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} characters)"
+
+
 def _subject(data: Any, loc: tuple[int | str, ...]) -> str:
     """Which rule an error is about, e.g. `rule 'registry' in collection 'aks'`, so an
     operator can find it by name as well as by path."""
@@ -73,12 +156,13 @@ def _subject(data: Any, loc: tuple[int | str, ...]) -> str:
         except (KeyError, IndexError, TypeError):
             break
         if isinstance(node, dict) and isinstance(node.get("name"), str):
-            names.append(node["name"])
+            names.append(_short(node["name"]))
     if len(loc) >= 2 and loc[0] == "callouts" and isinstance(loc[1], int):
         entry = node if len(loc) == 2 else data["callouts"][loc[1]]
         kind = entry.get("callout_type", entry.get("CalloutType")) if isinstance(
             entry, dict) else None
-        return f"callout entry {loc[1]}" + (f" ({kind})" if kind else "")
+        return f"callout entry {loc[1]}" + (f" ({_short(kind)})" if isinstance(
+            kind, str) and kind else "")
     if len(names) >= 2:
         return f"rule {names[-1]!r} in collection {names[-2]!r}"
     if names:
@@ -94,20 +178,107 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def load_policy_text(text: str, source: str = "<policy>") -> Policy:
-    """Parse and validate a policy document; raise `PolicyError` naming every problem."""
+def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    loader = _StrictLoader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data: Any = yaml.safe_load(text)
+        root = loader.get_single_node()  # several documents: "expected a single document"
+        if root is not None:
+            _check_shape(root)
+        data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError(source, [Problem("", line, f"not valid YAML/JSON: {reason}")]) from None
-    if data is None:
-        data = {}
+        if "another document" in reason:
+            reason = "more than one document (`---`); a policy file holds exactly one"
+        else:
+            reason = f"not valid YAML/JSON: {reason}"
+        raise PolicyError(source, [Problem("", line, reason)]) from None
+    except _Rejected as exc:
+        raise PolicyError(source, [Problem("", exc.line, exc.reason)]) from None
+    except RecursionError:  # the pure-Python loader, where libyaml is missing
+        raise PolicyError(source, [Problem("", None, f"nested deeper than {MAX_DEPTH} "
+                                                     "levels")]) from None
+    finally:
+        loader.dispose()
+    return root, data
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Rejected(None, f"duplicate key {key!r}: a repeated key is refused, not "
+                                  "decided by the last one")
+        out[key] = value
+    return out
+
+
+def _json_depth(data: Any) -> int:
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, level)
+            if deepest > MAX_DEPTH:
+                return deepest
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((v, level + 1) for v in items)
+    return deepest
+
+
+_TOO_DEEP = object()
+
+
+def _parse_json(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """JSON with JSON's own errors; duplicate keys refused (`object_pairs_hook`)."""
+    try:
+        data = json.loads(text, object_pairs_hook=_json_pairs)
+    except json.JSONDecodeError as exc:
+        if not source.lower().endswith(".json"):
+            return _parse_yaml(text, source)  # YAML flow style, e.g. `{a: 1}`
+        raise PolicyError(source, [Problem("", exc.lineno, f"not valid JSON: {exc.msg} "
+                                                           f"(column {exc.colno})")]) from None
+    except _Rejected as exc:
+        _parse_yaml(text, source)  # the YAML loader names the duplicate's line
+        raise PolicyError(source, [Problem("", None, exc.reason)]) from None
+    except RecursionError:
+        data = _TOO_DEEP
+    if data is _TOO_DEEP or _json_depth(data) > MAX_DEPTH:
+        if data is not _TOO_DEEP:
+            _parse_yaml(text, source)  # names the line where it gets too deep
+        raise PolicyError(source, [Problem("", None, f"nested deeper than {MAX_DEPTH} "
+                                                     "levels")])
+    try:  # the same document as YAML, only to point validation errors at their lines
+        root = yaml.compose(text, Loader=_BaseLoader)
+    except yaml.YAMLError:
+        root = None
+    return root, data
+
+
+def parse_document(text: str, source: str = "<policy>") -> tuple[yaml.Node | None, Any]:
+    """The document as (YAML node tree for line numbers, plain data); raises `PolicyError`
+    for anything that is not exactly one non-empty mapping of bounded depth."""
+    if not text.strip():
+        raise PolicyError(source, [Problem("", 1, "the policy is empty (a file being "
+                                                  "written?); write at least "
+                                                  "`restrict_outbound_network_access`")])
+    stripped = text.lstrip()
+    if stripped.startswith("{") or source.lower().endswith(".json"):
+        root, data = _parse_json(text, source)
+    else:
+        root, data = _parse_yaml(text, source)
     if not isinstance(data, dict):
-        raise PolicyError(source, [Problem("", 1, "the document must be a mapping")])
+        kind = "nothing" if data is None else type(data).__name__
+        line = root.start_mark.line + 1 if root is not None else 1
+        raise PolicyError(source, [Problem("", line, f"the document must be a mapping, "
+                                                     f"not {kind}")])
+    return root, data
+
+
+def load_policy_text(text: str, source: str = "<policy>") -> Policy:
+    """Parse and validate a policy document; raise `PolicyError` naming every problem."""
+    root, data = parse_document(text, source)
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:

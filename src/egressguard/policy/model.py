@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -30,6 +31,15 @@ _PLACEHOLDER = re.compile(r"<[^<>]+>|APIServerPublicIP|CustomDNSIP")
 _GLOB_LABEL = re.compile(r"[a-z0-9_*-]+")
 _LDH_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")
 _PORT_RANGE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+# Bounds on every string an operator or the API can put in a policy: each one ends up in
+# decisions, audit records and database columns, so none may be larger than a column.
+MAX_NAME = 128  # rule, collection and policy names
+MAX_HOST = 255  # a host pattern: a 253-octet name, a leading '.' or '*.'
+MAX_REGEX = 4096
+MAX_DESCRIPTION = 1024
+MAX_RESOURCE = 1024  # an ARM resource id
 
 KNOWN_CALLOUT_TYPES = frozenset({
     "kusto", "sql", "mysql", "postgresql", "azure_digital_twins", "cosmosdb",
@@ -115,16 +125,30 @@ def _arm_bool(value: Any) -> Any:
     return value
 
 
+def _name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"name {value!r} may contain only letters, digits, '_', '.' and "
+                         "'-', and must start with a letter, a digit or '_'")
+    return value
+
+
 ArmBool = Annotated[bool, BeforeValidator(_arm_bool)]
-# Validated one item at a time so that an error's path (and line) names the item.
-HostPattern = Annotated[str, AfterValidator(validate_host_pattern)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME),
+                 AfterValidator(_name)]
+Description = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION)]
+# Validated one item at a time so that an error's path (and line) names the item; the
+# length is checked first, so a huge value is refused without being parsed or echoed.
+HostPattern = Annotated[str, StringConstraints(min_length=1, max_length=MAX_HOST),
+                        AfterValidator(validate_host_pattern)]
 
 
 class CalloutRule(_Strict):
     """One callout policy entry; reads and writes Kusto's JSON names losslessly."""
 
-    callout_type: str = Field(validation_alias=AliasChoices("callout_type", "CalloutType"))
-    uri_regex: str = Field(validation_alias=AliasChoices("uri_regex", "CalloutUriRegex"))
+    callout_type: str = Field(validation_alias=AliasChoices("callout_type", "CalloutType"),
+                              max_length=64)
+    uri_regex: str = Field(validation_alias=AliasChoices("uri_regex", "CalloutUriRegex"),
+                           min_length=1, max_length=MAX_REGEX)
     can_call: bool = Field(validation_alias=AliasChoices("can_call", "CanCall"))
 
     @field_validator("callout_type")
@@ -154,6 +178,9 @@ class PortSpec(_Strict):
 
     @classmethod
     def parse(cls, text: str) -> PortSpec:
+        if len(text) > 32:
+            raise ValueError("protocol: expected http, https or mssql with an optional "
+                             ":port (too long)")
         proto, _, port = text.strip().lower().partition(":")
         if proto not in ("http", "https", "mssql"):
             raise ValueError(f"protocol {text!r}: expected http, https or mssql")
@@ -183,21 +210,36 @@ def _source(value: str) -> str:
         raise ValueError(f"source {value!r} is not an IP address or CIDR") from None
 
 
-Source = Annotated[str, AfterValidator(_source)]
+Source = Annotated[str, StringConstraints(max_length=64), AfterValidator(_source)]
+
+
+def _trusted_range(value: str) -> str:
+    try:
+        network = str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"trusted range {value!r} is not an IP address or CIDR") from None
+    if network.endswith("/0"):
+        raise ValueError(f"trusted range {value!r} would trust every address; list the "
+                         "private ranges your allowed names resolve into")
+    return network
+
+
+TrustedRange = Annotated[str, StringConstraints(max_length=64),
+                         AfterValidator(_trusted_range)]
 
 
 class ApplicationRule(_Strict):
     """Allow or deny HTTP/HTTPS to host patterns (spec section 3) on given ports."""
 
-    name: str = Field(min_length=1)
+    name: Name
     action: Action | None = None
     targets: list[HostPattern] = Field(default_factory=list)
-    fqdn_tags: list[str] = Field(default_factory=list)
+    fqdn_tags: list[Name] = Field(default_factory=list)
     protocols: Annotated[list[PortSpec], BeforeValidator(_port_specs)] = Field(
         default_factory=lambda: [PortSpec(protocol="http", port=80),
                                  PortSpec(protocol="https", port=443)])
     sources: list[Source] = Field(default_factory=list)
-    description: str = ""
+    description: Description = ""
 
     @model_validator(mode="after")
     def _has_target(self) -> ApplicationRule:
@@ -214,6 +256,8 @@ class PortRange(_Strict):
     def parse(cls, text: str | int) -> PortRange:
         if isinstance(text, int):
             return cls(low=text, high=text)
+        if len(text) > 32:
+            raise ValueError("port: expected N, N-M or * (too long)")
         if text.strip() == "*":
             return cls(low=0, high=65535)
         found = _PORT_RANGE.fullmatch(text.strip())
@@ -253,7 +297,8 @@ def _destination(raw: str) -> str:
         return validate_host_pattern(text)
 
 
-Destination = Annotated[str, AfterValidator(_destination)]
+Destination = Annotated[str, StringConstraints(min_length=1, max_length=MAX_HOST),
+                        AfterValidator(_destination)]
 
 NetworkProtocol = Literal["tcp", "udp", "icmp", "any"]
 _ANY: NetworkProtocol = "any"
@@ -262,14 +307,18 @@ _ANY: NetworkProtocol = "any"
 class NetworkRule(_Strict):
     """An L3/L4 rule: destinations are IPs, CIDRs, `*`, service tags or FQDNs."""
 
-    name: str = Field(min_length=1)
+    name: Name
     action: Action | None = None
     destinations: list[Destination] = Field(min_length=1)
     protocols: list[NetworkProtocol] = Field(default_factory=lambda: [_ANY])
     ports: Annotated[list[PortRange], BeforeValidator(_port_ranges)] = Field(
         default_factory=lambda: [PortRange(low=0, high=65535)])
     sources: list[Source] = Field(default_factory=list)
-    description: str = ""
+    description: Description = ""
+    match_resolved_names: bool = False
+    """Also allow a request by name when every address it resolves to falls in this rule.
+    Off by default: deciding such a name needs a DNS query first, and the query itself
+    carries the name out (spec section 4 step 5)."""
 
     @field_validator("protocols", mode="before")
     @classmethod
@@ -278,7 +327,7 @@ class NetworkRule(_Strict):
             value, list) else value
 
 class _Collection(_Strict):
-    name: str = Field(min_length=1)
+    name: Name
     priority: int = Field(ge=100, le=65000, default=1000)
     action: Action = Action.ALLOW
     report_only: bool = False
@@ -295,10 +344,12 @@ class NetworkRuleCollection(_Collection):
 class ServiceEndpointPolicy(_Strict):
     """Storage egress only to listed accounts and aliases (spec section 6)."""
 
-    name: str = Field(min_length=1)
+    name: Name
     service: Literal["Microsoft.Storage"] = "Microsoft.Storage"
-    resources: list[str] = Field(default_factory=list)
-    aliases: list[str] = Field(default_factory=list)
+    resources: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_RESOURCE)]
+                    ] = Field(default_factory=list)
+    aliases: list[Annotated[str, StringConstraints(max_length=MAX_NAME * 2)]] = Field(
+        default_factory=list)
 
     @field_validator("aliases")
     @classmethod
@@ -324,6 +375,10 @@ class Policy(_Strict):
     application_rule_collections: list[ApplicationRuleCollection] = Field(default_factory=list)
     network_rule_collections: list[NetworkRuleCollection] = Field(default_factory=list)
     service_endpoint_policies: list[ServiceEndpointPolicy] = Field(default_factory=list)
+    trusted_ranges: list[TrustedRange] = Field(default_factory=list)
+    """Private CIDRs that names allowed by name rules may resolve into (the address guard
+    lets them through for such names); the ranges themselves stay closed to flows and IP
+    literals unless a network rule names them."""
 
     @property
     def immutable_callouts(self) -> tuple[CalloutRule, ...]:

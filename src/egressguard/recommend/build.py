@@ -23,6 +23,7 @@ What is proposed, exactly (and nothing broader):
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections import defaultdict
@@ -33,6 +34,7 @@ from typing import Any
 from publicsuffixlist import PublicSuffixList
 
 from egressguard.engine.guard import special_range
+from egressguard.policy.model import MAX_NAME
 
 STORAGE_HOST = re.compile(
     r"[a-z0-9]{3,24}(?:-secondary)?\.(?:z\d+\.)?(?:blob|queue|table|file|dfs|web)\.core\."
@@ -176,7 +178,13 @@ def _wildcards(hosts: Iterable[str], minimum: int) -> dict[str, list[str]]:
 
 
 def _rule_name(target: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", target.replace("*", "any")).strip("-") or "rule"
+    """A rule name for `target` within the model's bound (a long host keeps a prefix and
+    a hash, so distinct long targets keep distinct names)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", target.replace("*", "any")).strip("-") or "rule"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(target.encode()).hexdigest()[:12]
+    return f"{name[:MAX_NAME - 13]}-{digest}"
 
 
 def _volume_risk(proposal: Proposal, options: Options) -> None:
@@ -223,7 +231,8 @@ def propose(seen: Observed, options: Options = Options()) -> list[Proposal]:
                             ports=ports, usage=usage)
         special = special_range(ip)
         proposal.risks.append(f"raw IP address{f' ({special})' if special else ''}: "
-                              "allowed for any name that resolves to it")
+                              "allowed for IP literals and flows; names resolving to it "
+                              "need match_resolved_names")
         for rule in sorted(usage.would_deny):
             proposal.notes.append(f"report-only: would have been denied by {rule}")
         _volume_risk(proposal, options)
