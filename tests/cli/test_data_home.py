@@ -65,7 +65,8 @@ def test_commands_from_other_directories_share_one_store_and_one_audit_key(
 
             rules = [{"name": "loopback", "priority": 100, "action": "allow",
                       "rules": [{"name": "up", "destinations": ["127.0.0.0/8"],
-                                 "protocols": ["TCP"], "ports": [str(upstream.port)]}]}]
+                                 "protocols": ["TCP"], "ports": [str(upstream.port)],
+                                 "matchResolvedNames": True}]}]
             update = _run(["cluster", "update", "--set",
                            f"properties.networkRuleCollections={json.dumps(rules)}"], b, env)
             assert update.returncode == 0, update.stderr

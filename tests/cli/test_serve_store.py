@@ -180,7 +180,7 @@ def test_hostile_api_bodies_neither_grow_memory_nor_stall_the_proxy(
     allow = {"properties": {"networkRuleCollections": [{
         "name": "loopback", "priority": 100, "action": "allow",
         "rules": [{"name": "up", "destinations": ["127.0.0.0/8"], "protocols": ["TCP"],
-                   "ports": [str(upstream.port)]}]}]}}
+                   "ports": [str(upstream.port)], "matchResolvedNames": True}]}]}}
     assert httpx.patch(f"{gateway.api}/v1/clusters/default", json=allow,
                        headers=gateway.auth).status_code == 200
     url = f"http://up.test:{upstream.port}/hello"

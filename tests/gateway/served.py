@@ -33,6 +33,7 @@ network_rule_collections:
       - name: loopback-one
         destinations: [127.0.0.1/32]
         protocols: [TCP]
+        match_resolved_names: true
 """
 
 
