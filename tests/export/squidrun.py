@@ -12,8 +12,8 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager

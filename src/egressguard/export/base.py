@@ -14,6 +14,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
 
 from egressguard.analysis.patterns import overlap_witness
 from egressguard.engine.guard import SPECIAL_RANGES
@@ -108,3 +111,14 @@ def rule_host_patterns(rule: AppRule | NetRule, fqdn_tags: dict[str, tuple[str, 
 
 def overlaps_net(a: Network, b: Network) -> bool:
     return a.version == b.version and a.overlaps(b)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """No `&id001` anchors: Kubernetes manifests are read by people and by kubectl."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_documents(docs: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(docs, Dumper=_PlainDumper, sort_keys=False, explicit_start=True)

@@ -221,7 +221,7 @@ def _application(w: _Writer, rule: AppRule, refs: References, gaps: Gaps) -> Non
             plain.append([proto])
         elif ports:
             plain.append([proto, w.acl(f"{prefix}_{scheme}_port", "port",
-                                       [str(p) for p in sorted(set(ports))])])
+                                       [str(p) for p in sorted({p for p in ports if p})])])
     comment = f"{rule.id} ({action})"
     for host in hosts:
         w.rule(action, *host, *connect, *src, comment=comment)
