@@ -119,7 +119,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str,
     if "--policy" not in args and "--cluster" not in args:
         args = [*args, "--policy", str(policy_file)]
     code, out, err = _run(*args)
-    assert code == 2
+    assert code == 2 and out == ""
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 

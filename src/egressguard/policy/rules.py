@@ -34,9 +34,8 @@ class RuleKind(enum.StrEnum):
 class RuleId:
     """`application:<collection>/<rule>` or `network:<collection>/<rule>`.
 
-    A collection name may itself contain `/`; rule names are split off at the last `/`
-    only when parsing text that was not produced by `str()` of a known rule, so prefer
-    keeping the `RuleId` value over re-parsing its text.
+    `parse` splits at the last `/`, so a collection name may contain `/` but a rule name
+    containing one does not read back: keep the `RuleId` value rather than re-parse text.
     """
 
     kind: RuleKind
