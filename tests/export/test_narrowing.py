@@ -48,12 +48,16 @@ def test_cilium_address_guard_is_an_egress_deny_lifted_only_for_named_cidrs() ->
     policy = Policy.model_validate({
         "restrict_outbound_network_access": True,
         "network_rule_collections": [{"name": "n", "rules": [
-            {"name": "registry", "destinations": ["10.20.0.0/16"], "ports": [443],
+            {"name": "registry", "destinations": ["10.20.0.0/16"]},
+            {"name": "api", "destinations": ["10.30.0.1"], "ports": [443],
              "protocols": ["tcp"]},
             {"name": "world", "destinations": ["*"], "ports": [443], "protocols": ["tcp"]}]}]})
-    spec = _docs(export_cilium(policy).text)[0]["spec"]
+    exported = export_cilium(policy)
+    spec = _docs(exported.text)[0]["spec"]
     guard = {e["cidr"]: e.get("except") for e in spec["egressDeny"][0]["toCIDRSet"]}
-    assert guard["10.0.0.0/8"] == ["10.20.0.0/16"]
+    assert guard["10.0.0.0/8"] == ["10.20.0.0/16"], (
+        "a hole for 10.30.0.1 would open it on every port `*` allows")
+    assert any("network:n/api" in w and "keeps it denied" in w for w in exported.warnings)
     assert "169.254.0.0/16" in guard and guard["169.254.0.0/16"] is None, (
         "metadata stays denied although `*` allows 443")
 

@@ -6,7 +6,8 @@ ordered list, so the translation keeps egressguard's first-match verdicts only f
 * allows: `toFQDNs` for names (with the DNS rule that lets the Cilium DNS proxy see and
   answer exactly those lookups), `toCIDRSet` for addresses, `toPorts` for ports;
 * address denies (and the address guard) become `egressDeny` on CIDRs: they then win over
-  every allow, which can only deny more;
+  every allow, which can only deny more; the guard has a hole (`except`) only for a CIDR
+  an any-protocol, any-port rule names (a narrower rule would open it for every allow);
 * name denies have no Cilium form (`egressDeny` takes no FQDNs): every later allow they
   may shadow is left out, and an unrestricted policy falls back to deny by default;
 * a rule scoped to sources is written under the endpoint selector of the identity the
@@ -189,8 +190,16 @@ def _net(b: _Builder, rule: NetRule, refs: References, explicit: list[Network]) 
             cidrs += _EVERYWHERE
         elif dest.kind is DestKind.NET:
             cidrs.append(dest.text)
-            if rule.allow and dest.explicit and not rule.sources:
-                explicit.append(dest.network)
+            if rule.allow and dest.explicit and _special(dest.network):
+                # The engine lifts the guard only for flows the naming rule applies to;
+                # an `egressDeny` hole would open it for every allow, so only a rule
+                # that applies to everything may make one.
+                if not rule.sources and "any" in rule.protocols and rule.all_ports:
+                    explicit.append(dest.network)
+                else:
+                    b.gaps.add(rule.id, f"{dest.text} is in the address guard's ranges and "
+                                        "the rule is limited to some protocols, ports or "
+                                        "sources: Cilium keeps it denied")
         elif dest.kind is DestKind.TAG:
             if dest.text not in refs.service_tags:
                 raise ExportError(f"network rule {rule.id}: unknown service tag {dest.text!r}")
@@ -219,6 +228,11 @@ def _net(b: _Builder, rule: NetRule, refs: References, explicit: list[Network]) 
             return
         for target in b.targets(rule.sources, True, rule.id):
             target.egress.append({"toCIDRSet": [{"cidr": c} for c in cidrs], **to_ports})
+
+
+def _special(net: Network) -> bool:
+    return any(net.overlaps(s) for s in special_networks()
+               if s.version == net.version)
 
 
 def _guard(explicit: list[Network]) -> dict[str, Any]:
