@@ -169,3 +169,17 @@ def test_every_target_warns_about_report_only_and_callouts() -> None:
         assert any("report-only" in w and w.startswith("policy") for w in warnings)
         assert any(w.startswith("callouts") for w in warnings)
         assert any(w.startswith("collection trial") for w in warnings)
+
+
+def test_azure_puts_network_fqdns_after_every_address_rule_as_the_engine_decides() -> None:
+    """An FQDN allow written before an address deny must not let the name's addresses
+    through in Azure's strict rule order: the engine decides by address first."""
+    policy = Policy.model_validate({
+        "restrict_outbound_network_access": True,
+        "network_rule_collections": [{"name": "n", "rules": [
+            {"name": "name", "destinations": ["x.b.com"]},
+            {"name": "bad", "action": "deny", "destinations": ["9.9.9.0/24"]}]}]})
+    collections = json.loads(export_azure(policy).text)["resources"][0]["properties"][
+        "ruleCollections"]
+    order = [(c["name"], c["rules"][0]["name"]) for c in collections]
+    assert order.index(("n-deny", "bad")) < order.index(("n-fqdns-allow", "name"))

@@ -12,6 +12,8 @@ action differs from its collection's. Host patterns: `a.b.com` as is, `*.b.com` 
   wider when it can be (a glob as `*.<parent>`), else every later allow it may shadow is
   left out;
 * the address guard is a deny collection first (rules that lift it are warned);
+* network rules' FQDN destinations go in collections after every address destination,
+  as the engine decides by address before it matches names in network rules;
 * service endpoint policies: every storage endpoint denied (wider deny; warned);
 * report-only collections and callouts: left out.
 Unrestricted policies end with allow collections for what the rules do not decide.
@@ -93,11 +95,14 @@ def _shadowed(out: _Out, patterns: list[str], gaps: Gaps, subject: object) -> bo
     return False
 
 
-def _network(out: _Out, rule: NetRule, refs: References, gaps: Gaps) -> None:
+def _network(out: _Out, rule: NetRule, refs: References, gaps: Gaps, by_name: bool) -> None:
+    """One pass over a network rule: its address part, or (`by_name`) its FQDN part. The
+    engine tries every rule's addresses before any rule's FQDNs, so the FQDN parts go in
+    collections after all the address parts."""
     action = "Allow" if rule.allow else "Deny"
     hosts = [d.text for d in rule.destinations if d.kind is DestKind.HOST]
     names = hosts + (["*"] if any(d.kind is DestKind.ANY for d in rule.destinations) else [])
-    if rule.allow and _shadowed(out, names, gaps, rule.id):
+    if rule.allow and by_name and _shadowed(out, names, gaps, rule.id):
         return
     addresses: list[str] = []
     fqdns: list[str] = []
@@ -105,7 +110,10 @@ def _network(out: _Out, rule: NetRule, refs: References, gaps: Gaps) -> None:
         if dest.kind is DestKind.TAG and dest.text not in refs.service_tags:
             raise ExportError(f"network rule {rule.id}: unknown service tag {dest.text!r}")
         if dest.kind is not DestKind.HOST:
-            addresses.append(dest.text)
+            if not by_name:
+                addresses.append(dest.text)
+        elif not by_name:
+            continue
         elif "*" not in dest.text:
             fqdns.append(dest.text.lstrip("."))
             if dest.text.startswith("."):
@@ -125,13 +133,12 @@ def _network(out: _Out, rule: NetRule, refs: References, gaps: Gaps) -> None:
     base = {"ruleType": "NetworkRule", "ipProtocols": sorted(
         _IP_PROTOCOL[p] for p in rule.protocols), "sourceAddresses": _sources(rule),
         "destinationPorts": ports}
-    name = f"{rule.id.collection}-{action.lower()}"
+    name = f"{rule.id.collection}{'-fqdns' if by_name else ''}-{action.lower()}"
     if addresses:
         out.add(name, action, {"name": rule.id.rule, **base,
                                "destinationAddresses": addresses})
     if fqdns:
-        out.add(name, action, {"name": f"{rule.id.rule}-fqdns", **base,
-                               "destinationFqdns": fqdns})
+        out.add(name, action, {"name": rule.id.rule, **base, "destinationFqdns": fqdns})
 
 
 def _application(out: _Out, rule: AppRule, refs: References, gaps: Gaps) -> None:
@@ -225,7 +232,9 @@ def export_azure(policy: Policy, refs: References | None = None, source: str = "
                               for d in rule.destinations):
             gaps.add(rule.id, "names special addresses: the address guard collection keeps "
                               "them denied")
-        _network(net_out, rule, refs, gaps)
+    for by_name in (False, True):
+        for rule in nets:
+            _network(net_out, rule, refs, gaps, by_name)
     if policy.service_endpoint_policies:
         gaps.add("service endpoint policies", "not a firewall feature: every storage "
                                               "endpoint is denied instead (wider deny)")
