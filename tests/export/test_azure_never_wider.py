@@ -82,7 +82,7 @@ def azure_allows(doc: dict[str, Any], name: str | None, ip: Any, protocol: str, 
     return False
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.randoms(use_true_random=False))
 def test_azure_export_never_allows_what_the_engine_denies(rnd: random.Random) -> None:
     policy = random_policy(rnd)

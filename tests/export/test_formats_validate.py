@@ -37,7 +37,7 @@ def _validate(validator: Any, doc: Any, text: str) -> None:
     assert not errors, f"{errors[0].message} at {list(errors[0].instance_path)}\n{text}"
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.randoms(use_true_random=False))
 def test_azure_export_is_a_valid_rule_collection_group(rnd: random.Random) -> None:
     policy = random_policy(rnd)
@@ -51,7 +51,7 @@ def test_azure_export_is_a_valid_rule_collection_group(rnd: random.Random) -> No
     assert doc["metadata"]["notExpressible"] == list(exported.warnings)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.randoms(use_true_random=False), st.booleans())
 def test_cilium_export_is_valid_cilium_policy(rnd: random.Random, namespaced: bool) -> None:
     policy = random_policy(rnd)
@@ -65,7 +65,7 @@ def test_cilium_export_is_valid_cilium_policy(rnd: random.Random, namespaced: bo
         assert f"#   - {warning}" in exported.text
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.randoms(use_true_random=False))
 def test_kubernetes_export_is_valid_networkpolicy(rnd: random.Random) -> None:
     policy = random_policy(rnd)

@@ -183,3 +183,12 @@ def test_azure_puts_network_fqdns_after_every_address_rule_as_the_engine_decides
         "ruleCollections"]
     order = [(c["name"], c["rules"][0]["name"]) for c in collections]
     assert order.index(("n-deny", "bad")) < order.index(("n-fqdns-allow", "name"))
+
+
+def test_kubernetes_never_writes_an_empty_to_which_would_allow_everything() -> None:
+    policy = Policy.model_validate({"network_rule_collections": [{
+        "name": "n", "action": "deny", "rules": [
+            {"name": "all", "destinations": ["0.0.0.0/0", "::/0"]}]}]})
+    exported = export_kubernetes(policy)
+    assert all(rule.get("to") for doc in _docs(exported.text)
+               for rule in doc["spec"]["egress"])

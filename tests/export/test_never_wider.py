@@ -106,13 +106,15 @@ def kubernetes_allows(docs: list[dict[str, Any]], ip: Any, protocol: str, port: 
                 doc, source, "podSelector"):
             continue
         for rule in doc["spec"]["egress"]:
-            if any(_ip_in(ip, peer["ipBlock"]) for peer in rule["to"]) and _port_ok(
+            # An absent or empty `to` is every destination (the API reference).
+            to = rule.get("to")
+            if (not to or any(_ip_in(ip, peer["ipBlock"]) for peer in to)) and _port_ok(
                     rule.get("ports"), protocol, port):
                 return True
     return False
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.randoms(use_true_random=False))
 def test_cilium_export_never_allows_what_the_engine_denies(rnd: random.Random) -> None:
     policy = random_policy(rnd)
@@ -147,7 +149,7 @@ def test_cilium_export_never_allows_what_the_engine_denies(rnd: random.Random) -
                 f"{exported.text}\n{policy.model_dump_json(exclude_defaults=True)}")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.randoms(use_true_random=False))
 def test_kubernetes_export_never_allows_a_flow_the_engine_denies(rnd: random.Random) -> None:
     policy = random_policy(rnd)

@@ -12,7 +12,7 @@ from egressguard.policy import load_policy_text
 from tests.export.policies import random_policy
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.randoms(use_true_random=False))
 def test_yaml_export_loads_back_to_the_same_policy(rnd: random.Random) -> None:
     policy = random_policy(rnd)

@@ -114,7 +114,7 @@ def _verdicts(policy: Policy, parent: Parent, rnd: random.Random
             yield head, not squid.denies(head), snapshot.decide(request).permitted
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[
+@settings(max_examples=15, deadline=None, suppress_health_check=[
     HealthCheck.function_scoped_fixture])
 @given(st.randoms(use_true_random=False))
 def test_squid_lets_through_exactly_what_the_engine_permits(parent: Parent,
@@ -127,7 +127,7 @@ def test_squid_lets_through_exactly_what_the_engine_permits(parent: Parent,
             f"{policy.model_dump_json(indent=1, exclude_defaults=True)}")
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[
+@settings(max_examples=12, deadline=None, suppress_health_check=[
     HealthCheck.function_scoped_fixture])
 @given(st.randoms(use_true_random=False))
 def test_exported_squid_never_allows_what_the_engine_denies(parent: Parent,

@@ -164,7 +164,8 @@ def export_kubernetes(policy: Policy, refs: References | None = None, source: st
     else:
         blocks = [b for b in (_block(ipaddress.ip_network(c), False, denied)
                               for c in ("0.0.0.0/0", "::/0")) if b is not None]
-        egress[""].append({"to": [{"ipBlock": b} for b in blocks]})
+        if blocks:  # an empty `to` would mean every destination
+            egress[""].append({"to": [{"ipBlock": b} for b in blocks]})
     docs: list[dict[str, Any]] = []
     for index, (key, rules) in enumerate(egress.items()):
         docs.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
