@@ -35,6 +35,7 @@ AREAS: dict[str, str] = {
     "dns": "egressguard.cli.dns",
     "firewall": "egressguard.cli.firewall",
     "config": "egressguard.cli.settings",
+    "export": "egressguard.cli.export",
 }
 
 

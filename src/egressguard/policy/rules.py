@@ -1,0 +1,190 @@
+"""The policy's rules flattened in evaluation order (spec section 4), as plain values.
+
+One flattening for every reader of the rules (the engine's compile, the kernel ruleset, the
+analyser, the exporters): collections by ascending priority (a stable sort, so equal
+priorities keep file order), rules in file order, application and network rules numbered
+separately from 1, the lowest number that applies wins. Each rule carries its effective
+action (the rule's own or its collection's), its collection's report-only switch, and its
+id as a `RuleId` whose text (`application:coll/rule`) is what decisions, audit records and
+analysis findings print. FQDN tags and service tags are kept as written: resolving them
+needs `References` and each reader reacts differently to an unknown one (the engine
+refuses, the analyser reports), so `expand_fqdn_tags` and `Destination` leave that choice
+to the caller. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from egressguard.policy.model import Action, Policy, is_service_tag
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+ALL_PORTS = (0, 65535)
+
+
+class RuleKind(enum.StrEnum):
+    APPLICATION = "application"
+    NETWORK = "network"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleId:
+    """`application:<collection>/<rule>` or `network:<collection>/<rule>`.
+
+    `parse` splits at the last `/`, so a collection name may contain `/` but a rule name
+    containing one does not read back: keep the `RuleId` value rather than re-parse text.
+    """
+
+    kind: RuleKind
+    collection: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.collection}/{self.rule}"
+
+    @property
+    def name(self) -> str:
+        """`<collection>/<rule>`, the part reasons print after "by application rule"."""
+        return f"{self.collection}/{self.rule}"
+
+    @classmethod
+    def parse(cls, text: str) -> RuleId:
+        """The inverse of `str()`; raises ValueError for anything else."""
+        kind, sep, rest = text.partition(":")
+        collection, slash, rule = rest.rpartition("/")
+        if not sep or not slash or not collection or not rule or kind not in (
+                RuleKind.APPLICATION.value, RuleKind.NETWORK.value):
+            raise ValueError(f"not a rule id: {text!r} (expected kind:collection/rule)")
+        return cls(RuleKind(kind), collection, rule)
+
+
+class DestKind(enum.StrEnum):
+    ANY = "any"  # `*`
+    NET = "net"  # an IP address or CIDR (canonical network text)
+    TAG = "tag"  # a service tag, expanded through References.service_tags
+    HOST = "host"  # a host pattern (spec section 3)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """One network-rule destination, classified once."""
+
+    kind: DestKind
+    text: str
+
+    @classmethod
+    def of(cls, text: str) -> Destination:
+        """Classify a destination as the model validated it (canonical text)."""
+        if text == "*":
+            return cls(DestKind.ANY, text)
+        if is_service_tag(text):
+            return cls(DestKind.TAG, text)
+        if text[0].isdigit() or ":" in text:
+            return cls(DestKind.NET, text)
+        return cls(DestKind.HOST, text)
+
+    @property
+    def network(self) -> Network:
+        """The CIDR of a `NET` destination."""
+        return ipaddress.ip_network(self.text, strict=False)
+
+    @property
+    def explicit(self) -> bool:
+        """A literal CIDR other than /0: it names its addresses, so it lifts the address
+        guard (a /0 is `*` spelled differently and does not)."""
+        return self.kind is DestKind.NET and self.network.prefixlen > 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppRule:
+    """One application rule in evaluation order."""
+
+    order: int
+    id: RuleId
+    action: Action
+    targets: tuple[str, ...]
+    fqdn_tags: tuple[str, ...]
+    specs: tuple[tuple[str, int | None], ...]  # (protocol, port or None for any port)
+    sources: tuple[Network, ...]
+    report_only: bool
+    priority: int
+
+    @property
+    def allow(self) -> bool:
+        return self.action is Action.ALLOW
+
+
+@dataclass(frozen=True, slots=True)
+class NetRule:
+    """One network rule in evaluation order."""
+
+    order: int
+    id: RuleId
+    action: Action
+    destinations: tuple[Destination, ...]
+    protocols: frozenset[str]  # tcp, udp, icmp, any
+    ports: tuple[tuple[int, int], ...]
+    sources: tuple[Network, ...]
+    report_only: bool
+    priority: int
+
+    @property
+    def allow(self) -> bool:
+        return self.action is Action.ALLOW
+
+    @property
+    def all_ports(self) -> bool:
+        return ALL_PORTS in self.ports
+
+
+def application_rules(policy: Policy) -> tuple[AppRule, ...]:
+    """Every application rule, in the order the engine tries them."""
+    out: list[AppRule] = []
+    for collection in sorted(policy.application_rule_collections, key=lambda c: c.priority):
+        for rule in collection.rules:
+            out.append(AppRule(
+                order=len(out) + 1,
+                id=RuleId(RuleKind.APPLICATION, collection.name, rule.name),
+                action=rule.action or collection.action,
+                targets=tuple(rule.targets), fqdn_tags=tuple(rule.fqdn_tags),
+                specs=tuple((p.protocol, p.port) for p in rule.protocols),
+                sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
+                report_only=collection.report_only, priority=collection.priority))
+    return tuple(out)
+
+
+def network_rules(policy: Policy) -> tuple[NetRule, ...]:
+    """Every network rule, in the order the engine tries them."""
+    out: list[NetRule] = []
+    for collection in sorted(policy.network_rule_collections, key=lambda c: c.priority):
+        for rule in collection.rules:
+            out.append(NetRule(
+                order=len(out) + 1,
+                id=RuleId(RuleKind.NETWORK, collection.name, rule.name),
+                action=rule.action or collection.action,
+                destinations=tuple(Destination.of(d) for d in rule.destinations),
+                protocols=frozenset(rule.protocols),
+                ports=tuple((p.low, p.high) for p in rule.ports),
+                sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
+                report_only=collection.report_only, priority=collection.priority))
+    return tuple(out)
+
+
+def expand_fqdn_tags(rule: AppRule, fqdn_tags: Mapping[str, Sequence[str]]
+                     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the rule's targets followed by its known tags' patterns, the unknown tags).
+
+    Tag patterns come from catalogs, not from the validated policy: callers that match
+    them canonicalise them (`validate_host_pattern`) as the engine does.
+    """
+    patterns = list(rule.targets)
+    unknown: list[str] = []
+    for tag in rule.fqdn_tags:
+        if tag in fqdn_tags:
+            patterns.extend(fqdn_tags[tag])
+        else:
+            unknown.append(tag)
+    return tuple(patterns), tuple(unknown)
