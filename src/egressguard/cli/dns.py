@@ -13,15 +13,13 @@ from typing import Annotated, TextIO
 import typer
 
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
-from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig, PolicyFileWatcher
-from egressguard.engine import CompileError, InvalidHost, normalize_host
+from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig
+from egressguard.engine import InvalidHost, normalize_host
 from egressguard.engine.request import split_host_port
-from egressguard.policy import PolicyError
-from egressguard.policyfile import holder_for
+from egressguard.source import LivePolicy, SourceError, follow
 
 dns_app = typer.Typer(help="DNS filter: answer only names the policy allows.",
                       no_args_is_help=True)
-DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "gateway" / "default_policy.yaml"
 EXIT_OK, EXIT_BLOCKED, EXIT_ERROR = 0, 1, 2
 
 
@@ -52,8 +50,9 @@ def serve(
     upstream: Annotated[str, typer.Option(help="upstream resolver address:port")
                         ] = "127.0.0.1:53",
     policy: Annotated[Path | None, typer.Option(
-        help="policy file (YAML/JSON), reloaded on change or SIGHUP "
-             "(default: the built-in deny-all policy)")] = None,
+        help="policy file (YAML/JSON), reloaded on change or SIGHUP (default: the policy "
+             "in force: --cluster, else the store's default cluster, else the built-in "
+             "deny-all policy)")] = None,
     deny_rcode: Annotated[DenyRcode, typer.Option(
         case_sensitive=False, help="answer to a refused name")] = DenyRcode.NXDOMAIN,
     cname_mode: Annotated[CnameMode, typer.Option(
@@ -66,7 +65,12 @@ def serve(
     timeout: Annotated[float, typer.Option(help="upstream seconds before SERVFAIL")] = 2.0,
     max_inflight: Annotated[int, typer.Option(
         help="queries worked on at once; beyond it SERVFAIL")] = 1000,
-    cluster: Annotated[str, typer.Option(help="cluster name recorded in events")] = "default",
+    cluster: Annotated[str | None, typer.Option(
+        help="follow this store cluster's policy (changes are in force within 1 s); with "
+             "--policy, only the name recorded in events")] = None,
+    store: Annotated[str | None, typer.Option(
+        "--store", envvar="EGRESSGUARD_STORE",
+        help="store URL for --cluster (default: the embedded store)")] = None,
     events: Annotated[Path | None, typer.Option(
         help="also write every decision as JSON lines to this file ('-' for stdout)")
     ] = None,
@@ -76,38 +80,38 @@ def serve(
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
-        config = FilterConfig(
-            listen=parse_endpoint(listen, 53), upstream=parse_endpoint(upstream, 53),
-            deny_rcode=deny_rcode, cname_mode=cname_mode, report_only=report_only,
-            timeout=timeout, max_inflight=max_inflight, cluster=cluster)
-        path = policy or DEFAULT_POLICY
-        holder = holder_for(path)
-    except (PolicyError, CompileError, ValueError, OSError) as exc:
+        listen_at, upstream_at = parse_endpoint(listen, 53), parse_endpoint(upstream, 53)
+        live = follow(policy, cluster, store, start=False)
+    except (SourceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
+    config = FilterConfig(
+        listen=listen_at, upstream=upstream_at, deny_rcode=deny_rcode,
+        cname_mode=cname_mode, report_only=report_only, timeout=timeout,
+        max_inflight=max_inflight, cluster=live.cluster)
     sink: EventSink = NullSink()
     stream: TextIO | None = None
     if events is not None:
         stream = sys.stdout if str(events) == "-" else events.open("a", encoding="utf-8")
         sink = JsonLinesSink(stream)
-    watcher = PolicyFileWatcher(path, holder)
     try:
-        _run(_serve(DnsFilter(holder, config, sink), watcher))
+        _run(_serve(DnsFilter(live.holder, config, sink), live))
     except OSError as exc:
         typer.echo(f"error: cannot listen on {listen}: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     finally:
+        live.stop()
         if stream is not None and stream is not sys.stdout:
             stream.close()
 
 
-async def _serve(dns_filter: DnsFilter, watcher: PolicyFileWatcher) -> None:
+async def _serve(dns_filter: DnsFilter, live: LivePolicy) -> None:
     loop = asyncio.get_running_loop()
     host, port = await dns_filter.start()
-    watcher.start()
+    live.start()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP,
-                            lambda: loop.run_in_executor(None, watcher.reload))
+                            lambda: loop.run_in_executor(None, live.reload))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     active = dns_filter.holder.active
@@ -118,7 +122,6 @@ async def _serve(dns_filter: DnsFilter, watcher: PolicyFileWatcher) -> None:
                f"{' (report-only)' if config.report_only else ''}")
     await stop.wait()
     typer.echo("egressguard dns: shutting down", err=True)
-    watcher.stop()
     await dns_filter.close()
 
 
