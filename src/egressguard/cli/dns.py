@@ -77,14 +77,14 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the DNS filter: decide every question, forward allowed ones, check answers."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
     try:
         listen_at, upstream_at = parse_endpoint(listen, 53), parse_endpoint(upstream, 53)
         live = follow(policy, cluster, store, start=False)
     except (SourceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
     config = FilterConfig(
         listen=listen_at, upstream=upstream_at, deny_rcode=deny_rcode,
         cname_mode=cname_mode, report_only=report_only, timeout=timeout,

@@ -25,7 +25,14 @@ from egressguard.source.compile import active_of
 from egressguard.source.defaults import DENY_ALL, UNRESTRICTED
 from egressguard.source.feed import PolicyFeed
 from egressguard.source.file import PolicyFileWatcher, load_active
-from egressguard.store import DEFAULT_CLUSTER, Store, StoreError, StoreURLError, open_store
+from egressguard.store import (
+    DEFAULT_CLUSTER,
+    NotFound,
+    Store,
+    StoreError,
+    StoreURLError,
+    open_store,
+)
 
 StoreRef = Store | str | None
 
@@ -64,6 +71,13 @@ def _open(store: StoreRef) -> tuple[Store, bool]:
                           ) from None
 
 
+def _cluster_error(name: str, exc: StoreError) -> str:
+    if isinstance(exc, NotFound):
+        return (f"cluster {name!r} not found in the store (`egressguard cluster list` "
+                "shows the clusters)")
+    return f"cluster {name!r}: {exc}"
+
+
 def _uses_store(policy: Path | None, cluster: str | None, store: StoreRef) -> bool:
     return policy is None and (cluster is not None or store_available(store))
 
@@ -83,7 +97,7 @@ def _lookup(policy: Path | None, cluster: str | None, store: StoreRef, fallback:
     try:
         version = opened.current(name)
     except StoreError as exc:
-        raise SourceError(f"cluster {name!r}: {exc}") from None
+        raise SourceError(_cluster_error(name, exc)) from None
     except Exception as exc:  # the store stopped answering
         raise SourceError(f"cluster {name!r}: cannot read the store: "
                           f"{' '.join(str(exc).split())[:300]}") from None
@@ -180,7 +194,7 @@ def follow(policy: Path | None = None, cluster: str | None = None, store: StoreR
         holder = feed.start()
     except StoreError as exc:
         feed.stop()
-        raise SourceError(f"cluster {name!r}: {exc}") from None
+        raise SourceError(_cluster_error(name, exc)) from None
     except Exception as exc:  # unreachable store or a version that does not compile
         feed.stop()
         raise SourceError(f"cluster {name!r}: {' '.join(str(exc).split())[:300]}") from None
