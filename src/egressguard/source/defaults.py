@@ -15,4 +15,14 @@ from egressguard.policy import Policy
 UNRESTRICTED = Policy(restrict_outbound_network_access=False)
 DENY_ALL = Policy(restrict_outbound_network_access=True)
 
-__all__ = ["DENY_ALL", "UNRESTRICTED"]
+
+def fallback_name(policy: Policy) -> str:
+    """How a built-in fallback is shown in logs and output."""
+    if policy is DENY_ALL:
+        return "built-in deny-all policy"
+    if policy is UNRESTRICTED:
+        return "built-in unrestricted policy"
+    return "built-in policy"
+
+
+__all__ = ["DENY_ALL", "UNRESTRICTED", "fallback_name"]

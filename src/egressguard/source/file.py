@@ -20,9 +20,10 @@ from pathlib import Path
 
 from egressguard.engine import CompileError
 from egressguard.engine.holder import Active, SnapshotHolder
-from egressguard.policy import PolicyError, load_policy_text
+from egressguard.policy import Policy, PolicyError, load_policy_text
 from egressguard.policy.load import Problem
-from egressguard.source.compile import snapshot_for
+from egressguard.source.compile import active_of, snapshot_for
+from egressguard.source.defaults import UNRESTRICTED, fallback_name
 
 log = logging.getLogger("egressguard.source.file")
 
@@ -106,3 +107,12 @@ class PolicyFileWatcher:
                 self.poll()
             except Exception:  # never let a surprise kill hot reload
                 log.exception("policy watcher error")
+
+
+def holder_for(path: str | os.PathLike[str] | None,
+               fallback: Policy = UNRESTRICTED) -> SnapshotHolder:
+    """A (not followed) holder with the policy file at `path` in force, or `fallback`
+    for None. Raises `PolicyError`/`CompileError`/`OSError` for a bad file."""
+    if path is None:
+        return SnapshotHolder(active_of(fallback, "default", fallback_name(fallback)))
+    return SnapshotHolder(load_active(path))

@@ -22,7 +22,7 @@ from egressguard.engine import CompileError
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.policy import Policy, PolicyError, load_policy
 from egressguard.source.compile import active_of
-from egressguard.source.defaults import DENY_ALL, UNRESTRICTED
+from egressguard.source.defaults import DENY_ALL, fallback_name
 from egressguard.source.feed import PolicyFeed
 from egressguard.source.file import PolicyFileWatcher, load_active
 from egressguard.store import (
@@ -39,15 +39,6 @@ StoreRef = Store | str | None
 
 class SourceError(ValueError):
     """A policy source that cannot be read (missing file, unknown cluster, bad store)."""
-
-
-def fallback_name(policy: Policy) -> str:
-    """How a built-in fallback is shown in logs and output."""
-    if policy is DENY_ALL:
-        return "built-in deny-all policy"
-    if policy is UNRESTRICTED:
-        return "built-in unrestricted policy"
-    return "built-in policy"
 
 
 def store_available(store: StoreRef) -> bool:
@@ -199,12 +190,3 @@ def follow(policy: Path | None = None, cluster: str | None = None, store: StoreR
         feed.stop()
         raise SourceError(f"cluster {name!r}: {' '.join(str(exc).split())[:300]}") from None
     return LivePolicy(holder, "store", f"store cluster {name}", name, feed=feed)
-
-
-def holder_for(path: str | os.PathLike[str] | None,
-               fallback: Policy = UNRESTRICTED) -> SnapshotHolder:
-    """A (not followed) holder with the policy file at `path` in force, or `fallback`
-    for None. Raises `PolicyError`/`CompileError`/`OSError` for a bad file."""
-    if path is None:
-        return SnapshotHolder(active_of(fallback, "default", fallback_name(fallback)))
-    return SnapshotHolder(load_active(path))
