@@ -32,16 +32,18 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from egressguard.audit.events import EventSink, NullSink
-from egressguard.catalog import references
 from egressguard.enforce.checkpoint import Checkpoint
-from egressguard.engine import Decision, Kind, Request, Snapshot, compile_policy
+from egressguard.engine import Decision, Kind, Request, Snapshot
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
 from egressguard.policy import Policy
-from egressguard.policyfile import PolicyFileWatcher, holder_for
+from egressguard.source import UNRESTRICTED, PolicyFileWatcher, active_of, holder_for
 
 if TYPE_CHECKING:
     import httpx
+
+    from egressguard.source import PolicyFeed
+    from egressguard.store import Store
 
 log = logging.getLogger("egressguard.callout")
 
@@ -70,17 +72,17 @@ def _holder(source: Source) -> SnapshotHolder:
     if isinstance(source, Snapshot):
         return SnapshotHolder(Active(source, "snapshot", "in-process"))
     if isinstance(source, Policy):
-        return SnapshotHolder(Active(compile_policy(source, references()), "policy",
-                                     "in-process"))
-    return holder_for(None)
+        return SnapshotHolder(active_of(source, "policy", "in-process"))
+    return holder_for(None, UNRESTRICTED)
 
 
 class Guard:
     """Decides callouts against the policy in force (`source`: a `Policy`, a compiled
-    `Snapshot`, a `SnapshotHolder` kept current by someone else, or None for the built-in
-    default). Thread-safe; each check reads the current snapshot once.
+    `Snapshot`, a `SnapshotHolder` kept current by someone else, or None for
+    `UNRESTRICTED`); `from_file` and `from_store` follow a file or a store cluster.
+    Thread-safe; each check reads the current snapshot once.
 
-    >>> guard = Guard()                                  # default policy: unrestricted
+    >>> guard = Guard()                                  # UNRESTRICTED
     >>> guard.check("sql", "https://myserver.database.windows.net").allowed
     True
     >>> guard.check("webapi", "https://example.org").allowed   # no webapi entry
@@ -94,6 +96,7 @@ class Guard:
         self.cluster = cluster
         self.report_only = report_only
         self._watcher: PolicyFileWatcher | None = None
+        self._feed: PolicyFeed | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, watch: bool = True,
@@ -107,15 +110,34 @@ class Guard:
             guard._watcher = PolicyFileWatcher(path, guard.holder, interval).start()
         return guard
 
+    @classmethod
+    def from_store(cls, store: Store | str, cluster: str = "default", *,
+                   sink: EventSink | None = None, report_only: bool = False) -> Guard:
+        """A guard for `cluster`'s current policy in `store` (a `Store` or its URL),
+        following every change made through the CLI, the API or another process within
+        about a second; if the store stops answering the last policy stays in force.
+        Raises `SourceError` if the cluster cannot be read now."""
+        from egressguard.source import follow
+
+        live = follow(None, cluster, store)
+        guard = cls(live.holder, sink=sink, cluster=cluster, report_only=report_only)
+        guard._feed = live.feed
+        return guard
+
     def reload(self) -> bool:
-        """Re-read the policy file now (e.g. on SIGHUP); True if a new policy is in force."""
+        """Look at the file or store now (e.g. on SIGHUP); True if a new policy is in force."""
+        if self._feed is not None:
+            return self._feed.refresh()
         return self._watcher.reload() if self._watcher is not None else False
 
     def close(self) -> None:
-        """Stop watching the policy file."""
+        """Stop following the policy file or store cluster."""
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        if self._feed is not None:
+            self._feed.stop()
+            self._feed = None
 
     def __enter__(self) -> Guard:
         return self

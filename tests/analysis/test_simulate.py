@@ -96,7 +96,7 @@ def test_without_store_the_policy_in_force_is_the_shipped_default(tmp_path: Path
     code, out, _ = run("--urls", str(urls), "--output", "json")
     data = json.loads(out)
     assert (code, data["current"], data["results"][0]["current"]["verdict"]) == (
-        0, "default policy", "deny")
+        0, "built-in deny-all policy", "deny")
     assert not (tmp_path / "home" / "egressguard.db").exists()  # never created to read
 
 

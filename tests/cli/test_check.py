@@ -81,3 +81,46 @@ def test_invalid_host_exits_2() -> None:
     done = run("https://xn--zz.example/")
     assert done.returncode == 2
     assert "invalid host" in done.stdout
+
+
+def _check_in_process(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from egressguard.cli.main import app
+
+    result = CliRunner().invoke(app, ["check", *args], env=env)
+    return result.exit_code, result.output
+
+
+def test_without_policy_check_decides_against_the_stores_cluster(store_url: str) -> None:
+    from egressguard.policy import Policy
+    from egressguard.store import Store
+
+    with Store(store_url) as store:
+        store.commit("default", Policy(restrict_outbound_network_access=True,
+                                       allowed_fqdn_list=["api.example.com"]), "op", "one")
+        store.commit("prod", Policy(restrict_outbound_network_access=True), "op", "closed",
+                     create=True)
+    env = {"EGRESSGUARD_STORE": store_url}
+    assert _check_in_process("https://api.example.com/", env=env)[0] == 0
+    assert _check_in_process("https://other.example.com/", env=env)[0] == 1
+    code, out = _check_in_process("https://api.example.com/", "--cluster", "prod", env=env)
+    assert code == 1 and "restricted" in out
+    code, out = _check_in_process("https://api.example.com/", "--cluster", "nope", env=env)
+    assert code == 2 and out.startswith("error: cluster 'nope' not found")
+
+
+def test_without_policy_or_store_check_is_deny_all_and_creates_no_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EGRESSGUARD_STORE", raising=False)
+    code, out = _check_in_process("https://example.com/",
+                                  env={"EGRESSGUARD_HOME": str(tmp_path / "home")})
+    assert code == 1 and "verdict: deny" in out
+    assert not (tmp_path / "home" / "egressguard.db").exists()
+
+
+def test_policy_and_cluster_together_is_bad_input(policy: str) -> None:
+    code, out = _check_in_process("https://example.com/", "--policy", policy,
+                                  "--cluster", "prod")
+    assert code == 2 and "not both" in out

@@ -19,9 +19,9 @@ from rich.text import Text
 
 from egressguard.analysis import Report, Severity, analyze
 from egressguard.analysis.simulate import RequestListError, Simulation, parse_requests, simulate
-from egressguard.analysis.sources import SourceError, from_file, in_force
 from egressguard.catalog import references
-from egressguard.engine import CompileError, compile_policy
+from egressguard.engine import CompileError
+from egressguard.source import SourceError, policy_in_force, snapshot_for
 
 EXIT_SAME, EXIT_CHANGED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -64,8 +64,7 @@ def analyze_command(
         raise _bad("give --policy or --cluster, not both")
     try:
         threshold = Severity.parse(fail_on) if fail_on else None
-        loaded, source = (from_file(policy) if policy is not None
-                          else in_force(None, cluster, store))
+        loaded, source = policy_in_force(policy, cluster, store)
     except (SourceError, ValueError) as exc:
         raise _bad(str(exc)) from None
     report = analyze(loaded, references())
@@ -103,7 +102,7 @@ def simulate_command(
         help="proposed policy file (default: the policy in force, i.e. no change)")] = None,
     current: Annotated[Path | None, typer.Option(
         help="policy in force, as a file (default: --cluster, else the configured "
-             "cluster, else the shipped default policy)")] = None,
+             "cluster, else the built-in deny-all policy)")] = None,
     cluster: Annotated[str | None, typer.Option(help="stored cluster in force")] = None,
     store: StoreOpt = None,
     output: OutputOpt = "table",
@@ -126,9 +125,10 @@ def simulate_command(
     try:
         probes = parse_requests(text, str(urls))
         refs = references()
-        now, now_source = in_force(current, cluster, store)
-        new, new_source = from_file(policy) if policy is not None else (now, now_source)
-        result = simulate(probes, compile_policy(now, refs), compile_policy(new, refs),
+        now, now_source = policy_in_force(current, cluster, store)
+        new, new_source = (policy_in_force(policy) if policy is not None
+                           else (now, now_source))
+        result = simulate(probes, snapshot_for(now, refs), snapshot_for(new, refs),
                           now_source, new_source)
     except (RequestListError, SourceError, CompileError) as exc:
         raise _bad(str(exc)) from None

@@ -9,10 +9,8 @@ from typing import Annotated
 
 import typer
 
-from egressguard.catalog import references
-from egressguard.engine import CompileError, compile_policy
 from egressguard.engine.request import build_request
-from egressguard.policy import Policy, PolicyError, load_policy
+from egressguard.source import SourceError, active_in_force
 
 EXIT_ALLOWED, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -32,16 +30,24 @@ def check(
     source: Annotated[str | None, typer.Option(help="client source address")] = None,
     protocol: Annotated[str | None, typer.Option(
         help="tcp or udp for connect/flow (default tcp; udp for dns)")] = None,
-    policy: Annotated[Path | None, typer.Option(help="policy file (YAML or JSON)")] = None,
+    policy: Annotated[Path | None, typer.Option(
+        help="policy file (YAML or JSON); default: the policy in force (--cluster, else "
+             "the store's default cluster, else the built-in deny-all policy)")] = None,
+    cluster: Annotated[str | None, typer.Option(help="a stored cluster's current policy")
+                       ] = None,
+    store: Annotated[str | None, typer.Option(
+        "--store", envvar="EGRESSGUARD_STORE",
+        help="store URL for --cluster (default: the embedded store)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Decide one outbound call. Exit 0 allowed, 1 denied, 2 bad input."""
     try:
-        loaded = load_policy(policy) if policy else Policy()
-        snapshot = compile_policy(loaded, references())
+        if policy is not None and cluster is not None:
+            raise ValueError("give --policy or --cluster, not both")
+        snapshot = active_in_force(policy, cluster, store).snapshot
         request = build_request(url, callout_type=callout_type, port=port, kind=kind,
                                 addresses=address or [], source=source, protocol=protocol)
-    except (PolicyError, CompileError, ValueError) as exc:
+    except (SourceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     decision = snapshot.decide(request)

@@ -13,19 +13,16 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 import typer
 
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
-from egressguard.config import cluster as configured_cluster
-from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig, PolicyFileWatcher
-from egressguard.engine import CompileError, InvalidHost, normalize_host
+from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig
+from egressguard.engine import InvalidHost, normalize_host
 from egressguard.engine.request import split_host_port
-from egressguard.policy import PolicyError
-from egressguard.policyfile import holder_for
+from egressguard.source import LivePolicy, SourceError, follow
 
 if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
 
 dns_app = typer.Typer(help="DNS filter: answer only names the policy allows.",
                       no_args_is_help=True)
-DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "gateway" / "default_policy.yaml"
 EXIT_OK, EXIT_BLOCKED, EXIT_ERROR = 0, 1, 2
 
 
@@ -56,8 +53,9 @@ def serve(
     upstream: Annotated[str, typer.Option(help="upstream resolver address:port")
                         ] = "127.0.0.1:53",
     policy: Annotated[Path | None, typer.Option(
-        help="policy file (YAML/JSON), reloaded on change or SIGHUP "
-             "(default: the built-in deny-all policy)")] = None,
+        help="policy file (YAML/JSON), reloaded on change or SIGHUP (default: the policy "
+             "in force: --cluster, else the store's default cluster, else the built-in "
+             "deny-all policy)")] = None,
     deny_rcode: Annotated[DenyRcode, typer.Option(
         case_sensitive=False, help="answer to a refused name")] = DenyRcode.NXDOMAIN,
     cname_mode: Annotated[CnameMode, typer.Option(
@@ -71,7 +69,11 @@ def serve(
     max_inflight: Annotated[int, typer.Option(
         help="queries worked on at once; beyond it SERVFAIL")] = 1000,
     cluster: Annotated[str | None, typer.Option(
-        help="cluster name recorded in events (default: the configured cluster)")] = None,
+        help="follow this store cluster's policy (changes are in force within 1 s); with "
+             "--policy, only the name recorded in events")] = None,
+    store: Annotated[str | None, typer.Option(
+        "--store", envvar="EGRESSGUARD_STORE",
+        help="store URL for --cluster (default: the embedded store)")] = None,
     events: Annotated[Path | None, typer.Option(
         help="also write every decision as JSON lines to this file ('-' for stdout)")
     ] = None,
@@ -83,69 +85,66 @@ def serve(
     ] = None,
 ) -> None:
     """Run the DNS filter: decide every question, forward allowed ones, check answers."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
     try:
-        config = FilterConfig(
-            listen=parse_endpoint(listen, 53), upstream=parse_endpoint(upstream, 53),
-            deny_rcode=deny_rcode, cname_mode=cname_mode, report_only=report_only,
-            timeout=timeout, max_inflight=max_inflight,
-            cluster=configured_cluster(cluster))
-        path = policy or DEFAULT_POLICY
-        holder = holder_for(path)
-    except (PolicyError, CompileError, ValueError, OSError) as exc:
+        listen_at, upstream_at = parse_endpoint(listen, 53), parse_endpoint(upstream, 53)
+        live = follow(policy, cluster, store, start=False)
+    except (SourceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    config = FilterConfig(
+        listen=listen_at, upstream=upstream_at, deny_rcode=deny_rcode,
+        cname_mode=cname_mode, report_only=report_only, timeout=timeout,
+        max_inflight=max_inflight, cluster=live.cluster)
     sink: EventSink = NullSink()
     stream: TextIO | None = None
     if events is not None:
         stream = sys.stdout if str(events) == "-" else events.open("a", encoding="utf-8")
         sink = JsonLinesSink(stream)
-    audit_log = _audit_log(audit)
+    audit_log = _audit_log(audit, store)
     if audit_log is not None:
         from egressguard.audit.sinks import FanoutSink
 
         sink = audit_log if stream is None else FanoutSink([sink, audit_log])
-    watcher = PolicyFileWatcher(path, holder)
     try:
-        _run(_serve(DnsFilter(holder, config, sink), watcher))
+        _run(_serve(DnsFilter(live.holder, config, sink), live))
     except OSError as exc:
         typer.echo(f"error: cannot listen on {listen}: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     finally:
+        live.stop()
         if audit_log is not None:
             audit_log.close()
         if stream is not None and stream is not sys.stdout:
             stream.close()
 
 
-def _audit_log(audit: bool | None) -> AuditLog | None:
-    """The audit log DNS decisions go to (None: `--no-audit`, or no store exists and
-    `--audit` was not asked for: a filter never creates a store nobody reads)."""
-    import os
+def _audit_log(audit: bool | None, store: str | None) -> AuditLog | None:
+    """The audit log DNS decisions go to (None: `--no-audit`, or no store is configured or
+    exists and `--audit` was not asked for: a filter never creates a store nobody reads)."""
+    from egressguard.source.lookup import store_available
 
-    url = os.environ.get("EGRESSGUARD_STORE")
-    embedded = Path(os.environ.get("EGRESSGUARD_HOME", "egressguard-data"), "egressguard.db")
-    if audit is False or (audit is None and not url and not embedded.exists()):
+    if audit is False or (audit is None and not store_available(store)):
         return None
     from egressguard.audit.compose import audit_sink
     from egressguard.paths import default_store_url
 
     try:
-        return audit_sink(url or default_store_url())[1]
+        return audit_sink(store or default_store_url())[1]
     except Exception as exc:  # the store cannot be opened: one line, no traceback
         typer.echo(f"error: cannot open the audit log: {exc} (hint: check "
                    "$EGRESSGUARD_STORE, or run with --no-audit)", err=True)
         raise typer.Exit(EXIT_ERROR) from None
 
 
-async def _serve(dns_filter: DnsFilter, watcher: PolicyFileWatcher) -> None:
+async def _serve(dns_filter: DnsFilter, live: LivePolicy) -> None:
     loop = asyncio.get_running_loop()
     host, port = await dns_filter.start()
-    watcher.start()
+    live.start()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP,
-                            lambda: loop.run_in_executor(None, watcher.reload))
+                            lambda: loop.run_in_executor(None, live.reload))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     active = dns_filter.holder.active
@@ -156,7 +155,6 @@ async def _serve(dns_filter: DnsFilter, watcher: PolicyFileWatcher) -> None:
                f"{' (report-only)' if config.report_only else ''}")
     await stop.wait()
     typer.echo("egressguard dns: shutting down", err=True)
-    watcher.stop()
     await dns_filter.close()
 
 

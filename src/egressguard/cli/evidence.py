@@ -193,15 +193,19 @@ def recommend(
     store: Store = None,
 ) -> None:
     """Propose a least-privilege policy that allows exactly the observed traffic."""
+    from egressguard.engine import CompileError
     from egressguard.policy import PolicyError, load_policy, load_policy_text
     from egressguard.recommend import Options, diff, observe, propose, render
+    from egressguard.source import snapshot_for
 
     if wildcard_min < 2:
         raise _fail("--wildcard-min must be at least 2")
     try:
         flt = Filter(since=parse_since(since), cluster=cluster)
         current = load_policy(policy) if policy is not None else None
-    except (QueryError, PolicyError) as exc:
+        if current is not None and show_diff:
+            snapshot_for(current)  # a policy `check` accepts compiles here too
+    except (QueryError, PolicyError, CompileError) as exc:
         raise _fail(str(exc)) from None
     options = Options(wildcard_min=wildcard_min, upload_risk_bytes=upload_risk,
                       include_would_deny=include_would_deny)
@@ -219,17 +223,19 @@ def recommend(
     if show_diff:
         if current is None:
             current = _policy_in_force(store, cluster)
-        sys.stdout.write(("" if output is not None else "\n") + diff(current, proposals, seen))
+        try:
+            compared = diff(current, proposals, seen)
+        except CompileError as exc:
+            raise _fail(f"the policy in force does not compile: {exc}") from None
+        sys.stdout.write(("" if output is not None else "\n") + compared)
 
 
 def _policy_in_force(url: str | None, cluster: str | None) -> Any:
-    from egressguard import config
-    from egressguard.store import StoreError, open_store
+    from egressguard.source import SourceError, policy_in_force
 
     try:
-        with open_store(url) as store:
-            return store.current(config.cluster(cluster)).policy
-    except (StoreError, StoreURLError, SQLAlchemyError) as exc:
+        return policy_in_force(None, cluster, url)[0]
+    except SourceError as exc:
         raise _fail(f"cannot read the policy in force ({exc}); pass --policy FILE") from None
 
 

@@ -18,6 +18,7 @@ from egressguard.engine import CompileError
 from egressguard.engine.request import split_host_port
 from egressguard.firewall import Options, Ruleset, build_ruleset, render
 from egressguard.firewall.nft import FirewallError, apply, remove, status
+from egressguard.source import SourceError, follow, policy_in_force
 
 firewall_app = typer.Typer(
     no_args_is_help=True,
@@ -88,27 +89,27 @@ def _resolve(name: str) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def _ruleset(policy: Path | None, cluster: str | None, store: str | None, table: str,
-             gateway_port: list[int] | None, gateway: list[str] | None,
+def _options(table: str, gateway_port: list[int] | None, gateway: list[str] | None,
              dns: list[str] | None, exempt_user: list[str] | None, allow_loopback: bool,
-             resolve_fqdns: bool, hook: list[str] | None) -> tuple[Ruleset, str]:
-    from egressguard.analysis.sources import SourceError, from_file, in_force
-
-    if policy is not None and cluster is not None:
-        raise _bad("give --policy or --cluster, not both")
+             resolve_fqdns: bool, hook: list[str] | None) -> Options:
     hooks = tuple(hook or ("output", "forward"))
     if any(h not in ("output", "forward") for h in hooks):
         raise _bad("--hook must be output or forward")
-    options = Options(
+    return Options(
         table=table, hooks=hooks,
         gateway_ports=tuple(gateway_port) if gateway_port is not None else (3128, 5353),
         gateway_addresses=tuple(_endpoint(g, None) for g in gateway or ()),
         allow_dns_to=tuple(_endpoint(d, 53) for d in dns or ()),
         exempt_uids=tuple(_uid(u) for u in exempt_user or ()),
         allow_loopback=allow_loopback, resolve=_resolve if resolve_fqdns else None)
+
+
+def _ruleset(policy: Path | None, cluster: str | None, store: str | None,
+             options: Options) -> tuple[Ruleset, str]:
+    if policy is not None and cluster is not None:
+        raise _bad("give --policy or --cluster, not both")
     try:
-        loaded, source = (from_file(policy) if policy is not None
-                          else in_force(None, cluster, store))
+        loaded, source = policy_in_force(policy, cluster, store)
         return build_ruleset(loaded, references(), options), source
     except (SourceError, CompileError) as exc:
         raise _bad(str(exc)) from None
@@ -125,8 +126,9 @@ def render_command(policy: PolicyOpt = None, cluster: ClusterOpt = None,
                        "--output", "-o", help="write here instead of stdout")] = None,
                    ) -> None:
     """Print the nftables ruleset for a policy (feed it to `nft -f`)."""
-    ruleset, source = _ruleset(policy, cluster, store, table, gateway_port, gateway, dns,
-                               exempt_user, allow_loopback, resolve_fqdns, hook)
+    options = _options(table, gateway_port, gateway, dns, exempt_user, allow_loopback,
+                       resolve_fqdns, hook)
+    ruleset, source = _ruleset(policy, cluster, store, options)
     text = f"# policy: {source}\n" + render(ruleset)
     if output is None:
         sys.stdout.write(text)
@@ -139,9 +141,9 @@ def render_command(policy: PolicyOpt = None, cluster: ClusterOpt = None,
 
 
 def _summary(ruleset: Ruleset) -> str:
-    rules = len(ruleset.chain("rules").rules) - 1
-    policy = next(c.policy for c in ruleset.chains if c.hook)
-    return f"{rules} network rule conjunctions, default {policy}"
+    from egressguard.firewall.watch import summary
+
+    return summary(ruleset)
 
 
 @firewall_app.command("apply")
@@ -150,10 +152,28 @@ def apply_command(policy: PolicyOpt = None, cluster: ClusterOpt = None,
                   netns: NetnsOpt = None, gateway_port: PortsOpt = None,
                   gateway: GatewayOpt = None, dns: DnsOpt = None,
                   exempt_user: UserOpt = None, allow_loopback: LoopbackOpt = False,
-                  resolve_fqdns: ResolveOpt = False, hook: HookOpt = None) -> None:
+                  resolve_fqdns: ResolveOpt = False, hook: HookOpt = None,
+                  watch: Annotated[bool, typer.Option(
+                      help="keep running: re-apply within 1 s of every policy change and "
+                           "keep DNS-learned address sets for FQDN network-rule "
+                           "destinations (timeouts bounded by the TTL)")] = False,
+                  resolver: Annotated[str | None, typer.Option(
+                      help="with --watch: DNS server ip[:port] for FQDN destinations "
+                           "(default: the first --dns, else /etc/resolv.conf's)")] = None,
+                  hosts: Annotated[Path | None, typer.Option(
+                      help="with --watch: hosts-style file (IP name...) consulted before "
+                           "DNS, re-read at each lookup")] = None) -> None:
     """Load the ruleset into the kernel atomically (replaces the previous one)."""
-    ruleset, source = _ruleset(policy, cluster, store, table, gateway_port, gateway, dns,
-                               exempt_user, allow_loopback, resolve_fqdns, hook)
+    options = _options(table, gateway_port, gateway, dns, exempt_user, allow_loopback,
+                       resolve_fqdns, hook)
+    if watch:
+        if policy is not None and cluster is not None:
+            raise _bad("give --policy or --cluster, not both")
+        _watch(policy, cluster, store, options, netns, resolver, hosts)
+        return
+    if resolver is not None or hosts is not None:
+        raise _bad("--resolver and --hosts need --watch (use --resolve-fqdns for one look)")
+    ruleset, source = _ruleset(policy, cluster, store, options)
     try:
         apply(f"# policy: {source}\n" + render(ruleset), netns)
     except FirewallError as exc:
@@ -162,6 +182,52 @@ def apply_command(policy: PolicyOpt = None, cluster: ClusterOpt = None,
         typer.echo(f"note: {note}", err=True)
     where = f" in netns {netns}" if netns else ""
     typer.echo(f"applied {source}{where}: table inet {table}, {_summary(ruleset)}")
+
+
+def _resolv_conf_server() -> tuple[str, int] | None:
+    try:
+        lines = Path("/etc/resolv.conf").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            return fields[1], 53
+    return None
+
+
+def _watch(policy: Path | None, cluster: str | None, store: str | None, options: Options,
+           netns: str | None, resolver: str | None, hosts: Path | None) -> None:
+    import logging
+    import signal
+
+    from egressguard.firewall.nft import nft_binary, require_root
+    from egressguard.firewall.resolve import DnsLookup, HostsLookup, Lookup, Lookups
+    from egressguard.firewall.watch import FirewallWatch
+
+    server = (_endpoint(resolver, 53) if resolver is not None
+              else options.allow_dns_to[0] if options.allow_dns_to else _resolv_conf_server())
+    lookups: list[Lookup] = [HostsLookup(hosts)] if hosts is not None else []
+    if server is not None:
+        lookups.append(DnsLookup(server))
+    try:
+        require_root()
+        nft_binary()
+        live = follow(policy, cluster, store)
+    except (SourceError, FirewallError) as exc:
+        raise _bad(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    watcher = FirewallWatch(live.holder, options, Lookups(lookups), refs=references,
+                            netns=netns)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: watcher.stop())
+    signal.signal(signal.SIGHUP, lambda *_: live.reload())
+    try:
+        watcher.run()
+    finally:
+        live.stop()
+    typer.echo("egressguard firewall: watch stopped (the ruleset stays in force)", err=True)
 
 
 @firewall_app.command("status")

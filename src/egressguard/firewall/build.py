@@ -13,7 +13,10 @@ how each part appears in the kernel:
 * default: drop while restricted, accept otherwise -> the last rule of `rules`.
 
 FQDN destinations are never matched against an IP flow by the engine, so leaving them out
-is exact; `Options.resolve` adds their current addresses (a deliberate deviation).
+is exact; `Options.resolve` adds their current addresses (a deliberate deviation), and
+`Options.fqdn_sets` (for `firewall apply --watch`) gives each exact name its own named set
+with per-element timeouts, filled with `Options.learned` (address, seconds left) and kept
+fresh by the watcher as DNS answers' TTLs run out.
 Infrastructure exemptions (established/related return traffic, IPv6 neighbour discovery,
 the local gateway and DNS filter ports, named resolvers) come first. Pure: no I/O.
 """
@@ -21,8 +24,8 @@ the local gateway and DNS filter ports, named resolvers) come first. Pure: no I/
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from egressguard.engine import CompileError, References
 from egressguard.firewall.addresses import Net, collapse, raw_destinations, special_destinations
@@ -57,6 +60,25 @@ class Options:
     allow_loopback: bool = False
     resolve: Resolver | None = None
     set_threshold: int = 8  # longer address lists go into named sets
+    fqdn_sets: bool = False
+    learned: Mapping[str, Sequence[tuple[str, int]]] = field(default_factory=dict)
+
+
+def resolvable(dest: str) -> bool:
+    """An FQDN destination that names one host (not `*.x` or `.x`): it can be resolved."""
+    return (not is_service_tag(dest) and dest != "*" and "*" not in dest
+            and not dest.startswith(".") and not (dest[0].isdigit() or ":" in dest))
+
+
+def fqdn_destinations(policy: Policy) -> list[str]:
+    """The exact names the enforced network rules of `policy` name, sorted."""
+    return sorted({d.lower().rstrip(".") for c in policy.network_rule_collections
+                   if not c.report_only for r in c.rules for d in r.destinations
+                   if resolvable(d)})
+
+
+def fqdn_set_name(index: int, family: int) -> str:
+    return f"fqdn_{index}_v{family}"
 
 
 class _Sets:
@@ -99,9 +121,10 @@ def _conjunctions(rule: NetworkRule) -> list[tuple[frozenset[str] | None,
 
 
 def _destinations(rule: NetworkRule, rule_id: str, refs: References,
-                  resolve: Resolver | None, notes: list[str]
+                  resolve: Resolver | None, notes: list[str], names: list[str] | None = None
                   ) -> tuple[list[Net] | None, list[Net]]:
-    """(every destination prefix, or None for `*`; the explicit ones, which lift the guard)."""
+    """(every destination prefix, or None for `*`; the explicit ones, which lift the guard).
+    With `names` (DNS-learned sets), exact FQDNs are appended there instead."""
     every: list[Net] = []
     explicit: list[Net] = []
     anywhere = False
@@ -118,6 +141,8 @@ def _destinations(rule: NetworkRule, rule_id: str, refs: References,
             every.append(net)
             if net.prefixlen:  # /0 is `*` spelled differently: it does not lift the guard
                 explicit.append(net)
+        elif names is not None and resolvable(dest):
+            names.append(dest.lower().rstrip("."))
         elif resolve is not None and "*" not in dest and not dest.startswith("."):
             found = [ipaddress.ip_network(a) for a in resolve(dest)]
             every += found
@@ -156,6 +181,47 @@ def _rules_for(action: Action, comment: str, rule: NetworkRule, dests: list[Net]
                                protocols=protocols, ports=ports, daddr=daddr, saddr=saddr,
                                daddr_set=d_set, saddr_set=s_set, target=target))
     return out
+
+
+class _NameSets:
+    """One pair of timeout sets (v4, v6) per resolvable name, filled with what was learned."""
+
+    def __init__(self, policy: Policy, learned: Mapping[str, Sequence[tuple[str, int]]]
+                 ) -> None:
+        self.index = {name: i for i, name in enumerate(fqdn_destinations(policy))}
+        self.sets: list[NamedSet] = []
+        for name, i in self.index.items():
+            for family in (4, 6):
+                found = [(ipaddress.ip_network(a), max(1, int(t)))
+                         for a, t in learned.get(name, ()) if ipaddress.ip_address(a).version
+                         == family]
+                self.sets.append(NamedSet(fqdn_set_name(i, family), family,
+                                          tuple(n for n, _ in found), f"DNS-learned: {name}",
+                                          timeouts=tuple(t for _, t in found)))
+
+    def elements(self, name: str, family: int) -> tuple[Net, ...]:
+        wanted = fqdn_set_name(self.index[name], family)
+        return next(s.elements for s in self.sets if s.name == wanted)
+
+    def rules(self, action: Action, comment: str, rule: NetworkRule, names: list[str]
+              ) -> list[NftRule]:
+        """Conjunctions matching the learned addresses of `names` (per family)."""
+        sources = collapse(ipaddress.ip_network(s) for s in rule.sources) if rule.sources \
+            else None
+        out: list[NftRule] = []
+        for name in dict.fromkeys(names):
+            for family in (4, 6):
+                if sources is not None and not any(n.version == family for n in sources):
+                    continue
+                saddr = None if sources is None else tuple(n for n in sources
+                                                           if n.version == family)
+                for protocols, ports in _conjunctions(rule):
+                    out.append(NftRule(
+                        action=action, comment=f"{comment} ({name})", family=family,
+                        protocols=protocols, ports=ports,
+                        daddr=self.elements(name, family), saddr=saddr,
+                        daddr_set=fqdn_set_name(self.index[name], family)))
+        return out
 
 
 def _infrastructure(options: Options, hook: str) -> list[NftRule]:
@@ -197,18 +263,26 @@ def build_ruleset(policy: Policy, refs: References | None = None,
     report_only = policy.report_only
     deny = Action.LOG if report_only else Action.DROP
     sets = _Sets(options.set_threshold)
+    name_sets = _NameSets(policy, options.learned) if options.fqdn_sets else None
     notes: list[str] = []
     rules: list[NftRule] = []
     guard: list[NftRule] = []
     for collection in sorted(policy.network_rule_collections, key=lambda c: c.priority):
         for rule in collection.rules:
             rule_id = f"network:{collection.name}/{rule.name}"
-            dests, explicit = _destinations(rule, rule_id, refs, options.resolve, notes)
+            names: list[str] | None = [] if name_sets is not None else None
+            dests, explicit = _destinations(rule, rule_id, refs, options.resolve, notes,
+                                            names)
             if collection.report_only:
                 notes.append(f"{rule_id}: report-only collection, not enforced")
                 continue
             allow = (rule.action or collection.action) is PolicyAction.ALLOW
-            rules += _rules_for(Action.ACCEPT if allow else deny, rule_id, rule, dests, sets)
+            action = Action.ACCEPT if allow else deny
+            if names and dests is not None:  # `*` already matches every address
+                assert name_sets is not None
+                rules += name_sets.rules(action, rule_id, rule, names)
+            if dests is None or dests or not names:
+                rules += _rules_for(action, rule_id, rule, dests, sets)
             if allow and explicit:
                 guard += _rules_for(Action.GOTO, f"{rule_id} names the address", rule,
                                     explicit, sets, target="rules")
@@ -234,4 +308,5 @@ def build_ruleset(policy: Policy, refs: References | None = None,
         notes.insert(0, "report-only policy: would-be drops are logged and accepted")
     return Ruleset(options.table,
                    (*base, Chain("guard", tuple(guard)), Chain("rules", tuple(rules))),
-                   guard_sets + tuple(sets.by_key.values()), tuple(notes))
+                   guard_sets + tuple(sets.by_key.values())
+                   + tuple(name_sets.sets if name_sets else ()), tuple(notes))

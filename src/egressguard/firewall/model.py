@@ -64,10 +64,18 @@ class Chain:
 
 @dataclass(frozen=True, slots=True)
 class NamedSet:
+    """A named address set. With `timeouts` (seconds, one per element) it is a dynamic
+    set whose elements expire (`flags timeout`): DNS-learned addresses of one name."""
+
     name: str
     family: int
     elements: tuple[Net, ...]
     comment: str = ""
+    timeouts: tuple[int, ...] | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.timeouts is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,12 @@ runs a file as one transaction, so applying replaces the previous ruleset atomic
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from egressguard.engine import References
 from egressguard.firewall.addresses import Net
 from egressguard.firewall.build import Options, build_ruleset
-from egressguard.firewall.model import ND_TYPES, Action, NftRule, Ruleset
+from egressguard.firewall.model import ND_TYPES, Action, NamedSet, NftRule, Ruleset
 from egressguard.policy import Policy
 
 _UNSAFE = re.compile(r'[^A-Za-z0-9 _./:*@,;=+()\[\]<>-]')
@@ -85,9 +86,29 @@ def render_rule(rule: NftRule) -> str:
     return " ".join(parts)
 
 
+def _elements(named: NamedSet) -> list[str]:
+    if named.timeouts is None:
+        return [_net(n) for n in named.elements]
+    return [f"{_net(n)} timeout {t}s" for n, t in zip(named.elements, named.timeouts,
+                                                      strict=True)]
+
+
+def render_set_update(table: str, sets: Iterable[NamedSet]) -> str:
+    """Replace the elements of existing dynamic `sets` in one transaction (`nft -f`):
+    packets see the old elements or the new ones, never an empty set in between."""
+    lines = []
+    for named in sets:
+        lines.append(f"flush set inet {table} {named.name}")
+        if named.elements:
+            lines.append(f"add element inet {table} {named.name} {{ "
+                         + ", ".join(_elements(named)) + " }")
+    return "\n".join(lines) + "\n"
+
+
 def render(ruleset: Ruleset) -> str:
     """The complete file for `nft -f`."""
     table = ruleset.table
+    dynamic = {s.name for s in ruleset.sets if s.dynamic}
     lines = ["#!/usr/sbin/nft -f",
              "# egressguard: the policy's network rules for flows (generated; do not edit).",
              "# Application rules and FQDNs are enforced by the proxy and DNS filter; this",
@@ -97,11 +118,12 @@ def render(ruleset: Ruleset) -> str:
     lines += [f"table inet {table}", f"delete table inet {table}", f"table inet {table} {{"]
     for named in ruleset.sets:
         kind = "ipv4_addr" if named.family == 4 else "ipv6_addr"
-        lines += [f"\tset {named.name} {{", f"\t\ttype {kind}", "\t\tflags interval"]
+        lines += [f"\tset {named.name} {{", f"\t\ttype {kind}",
+                  "\t\tflags timeout" if named.dynamic else "\t\tflags interval"]
         if named.comment:
             lines.append(f"\t\tcomment {_text(named.comment)}")
         if named.elements:
-            elements = [_net(n) for n in named.elements]
+            elements = _elements(named)
             lines.append("\t\telements = {")
             for start in range(0, len(elements), 4):
                 lines.append("\t\t\t" + ", ".join(elements[start:start + 4]) + ",")
@@ -114,7 +136,8 @@ def render(ruleset: Ruleset) -> str:
             lines.append(f"\t\ttype filter hook {chain.hook} priority filter; "
                          f"policy {chain.policy.value};")
         lines += ["\t\t" + render_rule(r) for r in chain.rules
-                  if r.daddr is None or r.daddr]  # an empty set matches nothing
+                  if r.daddr is None or r.daddr  # an empty list matches nothing, but
+                  or r.daddr_set in dynamic]     # a DNS-learned set fills up later
         lines.append("\t}")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -6,10 +6,11 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from egressguard.engine import Kind, Request, compile_policy
+from egressguard.engine import Kind, Request
 from egressguard.engine.snapshot import References
 from egressguard.policy import Policy
 from egressguard.recommend.build import Observed, Proposal, Usage, callout_regex
+from egressguard.source.compile import snapshot_for
 
 
 def human_bytes(n: int) -> str:
@@ -105,8 +106,9 @@ def requests_of(seen: Observed) -> list[tuple[str, Request]]:
 def diff(current: Policy, proposals: Sequence[Proposal], seen: Observed,
          refs: References | None = None) -> str:
     """What changes: observed calls the policy in force denies (`+`), calls it already
-    allows (`=`), and rules in force that no observed call used (`-`)."""
-    snapshot = compile_policy(current, refs or References())
+    allows (`=`), and rules in force that no observed call used (`-`). Compiled with the
+    catalog's references unless `refs` is given (a policy naming service tags compiles)."""
+    snapshot = snapshot_for(current, refs)
     used: set[str] = set()
     lines = []
     for label, request in requests_of(seen):
