@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from egressguard.engine import CompileError, References
 from egressguard.firewall import Options, build_ruleset, render, render_ruleset
@@ -52,7 +53,13 @@ def test_fqdn_resolved_at_render_time_only_when_asked() -> None:
 
 
 def test_hostile_rule_name_cannot_break_out_of_the_comment() -> None:
-    text = render_ruleset(_policy([{"name": 'x" ; flush ruleset ; "', "destinations": ["*"]}]))
+    hostile = 'x" ; flush ruleset ; "'
+    with pytest.raises(ValidationError):  # the policy model refuses it first...
+        _policy([{"name": hostile, "destinations": ["*"]}])
+    policy = _policy([{"name": "x", "destinations": ["*"]}])
+    # ...and the renderer still quotes a name that got past validation some other way.
+    object.__setattr__(policy.network_rule_collections[0].rules[0], "name", hostile)
+    text = render_ruleset(policy)
     assert "flush ruleset" in text  # kept readable...
     assert '"network:c/x? ; flush ruleset ; ?"' in text  # ...but inside one string
     assert text.count("flush ruleset") == 1
