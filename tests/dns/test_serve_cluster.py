@@ -61,8 +61,8 @@ def served(upstream: Upstream, store_url: str, tmp_path: Path
         proc.wait()
 
 
-def _ask(server: tuple[str, int], name: str) -> DNSRecord:
-    reply = DNSRecord.question(name, "A").send(server[0], server[1], timeout=1.0)
+def _ask(server: tuple[str, int], name: str, timeout: float = 1.0) -> DNSRecord:
+    reply = DNSRecord.question(name, "A").send(server[0], server[1], timeout=timeout)
     return DNSRecord.parse(reply)
 
 
@@ -70,7 +70,8 @@ def test_cluster_update_flips_nxdomain_to_an_answer_within_one_second(
         served: tuple[tuple[str, int], subprocess.Popen[str]], store_url: str,
         tmp_path: Path) -> None:
     server, proc = served
-    before = _ask(server, NAME)
+    # The first denial waits until the audit writer is up and has made it durable.
+    before = _ask(server, NAME, timeout=15.0)
     assert before.header.rcode == RCODE.NXDOMAIN and not before.rr  # deny-all cluster
     answered: list[tuple[float, DNSRecord]] = []
     stop = threading.Event()
