@@ -32,6 +32,7 @@ AREAS: dict[str, str] = {
     "simulate": "egressguard.cli.analysis",
     "dns": "egressguard.cli.dns",
     "firewall": "egressguard.cli.firewall",
+    "keyvault": "egressguard.cli.keyvault",
 }
 
 

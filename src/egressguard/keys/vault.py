@@ -276,11 +276,12 @@ class VaultClient(_Base):
 
 
 class KeyVault(_Base):
-    """The management plane of one vault in the store at `url` (created if absent)."""
+    """The management plane of one vault in the store at `url` (created with these
+    settings if absent and `create`; an existing vault keeps its own)."""
 
     def __init__(self, url: str, name: str = "default", *, master_key: bytes,
                  soft_delete: bool = True, retention_days: int = 90,
-                 purge_protection: bool = True) -> None:
+                 purge_protection: bool = True, create: bool = True) -> None:
         from egressguard.store.store import migrate
 
         if not (7 <= retention_days <= 90):
@@ -293,6 +294,8 @@ class KeyVault(_Base):
                                       f"({type(exc).__name__})") from None
         super().__init__(engine, name, master_key)
         self._master_key = master_key
+        if not create:
+            return
         try:
             with self._conn(write=True) as conn:
                 conn.execute(insert(schema.vaults).values(
