@@ -15,6 +15,7 @@ surface as `ProviderUnreachable`, so callers fail closed.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +52,7 @@ from egressguard.keys.provider import (
 from egressguard.store import db
 
 URI_SCHEME = "vault://"
+VAULT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?")
 _OAEP256 = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(),
                         label=None)
 
@@ -130,6 +132,9 @@ class _Base:
     """Shared reads of the vault's tables."""
 
     def __init__(self, engine: Engine, name: str, master_key: bytes) -> None:
+        if not VAULT_NAME.fullmatch(name):
+            raise KeyRequestError(f"invalid vault name {name[:110]!r}: 1-100 lower-case "
+                                  "letters, digits and '-'")
         self.engine = engine
         self.name = name
         self.vault_uri = vault_uri(name)
