@@ -69,9 +69,13 @@ def test_a_batch_sealer_wraps_one_data_key_per_n_records(vault: KeyVault) -> Non
         keys.append(key.key_id)
         key.seal(b"record %d" % i)
     assert len(set(keys)) == 3 and keys[:3] == [keys[0]] * 3
-    batch = env.writer_key()
-    sealed = batch.seal(b"in a batch", b"aad")
-    assert env.reader_key(batch.wrapped).open(sealed, b"aad") == b"in a batch"
+    batch = env.writer_key(records=3)  # an inline sealer reserves its batch
+    assert batch.key_id not in keys and env.writer_key(records=1).key_id != batch.key_id
+    nonce = os.urandom(12)
+    sealed = nonce + batch.encrypt(nonce, b"in a batch", b"aad")
+    reader = env.reader_key(batch.wrapped)
+    assert reader.open(sealed, b"aad") == b"in a batch"
+    assert reader.subkey(b"chain v1") == batch.subkey(b"chain v1") != batch.subkey(b"x")
     env.stop()
 
 

@@ -33,7 +33,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from egressguard.keys.provider import (
     KeyDisabled,
@@ -102,16 +104,31 @@ class DataKey:
     def __init__(self, material: bytearray, wrapped: WrappedKey) -> None:
         self._material = material
         self._aead = AESGCM(bytes(material))
+        # For a sealer's inline loop: encrypt(nonce, data, aad) / decrypt(...), raw AES-GCM;
+        # the caller owns nonce uniqueness.
+        self.encrypt = self._aead.encrypt
+        self.decrypt = self._aead.decrypt
         self.ref = wrapped
         self.wrapped = wrapped.to_bytes()
         self.key_id = hashlib.sha256(self.wrapped).digest()[:16]
         self.uses = 0
         self.born = time.monotonic()
+        self._subkeys: dict[bytes, bytearray] = {}
+
+    def subkey(self, label: bytes) -> bytes:
+        """A key derived from this data key for another purpose (e.g. a batch MAC),
+        HKDF-SHA256 with `label` as info; cached, wiped with the data key."""
+        found = self._subkeys.get(label)
+        if found is None:
+            found = bytearray(HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                                   info=label).derive(bytes(self._material)))
+            self._subkeys[label] = found
+        return bytes(found)
 
     def seal(self, plaintext: bytes, aad: bytes = b"") -> bytes:
         """nonce || ciphertext+tag (random 96-bit nonces; the envelope retires a data key
         long before nonce collisions matter)."""
-        self.uses += 1
+        self.uses += 1  # approximate under concurrent sealers; bounds rotation only
         nonce = os.urandom(NONCE)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
@@ -122,8 +139,10 @@ class DataKey:
             raise Tampered("sealed data does not open under its data key (altered)") from None
 
     def wipe(self) -> None:
-        self._material[:] = bytes(len(self._material))
-        self._aead = None  # type: ignore[assignment]
+        for buf in (self._material, *self._subkeys.values()):
+            buf[:] = bytes(len(buf))
+        self._subkeys.clear()
+        self._aead = self.encrypt = self.decrypt = None  # type: ignore[assignment]
 
 
 def _frame(wrapped: bytes, sealed: bytes) -> bytes:
@@ -274,14 +293,17 @@ class Envelope:
 
     # -- data keys ------------------------------------------------------------------------
 
-    def writer_key(self) -> DataKey:
+    def writer_key(self, records: int = 0) -> DataKey:
         """The data key to seal with now (minted and wrapped when there is none, it is
-        used up or old, or the key version changed). Cheap: cached between calls."""
+        used up or old, or the key version changed). Cheap: cached between calls. A batch
+        sealer that encrypts inline passes the number of `records` it will seal."""
         with self._lock:
             self._refuse_if_suspended()
             writer = self._writer
-            if (writer is not None and writer.uses < self.records_per_data_key
+            if (writer is not None
+                    and writer.uses + max(records, 1) <= self.records_per_data_key
                     and time.monotonic() - writer.born < self.data_key_ttl):
+                writer.uses += records
                 return writer
             material = bytearray(os.urandom(32))
             try:
@@ -292,6 +314,7 @@ class Envelope:
                 self._transition(SUSPENDED, f"{exc.reason}: {exc}")
                 raise SuspendedError(self._reason) from None
             writer = DataKey(material, wrapped)
+            writer.uses = records
             self._writer = writer
             self._remember(writer)
             return writer
