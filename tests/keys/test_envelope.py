@@ -150,6 +150,9 @@ def test_wrong_key_reads_as_cannot_decrypt_and_altered_data_as_tampered(
     altered[-1] ^= 1
     with pytest.raises(Tampered):
         env.open(bytes(altered))
+    for garbage in (b"", b"EGE1", blob[:20], b"EGE1\x00\x05hello" + bytes(40)):
+        with pytest.raises(Tampered):
+            env.open(garbage)
     env.stop()
 
 

@@ -150,12 +150,13 @@ def _frame(wrapped: bytes, sealed: bytes) -> bytes:
 
 
 def split_blob(blob: bytes) -> tuple[bytes, bytes]:
-    """(wrapped data key, nonce || ciphertext) of a `seal` blob; bounded and checked."""
+    """(wrapped data key, nonce || ciphertext) of a `seal` blob; bounded and checked. A
+    blob that is not one was altered: `Tampered`."""
     if len(blob) > MAX_BLOB or blob[:4] != _MAGIC or len(blob) < 6:
-        raise KeyRequestError("not an envelope blob")
+        raise Tampered("not an envelope blob")
     (size,) = struct.unpack(">H", blob[4:6])
     if len(blob) < 6 + size + NONCE + 16:
-        raise KeyRequestError("truncated envelope blob")
+        raise Tampered("truncated envelope blob")
     return blob[6:6 + size], blob[6 + size:]
 
 
@@ -338,8 +339,8 @@ class Envelope:
                 return cached
             try:
                 ref = WrappedKey.from_bytes(wrapped)
-            except KeyRequestError as exc:
-                raise CannotDecrypt("(unreadable)", str(exc)) from None
+            except KeyRequestError as exc:  # the header itself was altered
+                raise Tampered(f"wrapped data key unreadable: {exc}") from None
             provider = self._providers.get(ref.vault_uri)
             if provider is None:
                 raise CannotDecrypt(ref.kid, f"vault {ref.vault_uri} is not configured")
