@@ -186,9 +186,12 @@ class Pkcs11Provider:
         if "secret" in latest:
             kty, size = "AES", int(latest["secret"][Attribute.VALUE_LEN]) * 8
             enabled = bool(latest["secret"][Attribute.WRAP])
-        else:
+        elif "public" in latest:
             kty, size = "RSA", int(latest["public"][Attribute.MODULUS_BITS])
             enabled = bool(latest["public"][Attribute.WRAP])
+        else:  # a private key whose public half was removed: it can still unwrap
+            kty, size = "RSA", len(latest["private"][Attribute.MODULUS]) * 8
+            enabled = bool(latest["private"][Attribute.UNWRAP])
         return KeyInfo(self.vault_uri, name, kty, size, tuple(v.hex() for v in found),
                        enabled, None, {"hsm": True})
 
@@ -215,7 +218,10 @@ class Pkcs11Provider:
         check_data_key(data_key)
         with self._call() as session:
             vid, objs = self._version(name, self._need(session, name), version)
-            kek = objs.get("secret") or objs["public"]
+            kek = objs.get("secret") or objs.get("public")
+            if kek is None:
+                raise KeyNotFound(f"key {name!r} version {vid.hex()} has no wrapping key",
+                                  name, vid.hex())
             if not kek[Attribute.WRAP]:
                 raise KeyDisabled(f"key {name!r} is disabled", name, vid.hex())
             temp = session.create_object({
