@@ -1,0 +1,84 @@
+"""Envelope sealing cost per record: `.venv/bin/python bench/envelope.py`.
+
+Compares today's audit sealing (one AES-GCM key from the audit key file, `Sealer.encrypt`
+inline) with envelope sealing as a batch sealer would do it: one `writer_key(records=n)`
+per batch of `--batch` records (a cached data key wrapped by an RSA-2048 key in the
+built-in vault on SQLite), then `DataKey.encrypt` inline. Also reports the one-off cost of
+minting a data key (wrap) and of opening a stored one (unwrap, uncached). Process CPU
+time; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+from egressguard.audit.crypto import Sealer
+from egressguard.keys.envelope import Envelope
+from egressguard.keys.vault import KeyVault
+
+
+def _cpu(fn: object, n: int) -> float:
+    start = time.process_time()
+    fn()  # type: ignore[operator]
+    return (time.process_time() - start) / n * 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    payload, aad = b"0" + b"10.0.0.7\0alice\0GET\0/a/b?c=d\0allowed by rule r1", b"x" * 120
+    nonces = [os.urandom(12) for _ in range(args.records)]
+    with tempfile.TemporaryDirectory() as tmp:
+        vault = KeyVault(f"sqlite:///{tmp}/store.db", "bench", master_key=os.urandom(32))
+        vault.grant("gw", "get,wrapKey,unwrapKey")
+        vault.create_key("audit", "RSA", 2048)
+        env = Envelope(vault.client("gw"), "audit",
+                       records_per_data_key=args.records * args.rounds * 4)
+        env.check()  # no checker thread: its CPU would be counted in the rounds
+        sealer = Sealer(os.urandom(32))
+
+        def today() -> None:  # the same batch loop, the one key
+            encrypt = sealer.encrypt
+            for i in range(0, len(nonces), args.batch):
+                for nonce in nonces[i:i + args.batch]:
+                    encrypt(nonce, payload, aad)
+
+        def envelope() -> None:
+            for i in range(0, len(nonces), args.batch):
+                chunk = nonces[i:i + args.batch]
+                encrypt = env.writer_key(records=len(chunk)).encrypt
+                for nonce in chunk:
+                    encrypt(nonce, payload, aad)
+
+        rows: dict[str, list[float]] = {"today_ns": [], "envelope_ns": []}
+        for r in range(args.rounds):
+            order = [("today_ns", today), ("envelope_ns", envelope)]
+            for name, fn in order if r % 2 == 0 else order[::-1]:
+                rows[name].append(_cpu(fn, args.records))
+        wrap = _cpu(lambda: [env.provider.wrap_key("audit", os.urandom(32))
+                             for _ in range(50)], 50)
+        blob = env.seal(b"x")
+        fresh = Envelope(vault.client("gw"), "audit").start()
+        unwrap = _cpu(lambda: [fresh._cache.clear() or fresh.open(blob)  # type: ignore[func-returns-value]
+                               for _ in range(20)], 20)
+        env.stop()
+        fresh.stop()
+        vault.close()
+    today_ns = statistics.median(rows["today_ns"])
+    env_ns = statistics.median(rows["envelope_ns"])
+    print(json.dumps({"records": args.records, "batch": args.batch,
+                      "today_ns_per_record": round(today_ns), "envelope_ns_per_record":
+                      round(env_ns), "ratio": round(env_ns / today_ns, 3),
+                      "wrap_us": round(wrap / 1e3), "unwrap_uncached_us": round(unwrap / 1e3)}))
+
+
+if __name__ == "__main__":
+    main()
