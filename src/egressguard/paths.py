@@ -39,6 +39,11 @@ def default_store_url() -> str:
     return store.value
 
 
+# Files whose readers refuse them when others can read them, instead of quietly hiding
+# them again: a master key that was exposed must be replaced, not re-protected.
+REFUSED_IF_EXPOSED = frozenset({"master.key"})
+
+
 def _make_private_home(home: Path) -> None:
     old = os.umask(0o077)
     try:
@@ -52,6 +57,8 @@ def _make_private_home(home: Path) -> None:
             os.chmod(home, mode & 0o700)
             fixed.append(f"{home} was {mode:04o}")
         for entry in os.scandir(home):
+            if entry.name in REFUSED_IF_EXPOSED:
+                continue  # its loader refuses it: an exposed master key must be replaced
             if entry.is_file(follow_symlinks=False):
                 was = _make_private_file(Path(entry.path), warn=False)
                 if was is not None:

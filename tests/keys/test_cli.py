@@ -95,6 +95,7 @@ def test_the_installed_command_refuses_a_readable_master_key_in_one_line(
         tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
+    home.chmod(0o700)  # a private home: only the key is exposed
     (home / "master.key").write_text("A" * 43 + "=\n")
     (home / "master.key").chmod(0o644)
     env = {"EGRESSGUARD_HOME": str(home), "PATH": "/usr/bin:/bin"}
