@@ -35,6 +35,7 @@ AREAS: dict[str, str] = {
     "dns": "egressguard.cli.dns",
     "firewall": "egressguard.cli.firewall",
     "config": "egressguard.cli.settings",
+    "apply": "egressguard.cli.policyascode", "validate": "egressguard.cli.policyascode",
 }
 
 
