@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -12,11 +11,13 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
+from egressguard import logsetup
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
 from egressguard.config import cluster as configured_cluster
 from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig, PolicyFileWatcher
 from egressguard.engine import CompileError, InvalidHost, normalize_host
 from egressguard.engine.request import split_host_port
+from egressguard.logsetup import LogFormat
 from egressguard.policy import PolicyError
 from egressguard.policyfile import holder_for
 
@@ -76,6 +77,8 @@ def serve(
         help="also write every decision as JSON lines to this file ('-' for stdout)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: Annotated[LogFormat, typer.Option(
+        case_sensitive=False, help="text, or json: one object per line")] = LogFormat.TEXT,
     audit: Annotated[bool | None, typer.Option(
         "--audit/--no-audit",
         help="record every decision in the audit log (`egressguard logs`) of the store "
@@ -83,8 +86,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the DNS filter: decide every question, forward allowed ones, check answers."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logsetup.configure(log_level, log_format)
     try:
         config = FilterConfig(
             listen=parse_endpoint(listen, 53), upstream=parse_endpoint(upstream, 53),

@@ -17,17 +17,18 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from egressguard import logsetup
 from egressguard.audit.events import EventSink, NullSink
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.gateway import Gateway, Limits, Resolver, parse_hosts_file, parse_resolve
+from egressguard.logsetup import LogFormat
 from egressguard.policy import PolicyError
 from egressguard.policyfile import PolicyFileWatcher, load_active
 
@@ -100,11 +101,11 @@ def serve(
     shutdown_deadline: Annotated[float, typer.Option(
         help="seconds open requests may finish after SIGTERM")] = 10.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: Annotated[LogFormat, typer.Option(
+        case_sensitive=False, help="text, or json: one object per line")] = LogFormat.TEXT,
 ) -> None:
     """Run the gateway: an HTTP/HTTPS forward proxy that enforces the policy."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations log at INFO
+    logsetup.configure(log_level, log_format)
     from egressguard import config
 
     cluster = config.cluster(cluster)

@@ -1,0 +1,62 @@
+"""Process logging for the long-running commands (`serve`, `dns serve`).
+
+`text` is for people (the format the commands always had); `json` is for log pipelines
+(Kubernetes, journald forwarders): one JSON object per line with `time` (UTC, ISO 8601),
+`level`, `logger` and `message`, so a collector needs no multi-line parsing. A traceback
+can carry request data and paths, so it is added (as `exception`) only at debug level.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TextIO
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (newlines in messages are escaped)."""
+
+    def __init__(self, *, debug: bool = False) -> None:
+        super().__init__()
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self.debug and record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure(level: str, fmt: LogFormat | str = LogFormat.TEXT,
+              stream: TextIO | None = None) -> None:
+    """Send the process's log records to `stream` (stderr) at `level` in `fmt`."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if LogFormat(fmt) is LogFormat.JSON:
+        handler.setFormatter(JsonFormatter(debug=numeric <= logging.DEBUG))
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations log at INFO
