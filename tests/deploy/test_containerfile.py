@@ -7,11 +7,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
-import typer.main
-
-from egressguard.cli.main import build_app
+from tests.deploy.conftest import cli_options
 
 ROOT = Path(__file__).resolve().parents[2]
 PINNED = re.compile(r"^[\w.\-/:]+(:[\w][\w.\-]*|@sha256:[0-9a-f]{64})$")
@@ -95,10 +92,6 @@ def test_the_build_context_excludes_secrets_and_only_copies_what_exists() -> Non
                 assert source not in ignore, source
 
 
-def _serve_options() -> set[str]:
-    command: Any = typer.main.get_command(build_app())
-    serve = command.commands["serve"]
-    return {opt for p in serve.params for opt in p.opts}
 
 
 def test_the_default_command_is_the_gateway_with_real_flags() -> None:
@@ -106,6 +99,6 @@ def test_the_default_command_is_the_gateway_with_real_flags() -> None:
     assert json.loads(steps["ENTRYPOINT"]) == ["egressguard"]
     cmd = json.loads(steps["CMD"])
     assert cmd[0] == "serve"
-    assert {a.split("=", 1)[0] for a in cmd[1:]} <= _serve_options()
+    assert {a.split("=", 1)[0] for a in cmd[1:]} <= cli_options(("serve",))
     assert "--api-listen=0.0.0.0:8080" in cmd  # the port the HEALTHCHECK asks
     assert "127.0.0.1:8080/healthz" in steps["HEALTHCHECK"]

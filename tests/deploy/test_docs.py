@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer.main
 from typer.testing import CliRunner
 
-from egressguard.cli.main import app, build_app
+from egressguard.cli.main import app
+from tests.deploy.conftest import command_at
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -38,7 +38,7 @@ def deploy_docs() -> list[str]:
 
 
 def _command(argv: list[str]) -> tuple[Any, list[str]]:
-    command: Any = typer.main.get_command(build_app())
+    command: Any = command_at(())
     rest = argv[1:]
     while rest and hasattr(command, "commands") and rest[0] in command.commands:
         command, rest = command.commands[rest[0]], rest[1:]

@@ -16,11 +16,10 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
-import typer.main
 import yaml
 
 from egressguard import config
-from egressguard.cli.main import build_app
+from tests.deploy.conftest import cli_options
 
 ROOT = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 K8S_VERSION = "1.33.0"  # the pinned schema: the oldest Kubernetes release we support
@@ -117,11 +116,6 @@ def container_problems(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _options(path: tuple[str, ...]) -> set[str]:
-    command: Any = typer.main.get_command(build_app())
-    for name in path:
-        command = command.commands[name]
-    return {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
 
 
 def test_every_overlay_validates_against_the_pinned_schema(
@@ -182,7 +176,7 @@ def test_commands_use_only_flags_that_exist(overlay: tuple[str, list[dict[str, A
         assert tuple(c["args"][:len(path)]) == path
         flags = [a.split("=", 1)[0] for a in c["args"][len(path):]]
         assert flags and all(f.startswith("--") for f in flags)
-        assert set(flags) <= _options(path), (component, set(flags) - _options(path))
+        assert set(flags) <= cli_options(path), (component, set(flags) - cli_options(path))
     gateway = by_kind(docs, "Deployment")["egressguard-gateway"]
     args = gateway["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--listen=0.0.0.0:3128" in args and "--api-listen=0.0.0.0:8080" in args

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer.main
 
-from egressguard.cli.main import build_app
+from tests.deploy.conftest import cli_options
 
 ROOT = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 UNITS = {"egressguard-gateway.service": ("serve",),
@@ -94,11 +93,6 @@ def test_the_hardening_check_can_fail(units: dict[str, Any]) -> None:
         "CapabilityBoundingSet is not ''"]
 
 
-def _options(path: tuple[str, ...]) -> set[str]:
-    command: Any = typer.main.get_command(build_app())
-    for name in path:
-        command = command.commands[name]
-    return {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
 
 
 def test_exec_start_uses_only_flags_that_exist(units: dict[str, Any]) -> None:
@@ -108,7 +102,7 @@ def test_exec_start_uses_only_flags_that_exist(units: dict[str, Any]) -> None:
         assert argv[0] == "/usr/local/bin/egressguard"
         assert tuple(argv[1:1 + len(path)]) == path
         flags = {a.split("=", 1)[0] for a in argv[1 + len(path):] if a.startswith("--")}
-        unknown = flags - _options(path) - PENDING_FLAGS.get(path, set())
+        unknown = flags - cli_options(path) - PENDING_FLAGS.get(path, set())
         assert not unknown, (name, unknown)
         for var in re.findall(r"\$\{(\w+)\}", exec_start):  # every ${VAR} has a default
             assert any(e.startswith(f"{var}=") for e in units[name]["Service"]["Environment"])
