@@ -13,9 +13,11 @@ import logging
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
 
 
 class LogFormat(StrEnum):
@@ -46,9 +48,9 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str, fmt: LogFormat | str = LogFormat.TEXT,
               stream: TextIO | None = None) -> None:
     """Send the process's log records to `stream` (stderr) at `level` in `fmt`."""
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        numeric = logging.INFO
+    numeric = LEVELS.get(level.lower())
+    if numeric is None:
+        raise ValueError(f"--log-level {level!r}: expected {', '.join(LEVELS)}")
     handler = logging.StreamHandler(stream or sys.stderr)
     if LogFormat(fmt) is LogFormat.JSON:
         handler.setFormatter(JsonFormatter(debug=numeric <= logging.DEBUG))
@@ -60,3 +62,16 @@ def configure(level: str, fmt: LogFormat | str = LogFormat.TEXT,
     root.addHandler(handler)
     root.setLevel(numeric)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations log at INFO
+
+
+def configure_or_exit(level: str, fmt: LogFormat | str = LogFormat.TEXT) -> None:
+    """`configure` for a command: a bad `--log-level` is one line and exit status 2."""
+    try:
+        configure(level, fmt)
+    except ValueError as exc:
+        _exit(str(exc))
+
+
+def _exit(message: str) -> NoReturn:
+    sys.stderr.write(f"error: {message}\n")
+    raise SystemExit(2)

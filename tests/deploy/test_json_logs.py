@@ -128,3 +128,12 @@ def test_serve_logs_json_lines_and_rejects_an_unknown_format(tmp_path: Path) -> 
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     _json_lines(stderr)
+
+
+@pytest.mark.parametrize("command", [["serve"], ["dns", "serve"]])
+def test_an_unknown_log_level_is_one_line_not_a_traceback(command: list[str]) -> None:
+    result = subprocess.run([EGRESSGUARD, *command, "--log-level", "loud"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: --log-level 'loud': expected debug, info, "
+                                     "warning, error")

@@ -86,7 +86,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the DNS filter: decide every question, forward allowed ones, check answers."""
-    logsetup.configure(log_level, log_format)
+    logsetup.configure_or_exit(log_level, log_format)
     try:
         config = FilterConfig(
             listen=parse_endpoint(listen, 53), upstream=parse_endpoint(upstream, 53),

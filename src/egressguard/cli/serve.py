@@ -105,7 +105,7 @@ def serve(
         case_sensitive=False, help="text, or json: one object per line")] = LogFormat.TEXT,
 ) -> None:
     """Run the gateway: an HTTP/HTTPS forward proxy that enforces the policy."""
-    logsetup.configure(log_level, log_format)
+    logsetup.configure_or_exit(log_level, log_format)
     from egressguard import config
 
     cluster = config.cluster(cluster)
