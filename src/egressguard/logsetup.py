@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import NoReturn, TextIO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+_HANDLER = "egressguard"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 
@@ -56,9 +57,11 @@ def configure(level: str, fmt: LogFormat | str = LogFormat.TEXT,
         handler.setFormatter(JsonFormatter(debug=numeric <= logging.DEBUG))
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.set_name(_HANDLER)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in list(root.handlers):  # ours from an earlier call; others (pytest's) stay
+        if old.get_name() == _HANDLER:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations log at INFO
