@@ -140,3 +140,22 @@ application_rule_collections:
     assert code == 1 and "NoSuchTag" in out
     code, out = _run("validate", "-f", str(tmp_path / "missing.yaml"))
     assert code == 2 and "cannot read" in out and "Traceback" not in out
+
+
+def test_concurrent_applies_of_one_file_make_one_version(store_url: str, tmp_path: Path
+                                                         ) -> None:
+    import subprocess
+    import sys
+
+    policy = _write(tmp_path, "policy.yaml", POLICY_CHANGED)
+    program = str(Path(sys.executable).parent / "egressguard")
+    Store(store_url).close()  # migrate first: the race is on the version, not the schema
+    procs = [subprocess.Popen([program, "apply", "-f", str(policy), "--cluster", "default",
+                               "--store", store_url], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=90) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    lines = sorted(out.strip() for out, _ in outputs)
+    assert lines == ["cluster default: unchanged (version 2)",
+                     "cluster default: version 2"], outputs
+    assert _numbers(store_url, "default") == [2, 1]

@@ -95,7 +95,7 @@ def apply(
     from sqlalchemy.exc import SQLAlchemyError
 
     from egressguard.policy import PolicyError, dump_policy, load_policy
-    from egressguard.store import NotFound, StoreError, open_store
+    from egressguard.store import NotFound, StoreError, bus, open_store
     from egressguard.store.urls import StoreURLError
 
     name = config.cluster(cluster)
@@ -131,11 +131,18 @@ def apply(
             typer.echo(f"cluster {name}: would create version {old_number + 1} (dry run)")
             return
         summary = f"applied {file.name}"[:300]
-        version = st.commit(name, policy, _principal(), summary, create=old_number == 0)
-        if version.number == old_number:  # an equal version landed concurrently
-            typer.echo(f"cluster {name}: unchanged (version {version.number})")
-        else:
+        # The store announces a version on the in-process bus only when it made one: the
+        # honest answer when another apply of the same content won the race.
+        made: list[int] = []
+        unsubscribe = bus.subscribe(st.key, lambda c, n: made.append(n) if c == name else None)
+        try:
+            version = st.commit(name, policy, _principal(), summary, create=old_number == 0)
+        finally:
+            unsubscribe()
+        if made:
             typer.echo(f"cluster {name}: version {version.number}")
+        else:
+            typer.echo(f"cluster {name}: unchanged (version {version.number})")
     except StoreError as exc:
         raise _fail(str(exc)) from None
     except SQLAlchemyError as exc:
