@@ -19,6 +19,7 @@ from egressguard.cli.check import check
 # The command tree in one place: top-level command -> the area module that defines it.
 AREAS: dict[str, str] = {
     "serve": "egressguard.cli.serve",
+    "apply": "egressguard.cli.policyascode", "validate": "egressguard.cli.policyascode",
     "mgmt": "egressguard.cli.control",
     "cluster": "egressguard.cli.control",
     "versions": "egressguard.cli.control",
@@ -35,7 +36,6 @@ AREAS: dict[str, str] = {
     "dns": "egressguard.cli.dns",
     "firewall": "egressguard.cli.firewall",
     "config": "egressguard.cli.settings",
-    "apply": "egressguard.cli.policyascode", "validate": "egressguard.cli.policyascode",
 }
 
 
