@@ -47,14 +47,15 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str, fmt: LogFormat | str = LogFormat.TEXT,
-              stream: TextIO | None = None) -> None:
-    """Send the process's log records to `stream` (stderr) at `level` in `fmt`."""
+              stream: TextIO | None = None, *, debug: bool = False) -> None:
+    """Send the process's log records to `stream` (stderr) at `level` in `fmt`; JSON
+    records carry tracebacks with `debug` (`serve --debug`) or at debug level."""
     numeric = LEVELS.get(level.lower())
     if numeric is None:
         raise ValueError(f"--log-level {level!r}: expected {', '.join(LEVELS)}")
     handler = logging.StreamHandler(stream or sys.stderr)
     if LogFormat(fmt) is LogFormat.JSON:
-        handler.setFormatter(JsonFormatter(debug=numeric <= logging.DEBUG))
+        handler.setFormatter(JsonFormatter(debug=debug or numeric <= logging.DEBUG))
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.set_name(_HANDLER)
@@ -67,10 +68,11 @@ def configure(level: str, fmt: LogFormat | str = LogFormat.TEXT,
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations log at INFO
 
 
-def configure_or_exit(level: str, fmt: LogFormat | str = LogFormat.TEXT) -> None:
+def configure_or_exit(level: str, fmt: LogFormat | str = LogFormat.TEXT, *,
+                      debug: bool = False) -> None:
     """`configure` for a command: a bad `--log-level` is one line and exit status 2."""
     try:
-        configure(level, fmt)
+        configure(level, fmt, debug=debug)
     except ValueError as exc:
         _exit(str(exc))
 

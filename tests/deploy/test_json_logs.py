@@ -52,12 +52,13 @@ def test_json_record_has_the_fields_and_no_traceback_unless_debug() -> None:
     assert entry["time"].endswith("+00:00")
     assert "secret-request-detail" not in stream.getvalue()
 
-    stream = io.StringIO()
-    logsetup.configure("debug", "json", stream)
-    _boom(logging.getLogger("egressguard.gateway"))
-    entry = json.loads(stream.getvalue())
-    assert set(entry) == {*KEYS, "exception"}
-    assert "RuntimeError: secret-request-detail" in entry["exception"]
+    for level, debug in (("debug", False), ("info", True)):  # --log-level debug, --debug
+        stream = io.StringIO()
+        logsetup.configure(level, "json", stream, debug=debug)
+        _boom(logging.getLogger("egressguard.gateway"))
+        entry = json.loads(stream.getvalue())
+        assert set(entry) == {*KEYS, "exception"}
+        assert "RuntimeError: secret-request-detail" in entry["exception"]
 
 
 def test_text_format_is_the_former_one() -> None:
