@@ -159,3 +159,13 @@ def test_concurrent_applies_of_one_file_make_one_version(store_url: str, tmp_pat
     assert lines == ["cluster default: unchanged (version 2)",
                      "cluster default: version 2"], outputs
     assert _numbers(store_url, "default") == [2, 1]
+
+
+def test_a_version_written_out_applies_back_unchanged(store_url: str, tmp_path: Path) -> None:
+    policy = _write(tmp_path, "policy.yaml", POLICY_CHANGED)
+    assert _run("apply", "-f", str(policy), "--cluster", "prod", "--store", store_url)[0] == 0
+    code, text = _run("versions", "show", "1", "--name", "prod", "--store", store_url)
+    assert code == 0
+    written = _write(tmp_path, "from-store.yaml", text)
+    code, out = _run("apply", "-f", str(written), "--cluster", "prod", "--store", store_url)
+    assert (code, out.strip()) == (0, "cluster prod: unchanged (version 1)")

@@ -177,6 +177,7 @@ def test_commands_use_only_flags_that_exist(overlay: tuple[str, list[dict[str, A
         flags = [a.split("=", 1)[0] for a in c["args"][len(path):]]
         assert flags and all(f.startswith("--") for f in flags)
         assert set(flags) <= cli_options(path), (component, set(flags) - cli_options(path))
+        assert "--policy" not in flags  # every component follows the store's cluster
     gateway = by_kind(docs, "Deployment")["egressguard-gateway"]
     args = gateway["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--listen=0.0.0.0:3128" in args and "--api-listen=0.0.0.0:8080" in args
@@ -208,13 +209,11 @@ def test_gateway_has_a_disruption_budget_and_cpu_autoscaler(
 
 def test_config_map_is_a_valid_config_file_and_policy(
         overlay: tuple[str, list[dict[str, Any]]]) -> None:
-    from egressguard.policy import load_policy_text
-
     name, docs = overlay
     (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
     settings = config.parse_config(cm["data"]["config.yaml"], "config.yaml")
     assert settings == {"home": "/var/lib/egressguard", "cluster": name}
-    load_policy_text(cm["data"]["policy.yaml"], "policy.yaml")
+    assert set(cm["data"]) == {"config.yaml"}  # the policy is in the store (apply -f)
     for doc in by_kind(docs, "Deployment").values():
         volumes = doc["spec"]["template"]["spec"]["volumes"]
         assert any(v.get("configMap", {}).get("name") == cm["metadata"]["name"]
