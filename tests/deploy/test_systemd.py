@@ -139,3 +139,13 @@ def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
         match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
         assert match, result.stdout + result.stderr
         assert float(match.group(1)) <= MAX_EXPOSURE, (copy.name, match.group(1))
+
+
+def test_the_dedicated_user_is_declared_and_exempt_from_the_firewall(
+        units: dict[str, Any]) -> None:
+    sysusers = (ROOT / "egressguard.sysusers.conf").read_text()
+    (entry,) = [line.split() for line in sysusers.splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert entry[:2] == ["u", "egressguard"] and "/var/lib/egressguard" in entry
+    argv = shlex.split(units["egressguard-firewall.service"]["Service"]["ExecStart"][0])
+    assert argv[argv.index("--exempt-user") + 1] == "egressguard"  # the gateway's traffic
