@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -12,10 +11,12 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
+from egressguard import logsetup
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
 from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig
 from egressguard.engine import InvalidHost, normalize_host
 from egressguard.engine.request import split_host_port
+from egressguard.logsetup import LogFormat
 from egressguard.source import LivePolicy, SourceError, follow
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ def serve(
         help="also write every decision as JSON lines to this file ('-' for stdout)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: Annotated[LogFormat, typer.Option(
+        case_sensitive=False, help="text, or json: one object per line")] = LogFormat.TEXT,
     audit: Annotated[bool | None, typer.Option(
         "--audit/--no-audit",
         help="record every decision in the audit log (`egressguard logs`) of the store "
@@ -91,8 +94,7 @@ def serve(
     except (SourceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logsetup.configure_or_exit(log_level, log_format)
     config = FilterConfig(
         listen=listen_at, upstream=upstream_at, deny_rcode=deny_rcode,
         cname_mode=cname_mode, report_only=report_only, timeout=timeout,

@@ -19,6 +19,7 @@ from egressguard.cli.check import check
 # The command tree in one place: top-level command -> the area module that defines it.
 AREAS: dict[str, str] = {
     "serve": "egressguard.cli.serve",
+    "apply": "egressguard.cli.policyascode", "validate": "egressguard.cli.policyascode",
     "mgmt": "egressguard.cli.control",
     "cluster": "egressguard.cli.control",
     "versions": "egressguard.cli.control",

@@ -24,7 +24,6 @@ import errno
 import logging
 import signal
 import socket
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from egressguard import logsetup
 from egressguard.audit.events import EventSink, NullSink
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.gateway import Gateway, Limits, Resolver, parse_hosts_file, parse_resolve
+from egressguard.logsetup import LogFormat
 from egressguard.policy import PolicyError
 from egressguard.policyfile import PolicyFileWatcher, load_active
 
@@ -113,16 +114,12 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     debug: Annotated[bool, typer.Option(
         help="show the traceback of a start-up failure")] = False,
+    log_format: Annotated[LogFormat, typer.Option(
+        case_sensitive=False, help="text, or json: one object per line")] = LogFormat.TEXT,
 ) -> None:
     """Run the gateway: an HTTP/HTTPS forward proxy that enforces the policy."""
-    if log_level.lower() not in ("debug", "info", "warning", "error"):
-        typer.echo(f"error: --log-level {log_level!r}: expected debug, info, warning or "
-                   "error", err=True)
-        raise typer.Exit(2)
     debug = debug or log_level.lower() == "debug"
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations log at INFO
+    logsetup.configure_or_exit(log_level, log_format, debug=debug)
     from egressguard import config
 
     cluster = config.cluster(cluster)
