@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import itertools
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -24,8 +22,8 @@ from typing import TYPE_CHECKING, Literal, cast
 import httptools
 
 from egressguard.audit import metrics
-from egressguard.audit.events import CloseCause, DecisionEvent
-from egressguard.engine import Decision, InvalidHost, Kind, Layer, Request, Verdict
+from egressguard.enforce.events import CloseCause, DecisionEvent
+from egressguard.engine import Decision, InvalidHost, Kind, Request
 from egressguard.engine import normalize_host as _normalize_host
 from egressguard.engine.normalize import Host, IPAddress
 from egressguard.gateway import http1, tls
@@ -37,16 +35,10 @@ if TYPE_CHECKING:
     from egressguard.gateway.server import Gateway
 
 log = logging.getLogger("egressguard.gateway")
-_ids = itertools.count(1)
-_PID = f"{os.getpid():x}"
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _CRLF = b"\r\n"
 
 State = Literal["idle", "head", "busy", "peek", "tunnel", "closed"]
-
-
-def _new_id() -> str:
-    return f"{_PID}-{next(_ids):x}"
 
 
 class Route:
@@ -59,8 +51,8 @@ class Route:
     """
 
     __slots__ = ("address_text", "addresses", "decided_for", "decision", "host",
-                 "host_header", "host_line", "key", "path", "permitted", "port", "request",
-                 "snapshot", "target", "url")
+                 "host_header", "host_line", "key", "path", "path_text", "permitted", "port",
+                 "request", "snapshot", "target", "url")
 
     def __init__(self, url: bytes, host_header: bytes, host: Host, port: int, target: bytes,
                  path: bytes, addresses: tuple[IPAddress, ...] | None,
@@ -73,6 +65,7 @@ class Route:
         self.key = (host.name, port)
         self.target = target
         self.path = path
+        self.path_text = path.decode("latin-1")
         self.addresses = addresses   # None: looked up per request (system resolver)
         self.address_text = str(addresses[0]) if addresses else ""
         self.snapshot: object = None
@@ -98,6 +91,7 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+        self.cp = gateway.checkpoint
         self.loop = gateway.loop
         self.transport: asyncio.Transport | None = None
         self.state: State = "idle"
@@ -372,15 +366,16 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(http1.error(status, reason, detail))
         self.close("error")
 
-    def _event(self, decision: Decision, permitted: bool, kind: Kind, conn_id: str,
-               address: str, method: bytes, path: bytes) -> DecisionEvent | None:
+    def _event(self, decision: Decision, permitted: bool, kind: str, conn_id: str,
+               address: str, method: str, path: str) -> DecisionEvent | None:
         """Count the decision; its audit event when there is an audit sink."""
-        gw = self.gw
-        gw.note_decision(self, decision, permitted, kind)
-        if not gw.recording:
+        cp = self.cp
+        cp.note(decision, permitted, kind, self.peer)
+        if not cp.recording:
             return None
-        return gw.decision_event(self, decision, permitted, kind, conn_id or _new_id(),
-                                 address, method, path)
+        return cp.event(decision, permitted, kind, connection_id=conn_id,
+                        client_address=self.peer, resolved_address=address, method=method,
+                        path=path)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -447,13 +442,13 @@ class ClientConnection(asyncio.Protocol):
         else:
             request = Request(kind=Kind.HTTP, host=route.host.name, port=route.port,
                               scheme="http", addresses=addresses, source=self.source)
-            decision, permitted = gw.decide(request)
+            decision, permitted = self.cp.decide(request)
             route.snapshot, route.decided_for = snapshot, addresses
             route.request, route.decision, route.permitted = request, decision, permitted
         address = route.address_text if addresses is route.addresses else (
             str(addresses[0]) if addresses else "")
-        event = self._event(decision, permitted, Kind.HTTP, "", address, ex.method,
-                            route.path)
+        event = self._event(decision, permitted, "http", "", address,
+                            ex.method.decode("latin-1"), route.path_text)
         if not permitted:
             if event is None:
                 self._refuse_http(ex, decision)
@@ -461,7 +456,7 @@ class ClientConnection(asyncio.Protocol):
                 self._spawn(self._record_then_refuse(ex, decision, event))
             return
         if event is not None:
-            gw.emit(event)
+            self.cp.emit(event)
         if unresolved:
             self.fail(502, "Bad Gateway", unresolved)
             return
@@ -479,7 +474,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _record_then_refuse(self, ex: Exchange, decision: Decision,
                                   event: DecisionEvent) -> None:
-        await self.gw.record(event)  # durable before the client sees the 403
+        await self.cp.record(event)  # durable before the client sees the 403
         self._refuse_http(ex, decision)
 
     def _refuse_http(self, ex: Exchange, decision: Decision) -> None:
@@ -557,7 +552,7 @@ class ClientConnection(asyncio.Protocol):
             return (ip,), ""
         gw = self.gw
         if gw.resolver.known(name) is None and not gw.holder.current.decides_by_address:
-            _, permitted = gw.decide(Request(kind=kind, host=name, port=port, scheme=scheme,
+            _, permitted = self.cp.decide(Request(kind=kind, host=name, port=port, scheme=scheme,
                                              source=self.source))
             if not permitted:
                 return (), ""
@@ -625,17 +620,17 @@ class ClientConnection(asyncio.Protocol):
                                                         Kind.CONNECT)
         request = Request(kind=Kind.CONNECT, host=raw_host, port=port, addresses=addresses,
                           source=self.source)
-        decision, permitted = self.gw.decide(request)
-        event = self._event(decision, permitted, Kind.CONNECT, "",
-                            str(addresses[0]) if addresses else "", b"CONNECT", b"")
+        decision, permitted = self.cp.decide(request)
+        event = self._event(decision, permitted, "connect", "",
+                            str(addresses[0]) if addresses else "", "CONNECT", "")
         if not permitted:
             if event is not None:
-                await self.gw.record(event)  # durable before the client sees the 403
+                await self.cp.record(event)  # durable before the client sees the 403
             self._write(http1.refusal(decision, close=True))
             self.close("client")
             return
         if event is not None:
-            self.gw.emit(event)
+            self.cp.emit(event)
         if unresolved or host is None:
             self.fail(502, "Bad Gateway", unresolved or "invalid host")
             return
@@ -672,7 +667,7 @@ class ClientConnection(asyncio.Protocol):
         result = tls.parse_client_hello(self.peek)
         if result is tls.NEED_MORE:
             return
-        refusal: Decision | None = None
+        refusal: tuple[Decision, bool] | None = None
         if isinstance(result, tls.NotTLS):
             if self.connect_port == 443 and self.gw.limits.non_tls_443 == "deny":
                 refusal = self._guard_deny("guard:non-tls-443",
@@ -682,22 +677,23 @@ class ClientConnection(asyncio.Protocol):
         elif isinstance(result, tls.ClientHello) and result.sni is not None:
             refusal = self._check_sni(result.sni)
         if refusal is not None:
+            decision, permitted = refusal
             conn_id = self.open_event.connection_id if self.open_event else ""
-            event = self._event(refusal, self.gw.report_only, Kind.CONNECT, conn_id,
-                                str(self.connected_ip or ""), b"CONNECT", b"")
-            if not self.gw.report_only:
+            event = self._event(decision, permitted, "connect", conn_id,
+                                str(self.connected_ip or ""), "CONNECT", "")
+            if not permitted:
                 self.open_event = None  # the refusal replaces the close event
                 self.counting = False
                 self._refuse(event, "client")
                 return
             if event is not None:
-                self.gw.emit(event)
+                self.cp.emit(event)  # a would-deny (report-only): relayed
         self.state = "tunnel"
         data, self.peek = self.peek, b""
         self.bytes_up += len(data)
         self.upstream.transport.write(data)  # type: ignore[union-attr]
 
-    def _check_sni(self, sni: str) -> Decision | None:
+    def _check_sni(self, sni: str) -> tuple[Decision, bool] | None:
         """Spec section 5: the SNI must name the CONNECT host (or pass policy for IPs)."""
         try:
             sni_host = _normalize_host(sni)
@@ -709,11 +705,10 @@ class ClientConnection(asyncio.Protocol):
         if connect_is_ip and sni_host.ip is None:
             request = Request(kind=Kind.CONNECT, host=sni_host.name, port=self.connect_port,
                               addresses=(self.connected_ip,), source=self.source)
-            decision, permitted = self.gw.decide(request)
-            if not permitted:
-                return decision
-            self.active = request
-            return None
+            decision, permitted = self.cp.decide(request)
+            if permitted:
+                self.active = request
+            return None if decision.allowed else (decision, permitted)
         if sni_host.name != self.connect_host:
             return self._guard_deny(
                 "guard:domain-fronting",
@@ -721,10 +716,9 @@ class ClientConnection(asyncio.Protocol):
                 f"{self.connect_host}")
         return None
 
-    def _guard_deny(self, rule: str, reason: str) -> Decision:
-        return Decision(Verdict.DENY, Layer.GUARD, rule, reason,
-                        destination=f"{self.connect_host}:{self.connect_port}",
-                        port=self.connect_port)
+    def _guard_deny(self, rule: str, reason: str) -> tuple[Decision, bool]:
+        return self.cp.guard_deny(rule, reason, f"{self.connect_host}:{self.connect_port}",
+                                  self.connect_port)
 
     def tunnel_eof_from_upstream(self) -> None:
         self.upstream_eof = True
@@ -740,7 +734,7 @@ class ClientConnection(asyncio.Protocol):
         request = self.active
         if request is None or self.closed:
             return False
-        decision, permitted = self.gw.decide(request)
+        decision, permitted = self.cp.decide(request)
         if permitted:
             return False
         log.warning("gateway: revoking %s to %s: %s", self.peer, decision.destination,
@@ -768,7 +762,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _cut_after_record(self, event: DecisionEvent | None, cause: CloseCause) -> None:
         if event is not None:
-            await self.gw.record(event)
+            await self.cp.record(event)
         self.close(cause, cause_event=False, final=True)
 
     def _close_event(self, cause: CloseCause) -> DecisionEvent | None:
@@ -780,13 +774,13 @@ class ClientConnection(asyncio.Protocol):
         event, self.open_event = self.open_event, None
         if event is None:
             return None
-        return self.gw.close_event(event, cause, self.bytes_up, self.bytes_down,
+        return self.cp.close_event(event, cause, self.bytes_up, self.bytes_down,
                                    time.monotonic() - self.started)
 
     def _emit_close(self, cause: CloseCause) -> None:
         event = self._close_event(cause)
         if event is not None:
-            self.gw.emit(event)
+            self.cp.emit(event)
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
