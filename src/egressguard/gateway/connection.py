@@ -23,10 +23,9 @@ import httptools
 
 from egressguard.audit import metrics
 from egressguard.enforce.events import CloseCause, DecisionEvent
-from egressguard.engine import Decision, InvalidHost, Kind, Request
-from egressguard.engine import normalize_host as _normalize_host
+from egressguard.engine import Decision, Kind, Request
 from egressguard.engine.normalize import Host, IPAddress
-from egressguard.gateway import http1, tls
+from egressguard.gateway import decide, http1, tls
 from egressguard.gateway.limits import deadline_breach
 from egressguard.gateway.resolver import ResolveError
 from egressguard.gateway.upstream import Exchange, Upstream, UpstreamError
@@ -125,6 +124,7 @@ class ClientConnection(asyncio.Protocol):
         self.peek = b""
         self.connect_host = ""
         self.connect_port = 0
+        self.connect_is_ip = False
         self.connected_ip: IPAddress | None = None
         self.open_event: DecisionEvent | None = None
         self.closed = False
@@ -395,32 +395,15 @@ class ClientConnection(asyncio.Protocol):
             self._decide_http(ex, route, route.addresses, "")
 
     def _parse(self, ex: Exchange) -> Route | None:
-        """Check the request line and Host (spec section 5); None once answered 400."""
-        try:
-            if ex.conflict:
-                raise http1.BadRequest("both Content-Length and Transfer-Encoding")
-            url = httptools.parse_url(ex.url)
-            if not url.schema:
-                raise http1.BadRequest("origin-form request: configure this gateway as an "
-                                       "HTTP proxy (absolute-form targets only)")
-            if url.schema.lower() != b"http":
-                raise http1.BadRequest(f"{url.schema.decode('latin-1')}:// targets must use "
-                                       "CONNECT")
-            raw_host = url.host.decode("latin-1") if url.host else ""
-            host = _normalize_host(raw_host)  # cached; the same key the engine computes
-            host_line = http1.host_to_add(ex.hosts, ex.version, host.name, url.port)
-            if not host_line:
-                http1.check_host(ex.hosts, url.schema, raw_host, url.port)
-        except (http1.BadRequest, httptools.HttpParserInvalidURLError, InvalidHost,
-                UnicodeError) as exc:
-            self.fail(400, "Bad Request", str(exc) or "invalid request target")
+        """Check the request line and Host (decide.http_target); None once answered 400."""
+        checked = decide.http_target(ex.url, ex.hosts, ex.version, ex.conflict)
+        if isinstance(checked, decide.Invalid):
+            self.fail(400, "Bad Request", checked.reason)
             return None
-        port = url.port or 80
-        path = url.path or b"/"
-        target = path + (b"?" + url.query if url.query else b"")
+        host = checked.host
         addresses = (host.ip,) if host.ip is not None else self.gw.resolver.known(host.name)
-        route = Route(ex.url, ex.hosts[0] if ex.hosts else b"", host, port, target, path,
-                      addresses, host_line)
+        route = Route(ex.url, ex.hosts[0] if ex.hosts else b"", host, checked.port,
+                      checked.target, checked.path, addresses, checked.host_line)
         if self.route is not None:
             route.adopt(self.route)
         return route
@@ -551,9 +534,10 @@ class ClientConnection(asyncio.Protocol):
         if ip is not None:
             return (ip,), ""
         gw = self.gw
-        if gw.resolver.known(name) is None and not gw.holder.current.decides_by_address:
-            _, permitted = self.cp.decide(Request(kind=kind, host=name, port=port, scheme=scheme,
-                                             source=self.source))
+        if not decide.may_resolve_first(gw.resolver.known(name) is not None,
+                                        gw.holder.current.decides_by_address):
+            _, permitted = self.cp.decide(decide.name_request(kind, name, port, scheme,
+                                                              self.source))
             if not permitted:
                 return (), ""
         try:
@@ -602,19 +586,13 @@ class ClientConnection(asyncio.Protocol):
         idle, self.upstream = self.upstream, None
         if idle is not None:
             idle.close()  # the previous request's upstream: a tunnel never reuses it
-        try:
-            raw_host, port = http1.split_authority(ex.url.decode("latin-1"))
-            if port is None:
-                raise http1.BadRequest("CONNECT target needs host:port")
-        except (http1.BadRequest, UnicodeError) as exc:
-            self.fail(400, "Bad Request", str(exc))
+        checked = decide.connect_target(ex.url)
+        if isinstance(checked, decide.Invalid):
+            self.fail(400, "Bad Request", checked.reason)
             return
+        raw_host, port, host = checked.raw_host, checked.port, checked.host
         addresses: tuple[IPAddress, ...] = ()
         unresolved = ""
-        try:
-            host = _normalize_host(raw_host)
-        except InvalidHost:
-            host = None
         if host is not None:
             addresses, unresolved = await self._resolve(host.name, host.ip, port,
                                                         Kind.CONNECT)
@@ -641,6 +619,7 @@ class ClientConnection(asyncio.Protocol):
         self.open_event = event
         self.connect_host = host.name
         self.connect_port = port
+        self.connect_is_ip = host.ip is not None
         self.started = time.monotonic()
         self.bytes_up = self.bytes_down = 0
         self.counting = True
@@ -665,17 +644,17 @@ class ClientConnection(asyncio.Protocol):
             return
         self.peek += data
         result = tls.parse_client_hello(self.peek)
-        if result is tls.NEED_MORE:
+        check = decide.first_bytes(result, self.connect_port, self.connect_host,
+                                   self.connect_is_ip, self.gw.limits.non_tls_443)
+        if check is tls.NEED_MORE:
             return
         refusal: tuple[Decision, bool] | None = None
-        if isinstance(result, tls.NotTLS):
-            if self.connect_port == 443 and self.gw.limits.non_tls_443 == "deny":
-                refusal = self._guard_deny("guard:non-tls-443",
-                                           "first bytes on port 443 are not a TLS ClientHello")
-        elif isinstance(result, tls.Malformed):
-            refusal = self._guard_deny("guard:malformed-tls", f"bad TLS: {result.reason}")
-        elif isinstance(result, tls.ClientHello) and result.sni is not None:
-            refusal = self._check_sni(result.sni)
+        if isinstance(check, decide.GuardRefusal):
+            refusal = self.cp.guard_deny(check.rule, check.reason,
+                                         f"{self.connect_host}:{self.connect_port}",
+                                         self.connect_port)
+        elif isinstance(check, decide.DecideSni):
+            refusal = self._decide_sni(check.name)
         if refusal is not None:
             decision, permitted = refusal
             conn_id = self.open_event.connection_id if self.open_event else ""
@@ -693,32 +672,16 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_up += len(data)
         self.upstream.transport.write(data)  # type: ignore[union-attr]
 
-    def _check_sni(self, sni: str) -> tuple[Decision, bool] | None:
-        """Spec section 5: the SNI must name the CONNECT host (or pass policy for IPs)."""
-        try:
-            sni_host = _normalize_host(sni)
-        except InvalidHost as exc:
-            return self._guard_deny("guard:invalid-sni", f"TLS SNI {sni!r}: {exc}")
-        active = self.active
-        assert active is not None and self.connected_ip is not None
-        connect_is_ip = _normalize_host(active.host).ip is not None
-        if connect_is_ip and sni_host.ip is None:
-            request = Request(kind=Kind.CONNECT, host=sni_host.name, port=self.connect_port,
-                              addresses=(self.connected_ip,), source=self.source)
-            decision, permitted = self.cp.decide(request)
-            if permitted:
-                self.active = request
-            return None if decision.allowed else (decision, permitted)
-        if sni_host.name != self.connect_host:
-            return self._guard_deny(
-                "guard:domain-fronting",
-                f"domain fronting: TLS SNI {sni_host.name} does not match CONNECT host "
-                f"{self.connect_host}")
-        return None
-
-    def _guard_deny(self, rule: str, reason: str) -> tuple[Decision, bool]:
-        return self.cp.guard_deny(rule, reason, f"{self.connect_host}:{self.connect_port}",
-                                  self.connect_port)
+    def _decide_sni(self, name: str) -> tuple[Decision, bool] | None:
+        """An IP-literal CONNECT's SNI name, decided as the host at the address connected
+        to; what is relayed from now on is that request (re-decided on policy swaps)."""
+        assert self.connected_ip is not None
+        request = Request(kind=Kind.CONNECT, host=name, port=self.connect_port,
+                          addresses=(self.connected_ip,), source=self.source)
+        decision, permitted = self.cp.decide(request)
+        if permitted:
+            self.active = request
+        return None if decision.allowed else (decision, permitted)
 
     def tunnel_eof_from_upstream(self) -> None:
         self.upstream_eof = True
