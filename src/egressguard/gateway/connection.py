@@ -17,21 +17,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Literal, Protocol, cast
 
 import httptools
 
 from egressguard.audit import metrics
+from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.enforce.events import CloseCause, DecisionEvent
 from egressguard.engine import Decision, Kind, Request
+from egressguard.engine.holder import SnapshotHolder
 from egressguard.engine.normalize import Host, IPAddress
 from egressguard.gateway import decide, http1, tls
-from egressguard.gateway.limits import deadline_breach
-from egressguard.gateway.resolver import ResolveError
+from egressguard.gateway.limits import Limits, deadline_breach
+from egressguard.gateway.pool import Pool
+from egressguard.gateway.resolver import ResolveError, Resolver
 from egressguard.gateway.upstream import Exchange, Upstream, UpstreamError
-
-if TYPE_CHECKING:
-    from egressguard.gateway.server import Gateway
 
 log = logging.getLogger("egressguard.gateway")
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -85,10 +85,28 @@ class Route:
             self.permitted = previous.permitted
 
 
+class ConnectionHost(Protocol):
+    """What a client connection needs from the gateway that accepted it (`server.Gateway`;
+    a protocol, so that this module never imports the server)."""
+
+    loop: asyncio.AbstractEventLoop
+    limits: Limits
+    resolver: Resolver
+    holder: SnapshotHolder
+    checkpoint: Checkpoint
+    pool: Pool
+    draining: bool
+
+    def admit(self, client: ClientConnection) -> str | None: ...
+    def forget(self, client: ClientConnection) -> None: ...
+    def park(self, up: Upstream) -> None: ...
+    def count_bytes(self, up: int, down: int) -> None: ...
+
+
 class ClientConnection(asyncio.Protocol):
     """A workload's connection to the gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: ConnectionHost) -> None:
         self.gw = gateway
         self.cp = gateway.checkpoint
         self.loop = gateway.loop
@@ -120,7 +138,7 @@ class ClientConnection(asyncio.Protocol):
         self.activity_seen = 0
         self.idle_since = 0.0
         self.client_eof = False
-        self.upstream_eof = False
+        self.dest_eof = False
         self.peek = b""
         self.connect_host = ""
         self.connect_port = 0
@@ -163,7 +181,7 @@ class ClientConnection(asyncio.Protocol):
         state = self.state
         if state == "tunnel":
             self.bytes_up += len(data)
-            self.upstream.transport.write(data)  # type: ignore[union-attr]
+            self.upstream.write(data)  # type: ignore[union-attr]
             return
         if state == "peek":
             self._peek(data)
@@ -193,10 +211,9 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.client_eof = True
         if self.state == "tunnel":
-            up = self.upstream
-            if up is not None and up.transport is not None and up.transport.can_write_eof():
-                up.transport.write_eof()
-            if self.upstream_eof:
+            if self.upstream is not None:
+                self.upstream.write_eof()
+            if self.dest_eof:
                 self.close("client")
             return True
         if self.receiving is not None or (self.queue and self.queue[0].method == b"CONNECT"):
@@ -213,14 +230,12 @@ class ClientConnection(asyncio.Protocol):
         self.close("client")
 
     def pause_writing(self) -> None:
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
+        if self.upstream is not None:
+            self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        up = self.upstream
-        if up is not None and up.transport is not None and not up.closed:
-            up.transport.resume_reading()
+        if self.upstream is not None:
+            self.upstream.resume_reading()
 
     def pause_reading(self, reason: str) -> None:
         if not self.paused and self.transport is not None and not self.closed:
@@ -444,11 +459,11 @@ class ClientConnection(asyncio.Protocol):
             self.fail(502, "Bad Gateway", unresolved)
             return
         up = self.upstream
-        if up is None or up.closed or up.key != route.key or up.ip not in addresses:
+        if up is None or not up.serves(route.key, addresses):
             if up is not None:
                 self.upstream = None
                 gw.park(up)
-            up = gw.take(route.key, addresses, self)
+            up = gw.pool.take(route.key, addresses, self)
             if up is None:
                 self._spawn(self._open_then(ex, route, request, event, addresses))
                 return
@@ -468,32 +483,33 @@ class ClientConnection(asyncio.Protocol):
     async def _open_then(self, ex: Exchange, route: Route, request: Request,
                          event: DecisionEvent | None,
                          addresses: tuple[IPAddress, ...]) -> None:
-        up = await self._open(addresses, route.port)
+        up = await self._open(addresses, route.port, route.key)
         if up is None:
             return
-        up.key = route.key
         self._send(ex, route, up, request, event)
 
     def _send(self, ex: Exchange, route: Route, up: Upstream, request: Request,
               event: DecisionEvent | None) -> None:
         """Forward the request head (and what body is here); the response comes back
         through `exchange_done` or `exchange_failed`."""
-        transport = up.transport
-        assert transport is not None
-        up.idle = False
         self.active = request
         self.open_event = event
         self.counting = True
         self.started = time.monotonic()
-        up.expect_response(ex)
-        transport.write(b"".join((
+        up.send(ex, b"".join((
             ex.method, b" ", route.target, b" HTTP/1.1\r\n", ex.forwarded_headers(),
             route.host_line, http1.VIA,
             b"Transfer-Encoding: chunked\r\n\r\n" if ex.chunked else _CRLF)))
-        up.used = True
-        ex.attach(transport)
         if not ex.body_done:
             self.resume_reading("exchange")
+
+    # -- UpstreamOwner: what the upstream tells this connection -----------------------------
+
+    def deliver(self, data: bytes, counted: int) -> None:
+        self.bytes_down += counted
+        transport = self.transport
+        if transport is not None and not self.closed and not self.refusing:
+            transport.write(data)
 
     def exchange_done(self, ex: Exchange, up: Upstream, reuse: bool) -> None:
         """The upstream answered `ex` completely (its bytes are written to the client)."""
@@ -501,15 +517,16 @@ class ClientConnection(asyncio.Protocol):
             return
         self._emit_close("")
         self.active = None
+        if not ex.keep_alive:
+            self.keep_alive = False  # the response said close (or is close-delimited)
         if not reuse or not ex.body_done:
             up.close()
             if self.upstream is up:
                 self.upstream = None
-        else:
-            up.idle = True
         self._finished(ex.body_done)
 
-    def exchange_failed(self, ex: Exchange, up: Upstream, exc: UpstreamError) -> None:
+    def exchange_failed(self, ex: Exchange, up: Upstream, exc: UpstreamError,
+                        started: bool) -> None:
         if self.closed or self.refusing or not self.queue or self.queue[0] is not ex:
             return  # a revocation or the client's close ends the connection instead
         self._emit_close("upstream")
@@ -517,7 +534,7 @@ class ClientConnection(asyncio.Protocol):
         if self.upstream is up:
             self.upstream = None
         if self.transport is not None:
-            if up._started:
+            if started:
                 self.transport.abort()  # mid-body: the client must see a truncation
                 self.close("upstream")
             else:
@@ -545,12 +562,13 @@ class ClientConnection(asyncio.Protocol):
         except ResolveError as exc:
             return (), str(exc)
 
-    async def _open(self, addresses: tuple[IPAddress, ...], port: int) -> Upstream | None:
+    async def _open(self, addresses: tuple[IPAddress, ...], port: int,
+                    key: tuple[str, int] | None = None) -> Upstream | None:
         """Connect to one of the checked addresses (never re-resolving the name)."""
         last = ""
         timed_out = False
         for ip in addresses:
-            up = Upstream(self)
+            up = Upstream(self, self.loop, self.gw.limits.max_response_header_bytes, ip, key)
             t0 = time.perf_counter()
             try:
                 await asyncio.wait_for(
@@ -564,11 +582,14 @@ class ClientConnection(asyncio.Protocol):
                 last = f"cannot connect to {ip} port {port}: {exc.strerror or exc}"
                 continue
             metrics.UPSTREAM_CONNECT_SECONDS.observe(time.perf_counter() - t0)
+            if up.closed:  # accepted, then closed before this task ran again
+                last = f"{ip} port {port} closed the connection at once"
+                continue
             if self.closed:
                 up.close()
                 return None
             self.upstream = up
-            self.connected_ip = up.ip = ip
+            self.connected_ip = ip
             return up
         if timed_out:
             self.fail(504, "Gateway Timeout", last)
@@ -576,8 +597,12 @@ class ClientConnection(asyncio.Protocol):
             self.fail(502, "Bad Gateway", last or "no address to connect to")
         return None
 
-    def upstream_gone(self, up: Upstream) -> None:
-        if self.upstream is up and self.state != "tunnel":
+    def upstream_lost(self, up: Upstream) -> None:
+        if self.upstream is not up:
+            return  # one this connection let go of (parked, replaced, refused)
+        if self.state in ("tunnel", "peek"):
+            self.close("upstream")
+        else:
             self.upstream = None
 
     # -- CONNECT ---------------------------------------------------------------------------
@@ -626,12 +651,10 @@ class ClientConnection(asyncio.Protocol):
         self._write(_ESTABLISHED)
         metrics.OPEN_TUNNELS.inc()
         # The destination may speak first; only the client's direction waits for the peek.
-        up.mode = "tunnel"
-        for data in up.early:
+        self.state = "peek"
+        for data in up.start_tunnel():
             self.bytes_down += len(data)
             self._write(data)
-        up.early = []
-        self.state = "peek"
         self.queue.clear()
         early, self.peek = self.peek, b""
         self.resume_reading("exchange")
@@ -670,7 +693,7 @@ class ClientConnection(asyncio.Protocol):
         self.state = "tunnel"
         data, self.peek = self.peek, b""
         self.bytes_up += len(data)
-        self.upstream.transport.write(data)  # type: ignore[union-attr]
+        self.upstream.write(data)  # type: ignore[union-attr]
 
     def _decide_sni(self, name: str) -> tuple[Decision, bool] | None:
         """An IP-literal CONNECT's SNI name, decided as the host at the address connected
@@ -683,8 +706,8 @@ class ClientConnection(asyncio.Protocol):
             self.active = request
         return None if decision.allowed else (decision, permitted)
 
-    def tunnel_eof_from_upstream(self) -> None:
-        self.upstream_eof = True
+    def upstream_eof(self, up: Upstream) -> None:
+        self.dest_eof = True
         if self.transport is not None and self.transport.can_write_eof():
             self.transport.write_eof()
         if self.client_eof:
@@ -716,9 +739,7 @@ class ClientConnection(asyncio.Protocol):
         self.active = None
         up, self.upstream = self.upstream, None
         if up is not None:
-            if up.mode == "tunnel":
-                up.mode = "pending"  # detached: its loss must not close the client early
-            up.abort()
+            up.abort()  # let go of first: its loss must not close the client early
         if self.transport is not None:
             self.transport.pause_reading()
         self.refusal_task = self.loop.create_task(self._cut_after_record(event, cause))
@@ -768,7 +789,7 @@ class ClientConnection(asyncio.Protocol):
         if up is not None:
             if cause in ("revoked", "shutdown", "timeout"):
                 up.abort()
-            elif up.idle and not was_tunnel:
+            elif up.reusable and not was_tunnel:
                 self.gw.park(up)  # another client may reuse it
             else:
                 up.close()
@@ -788,12 +809,7 @@ class ClientConnection(asyncio.Protocol):
             self.activity_seen = activity
             self.idle_since = now
         up = self.upstream
-        awaiting = 0.0
-        if up is not None and up.awaiting:
-            ex = up.exchange
-            if ex is not None and not ex.body_done:
-                up.awaiting = now  # the upstream may wait for the whole body before answering
-            awaiting = up.awaiting
+        awaiting = up.response_owed_since(now) if up is not None else 0.0
         breach = deadline_breach(self.gw.limits, now, accepted=self.accepted,
                                  served=self.served, in_head=self.in_head,
                                  head_started=self.head_started, awaiting_response=awaiting,

@@ -15,14 +15,14 @@ from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.enforce.events import EventSink
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
-from egressguard.gateway.connection import ClientConnection, Upstream
+from egressguard.gateway.connection import ClientConnection
 from egressguard.gateway.limits import Limits, admission_refusal
+from egressguard.gateway.pool import Pool
 from egressguard.gateway.resolver import Resolver
+from egressguard.gateway.upstream import Upstream
 
 log = logging.getLogger("egressguard.gateway")
 _SWEEP_SECONDS = 0.25
-_POOL_PER_KEY = 32        # idle upstream connections kept per (host, port)
-_POOL_IDLE_SECONDS = 30.0
 
 
 class Gateway:
@@ -46,8 +46,7 @@ class Gateway:
         self._unsubscribe: object = None
         self._bytes_up = metrics.BYTES.labels("up")
         self._bytes_down = metrics.BYTES.labels("down")
-        # Idle upstream HTTP connections shared by all clients, keyed by (host, port).
-        self.pool: dict[tuple[str, int], list[Upstream]] = {}
+        self.pool = Pool()   # idle upstream HTTP connections shared by all clients
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     @property
@@ -87,9 +86,7 @@ class Gateway:
             await asyncio.sleep(0.05)
         for client in list(self.clients):
             client.close("shutdown")
-        for idle in [up for ups in self.pool.values() for up in ups]:
-            idle.close()
-        self.pool.clear()
+        self.pool.close_all()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._server = None
@@ -136,40 +133,10 @@ class Gateway:
 
     def park(self, up: Upstream) -> None:
         """Keep an idle upstream HTTP connection for the next request to the same host."""
-        idle = self.pool.setdefault(up.key, []) if up.key is not None else None
-        if idle is None or up.closed or not up.idle or self.draining or \
-                len(idle) >= _POOL_PER_KEY:
+        if self.draining:
             up.close()
-            return
-        up.parked_at = self.loop.time()
-        idle.append(up)
-
-    def take(self, key: tuple[str, int], addresses: tuple[IPAddress, ...],
-             client: ClientConnection) -> Upstream | None:
-        """An idle connection to `key` whose address is one of the checked `addresses`."""
-        idle = self.pool.get(key)
-        while idle:
-            up = idle.pop()
-            up.parked_at = 0.0
-            if up.closed or up.ip not in addresses:
-                up.close()
-                continue
-            up.client = client
-            return up
-        return None
-
-    def unpark(self, up: Upstream) -> None:
-        idle = self.pool.get(up.key) if up.key is not None else None
-        if idle is not None and up in idle:
-            idle.remove(up)
-        up.parked_at = 0.0
-
-    def _expire_pool(self, now: float) -> None:
-        for idle in self.pool.values():
-            for up in [u for u in idle if now - u.parked_at > _POOL_IDLE_SECONDS]:
-                idle.remove(up)
-                up.parked_at = 0.0
-                up.close()
+        else:
+            self.pool.park(up, self.loop.time())
 
     # -- policy swaps and deadlines --------------------------------------------------------
 
@@ -189,4 +156,4 @@ class Gateway:
             now = self.loop.time()
             for client in list(self.clients):
                 client.sweep(now)
-            self._expire_pool(now)
+            self.pool.expire(now)
