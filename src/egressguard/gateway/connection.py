@@ -382,15 +382,16 @@ class ClientConnection(asyncio.Protocol):
         self.close("error")
 
     def _event(self, decision: Decision, permitted: bool, kind: str, conn_id: str,
-               address: str, method: str, path: str) -> DecisionEvent | None:
-        """Count the decision; its audit event when there is an audit sink."""
+               address: str, method: bytes, path: str) -> DecisionEvent | None:
+        """Count the decision; its audit event when there is an audit sink (none is
+        built without one: this is on the keep-alive path)."""
         cp = self.cp
         cp.note(decision, permitted, kind, self.peer)
         if not cp.recording:
             return None
         return cp.event(decision, permitted, kind, connection_id=conn_id,
-                        client_address=self.peer, resolved_address=address, method=method,
-                        path=path)
+                        client_address=self.peer, resolved_address=address,
+                        method=method.decode("latin-1"), path=path)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -445,8 +446,8 @@ class ClientConnection(asyncio.Protocol):
             route.request, route.decision, route.permitted = request, decision, permitted
         address = route.address_text if addresses is route.addresses else (
             str(addresses[0]) if addresses else "")
-        event = self._event(decision, permitted, "http", "", address,
-                            ex.method.decode("latin-1"), route.path_text)
+        event = self._event(decision, permitted, "http", "", address, ex.method,
+                            route.path_text)
         if not permitted:
             if event is None:
                 self._refuse_http(ex, decision)
@@ -625,7 +626,7 @@ class ClientConnection(asyncio.Protocol):
                           source=self.source)
         decision, permitted = self.cp.decide(request)
         event = self._event(decision, permitted, "connect", "",
-                            str(addresses[0]) if addresses else "", "CONNECT", "")
+                            str(addresses[0]) if addresses else "", b"CONNECT", "")
         if not permitted:
             if event is not None:
                 await self.cp.record(event)  # durable before the client sees the 403
@@ -682,7 +683,7 @@ class ClientConnection(asyncio.Protocol):
             decision, permitted = refusal
             conn_id = self.open_event.connection_id if self.open_event else ""
             event = self._event(decision, permitted, "connect", conn_id,
-                                str(self.connected_ip or ""), "CONNECT", "")
+                                str(self.connected_ip or ""), b"CONNECT", "")
             if not permitted:
                 self.open_event = None  # the refusal replaces the close event
                 self.counting = False

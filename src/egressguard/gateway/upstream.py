@@ -129,6 +129,9 @@ class UpState(enum.Enum):
     CLOSED = "closed"
 
 
+_NEW, _BUSY, _TUNNEL, _CLOSED = UpState.NEW, UpState.BUSY, UpState.TUNNEL, UpState.CLOSED
+
+
 class UpstreamOwner(Protocol):
     """What an `Upstream` tells its holder (`ClientConnection`, or `Pool` while parked)."""
 
@@ -189,16 +192,16 @@ class Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state is UpState.TUNNEL:
+        if state is _TUNNEL:
             self.owner.deliver(data, len(data))
             return
-        if state is UpState.NEW:
+        if state is _NEW:
             self._early.append(data)
             return
-        if state is UpState.CLOSED:
+        if state is _CLOSED:
             return
         if self.parser is None or self.exchange is None:
-            if state is not UpState.BUSY:
+            if state is not _BUSY:
                 self.close()  # unsolicited bytes on an idle connection: drop it
             return  # bytes after a HEAD response head: nothing may follow
         try:
