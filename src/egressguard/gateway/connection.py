@@ -7,17 +7,34 @@ request is handled inside the parser callback when nothing needs waiting (the ta
 addresses are known, an idle upstream connection is at hand): the common keep-alive
 request costs no task and no future. Only what must wait (a DNS lookup, a new upstream
 connection, the audit record of a refusal, a CONNECT) runs as a task.
+
+What the gateway decides on its own is in `decide` (pure); the verdicts, report-only,
+counters and audit records go through the checkpoint; the upstream is driven through its
+methods and talks back through `UpstreamOwner`. The connection's one state, `ConnState`,
+is changed only in this module. Transitions:
+
+    IDLE   -> HEAD (a request head begins) | CLOSED
+    HEAD   -> BUSY (the head is complete) | CLOSED (malformed, too large, too slow)
+    BUSY   -> BUSY (the next queued request) | IDLE (all answered) | PEEK (a CONNECT is
+              established) | CLOSED (refused with close, upstream failure, limits)
+    PEEK   -> TUNNEL (the first client bytes passed) | CLOSED (refused)
+    TUNNEL -> CLOSED
+    CLOSED    final
+
+A head that begins while a request is still BUSY (pipelining) keeps the state BUSY; a
+refusal waiting for its audit record (`refusing`) relays nothing in any state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import ipaddress
 import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
-from typing import Literal, Protocol, cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -37,7 +54,19 @@ log = logging.getLogger("egressguard.gateway")
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _CRLF = b"\r\n"
 
-State = Literal["idle", "head", "busy", "peek", "tunnel", "closed"]
+
+
+class ConnState(enum.Enum):
+    IDLE = "idle"        # between requests
+    HEAD = "head"        # a request head is arriving
+    BUSY = "busy"        # requests are being answered
+    PEEK = "peek"        # a tunnel is open; its first client bytes are being checked
+    TUNNEL = "tunnel"    # relaying both ways
+    CLOSED = "closed"
+
+
+IDLE, HEAD, BUSY = ConnState.IDLE, ConnState.HEAD, ConnState.BUSY
+PEEK, TUNNEL, CLOSED = ConnState.PEEK, ConnState.TUNNEL, ConnState.CLOSED
 
 
 class Route:
@@ -111,7 +140,7 @@ class ClientConnection(asyncio.Protocol):
         self.cp = gateway.checkpoint
         self.loop = gateway.loop
         self.transport: asyncio.Transport | None = None
-        self.state: State = "idle"
+        self.state = IDLE
         self.peer = ""
         self.source: IPAddress | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -173,20 +202,20 @@ class ClientConnection(asyncio.Protocol):
         if refusal is not None:
             transport.write(http1.error(503, "Service Unavailable", refusal))
             self.closed = True
-            self.state = "closed"
+            self.state = CLOSED
             transport.close()
             return
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state == "tunnel":
+        if state is TUNNEL:
             self.bytes_up += len(data)
             self.upstream.write(data)  # type: ignore[union-attr]
             return
-        if state == "peek":
+        if state is PEEK:
             self._peek(data)
             return
-        if state == "closed":
+        if state is CLOSED:
             return
         self.reads += 1
         try:
@@ -210,7 +239,7 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.client_eof = True
-        if self.state == "tunnel":
+        if self.state is TUNNEL:
             if self.upstream is not None:
                 self.upstream.write_eof()
             if self.dest_eof:
@@ -221,7 +250,7 @@ class ClientConnection(asyncio.Protocol):
             # stopped sending is pointless: release both sockets now, not after idle_timeout.
             self.close("client")
             return False
-        if self.queue or self.state == "busy":
+        if self.queue or self.state is BUSY:
             return True  # half-closed after the request: still answer it
         self.close("client")
         return False
@@ -252,7 +281,8 @@ class ClientConnection(asyncio.Protocol):
     # -- request parser callbacks (httptools) --------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.state = "head" if not self.queue and self.state == "idle" else self.state
+        if not self.queue and self.state is IDLE:
+            self.state = HEAD
         self.in_head = True
         self.head_started = self.loop.time()
         self.head_bytes = self.head_fields = 0
@@ -282,8 +312,8 @@ class ClientConnection(asyncio.Protocol):
         self.served = True
         self.receiving = ex
         self.queue.append(ex)
-        if self.state == "head":
-            self.state = "busy"
+        if self.state is HEAD:
+            self.state = BUSY
         if len(self.queue) > 1:
             self.pause_reading("exchange")  # pipelined: hold further input until answered
         else:
@@ -367,7 +397,7 @@ class ClientConnection(asyncio.Protocol):
         if self.client_eof and not self.queue and not self.in_head:
             self.close("client")  # the client half-closed after its last request
             return
-        self.state = "busy" if self.queue else "idle"
+        self.state = BUSY if self.queue else IDLE
         self.resume_reading("exchange")
         self._dispatch()
 
@@ -376,7 +406,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or self.refusing:
             return
         log.info("gateway: %s %d %s", self.peer, status, detail)
-        self.state = "closed"
+        self.state = CLOSED
         if self.transport is not None:
             self.transport.write(http1.error(status, reason, detail))
         self.close("error")
@@ -601,7 +631,7 @@ class ClientConnection(asyncio.Protocol):
     def upstream_lost(self, up: Upstream) -> None:
         if self.upstream is not up:
             return  # one this connection let go of (parked, replaced, refused)
-        if self.state in ("tunnel", "peek"):
+        if self.state is TUNNEL or self.state is PEEK:
             self.close("upstream")
         else:
             self.upstream = None
@@ -652,7 +682,7 @@ class ClientConnection(asyncio.Protocol):
         self._write(_ESTABLISHED)
         metrics.OPEN_TUNNELS.inc()
         # The destination may speak first; only the client's direction waits for the peek.
-        self.state = "peek"
+        self.state = PEEK
         for data in up.start_tunnel():
             self.bytes_down += len(data)
             self._write(data)
@@ -691,7 +721,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             if event is not None:
                 self.cp.emit(event)  # a would-deny (report-only): relayed
-        self.state = "tunnel"
+        self.state = TUNNEL
         data, self.peek = self.peek, b""
         self.bytes_up += len(data)
         self.upstream.write(data)  # type: ignore[union-attr]
@@ -774,9 +804,9 @@ class ClientConnection(asyncio.Protocol):
     def close(self, cause: CloseCause, *, cause_event: bool = True, final: bool = False) -> None:
         if self.closed or (self.refusing and not final and cause != "shutdown"):
             return
-        was_tunnel = self.state in ("tunnel", "peek")
+        was_tunnel = self.state is TUNNEL or self.state is PEEK
         self.closed = True
-        self.state = "closed"
+        self.state = CLOSED
         if was_tunnel or self.active is not None:
             if cause_event:
                 self._emit_close(cause)

@@ -15,7 +15,7 @@ from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.enforce.events import EventSink
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
-from egressguard.gateway.connection import ClientConnection
+from egressguard.gateway.connection import ClientConnection, ConnState
 from egressguard.gateway.limits import Limits, admission_refusal
 from egressguard.gateway.pool import Pool
 from egressguard.gateway.resolver import Resolver
@@ -78,7 +78,7 @@ class Gateway:
         if callable(self._unsubscribe):
             self._unsubscribe()
         for client in list(self.clients):
-            if client.state == "idle" and not client.queue:
+            if client.state is ConnState.IDLE and not client.queue:
                 client.close("shutdown")
         limit = self.limits.shutdown_deadline if deadline is None else deadline
         end = self.loop.time() + limit
