@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +123,25 @@ def test_report_only_policy_keeps_plain_refusals_of_malformed_requests(gateway_f
         sock.sendall(b"GET /origin-form HTTP/1.1\r\nHost: x.test\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 400")
     assert _decisions(audit, "1 = 1") == []
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_report_only_keeps_a_tunnel_the_new_policy_would_cut_and_records_it_once(
+        gateway_factory, audit, echo, switch):
+    flag = "report_only: true\n" if switch == "policy-flag" else ""
+    gw = _report_only(gateway_factory, audit, LOOPBACK_POLICY, switch,
+                      resolve={"echo.test": "127.0.0.1"})
+    with connect_tunnel(gw.port, f"echo.test:{echo.port}") as sock:
+        sock.sendall(b"before")
+        assert sock.recv(100) == b"before"
+        gw.policy_path.write_text(flag + CLOSED_POLICY)
+        deadline = time.monotonic() + 5
+        while not _decisions(audit, "verdict = 'deny'") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        gw.policy_path.write_text(flag + CLOSED_POLICY + "allowed_fqdn_list: [x.test]\n")
+        time.sleep(1.0)                       # a second swap: recorded once, not again
+        sock.sendall(b"after")
+        assert sock.recv(100) == b"after"     # still relayed
+    rows = _decisions(audit, "host = 'echo.test'")
+    assert [(r[0], r[2], r[3]) for r in rows] == [("connect", "allow", 1),
+                                                  ("connect", "deny", 1)]

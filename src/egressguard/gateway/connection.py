@@ -161,6 +161,7 @@ class ClientConnection(asyncio.Protocol):
         self.runner: asyncio.Task[None] | None = None
         # What is being relayed now (re-decided on every policy swap).
         self.active: Request | None = None
+        self.would_revoke: Request | None = None  # recorded as a would-deny (report-only)
         self.started = 0.0
         self.bytes_up = 0
         self.bytes_down = 0
@@ -753,6 +754,14 @@ class ClientConnection(asyncio.Protocol):
             return False
         decision, permitted = self.cp.decide(request)
         if permitted:
+            if not decision.allowed and self.would_revoke is not request:
+                # Report-only: the policy in force would cut this; record it once, relay on.
+                self.would_revoke = request
+                conn_id = self.open_event.connection_id if self.open_event else ""
+                event = self._event(decision, True, request.kind.value, conn_id,
+                                    str(self.connected_ip or ""), b"", "")
+                if event is not None:
+                    self.cp.emit(event)
             return False
         log.warning("gateway: revoking %s to %s: %s", self.peer, decision.destination,
                     decision.reason)
