@@ -182,9 +182,9 @@ def main() -> None:
         for round_no in range(args.rounds + 1):     # round 0 warms up, not counted
             for mode in modes if round_no % 2 else modes[::-1]:
                 log = logs.get(mode)
-                gateway.sink = log if log is not None else NullSink()
-                if hasattr(gateway, "recording"):   # off: the gateway builds no events
-                    gateway.recording = log is not None
+                checkpoint = gateway.checkpoint
+                checkpoint.sink = log if log is not None else NullSink()
+                checkpoint.recording = log is not None  # off: no event is built at all
                 cpu_start = time.process_time()
                 target = f"up.bench:{upstream_port}"
                 if args.loadgen == "wrk":

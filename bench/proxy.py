@@ -1,6 +1,7 @@
 """Proxy benchmark: direct vs egressguard vs Squid vs tinyproxy, on loopback, in one run.
 
     .venv/bin/python bench/proxy.py [--quick]
+    .venv/bin/python bench/proxy.py --side-by-side /tmp/gw-before/src   # A/B CPU per request
 
 Installs `squid`, `tinyproxy` and `wrk` with apt-get when missing, starts each proxy on a
 private port with its own temporary config allowing exactly the benchmark origin
@@ -150,7 +151,7 @@ class Target:
 
 
 def start_egressguard(tmp: Path, http_port: int, bulk_port: int, *,
-                      audit: bool = False) -> Target:
+                      audit: bool = False, name: str = "", src: str = "") -> Target:
     """`egressguard serve` with the policy file; like Squid's `access_log none` unless
     `audit` (then every decision goes to the audit log, as `serve` does by default)."""
     port = free_port()
@@ -166,15 +167,18 @@ network_rule_collections:
         ports: ['{http_port}', '{bulk_port}']
 """)
     exe = Path(sys.executable).parent / "egressguard"
-    home = tmp / ("home-audit" if audit else "home")
+    name = name or ("egressguard+audit" if audit else "egressguard")
+    home = tmp / f"home-{name}"
+    env = {**os.environ, "EGRESSGUARD_HOME": str(home)}
+    if src:  # another checkout's code (an A/B run): its src/ first on the path
+        env["PYTHONPATH"] = src
     proc = subprocess.Popen([str(exe), "serve", "--listen", f"127.0.0.1:{port}", "--policy",
                              str(policy), "--log-level", "warning", "--idle-timeout", "600",
                              "--max-connections", "20000", "--no-api",
                              "--audit" if audit else "--no-audit"],
-                            stdout=subprocess.DEVNULL,
-                            env={**os.environ, "EGRESSGUARD_HOME": str(home)})
+                            stdout=subprocess.DEVNULL, env=env)
     wait_port(port, proc, timeout=60)
-    return Target("egressguard+audit" if audit else "egressguard", port, proc)
+    return Target(name, port, proc)
 
 
 def start_squid(tmp: Path) -> Target:
@@ -325,10 +329,66 @@ def _micros(text: str) -> float:
 
 # -- main ------------------------------------------------------------------------------------
 
+def side_by_side(before_src: str, rounds: int, seconds: int, conns: int) -> None:
+    """CPU per keep-alive request of two gateways at once (this checkout's and the code
+    in `before_src`, e.g. a `git worktree` of the starting commit), against one origin,
+    in interleaved `wrk` rounds (order alternating), so load on a shared machine falls
+    on both alike. Prints per-round figures, then medians and the ratio."""
+    import statistics
+
+    http_port, bulk_port = free_port(), free_port()
+    origin = multiprocessing.Process(target=_origin_main, args=(http_port, bulk_port),
+                                     daemon=True)
+    origin.start()
+    wait_port(http_port)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="egressguard-ab-") as tmpdir:
+        tmp = Path(tmpdir)
+        targets = [start_egressguard(tmp, http_port, bulk_port, name="before", src=before_src),
+                   start_egressguard(tmp, http_port, bulk_port, name="after")]
+        figures: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
+        try:
+            for target in targets:  # warm-up, not counted
+                _wrk(target, http_port, tmp, conns, 1)
+            for round_no in range(rounds):
+                for target in targets if round_no % 2 == 0 else targets[::-1]:
+                    m = _wrk(target, http_port, tmp, conns, seconds)
+                    figures[target.name].append(m)
+                    print(f"round {round_no} {target.name:7} cpu/req {m['cpu_us']:6.1f} us  "
+                          f"{m['rps']:9,.0f} req/s", flush=True)
+        finally:
+            for target in targets:
+                assert target.proc is not None
+                target.proc.terminate()
+                target.proc.wait(10)
+    origin.terminate()
+    cpu = {n: statistics.median(m["cpu_us"] for m in f) for n, f in figures.items()}
+    rps = {n: statistics.median(m["rps"] for m in f) for n, f in figures.items()}
+    load = os.getloadavg()
+    print(f"\nload average before {load_before[0]:.2f}, after {load[0]:.2f} "
+          f"({os.cpu_count()} CPUs)")
+    for n in cpu:
+        print(f"{n:7} median cpu/req {cpu[n]:6.2f} us   median {rps[n]:9,.0f} req/s")
+    print(json.dumps({"cpu_us_before": round(cpu["before"], 2),
+                      "cpu_us_after": round(cpu["after"], 2),
+                      "cpu_ratio": round(cpu["after"] / cpu["before"], 4),
+                      "rps_ratio": round(rps["after"] / rps["before"], 4),
+                      "rounds": rounds, "seconds": seconds, "conns": conns}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller volumes, 2 s runs (~90 s)")
+    parser.add_argument("--side-by-side", metavar="BEFORE_SRC",
+                        help="only CPU per keep-alive request: this checkout against the "
+                             "code in BEFORE_SRC (a src/ directory), interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument("--conns", type=int, default=64)
     args = parser.parse_args()
+    if args.side_by_side:
+        side_by_side(args.side_by_side, args.rounds, args.seconds, args.conns)
+        return
     ensure_tools()
     single_total = 256 * MiB if args.quick else GiB
     parallel_total = 256 * MiB if args.quick else GiB

@@ -7,46 +7,66 @@ request is handled inside the parser callback when nothing needs waiting (the ta
 addresses are known, an idle upstream connection is at hand): the common keep-alive
 request costs no task and no future. Only what must wait (a DNS lookup, a new upstream
 connection, the audit record of a refusal, a CONNECT) runs as a task.
+
+What the gateway decides on its own is in `decide` (pure); the verdicts, report-only,
+counters and audit records go through the checkpoint; the upstream is driven through its
+methods and talks back through `UpstreamOwner`. The connection's one state, `ConnState`,
+is changed only in this module. Transitions:
+
+    IDLE   -> HEAD (a request head begins) | CLOSED
+    HEAD   -> BUSY (the head is complete) | CLOSED (malformed, too large, too slow)
+    BUSY   -> BUSY (the next queued request) | IDLE (all answered) | PEEK (a CONNECT is
+              established) | CLOSED (refused with close, upstream failure, limits)
+    PEEK   -> TUNNEL (the first client bytes passed) | CLOSED (refused)
+    TUNNEL -> CLOSED
+    CLOSED    final
+
+A head that begins while a request is still BUSY (pipelining) keeps the state BUSY; a
+refusal waiting for its audit record (`refusing`) relays nothing in any state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import ipaddress
-import itertools
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Protocol, cast
 
 import httptools
 
 from egressguard.audit import metrics
-from egressguard.audit.events import CloseCause, DecisionEvent
-from egressguard.engine import Decision, InvalidHost, Kind, Layer, Request, Verdict
-from egressguard.engine import normalize_host as _normalize_host
+from egressguard.enforce.checkpoint import Checkpoint
+from egressguard.enforce.events import CloseCause, DecisionEvent
+from egressguard.engine import Decision, Kind, Request
+from egressguard.engine.holder import SnapshotHolder
 from egressguard.engine.normalize import Host, IPAddress
-from egressguard.gateway import http1, tls
-from egressguard.gateway.limits import deadline_breach
-from egressguard.gateway.resolver import ResolveError
+from egressguard.gateway import decide, http1, tls
+from egressguard.gateway.limits import Limits, deadline_breach
+from egressguard.gateway.pool import Pool
+from egressguard.gateway.resolver import ResolveError, Resolver
 from egressguard.gateway.upstream import Exchange, Upstream, UpstreamError
 
-if TYPE_CHECKING:
-    from egressguard.gateway.server import Gateway
-
 log = logging.getLogger("egressguard.gateway")
-_ids = itertools.count(1)
-_PID = f"{os.getpid():x}"
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _CRLF = b"\r\n"
 
-State = Literal["idle", "head", "busy", "peek", "tunnel", "closed"]
 
 
-def _new_id() -> str:
-    return f"{_PID}-{next(_ids):x}"
+class ConnState(enum.Enum):
+    IDLE = "idle"        # between requests
+    HEAD = "head"        # a request head is arriving
+    BUSY = "busy"        # requests are being answered
+    PEEK = "peek"        # a tunnel is open; its first client bytes are being checked
+    TUNNEL = "tunnel"    # relaying both ways
+    CLOSED = "closed"
+
+
+IDLE, HEAD, BUSY = ConnState.IDLE, ConnState.HEAD, ConnState.BUSY
+PEEK, TUNNEL, CLOSED = ConnState.PEEK, ConnState.TUNNEL, ConnState.CLOSED
 
 
 class Route:
@@ -59,8 +79,8 @@ class Route:
     """
 
     __slots__ = ("address_text", "addresses", "decided_for", "decision", "host",
-                 "host_header", "host_line", "key", "path", "permitted", "port", "request",
-                 "snapshot", "target", "url")
+                 "host_header", "host_line", "key", "path", "path_text", "permitted", "port",
+                 "request", "snapshot", "target", "url")
 
     def __init__(self, url: bytes, host_header: bytes, host: Host, port: int, target: bytes,
                  path: bytes, addresses: tuple[IPAddress, ...] | None,
@@ -73,6 +93,7 @@ class Route:
         self.key = (host.name, port)
         self.target = target
         self.path = path
+        self.path_text = path.decode("latin-1")
         self.addresses = addresses   # None: looked up per request (system resolver)
         self.address_text = str(addresses[0]) if addresses else ""
         self.snapshot: object = None
@@ -93,14 +114,33 @@ class Route:
             self.permitted = previous.permitted
 
 
+class ConnectionHost(Protocol):
+    """What a client connection needs from the gateway that accepted it (`server.Gateway`;
+    a protocol, so that this module never imports the server)."""
+
+    loop: asyncio.AbstractEventLoop
+    limits: Limits
+    resolver: Resolver
+    holder: SnapshotHolder
+    checkpoint: Checkpoint
+    pool: Pool
+    draining: bool
+
+    def admit(self, client: ClientConnection) -> str | None: ...
+    def forget(self, client: ClientConnection) -> None: ...
+    def park(self, up: Upstream) -> None: ...
+    def count_bytes(self, up: int, down: int) -> None: ...
+
+
 class ClientConnection(asyncio.Protocol):
     """A workload's connection to the gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: ConnectionHost) -> None:
         self.gw = gateway
+        self.cp = gateway.checkpoint
         self.loop = gateway.loop
         self.transport: asyncio.Transport | None = None
-        self.state: State = "idle"
+        self.state = IDLE
         self.peer = ""
         self.source: IPAddress | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -121,16 +161,18 @@ class ClientConnection(asyncio.Protocol):
         self.runner: asyncio.Task[None] | None = None
         # What is being relayed now (re-decided on every policy swap).
         self.active: Request | None = None
+        self.would_revoke: Request | None = None  # recorded as a would-deny (report-only)
         self.started = 0.0
         self.bytes_up = 0
         self.bytes_down = 0
         self.activity_seen = 0
         self.idle_since = 0.0
         self.client_eof = False
-        self.upstream_eof = False
+        self.dest_eof = False
         self.peek = b""
         self.connect_host = ""
         self.connect_port = 0
+        self.connect_is_ip = False
         self.connected_ip: IPAddress | None = None
         self.open_event: DecisionEvent | None = None
         self.closed = False
@@ -161,20 +203,20 @@ class ClientConnection(asyncio.Protocol):
         if refusal is not None:
             transport.write(http1.error(503, "Service Unavailable", refusal))
             self.closed = True
-            self.state = "closed"
+            self.state = CLOSED
             transport.close()
             return
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state == "tunnel":
+        if state is TUNNEL:
             self.bytes_up += len(data)
-            self.upstream.transport.write(data)  # type: ignore[union-attr]
+            self.upstream.write(data)  # type: ignore[union-attr]
             return
-        if state == "peek":
+        if state is PEEK:
             self._peek(data)
             return
-        if state == "closed":
+        if state is CLOSED:
             return
         self.reads += 1
         try:
@@ -198,11 +240,10 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.client_eof = True
-        if self.state == "tunnel":
-            up = self.upstream
-            if up is not None and up.transport is not None and up.transport.can_write_eof():
-                up.transport.write_eof()
-            if self.upstream_eof:
+        if self.state is TUNNEL:
+            if self.upstream is not None:
+                self.upstream.write_eof()
+            if self.dest_eof:
                 self.close("client")
             return True
         if self.receiving is not None or (self.queue and self.queue[0].method == b"CONNECT"):
@@ -210,7 +251,7 @@ class ClientConnection(asyncio.Protocol):
             # stopped sending is pointless: release both sockets now, not after idle_timeout.
             self.close("client")
             return False
-        if self.queue or self.state == "busy":
+        if self.queue or self.state is BUSY:
             return True  # half-closed after the request: still answer it
         self.close("client")
         return False
@@ -219,14 +260,12 @@ class ClientConnection(asyncio.Protocol):
         self.close("client")
 
     def pause_writing(self) -> None:
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
+        if self.upstream is not None:
+            self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        up = self.upstream
-        if up is not None and up.transport is not None and not up.closed:
-            up.transport.resume_reading()
+        if self.upstream is not None:
+            self.upstream.resume_reading()
 
     def pause_reading(self, reason: str) -> None:
         if not self.paused and self.transport is not None and not self.closed:
@@ -243,7 +282,8 @@ class ClientConnection(asyncio.Protocol):
     # -- request parser callbacks (httptools) --------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.state = "head" if not self.queue and self.state == "idle" else self.state
+        if not self.queue and self.state is IDLE:
+            self.state = HEAD
         self.in_head = True
         self.head_started = self.loop.time()
         self.head_bytes = self.head_fields = 0
@@ -273,8 +313,8 @@ class ClientConnection(asyncio.Protocol):
         self.served = True
         self.receiving = ex
         self.queue.append(ex)
-        if self.state == "head":
-            self.state = "busy"
+        if self.state is HEAD:
+            self.state = BUSY
         if len(self.queue) > 1:
             self.pause_reading("exchange")  # pipelined: hold further input until answered
         else:
@@ -358,7 +398,7 @@ class ClientConnection(asyncio.Protocol):
         if self.client_eof and not self.queue and not self.in_head:
             self.close("client")  # the client half-closed after its last request
             return
-        self.state = "busy" if self.queue else "idle"
+        self.state = BUSY if self.queue else IDLE
         self.resume_reading("exchange")
         self._dispatch()
 
@@ -367,20 +407,22 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or self.refusing:
             return
         log.info("gateway: %s %d %s", self.peer, status, detail)
-        self.state = "closed"
+        self.state = CLOSED
         if self.transport is not None:
             self.transport.write(http1.error(status, reason, detail))
         self.close("error")
 
-    def _event(self, decision: Decision, permitted: bool, kind: Kind, conn_id: str,
-               address: str, method: bytes, path: bytes) -> DecisionEvent | None:
-        """Count the decision; its audit event when there is an audit sink."""
-        gw = self.gw
-        gw.note_decision(self, decision, permitted, kind)
-        if not gw.recording:
+    def _event(self, decision: Decision, permitted: bool, kind: str, conn_id: str,
+               address: str, method: bytes, path: str) -> DecisionEvent | None:
+        """Count the decision; its audit event when there is an audit sink (none is
+        built without one: this is on the keep-alive path)."""
+        cp = self.cp
+        cp.note(decision, permitted, kind, self.peer)
+        if not cp.recording:
             return None
-        return gw.decision_event(self, decision, permitted, kind, conn_id or _new_id(),
-                                 address, method, path)
+        return cp.event(decision, permitted, kind, connection_id=conn_id,
+                        client_address=self.peer, resolved_address=address,
+                        method=method.decode("latin-1"), path=path)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -400,32 +442,15 @@ class ClientConnection(asyncio.Protocol):
             self._decide_http(ex, route, route.addresses, "")
 
     def _parse(self, ex: Exchange) -> Route | None:
-        """Check the request line and Host (spec section 5); None once answered 400."""
-        try:
-            if ex.conflict:
-                raise http1.BadRequest("both Content-Length and Transfer-Encoding")
-            url = httptools.parse_url(ex.url)
-            if not url.schema:
-                raise http1.BadRequest("origin-form request: configure this gateway as an "
-                                       "HTTP proxy (absolute-form targets only)")
-            if url.schema.lower() != b"http":
-                raise http1.BadRequest(f"{url.schema.decode('latin-1')}:// targets must use "
-                                       "CONNECT")
-            raw_host = url.host.decode("latin-1") if url.host else ""
-            host = _normalize_host(raw_host)  # cached; the same key the engine computes
-            host_line = http1.host_to_add(ex.hosts, ex.version, host.name, url.port)
-            if not host_line:
-                http1.check_host(ex.hosts, url.schema, raw_host, url.port)
-        except (http1.BadRequest, httptools.HttpParserInvalidURLError, InvalidHost,
-                UnicodeError) as exc:
-            self.fail(400, "Bad Request", str(exc) or "invalid request target")
+        """Check the request line and Host (decide.http_target); None once answered 400."""
+        checked = decide.http_target(ex.url, ex.hosts, ex.version, ex.conflict)
+        if isinstance(checked, decide.Invalid):
+            self.fail(400, "Bad Request", checked.reason)
             return None
-        port = url.port or 80
-        path = url.path or b"/"
-        target = path + (b"?" + url.query if url.query else b"")
+        host = checked.host
         addresses = (host.ip,) if host.ip is not None else self.gw.resolver.known(host.name)
-        route = Route(ex.url, ex.hosts[0] if ex.hosts else b"", host, port, target, path,
-                      addresses, host_line)
+        route = Route(ex.url, ex.hosts[0] if ex.hosts else b"", host, checked.port,
+                      checked.target, checked.path, addresses, checked.host_line)
         if self.route is not None:
             route.adopt(self.route)
         return route
@@ -447,13 +472,13 @@ class ClientConnection(asyncio.Protocol):
         else:
             request = Request(kind=Kind.HTTP, host=route.host.name, port=route.port,
                               scheme="http", addresses=addresses, source=self.source)
-            decision, permitted = gw.decide(request)
+            decision, permitted = self.cp.decide(request)
             route.snapshot, route.decided_for = snapshot, addresses
             route.request, route.decision, route.permitted = request, decision, permitted
         address = route.address_text if addresses is route.addresses else (
             str(addresses[0]) if addresses else "")
-        event = self._event(decision, permitted, Kind.HTTP, "", address, ex.method,
-                            route.path)
+        event = self._event(decision, permitted, "http", "", address, ex.method,
+                            route.path_text)
         if not permitted:
             if event is None:
                 self._refuse_http(ex, decision)
@@ -461,16 +486,16 @@ class ClientConnection(asyncio.Protocol):
                 self._spawn(self._record_then_refuse(ex, decision, event))
             return
         if event is not None:
-            gw.emit(event)
+            self.cp.emit(event)
         if unresolved:
             self.fail(502, "Bad Gateway", unresolved)
             return
         up = self.upstream
-        if up is None or up.closed or up.key != route.key or up.ip not in addresses:
+        if up is None or not up.serves(route.key, addresses):
             if up is not None:
                 self.upstream = None
                 gw.park(up)
-            up = gw.take(route.key, addresses, self)
+            up = gw.pool.take(route.key, addresses, self)
             if up is None:
                 self._spawn(self._open_then(ex, route, request, event, addresses))
                 return
@@ -479,7 +504,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _record_then_refuse(self, ex: Exchange, decision: Decision,
                                   event: DecisionEvent) -> None:
-        await self.gw.record(event)  # durable before the client sees the 403
+        await self.cp.record(event)  # durable before the client sees the 403
         self._refuse_http(ex, decision)
 
     def _refuse_http(self, ex: Exchange, decision: Decision) -> None:
@@ -490,32 +515,33 @@ class ClientConnection(asyncio.Protocol):
     async def _open_then(self, ex: Exchange, route: Route, request: Request,
                          event: DecisionEvent | None,
                          addresses: tuple[IPAddress, ...]) -> None:
-        up = await self._open(addresses, route.port)
+        up = await self._open(addresses, route.port, route.key)
         if up is None:
             return
-        up.key = route.key
         self._send(ex, route, up, request, event)
 
     def _send(self, ex: Exchange, route: Route, up: Upstream, request: Request,
               event: DecisionEvent | None) -> None:
         """Forward the request head (and what body is here); the response comes back
         through `exchange_done` or `exchange_failed`."""
-        transport = up.transport
-        assert transport is not None
-        up.idle = False
         self.active = request
         self.open_event = event
         self.counting = True
         self.started = time.monotonic()
-        up.expect_response(ex)
-        transport.write(b"".join((
+        up.send(ex, b"".join((
             ex.method, b" ", route.target, b" HTTP/1.1\r\n", ex.forwarded_headers(),
             route.host_line, http1.VIA,
             b"Transfer-Encoding: chunked\r\n\r\n" if ex.chunked else _CRLF)))
-        up.used = True
-        ex.attach(transport)
         if not ex.body_done:
             self.resume_reading("exchange")
+
+    # -- UpstreamOwner: what the upstream tells this connection -----------------------------
+
+    def deliver(self, data: bytes, counted: int) -> None:
+        self.bytes_down += counted
+        transport = self.transport
+        if transport is not None and not self.closed and not self.refusing:
+            transport.write(data)
 
     def exchange_done(self, ex: Exchange, up: Upstream, reuse: bool) -> None:
         """The upstream answered `ex` completely (its bytes are written to the client)."""
@@ -523,15 +549,16 @@ class ClientConnection(asyncio.Protocol):
             return
         self._emit_close("")
         self.active = None
+        if not ex.keep_alive:
+            self.keep_alive = False  # the response said close (or is close-delimited)
         if not reuse or not ex.body_done:
             up.close()
             if self.upstream is up:
                 self.upstream = None
-        else:
-            up.idle = True
         self._finished(ex.body_done)
 
-    def exchange_failed(self, ex: Exchange, up: Upstream, exc: UpstreamError) -> None:
+    def exchange_failed(self, ex: Exchange, up: Upstream, exc: UpstreamError,
+                        started: bool) -> None:
         if self.closed or self.refusing or not self.queue or self.queue[0] is not ex:
             return  # a revocation or the client's close ends the connection instead
         self._emit_close("upstream")
@@ -539,7 +566,7 @@ class ClientConnection(asyncio.Protocol):
         if self.upstream is up:
             self.upstream = None
         if self.transport is not None:
-            if up._started:
+            if started:
                 self.transport.abort()  # mid-body: the client must see a truncation
                 self.close("upstream")
             else:
@@ -556,9 +583,10 @@ class ClientConnection(asyncio.Protocol):
         if ip is not None:
             return (ip,), ""
         gw = self.gw
-        if gw.resolver.known(name) is None and not gw.holder.current.decides_by_address:
-            _, permitted = gw.decide(Request(kind=kind, host=name, port=port, scheme=scheme,
-                                             source=self.source))
+        if not decide.may_resolve_first(gw.resolver.known(name) is not None,
+                                        gw.holder.current.decides_by_address):
+            _, permitted = self.cp.decide(decide.name_request(kind, name, port, scheme,
+                                                              self.source))
             if not permitted:
                 return (), ""
         try:
@@ -566,12 +594,13 @@ class ClientConnection(asyncio.Protocol):
         except ResolveError as exc:
             return (), str(exc)
 
-    async def _open(self, addresses: tuple[IPAddress, ...], port: int) -> Upstream | None:
+    async def _open(self, addresses: tuple[IPAddress, ...], port: int,
+                    key: tuple[str, int] | None = None) -> Upstream | None:
         """Connect to one of the checked addresses (never re-resolving the name)."""
         last = ""
         timed_out = False
         for ip in addresses:
-            up = Upstream(self)
+            up = Upstream(self, self.loop, self.gw.limits.max_response_header_bytes, ip, key)
             t0 = time.perf_counter()
             try:
                 await asyncio.wait_for(
@@ -585,11 +614,14 @@ class ClientConnection(asyncio.Protocol):
                 last = f"cannot connect to {ip} port {port}: {exc.strerror or exc}"
                 continue
             metrics.UPSTREAM_CONNECT_SECONDS.observe(time.perf_counter() - t0)
+            if up.closed:  # accepted, then closed before this task ran again
+                last = f"{ip} port {port} closed the connection at once"
+                continue
             if self.closed:
                 up.close()
                 return None
             self.upstream = up
-            self.connected_ip = up.ip = ip
+            self.connected_ip = ip
             return up
         if timed_out:
             self.fail(504, "Gateway Timeout", last)
@@ -597,8 +629,12 @@ class ClientConnection(asyncio.Protocol):
             self.fail(502, "Bad Gateway", last or "no address to connect to")
         return None
 
-    def upstream_gone(self, up: Upstream) -> None:
-        if self.upstream is up and self.state != "tunnel":
+    def upstream_lost(self, up: Upstream) -> None:
+        if self.upstream is not up:
+            return  # one this connection let go of (parked, replaced, refused)
+        if self.state is TUNNEL or self.state is PEEK:
+            self.close("upstream")
+        else:
             self.upstream = None
 
     # -- CONNECT ---------------------------------------------------------------------------
@@ -607,35 +643,29 @@ class ClientConnection(asyncio.Protocol):
         idle, self.upstream = self.upstream, None
         if idle is not None:
             idle.close()  # the previous request's upstream: a tunnel never reuses it
-        try:
-            raw_host, port = http1.split_authority(ex.url.decode("latin-1"))
-            if port is None:
-                raise http1.BadRequest("CONNECT target needs host:port")
-        except (http1.BadRequest, UnicodeError) as exc:
-            self.fail(400, "Bad Request", str(exc))
+        checked = decide.connect_target(ex.url)
+        if isinstance(checked, decide.Invalid):
+            self.fail(400, "Bad Request", checked.reason)
             return
+        raw_host, port, host = checked.raw_host, checked.port, checked.host
         addresses: tuple[IPAddress, ...] = ()
         unresolved = ""
-        try:
-            host = _normalize_host(raw_host)
-        except InvalidHost:
-            host = None
         if host is not None:
             addresses, unresolved = await self._resolve(host.name, host.ip, port,
                                                         Kind.CONNECT)
         request = Request(kind=Kind.CONNECT, host=raw_host, port=port, addresses=addresses,
                           source=self.source)
-        decision, permitted = self.gw.decide(request)
-        event = self._event(decision, permitted, Kind.CONNECT, "",
-                            str(addresses[0]) if addresses else "", b"CONNECT", b"")
+        decision, permitted = self.cp.decide(request)
+        event = self._event(decision, permitted, "connect", "",
+                            str(addresses[0]) if addresses else "", b"CONNECT", "")
         if not permitted:
             if event is not None:
-                await self.gw.record(event)  # durable before the client sees the 403
+                await self.cp.record(event)  # durable before the client sees the 403
             self._write(http1.refusal(decision, close=True))
             self.close("client")
             return
         if event is not None:
-            self.gw.emit(event)
+            self.cp.emit(event)
         if unresolved or host is None:
             self.fail(502, "Bad Gateway", unresolved or "invalid host")
             return
@@ -646,18 +676,17 @@ class ClientConnection(asyncio.Protocol):
         self.open_event = event
         self.connect_host = host.name
         self.connect_port = port
+        self.connect_is_ip = host.ip is not None
         self.started = time.monotonic()
         self.bytes_up = self.bytes_down = 0
         self.counting = True
         self._write(_ESTABLISHED)
         metrics.OPEN_TUNNELS.inc()
         # The destination may speak first; only the client's direction waits for the peek.
-        up.mode = "tunnel"
-        for data in up.early:
+        self.state = PEEK
+        for data in up.start_tunnel():
             self.bytes_down += len(data)
             self._write(data)
-        up.early = []
-        self.state = "peek"
         self.queue.clear()
         early, self.peek = self.peek, b""
         self.resume_reading("exchange")
@@ -670,64 +699,47 @@ class ClientConnection(asyncio.Protocol):
             return
         self.peek += data
         result = tls.parse_client_hello(self.peek)
-        if result is tls.NEED_MORE:
+        check = decide.first_bytes(result, self.connect_port, self.connect_host,
+                                   self.connect_is_ip, self.gw.limits.non_tls_443)
+        if check is tls.NEED_MORE:
             return
-        refusal: Decision | None = None
-        if isinstance(result, tls.NotTLS):
-            if self.connect_port == 443 and self.gw.limits.non_tls_443 == "deny":
-                refusal = self._guard_deny("guard:non-tls-443",
-                                           "first bytes on port 443 are not a TLS ClientHello")
-        elif isinstance(result, tls.Malformed):
-            refusal = self._guard_deny("guard:malformed-tls", f"bad TLS: {result.reason}")
-        elif isinstance(result, tls.ClientHello) and result.sni is not None:
-            refusal = self._check_sni(result.sni)
+        refusal: tuple[Decision, bool] | None = None
+        if isinstance(check, decide.GuardRefusal):
+            refusal = self.cp.guard_deny(check.rule, check.reason,
+                                         f"{self.connect_host}:{self.connect_port}",
+                                         self.connect_port)
+        elif isinstance(check, decide.DecideSni):
+            refusal = self._decide_sni(check.name)
         if refusal is not None:
+            decision, permitted = refusal
             conn_id = self.open_event.connection_id if self.open_event else ""
-            event = self._event(refusal, self.gw.report_only, Kind.CONNECT, conn_id,
-                                str(self.connected_ip or ""), b"CONNECT", b"")
-            if not self.gw.report_only:
+            event = self._event(decision, permitted, "connect", conn_id,
+                                str(self.connected_ip or ""), b"CONNECT", "")
+            if not permitted:
                 self.open_event = None  # the refusal replaces the close event
                 self.counting = False
                 self._refuse(event, "client")
                 return
             if event is not None:
-                self.gw.emit(event)
-        self.state = "tunnel"
+                self.cp.emit(event)  # a would-deny (report-only): relayed
+        self.state = TUNNEL
         data, self.peek = self.peek, b""
         self.bytes_up += len(data)
-        self.upstream.transport.write(data)  # type: ignore[union-attr]
+        self.upstream.write(data)  # type: ignore[union-attr]
 
-    def _check_sni(self, sni: str) -> Decision | None:
-        """Spec section 5: the SNI must name the CONNECT host (or pass policy for IPs)."""
-        try:
-            sni_host = _normalize_host(sni)
-        except InvalidHost as exc:
-            return self._guard_deny("guard:invalid-sni", f"TLS SNI {sni!r}: {exc}")
-        active = self.active
-        assert active is not None and self.connected_ip is not None
-        connect_is_ip = _normalize_host(active.host).ip is not None
-        if connect_is_ip and sni_host.ip is None:
-            request = Request(kind=Kind.CONNECT, host=sni_host.name, port=self.connect_port,
-                              addresses=(self.connected_ip,), source=self.source)
-            decision, permitted = self.gw.decide(request)
-            if not permitted:
-                return decision
+    def _decide_sni(self, name: str) -> tuple[Decision, bool] | None:
+        """An IP-literal CONNECT's SNI name, decided as the host at the address connected
+        to; what is relayed from now on is that request (re-decided on policy swaps)."""
+        assert self.connected_ip is not None
+        request = Request(kind=Kind.CONNECT, host=name, port=self.connect_port,
+                          addresses=(self.connected_ip,), source=self.source)
+        decision, permitted = self.cp.decide(request)
+        if permitted:
             self.active = request
-            return None
-        if sni_host.name != self.connect_host:
-            return self._guard_deny(
-                "guard:domain-fronting",
-                f"domain fronting: TLS SNI {sni_host.name} does not match CONNECT host "
-                f"{self.connect_host}")
-        return None
+        return None if decision.allowed else (decision, permitted)
 
-    def _guard_deny(self, rule: str, reason: str) -> Decision:
-        return Decision(Verdict.DENY, Layer.GUARD, rule, reason,
-                        destination=f"{self.connect_host}:{self.connect_port}",
-                        port=self.connect_port)
-
-    def tunnel_eof_from_upstream(self) -> None:
-        self.upstream_eof = True
+    def upstream_eof(self, up: Upstream) -> None:
+        self.dest_eof = True
         if self.transport is not None and self.transport.can_write_eof():
             self.transport.write_eof()
         if self.client_eof:
@@ -740,8 +752,16 @@ class ClientConnection(asyncio.Protocol):
         request = self.active
         if request is None or self.closed:
             return False
-        decision, permitted = self.gw.decide(request)
+        decision, permitted = self.cp.decide(request)
         if permitted:
+            if not decision.allowed and self.would_revoke is not request:
+                # Report-only: the policy in force would cut this; record it once, relay on.
+                self.would_revoke = request
+                conn_id = self.open_event.connection_id if self.open_event else ""
+                event = self._event(decision, True, request.kind.value, conn_id,
+                                    str(self.connected_ip or ""), b"", "")
+                if event is not None:
+                    self.cp.emit(event)
             return False
         log.warning("gateway: revoking %s to %s: %s", self.peer, decision.destination,
                     decision.reason)
@@ -759,16 +779,14 @@ class ClientConnection(asyncio.Protocol):
         self.active = None
         up, self.upstream = self.upstream, None
         if up is not None:
-            if up.mode == "tunnel":
-                up.mode = "pending"  # detached: its loss must not close the client early
-            up.abort()
+            up.abort()  # let go of first: its loss must not close the client early
         if self.transport is not None:
             self.transport.pause_reading()
         self.refusal_task = self.loop.create_task(self._cut_after_record(event, cause))
 
     async def _cut_after_record(self, event: DecisionEvent | None, cause: CloseCause) -> None:
         if event is not None:
-            await self.gw.record(event)
+            await self.cp.record(event)
         self.close(cause, cause_event=False, final=True)
 
     def _close_event(self, cause: CloseCause) -> DecisionEvent | None:
@@ -780,13 +798,13 @@ class ClientConnection(asyncio.Protocol):
         event, self.open_event = self.open_event, None
         if event is None:
             return None
-        return self.gw.close_event(event, cause, self.bytes_up, self.bytes_down,
+        return self.cp.close_event(event, cause, self.bytes_up, self.bytes_down,
                                    time.monotonic() - self.started)
 
     def _emit_close(self, cause: CloseCause) -> None:
         event = self._close_event(cause)
         if event is not None:
-            self.gw.emit(event)
+            self.cp.emit(event)
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -795,9 +813,9 @@ class ClientConnection(asyncio.Protocol):
     def close(self, cause: CloseCause, *, cause_event: bool = True, final: bool = False) -> None:
         if self.closed or (self.refusing and not final and cause != "shutdown"):
             return
-        was_tunnel = self.state in ("tunnel", "peek")
+        was_tunnel = self.state is TUNNEL or self.state is PEEK
         self.closed = True
-        self.state = "closed"
+        self.state = CLOSED
         if was_tunnel or self.active is not None:
             if cause_event:
                 self._emit_close(cause)
@@ -811,7 +829,7 @@ class ClientConnection(asyncio.Protocol):
         if up is not None:
             if cause in ("revoked", "shutdown", "timeout"):
                 up.abort()
-            elif up.idle and not was_tunnel:
+            elif up.reusable and not was_tunnel:
                 self.gw.park(up)  # another client may reuse it
             else:
                 up.close()
@@ -831,12 +849,7 @@ class ClientConnection(asyncio.Protocol):
             self.activity_seen = activity
             self.idle_since = now
         up = self.upstream
-        awaiting = 0.0
-        if up is not None and up.awaiting:
-            ex = up.exchange
-            if ex is not None and not ex.body_done:
-                up.awaiting = now  # the upstream may wait for the whole body before answering
-            awaiting = up.awaiting
+        awaiting = up.response_owed_since(now) if up is not None else 0.0
         breach = deadline_breach(self.gw.limits, now, accepted=self.accepted,
                                  served=self.served, in_head=self.in_head,
                                  head_started=self.head_started, awaiting_response=awaiting,

@@ -9,28 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from egressguard.audit import metrics
-from egressguard.audit.events import (
-    CloseCause,
-    DecisionEvent,
-    EventSink,
-    NullSink,
-    emit_durably,
-)
-from egressguard.engine import Decision, Kind, Request
+from egressguard.enforce.checkpoint import Checkpoint
+from egressguard.enforce.events import EventSink
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
-from egressguard.gateway.connection import ClientConnection, Upstream
+from egressguard.gateway.connection import ClientConnection, ConnState
 from egressguard.gateway.limits import Limits, admission_refusal
+from egressguard.gateway.pool import Pool
 from egressguard.gateway.resolver import Resolver
+from egressguard.gateway.upstream import Upstream
 
 log = logging.getLogger("egressguard.gateway")
 _SWEEP_SECONDS = 0.25
-_POOL_PER_KEY = 32        # idle upstream connections kept per (host, port)
-_POOL_IDLE_SECONDS = 30.0
-_CACHE_SIZE = 4096        # memoised decisions per snapshot
 
 
 class Gateway:
@@ -40,13 +32,11 @@ class Gateway:
                  resolver: Resolver | None = None, limits: Limits | None = None, *,
                  report_only: bool = False, cluster: str = "default") -> None:
         self.holder = holder
-        self.sink: EventSink = sink or NullSink()
-        # Without an audit sink no event is built at all (the counters still are).
-        self.recording = not isinstance(self.sink, NullSink)
         self.resolver = resolver or Resolver()
         self.limits = limits or Limits()
-        self.report_only = report_only
-        self.cluster = cluster
+        # decide -> report-only -> metrics -> event -> record, as at every other point.
+        self.checkpoint = Checkpoint(holder, sink, report_only=report_only, cluster=cluster,
+                                     point="gateway", audit_timeout=self.limits.audit_timeout)
         self.clients: set[ClientConnection] = set()
         self.per_source: dict[IPAddress | None, int] = {}  # open connections by address
         self.capped: set[IPAddress | None] = set()  # sources refused since last below cap
@@ -54,14 +44,15 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._unsubscribe: object = None
-        self._counters: dict[tuple[str, str, str, bool], object] = {}
-        self._cached_snapshot: object = None
-        self._cache: dict[Request, Decision] = {}
         self._bytes_up = metrics.BYTES.labels("up")
         self._bytes_down = metrics.BYTES.labels("down")
-        # Idle upstream HTTP connections shared by all clients, keyed by (host, port).
-        self.pool: dict[tuple[str, int], list[Upstream]] = {}
+        self.pool = Pool()   # idle upstream HTTP connections shared by all clients
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+
+    @property
+    def report_only(self) -> bool:
+        """The `serve --report-only` switch (ORed with the policy's, see the checkpoint)."""
+        return self.checkpoint.report_only
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -87,7 +78,7 @@ class Gateway:
         if callable(self._unsubscribe):
             self._unsubscribe()
         for client in list(self.clients):
-            if client.state == "idle" and not client.queue:
+            if client.state is ConnState.IDLE and not client.queue:
                 client.close("shutdown")
         limit = self.limits.shutdown_deadline if deadline is None else deadline
         end = self.loop.time() + limit
@@ -95,9 +86,7 @@ class Gateway:
             await asyncio.sleep(0.05)
         for client in list(self.clients):
             client.close("shutdown")
-        for idle in [up for ups in self.pool.values() for up in ups]:
-            idle.close()
-        self.pool.clear()
+        self.pool.close_all()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._server = None
@@ -134,129 +123,20 @@ class Gateway:
                 self.per_source.pop(source, None)
                 self.capped.discard(source)
 
-    def decide(self, request: Request) -> tuple[Decision, bool]:
-        """The engine's decision and whether to let it through (report-only permits all)."""
-        snapshot = self.holder.current
-        if snapshot is not self._cached_snapshot or len(self._cache) > _CACHE_SIZE:
-            self._cached_snapshot, self._cache = snapshot, {}
-        decision = self._cache.get(request)
-        if decision is None:
-            # Decisions are pure functions of (snapshot, request): safe to memoise.
-            t0 = time.perf_counter()
-            decision = self._cache[request] = snapshot.decide(request)
-            metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)  # engine only
-        return decision, decision.permitted or self.report_only
-
-    def note_decision(self, client: ClientConnection, decision: Decision, permitted: bool,
-                      kind: Kind) -> None:
-        """Count every enforced decision (and log those that are not plain allows)."""
-        key = (kind.value, decision.verdict.value, decision.layer.value, permitted)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = metrics.DECISIONS.labels(
-                kind.value, decision.verdict.value, decision.layer.value,
-                "true" if permitted else "false")
-        counter.inc()  # type: ignore[attr-defined]
-        if not decision.allowed:
-            log.info("gateway: %s %s %s %s (%s: %s)%s", client.peer,
-                     "report-only" if permitted else "deny", kind.value,
-                     decision.destination, decision.rule, decision.reason,
-                     " would be denied" if permitted else "")
-
-    def decision_event(self, client: ClientConnection, decision: Decision, permitted: bool,
-                       kind: Kind, conn_id: str, address: str, method: bytes,
-                       path: bytes) -> DecisionEvent:
-        """The audit event of a decision (the caller emits or records it)."""
-        host, _, port_text = decision.destination.rpartition(":")
-        if not host or not port_text.isdigit():
-            host = decision.destination
-        return DecisionEvent(
-            time=time.time(), cluster=self.cluster, kind=kind.value, host=host,
-            port=decision.port, verdict=decision.verdict.value, permitted=permitted,
-            layer=decision.layer.value, rule=decision.rule, reason=decision.reason,
-            policy_version=self.holder.active.version, connection_id=conn_id,
-            client_address=client.peer, resolved_address=address,
-            method=method.decode("latin-1"), path=path.decode("latin-1")[:2048])
-
-    async def record(self, event: DecisionEvent) -> None:
-        """Make a refusal's event durable before the client sees the refusal.
-
-        Fails closed: when the audit log cannot confirm in `limits.audit_timeout` seconds
-        (or fails), the error is logged and the caller refuses all the same.
-        """
-        try:
-            await asyncio.wait_for(emit_durably(self.sink, event), self.limits.audit_timeout)
-        except TimeoutError as exc:   # AuditUnavailable is a TimeoutError
-            log.error("gateway: refusal of %s:%s not confirmed durable by the audit log "
-                      "(%s); refusing anyway", event.host, event.port,
-                      exc or f"no answer in {self.limits.audit_timeout:g} s")
-        except Exception:
-            log.exception("gateway: audit record of a refusal failed; refusing anyway")
-
     def count_bytes(self, up: int, down: int) -> None:
         if up:
             self._bytes_up.inc(up)
         if down:
             self._bytes_down.inc(down)
 
-    def close_event(self, opened: DecisionEvent, cause: CloseCause, up: int, down: int,
-                    duration: float) -> DecisionEvent:
-        """The close event of a permitted connection."""
-        return DecisionEvent(
-            time=time.time(), cluster=opened.cluster, kind=opened.kind, host=opened.host,
-            port=opened.port, verdict=opened.verdict, permitted=opened.permitted,
-            layer=opened.layer, rule=opened.rule, reason=opened.reason,
-            policy_version=opened.policy_version, phase="close",
-            connection_id=opened.connection_id, client_address=opened.client_address,
-            resolved_address=opened.resolved_address, method=opened.method,
-            path=opened.path, bytes_up=up, bytes_down=down, duration_s=duration,
-            close_cause=cause)
-
     # -- the shared upstream pool ----------------------------------------------------------
 
     def park(self, up: Upstream) -> None:
         """Keep an idle upstream HTTP connection for the next request to the same host."""
-        idle = self.pool.setdefault(up.key, []) if up.key is not None else None
-        if idle is None or up.closed or not up.idle or self.draining or \
-                len(idle) >= _POOL_PER_KEY:
+        if self.draining:
             up.close()
-            return
-        up.parked_at = self.loop.time()
-        idle.append(up)
-
-    def take(self, key: tuple[str, int], addresses: tuple[IPAddress, ...],
-             client: ClientConnection) -> Upstream | None:
-        """An idle connection to `key` whose address is one of the checked `addresses`."""
-        idle = self.pool.get(key)
-        while idle:
-            up = idle.pop()
-            up.parked_at = 0.0
-            if up.closed or up.ip not in addresses:
-                up.close()
-                continue
-            up.client = client
-            return up
-        return None
-
-    def unpark(self, up: Upstream) -> None:
-        idle = self.pool.get(up.key) if up.key is not None else None
-        if idle is not None and up in idle:
-            idle.remove(up)
-        up.parked_at = 0.0
-
-    def _expire_pool(self, now: float) -> None:
-        for idle in self.pool.values():
-            for up in [u for u in idle if now - u.parked_at > _POOL_IDLE_SECONDS]:
-                idle.remove(up)
-                up.parked_at = 0.0
-                up.close()
-
-    def emit(self, event: DecisionEvent) -> None:
-        """Fire-and-forget (permitted calls and close events); a failing sink is logged."""
-        try:
-            self.sink.emit(event)
-        except Exception:
-            log.exception("gateway: event sink failed")
+        else:
+            self.pool.park(up, self.loop.time())
 
     # -- policy swaps and deadlines --------------------------------------------------------
 
@@ -276,4 +156,4 @@ class Gateway:
             now = self.loop.time()
             for client in list(self.clients):
                 client.sweep(now)
-            self._expire_pool(now)
+            self.pool.expire(now)

@@ -1,26 +1,40 @@
 """The gateway's side of an HTTP exchange: the request body on its way to the destination,
 and the destination connection (`Upstream`), which parses responses or relays a tunnel.
 
-Response bytes for the client are collected during one read and written with a single
-`write`, so a small response costs one syscall each way. The end of an exchange is told
-to the client connection by a direct call once those bytes are written (no future, no
-task switch), so a keep-alive request is handled entirely in transport callbacks.
+Response bytes for the client are collected during one read and handed over with a
+single call (one `write`), so a small response costs one syscall each way. The end of an
+exchange is told to the owner by a direct call once those bytes are written (no future,
+no task switch), so a keep-alive request is handled entirely in transport callbacks.
+
+An `Upstream` talks to whoever holds it (the client connection, or the pool while it is
+parked) only through `UpstreamOwner`, and is driven only through its own methods. Its
+one state, `UpState`, is changed only here (h11's rule). Transitions:
+
+    NEW     -> BUSY (send) | TUNNEL (start_tunnel) | CLOSED
+    BUSY    -> IDLE (a reusable response is complete) | CLOSED (failed, not reusable,
+               lost, or the owner closes it)
+    IDLE    -> BUSY (send: the next request) | PARKED (park) | CLOSED
+    PARKED  -> IDLE (adopt: taken from the pool) | CLOSED (expired, lost, unsolicited
+               bytes)
+    TUNNEL  -> CLOSED
+    CLOSED     final; `connection_lost` tells the owner (`upstream_lost`) in every case
+
+Bytes from a NEW connection are kept for the tunnel (a destination may speak first);
+bytes on an IDLE or PARKED one were never asked for and close it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Protocol, cast
 
 import httptools
 
 from egressguard.engine.normalize import IPAddress
 from egressguard.gateway import http1
-
-if TYPE_CHECKING:
-    from egressguard.gateway.connection import ClientConnection
 
 log = logging.getLogger("egressguard.gateway")
 _CRLF = b"\r\n"
@@ -106,23 +120,58 @@ class _Unsolicited(Exception):
     """Response bytes the gateway did not ask for (after the response it awaited)."""
 
 
-class Upstream(asyncio.Protocol):
-    """The connection to the destination. HTTP mode parses responses; tunnel mode relays."""
+class UpState(enum.Enum):
+    NEW = "new"          # connected, nothing sent yet
+    BUSY = "busy"        # a request is out, its response is being relayed
+    IDLE = "idle"        # between responses, held by its client
+    PARKED = "parked"    # between responses, in the shared pool
+    TUNNEL = "tunnel"    # relaying a CONNECT tunnel
+    CLOSED = "closed"
 
-    def __init__(self, client: ClientConnection) -> None:
-        self.client = client
+
+_NEW, _BUSY, _TUNNEL, _CLOSED = UpState.NEW, UpState.BUSY, UpState.TUNNEL, UpState.CLOSED
+
+
+class UpstreamOwner(Protocol):
+    """What an `Upstream` tells its holder (`ClientConnection`, or `Pool` while parked)."""
+
+    def deliver(self, data: bytes, counted: int) -> None:
+        """Bytes for the client; `counted` of them are payload (body or tunnel bytes)."""
+
+    def exchange_done(self, ex: Exchange, up: Upstream, reuse: bool) -> None:
+        """`ex` is answered completely; `reuse`: the connection may carry another."""
+
+    def exchange_failed(self, ex: Exchange, up: Upstream, error: UpstreamError,
+                        started: bool) -> None:
+        """`ex` failed (`started`: after part of the response reached the client)."""
+
+    def upstream_eof(self, up: Upstream) -> None:
+        """A tunnel's destination stopped sending."""
+
+    def upstream_lost(self, up: Upstream) -> None:
+        """The connection is gone (whoever closed it)."""
+
+    def pause_reading(self, reason: str) -> None:
+        """The destination's write buffer is full: stop reading the client."""
+
+    def resume_reading(self, reason: str) -> None: ...
+
+
+class Upstream(asyncio.Protocol):
+    """The connection to the destination. HTTP states parse responses; TUNNEL relays."""
+
+    def __init__(self, owner: UpstreamOwner, loop: asyncio.AbstractEventLoop,
+                 max_head: int, ip: IPAddress, key: tuple[str, int] | None = None) -> None:
+        self.owner = owner
+        self.loop = loop
+        self.max_head = max_head   # Limits.max_response_header_bytes
+        self.ip = ip
+        self.key = key             # (host, port) it may be reused for; None: a tunnel
+        self.state = UpState.NEW
         self.transport: asyncio.Transport | None = None
-        self.mode: Literal["pending", "http", "tunnel"] = "pending"
-        self.early: list[bytes] = []
-        self.closed = False
-        self.eof = False
+        self._early: list[bytes] = []
         self.parser: httptools.HttpResponseParser | None = None
         self.exchange: Exchange | None = None
-        self.key: tuple[str, int] | None = None
-        self.ip: IPAddress | None = None
-        self.idle = False      # between responses, may carry another request
-        self.parked_at = 0.0   # >0 while in the gateway's shared pool
-        self.used = False
         self.awaiting = 0.0    # loop time since when a response head is owed (0: none)
         self._head_bytes = 0   # head bytes received so far for the awaited response
         self._reason = b""
@@ -131,6 +180,7 @@ class Upstream(asyncio.Protocol):
         self._client_chunked = False
         self._until_close = False
         self.out: list[bytes] = []  # response bytes, written once per read (fewer syscalls)
+        self._counted = 0           # body bytes among them
         # The exchange's end, told to the client once `out` is written: (exchange, reuse)
         # or (exchange, error).
         self._outcome: tuple[Exchange, bool | UpstreamError] | None = None
@@ -141,53 +191,47 @@ class Upstream(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        client = self.client
-        if self.mode == "tunnel":
-            client.bytes_down += len(data)
-            client.transport.write(data)  # type: ignore[union-attr]
-        elif self.mode == "http":
-            if self.parser is None or self.exchange is None:
-                if self.parked_at or self.idle:
-                    self.close()  # unsolicited bytes on an idle connection: drop it
-                    return
-                return  # bytes after a HEAD response head: nothing may follow
-            try:
-                self.parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                if isinstance(exc.__context__, _Unsolicited):
-                    self._unsolicited()
-                else:
-                    self._fail(UpstreamError(502, f"malformed response from upstream: {exc}"))
+        state = self.state
+        if state is _TUNNEL:
+            self.owner.deliver(data, len(data))
+            return
+        if state is _NEW:
+            self._early.append(data)
+            return
+        if state is _CLOSED:
+            return
+        if self.parser is None or self.exchange is None:
+            if state is not _BUSY:
+                self.close()  # unsolicited bytes on an idle connection: drop it
+            return  # bytes after a HEAD response head: nothing may follow
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _Unsolicited):
+                self._unsolicited()
             else:
-                if self.awaiting and self.exchange is not None:
-                    # Still no complete head: httptools buffers an unfinished header line
-                    # without a callback, so the bytes of each such read are counted here.
-                    self._head_bytes += len(data)
-                    limit = client.gw.limits.max_response_header_bytes
-                    if self._head_bytes > limit:
-                        self._fail(UpstreamError(
-                            502, f"upstream response head larger than {limit} bytes"))
-            self.flush()
-            if self._outcome is not None:
-                self._deliver()
+                self._fail(UpstreamError(502, f"malformed response from upstream: {exc}"))
         else:
-            self.early.append(data)
+            if self.awaiting and self.exchange is not None:
+                # Still no complete head: httptools buffers an unfinished header line
+                # without a callback, so the bytes of each such read are counted here.
+                self._head_bytes += len(data)
+                if self._head_bytes > self.max_head:
+                    self._fail(UpstreamError(
+                        502, f"upstream response head larger than {self.max_head} bytes"))
+        self.flush()
+        if self._outcome is not None:
+            self._deliver()
 
     def eof_received(self) -> bool:
-        self.eof = True
-        if self.mode == "tunnel":
-            self.client.tunnel_eof_from_upstream()
+        if self.state is UpState.TUNNEL:
+            self.owner.upstream_eof(self)
             return True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.parked_at:
-            self.client.gw.unpark(self)
-            return
-        if self.mode == "tunnel":
-            self.client.close("upstream")
-        elif self.exchange is not None:
+        self.state = UpState.CLOSED
+        if self.exchange is not None:
             if self._started and self._until_close:
                 if self._client_chunked:
                     self.out.append(b"0\r\n\r\n")
@@ -198,34 +242,96 @@ class Upstream(asyncio.Protocol):
                 self._fail(UpstreamError(502, reason))
         if self._outcome is not None:
             self._deliver()
-        self.client.upstream_gone(self)
+        self.owner.upstream_lost(self)
 
     def pause_writing(self) -> None:
-        self.client.pause_reading("upstream-buffer")
+        self.owner.pause_reading("upstream-buffer")
 
     def resume_writing(self) -> None:
-        self.client.resume_reading("upstream-buffer")
+        self.owner.resume_reading("upstream-buffer")
+
+    # -- what the owner calls --------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state is UpState.CLOSED
+
+    @property
+    def reusable(self) -> bool:
+        """Between responses and held by a client (may be parked or sent on)."""
+        return self.state is UpState.IDLE
+
+    def serves(self, key: tuple[str, int], addresses: tuple[IPAddress, ...]) -> bool:
+        """May carry a request to `key` decided for `addresses`."""
+        return (self.state is UpState.IDLE or self.state is UpState.PARKED) \
+            and self.key == key and self.ip in addresses
+
+    def send(self, exchange: Exchange, head: bytes) -> None:
+        """Forward a request head (and the body as it comes); await its response."""
+        transport = self.transport
+        assert transport is not None
+        self.state = UpState.BUSY
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
+        self.exchange = exchange
+        self.awaiting = self.loop.time()
+        self._head_bytes = 0
+        self._begin()
+        transport.write(head)
+        exchange.attach(transport)
+
+    def start_tunnel(self) -> list[bytes]:
+        """Relay from now on; returns what the destination sent before (it may speak first)."""
+        if self.state is UpState.NEW:
+            self.state = UpState.TUNNEL
+        early, self._early = self._early, []
+        return early
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def write_eof(self) -> None:
+        transport = self.transport
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self.state is not UpState.CLOSED:
+            self.transport.resume_reading()
+
+    def park(self, pool: UpstreamOwner) -> None:
+        """IDLE -> PARKED: the pool holds it now."""
+        self.state = UpState.PARKED
+        self.owner = pool
+
+    def adopt(self, owner: UpstreamOwner) -> None:
+        """PARKED -> IDLE: taken from the pool by `owner`."""
+        self.state = UpState.IDLE
+        self.owner = owner
+
+    def response_owed_since(self, now: float) -> float:
+        """Loop time since when a response head is owed (0: none). While the request body
+        is still being sent the clock restarts: an upstream may await the whole body."""
+        ex = self.exchange
+        if self.awaiting and ex is not None and not ex.body_done:
+            self.awaiting = now
+        return self.awaiting
 
     def close(self) -> None:
-        self.closed = True
+        self.state = UpState.CLOSED
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
-        self.closed = True
+        self.state = UpState.CLOSED
         if self.transport is not None:
             self.transport.abort()
 
     # -- HTTP responses --------------------------------------------------------------------
-
-    def expect_response(self, exchange: Exchange) -> None:
-        self.mode = "http"
-        if self.parser is None:
-            self.parser = httptools.HttpResponseParser(self)
-        self.exchange = exchange
-        self.awaiting = self.client.loop.time()
-        self._head_bytes = 0
-        self._begin()
 
     def timed_out(self, why: str) -> None:
         """The response head did not come in time (`Limits.response_timeout`): 504."""
@@ -267,7 +373,6 @@ class Upstream(asyncio.Protocol):
         if ex is None or parser is None:
             return
         status = parser.get_status_code()
-        client = self.client
         headers = self._headers
         has_cl = chunked = hop = False
         size = len(self._reason)
@@ -281,7 +386,7 @@ class Upstream(asyncio.Protocol):
                 chunked = chunked or b"chunked" in value.lower()
             elif lower in http1.HOP_BY_HOP or lower == b"connection":
                 hop = True
-        limit = client.gw.limits.max_response_header_bytes
+        limit = self.max_head
         if max(size, self._head_bytes) > limit:
             self._fail(UpstreamError(502, f"upstream response head larger than {limit} bytes"))
             return
@@ -299,7 +404,7 @@ class Upstream(asyncio.Protocol):
             return
         self.awaiting = 0.0
         bodiless = ex.method == b"HEAD" or status in (204, 304)
-        keep = client.keep_alive and ex.keep_alive
+        keep = ex.keep_alive
         self._client_chunked = False
         self._until_close = not bodiless and not has_cl and not chunked
         if not bodiless and not has_cl:
@@ -309,7 +414,7 @@ class Upstream(asyncio.Protocol):
             else:
                 keep = False  # close-delimited body for an HTTP/1.0 client
         if not keep:
-            client.keep_alive = False
+            ex.keep_alive = False  # the client connection closes after this exchange
         head.append(b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
         self.out += head
         self._started = True
@@ -321,8 +426,7 @@ class Upstream(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         if self.exchange is None:
             raise _Unsolicited  # e.g. a "body" after a HEAD response, or after a failure
-        client = self.client
-        client.bytes_down += len(data)
+        self._counted += len(data)
         if self._client_chunked:
             self.out += (b"%x\r\n" % len(data), data, _CRLF)
         else:
@@ -337,13 +441,11 @@ class Upstream(asyncio.Protocol):
         self._finish(reuse=parser is not None and parser.should_keep_alive())
 
     def flush(self) -> None:
-        if self.out:
-            client = self.client
-            transport = client.transport
-            if transport is not None and not client.closed and not client.refusing:
-                out = self.out
-                transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out = self.out
+        if out:
             self.out = []
+            counted, self._counted = self._counted, 0
+            self.owner.deliver(out[0] if len(out) == 1 else b"".join(out), counted)
 
     def _finish(self, reuse: bool) -> None:
         ex, self.exchange = self.exchange, None
@@ -364,6 +466,8 @@ class Upstream(asyncio.Protocol):
         if outcome is not None:
             ex, result = outcome
             if isinstance(result, UpstreamError):
-                self.client.exchange_failed(ex, self, result)
+                self.owner.exchange_failed(ex, self, result, self._started)
             else:
-                self.client.exchange_done(ex, self, result)
+                if result and self.state is UpState.BUSY:
+                    self.state = UpState.IDLE
+                self.owner.exchange_done(ex, self, result)
