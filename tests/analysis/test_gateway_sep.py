@@ -122,7 +122,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 def _connect(gateway: int, target: str) -> tuple[socket.socket, bytes]:
-    sock = socket.create_connection(("127.0.0.1", gateway), timeout=5)
+    # A refusal waits for its durable audit record (up to the 5 s audit timeout).
+    sock = socket.create_connection(("127.0.0.1", gateway), timeout=15)
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
@@ -179,7 +180,7 @@ def test_read_access_secondary_of_the_listed_account_is_covered(
 
 def test_plain_http_to_an_unlisted_account_is_denied_by_the_service_endpoint_policy(
         gateway: int, storage_server: int) -> None:
-    with socket.create_connection(("127.0.0.1", gateway), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", gateway), timeout=15) as sock:
         sock.sendall(f"GET http://{OTHER}:{storage_server}/x HTTP/1.1\r\n"
                      f"Host: {OTHER}:{storage_server}\r\nConnection: close\r\n\r\n".encode())
         answer = b""
