@@ -37,6 +37,7 @@ from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.engine import Decision, Kind, Request, Snapshot, compile_policy
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
+from egressguard.errors import Denied
 from egressguard.policy import Policy
 from egressguard.policyfile import PolicyFileWatcher, holder_for
 
@@ -48,7 +49,7 @@ log = logging.getLogger("egressguard.callout")
 __all__ = ["CalloutDenied", "Guard"]
 
 
-class CalloutDenied(PermissionError):
+class CalloutDenied(PermissionError, Denied):
     """A callout the policy does not allow. `str(exc)` is Data Explorer's wording:
     "Callout to '<uri>' is not allowed by the callout policy (...)" (error SEM0056)."""
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from egressguard.errors import InputError
 from egressguard.policy import Policy, PolicyError, load_policy
 
 
-class SourceError(ValueError):
+class SourceError(InputError, ValueError):
     """A policy source that cannot be read (missing file, unknown cluster, bad store)."""
 
 

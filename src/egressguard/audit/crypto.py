@@ -29,12 +29,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from egressguard.errors import Unavailable
+
 KEY_ENV = "EGRESSGUARD_AUDIT_KEY"
 KEY_FILE = "audit.key"
 NONCE = 12
 
 
-class KeyError_(ValueError):
+class KeyError_(Unavailable, ValueError):
     """The audit key is missing or malformed."""
 
 

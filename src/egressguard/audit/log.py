@@ -89,6 +89,7 @@ from egressguard.audit.events import DecisionEvent
 from egressguard.audit.lineage import Slot, store_dir
 from egressguard.audit.schema import batches, events, heads
 from egressguard.audit.spool import Batch, Spool
+from egressguard.errors import Unavailable
 
 log = logging.getLogger("egressguard.audit")
 
@@ -96,7 +97,7 @@ GENESIS = b"\0" * 32
 PROBE_S = 1.0          # while degraded, try the store this often
 
 
-class AuditUnavailable(TimeoutError):
+class AuditUnavailable(TimeoutError, Unavailable):
     """The audit log could not make an event durable in time."""
 
 

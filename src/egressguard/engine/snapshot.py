@@ -29,6 +29,7 @@ from egressguard.engine.normalize import (
     parse_url,
 )
 from egressguard.engine.request import Decision, Kind, Layer, Request, Verdict
+from egressguard.errors import InputError
 from egressguard.policy.model import (
     Action,
     CalloutRule,
@@ -50,7 +51,7 @@ _ACCOUNT_ID = re.compile(
     r"storageaccounts/(?P<name>[a-z0-9]{3,24})")
 
 
-class CompileError(ValueError):
+class CompileError(InputError, ValueError):
     """A policy that validated but references something unknown (a tag, an alias)."""
 
 

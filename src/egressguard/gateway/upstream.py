@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, cast
 import httptools
 
 from egressguard.engine.normalize import IPAddress
+from egressguard.errors import Unavailable
 from egressguard.gateway import http1
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ class Exchange:
             transport.write(b"0\r\n\r\n")
 
 
-class UpstreamError(Exception):
+class UpstreamError(Unavailable):
     """Why an exchange failed, and the status the client gets for it (502 or 504)."""
 
     def __init__(self, status: int, reason: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from egressguard.errors import InputError
 from egressguard.policy.model import Policy
 
 
@@ -32,7 +33,7 @@ class Problem:
         return f"{where}{at}{self.reason}"
 
 
-class PolicyError(ValueError):
+class PolicyError(InputError, ValueError):
     """A policy document was rejected; `problems` lists every reason found."""
 
     def __init__(self, source: str, problems: list[Problem]) -> None:
