@@ -3,18 +3,26 @@
 Each area module (`egressguard.cli.<area>`) exposes `register(app)`. Importing every area
 costs over a second (FastAPI, SQLAlchemy, Alembic), so the command named on the command
 line loads only its own area; `--help` and unknown commands load them all.
+
+Errors are handled once, here (`_Guarded.invoke`): any `EgressguardError` prints one line,
+`error: <message> (hint: <hint>)`, and exits 2; anything else prints one line naming the
+type and exits 2 too. A traceback only with the global `--debug` (or $EGRESSGUARD_DEBUG).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from egressguard import config
 from egressguard.cli.check import check
+from egressguard.errors import EgressguardError
+
+EXIT_ERROR = 2
 
 # The command tree in one place: top-level command -> the area module that defines it.
 AREAS: dict[str, str] = {
@@ -49,10 +57,37 @@ def _command_name(argv: list[str]) -> str | None:
     return None
 
 
+def error_line(exc: BaseException) -> str:
+    """The one line a command prints for `exc` (no traceback)."""
+    if isinstance(exc, EgressguardError | OSError):
+        line = f"error: {exc}"
+    else:  # a bug: say so, and how to see where
+        line = f"error: unexpected {type(exc).__name__}: {exc}"
+    hint = getattr(exc, "hint", None) if isinstance(exc, EgressguardError) else (
+        None if isinstance(exc, OSError) else "rerun with --debug to see the traceback")
+    return f"{line} (hint: {hint})" if hint else line
+
+
+class _Guarded(TyperGroup):
+    """The root group: turns an exception from any command into one line and exit 2."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context (private)
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own exits
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            typer.echo(error_line(exc), err=True)
+            raise typer.Exit(EXIT_ERROR) from None
+
+
 def build_app(argv: list[str] | None = None) -> typer.Typer:
     """The CLI with the areas `argv` needs (all of them when `argv` is None)."""
     app = typer.Typer(
-        name="egressguard", no_args_is_help=True, add_completion=False,
+        name="egressguard", no_args_is_help=True, add_completion=False, cls=_Guarded,
+        pretty_exceptions_show_locals=False,  # locals may hold tokens and keys
         help="Self-hosted egress gateway and outbound-access policy system.")
     app.command()(check)
 
@@ -61,7 +96,11 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
             "--home", help="data home (store, audit key, catalogs); default "
                            "$EGRESSGUARD_HOME, the config file's `home`, else "
                            "~/.local/share/egressguard (/var/lib/egressguard as root)")
-            ] = None) -> None:
+            ] = None,
+            debug: Annotated[bool, typer.Option(
+                "--debug", envvar="EGRESSGUARD_DEBUG",
+                help="on an error, show the traceback instead of one line")] = False,
+            ) -> None:
         """Self-hosted egress gateway and outbound-access policy system."""
         config.set_home_flag(home)
         try:

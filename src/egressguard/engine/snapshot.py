@@ -244,7 +244,8 @@ class Snapshot:
                 for tag in rule.fqdn_tags:
                     if tag not in refs.fqdn_tags:
                         raise CompileError(
-                            f"application rule {entry.rule_id}: unknown FQDN tag {tag!r}")
+                            f"application rule {entry.rule_id}: unknown FQDN tag {tag!r}",
+                            hint="`egressguard catalog list` shows the known FQDN tags")
                     patterns.extend(validate_host_pattern(p) for p in refs.fqdn_tags[tag])
                 add = self._apps.add
                 for pattern in patterns:
@@ -274,7 +275,9 @@ class Snapshot:
                         prefixes = refs.service_tags.get(dest)
                         if prefixes is None:
                             raise CompileError(
-                                f"network rule {rule_id}: unknown service tag {dest!r}")
+                                f"network rule {rule_id}: unknown service tag {dest!r}",
+                                hint="import a service-tag file with `egressguard "
+                                     "servicetags import FILE`")
                         tagged = entry(False)
                         for prefix in prefixes:
                             self._add_prefix(prefix, tagged)
@@ -558,7 +561,9 @@ class _StorageScope:
             for alias in sep.aliases:
                 if alias not in refs.storage_aliases:
                     raise CompileError(f"service endpoint policy {sep.name}: unknown alias "
-                                       f"{alias!r}")
+                                       f"{alias!r}",
+                                       hint="`egressguard catalog list` shows the known "
+                                            "storage aliases")
                 globs.extend(re.compile(fnmatch.translate(g.lower()))
                              for g in refs.storage_aliases[alias])
         inventory = {k.lower(): v.lower() for k, v in refs.storage_accounts.items()}
