@@ -86,14 +86,13 @@ from egressguard.audit.crypto import (
 )
 from egressguard.audit.db import make_engine, migrate
 from egressguard.audit.events import DecisionEvent
-from egressguard.audit.lineage import Slot, store_dir
+from egressguard.audit.lineage import GENESIS, Slot, store_dir
 from egressguard.audit.schema import batches, events, heads
 from egressguard.audit.spool import Batch, Spool
 from egressguard.errors import Unavailable
 
 log = logging.getLogger("egressguard.audit")
 
-GENESIS = b"\0" * 32
 PROBE_S = 1.0          # while degraded, try the store this often
 
 

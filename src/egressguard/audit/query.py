@@ -19,8 +19,7 @@ from sqlalchemy import ColumnElement, Engine, and_, delete, func, select, update
 
 from egressguard.audit.crypto import CLEAR_FIELDS, SECRET_FIELDS, Sealer, associated
 from egressguard.audit.db import snapshot_options
-from egressguard.audit.lineage import LEGACY_WRITER
-from egressguard.audit.log import GENESIS
+from egressguard.audit.lineage import GENESIS, LEGACY_WRITER
 from egressguard.audit.schema import batches, events, heads, prunes
 from egressguard.errors import InputError
 
