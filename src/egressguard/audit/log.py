@@ -162,16 +162,6 @@ def _invalid(what: object) -> None:
     log.error("audit: unrecordable event dropped: %r", what)
 
 
-def clear_values(event: DecisionEvent) -> tuple[Any, ...]:
-    """The clear columns of one event, in `CLEAR_FIELDS` order, with canonical types."""
-    return canonical(raw_of(event))[:_NCLEAR]
-
-
-def secret_values(event: DecisionEvent) -> tuple[str, ...]:
-    """The sealed fields of one event, in `SECRET_FIELDS` order."""
-    return canonical(raw_of(event))[_NCLEAR:]
-
-
 _COLUMNS = (*CLEAR_FIELDS, "payload", "batch_id")
 _CHUNK = 128      # rows per INSERT statement (x 21 parameters: far below every limit)
 
