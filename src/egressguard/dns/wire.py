@@ -233,8 +233,3 @@ def chain_names(answer: DNSRecord) -> tuple[DNSLabel, ...]:
         if rr.rtype in (QTYPE.CNAME, QTYPE.DNAME):
             names.append(rr.rdata.label)
     return tuple(names)
-
-
-def rcode_name(packed: bytes) -> str:
-    """The RCODE of a packed answer as text (for logs and tests)."""
-    return str(RCODE.get(DNSRecord.parse(packed).header.rcode))
