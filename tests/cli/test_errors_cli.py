@@ -80,3 +80,14 @@ def test_error_line_is_the_message_and_the_hint_when_there_is_one(
         exc: BaseException, expected: str) -> None:
     assert error_line(exc) == expected
     assert "\n" not in error_line(exc)
+
+
+def test_unreachable_store_is_one_line_with_a_hint_and_exit_2(tmp_path: Path) -> None:
+    # Nothing listens on 127.0.0.1:1: the driver's error was a traceback ("unexpected").
+    done = run(tmp_path / "home", "cluster", "list", "--store", "postgresql://127.0.0.1:1/x")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: cannot reach the store: connection failed")
+    assert lines[0].endswith("and that --store / EGRESSGUARD_STORE names it)")
+    assert "Traceback" not in done.stderr

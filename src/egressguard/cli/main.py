@@ -57,15 +57,24 @@ def _command_name(argv: list[str]) -> str | None:
     return None
 
 
+STORE_HINT = ("check that the database server runs, or the SQLite file's folder is writable, "
+              "and that --store / EGRESSGUARD_STORE names it")
+
+
 def error_line(exc: BaseException) -> str:
     """The one line a command prints for `exc` (no traceback)."""
-    if isinstance(exc, EgressguardError | OSError):
-        line = f"error: {exc}"
-    else:  # a bug: say so, and how to see where
-        line = f"error: unexpected {type(exc).__name__}: {exc}"
-    hint = getattr(exc, "hint", None) if isinstance(exc, EgressguardError) else (
-        None if isinstance(exc, OSError) else "rerun with --debug to see the traceback")
-    return f"{line} (hint: {hint})" if hint else line
+    if isinstance(exc, EgressguardError):
+        return f"error: {exc} (hint: {exc.hint})" if exc.hint else f"error: {exc}"
+    if type(exc).__module__.startswith("sqlalchemy"):  # loaded only when the store is
+        from egressguard.store import unavailable_reason
+
+        if (reason := unavailable_reason(exc)) is not None:
+            return f"error: cannot reach the store: {reason} (hint: {STORE_HINT})"
+    if isinstance(exc, OSError):
+        return f"error: {exc}"
+    # A bug: say so, and how to see where.
+    return (f"error: unexpected {type(exc).__name__}: {exc} "
+            "(hint: rerun with --debug to see the traceback)")
 
 
 class _Guarded(TyperGroup):
