@@ -82,9 +82,12 @@ def test_error_line_is_the_message_and_the_hint_when_there_is_one(
     assert "\n" not in error_line(exc)
 
 
-def test_unreachable_store_is_one_line_with_a_hint_and_exit_2(tmp_path: Path) -> None:
-    # Nothing listens on 127.0.0.1:1: the driver's error was a traceback ("unexpected").
-    done = run(tmp_path / "home", "cluster", "list", "--store", "postgresql://127.0.0.1:1/x")
+@pytest.mark.parametrize("command", [("cluster", "list"), ("logs",)])
+def test_unreachable_store_is_one_line_with_a_hint_and_exit_2(
+        tmp_path: Path, command: tuple[str, ...]) -> None:
+    # Nothing listens on 127.0.0.1:1: `cluster list` printed a traceback, `logs` the
+    # driver's three-line message.
+    done = run(tmp_path / "home", *command, "--store", "postgresql://127.0.0.1:1/x")
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, lines
