@@ -31,9 +31,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from egressguard.audit.events import EventSink, NullSink
 from egressguard.catalog import references
 from egressguard.enforce.checkpoint import Checkpoint
-from egressguard.enforce.events import EventSink, NullSink
 from egressguard.engine import Decision, Kind, Request, Snapshot, compile_policy
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress

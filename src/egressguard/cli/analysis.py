@@ -18,10 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from egressguard.analysis import Report, Severity, analyze
-from egressguard.analysis.simulate import Simulation, parse_requests, simulate
+from egressguard.analysis.simulate import RequestListError, Simulation, parse_requests, simulate
 from egressguard.analysis.sources import SourceError, from_file, in_force
 from egressguard.catalog import references
-from egressguard.engine import compile_policy
+from egressguard.engine import CompileError, compile_policy
 
 EXIT_SAME, EXIT_CHANGED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -123,12 +123,15 @@ def simulate_command(
         text = urls.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise _bad(f"cannot read {urls}: {exc}") from None
-    probes = parse_requests(text, str(urls))  # errors: the top-level handler (cli/main.py)
-    refs = references()
-    now, now_source = in_force(current, cluster, store)
-    new, new_source = from_file(policy) if policy is not None else (now, now_source)
-    result = simulate(probes, compile_policy(now, refs), compile_policy(new, refs),
-                      now_source, new_source)
+    try:
+        probes = parse_requests(text, str(urls))
+        refs = references()
+        now, now_source = in_force(current, cluster, store)
+        new, new_source = from_file(policy) if policy is not None else (now, now_source)
+        result = simulate(probes, compile_policy(now, refs), compile_policy(new, refs),
+                          now_source, new_source)
+    except (RequestListError, SourceError, CompileError) as exc:
+        raise _bad(str(exc)) from None
     if output == "json":
         typer.echo(json.dumps(result.as_dict(), indent=2))
     else:

@@ -14,9 +14,10 @@ from typing import Annotated
 import typer
 
 from egressguard.catalog import references
+from egressguard.engine import CompileError
 from egressguard.engine.request import split_host_port
 from egressguard.firewall import Options, Ruleset, build_ruleset, render
-from egressguard.firewall.nft import apply, remove, status
+from egressguard.firewall.nft import FirewallError, apply, remove, status
 
 firewall_app = typer.Typer(
     no_args_is_help=True,
@@ -91,7 +92,7 @@ def _ruleset(policy: Path | None, cluster: str | None, store: str | None, table:
              gateway_port: list[int] | None, gateway: list[str] | None,
              dns: list[str] | None, exempt_user: list[str] | None, allow_loopback: bool,
              resolve_fqdns: bool, hook: list[str] | None) -> tuple[Ruleset, str]:
-    from egressguard.analysis.sources import from_file, in_force
+    from egressguard.analysis.sources import SourceError, from_file, in_force
 
     if policy is not None and cluster is not None:
         raise _bad("give --policy or --cluster, not both")
@@ -105,9 +106,12 @@ def _ruleset(policy: Path | None, cluster: str | None, store: str | None, table:
         allow_dns_to=tuple(_endpoint(d, 53) for d in dns or ()),
         exempt_uids=tuple(_uid(u) for u in exempt_user or ()),
         allow_loopback=allow_loopback, resolve=_resolve if resolve_fqdns else None)
-    loaded, source = (from_file(policy) if policy is not None  # errors: cli/main.py
-                      else in_force(None, cluster, store))
-    return build_ruleset(loaded, references(), options), source
+    try:
+        loaded, source = (from_file(policy) if policy is not None
+                          else in_force(None, cluster, store))
+        return build_ruleset(loaded, references(), options), source
+    except (SourceError, CompileError) as exc:
+        raise _bad(str(exc)) from None
 
 
 @firewall_app.command("render")
@@ -150,7 +154,10 @@ def apply_command(policy: PolicyOpt = None, cluster: ClusterOpt = None,
     """Load the ruleset into the kernel atomically (replaces the previous one)."""
     ruleset, source = _ruleset(policy, cluster, store, table, gateway_port, gateway, dns,
                                exempt_user, allow_loopback, resolve_fqdns, hook)
-    apply(f"# policy: {source}\n" + render(ruleset), netns)  # errors: cli/main.py
+    try:
+        apply(f"# policy: {source}\n" + render(ruleset), netns)
+    except FirewallError as exc:
+        raise _bad(str(exc)) from None
     for note in ruleset.notes:
         typer.echo(f"note: {note}", err=True)
     where = f" in netns {netns}" if netns else ""
@@ -160,7 +167,10 @@ def apply_command(policy: PolicyOpt = None, cluster: ClusterOpt = None,
 @firewall_app.command("status")
 def status_command(table: TableOpt = "egressguard", netns: NetnsOpt = None) -> None:
     """Show the installed table with its counters (exit 1 when none is installed)."""
-    shown = status(table, netns)  # errors: the top-level handler (cli/main.py)
+    try:
+        shown = status(table, netns)
+    except FirewallError as exc:
+        raise _bad(str(exc)) from None
     if shown is None:
         typer.echo(f"no table inet {table}: the network layer is not enforced in the "
                    "kernel", err=True)
@@ -171,7 +181,10 @@ def status_command(table: TableOpt = "egressguard", netns: NetnsOpt = None) -> N
 @firewall_app.command("remove")
 def remove_command(table: TableOpt = "egressguard", netns: NetnsOpt = None) -> None:
     """Delete the table (the kernel then filters nothing for egressguard)."""
-    removed = remove(table, netns)  # errors: the top-level handler (cli/main.py)
+    try:
+        removed = remove(table, netns)
+    except FirewallError as exc:
+        raise _bad(str(exc)) from None
     typer.echo(f"removed table inet {table}" if removed else f"no table inet {table}")
 
 
