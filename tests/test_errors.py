@@ -18,7 +18,12 @@ def _package_exceptions() -> dict[str, type[BaseException]]:
     for info in pkgutil.walk_packages(egressguard.__path__, "egressguard."):
         if ".migrations" in info.name:  # alembic scripts, imported only by alembic
             continue
-        module = importlib.import_module(info.name)
+        try:
+            module = importlib.import_module(info.name)
+        except ModuleNotFoundError as exc:  # an optional third-party driver (e.g. pkcs11)
+            if (exc.name or "").partition(".")[0] == "egressguard":
+                raise
+            continue
         for obj in vars(module).values():
             if (inspect.isclass(obj) and issubclass(obj, BaseException)
                     and obj.__module__ == info.name):
