@@ -31,11 +31,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from egressguard.audit.events import EventSink, NullSink
+from egressguard.enforce.events import EventSink, NullSink
 from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.engine import Decision, Kind, Request, Snapshot
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
+from egressguard.errors import Denied
 from egressguard.policy import Policy
 from egressguard.source import UNRESTRICTED, PolicyFileWatcher, active_of, holder_for
 
@@ -50,7 +51,7 @@ log = logging.getLogger("egressguard.callout")
 __all__ = ["CalloutDenied", "Guard"]
 
 
-class CalloutDenied(PermissionError):
+class CalloutDenied(PermissionError, Denied):
     """A callout the policy does not allow. `str(exc)` is Data Explorer's wording:
     "Callout to '<uri>' is not allowed by the callout policy (...)" (error SEM0056)."""
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from egressguard.errors import InputError
+
 ENV_HOME = "EGRESSGUARD_HOME"
 ENV_CONFIG = "EGRESSGUARD_CONFIG"
 ENV_STORE = "EGRESSGUARD_STORE"
@@ -41,7 +43,7 @@ DEFAULT_CLUSTER = "default"
 MAX_CONFIG_BYTES = 64 * 1024
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config file that cannot be used (unreadable, not a mapping, unknown key)."""
 
 

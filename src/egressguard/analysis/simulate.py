@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from egressguard.engine import Decision, Kind, Request, Snapshot
 from egressguard.engine.request import build_request
+from egressguard.errors import InputError
 from egressguard.policy.model import KNOWN_CALLOUT_TYPES
 
 _COMMENT = re.compile(r"\s#")  # a `#` after a space; `https://x/#frag` keeps its fragment
@@ -28,7 +29,7 @@ KINDS = ("http", "connect", "dns", "flow")
 OPTIONS = ("address", "source", "port")
 
 
-class RequestListError(ValueError):
+class RequestListError(InputError, ValueError):
     """A request list that cannot be read; `problems` are `(line, reason)`."""
 
     def __init__(self, source: str, problems: list[tuple[int, str]]) -> None:

@@ -20,7 +20,6 @@ import hmac
 import json
 import marshal
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from egressguard.errors import Unavailable
+
 KEY_ENV = "EGRESSGUARD_AUDIT_KEY"
 KEY_FILE = "audit.key"
 NONCE = 12
 
 
-class KeyError_(ValueError):
+class KeyError_(Unavailable, ValueError):
     """The audit key is missing or malformed."""
 
 
@@ -89,15 +90,6 @@ class Sealer:
         self._aead = AESGCM(_derive(master, b"egressguard audit payload v1"))
         self.encrypt = self._aead.encrypt   # the writer's batch loop seals inline
         self._mac_key = _derive(master, b"egressguard audit chain v1")
-
-    def seal(self, secret: Sequence[str], clear: bytes, nonce: bytes) -> bytes:
-        """`nonce || AES-GCM(secret fields)`, authenticating the clear columns too."""
-        joined = "\0".join(secret)
-        if joined.count("\0") == len(secret) - 1:   # no field holds a NUL: the fast form
-            plain = b"0" + joined.encode("utf-8", "surrogatepass")
-        else:
-            plain = b"1" + json.dumps(list(secret)).encode()
-        return nonce + self._aead.encrypt(nonce, plain, clear)
 
     def open(self, payload: bytes, clear: bytes) -> dict[str, Any] | None:
         """The sealed fields, or None when the record was altered (or another key)."""

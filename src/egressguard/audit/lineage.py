@@ -44,6 +44,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 
 LEGACY_WRITER = re.compile(r"[0-9a-f]{16}")
+GENESIS = b"\0" * 32  # the prev_mac of a chain's first batch
 _HOST_FILE = "host-id"
 
 

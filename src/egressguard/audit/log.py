@@ -86,17 +86,17 @@ from egressguard.audit.crypto import (
 )
 from egressguard.audit.db import make_engine, migrate
 from egressguard.audit.events import DecisionEvent
-from egressguard.audit.lineage import Slot, store_dir
+from egressguard.audit.lineage import GENESIS, Slot, store_dir
 from egressguard.audit.schema import batches, events, heads
 from egressguard.audit.spool import Batch, Spool
+from egressguard.errors import Unavailable
 
 log = logging.getLogger("egressguard.audit")
 
-GENESIS = b"\0" * 32
 PROBE_S = 1.0          # while degraded, try the store this often
 
 
-class AuditUnavailable(TimeoutError):
+class AuditUnavailable(TimeoutError, Unavailable):
     """The audit log could not make an event durable in time."""
 
 
@@ -160,16 +160,6 @@ def raws_of(batch: Iterable[DecisionEvent]) -> list[Raw]:
 def _invalid(what: object) -> None:
     metrics.AUDIT_EVENTS.labels("invalid").inc()
     log.error("audit: unrecordable event dropped: %r", what)
-
-
-def clear_values(event: DecisionEvent) -> tuple[Any, ...]:
-    """The clear columns of one event, in `CLEAR_FIELDS` order, with canonical types."""
-    return canonical(raw_of(event))[:_NCLEAR]
-
-
-def secret_values(event: DecisionEvent) -> tuple[str, ...]:
-    """The sealed fields of one event, in `SECRET_FIELDS` order."""
-    return canonical(raw_of(event))[_NCLEAR:]
 
 
 _COLUMNS = (*CLEAR_FIELDS, "payload", "batch_id")

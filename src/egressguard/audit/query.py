@@ -19,16 +19,16 @@ from sqlalchemy import ColumnElement, Engine, and_, delete, func, select, update
 
 from egressguard.audit.crypto import CLEAR_FIELDS, SECRET_FIELDS, Sealer, associated
 from egressguard.audit.db import snapshot_options
-from egressguard.audit.lineage import LEGACY_WRITER
-from egressguard.audit.log import GENESIS
+from egressguard.audit.lineage import GENESIS, LEGACY_WRITER
 from egressguard.audit.schema import batches, events, heads, prunes
+from egressguard.errors import InputError
 
 OUTCOMES = ("allow", "deny", "would-deny")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-class QueryError(ValueError):
+class QueryError(InputError, ValueError):
     """A filter the log cannot apply (bad duration, outcome, ...)."""
 
 

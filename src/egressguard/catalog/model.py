@@ -13,13 +13,13 @@ from typing import Any
 
 import yaml
 
+from egressguard.errors import InputError
+
 CLOUDS = ("public", "china", "usgov")
-CLOUD_TITLES = {"public": "Azure Global", "china": "Microsoft Azure operated by 21Vianet",
-                "usgov": "Azure US Government"}
 _CATALOG_FILES = ("aks.yaml", "aml.yaml", "data-explorer.yaml", "iot-hub.yaml")
 
 
-class CatalogError(ValueError):
+class CatalogError(InputError, ValueError):
     """Bad input to a catalog operation (unknown name, cloud, region, feature...)."""
 
 

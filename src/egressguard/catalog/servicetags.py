@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from egressguard.errors import InputError
 from egressguard.paths import data_home
 
 FILE_NAME = "servicetags.json"
 
 
-class ServiceTagError(ValueError):
+class ServiceTagError(InputError, ValueError):
     """A service-tag file was rejected, or a tag is unknown."""
 
 

@@ -23,7 +23,6 @@ from egressguard.catalog import fqdn_tags, storage_aliases
 from egressguard.catalog.model import CLOUDS, Catalog, CatalogError, catalogs, get_catalog
 from egressguard.catalog.profile import Options, Plan, plan_aks, plan_aml, render
 from egressguard.catalog.servicetags import (
-    ServiceTagError,
     import_file,
     load_stored,
     lookup,
@@ -132,13 +131,10 @@ def catalog_show(
     output: OutputOpt = Output.TABLE,
 ) -> None:
     """Show one catalog's rows, optionally for one cloud."""
-    try:
-        catalog = get_catalog(name)
-        if cloud is not None and cloud not in catalog.clouds:
-            raise CatalogError(f"unknown cloud {cloud!r} for {name}; choose one of: "
-                               f"{', '.join(catalog.clouds)}")
-    except CatalogError as exc:
-        _fail(str(exc))
+    catalog = get_catalog(name)
+    if cloud is not None and cloud not in catalog.clouds:
+        raise CatalogError(f"unknown cloud {cloud!r} for {name}; choose one of: "
+                           f"{', '.join(catalog.clouds)}")
     rows = _row_dicts(catalog, cloud)
     extra: dict[str, Any] = {}
     if catalog.name == "data-explorer":
@@ -244,12 +240,9 @@ def profile_aks(
 ) -> None:
     """Policy for an AKS cluster (seed 003), restricted to what it needs."""
     dns = tuple(ip.strip() for v in (custom_dns or []) for ip in v.split(",") if ip.strip())
-    try:
-        plan = plan_aks(Options(cloud=cloud, region=region, features=_features(features),
-                                private_cluster=private_cluster, api_server_ip=api_server_ip,
-                                custom_dns=dns, known_tags=load_stored(), command=_command()))
-    except CatalogError as exc:
-        _fail(str(exc))
+    plan = plan_aks(Options(cloud=cloud, region=region, features=_features(features),
+                            private_cluster=private_cluster, api_server_ip=api_server_ip,
+                            custom_dns=dns, known_tags=load_stored(), command=_command()))
     _emit(plan, out)
 
 
@@ -269,12 +262,9 @@ def profile_aml(
     out: OutOpt = None,
 ) -> None:
     """Policy for Azure Machine Learning compute (seed 004) with its storage policy."""
-    try:
-        plan = plan_aml(Options(cloud=cloud, region=region, features=_features(features),
-                                mode=mode, storage_accounts=tuple(storage_account or ()),
-                                known_tags=load_stored(), command=_command()))
-    except CatalogError as exc:
-        _fail(str(exc))
+    plan = plan_aml(Options(cloud=cloud, region=region, features=_features(features),
+                            mode=mode, storage_accounts=tuple(storage_account or ()),
+                            known_tags=load_stored(), command=_command()))
     _emit(plan, out)
 
 
@@ -286,10 +276,7 @@ def servicetags_import(
     file: Annotated[Path, typer.Argument(help="ServiceTags_<Cloud>_<date>.json")],
 ) -> None:
     """Validate a downloaded service-tag file and make it the one in use."""
-    try:
-        stored, count = import_file(file)
-    except ServiceTagError as exc:
-        _fail(str(exc))
+    stored, count = import_file(file)
     typer.echo(f"imported {count} service tags into {stored}")
 
 
@@ -299,10 +286,7 @@ def servicetags_show(
     output: OutputOpt = Output.TABLE,
 ) -> None:
     """Show one imported service tag and its address prefixes."""
-    try:
-        found = lookup(tag)
-    except ServiceTagError as exc:
-        _fail(str(exc))
+    found = lookup(tag)
     if output is Output.JSON:
         typer.echo(json.dumps({"name": found.name, "region": found.region,
                                "systemService": found.system_service,

@@ -24,11 +24,9 @@ from rich.text import Text
 from egressguard import config
 from egressguard.control.auth import Principal
 from egressguard.control.commands import CommandSyntaxError
-from egressguard.control.errors import ControlError
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import from_arm, to_arm
-from egressguard.store import Store, StoreError, open_store
-from egressguard.store.urls import StoreURLError
+from egressguard.store import Store, open_store
 
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar="EGRESSGUARD_STORE",
@@ -61,16 +59,11 @@ def _fail(message: str) -> typer.Exit:
 
 @contextmanager
 def _store(url: str | None) -> Iterator[Store]:
-    try:
-        store = open_store(url)
-    except StoreURLError as exc:
-        raise _fail(str(exc)) from None
+    store = open_store(url)  # errors: the top-level handler (cli/main.py)
     try:
         yield store
     except CommandSyntaxError as exc:
         raise _fail(f"{exc}\n{exc.pointer()}") from None
-    except (ControlError, StoreError) as exc:
-        raise _fail(str(exc)) from None
     finally:
         store.close()
 

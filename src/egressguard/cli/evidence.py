@@ -12,9 +12,8 @@ from typing import Annotated, Any
 
 import typer
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from egressguard.audit.crypto import KeyError_, Sealer, load_or_create_key
+from egressguard.audit.crypto import Sealer, load_or_create_key
 from egressguard.audit.query import (
     Filter,
     QueryError,
@@ -25,7 +24,6 @@ from egressguard.audit.query import (
     scan,
     verify,
 )
-from egressguard.store.urls import StoreURLError
 
 EXIT_BAD_INPUT = 2
 Store = Annotated[str | None, typer.Option(
@@ -45,12 +43,9 @@ def _open(url: str | None) -> tuple[Engine, Sealer]:
     from egressguard.audit.db import make_engine, migrate
     from egressguard.paths import default_store_url
 
-    try:
-        engine = make_engine(url or default_store_url())
-        migrate(engine)
-        return engine, Sealer(load_or_create_key())
-    except (StoreURLError, KeyError_, SQLAlchemyError, OSError) as exc:
-        raise _fail(str(exc)) from None
+    engine = make_engine(url or default_store_url())  # errors: the handler in cli/main.py
+    migrate(engine)
+    return engine, Sealer(load_or_create_key())
 
 
 def _when(t: float) -> str:

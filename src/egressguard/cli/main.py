@@ -3,18 +3,26 @@
 Each area module (`egressguard.cli.<area>`) exposes `register(app)`. Importing every area
 costs over a second (FastAPI, SQLAlchemy, Alembic), so the command named on the command
 line loads only its own area; `--help` and unknown commands load them all.
+
+Errors are handled once, here (`_Guarded.invoke`): any `EgressguardError` prints one line,
+`error: <message> (hint: <hint>)`, and exits 2; anything else prints one line naming the
+type and exits 2 too. A traceback only with the global `--debug` (or $EGRESSGUARD_DEBUG).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from egressguard import config
 from egressguard.cli.check import check
+from egressguard.errors import EgressguardError
+
+EXIT_ERROR = 2
 
 # The command tree in one place: top-level command -> the area module that defines it.
 AREAS: dict[str, str] = {
@@ -52,10 +60,46 @@ def _command_name(argv: list[str]) -> str | None:
     return None
 
 
+STORE_HINT = ("check that the database server runs, or the SQLite file's folder is writable, "
+              "and that --store / EGRESSGUARD_STORE names it")
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a command prints for `exc` (no traceback)."""
+    if isinstance(exc, EgressguardError):
+        return f"error: {exc} (hint: {exc.hint})" if exc.hint else f"error: {exc}"
+    if type(exc).__module__.startswith("sqlalchemy"):  # loaded only when the store is
+        from egressguard.store import unavailable_reason
+
+        if (reason := unavailable_reason(exc)) is not None:
+            return f"error: cannot reach the store: {reason} (hint: {STORE_HINT})"
+    if isinstance(exc, OSError):
+        return f"error: {exc}"
+    # A bug: say so, and how to see where.
+    return (f"error: unexpected {type(exc).__name__}: {exc} "
+            "(hint: rerun with --debug to see the traceback)")
+
+
+class _Guarded(TyperGroup):
+    """The root group: turns an exception from any command into one line and exit 2."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context (private)
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own exits
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            typer.echo(error_line(exc), err=True)
+            raise typer.Exit(EXIT_ERROR) from None
+
+
 def build_app(argv: list[str] | None = None) -> typer.Typer:
     """The CLI with the areas `argv` needs (all of them when `argv` is None)."""
     app = typer.Typer(
-        name="egressguard", no_args_is_help=True, add_completion=False,
+        name="egressguard", no_args_is_help=True, add_completion=False, cls=_Guarded,
+        pretty_exceptions_show_locals=False,  # locals may hold tokens and keys
         help="Self-hosted egress gateway and outbound-access policy system.")
     app.command()(check)
 
@@ -64,7 +108,11 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
             "--home", help="data home (store, audit key, catalogs); default "
                            "$EGRESSGUARD_HOME, the config file's `home`, else "
                            "~/.local/share/egressguard (/var/lib/egressguard as root)")
-            ] = None) -> None:
+            ] = None,
+            debug: Annotated[bool, typer.Option(
+                "--debug", envvar="EGRESSGUARD_DEBUG",
+                help="on an error, show the traceback instead of one line")] = False,
+            ) -> None:
         """Self-hosted egress gateway and outbound-access policy system."""
         config.set_home_flag(home)
         try:

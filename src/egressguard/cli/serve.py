@@ -35,6 +35,7 @@ from egressguard import logsetup
 from egressguard.audit.events import EventSink, NullSink
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
+from egressguard.errors import EgressguardError
 from egressguard.gateway import Gateway, Limits, Resolver, parse_hosts_file, parse_resolve
 from egressguard.logsetup import LogFormat
 from egressguard.policy import PolicyError
@@ -164,7 +165,7 @@ def serve(
         parts.close()
 
 
-class StartupError(Exception):
+class StartupError(EgressguardError):
     """A start-up failure already phrased for the operator: the cause and a hint."""
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from egressguard.errors import InputError
 
-class CommandSyntaxError(ValueError):
+
+class CommandSyntaxError(InputError, ValueError):
     """The command text does not parse; `position` is a 0-based offset into it."""
 
     def __init__(self, text: str, position: int, expected: str, found: str) -> None:

@@ -6,8 +6,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from egressguard.errors import Denied, EgressguardError, InputError
 
-class ControlError(Exception):
+
+class ControlError(EgressguardError):
     status = 400
     code = "BadRequest"
 
@@ -23,7 +25,7 @@ class ControlError(Exception):
         return {"error": error}
 
 
-class InvalidInput(ControlError):
+class InvalidInput(ControlError, InputError):
     """Input that does not validate; `problems` are (field, reason) pairs."""
 
     status = 422
@@ -40,7 +42,7 @@ class InvalidInput(ControlError):
         return out
 
 
-class Refused(ControlError):
+class Refused(ControlError, Denied):
     """A valid request the cluster's state does not permit (e.g. `.alter` while
     restricted)."""
 
@@ -48,7 +50,7 @@ class Refused(ControlError):
     code = "Refused"
 
 
-class Forbidden(ControlError):
+class Forbidden(ControlError, Denied):
     status = 403
     code = "Forbidden"
 

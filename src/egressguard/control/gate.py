@@ -39,6 +39,7 @@ from egressguard.control.auth import (
     identify,
 )
 from egressguard.control.health import RETRY_AFTER, StoreHealth
+from egressguard.errors import InputError
 from egressguard.store import unavailable_reason
 
 Scope = MutableMapping[str, Any]
@@ -57,7 +58,7 @@ PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs",
 _log = logging.getLogger(__name__)
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(InputError):
     """Raised into the application when the streamed body passes the limit or stalls."""
 
 

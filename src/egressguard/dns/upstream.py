@@ -11,8 +11,10 @@ import asyncio
 import socket
 import struct
 
+from egressguard.errors import Unavailable
 
-class UpstreamError(Exception):
+
+class UpstreamError(Unavailable):
     """The upstream did not answer usefully (timeout, refused connection, bad framing)."""
 
 

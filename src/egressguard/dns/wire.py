@@ -17,6 +17,7 @@ from dnslib import DNSRecord as DNSRecord
 from dnslib import EDNSOption as EDNSOption
 
 from egressguard.engine.normalize import IPAddress
+from egressguard.errors import InputError
 
 # RFC 8914 extended DNS error codes used by the filter.
 EDE_OPTION = 15
@@ -41,7 +42,7 @@ RDMAP.setdefault("DNAME", DNAME)
 _HINT_KEYS = {4: 4, 6: 16}  # SvcParamKey ipv4hint / ipv6hint -> address length
 
 
-class BadName(ValueError):
+class BadName(InputError, ValueError):
     """A name whose labels are not plain host name characters; the message is the reason."""
 
 
@@ -60,7 +61,7 @@ class Query:
         return str(QTYPE.get(self.qtype, f"TYPE{self.qtype}"))
 
 
-class Malformed(ValueError):
+class Malformed(InputError, ValueError):
     """A packet that is not a usable query; `reply` is the FORMERR/NOTIMP answer, or None
     when not even a header could be read (the packet is then dropped)."""
 
@@ -232,8 +233,3 @@ def chain_names(answer: DNSRecord) -> tuple[DNSLabel, ...]:
         if rr.rtype in (QTYPE.CNAME, QTYPE.DNAME):
             names.append(rr.rdata.label)
     return tuple(names)
-
-
-def rcode_name(packed: bytes) -> str:
-    """The RCODE of a packed answer as text (for logs and tests)."""
-    return str(RCODE.get(DNSRecord.parse(packed).header.rcode))

@@ -36,7 +36,7 @@ import logging
 import os
 import time
 
-from egressguard.audit import metrics
+from egressguard import metrics
 from egressguard.enforce.events import CloseCause, DecisionEvent, EventSink, NullSink, emit_durably
 from egressguard.engine import Decision, Layer, Request, Snapshot, Verdict
 from egressguard.engine.holder import SnapshotHolder

@@ -46,11 +46,6 @@ class DecisionEvent:
     protocol: str = ""              # tcp | udp (flow and dns), for network-rule recommendations
     callout_type: str = ""          # for kind callout: sql, kusto, ...
 
-    @property
-    def would_be(self) -> str:
-        """The verdict the policy would enforce (differs from `permitted` in report-only)."""
-        return self.verdict
-
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

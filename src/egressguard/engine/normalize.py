@@ -22,6 +22,7 @@ from ada_url.ada_adapter import ffi as _ffi
 from ada_url.ada_adapter import lib as _lib
 
 from egressguard.engine._frozen import fast_init
+from egressguard.errors import InputError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -49,7 +50,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21,
 _SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp", "file"})
 
 
-class InvalidHost(ValueError):
+class InvalidHost(InputError, ValueError):
     """Raised for a host that cannot be normalised; the message is the deny reason."""
 
 

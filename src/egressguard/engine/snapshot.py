@@ -29,6 +29,7 @@ from egressguard.engine.normalize import (
     parse_url,
 )
 from egressguard.engine.request import Decision, Kind, Layer, Request, Verdict
+from egressguard.errors import InputError
 from egressguard.policy.model import (
     Action,
     CalloutRule,
@@ -50,7 +51,7 @@ _ACCOUNT_ID = re.compile(
     r"storageaccounts/(?P<name>[a-z0-9]{3,24})")
 
 
-class CompileError(ValueError):
+class CompileError(InputError, ValueError):
     """A policy that validated but references something unknown (a tag, an alias)."""
 
 
@@ -253,7 +254,8 @@ class Snapshot:
                 for tag in rule.fqdn_tags:
                     if tag not in refs.fqdn_tags:
                         raise CompileError(
-                            f"application rule {entry.rule_id}: unknown FQDN tag {tag!r}")
+                            f"application rule {entry.rule_id}: unknown FQDN tag {tag!r}",
+                            hint="`egressguard catalog list` shows the known FQDN tags")
                     patterns.extend(validate_host_pattern(p) for p in refs.fqdn_tags[tag])
                 add = self._apps.add
                 for pattern in patterns:
@@ -288,7 +290,9 @@ class Snapshot:
                         prefixes = refs.service_tags.get(dest)
                         if prefixes is None:
                             raise CompileError(
-                                f"network rule {rule_id}: unknown service tag {dest!r}")
+                                f"network rule {rule_id}: unknown service tag {dest!r}",
+                                hint="import a service-tag file with `egressguard "
+                                     "servicetags import FILE`")
                         tagged = entry(False)
                         for prefix in prefixes:
                             self._add_prefix(prefix, tagged)
@@ -583,7 +587,9 @@ class _StorageScope:
             for alias in sep.aliases:
                 if alias not in refs.storage_aliases:
                     raise CompileError(f"service endpoint policy {sep.name}: unknown alias "
-                                       f"{alias!r}")
+                                       f"{alias!r}",
+                                       hint="`egressguard catalog list` shows the known "
+                                            "storage aliases")
                 globs.extend(re.compile(fnmatch.translate(g.lower()))
                              for g in refs.storage_aliases[alias])
         inventory = {k.lower(): v.lower() for k, v in refs.storage_accounts.items()}

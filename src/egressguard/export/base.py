@@ -20,6 +20,7 @@ import yaml
 
 from egressguard.analysis.patterns import overlap_witness
 from egressguard.engine.guard import SPECIAL_RANGES
+from egressguard.errors import InputError
 from egressguard.policy.model import Policy, validate_host_pattern
 from egressguard.policy.rules import AppRule, DestKind, NetRule
 
@@ -31,7 +32,7 @@ STORAGE_PATTERNS = tuple(f"*.{s}.core.{c}" for s in ("blob", "queue", "table", "
 """Host patterns covering every storage endpoint a service endpoint policy scopes."""
 
 
-class ExportError(ValueError):
+class ExportError(InputError, ValueError):
     """The policy cannot be exported (an unknown reference, too many collections)."""
 
 

@@ -11,10 +11,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from egressguard.errors import Unavailable
+
 _NFT_FALLBACK = Path("/usr/sbin/nft")
 
 
-class FirewallError(RuntimeError):
+class FirewallError(Unavailable, RuntimeError):
     """nft is missing, we are not root, or the kernel refused the ruleset."""
 
 

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from egressguard.errors import Unavailable
 from egressguard.firewall.learned import Answer
 
 MAX_ANSWERS = 64  # per name and type: a hostile resolver cannot fill the kernel set
 
 
-class ResolveError(OSError):
+class ResolveError(Unavailable, OSError):
     """No answer from the resolver (or an unreadable one)."""
 
 

@@ -38,7 +38,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from egressguard.audit import metrics
+from egressguard import metrics
 from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.enforce.events import CloseCause, DecisionEvent
 from egressguard.engine import Decision, Kind, Request

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from egressguard.engine import Decision, InvalidHost, normalize_host
+from egressguard.errors import InputError
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -21,7 +22,7 @@ VIA = b"Via: 1.1 egressguard\r\n"
 _DEFAULT_PORT = {b"http": 80, b"https": 443}
 
 
-class BadRequest(ValueError):
+class BadRequest(InputError, ValueError):
     """A request the proxy answers with 400 (the message is the reason)."""
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from egressguard.engine import InvalidHost, normalize_host
 from egressguard.engine.normalize import IPAddress
+from egressguard.errors import Unavailable
 
 
-class ResolveError(OSError):
+class ResolveError(OSError, Unavailable):
     """The name has no usable address (the message is the reason)."""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from egressguard.audit import metrics
+from egressguard import metrics
 from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.enforce.events import EventSink
 from egressguard.engine.holder import Active, SnapshotHolder

@@ -34,6 +34,7 @@ from typing import Protocol, cast
 import httptools
 
 from egressguard.engine.normalize import IPAddress
+from egressguard.errors import Unavailable
 from egressguard.gateway import http1
 
 log = logging.getLogger("egressguard.gateway")
@@ -107,7 +108,7 @@ class Exchange:
             transport.write(b"0\r\n\r\n")
 
 
-class UpstreamError(Exception):
+class UpstreamError(Unavailable):
     """Why an exchange failed, and the status the client gets for it (502 or 504)."""
 
     def __init__(self, status: int, reason: str) -> None:

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from egressguard.errors import InputError
 from egressguard.keys.provider import PERMISSIONS, KeyInfo, KeyUnavailable
 
 FIELD = "properties.keyVaultProperties"
@@ -24,7 +25,7 @@ _KEY_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 _VAULT_URI = re.compile(r"vault://([a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?)/?")
 
 
-class InvalidKeyVaultProperties(ValueError):
+class InvalidKeyVaultProperties(InputError, ValueError):
     """`problems` are (field, reason) pairs, as the API reports them."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:

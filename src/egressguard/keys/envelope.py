@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from egressguard.errors import EgressguardError, Unavailable
 from egressguard.keys.provider import (
     KeyDisabled,
     KeyNotFound,
@@ -56,11 +57,11 @@ NONCE = 12
 MAX_BLOB = 16 * 1024 * 1024
 
 
-class EnvelopeError(Exception):
+class EnvelopeError(EgressguardError):
     """Base of the envelope's refusals."""
 
 
-class SuspendedError(EnvelopeError):
+class SuspendedError(EnvelopeError, Unavailable):
     """The customer key is unavailable; nothing is sealed or opened until it returns."""
 
     def __init__(self, reason: str) -> None:
@@ -68,7 +69,7 @@ class SuspendedError(EnvelopeError):
         self.reason = reason
 
 
-class CannotDecrypt(EnvelopeError):
+class CannotDecrypt(EnvelopeError, Unavailable):
     """The data key does not unwrap: its key version is unavailable or is not the one that
     wrapped it. Not evidence of tampering with the record."""
 

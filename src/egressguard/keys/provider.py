@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from egressguard.errors import Denied, EgressguardError, InputError, Unavailable
+
 DATA_KEY_BYTES = 32
 RSA_SIZES = (2048, 3072, 4096)
 KEY_TYPES = ("RSA", "AES")
@@ -29,19 +31,19 @@ _FORMAT = 1
 MAX_WRAPPED = 4096  # a 4096-bit RSA ciphertext is 512 bytes; anything larger is garbage
 
 
-class KeyProviderError(Exception):
+class KeyProviderError(EgressguardError):
     """Base of every refusal by a key provider."""
 
 
-class KeyRequestError(KeyProviderError):
+class KeyRequestError(KeyProviderError, InputError):
     """A request the provider refuses as malformed (bad name, size, type, blob)."""
 
 
-class KeyConflict(KeyProviderError):
+class KeyConflict(KeyProviderError, InputError):
     """The key exists already (possibly soft-deleted, holding the name until purged)."""
 
 
-class PurgeRefused(KeyProviderError):
+class PurgeRefused(KeyProviderError, Denied):
     """Purge of a key while the vault's purge protection is on."""
 
 
@@ -50,7 +52,7 @@ class UnwrapFailed(KeyProviderError):
     or it was altered. Not an availability problem."""
 
 
-class KeyUnavailable(KeyProviderError):
+class KeyUnavailable(KeyProviderError, Unavailable):
     """The key cannot be used now; `reason` says why in one line."""
 
     reason = "unavailable"

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from egressguard.errors import InputError
 from egressguard.policy.model import Policy
 
 MAX_DEPTH = 64  # a real policy nests 6 deep; far deeper is an attack or an accident
@@ -110,7 +111,7 @@ class Problem:
         return f"{where}{at}{self.reason}"
 
 
-class PolicyError(ValueError):
+class PolicyError(InputError, ValueError):
     """A policy document was rejected; `problems` lists every reason found."""
 
     def __init__(self, source: str, problems: list[Problem]) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from egressguard.audit.metrics import POLICY_VERSION
+from egressguard.metrics import POLICY_VERSION
 from egressguard.catalog import references
 from egressguard.engine import References
 from egressguard.engine.holder import Active, SnapshotHolder

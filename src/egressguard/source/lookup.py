@@ -20,6 +20,7 @@ from pathlib import Path
 from egressguard import config
 from egressguard.engine import CompileError
 from egressguard.engine.holder import Active, SnapshotHolder
+from egressguard.errors import InputError
 from egressguard.policy import Policy, PolicyError, load_policy
 from egressguard.source.compile import active_of
 from egressguard.source.defaults import DENY_ALL, fallback_name
@@ -37,7 +38,7 @@ from egressguard.store import (
 StoreRef = Store | str | None
 
 
-class SourceError(ValueError):
+class SourceError(InputError, ValueError):
     """A policy source that cannot be read (missing file, unknown cluster, bad store)."""
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from egressguard.catalog import references
 from egressguard.engine import CompileError, compile_policy
+from egressguard.errors import EgressguardError, InputError, Unavailable
 from egressguard.policy import Policy, PolicyError, dump_policy, load_policy_text
 from egressguard.store import bus, db
 from egressguard.store.schema import ClusterRow, SessionRow, TokenRow, VersionRow
@@ -55,23 +56,23 @@ _LOCK_ID = 7217001  # PostgreSQL advisory lock for concurrent migrations of the 
 _DEFAULT_POLICY_FILE = Path(__file__).parent.parent / "gateway" / "default_policy.yaml"
 
 
-class StoreError(Exception):
+class StoreError(EgressguardError):
     """Base of the store's refusals (mapped to 4xx by the API, exit 2 by the CLI)."""
 
 
-class NotFound(StoreError):
+class NotFound(StoreError, InputError):
     pass
 
 
-class Exists(StoreError):
+class Exists(StoreError, InputError):
     """A cluster that is created but already exists."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, Unavailable):
     """The database cannot be reached now; retrying later may succeed (HTTP 503)."""
 
 
-class Invalid(StoreError):
+class Invalid(StoreError, InputError):
     """A policy that does not validate or compile; `field` names where, if known."""
 
     def __init__(self, message: str, field: str = "") -> None:

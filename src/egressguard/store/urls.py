@@ -6,8 +6,10 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
+from egressguard.errors import InputError
 
-class StoreURLError(ValueError):
+
+class StoreURLError(InputError, ValueError):
     """A store URL egressguard cannot use."""
 
 

@@ -23,6 +23,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from egressguard.control.auth import SESSION_COOKIE, Principal, hash_token, outcome
+from egressguard.errors import InputError
 from egressguard.store.tokens import MAX_SECRET, SESSION_LIFETIME, Refusal
 
 __all__ = ["COOKIE_PATH", "CSRF_COOKIE", "SESSION_COOKIE", "LoginFailed", "login",
@@ -34,7 +35,7 @@ SESSION_SECONDS = int(SESSION_LIFETIME)
 _NEXT = re.compile(r"/dashboard(?:/[A-Za-z0-9_/-]*)?(?:\?[A-Za-z0-9_=&.%-]*)?")
 
 
-class LoginFailed(ValueError):
+class LoginFailed(InputError, ValueError):
     """The posted token is missing, unknown, revoked or expired (message safe to show)."""
 
 
