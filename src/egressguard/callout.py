@@ -31,8 +31,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from egressguard.enforce.events import EventSink, NullSink
 from egressguard.enforce.checkpoint import Checkpoint
+from egressguard.enforce.events import EventSink, NullSink
 from egressguard.engine import Decision, Kind, Request, Snapshot
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress

@@ -23,10 +23,10 @@ from collections.abc import Callable
 
 import psycopg
 
-from egressguard.metrics import POLICY_VERSION
 from egressguard.catalog import references
 from egressguard.engine import References
 from egressguard.engine.holder import Active, SnapshotHolder
+from egressguard.metrics import POLICY_VERSION
 from egressguard.source.compile import active_of
 from egressguard.store import NOTIFY_CHANNEL, Store, Version, bus
 
