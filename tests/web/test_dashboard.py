@@ -176,3 +176,22 @@ def test_process_panel_shows_exfiltration_warnings_to_auditors_only(env: Env) ->
     assert "warned.example" not in viewer.source
     assert "exfiltration warnings (destinations: auditor or admin)" in viewer.text["process"]
     assert "<script" not in auditor.source.replace(SCRIPTS, "")
+
+
+def test_a_report_only_gateway_shows_report_only_yes(env: Env) -> None:
+    env.client.app.state.gateway_report_only = True  # type: ignore[attr-defined]
+    page = overview(env, "viewer")
+    assert ["Report-only", "yes (the gateway runs with --report-only: nothing is blocked)"] \
+        in page.rows["policy"]
+    assert "Report-only: yes." in page.source
+
+
+def test_static_files_are_the_packaged_ones_and_nothing_else(env: Env) -> None:
+    js = env.client.get("/dashboard/static/vendor/uPlot.iife.min.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    assert b"uPlot" in js.content[:2000]
+    assert env.client.get("/dashboard/static/dashboard.js").status_code == 200
+    assert env.client.get("/dashboard/static/vendor/uPlot.LICENSE").text.startswith(
+        "The MIT License")
+    for bad in ("../routes.py", "vendor/../../session.py", "nope.js"):
+        assert env.client.get(f"/dashboard/static/{bad}").status_code == 404

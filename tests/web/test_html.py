@@ -43,3 +43,34 @@ def test_findings_are_recomputed_after_their_ttl(tmp_path: object) -> None:
         assert cache.get(version) is first
         stale = FindingsCache(ttl=0)
         assert stale.get(version) is not stale.get(version)
+
+
+def test_host_names_break_only_after_their_dots() -> None:
+    from egressguard.web.html import host
+
+    out = host("storage-account-with-a-long-name.blob.core.windows.net")
+    assert out == ('<span class="host" title="storage-account-with-a-long-name.blob.core.'
+                   'windows.net">storage-account-with-a-long-name.<wbr>blob.<wbr>core.<wbr>'
+                   'windows.<wbr>net</span>')
+    assert host("localhost") == '<span class="host" title="localhost">localhost</span>'
+    assert "&lt;b&gt;.<wbr>x" in host("<b>.x")
+
+
+def test_the_stylesheet_never_breaks_words_anywhere() -> None:
+    from importlib import resources
+
+    css = resources.files("egressguard.web").joinpath("static/dashboard.css").read_text()
+    assert "break-all" not in css
+    assert ".host { word-break: normal; overflow-wrap: normal;" in css
+
+
+def test_a_report_only_gateway_says_so_whatever_the_policy() -> None:
+    from egressguard.web.views import report_only_text
+
+    class Summary:
+        report_only = False
+
+    assert report_only_text(Summary(), gateway=True).startswith("yes")  # type: ignore[arg-type]
+    assert report_only_text(Summary(), gateway=False) == "no"  # type: ignore[arg-type]
+    Summary.report_only = True
+    assert report_only_text(Summary(), gateway=False).startswith("yes")  # type: ignore[arg-type]

@@ -73,22 +73,21 @@ def last_event_id(header: str | None) -> int | None:
 Fetch = Callable[[int, int], list[dict[str, Any]]]   # (after id, limit) -> records
 
 
-async def stream(fetch: Fetch, start: int, limits: Limits,
+async def stream(fetch: Fetch, newest: Callable[[], int], start: int, limits: Limits,
                  shape: Callable[[dict[str, Any]], dict[str, Any]]) -> AsyncIterator[bytes]:
     """Frames for every decision after `start`: `decision` events, `gap` when records were
-    skipped, heartbeat comments in between."""
+    skipped (the client was more than a batch behind; it resumes at the newest record),
+    heartbeat comments in between."""
     after = start
     yield b"retry: 3000\n\n" + frame("hello", {"after": after})
     began = last_beat = time.monotonic()
     while time.monotonic() - began < limits.lifetime:
         rows = await anyio.to_thread.run_sync(fetch, after, limits.batch + 1)
         if len(rows) > limits.batch:
-            # Too far behind: skip to the newest records rather than replay a backlog.
-            newest = rows[-1]["id"]
-            recent = await anyio.to_thread.run_sync(fetch, max(after, newest - 1), 1)
-            yield frame("gap", {"skipped_after": after, "resume": newest}, newest - 1)
-            after = newest - 1
-            rows = recent
+            # Too far behind: skip to the newest record rather than replay a backlog.
+            resume = max(after, await anyio.to_thread.run_sync(newest))
+            yield frame("gap", {"skipped_after": after, "resume": resume}, resume)
+            after, rows = resume, []
         if rows:
             chunk = b"".join(frame("decision", shape(r), r["id"]) for r in rows)
             after = rows[-1]["id"]

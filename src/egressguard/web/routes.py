@@ -262,7 +262,8 @@ def live_decisions(request: Request, cluster: Cluster = "default", outcome: Outc
             return data.decisions_after(engine, opened, cluster, after, view.outcome,
                                         view.dest, limit)
 
-        frames = live.stream(fetch, start, limits, lambda r: data.visible(r, audit))
+        frames = live.stream(fetch, lambda: data.newest_id(engine), start, limits,
+                             lambda r: data.visible(r, audit))
         return live.LiveResponse(frames, slots, limits.send_timeout)
     except BaseException:
         slots.give()
