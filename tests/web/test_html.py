@@ -52,8 +52,8 @@ def test_host_names_break_only_after_their_dots() -> None:
     assert out == ('<span class="host" title="storage-account-with-a-long-name.blob.core.'
                    'windows.net">storage-account-with-a-long-name.<wbr>blob.<wbr>core.<wbr>'
                    'windows.<wbr>net</span>')
-    assert host("localhost") == '<span class="host" title="localhost">localhost</span>'
-    assert "&lt;b&gt;.<wbr>x" in host("<b>.x")
+    assert host("up.test") == '<span class="host short" title="up.test">up.test</span>'
+    assert "&lt;b&gt;.<wbr>x" in host("<b>." + "x" * 40)
 
 
 def test_the_stylesheet_never_breaks_words_anywhere() -> None:

@@ -14,7 +14,7 @@ from tests.web.conftest import Env, event
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = live.Limits(poll=0.05, heartbeat=0.2, lifetime=1.5, batch=100)
+FAST = live.Limits(poll=0.05, heartbeat=0.2, lifetime=1.0, batch=100)
 
 
 def frames(text: str) -> list[dict[str, Any]]:
@@ -131,3 +131,37 @@ def test_frames_cannot_be_split_by_hostile_values() -> None:
     text = live.frame("decision", {"host": "a\n\nevent: admin\ndata: x"}, 5).decode()
     assert text.count("\n\n") == 1 and text.endswith("\n\n")
     assert frames(text)[0]["data"]["host"].startswith("a\n\nevent")
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])  # with and without a disconnect listener
+async def test_a_client_that_stops_reading_is_dropped_and_frees_its_place(spec: str) -> None:
+    """Attack: open a live view and never read it. The server's send blocks once the
+    socket buffers are full; the stream gives up after `send_timeout`, not never."""
+    import anyio
+
+    slots = live.Slots(1)
+    assert slots.take()
+
+    async def frames_forever() -> Any:
+        while True:
+            yield b"data: x\n\n"
+            await anyio.sleep(0)
+
+    sent: list[dict[str, Any]] = []
+
+    async def stalled_send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and len(sent) > 3:
+            await anyio.sleep_forever()  # the peer's window is closed
+
+    async def receive() -> dict[str, Any]:
+        await anyio.sleep_forever()
+        return {}
+
+    response = live.LiveResponse(frames_forever(), slots, send_timeout=0.5)
+    with anyio.fail_after(10):
+        started = anyio.current_time()
+        await response({"type": "http", "asgi": {"spec_version": spec}}, receive,
+                       stalled_send)
+    assert 0.4 < anyio.current_time() - started < 5
+    assert slots.open == 0

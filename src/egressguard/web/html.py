@@ -46,10 +46,15 @@ def url(path: str, **params: object) -> str:
     return f"{path}?{query}" if query else path
 
 
+SHORT_HOST = 32
+
+
 def host(name: object) -> Raw:
-    """A host name that wraps only at its dots (a `<wbr>` after each), never mid-label;
-    the full name is its tooltip."""
+    """A host name that never wraps mid-label: a short one not at all, a long one only at
+    its dots (a `<wbr>` after each); the full name is its tooltip."""
     text = "" if name is None else str(name)
+    if len(text) <= SHORT_HOST:
+        return Raw(f'<span class="host short" title="{esc(text)}">{esc(text)}</span>')
     return Raw(f'<span class="host" title="{esc(text)}">'
                + "<wbr>".join(esc(p) + "." for p in text.split(".")[:-1])
                + ("<wbr>" if "." in text else "") + esc(text.split(".")[-1]) + "</span>")

@@ -25,6 +25,12 @@
     var code = el("code");
     var span = el("span", null, "host");
     span.title = name;
+    if (String(name).length <= 32) {
+      span.className = "host short";
+      span.textContent = String(name);
+      code.appendChild(span);
+      return code;
+    }
     var parts = String(name).split(".");
     parts.forEach(function (p, i) {
       span.appendChild(document.createTextNode(p + (i < parts.length - 1 ? "." : "")));
