@@ -240,6 +240,7 @@ def test_operator_sees_a_denial_live_proposes_an_allow_and_logs_out(
             # ... and in the decisions chart, which redraws after it.
             assert eventually(lambda: page.evaluate(CANVAS_INK, "#chart-decisions") > 20,
                               15), "the chart does not show the denial"
+            assert "deny: 1" in page.inner_text("#decision-summary")  # counts kept current
             page.screenshot(path=str(shots / "2-denial-live.png"), full_page=True)
             # Works at 1366 px: nothing wider than the window.
             assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH

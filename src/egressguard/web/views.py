@@ -133,7 +133,8 @@ def decisions_panel(counts: list[DecisionCount], window: str) -> Raw:
     rows = [(tag("span", d.outcome, class_=f"badge {d.outcome}"), d.layer, d.count)
             for d in counts]
     chart = chart_box("chart-decisions", f"Decisions over the last {window} by outcome")
-    body = join([tag("p", join([f"{total} decisions in the last {window}. ", summary])),
+    body = join([tag("p", join([f"{total} decisions in the last {window}. ", summary]),
+                     id="decision-summary", aria_live="polite"),
                  chart,
                  table(["Outcome", "Layer", "Decisions"], rows, numeric=[2],
                        empty="No decisions recorded in this window.")])

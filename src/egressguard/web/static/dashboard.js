@@ -118,6 +118,17 @@
     charts[id] = new window.uPlot(opts, data, box);
   }
 
+  function summary(dec, outcomes) {      /* the counts above the chart, kept current */
+    var p = document.getElementById("decision-summary");
+    if (!p) { return; }
+    var sums = outcomes.map(function (o) {
+      return dec[o].reduce(function (a, b) { return a + b; }, 0);
+    });
+    var total = sums.reduce(function (a, b) { return a + b; }, 0);
+    p.textContent = total + " decisions in the last " + d.window + ". ";
+    outcomes.forEach(function (o, i) { p.appendChild(el("span", o + ": " + sums[i], "badge " + o)); });
+  }
+
   function loadSeries() {
     var q = new URLSearchParams({ cluster: d.cluster, window: d.window });
     if (d.dest) { q.set("dest", d.dest); }
@@ -126,6 +137,7 @@
       .then(function (s) {
         var dec = s.decisions;
         var outcomes = ["allow", "deny", "would-deny"];
+        summary(dec, outcomes);
         draw("chart-decisions", [dec.times].concat(outcomes.map(function (o) { return dec[o]; })),
              outcomes.map(function (o) {
                return { label: o, stroke: COLORS[o], width: 2, fill: COLORS[o] + "22" };
