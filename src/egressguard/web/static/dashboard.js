@@ -5,8 +5,8 @@
   var cfg = document.getElementById("dashboard-config");
   if (!cfg || !cfg.dataset.decisions) { return; }
   var d = cfg.dataset;
-  var COLORS = { "allow": "#1f7a3d", "deny": "#b42318", "would-deny": "#9a6700" };
-  var PALETTE = ["#1d4ed8", "#b42318", "#1f7a3d", "#9a6700", "#6d28d9"];
+  var COLORS = { "allow": "#1a6b35", "deny": "#b42318", "would-deny": "#845700" };
+  var PALETTE = ["#1d4ed8", "#b42318", "#1a6b35", "#845700", "#6d28d9"];
   var MAX_ROWS = 100;
   var charts = {};
 
