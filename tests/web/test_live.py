@@ -15,6 +15,7 @@ from tests.web.conftest import Env, event
 pytestmark = pytest.mark.timeout(60)
 
 FAST = live.Limits(poll=0.05, heartbeat=0.2, lifetime=1.0, batch=100)
+SHORT = live.Limits(poll=0.05, heartbeat=0.1, lifetime=0.35, batch=100)  # replay, then end
 
 
 def frames(text: str) -> list[dict[str, Any]]:
@@ -70,8 +71,8 @@ def test_a_denial_made_while_the_stream_is_open_arrives_live(store_env: Env) -> 
 
 
 def test_operators_see_decisions_but_not_versions_or_sealed_reasons(env: Env) -> None:
-    operator = decisions(stream(env, "operator", headers={"Last-Event-ID": "0"}).text)
-    auditor = decisions(stream(env, "auditor", headers={"Last-Event-ID": "0"}).text)
+    operator = decisions(stream(env, "operator", SHORT, headers={"Last-Event-ID": "0"}).text)
+    auditor = decisions(stream(env, "auditor", SHORT, headers={"Last-Event-ID": "0"}).text)
     assert len(operator) == len(auditor) == 17  # every decision of cluster default
     assert "reason" not in operator[0] and "policy_version" not in operator[0]
     assert {d["policy_version"] for d in auditor} == {"2"}
@@ -88,17 +89,17 @@ def test_roles_without_decisions_and_strangers_get_no_stream(env: Env, role: str
 
 
 def test_filters_apply_to_the_stream(env: Env) -> None:
-    got = decisions(stream(env, "auditor", headers={"Last-Event-ID": "0"},
+    got = decisions(stream(env, "auditor", SHORT, headers={"Last-Event-ID": "0"},
                            params={"outcome": "would-deny"}).text)
     assert [d["host"] for d in got] == ["y.evil.net"]
-    got = decisions(stream(env, "auditor", headers={"Last-Event-ID": "0"},
+    got = decisions(stream(env, "auditor", SHORT, headers={"Last-Event-ID": "0"},
                            params={"dest": "*.github.com"}).text)
     assert len(got) == 7
     assert stream(env, "auditor", params={"outcome": "maybe"}).status_code == 400
 
 
 def test_a_client_far_behind_is_told_of_the_gap_not_replayed_the_backlog(env: Env) -> None:
-    small = live.Limits(poll=0.05, heartbeat=5, lifetime=0.5, batch=3)
+    small = live.Limits(poll=0.05, heartbeat=5, lifetime=0.3, batch=3)
     got = frames(stream(env, "auditor", small, headers={"Last-Event-ID": "0"}).text)
     kinds = [f.get("event") for f in got if "event" in f]
     assert kinds[0] == "hello" and kinds[1] == "gap"
@@ -109,7 +110,7 @@ def test_a_client_far_behind_is_told_of_the_gap_not_replayed_the_backlog(env: En
 
 
 def test_a_quiet_stream_sends_heartbeats_and_ends_at_its_lifetime(env: Env) -> None:
-    response = stream(env, "operator")
+    response = stream(env, "operator", live.Limits(poll=0.05, heartbeat=0.1, lifetime=0.8))
     got = frames(response.text)
     assert decisions(response.text) == []
     assert sum(1 for f in got if f.get("comment") == "heartbeat") >= 2
@@ -123,7 +124,7 @@ def test_live_views_are_capped_and_a_closed_stream_frees_its_place(env: Env) -> 
     full = stream(env, "operator")
     assert full.status_code == 503 and full.headers["retry-after"] == "10"
     slots.give()
-    assert stream(env, "operator").status_code == 200
+    assert stream(env, "operator", SHORT).status_code == 200
     assert slots.open == 0  # the ended stream gave its place back
 
 
