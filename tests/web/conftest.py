@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -87,16 +88,18 @@ class Env:
     tokens: dict[str, str]
     events: list[DecisionEvent]
     now: float
+    log: AuditLog
 
     def headers(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+@contextlib.contextmanager
+def make_env(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    """The store at `url` holding POLICY as version 2, the log holding `records`, a token
+    per role and a client of the app."""
     monkeypatch.setenv("EGRESSGUARD_AUDIT_KEY", base64.b64encode(os.urandom(32)).decode())
     monkeypatch.setenv("EGRESSGUARD_HOME", str(tmp_path / "home"))
-    url = f"sqlite:///{tmp_path / 'egressguard.db'}"
     now = time.time()
     with Store(url) as store, AuditLog(url) as log:
         store.commit("default", load_policy_text(POLICY, "test"), "alice",
@@ -107,7 +110,21 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
         log.flush()
         tokens = {role: store.create_token(role, role, "test")[0] for role in ROLES}
         with TestClient(create_app(store)) as client:
-            yield Env(client, store, tokens, written, now)
+            yield Env(client, store, tokens, written, now, log)
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    with make_env(f"sqlite:///{tmp_path / 'egressguard.db'}", tmp_path, monkeypatch) as e:
+        yield e
+
+
+@pytest.fixture
+def store_env(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+              ) -> Iterator[Env]:
+    """`env` on SQLite and on PostgreSQL (for what depends on the database's SQL)."""
+    with make_env(store_url, tmp_path, monkeypatch) as e:
+        yield e
 
 
 class Sections(HTMLParser):

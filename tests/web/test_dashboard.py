@@ -10,12 +10,14 @@ import pytest
 from egressguard.analysis import analyze
 from egressguard.audit.query import outcome_of
 from egressguard.catalog import references
+from egressguard.web.html import SCRIPTS
 from tests.web.conftest import HOSTILE, Env, Sections
 
 pytestmark = pytest.mark.timeout(60)
 
 POLICY_PANELS = ("policy", "findings", "history")
-AUDIT_PANELS = ("decisions", "exfiltration", "denials")
+DECISION_PANELS = ("decisions", "live", "denied")
+AUDIT_PANELS = ("exfiltration", "denials")
 
 
 def overview(env: Env, role: str, **params: str) -> Sections:
@@ -56,7 +58,8 @@ def test_recent_denials_are_newest_first_with_reasons(env: Env) -> None:
     assert [r[1] for r in rows] == [e.host for e in denied]
     first = rows[0]
     assert first[1:] == [f"{HOSTILE}.evil.net", "8443", "deny", "application",
-                         f"application:{HOSTILE}", f"<img src=x onerror=alert(2)> {HOSTILE}"]
+                         f"application:{HOSTILE}", "2",
+                         f"<img src=x onerror=alert(2)> {HOSTILE}"]
     assert rows[1][1:4] == ["y.evil.net", "443", "would-deny"]
 
 
@@ -91,17 +94,20 @@ def test_history_links_to_each_version_and_its_diff(env: Env) -> None:
     assert "restrict_outbound_network_access: true" in sections.text["policy-text"]
 
 
-@pytest.mark.parametrize(("role", "policy", "audit"), [
-    ("admin", True, True), ("operator", True, False), ("viewer", True, False),
-    ("auditor", False, True)])
-def test_panels_follow_the_role(env: Env, role: str, policy: bool, audit: bool) -> None:
+@pytest.mark.parametrize(("role", "policy", "decisions", "audit"), [
+    ("admin", True, True, True), ("operator", True, True, False),
+    ("viewer", True, False, False), ("auditor", False, True, True)])
+def test_panels_follow_the_role(env: Env, role: str, policy: bool, decisions: bool,
+                                audit: bool) -> None:
     page = overview(env, role)
     for ident in POLICY_PANELS:
         assert (ident in page.rows) is policy, ident
+    for ident in DECISION_PANELS:
+        assert (ident in page.rows) is decisions, ident
     for ident in AUDIT_PANELS:
         assert (ident in page.rows) is audit, ident
     refused = page.source.count("Not permitted: role")
-    assert refused == 3 * (not policy) + 3 * (not audit)
+    assert refused == 3 * (not policy) + (not decisions) + 2 * (not audit)
 
 
 def test_auditor_cannot_read_a_version(env: Env) -> None:
@@ -117,6 +123,8 @@ def test_hostile_values_from_log_and_store_are_escaped(env: Env) -> None:
     env.tokens["hostile"] = hostile_name
     for role in ("hostile", "auditor", "viewer"):
         text = env.client.get("/dashboard", headers=env.headers(role)).text
+        assert text.count("<script") == 2  # only the dashboard's own files
+        text = text.replace(SCRIPTS, "")
         assert "<script" not in text and "<img" not in text and "<b>" not in text
         assert "&lt;script&gt;" in text
     version = env.client.get("/dashboard/versions/2", headers=env.headers("hostile")).text
@@ -129,7 +137,7 @@ def test_pages_forbid_scripts_and_framing(env: Env) -> None:
     response = env.client.get("/dashboard", headers=env.headers("admin"))
     csp = response.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
-    assert "script-src" not in csp
+    assert "script-src 'self';" in csp and "unsafe" not in csp  # own files, no inline
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["referrer-policy"] == "no-referrer"
     css = env.client.get("/dashboard/static/dashboard.css")
@@ -167,4 +175,23 @@ def test_process_panel_shows_exfiltration_warnings_to_auditors_only(env: Env) ->
     viewer = overview(env, "viewer")
     assert "warned.example" not in viewer.source
     assert "exfiltration warnings (destinations: auditor or admin)" in viewer.text["process"]
-    assert "<script" not in auditor.source
+    assert "<script" not in auditor.source.replace(SCRIPTS, "")
+
+
+def test_a_report_only_gateway_shows_report_only_yes(env: Env) -> None:
+    env.client.app.state.gateway_report_only = True  # type: ignore[attr-defined]
+    page = overview(env, "viewer")
+    assert ["Report-only", "yes (the gateway runs with --report-only: nothing is blocked)"] \
+        in page.rows["policy"]
+    assert "Report-only: yes." in page.source
+
+
+def test_static_files_are_the_packaged_ones_and_nothing_else(env: Env) -> None:
+    js = env.client.get("/dashboard/static/vendor/uPlot.iife.min.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    assert b"uPlot" in js.content[:2000]
+    assert env.client.get("/dashboard/static/dashboard.js").status_code == 200
+    assert env.client.get("/dashboard/static/vendor/uPlot.LICENSE").text.startswith(
+        "The MIT License")
+    for bad in ("../routes.py", "vendor/../../session.py", "nope.js"):
+        assert env.client.get(f"/dashboard/static/{bad}").status_code == 404

@@ -43,3 +43,62 @@ def test_findings_are_recomputed_after_their_ttl(tmp_path: object) -> None:
         assert cache.get(version) is first
         stale = FindingsCache(ttl=0)
         assert stale.get(version) is not stale.get(version)
+
+
+def test_host_names_break_only_after_their_dots() -> None:
+    from egressguard.web.html import host
+
+    out = host("storage-account-with-a-long-name.blob.core.windows.net")
+    assert out == ('<span class="host" title="storage-account-with-a-long-name.blob.core.'
+                   'windows.net">storage-account-with-a-long-name.<wbr>blob.<wbr>core.<wbr>'
+                   'windows.<wbr>net</span>')
+    assert host("up.test") == '<span class="host short" title="up.test">up.test</span>'
+    assert "&lt;b&gt;.<wbr>x" in host("<b>." + "x" * 40)
+
+
+def test_the_stylesheet_never_breaks_words_anywhere() -> None:
+    from importlib import resources
+
+    css = resources.files("egressguard.web").joinpath("static/dashboard.css").read_text()
+    assert "break-all" not in css
+    assert ".host { word-break: normal; overflow-wrap: normal;" in css
+
+
+def test_a_report_only_gateway_says_so_whatever_the_policy() -> None:
+    from egressguard.web.views import report_only_text
+
+    class Summary:
+        report_only = False
+
+    assert report_only_text(Summary(), gateway=True).startswith("yes")  # type: ignore[arg-type]
+    assert report_only_text(Summary(), gateway=False) == "no"  # type: ignore[arg-type]
+    Summary.report_only = True
+    assert report_only_text(Summary(), gateway=False).startswith("yes")  # type: ignore[arg-type]
+
+
+def _contrast(a: str, b: str) -> float:
+    def lum(h: str) -> float:
+        c = [int(h[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        c = [x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4 for x in c]
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_text_colours_meet_wcag_aa_contrast() -> None:
+    """Small text (badges are 12 px) needs 4.5:1 against what it sits on."""
+    import re
+    from importlib import resources
+
+    css = resources.files("egressguard.web").joinpath("static/dashboard.css").read_text()
+    var = dict(re.findall(r"--([a-z]+): (#[0-9a-f]{6})", css))
+    pairs = [(var["fg"], var["bg"]), (var["fg"], var["card"]), (var["muted"], var["card"]),
+             (var["muted"], var["bg"]), (var["deny"], var["card"])]
+    for outcome in ("allow", "deny", "would-deny"):
+        rule = re.search(r"\.badge\." + outcome + r" \{ background: (#[0-9a-f]{6}); "
+                         r"color: var\(--([a-z]+)\); \}", css)
+        assert rule, outcome
+        pairs.append((var[rule.group(2)], rule.group(1)))
+    for fg, bg in pairs:
+        assert _contrast(fg, bg) >= 4.5, (fg, bg, round(_contrast(fg, bg), 2))

@@ -284,7 +284,8 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
         raise StartupError(_bind_failure("the gateway", host, port, exc, "--listen")
                            ) from exc
     try:
-        api = _start_api(parts, api_address, allow_cidrs, api_max_body)
+        api = _start_api(parts, api_address, allow_cidrs, api_max_body,
+                         report_only=gateway.report_only)
     except BaseException:
         await gateway.stop(0)
         raise
@@ -400,7 +401,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _start_api(parts: _Parts, address: tuple[str, int] | None,
-               allow_cidrs: list[str] | None, max_body: int) -> ApiThread | None:
+               allow_cidrs: list[str] | None, max_body: int, *,
+               report_only: bool = False) -> ApiThread | None:
     """Start the REST API in its own thread (the store and holder are shared)."""
     if address is None or parts.store is None:
         return None
@@ -419,6 +421,7 @@ def _start_api(parts: _Parts, address: tuple[str, int] | None,
         raise StartupError(f"--allow-cidr: {exc}") from None
     if parts.audit_log is not None:
         app.state.audit = parts.audit_log
+    app.state.gateway_report_only = report_only  # the dashboard shows "Report-only: yes"
     api = ApiThread(app, _bind(*address))
     try:
         api.start()

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Integer, cast, func, select
 
 from egressguard.analysis import Report, analyze
 from egressguard.audit.crypto import Sealer
@@ -168,3 +168,142 @@ def process_stats() -> ProcessStats:
 
 def history(store: Store, cluster: str, limit: int = 20) -> list[Version]:
     return store.versions(cluster, limit=limit)
+
+
+# --- charts and the live view -------------------------------------------------------
+
+# Columns every role that sees decisions may read (all in clear); auditors also get the
+# policy version in force and the sealed reason.
+DECISION_FIELDS = ("id", "time", "kind", "host", "port", "outcome", "layer", "rule")
+AUDIT_FIELDS = ("policy_version", "reason")
+TOP_SERIES_HOSTS = 5
+
+
+@dataclass(frozen=True)
+class DeniedDestination:
+    host: str
+    port: int | None
+    kind: str
+    outcome: str        # deny | would-deny
+    count: int
+    last: float
+
+
+def bucket_seconds(window: float, buckets: int = 60) -> int:
+    """A round bucket width giving about `buckets` points over `window`."""
+    for width in (10, 30, 60, 300, 600, 1800, 3600, 10800, 21600, 86400):
+        if window / width <= buckets:
+            return width
+    return 86400
+
+
+def _bucket(engine: Engine, width: int) -> Any:
+    """The bucket number of an event's time, floored (portable: PostgreSQL rounds a
+    CAST, SQLite truncates, so each dialect gets the form that floors)."""
+    c = events.c
+    if engine.dialect.name == "postgresql":
+        return func.floor(c.time / width)
+    return cast(c.time / width, Integer)
+
+
+def decision_series(engine: Engine, cluster: str, since: float, until: float,
+                    dest: str | None = None) -> dict[str, Any]:
+    """Decisions per bucket by outcome: {"width", "times", "allow", "deny", "would-deny"}."""
+    width = bucket_seconds(until - since)
+    first = int(since // width)
+    count = int(until // width) - first + 1
+    series = {o: [0] * count for o in ("allow", "deny", "would-deny")}
+    c = events.c
+    bucket = _bucket(engine, width).label("b")
+    stmt = (select(bucket, c.verdict, c.permitted, func.count())
+            .where(*Filter(since=since, until=until, cluster=cluster, phase="decision",
+                           dest=dest).where())
+            .group_by(bucket, c.verdict, c.permitted))
+    with engine.connect() as conn:
+        for b, verdict, permitted, n in conn.execute(stmt):
+            i = int(b) - first
+            if 0 <= i < count:
+                series[outcome_of(verdict, bool(permitted))][i] += int(n)
+    return {"width": width, "times": [(first + i) * width for i in range(count)], **series}
+
+
+def bytes_series(engine: Engine, cluster: str, since: float, until: float,
+                 dest: str | None = None, hosts: int = TOP_SERIES_HOSTS) -> dict[str, Any]:
+    """Bytes sent per bucket for the `hosts` destinations that sent most in the window:
+    {"width", "times", "hosts": {host: [bytes...]}} (counted when a connection closes)."""
+    width = bucket_seconds(until - since)
+    first = int(since // width)
+    count = int(until // width) - first + 1
+    c = events.c
+    where = Filter(since=since, until=until, cluster=cluster, phase="close", dest=dest).where()
+    up = func.sum(c.bytes_up)
+    top = (select(c.host).where(*where).group_by(c.host).order_by(up.desc(), c.host)
+           .limit(hosts))
+    bucket = _bucket(engine, width).label("b")
+    with engine.connect() as conn:
+        names = [h for (h,) in conn.execute(top)]
+        out = {h: [0] * count for h in names}
+        if names:
+            stmt = (select(bucket, c.host, up).where(*where, c.host.in_(names))
+                    .group_by(bucket, c.host))
+            for b, host, n in conn.execute(stmt):
+                i = int(b) - first
+                if 0 <= i < count:
+                    out[host][i] += int(n or 0)
+    return {"width": width, "times": [(first + i) * width for i in range(count)],
+            "hosts": out}
+
+
+def top_denied(engine: Engine, cluster: str, since: float, dest: str | None = None,
+               limit: int = 15) -> list[DeniedDestination]:
+    """Denied decisions in the window grouped by destination (host, port, kind, enforced or
+    report-only), most frequent first: what to look at, and what to propose allowing."""
+    c = events.c
+    n = func.count()
+    stmt = (select(c.host, c.port, c.kind, c.permitted, n, func.max(c.time))
+            .where(*Filter(since=since, cluster=cluster, phase="decision", dest=dest).where(),
+                   c.verdict == "deny")
+            .group_by(c.host, c.port, c.kind, c.permitted)
+            .order_by(n.desc(), c.host, c.port).limit(limit))
+    with engine.connect() as conn:
+        return [DeniedDestination(host, None if port is None else int(port), kind,
+                                  outcome_of("deny", bool(permitted)), int(count),
+                                  float(last))
+                for host, port, kind, permitted, count, last in conn.execute(stmt)]
+
+
+def decisions_after(engine: Engine, sealer: Sealer | None, cluster: str, after: int,
+                    outcome: str | None = None, dest: str | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+    """Decisions with an id above `after`, oldest first, at most `limit` (the live view).
+    With no `sealer` the sealed fields are not opened (a role that may not read them)."""
+    c = events.c
+    stmt = (select(events).where(*Filter(cluster=cluster, phase="decision", outcome=outcome,
+                                         dest=dest).where(), c.id > after)
+            .order_by(c.id).limit(limit))
+    with engine.connect() as conn:
+        return [to_record(row, sealer) for row in conn.execute(stmt)]
+
+
+def newest_id(engine: Engine) -> int:
+    """The newest audit record's id (0 when the log is empty): where a live view starts."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.max(events.c.id))).scalar() or 0)
+
+
+def recent_decisions(engine: Engine, sealer: Sealer | None, cluster: str,
+                     outcome: str | None = None, dest: str | None = None,
+                     limit: int = 25) -> list[dict[str, Any]]:
+    """The newest decisions, newest first (the live table's first rows)."""
+    c = events.c
+    stmt = (select(events).where(*Filter(cluster=cluster, phase="decision", outcome=outcome,
+                                         dest=dest).where())
+            .order_by(c.id.desc()).limit(limit))
+    with engine.connect() as conn:
+        return [to_record(row, sealer) for row in conn.execute(stmt)]
+
+
+def visible(record: dict[str, Any], audit: bool) -> dict[str, Any]:
+    """The part of a decision record a role may see (`audit`: auditor or admin)."""
+    fields = DECISION_FIELDS + AUDIT_FIELDS if audit else DECISION_FIELDS
+    return {k: record.get(k) for k in fields}

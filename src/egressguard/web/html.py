@@ -46,6 +46,20 @@ def url(path: str, **params: object) -> str:
     return f"{path}?{query}" if query else path
 
 
+SHORT_HOST = 32
+
+
+def host(name: object) -> Raw:
+    """A host name that never wraps mid-label: a short one not at all, a long one only at
+    its dots (a `<wbr>` after each); the full name is its tooltip."""
+    text = "" if name is None else str(name)
+    if len(text) <= SHORT_HOST:
+        return Raw(f'<span class="host short" title="{esc(text)}">{esc(text)}</span>')
+    return Raw(f'<span class="host" title="{esc(text)}">'
+               + "<wbr>".join(esc(p) + "." for p in text.split(".")[:-1])
+               + ("<wbr>" if "." in text else "") + esc(text.split(".")[-1]) + "</span>")
+
+
 def link(text: object, href: str) -> Raw:
     return tag("a", text, href=href)
 
@@ -72,8 +86,15 @@ def not_permitted(title: str, role: str, needs: str) -> Raw:
                                  f"(needs {needs}).", class_="denied"))
 
 
-def page(title: str, body: object, *, who: str = "", nav: object = "") -> str:
-    """A whole document. The logout form posts to the dashboard; no script anywhere."""
+SCRIPTS = ('<link rel="stylesheet" href="/dashboard/static/vendor/uPlot.min.css">'
+           '<script src="/dashboard/static/vendor/uPlot.iife.min.js" defer></script>'
+           '<script src="/dashboard/static/dashboard.js" defer></script>')
+
+
+def page(title: str, body: object, *, who: str = "", nav: object = "",
+         scripts: bool = False) -> str:
+    """A whole document. The logout form posts to the dashboard. Scripts (the live view
+    and charts) come only from the dashboard's own files: no inline script, no CDN."""
     header = join([tag("h1", link("egressguard", "/dashboard")), nav])
     if who:
         header = join([header, Raw(
@@ -83,4 +104,6 @@ def page(title: str, body: object, *, who: str = "", nav: object = "") -> str:
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)} - egressguard</title>"
             "<link rel=\"stylesheet\" href=\"/dashboard/static/dashboard.css\">"
-            f"</head><body><header>{header}</header><main>{esc(body)}</main></body></html>\n")
+            + (SCRIPTS if scripts else "") + "</head><body>"
+            '<a class="skip" href="#main">Skip to content</a>'
+            f'<header>{header}</header><main id="main">{esc(body)}</main></body></html>\n')

@@ -1,74 +1,60 @@
-"""`/dashboard`: read-only HTML pages for people (the API serves programs).
+"""`/dashboard`: HTML pages for people (the API serves programs).
 
 Included by the control-plane app like the other optional routers. Pages need a session
-or the same tokens as the API (see `session`): policy panels a viewer, operator or admin; audit
-panels an auditor or admin; a panel the caller may not see says so instead. The routes
-are left out of the OpenAPI document, which describes the JSON API.
+or the same tokens as the API (see `session`): policy panels a viewer, operator or admin;
+decisions (counts, charts, the live view, grouped denials) an operator, auditor or admin;
+the policy version behind each decision, reasons and bytes an auditor or admin; a panel
+the caller may not see says so instead. `streams` serves the script's data (chart series,
+live decisions), `proposals` the one change a page can make (apply a proposed allow, an
+operator or admin). The routes are left out of the OpenAPI document.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from importlib import resources
 from typing import Annotated
-from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from egressguard.audit.query import QueryError, parse_duration
-from egressguard.control.auth import READ_POLICY, Principal, Refusal, outcome, role_allows
-from egressguard.store import NotFound, Store
-from egressguard.web import data, session, views
+from egressguard.control.auth import (
+    EDIT_POLICY,
+    READ_POLICY,
+    Principal,
+    role_allows,
+)
+from egressguard.store import NotFound
+from egressguard.web import data, proposals, session, streams, views
+from egressguard.web.common import (
+    CLUSTER,
+    HEADERS,
+    READ_AUDIT,
+    READ_DECISIONS,
+    Cluster,
+    Dest,
+    Outcome,
+    Window,
+    caller,
+    html,
+    read_form,
+    reader,
+    store_of,
+    view_params,
+)
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
+router.include_router(streams.router)
+router.include_router(proposals.router)
 
-CLUSTER = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-READ_AUDIT = ("auditor",)
-MIN_WINDOW, MAX_WINDOW = 60.0, 31 * 86400.0
-_MAX_FORM = 8192
-_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
+_STATIC = {  # served files (read once): name -> media type
+    "dashboard.css": "text/css", "dashboard.js": "text/javascript",
+    "vendor/uPlot.min.css": "text/css", "vendor/uPlot.iife.min.js": "text/javascript",
+    "vendor/uPlot.LICENSE": "text/plain",
 }
-_CSS = resources.files("egressguard.web").joinpath("static/dashboard.css").read_bytes()
-
-
-def _html(body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status, headers=_HEADERS)
-
-
-def _to_login(request: Request, *, clear: bool = False) -> Response:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    response = RedirectResponse(
-        "/dashboard/login?" + urlencode({"next": session.safe_next(target)}), status_code=303)
-    if clear:
-        session.clear_session(request, response)
-    return response
-
-
-def _caller(request: Request) -> Principal | Response:
-    """The principal, or the response to send instead: 401 for a bad Authorization
-    header (a program), a redirect to the login form for a browser."""
-    who = outcome(request)
-    if isinstance(who, Principal):
-        return who
-    if "authorization" in request.headers:
-        reason = who.reason if isinstance(who, Refusal) else "missing bearer token"
-        response = _html(views.message_page("Not authenticated", reason), 401)
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
-    return _to_login(request, clear=session.SESSION_COOKIE in request.cookies)
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
+_FILES = {name: resources.files("egressguard.web").joinpath(f"static/{name}").read_bytes()
+          for name in _STATIC}
 
 
 def _findings(request: Request) -> data.FindingsCache:
@@ -79,70 +65,72 @@ def _findings(request: Request) -> data.FindingsCache:
 
 
 @router.get("")
-def overview(request: Request, cluster: Annotated[str, Query(max_length=100)] = "default",
-             window: Annotated[str, Query(max_length=20)] = "1h") -> Response:
-    who = _caller(request)
+def overview(request: Request, cluster: Cluster = "default", window: Window = "1h",
+             outcome: Outcome = "", dest: Dest = "") -> Response:
+    who = caller(request)
     if not isinstance(who, Principal):
         return who
     label = f"{who.name} ({who.role})"
-    if not CLUSTER.fullmatch(cluster):
-        return _html(views.message_page("Invalid cluster", f"invalid cluster name "
-                                        f"{cluster!r}", label), 400)
-    try:
-        seconds = parse_duration(window)
-    except QueryError as exc:
-        return _html(views.message_page("Invalid window", str(exc), label), 400)
-    if not MIN_WINDOW <= seconds <= MAX_WINDOW:
-        return _html(views.message_page("Invalid window",
-                                        "window must be between 1m and 31d", label), 400)
-    page = views.Overview(cluster=cluster, who=who.name, role=who.role, window=window)
-    store = _store(request)
+    view = view_params(cluster, window, outcome, dest)
+    if isinstance(view, str):
+        return html(views.message_page("Invalid parameters", view, label), 400)
+    page = views.Overview(cluster=cluster, who=who.name, role=who.role, window=window,
+                          outcome=view.outcome, dest=view.dest,
+                          can_propose=role_allows(who.role, EDIT_POLICY),
+                          audit=role_allows(who.role, READ_AUDIT),
+                          gateway_report_only=bool(getattr(
+                              request.app.state, "gateway_report_only", False)))
+    store = store_of(request)
     if role_allows(who.role, READ_POLICY):
         page.clusters = store.clusters()
         try:
             current = store.current(cluster)
         except NotFound:
             known = ", ".join(page.clusters) or "none"
-            return _html(views.message_page("No such cluster", f"cluster {cluster!r} is "
+            return html(views.message_page("No such cluster", f"cluster {cluster!r} is "
                                             f"not in the store (clusters: {known})", label),
                          404)
         page.policy = data.summarize(current)
         page.report = _findings(request).get(current)
         page.versions = data.history(store, cluster)
-    if role_allows(who.role, READ_AUDIT):
-        from egressguard.audit.api import reader
-
+    since = time.time() - view.seconds
+    if role_allows(who.role, READ_DECISIONS):
         engine, sealer = reader(request)
-        since = time.time() - seconds
         page.decisions = data.decision_counts(engine, cluster, since)
+        page.denied = data.top_denied(engine, cluster, since, view.dest)
+        opened = sealer if page.audit else None
+        page.live = [data.visible(r, page.audit) for r in data.recent_decisions(
+            engine, opened, cluster, view.outcome, view.dest)]
+    if page.audit:
+        engine, sealer = reader(request)
         page.destinations = data.top_destinations(engine, cluster, since)
         page.denials = data.recent_denials(engine, sealer, cluster)
     page.stats = data.process_stats()
-    page.show_hosts = role_allows(who.role, READ_AUDIT)
-    return _html(views.overview(page))
+    page.show_hosts = page.audit
+    return html(views.overview(page))
 
 
 @router.get("/versions/{number}")
 def version(request: Request, number: Annotated[int, Path(ge=1, le=2**31 - 1)],
             cluster: Annotated[str, Query(max_length=100)] = "default") -> Response:
-    who = _caller(request)
+    who = caller(request)
     if not isinstance(who, Principal):
         return who
     label = f"{who.name} ({who.role})"
     if not role_allows(who.role, READ_POLICY):
-        return _html(views.message_page("Not permitted", f"Not permitted: role {who.role!r} "
+        return html(views.message_page("Not permitted", f"Not permitted: role {who.role!r} "
                                         f"cannot read policy (needs {views.POLICY_ROLES}).",
                                         label), 403)
     if not CLUSTER.fullmatch(cluster):
-        return _html(views.message_page("Invalid cluster", f"invalid cluster name "
+        return html(views.message_page("Invalid cluster", f"invalid cluster name "
                                         f"{cluster!r}", label), 400)
-    store = _store(request)
+    store = store_of(request)
     try:
         found = store.version(cluster, number)
     except NotFound as exc:
-        return _html(views.message_page("Not found", str(exc), label), 404)
+        return html(views.message_page("Not found", str(exc), label), 404)
     diff = store.diff(cluster, number - 1, number) if number > 1 else None
-    return _html(views.version_page(found, diff, label))
+    return html(views.version_page(found, diff, label))
 
 
 @router.get("/login")
@@ -153,9 +141,9 @@ def login_form(request: Request, next: Annotated[str, Query(max_length=500)] = "
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    form = await _form(request)
+    form = await read_form(request)
     if form is None:
-        return _html(views.message_page("Bad request", "expected a form post"), 400)
+        return html(views.message_page("Bad request", "expected a form post"), 400)
     next_path = session.safe_next(form.get("next"))
     if not session.csrf_ok(request, form.get("csrf", "")):
         return _login_page(request, next_path, "The form expired; please try again.", 403)
@@ -164,7 +152,7 @@ async def login(request: Request) -> Response:
                                                    form.get("token", ""))
     except session.LoginFailed as exc:
         return _login_page(request, next_path, str(exc), 401)
-    response = RedirectResponse(next_path, status_code=303, headers=_HEADERS)
+    response = RedirectResponse(next_path, status_code=303, headers=HEADERS)
     session.set_session(request, response, session_id)
     return response
 
@@ -172,7 +160,7 @@ async def login(request: Request) -> Response:
 def _login_page(request: Request, next_path: str, error: str = "", status: int = 200
                 ) -> Response:
     csrf, new = session.csrf_value(request)
-    response = _html(views.login_page(csrf, next_path, error), status)
+    response = html(views.login_page(csrf, next_path, error), status)
     if new:
         session.set_csrf(request, response, csrf)
     return response
@@ -182,30 +170,19 @@ def _login_page(request: Request, next_path: str, error: str = "", status: int =
 def logout(request: Request) -> Response:
     """Revoke the session server-side (a copied cookie stops working too), then clear it."""
     session.logout(request)
-    response = RedirectResponse("/dashboard/login", status_code=303, headers=_HEADERS)
+    response = RedirectResponse("/dashboard/login", status_code=303, headers=HEADERS)
     session.clear_session(request, response)
     return response
 
 
-@router.get("/static/dashboard.css")
-def stylesheet() -> Response:
-    return Response(_CSS, media_type="text/css",
+@router.get("/static/{name:path}")
+def static(name: Annotated[str, Path(max_length=100)]) -> Response:
+    """The stylesheet, the script and the vendored chart library (see
+    docs/third-party.md): package data, so nothing is loaded from elsewhere."""
+    if name not in _STATIC:
+        return Response("not found", status_code=404, media_type="text/plain")
+    return Response(_FILES[name], media_type=_STATIC[name],
                     headers={"Cache-Control": "max-age=3600",
                              "X-Content-Type-Options": "nosniff"})
 
 
-async def _form(request: Request) -> dict[str, str] | None:
-    """A small url-encoded form (the login form), or None if it is not one."""
-    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX_FORM:
-            return None
-    try:
-        fields = parse_qs(body.decode("utf-8"), max_num_fields=10, strict_parsing=False)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return {k: v[0] for k, v in fields.items() if v}

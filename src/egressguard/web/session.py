@@ -8,13 +8,15 @@ post and answers with a session: a random id in an HttpOnly, SameSite=Strict coo
 looks the session up on every request, so logging out (which revokes the row), revoking
 the token or its expiry ends the session.
 
-Login is the only state-changing form: it carries a double-submit CSRF value (a random
-cookie echoed in a hidden field), so another site cannot log a victim in with the
-attacker's token. The dashboard itself only reads.
+The login form carries a double-submit CSRF value (a random cookie echoed in a hidden
+field), so another site cannot log a victim in with the attacker's token. The one other
+form, applying a proposed allow, carries `form_token`: a value derived from the session
+id, which another site can neither read (HttpOnly, SameSite=Strict) nor compute.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import secrets
@@ -109,3 +111,16 @@ def safe_next(value: str | None) -> str:
     if value and _NEXT.fullmatch(value) and "//" not in value:
         return value
     return "/dashboard"
+
+
+def form_token(request: Request) -> str:
+    """The anti-forgery value for this session's forms ("" without a session cookie)."""
+    value = request.cookies.get(SESSION_COOKIE, "")
+    if not value or len(value) > MAX_SECRET:
+        return ""
+    return hmac.new(value.encode(), b"egressguard dashboard form", hashlib.sha256).hexdigest()
+
+
+def form_ok(request: Request, posted: str) -> bool:
+    expected = form_token(request)
+    return bool(expected) and hmac.compare_digest(expected.encode(), posted.encode())

@@ -9,11 +9,32 @@ from typing import Any
 
 from egressguard.analysis import Report
 from egressguard.store import Version
-from egressguard.web.data import DecisionCount, Destination, PolicySummary, ProcessStats
-from egressguard.web.html import Raw, esc, join, link, not_permitted, page, panel, table, tag, url
+from egressguard.web.data import (
+    DecisionCount,
+    DeniedDestination,
+    Destination,
+    PolicySummary,
+    ProcessStats,
+)
+from egressguard.web.html import (
+    Raw,
+    esc,
+    host,
+    join,
+    link,
+    not_permitted,
+    page,
+    panel,
+    table,
+    tag,
+    url,
+)
+from egressguard.web.propose import Draft
 
 POLICY_ROLES = "viewer, operator or admin"
 AUDIT_ROLES = "auditor or admin"
+DECISION_ROLES = "operator, auditor or admin"
+WINDOWS = ("15m", "1h", "6h", "24h", "7d")
 MAX_FQDNS_SHOWN = 50
 
 
@@ -58,20 +79,33 @@ class Overview:
     denials: list[dict[str, Any]] | None = None
     stats: ProcessStats | None = None
     show_hosts: bool = False
+    outcome: str | None = None
+    dest: str | None = None
+    can_propose: bool = False           # operator or admin: may apply a proposed allow
+    audit: bool = False                 # auditor or admin: versions and reasons
+    gateway_report_only: bool = False   # this process's gateway runs --report-only
+    denied: list[DeniedDestination] | None = None
+    live: list[dict[str, Any]] | None = None
 
 
 def version_href(cluster: str, number: int) -> str:
     return url(f"/dashboard/versions/{number}", cluster=cluster)
 
 
-def policy_panel(s: PolicySummary) -> Raw:
+def report_only_text(s: PolicySummary, gateway: bool) -> str:
+    if gateway:
+        return "yes (the gateway runs with --report-only: nothing is blocked)"
+    return "yes (the policy is report-only)" if s.report_only else "no"
+
+
+def policy_panel(s: PolicySummary, gateway_report_only: bool = False) -> Raw:
     v = s.version
     facts = [
         ("Version", link(v.number, version_href(v.cluster, v.number))),
         ("Committed", f"{when(v.created_at)} by {v.principal}"),
         ("Summary", v.summary),
         ("Restricted outbound access", yes_no(s.restricted)),
-        ("Report-only", yes_no(s.report_only)),
+        ("Report-only", report_only_text(s, gateway_report_only)),
         ("Application rules", f"{s.app_rules} in {s.app_collections} collections"),
         ("Network rules", f"{s.net_rules} in {s.net_collections} collections"),
         ("Callout rules", s.callouts),
@@ -81,7 +115,7 @@ def policy_panel(s: PolicySummary) -> Raw:
     rows = join(Raw(f"<tr><th>{tag('span', k)}</th><td>{tag('span', val)}</td></tr>")
                 for k, val in facts)
     shown = s.allowed_fqdns[:MAX_FQDNS_SHOWN]
-    fqdns = join(tag("li", tag("code", f)) for f in shown)
+    fqdns = join(tag("li", tag("code", host(f))) for f in shown)
     more = len(s.allowed_fqdns) - len(shown)
     extra = tag("p", f"and {more} more") if more > 0 else Raw("")
     body = join([Raw(f'<table class="facts">{rows}</table>'),
@@ -98,7 +132,10 @@ def decisions_panel(counts: list[DecisionCount], window: str) -> Raw:
                    for o in ("allow", "deny", "would-deny"))
     rows = [(tag("span", d.outcome, class_=f"badge {d.outcome}"), d.layer, d.count)
             for d in counts]
-    body = join([tag("p", join([f"{total} decisions in the last {window}. ", summary])),
+    chart = chart_box("chart-decisions", f"Decisions over the last {window} by outcome")
+    body = join([tag("p", join([f"{total} decisions in the last {window}. ", summary]),
+                     id="decision-summary", aria_live="polite"),
+                 chart,
                  table(["Outcome", "Layer", "Decisions"], rows, numeric=[2],
                        empty="No decisions recorded in this window.")])
     return panel(f"Decisions (last {window})", body, ident="decisions")
@@ -108,19 +145,116 @@ def destinations_panel(rows: list[Destination], window: str) -> Raw:
     note = tag("p", "Counted when a connection closes; open tunnels are not yet included.",
                class_="hint")
     body = table(["Destination", "Bytes up", "Bytes down", "Connections"],
-                 [(tag("code", d.host), exact(d.bytes_up), exact(d.bytes_down), d.connections)
+                 [(tag("code", host(d.host)), exact(d.bytes_up), exact(d.bytes_down), d.connections)
                   for d in rows], numeric=[1, 2, 3],
                  empty="No closed connections in this window.")
-    body = join([body, note])
+    chart = chart_box("chart-bytes", f"Bytes sent per destination over the last {window}")
+    body = join([chart, body, note])
     return panel(f"Top destinations by bytes sent (last {window})", body, ident="exfiltration")
 
 
+def chart_box(ident: str, label: str) -> Raw:
+    """Where the script draws a chart; says so when scripts do not run."""
+    return tag("figure", join([tag("figcaption", label),
+                               tag("div", tag("p", "Chart loading (needs JavaScript).",
+                                              class_="hint"), class_="chart", id=ident)]),
+               class_="chart-box")
+
+
+def propose_href(cluster: str, host_name: str, port: int | None, kind: str) -> str:
+    return url("/dashboard/propose", cluster=cluster, host=host_name, port=port, kind=kind)
+
+
+def proposable(kind: str) -> bool:
+    return kind in ("http", "connect")
+
+
+def denied_panel(rows: list[DeniedDestination], window: str, cluster: str,
+                 can_propose: bool) -> Raw:
+    """Denials grouped by destination, with a bar per count and, for operators, the way
+    to draft an allow."""
+    most = max((d.count for d in rows), default=1)
+    cells = []
+    for d in rows:
+        bar = Raw(f'<meter min="0" max="{most}" value="{d.count}" '
+                  f'aria-label="{d.count} denials"></meter>')
+        row: list[object] = [tag("code", host(d.host)), "" if d.port is None else d.port,
+                             d.kind, tag("span", d.outcome, class_=f"badge {d.outcome}"),
+                             join([bar, f" {d.count}"]), when(d.last)]
+        if can_propose:
+            row.append(link("Propose allow", propose_href(cluster, d.host, d.port, d.kind))
+                       if proposable(d.kind) else "")
+        cells.append(row)
+    headers = ["Destination", "Port", "Kind", "Outcome", "Denials", "Last"]
+    if can_propose:
+        headers.append("Action")
+    body = table(headers, cells, numeric=[1], empty="No denials in this window.")
+    return panel(f"Top denied destinations (last {window})", body, ident="denied")
+
+
+def live_panel(records: list[dict[str, Any]], audit: bool, cluster: str,
+               can_propose: bool) -> Raw:
+    """The newest decisions; the script adds each new one as the gateway records it."""
+    headers = ["Time", "Host", "Port", "Outcome", "Layer", "Rule"]
+    if audit:
+        headers += ["Policy version", "Reason"]
+    if can_propose:
+        headers.append("Action")
+    head = join(tag("th", h, scope="col") for h in headers)
+    rows = []
+    for r in records:
+        cells: list[object] = [when(r["time"]), tag("code", host(r["host"])),
+                               "" if r["port"] is None else r["port"],
+                               tag("span", r["outcome"], class_=f"badge {r['outcome']}"),
+                               r["layer"], tag("code", r["rule"])]
+        if audit:
+            cells += [r.get("policy_version", ""), r.get("reason", "")]
+        if can_propose:
+            cells.append(link("Propose allow", propose_href(cluster, r["host"], r["port"],
+                                                            r["kind"]))
+                         if r["outcome"] != "allow" and proposable(r["kind"]) else "")
+        rows.append(Raw("<tr>" + "".join(tag("td", c) for c in cells) + "</tr>"))
+    status = tag("p", "Live updates need JavaScript; reload to refresh.", id="live-status",
+                 class_="hint", role="status", aria_live="polite")
+    body = join([status, Raw(f'<table id="live-table"><thead><tr>{head}</tr></thead>'
+                             f'<tbody id="live-body">{"".join(rows)}</tbody></table>')])
+    return panel("Live decisions", body, ident="live")
+
+
+def filters_form(o: Overview) -> Raw:
+    """Time window and filters (a plain GET form: works with the keyboard, no script)."""
+    windows = WINDOWS if o.window in WINDOWS else (o.window, *WINDOWS)
+    opts = join(Raw(f'<option value="{esc(w)}"{" selected" if w == o.window else ""}>'
+                    f'{esc(w)}</option>') for w in windows)
+    outcomes = join(Raw(f'<option value="{esc(v)}"{" selected" if v == (o.outcome or "") else ""}'
+                        f'>{esc(label)}</option>')
+                    for v, label in (("", "any"), ("allow", "allow"), ("deny", "deny"),
+                                     ("would-deny", "would-deny")))
+    return Raw(
+        '<form class="filters" method="get" action="/dashboard" aria-label="Filters">'
+        f'<input type="hidden" name="cluster" value="{esc(o.cluster)}">'
+        f'<label>Window <select name="window">{opts}</select></label>'
+        f'<label>Outcome <select name="outcome">{outcomes}</select></label>'
+        '<label>Destination <input type="search" name="dest" placeholder="*.example.com" '
+        f'maxlength="253" value="{esc(o.dest or "")}"></label>'
+        '<button type="submit">Apply</button></form>')
+
+
+def config_element(o: Overview) -> Raw:
+    """What the script needs, as data attributes (the page has no inline script)."""
+    return tag("div", "", id="dashboard-config", hidden="hidden", data_cluster=o.cluster,
+               data_window=o.window, data_outcome=o.outcome or "", data_dest=o.dest or "",
+               data_audit="1" if o.audit else "", data_propose="1" if o.can_propose else "",
+               data_decisions="1" if o.live is not None else "")
+
+
 def denials_panel(records: list[dict[str, Any]]) -> Raw:
-    rows = [(when(r["time"]), tag("code", r["host"]), r["port"] if r["port"] is not None else "",
+    rows = [(when(r["time"]), tag("code", host(r["host"])),
+             r["port"] if r["port"] is not None else "",
              tag("span", r["outcome"], class_=f"badge {r['outcome']}"), r["layer"],
-             tag("code", r["rule"]), r["reason"]) for r in records]
-    body = table(["Time", "Host", "Port", "Outcome", "Layer", "Rule", "Reason"], rows,
-                 numeric=[2], empty="No denials recorded.")
+             tag("code", r["rule"]), r["policy_version"], r["reason"]) for r in records]
+    body = table(["Time", "Host", "Port", "Outcome", "Layer", "Rule", "Policy version",
+                  "Reason"], rows, numeric=[2], empty="No denials recorded.")
     return panel("Recent denials", body, ident="denials")
 
 
@@ -173,11 +307,19 @@ def cluster_nav(current: str, clusters: Sequence[str]) -> Raw:
 
 def overview(o: Overview) -> str:
     parts: list[Raw] = [tag("p", join(["Cluster ", tag("strong", o.cluster)]),
-                            class_="subtitle")]
-    parts.append(policy_panel(o.policy) if o.policy is not None
+                            class_="subtitle"), filters_form(o), config_element(o)]
+    if o.gateway_report_only:
+        parts.append(tag("p", "Report-only: yes. This gateway permits every request and "
+                              "records what it would have denied.", class_="banner",
+                         role="note"))
+    parts.append(policy_panel(o.policy, o.gateway_report_only) if o.policy is not None
                  else not_permitted("Policy in force", o.role, POLICY_ROLES))
     parts.append(decisions_panel(o.decisions, o.window) if o.decisions is not None
-                 else not_permitted("Decisions", o.role, AUDIT_ROLES))
+                 else not_permitted("Decisions", o.role, DECISION_ROLES))
+    if o.live is not None:
+        parts.append(live_panel(o.live, o.audit, o.cluster, o.can_propose))
+    if o.denied is not None:
+        parts.append(denied_panel(o.denied, o.window, o.cluster, o.can_propose))
     parts.append(destinations_panel(o.destinations, o.window) if o.destinations is not None
                  else not_permitted("Top destinations by bytes sent", o.role, AUDIT_ROLES))
     parts.append(denials_panel(o.denials) if o.denials is not None
@@ -189,7 +331,7 @@ def overview(o: Overview) -> str:
     if o.stats is not None:
         parts.append(process_panel(o.stats, o.show_hosts))
     return page(f"Dashboard: {o.cluster}", join(parts), who=f"{o.who} ({o.role})",
-                nav=cluster_nav(o.cluster, o.clusters))
+                nav=cluster_nav(o.cluster, o.clusters), scripts=True)
 
 
 def version_page(version: Version, diff: str | None, who: str) -> str:
@@ -226,3 +368,39 @@ def login_page(csrf: str, next_path: str, error: str = "") -> str:
                     "viewer, operator or admin token; audit panels an auditor or admin "
                     "token.", class_="hint")
     return page("Log in", panel("Log in", join([problem, form, hint])))
+
+
+def propose_page(cluster: str, d: Draft, form_token: str, who: str, problem: str = ""
+                 ) -> str:
+    """The drafted allow: what it adds (a YAML diff to copy into a policy file or review)
+    and, when it would permit the request, the button that applies it as a new version."""
+    t = d.target
+    back = link(f"\u2190 {cluster} overview", url("/dashboard", cluster=cluster))
+    facts = tag("p", join(["Allow ", tag("code", t.protocol), " to ", tag("code", host(t.host)),
+                           f" ({t.kind} request) in cluster {cluster}, on top of version "
+                           f"{d.base}."]))
+    decided = tag("p", join(["With this change the gateway decides: ",
+                             tag("strong", d.verdict)]),
+                  class_="ok" if d.permits else "error")
+    if not d.diff:
+        note = tag("p", "The policy already holds this rule; nothing to change.", class_="hint")
+    elif d.permits:
+        note = Raw(
+            '<form method="post" action="/dashboard/propose" class="apply">'
+            + "".join(f'<input type="hidden" name="{k}" value="{esc(v)}">' for k, v in (
+                ("csrf", form_token), ("cluster", cluster), ("host", t.host),
+                ("port", t.port), ("kind", t.kind), ("base", d.base)))
+            + f'<button type="submit">Apply as version {d.base + 1}</button>'
+            '</form>')
+    else:
+        note = tag("p", "This draft would not allow the request (another rule or layer "
+                        "decides it); change the policy by hand.", class_="error")
+    error = tag("p", problem, class_="error", role="alert") if problem else Raw("")
+    copy = tag("p", "Or copy the diff into the policy file you keep under version control.",
+               class_="hint")
+    parts = [tag("p", back, class_="subtitle"),
+             panel("Propose allow", join([error, facts, decided, note]), ident="proposal"),
+             panel("Policy change (YAML diff)", join([
+                 tag("pre", d.diff or "(no change)", class_="diff", tabindex="0"), copy]),
+                 ident="diff")]
+    return page(f"Propose allow: {t.host}", join(parts), who=who)
