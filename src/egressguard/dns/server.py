@@ -14,7 +14,6 @@ import contextlib
 import enum
 import ipaddress
 import logging
-import secrets
 import struct
 import threading
 from collections.abc import Callable, Coroutine
@@ -24,18 +23,19 @@ from typing import Any
 from dnslib import RCODE, DNSRecord
 
 from egressguard.dns.decide import CnameMode, NameDecision, check_answer, decide_name
-from egressguard.dns.upstream import UpstreamError, resolve
+from egressguard.dns.upstream import UdpPool, UpstreamError
 from egressguard.dns.wire import (
     EDE_BLOCKED,
     EDE_NETWORK_ERROR,
     EDE_OTHER,
     Malformed,
     Query,
+    Scanned,
     fit_udp,
     parse_query,
     refusal,
     same_question,
-    upstream_query,
+    scan_answer,
 )
 from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.enforce.events import EventSink
@@ -74,6 +74,14 @@ class FilterConfig:
     max_tcp_clients: int = 256
     tcp_idle: float = 10.0
     cluster: str = "default"
+    upstream_sockets: int = 4
+    cache_size: int = 10000
+
+
+# Decision cache keys: the question (wire name, client) and the answer (wire name, client,
+# addresses, chain names). Decisions are pure functions of the snapshot and these.
+_AskKey = tuple[bytes, IPAddress | None]
+_AnswerKey = tuple[bytes, IPAddress | None, tuple[IPAddress, ...], tuple[tuple[bytes, ...], ...]]
 
 
 def _ip(address: str) -> IPAddress | None:
@@ -99,6 +107,11 @@ class DnsFilter:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pool = UdpPool(self.config.upstream, self.config.upstream_sockets)
+        # (snapshot, question decisions, answer decisions): replaced whole on a policy swap,
+        # so a decision is never read under another snapshot than the one it was made by.
+        self._cache: tuple[object, dict[_AskKey, NameDecision],
+                           dict[_AnswerKey, NameDecision]] = (None, {}, {})
 
     # -- answering one query -----------------------------------------------------------
 
@@ -131,21 +144,32 @@ class DnsFilter:
             log.exception("cannot answer %s", query.qname)
             return None
 
+    def _caches(self, snapshot: object) -> tuple[dict[_AskKey, NameDecision],
+                                                 dict[_AnswerKey, NameDecision]]:
+        cache = self._cache
+        if cache[0] is not snapshot or len(cache[1]) + len(cache[2]) > self.config.cache_size:
+            cache = self._cache = (snapshot, {}, {})
+        return cache[1], cache[2]
+
     async def _answer(self, query: Query, client: str, tcp: bool) -> bytes:
         active = self.holder.active
         snapshot = active.snapshot
         cp = self.checkpoint
         source = _ip(client) if client else None
-        asked = decide_name(snapshot, query.qname, source, decide=cp.decide_in)
+        asks, answers = self._caches(snapshot)
+        ask_key = (query.qkey, source)
+        asked = asks.get(ask_key)
+        if asked is None:
+            asked = asks[ask_key] = decide_name(snapshot, query.qname, source,
+                                                decide=cp.decide_in)
         if not cp.permit(asked.decision):
             await self._record(active, query, asked, client, tcp, False)
             return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
                            asked.decision.reason)
-        qid = secrets.randbelow(65536)
+        answer: Scanned | DNSRecord
         try:
-            raw = await resolve(upstream_query(query, qid), qid, self.config.upstream,
-                                self.config.timeout, tcp=tcp)
-            answer = DNSRecord.parse(raw)
+            raw = await self._pool.resolve(query.data, self.config.timeout, tcp=tcp)
+            answer = scan_answer(raw) or DNSRecord.parse(raw)
         except UpstreamError as exc:
             await self._record(active, query, asked, client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_NETWORK_ERROR, str(exc))
@@ -156,15 +180,26 @@ class DnsFilter:
             await self._record(active, query, asked, client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
                            "upstream answered a different question")
-        final = check_answer(snapshot, query.qname, answer, self.config.cname_mode,
-                             source, cp.decide_in)
+        if isinstance(answer, Scanned):
+            key = (query.qkey, source, answer.addresses, tuple(n.label for n in answer.chain))
+            final = answers.get(key)
+            if final is None:
+                final = answers[key] = check_answer(snapshot, query.qname, answer,
+                                                    self.config.cname_mode, source,
+                                                    cp.decide_in)
+        else:
+            final = check_answer(snapshot, query.qname, answer, self.config.cname_mode,
+                                 source, cp.decide_in)
         permitted = cp.permit(final.decision)
         await self._record(active, query, final, client, tcp, permitted)
         if not permitted:
             return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
                            final.decision.reason)
-        answer.header.id = query.record.header.id
-        packed = bytes(answer.pack())
+        if isinstance(answer, Scanned):
+            packed = query.data[:2] + raw[2:]  # the upstream's bytes, the client's id
+        else:  # re-packed as dnslib read it: the client gets only what was decided
+            answer.header.id = query.qid
+            packed = bytes(answer.pack())
         return packed if tcp else fit_udp(query, packed)
 
     async def _record(self, active: Active, query: Query, verdict: NameDecision, client: str,
@@ -210,6 +245,7 @@ class DnsFilter:
         raise OSError("no free port")  # pragma: no cover
 
     async def close(self) -> None:
+        self._pool.close()
         if self._udp is not None:
             self._udp.close()
         if self._tcp is not None:
