@@ -107,6 +107,7 @@ class DnsFilter:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sources: dict[str, IPAddress | None] = {}  # client text -> address
         self._pool = UdpPool(self.config.upstream, self.config.upstream_sockets)
         # (snapshot, question decisions, answer decisions): replaced whole on a policy swap,
         # so a decision is never read under another snapshot than the one it was made by.
@@ -155,7 +156,12 @@ class DnsFilter:
         active = self.holder.active
         snapshot = active.snapshot
         cp = self.checkpoint
-        source = _ip(client) if client else None
+        if client in self._sources:
+            source = self._sources[client]
+        else:
+            if len(self._sources) > 4096:
+                self._sources.clear()
+            source = self._sources[client] = _ip(client) if client else None
         asks, answers = self._caches(snapshot)
         ask_key = (query.qkey, source)
         asked = asks.get(ask_key)

@@ -109,8 +109,9 @@ def parse_query(data: bytes) -> Query:
     return _fast_query(data) or _slow_query(data)
 
 
-def _fast_query(data: bytes) -> Query | None:
-    """The query if `data` has the common shape, else None (not an error: ask dnslib)."""
+def _fast_query(data: bytes, plain: bool = True) -> Query | None:
+    """The query if `data` has the common shape, else None (not an error: ask dnslib).
+    `plain`: also require host name characters in every label (else dnslib reads it)."""
     size = len(data)
     if size < 17:
         return None
@@ -128,7 +129,10 @@ def _fast_query(data: bytes) -> Query | None:
             break
         if length > _MAX_LABEL:  # a pointer, or a 64..191 octet that is no DNS name
             return None
-        labels.append(data[pos + 1:pos + 1 + length])
+        raw = data[pos + 1:pos + 1 + length]
+        if plain and not _LABEL.fullmatch(raw):  # unusual bytes: dnslib's verdict is the reference
+            return None
+        labels.append(raw)
         pos += 1 + length
     if pos - 12 > _MAX_NAME or pos + 4 > size:
         return None
@@ -192,7 +196,7 @@ def _slow_query(data: bytes) -> Query:
             canonical.add_ar(rr)
             break
     try:
-        query = _fast_query(bytes(canonical.pack()))
+        query = _fast_query(bytes(canonical.pack()), plain=False)
     except Exception:  # pragma: no cover - dnslib packs what it parsed
         query = None
     if query is None:
