@@ -290,6 +290,7 @@ class Scanned:
     chain: tuple[DNSLabel, ...]
     ttl: int | None
     negative_ttl: int | None
+    answered: tuple[IPAddress, ...] = ()  # the answer section's A/AAAA only (a resolver's)
 
 
 def _read_name(data: bytes, pos: int) -> tuple[tuple[bytes, ...], int] | None:
@@ -343,6 +344,7 @@ def scan_answer(data: bytes) -> Scanned | None:
     qtype, qclass = _QTAIL.unpack_from(data, pos)
     pos += 4
     found: list[IPAddress] = []
+    answered: list[IPAddress] = []
     chain: list[DNSLabel] = []
     ttl: int | None = None
     negative: int | None = None
@@ -363,6 +365,8 @@ def scan_answer(data: bytes) -> Scanned | None:
             if rdlen != (4 if rtype == _A else 16):
                 return None
             found.append(ipaddress.ip_address(data[pos:end]))
+            if index < an:
+                answered.append(found[-1])
         elif rtype in (_CNAME, _DNAME):
             target = _read_name(data, pos)
             if target is None or target[1] != end:
@@ -380,7 +384,7 @@ def scan_answer(data: bytes) -> Scanned | None:
             negative = min(rttl, minimum) if negative is None else negative
         pos = end
     return Scanned(DNSLabel(qlabels), qtype, qclass, flags & 0x0F, tuple(found),
-                   tuple(chain), ttl, negative)
+                   tuple(chain), ttl, negative, tuple(answered))
 
 
 def records(answer: DNSRecord) -> Iterator[object]:
