@@ -38,7 +38,8 @@ from egressguard.dns.wire import (
     scan_answer,
 )
 from egressguard.enforce.checkpoint import Checkpoint
-from egressguard.enforce.events import EventSink
+from egressguard.enforce.events import DecisionEvent, EventSink
+from egressguard.engine import Snapshot
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
 
@@ -152,22 +153,131 @@ class DnsFilter:
             cache = self._cache = (snapshot, {}, {})
         return cache[1], cache[2]
 
+    def _source(self, client: str) -> IPAddress | None:
+        if client in self._sources:
+            return self._sources[client]
+        if len(self._sources) > 4096:
+            self._sources.clear()
+        source = self._sources[client] = _ip(client) if client else None
+        return source
+
+    def _asked(self, snapshot: Snapshot, query: Query, source: IPAddress | None
+               ) -> NameDecision:
+        asks = self._caches(snapshot)[0]
+        key = (query.qkey, source)
+        asked = asks.get(key)
+        if asked is None:
+            asked = asks[key] = decide_name(snapshot, query.qname, source,
+                                            decide=self.checkpoint.decide_in)
+        return asked
+
+    def _checked(self, snapshot: Snapshot, query: Query, source: IPAddress | None,
+                 answer: Scanned | DNSRecord) -> NameDecision:
+        if not isinstance(answer, Scanned):
+            return check_answer(snapshot, query.qname, answer, self.config.cname_mode,
+                                source, self.checkpoint.decide_in)
+        answers = self._caches(snapshot)[1]
+        key = (query.qkey, source, answer.addresses, tuple(n.label for n in answer.chain))
+        final = answers.get(key)
+        if final is None:
+            final = answers[key] = check_answer(snapshot, query.qname, answer,
+                                                self.config.cname_mode, source,
+                                                self.checkpoint.decide_in)
+        return final
+
+    # -- the UDP hot path: callbacks only, no task per query ----------------------------
+
+    def datagram(self, data: bytes, addr: tuple[str, int],
+                 transport: asyncio.DatagramTransport) -> None:
+        """Answer one UDP query. A permitted question with a plainly readable answer is
+        handled in callbacks (no task, no timer); everything else (refusals, which must be
+        durable before the client sees them, truncation, dnslib's cases) takes the
+        coroutine path `answer`."""
+        try:
+            query = parse_query(data)
+        except Malformed as exc:
+            log.debug("malformed query from %s: %s", addr[0], exc)
+            if exc.reply is not None:
+                transport.sendto(exc.reply, addr)
+            return
+        except Exception:  # never let a packet take the server down
+            log.exception("unreadable query from %s", addr[0])
+            return
+        if self._inflight >= self.config.max_inflight:
+            reply = self._servfail(query, "too many queries in flight")
+            if reply is not None:
+                transport.sendto(reply, addr)
+            return
+        active = self.holder.active
+        source = self._source(addr[0])
+        asked = self._asked(active.snapshot, query, source)
+        if not self.checkpoint.permit(asked.decision):
+            self._spawn(self._udp_slow(query, addr, transport))
+            return
+
+        def answered(result: bytes | Exception) -> None:
+            self._inflight -= 1
+            try:
+                reply = self._udp_answered(active, query, asked, source, addr, transport,
+                                           result)
+            except Exception:
+                log.exception("error answering %s from %s", query.qname, addr[0])
+                reply = self._servfail(query, "internal error")
+            if reply is not None and not transport.is_closing():
+                transport.sendto(reply, addr)
+
+        self._inflight += 1
+        if not self._pool.send_nowait(query.data, self.config.timeout, answered):
+            self._inflight -= 1
+            self._spawn(self._udp_slow(query, addr, transport))
+
+    def _udp_answered(self, active: Active, query: Query, asked: NameDecision,
+                      source: IPAddress | None, addr: tuple[str, int],
+                      transport: asyncio.DatagramTransport,
+                      result: bytes | Exception) -> bytes | None:
+        client = addr[0]
+        if not isinstance(result, bytes):
+            self._record_now(active, query, asked, client, False, True)
+            return refusal(query, RCODE.SERVFAIL, EDE_NETWORK_ERROR, str(result))
+        answer = None if result[2] & 0x02 else scan_answer(result)  # TC: retry over TCP
+        if answer is None or active is not self.holder.active:
+            self._spawn(self._udp_slow(query, addr, transport))
+            return None
+        if not same_question(query, answer):
+            self._record_now(active, query, asked, client, False, True)
+            return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
+                           "upstream answered a different question")
+        final = self._checked(active.snapshot, query, source, answer)
+        if not self.checkpoint.permit(final.decision):
+            self._spawn(self._udp_slow(query, addr, transport))
+            return None
+        self._record_now(active, query, final, client, False, True)
+        return fit_udp(query, query.data[:2] + result[2:])
+
+    async def _udp_slow(self, query: Query, addr: tuple[str, int],
+                        transport: asyncio.DatagramTransport) -> None:
+        if self._inflight >= self.config.max_inflight:
+            reply = self._servfail(query, "too many queries in flight")
+        else:
+            self._inflight += 1
+            try:
+                reply = await self._answer(query, addr[0], False)
+            except Exception:
+                log.exception("error answering %s from %s", query.qname, addr[0])
+                reply = self._servfail(query, "internal error")
+            finally:
+                self._inflight -= 1
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
+
+    # -- the coroutine path (TCP, refusals, rare answers) -------------------------------
+
     async def _answer(self, query: Query, client: str, tcp: bool) -> bytes:
         active = self.holder.active
         snapshot = active.snapshot
         cp = self.checkpoint
-        if client in self._sources:
-            source = self._sources[client]
-        else:
-            if len(self._sources) > 4096:
-                self._sources.clear()
-            source = self._sources[client] = _ip(client) if client else None
-        asks, answers = self._caches(snapshot)
-        ask_key = (query.qkey, source)
-        asked = asks.get(ask_key)
-        if asked is None:
-            asked = asks[ask_key] = decide_name(snapshot, query.qname, source,
-                                                decide=cp.decide_in)
+        source = self._source(client)
+        asked = self._asked(snapshot, query, source)
         if not cp.permit(asked.decision):
             await self._record(active, query, asked, client, tcp, False)
             return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
@@ -186,16 +296,7 @@ class DnsFilter:
             await self._record(active, query, asked, client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
                            "upstream answered a different question")
-        if isinstance(answer, Scanned):
-            key = (query.qkey, source, answer.addresses, tuple(n.label for n in answer.chain))
-            final = answers.get(key)
-            if final is None:
-                final = answers[key] = check_answer(snapshot, query.qname, answer,
-                                                    self.config.cname_mode, source,
-                                                    cp.decide_in)
-        else:
-            final = check_answer(snapshot, query.qname, answer, self.config.cname_mode,
-                                 source, cp.decide_in)
+        final = self._checked(snapshot, query, source, answer)
         permitted = cp.permit(final.decision)
         await self._record(active, query, final, client, tcp, permitted)
         if not permitted:
@@ -212,20 +313,31 @@ class DnsFilter:
                       tcp: bool, permitted: bool) -> None:
         """The checkpoint's tail: count, emit a permitted decision, make a refusal durable
         before the client sees it (so no client is refused without a record of why)."""
+        if permitted:
+            self._record_now(active, query, verdict, client, tcp, True)
+            return
         cp = self.checkpoint
         decision = verdict.decision
         cp.note(decision, permitted, "dns", client)
         if not cp.recording:
             return
-        event = cp.event(
-            decision, permitted, "dns", host=verdict.host,
+        await cp.record(self._event(active, query, verdict, client, tcp, permitted))
+
+    def _record_now(self, active: Active, query: Query, verdict: NameDecision, client: str,
+                    tcp: bool, permitted: bool) -> None:
+        """The tail for a permitted decision: count it and emit its event (no waiting)."""
+        cp = self.checkpoint
+        cp.note(verdict.decision, permitted, "dns", client)
+        if cp.recording:
+            cp.emit(self._event(active, query, verdict, client, tcp, permitted))
+
+    def _event(self, active: Active, query: Query, verdict: NameDecision, client: str,
+               tcp: bool, permitted: bool) -> DecisionEvent:
+        return self.checkpoint.event(
+            verdict.decision, permitted, "dns", host=verdict.host,
             client_address=client, policy_version=active.version,
             resolved_address=",".join(str(a) for a in verdict.addresses),
             method=query.qtype_name, protocol="tcp" if tcp else "udp")
-        if permitted:
-            cp.emit(event)
-        else:
-            await cp.record(event)
 
     # -- transports --------------------------------------------------------------------
 
@@ -310,13 +422,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.filt._spawn(self._reply(data, addr))
-
-    async def _reply(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply = await self.filt.answer(data, addr[0])
-        if reply is not None and self.transport is not None \
-                and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
+        if self.transport is not None:
+            self.filt.datagram(data, addr, self.transport)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)

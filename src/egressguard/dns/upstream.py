@@ -11,9 +11,14 @@ guessing ids against it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import socket
 import struct
+from collections.abc import Callable
+
+log = logging.getLogger("egressguard.dns")
+Waiter = Callable[[bytes | Exception], None]  # gets the answer or the UpstreamError
 
 
 class UpstreamError(Exception):
@@ -85,13 +90,20 @@ async def resolve(packet: bytes, qid: int, server: tuple[str, int], timeout: flo
     return await _tcp(packet, qid, server, deadline)
 
 
+def _deliver(waiter: Waiter, result: bytes | Exception) -> None:
+    try:
+        waiter(result)
+    except Exception:  # a waiter's bug must not take the socket down
+        log.exception("error handling an upstream answer")
+
+
 class _Socket(asyncio.DatagramProtocol):
     """One connected socket of the pool and the queries waiting on it."""
 
     def __init__(self, pool: UdpPool) -> None:
         self.pool = pool
         self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[asyncio.Future[bytes], float]] = {}
+        self.pending: dict[int, tuple[Waiter, float]] = {}
         self.sent = 0
         self.retired = False
 
@@ -103,8 +115,8 @@ class _Socket(asyncio.DatagramProtocol):
         if len(data) < 12 or not data[2] & 0x80:
             return
         waiting = self.pending.pop(data[0] << 8 | data[1], None)
-        if waiting is not None and not waiting[0].done():
-            waiting[0].set_result(data)
+        if waiting is not None:
+            _deliver(waiting[0], data)
         if self.retired and not self.pending:
             self.close()
 
@@ -117,9 +129,8 @@ class _Socket(asyncio.DatagramProtocol):
 
     def fail(self, error: UpstreamError) -> None:
         pending, self.pending = self.pending, {}
-        for future, _deadline in pending.values():
-            if not future.done():
-                future.set_exception(error)
+        for waiter, _deadline in pending.values():
+            _deliver(waiter, error)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -176,11 +187,19 @@ class UdpPool:
         future.set_result(proto)
         return proto
 
-    async def query(self, packet: bytes, timeout: float) -> bytes:
-        """The upstream's raw answer to `packet`; `UpstreamError` on timeout or error."""
+    def send_nowait(self, packet: bytes, timeout: float, waiter: Waiter) -> bool:
+        """Send `packet` on an open socket and call `waiter` once with the answer or an
+        `UpstreamError`; False (nothing sent) when no socket is open yet in the next slot."""
         slot = self._next
+        sock = self._sockets[slot]
+        if sock is None or sock.retired or sock.transport is None \
+                or sock.transport.is_closing():
+            return False
         self._next = (slot + 1) % self.size
-        sock = await self._socket(slot)
+        self._send(sock, packet, timeout, waiter)
+        return True
+
+    def _send(self, sock: _Socket, packet: bytes, timeout: float, waiter: Waiter) -> None:
         loop = asyncio.get_running_loop()
         for _ in range(8):
             qid = secrets.randbits(16)
@@ -188,8 +207,7 @@ class UdpPool:
                 break
         else:
             raise UpstreamError(f"upstream {self.label}: no free query id")
-        future: asyncio.Future[bytes] = loop.create_future()
-        sock.pending[qid] = (future, loop.time() + timeout)
+        sock.pending[qid] = (waiter, loop.time() + timeout)
         sock.sent += 1
         if sock.sent >= self.rotate:
             sock.retired = True  # the next query opens a fresh socket in this slot
@@ -197,11 +215,26 @@ class UdpPool:
         sock.transport.sendto(qid.to_bytes(2, "big") + packet[2:])
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = loop.create_task(self._sweep())
+
+    async def query(self, packet: bytes, timeout: float) -> bytes:
+        """The upstream's raw answer to `packet`; `UpstreamError` on timeout or error."""
+        slot = self._next
+        self._next = (slot + 1) % self.size
+        sock = await self._socket(slot)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def waiter(result: bytes | Exception) -> None:
+            if future.done():
+                return
+            if isinstance(result, bytes):
+                future.set_result(result)
+            else:
+                future.set_exception(result)
+
+        self._send(sock, packet, timeout, waiter)
         try:
             return await future
         finally:
-            if sock.pending.get(qid, (None,))[0] is future:
-                del sock.pending[qid]
             if sock.retired and not sock.pending:
                 sock.close()
 
@@ -215,12 +248,10 @@ class UdpPool:
             for sock in [*self._sockets, *self._draining]:
                 if sock is None:
                     continue
-                for qid, (future, deadline) in list(sock.pending.items()):
+                for qid, (waiter, deadline) in list(sock.pending.items()):
                     if deadline <= now:
                         sock.pending.pop(qid, None)
-                        if not future.done():
-                            future.set_exception(
-                                UpstreamError(f"upstream {self.label} timed out"))
+                        _deliver(waiter, UpstreamError(f"upstream {self.label} timed out"))
                     else:
                         busy = True
                 if sock in self._draining and not sock.pending:
