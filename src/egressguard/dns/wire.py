@@ -15,6 +15,7 @@ import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 
 from dnslib import DNAME, HTTPS, OPCODE, QTYPE, RCODE, RDMAP, DNSBuffer, DNSHeader, DNSLabel
 from dnslib import DNSRecord as DNSRecord
@@ -49,7 +50,7 @@ class BadName(ValueError):
     """A name whose labels are not plain host name characters; the message is the reason."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # not frozen: a frozen __init__ costs a setattr per field
 class Query:
     """The parts of a client query the filter acts on. `data` is the query as it goes
     upstream (the client's bytes when they are exactly one plain question and at most an
@@ -94,6 +95,8 @@ def _error_header(header: DNSHeader, rcode: int) -> DNSRecord:
 
 
 _HEADER = struct.Struct("!HHHHHH")
+_PLAIN: dict[bytes, DNSLabel] = {}  # wire names already read by `_fast_query` (a memo)
+_PLAIN_MAX = 10000
 _QTAIL = struct.Struct("!HH")
 _OPT = struct.Struct("!HHIH")
 _RR = struct.Struct("!HHIH")
@@ -118,23 +121,37 @@ def _fast_query(data: bytes, plain: bool = True) -> Query | None:
     _qid, flags, qd, an, ns, ar = _HEADER.unpack_from(data)
     if flags & 0xF800 or qd != 1 or an or ns or ar > 1:  # QR=0, OPCODE=QUERY
         return None
-    pos = 12
-    labels: list[bytes] = []
-    while True:
-        if pos >= size:
+    # A name seen before is recognised by its bytes up to the first zero octet (plain
+    # labels hold none, so that zero is its end): its structure is then already known.
+    end = data.find(0, 12) + 1
+    qname = _PLAIN.get(data[12:end]) if plain and end else None
+    if qname is not None:
+        pos = end
+    else:
+        pos = 12
+        labels: list[bytes] = []
+        while True:
+            if pos >= size:
+                return None
+            length = data[pos]
+            if length == 0:
+                pos += 1
+                break
+            if length > _MAX_LABEL:  # a pointer, or a 64..191 octet that is no DNS name
+                return None
+            raw = data[pos + 1:pos + 1 + length]
+            if plain and not _LABEL.fullmatch(raw):  # unusual: dnslib's verdict counts
+                return None
+            labels.append(raw)
+            pos += 1 + length
+        if pos - 12 > _MAX_NAME:
             return None
-        length = data[pos]
-        if length == 0:
-            pos += 1
-            break
-        if length > _MAX_LABEL:  # a pointer, or a 64..191 octet that is no DNS name
-            return None
-        raw = data[pos + 1:pos + 1 + length]
-        if plain and not _LABEL.fullmatch(raw):  # unusual bytes: dnslib's verdict is the reference
-            return None
-        labels.append(raw)
-        pos += 1 + length
-    if pos - 12 > _MAX_NAME or pos + 4 > size:
+        qname = DNSLabel(tuple(labels))
+        if plain:
+            if len(_PLAIN) >= _PLAIN_MAX:
+                _PLAIN.clear()
+            _PLAIN[data[12:pos]] = qname
+    if pos + 4 > size:
         return None
     qkey = data[12:pos]
     qtype, qclass = _QTAIL.unpack_from(data, pos)
@@ -153,7 +170,7 @@ def _fast_query(data: bytes, plain: bool = True) -> Query | None:
         limit = max(_MIN_UDP, min(rclass, _MAX_UDP))
     if pos != size:
         return None
-    return Query(data, DNSLabel(tuple(labels)), qkey, qtype, qclass, qend, edns, limit)
+    return Query(data, qname, qkey, qtype, qclass, qend, edns, limit)
 
 
 def _slow_query(data: bytes) -> Query:
@@ -275,7 +292,7 @@ def same_question(query: Query, answer: DNSRecord | Scanned) -> bool:
             and got.qname == query.qname)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Scanned:
     """What the filter needs from an upstream answer, read without building dnslib objects:
     the question, the addresses handed to the client, the chain names (see `chain_names`),
@@ -341,6 +358,7 @@ def scan_answer(data: bytes) -> Scanned | None:
     if got is None or got[1] + 4 > size:
         return None
     qlabels, pos = got
+    qname = DNSLabel(qlabels)
     qtype, qclass = _QTAIL.unpack_from(data, pos)
     pos += 4
     found: list[IPAddress] = []
@@ -349,22 +367,29 @@ def scan_answer(data: bytes) -> Scanned | None:
     ttl: int | None = None
     negative: int | None = None
     for index in range(an + ns + ar):
-        got = _read_name(data, pos)
-        if got is None or got[1] + 10 > size:
+        if data[pos:pos + 2] == b"\xc0\x0c":  # the question's name (the usual owner)
+            owner_label: DNSLabel | None = qname
+            pos += 2
+        else:
+            got = _read_name(data, pos)
+            if got is None:
+                return None
+            owner_label, pos = None, got[1]
+            owner = got[0]
+        if pos + 10 > size:
             return None
-        owner, pos = got
         rtype, _rclass, rttl, rdlen = _RR.unpack_from(data, pos)
         pos += 10
         end = pos + rdlen
         if end > size:
             return None
         if index < an:
-            chain.append(DNSLabel(owner))
+            chain.append(owner_label if owner_label is not None else DNSLabel(owner))
             ttl = rttl if ttl is None else min(ttl, rttl)
         if rtype in (_A, _AAAA):
             if rdlen != (4 if rtype == _A else 16):
                 return None
-            found.append(ipaddress.ip_address(data[pos:end]))
+            found.append(IPv4Address(data[pos:end]) if rdlen == 4 else IPv6Address(data[pos:end]))
             if index < an:
                 answered.append(found[-1])
         elif rtype in (_CNAME, _DNAME):
@@ -383,7 +408,7 @@ def scan_answer(data: bytes) -> Scanned | None:
             minimum = struct.unpack_from("!I", data, end - 4)[0]
             negative = min(rttl, minimum) if negative is None else negative
         pos = end
-    return Scanned(DNSLabel(qlabels), qtype, qclass, flags & 0x0F, tuple(found),
+    return Scanned(qname, qtype, qclass, flags & 0x0F, tuple(found),
                    tuple(chain), ttl, negative, tuple(answered))
 
 
