@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from dnslib import DNSLabel, DNSRecord
 
-from egressguard.dns.wire import BadName, addresses, chain_names, name_text
+from egressguard.dns.wire import BadName, Scanned, addresses, chain_names, name_text
 from egressguard.enforce.checkpoint import guard_decision
 from egressguard.engine import Decision, InvalidHost, Kind, Layer, Request, Snapshot
 from egressguard.engine import normalize_host as normalize_host
@@ -90,7 +90,7 @@ def _counts(decision: Decision, mode: CnameMode) -> bool:
     return mode is CnameMode.STRICT or decision.layer is not Layer.DEFAULT
 
 
-def check_answer(snapshot: Snapshot, query_name: DNSLabel, answer: DNSRecord,
+def check_answer(snapshot: Snapshot, query_name: DNSLabel, answer: DNSRecord | Scanned,
                  mode: CnameMode = CnameMode.RULES,
                  source: IPAddress | None = None, decide: Decide = _engine) -> NameDecision:
     """Decide an upstream answer to an allowed question (see the module docstring).

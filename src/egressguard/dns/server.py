@@ -14,7 +14,6 @@ import contextlib
 import enum
 import ipaddress
 import logging
-import secrets
 import struct
 import threading
 from collections.abc import Callable, Coroutine
@@ -24,21 +23,23 @@ from typing import Any
 from dnslib import RCODE, DNSRecord
 
 from egressguard.dns.decide import CnameMode, NameDecision, check_answer, decide_name
-from egressguard.dns.upstream import UpstreamError, resolve
+from egressguard.dns.upstream import UdpPool, UpstreamError
 from egressguard.dns.wire import (
     EDE_BLOCKED,
     EDE_NETWORK_ERROR,
     EDE_OTHER,
     Malformed,
     Query,
+    Scanned,
     fit_udp,
     parse_query,
     refusal,
     same_question,
-    upstream_query,
+    scan_answer,
 )
 from egressguard.enforce.checkpoint import Checkpoint
-from egressguard.enforce.events import EventSink
+from egressguard.enforce.events import DecisionEvent, EventSink
+from egressguard.engine import Snapshot
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
 
@@ -74,6 +75,14 @@ class FilterConfig:
     max_tcp_clients: int = 256
     tcp_idle: float = 10.0
     cluster: str = "default"
+    upstream_sockets: int = 4
+    cache_size: int = 10000
+
+
+# Decision cache keys: the question (wire name, client) and the answer (wire name, client,
+# addresses, chain names). Decisions are pure functions of the snapshot and these.
+_AskKey = tuple[bytes, IPAddress | None]
+_AnswerKey = tuple[bytes, IPAddress | None, tuple[IPAddress, ...], tuple[tuple[bytes, ...], ...]]
 
 
 def _ip(address: str) -> IPAddress | None:
@@ -99,6 +108,12 @@ class DnsFilter:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sources: dict[str, IPAddress | None] = {}  # client text -> address
+        self._pool = UdpPool(self.config.upstream, self.config.upstream_sockets)
+        # (snapshot, question decisions, answer decisions): replaced whole on a policy swap,
+        # so a decision is never read under another snapshot than the one it was made by.
+        self._cache: tuple[object, dict[_AskKey, NameDecision],
+                           dict[_AnswerKey, NameDecision]] = (None, {}, {})
 
     # -- answering one query -----------------------------------------------------------
 
@@ -131,21 +146,146 @@ class DnsFilter:
             log.exception("cannot answer %s", query.qname)
             return None
 
+    def _caches(self, snapshot: object) -> tuple[dict[_AskKey, NameDecision],
+                                                 dict[_AnswerKey, NameDecision]]:
+        cache = self._cache
+        if cache[0] is not snapshot or len(cache[1]) + len(cache[2]) > self.config.cache_size:
+            cache = self._cache = (snapshot, {}, {})
+        return cache[1], cache[2]
+
+    def _source(self, client: str) -> IPAddress | None:
+        if client in self._sources:
+            return self._sources[client]
+        if len(self._sources) > 4096:
+            self._sources.clear()
+        source = self._sources[client] = _ip(client) if client else None
+        return source
+
+    def _asked(self, snapshot: Snapshot, query: Query, source: IPAddress | None
+               ) -> NameDecision:
+        asks = self._caches(snapshot)[0]
+        key = (query.qkey, source)
+        asked = asks.get(key)
+        if asked is None:
+            asked = asks[key] = decide_name(snapshot, query.qname, source,
+                                            decide=self.checkpoint.decide_in)
+        return asked
+
+    def _checked(self, snapshot: Snapshot, query: Query, source: IPAddress | None,
+                 answer: Scanned | DNSRecord) -> NameDecision:
+        if not isinstance(answer, Scanned):
+            return check_answer(snapshot, query.qname, answer, self.config.cname_mode,
+                                source, self.checkpoint.decide_in)
+        answers = self._caches(snapshot)[1]
+        key = (query.qkey, source, answer.addresses, tuple(n.label for n in answer.chain))
+        final = answers.get(key)
+        if final is None:
+            final = answers[key] = check_answer(snapshot, query.qname, answer,
+                                                self.config.cname_mode, source,
+                                                self.checkpoint.decide_in)
+        return final
+
+    # -- the UDP hot path: callbacks only, no task per query ----------------------------
+
+    def datagram(self, data: bytes, addr: tuple[str, int],
+                 transport: asyncio.DatagramTransport) -> None:
+        """Answer one UDP query. A permitted question with a plainly readable answer is
+        handled in callbacks (no task, no timer); everything else (refusals, which must be
+        durable before the client sees them, truncation, dnslib's cases) takes the
+        coroutine path `answer`."""
+        try:
+            query = parse_query(data)
+        except Malformed as exc:
+            log.debug("malformed query from %s: %s", addr[0], exc)
+            if exc.reply is not None:
+                transport.sendto(exc.reply, addr)
+            return
+        except Exception:  # never let a packet take the server down
+            log.exception("unreadable query from %s", addr[0])
+            return
+        if self._inflight >= self.config.max_inflight:
+            reply = self._servfail(query, "too many queries in flight")
+            if reply is not None:
+                transport.sendto(reply, addr)
+            return
+        active = self.holder.active
+        source = self._source(addr[0])
+        asked = self._asked(active.snapshot, query, source)
+        if not self.checkpoint.permit(asked.decision):
+            self._spawn(self._udp_slow(query, addr, transport))
+            return
+
+        def answered(result: bytes | Exception) -> None:
+            self._inflight -= 1
+            try:
+                reply = self._udp_answered(active, query, asked, source, addr, transport,
+                                           result)
+            except Exception:
+                log.exception("error answering %s from %s", query.qname, addr[0])
+                reply = self._servfail(query, "internal error")
+            if reply is not None and not transport.is_closing():
+                transport.sendto(reply, addr)
+
+        self._inflight += 1
+        if not self._pool.send_nowait(query.data, self.config.timeout, answered):
+            self._inflight -= 1
+            self._spawn(self._udp_slow(query, addr, transport))
+
+    def _udp_answered(self, active: Active, query: Query, asked: NameDecision,
+                      source: IPAddress | None, addr: tuple[str, int],
+                      transport: asyncio.DatagramTransport,
+                      result: bytes | Exception) -> bytes | None:
+        client = addr[0]
+        if not isinstance(result, bytes):
+            self._record_now(active, query, asked, client, False, True)
+            return refusal(query, RCODE.SERVFAIL, EDE_NETWORK_ERROR, str(result))
+        answer = None if result[2] & 0x02 else scan_answer(result)  # TC: retry over TCP
+        if answer is None or active is not self.holder.active:
+            self._spawn(self._udp_slow(query, addr, transport))
+            return None
+        if not same_question(query, answer):
+            self._record_now(active, query, asked, client, False, True)
+            return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
+                           "upstream answered a different question")
+        final = self._checked(active.snapshot, query, source, answer)
+        if not self.checkpoint.permit(final.decision):
+            self._spawn(self._udp_slow(query, addr, transport))
+            return None
+        self._record_now(active, query, final, client, False, True)
+        return fit_udp(query, query.data[:2] + result[2:])
+
+    async def _udp_slow(self, query: Query, addr: tuple[str, int],
+                        transport: asyncio.DatagramTransport) -> None:
+        if self._inflight >= self.config.max_inflight:
+            reply = self._servfail(query, "too many queries in flight")
+        else:
+            self._inflight += 1
+            try:
+                reply = await self._answer(query, addr[0], False)
+            except Exception:
+                log.exception("error answering %s from %s", query.qname, addr[0])
+                reply = self._servfail(query, "internal error")
+            finally:
+                self._inflight -= 1
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
+
+    # -- the coroutine path (TCP, refusals, rare answers) -------------------------------
+
     async def _answer(self, query: Query, client: str, tcp: bool) -> bytes:
         active = self.holder.active
         snapshot = active.snapshot
         cp = self.checkpoint
-        source = _ip(client) if client else None
-        asked = decide_name(snapshot, query.qname, source, decide=cp.decide_in)
+        source = self._source(client)
+        asked = self._asked(snapshot, query, source)
         if not cp.permit(asked.decision):
             await self._record(active, query, asked, client, tcp, False)
             return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
                            asked.decision.reason)
-        qid = secrets.randbelow(65536)
+        answer: Scanned | DNSRecord
         try:
-            raw = await resolve(upstream_query(query, qid), qid, self.config.upstream,
-                                self.config.timeout, tcp=tcp)
-            answer = DNSRecord.parse(raw)
+            raw = await self._pool.resolve(query.data, self.config.timeout, tcp=tcp)
+            answer = scan_answer(raw) or DNSRecord.parse(raw)
         except UpstreamError as exc:
             await self._record(active, query, asked, client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_NETWORK_ERROR, str(exc))
@@ -156,35 +296,48 @@ class DnsFilter:
             await self._record(active, query, asked, client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
                            "upstream answered a different question")
-        final = check_answer(snapshot, query.qname, answer, self.config.cname_mode,
-                             source, cp.decide_in)
+        final = self._checked(snapshot, query, source, answer)
         permitted = cp.permit(final.decision)
         await self._record(active, query, final, client, tcp, permitted)
         if not permitted:
             return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
                            final.decision.reason)
-        answer.header.id = query.record.header.id
-        packed = bytes(answer.pack())
+        if isinstance(answer, Scanned):
+            packed = query.data[:2] + raw[2:]  # the upstream's bytes, the client's id
+        else:  # re-packed as dnslib read it: the client gets only what was decided
+            answer.header.id = query.qid
+            packed = bytes(answer.pack())
         return packed if tcp else fit_udp(query, packed)
 
     async def _record(self, active: Active, query: Query, verdict: NameDecision, client: str,
                       tcp: bool, permitted: bool) -> None:
         """The checkpoint's tail: count, emit a permitted decision, make a refusal durable
         before the client sees it (so no client is refused without a record of why)."""
+        if permitted:
+            self._record_now(active, query, verdict, client, tcp, True)
+            return
         cp = self.checkpoint
         decision = verdict.decision
         cp.note(decision, permitted, "dns", client)
         if not cp.recording:
             return
-        event = cp.event(
-            decision, permitted, "dns", host=verdict.host,
+        await cp.record(self._event(active, query, verdict, client, tcp, permitted))
+
+    def _record_now(self, active: Active, query: Query, verdict: NameDecision, client: str,
+                    tcp: bool, permitted: bool) -> None:
+        """The tail for a permitted decision: count it and emit its event (no waiting)."""
+        cp = self.checkpoint
+        cp.note(verdict.decision, permitted, "dns", client)
+        if cp.recording:
+            cp.emit(self._event(active, query, verdict, client, tcp, permitted))
+
+    def _event(self, active: Active, query: Query, verdict: NameDecision, client: str,
+               tcp: bool, permitted: bool) -> DecisionEvent:
+        return self.checkpoint.event(
+            verdict.decision, permitted, "dns", host=verdict.host,
             client_address=client, policy_version=active.version,
             resolved_address=",".join(str(a) for a in verdict.addresses),
             method=query.qtype_name, protocol="tcp" if tcp else "udp")
-        if permitted:
-            cp.emit(event)
-        else:
-            await cp.record(event)
 
     # -- transports --------------------------------------------------------------------
 
@@ -210,6 +363,7 @@ class DnsFilter:
         raise OSError("no free port")  # pragma: no cover
 
     async def close(self) -> None:
+        self._pool.close()
         if self._udp is not None:
             self._udp.close()
         if self._tcp is not None:
@@ -268,13 +422,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.filt._spawn(self._reply(data, addr))
-
-    async def _reply(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply = await self.filt.answer(data, addr[0])
-        if reply is not None and self.transport is not None \
-                and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
+        if self.transport is not None:
+            self.filt.datagram(data, addr, self.transport)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)

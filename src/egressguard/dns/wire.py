@@ -1,6 +1,10 @@
 """DNS messages in and out, through `dnslib` (no hand parsing): what the filter reads from a
 query, and the answers it builds itself (refusals, FORMERR, SERVFAIL, truncation).
 
+The hot path (a plain question, an answer of A/AAAA/CNAME/DNAME/SOA records) is read and
+built by hand, with no dnslib objects; dnslib reads everything else and stays the
+reference (tests/dns/test_wire_fuzz.py checks the two agree).
+
 Everything here is pure: bytes or `DNSRecord` in, bytes or values out.
 """
 
@@ -11,8 +15,9 @@ import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 
-from dnslib import DNAME, EDNS0, HTTPS, OPCODE, QTYPE, RCODE, RDMAP, DNSBuffer, DNSHeader, DNSLabel
+from dnslib import DNAME, HTTPS, OPCODE, QTYPE, RCODE, RDMAP, DNSBuffer, DNSHeader, DNSLabel
 from dnslib import DNSRecord as DNSRecord
 from dnslib import EDNSOption as EDNSOption
 
@@ -46,15 +51,29 @@ class BadName(InputError, ValueError):
     """A name whose labels are not plain host name characters; the message is the reason."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # not frozen: a frozen __init__ costs a setattr per field
 class Query:
-    """The parts of a client query the filter acts on."""
+    """The parts of a client query the filter acts on. `data` is the query as it goes
+    upstream (the client's bytes when they are exactly one plain question and at most an
+    OPT record, else a canonical rebuild): the question the policy decides is the question
+    the upstream reads. `qkey` is the question name's wire form (the decision cache key)."""
 
-    record: DNSRecord
+    data: bytes
     qname: DNSLabel
+    qkey: bytes
     qtype: int
+    qclass: int
+    qend: int           # offset just past the question
     edns: bool          # the client sent an OPT record (so it may get EDE back)
     udp_limit: int      # largest UDP answer the client accepts
+
+    @property
+    def qid(self) -> int:
+        return int.from_bytes(self.data[:2], "big")
+
+    @property
+    def question(self) -> bytes:
+        return self.data[12:self.qend]
 
     @property
     def qtype_name(self) -> str:
@@ -76,8 +95,86 @@ def _error_header(header: DNSHeader, rcode: int) -> DNSRecord:
     return DNSRecord(out)
 
 
+_HEADER = struct.Struct("!HHHHHH")
+_PLAIN: dict[bytes, DNSLabel] = {}  # wire names already read by `_fast_query` (a memo)
+_PLAIN_MAX = 10000
+_QTAIL = struct.Struct("!HH")
+_OPT = struct.Struct("!HHIH")
+_RR = struct.Struct("!HHIH")
+
+
 def parse_query(data: bytes) -> Query:
-    """Read one client query; raise `Malformed` with the answer to send otherwise."""
+    """Read one client query; raise `Malformed` with the answer to send otherwise.
+
+    The common shape (one question without compression, optionally one OPT record, nothing
+    after) is read by hand; anything else goes through dnslib, whose verdicts (FORMERR,
+    NOTIMP, drop) stay the reference for unusual packets."""
+    data = bytes(data)  # a bytearray (dnslib's pack) would be an unhashable cache key
+    return _fast_query(data) or _slow_query(data)
+
+
+def _fast_query(data: bytes, plain: bool = True) -> Query | None:
+    """The query if `data` has the common shape, else None (not an error: ask dnslib).
+    `plain`: also require host name characters in every label (else dnslib reads it)."""
+    size = len(data)
+    if size < 17:
+        return None
+    _qid, flags, qd, an, ns, ar = _HEADER.unpack_from(data)
+    if flags & 0xF800 or qd != 1 or an or ns or ar > 1:  # QR=0, OPCODE=QUERY
+        return None
+    # A name seen before is recognised by its bytes up to the first zero octet (plain
+    # labels hold none, so that zero is its end): its structure is then already known.
+    end = data.find(0, 12) + 1
+    qname = _PLAIN.get(data[12:end]) if plain and end else None
+    if qname is not None:
+        pos = end
+    else:
+        pos = 12
+        labels: list[bytes] = []
+        while True:
+            if pos >= size:
+                return None
+            length = data[pos]
+            if length == 0:
+                pos += 1
+                break
+            if length > _MAX_LABEL:  # a pointer, or a 64..191 octet that is no DNS name
+                return None
+            raw = data[pos + 1:pos + 1 + length]
+            if plain and not _LABEL.fullmatch(raw):  # unusual: dnslib's verdict counts
+                return None
+            labels.append(raw)
+            pos += 1 + length
+        if pos - 12 > _MAX_NAME:
+            return None
+        qname = DNSLabel(tuple(labels))
+        if plain:
+            if len(_PLAIN) >= _PLAIN_MAX:
+                _PLAIN.clear()
+            _PLAIN[data[12:pos]] = qname
+    if pos + 4 > size:
+        return None
+    qkey = data[12:pos]
+    qtype, qclass = _QTAIL.unpack_from(data, pos)
+    pos += 4
+    qend = pos
+    edns = False
+    limit = _MIN_UDP
+    if ar:
+        if pos + 11 > size or data[pos] != 0:
+            return None
+        rtype, rclass, _ttl, rdlen = _OPT.unpack_from(data, pos + 1)
+        if rtype != QTYPE.OPT:
+            return None
+        pos += 11 + rdlen
+        edns = True
+        limit = max(_MIN_UDP, min(rclass, _MAX_UDP))
+    if pos != size:
+        return None
+    return Query(data, qname, qkey, qtype, qclass, qend, edns, limit)
+
+
+def _slow_query(data: bytes) -> Query:
     if len(data) < 12:
         raise Malformed("shorter than a DNS header", None)
     try:
@@ -101,17 +198,29 @@ def parse_query(data: bytes) -> Query:
     if len(record.questions) != 1 or record.rr or record.auth:
         raise Malformed("a query must carry exactly one question",
                         _error_header(header, RCODE.FORMERR).pack())
-    opts = [rr for rr in record.ar if rr.rtype == QTYPE.OPT]
-    limit = _MIN_UDP
-    if opts:
-        limit = max(_MIN_UDP, min(opts[0].rclass, _MAX_UDP))
-    question = record.questions[0]
-    problem = wire_name_problem(question.qname)
+    problem = wire_name_problem(record.questions[0].qname)
     if problem:
         # Not a DNS name at all (dnslib reads a 64..191 length octet as a label): nothing
         # could forward it, so it is a protocol error, answered without the question.
         raise Malformed(f"question name: {problem}", _error_header(header, RCODE.FORMERR).pack())
-    return Query(record, question.qname, question.qtype, bool(opts), limit)
+    # Rebuilt from what was read (one question, the client's flags and first OPT record),
+    # never the client's raw bytes, so the upstream cannot read a different question.
+    out = DNSHeader(id=header.id, rd=header.rd)
+    out.cd = header.cd
+    out.ad = header.ad
+    canonical = DNSRecord(out, questions=[record.questions[0]])
+    for rr in record.ar:
+        if rr.rtype == QTYPE.OPT:
+            canonical.add_ar(rr)
+            break
+    try:
+        query = _fast_query(bytes(canonical.pack()), plain=False)
+    except Exception:  # pragma: no cover - dnslib packs what it parsed
+        query = None
+    if query is None:
+        raise Malformed("question cannot be forwarded as read",
+                        _error_header(header, RCODE.FORMERR).pack())
+    return query
 
 
 def wire_name_problem(label: DNSLabel) -> str:
@@ -137,19 +246,8 @@ def name_text(label: DNSLabel) -> str:
 
 
 def upstream_query(query: Query, qid: int) -> bytes:
-    """The query sent upstream: rebuilt from what was decided (one question, the client's
-    flags and EDNS options), never the client's raw bytes, so the upstream cannot read a
-    different question than the one the policy saw."""
-    src = query.record.header
-    header = DNSHeader(id=qid, rd=src.rd)
-    header.cd = src.cd
-    header.ad = src.ad
-    record = DNSRecord(header, questions=[query.record.questions[0]])
-    for rr in query.record.ar:
-        if rr.rtype == QTYPE.OPT:
-            record.add_ar(rr)
-            break
-    return bytes(record.pack())
+    """The query sent upstream: the decided bytes with our own id."""
+    return qid.to_bytes(2, "big") + query.data[2:]
 
 
 def _ede(code: int, text: str) -> EDNSOption:
@@ -160,15 +258,18 @@ def _ede(code: int, text: str) -> EDNSOption:
 def refusal(query: Query, rcode: int, ede_code: int | None = None, text: str = "") -> bytes:
     """An answer of our own (NXDOMAIN/REFUSED/SERVFAIL) to `query`, with an RFC 8914
     extended error carrying `text` when the client speaks EDNS (RFC 6891 forbids sending
-    an OPT record to a client that did not)."""
-    src = query.record.header
-    header = DNSHeader(id=src.id, qr=1, rd=src.rd, ra=1)
-    header.rcode = rcode
-    reply = DNSRecord(header, questions=[query.record.questions[0]])
-    if query.edns:
-        opts = [_ede(ede_code, text)] if ede_code is not None else []
-        reply.add_ar(EDNS0(udp_len=_DNS_PAYLOAD, opts=opts))
-    return bytes(reply.pack())
+    an OPT record to a client that did not). Built by hand: header, the question as the
+    client sent it, and the OPT record."""
+    flags = 0x8080 | (query.data[2] & 0x01) << 8 | (rcode & 0x0F)
+    head = query.data[:2] + _HEADER.pack(0, flags, 1, 0, 0, 1 if query.edns else 0)[2:]
+    if not query.edns:
+        return head + query.question
+    option = b""
+    if ede_code is not None:
+        payload = struct.pack("!H", ede_code) + text.encode("utf-8")[:_EDE_TEXT_MAX]
+        option = struct.pack("!HH", EDE_OPTION, len(payload)) + payload
+    return head + query.question + b"\x00" + _OPT.pack(QTYPE.OPT, _DNS_PAYLOAD, 0,
+                                                          len(option)) + option
 
 
 def fit_udp(query: Query, packed: bytes) -> bytes:
@@ -176,20 +277,140 @@ def fit_udp(query: Query, packed: bytes) -> bytes:
     kept) so the client retries over TCP."""
     if len(packed) <= query.udp_limit:
         return packed
-    answer = DNSRecord.parse(packed)
-    header = DNSHeader(id=answer.header.id, bitmap=answer.header.bitmap)
-    header.tc = 1
-    reply = DNSRecord(header, questions=list(answer.questions))
-    return bytes(reply.pack())
+    flags = (packed[2] << 8 | packed[3]) | 0x0200
+    return packed[:2] + _HEADER.pack(0, flags, 1, 0, 0, 0)[2:] + query.question
 
 
-def same_question(query: Query, answer: DNSRecord) -> bool:
+def same_question(query: Query, answer: DNSRecord | Scanned) -> bool:
     """The upstream answered the question we asked (names compare case-insensitively)."""
+    if isinstance(answer, Scanned):
+        return (answer.qtype == query.qtype and answer.qclass == query.qclass
+                and answer.qname == query.qname)
     if len(answer.questions) != 1:
         return False
     got = answer.questions[0]
-    return (got.qtype == query.qtype and got.qclass == query.record.questions[0].qclass
+    return (got.qtype == query.qtype and got.qclass == query.qclass
             and got.qname == query.qname)
+
+
+@dataclass(slots=True, eq=False)
+class Scanned:
+    """What the filter needs from an upstream answer, read without building dnslib objects:
+    the question, the addresses handed to the client, the chain names (see `chain_names`),
+    and the TTLs a cache may honour (`ttl`: smallest of the answer section, `negative_ttl`:
+    the SOA's in the authority section, RFC 2308; None when absent)."""
+
+    qname: DNSLabel
+    qtype: int
+    qclass: int
+    rcode: int
+    addresses: tuple[IPAddress, ...]
+    chain: tuple[DNSLabel, ...]
+    ttl: int | None
+    negative_ttl: int | None
+    answered: tuple[IPAddress, ...] = ()  # the answer section's A/AAAA only (a resolver's)
+
+
+def _read_name(data: bytes, pos: int) -> tuple[tuple[bytes, ...], int] | None:
+    """(labels, offset after the name) at `pos`, following only backward compression
+    pointers (so no loop is possible); None for anything unusual."""
+    labels: list[bytes] = []
+    size = len(data)
+    after = -1
+    total = 1
+    while True:
+        if pos >= size:
+            return None
+        length = data[pos]
+        if length == 0:
+            return tuple(labels), (pos + 1 if after < 0 else after)
+        if length >= 0xC0:
+            if pos + 1 >= size:
+                return None
+            target = (length & 0x3F) << 8 | data[pos + 1]
+            if target >= pos:
+                return None
+            if after < 0:
+                after = pos + 2
+            pos = target
+            continue
+        if length > _MAX_LABEL:
+            return None
+        total += length + 1
+        if total > _MAX_NAME:
+            return None
+        labels.append(data[pos + 1:pos + 1 + length])
+        pos += 1 + length
+
+
+_A, _AAAA, _CNAME, _SOA, _DNAME, _HTTPS = 1, 28, 5, 6, 39, 65
+
+
+def scan_answer(data: bytes) -> Scanned | None:
+    """Read an upstream answer by hand; None when it holds anything the scanner does not
+    read itself (HTTPS/SVCB records, odd lengths, forward pointers): dnslib then decides."""
+    size = len(data)
+    if size < 12:
+        return None
+    _qid, flags, qd, an, ns, ar = _HEADER.unpack_from(data)
+    if qd != 1:
+        return None
+    got = _read_name(data, 12)
+    if got is None or got[1] + 4 > size:
+        return None
+    qlabels, pos = got
+    qname = DNSLabel(qlabels)
+    qtype, qclass = _QTAIL.unpack_from(data, pos)
+    pos += 4
+    found: list[IPAddress] = []
+    answered: list[IPAddress] = []
+    chain: list[DNSLabel] = []
+    ttl: int | None = None
+    negative: int | None = None
+    for index in range(an + ns + ar):
+        if data[pos:pos + 2] == b"\xc0\x0c":  # the question's name (the usual owner)
+            owner_label: DNSLabel | None = qname
+            pos += 2
+        else:
+            got = _read_name(data, pos)
+            if got is None:
+                return None
+            owner_label, pos = None, got[1]
+            owner = got[0]
+        if pos + 10 > size:
+            return None
+        rtype, _rclass, rttl, rdlen = _RR.unpack_from(data, pos)
+        pos += 10
+        end = pos + rdlen
+        if end > size:
+            return None
+        if index < an:
+            chain.append(owner_label if owner_label is not None else DNSLabel(owner))
+            ttl = rttl if ttl is None else min(ttl, rttl)
+        if rtype in (_A, _AAAA):
+            if rdlen != (4 if rtype == _A else 16):
+                return None
+            found.append(IPv4Address(data[pos:end]) if rdlen == 4 else IPv6Address(data[pos:end]))
+            if index < an:
+                answered.append(found[-1])
+        elif rtype in (_CNAME, _DNAME):
+            target = _read_name(data, pos)
+            if target is None or target[1] != end:
+                return None
+            if index < an:
+                chain.append(DNSLabel(target[0]))
+        elif rtype in (_HTTPS, _SVCB):
+            return None
+        elif rtype == _SOA and an <= index < an + ns:
+            mname = _read_name(data, pos)
+            rname = _read_name(data, mname[1]) if mname else None
+            if rname is None or rname[1] + 20 != end:
+                return None
+            minimum = struct.unpack_from("!I", data, end - 4)[0]
+            negative = min(rttl, minimum) if negative is None else negative
+        pos = end
+    return Scanned(qname, qtype, qclass, flags & 0x0F, tuple(found),
+                   tuple(chain), ttl, negative, tuple(answered))
 
 
 def records(answer: DNSRecord) -> Iterator[object]:
@@ -199,9 +420,11 @@ def records(answer: DNSRecord) -> Iterator[object]:
     yield from answer.ar
 
 
-def addresses(answer: DNSRecord) -> tuple[IPAddress, ...]:
+def addresses(answer: DNSRecord | Scanned) -> tuple[IPAddress, ...]:
     """Every address an answer hands the client: A/AAAA records in any section and the
     ipv4hint/ipv6hint of HTTPS/SVCB records (browsers connect to those directly)."""
+    if isinstance(answer, Scanned):
+        return answer.addresses
     found: list[IPAddress] = []
     for rr in records(answer):
         rtype = rr.rtype  # type: ignore[attr-defined]
@@ -224,9 +447,11 @@ def _svcb_params(rdata: object) -> list[tuple[int, bytes]]:
     return list(HTTPS.parse(DNSBuffer(data), len(data)).params)
 
 
-def chain_names(answer: DNSRecord) -> tuple[DNSLabel, ...]:
+def chain_names(answer: DNSRecord | Scanned) -> tuple[DNSLabel, ...]:
     """Names an answer leads the client to besides the question: CNAME/DNAME targets and
     the owners of answer-section records (an out-of-chain record is also a name)."""
+    if isinstance(answer, Scanned):
+        return answer.chain
     names: list[DNSLabel] = []
     for rr in answer.rr:
         names.append(rr.rname)

@@ -1,4 +1,14 @@
-"""Name resolution for the gateway: static entries first, then the system resolver.
+"""Name resolution for the gateway: static entries first, then a cache, then the system
+resolver (or DNS servers asked directly).
+
+The cache honours TTLs: answers live for their TTL clamped to [`min_ttl`, `max_ttl`];
+failures (NXDOMAIN, no address, SERVFAIL) are cached too (negative caching, RFC 2308: the
+SOA's TTL when the answer carries one, at most `negative_ttl`). A hit costs a dict lookup
+and a clock read: `known()` answers it synchronously and `resolve()` returns without an
+await, so there is no task or thread hop. `getaddrinfo` reports no TTL, so its answers live
+for the fixed `system_ttl`; pass `nameservers` (e.g. `nameservers_from_resolv_conf()`) to
+ask those servers over UDP (TCP on truncation) with the DNS filter's wire code and get the
+real TTLs. The default stays `getaddrinfo`, which also honours /etc/hosts and nsswitch.
 
 Every address returned is passed to the engine's address guard and the gateway connects
 only to one of those addresses, so a name cannot be re-resolved to something else between
@@ -10,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import secrets
 import socket
-from collections.abc import Iterable, Mapping
+import struct
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from egressguard.engine import InvalidHost, normalize_host
@@ -62,28 +75,119 @@ def _key(name: str) -> str:
         raise ValueError(f"{name!r}: {exc}") from None
 
 
+def nameservers_from_resolv_conf(path: Path = Path("/etc/resolv.conf")
+                                 ) -> list[tuple[str, int]]:
+    """The `nameserver` lines of a resolv.conf, as (address, 53)."""
+    found: list[tuple[str, int]] = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                found.append((str(ipaddress.ip_address(fields[1].split("%", 1)[0])), 53))
+            except ValueError:
+                continue
+    return found
+
+
+_Entry = tuple[float, tuple[IPAddress, ...] | str]  # (expiry, addresses | failure reason)
+
+
 class Resolver:
-    """Static table, then (unless `system=False`) `loop.getaddrinfo`."""
+    """Static table, then the TTL cache, then (unless `system=False`) `loop.getaddrinfo`
+    or the DNS servers in `nameservers`. TTLs are in seconds."""
 
     def __init__(self, static: Mapping[str, list[IPAddress]] | None = None, *,
-                 system: bool = True) -> None:
+                 system: bool = True, nameservers: Sequence[tuple[str, int]] = (),
+                 system_ttl: float = 30.0, min_ttl: float = 5.0, max_ttl: float = 3600.0,
+                 negative_ttl: float = 30.0, max_entries: int = 10000, timeout: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.static = {k: tuple(v) for k, v in (static or {}).items()}
         self.system = system
+        self.nameservers = list(nameservers)
+        self.system_ttl, self.min_ttl, self.max_ttl = system_ttl, min_ttl, max_ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self.timeout = timeout
+        self.clock = clock
+        self._cache: dict[str, _Entry] = {}
+        self._inflight: dict[str, asyncio.Future[tuple[IPAddress, ...]]] = {}
 
     def known(self, name: str) -> tuple[IPAddress, ...] | None:
-        """The static addresses of `name` (no waiting), or None when it must be looked up."""
-        return self.static.get(name)
+        """The addresses of `name` without waiting (static or a fresh cached answer), or
+        None when it must be looked up."""
+        found = self.static.get(name)
+        if found is not None:
+            return found
+        entry = self._cache.get(name)
+        if entry is not None and entry[0] > self.clock() and not isinstance(entry[1], str):
+            return entry[1]
+        return None
 
     async def resolve(self, name: str, port: int) -> tuple[IPAddress, ...]:
         """Addresses for a normalised name, in the order to try them."""
         found = self.static.get(name)
         if found is not None:
             return found
+        entry = self._cache.get(name)
+        if entry is not None and entry[0] > self.clock():
+            if isinstance(entry[1], str):
+                raise ResolveError(entry[1])
+            return entry[1]
         if not self.system:
             raise ResolveError(f"cannot resolve {name}: not in the static table")
+        waiting = self._inflight.get(name)
+        if waiting is not None:  # one lookup per name at a time; the others wait for it
+            return await asyncio.shield(waiting)
+        future: asyncio.Future[tuple[IPAddress, ...]] = \
+            asyncio.get_running_loop().create_future()
+        self._inflight[name] = future
+        try:
+            addresses, ttl = await self._lookup(name, port)
+        except ResolveError as exc:
+            # A definite "no such name" lives for its negative TTL; a failure (timeout,
+            # SERVFAIL) only for `min_ttl`, so a flapping server is not remembered long.
+            self._store(name, str(exc), exc.ttl if isinstance(exc, _Negative) else self.min_ttl)
+            future.set_exception(ResolveError(str(exc)))
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise ResolveError(str(exc)) from None
+        except BaseException as exc:
+            future.set_exception(ResolveError(f"cannot resolve {name}: {exc!r}"))
+            future.exception()
+            raise
+        finally:
+            self._inflight.pop(name, None)
+        self._store(name, addresses, ttl)
+        future.set_result(addresses)
+        return addresses
+
+    def _store(self, name: str, value: tuple[IPAddress, ...] | str, ttl: float | None) -> None:
+        now = self.clock()
+        if isinstance(value, str):
+            life = min(self.negative_ttl, max(self.min_ttl, ttl if ttl is not None
+                                              else self.negative_ttl))
+        else:
+            life = min(self.max_ttl, max(self.min_ttl, ttl if ttl is not None
+                                         else self.system_ttl))
+        if len(self._cache) >= self.max_entries:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()
+        self._cache[name] = (now + life, value)
+
+    async def _lookup(self, name: str, port: int) -> tuple[tuple[IPAddress, ...], float | None]:
+        if self.nameservers:
+            return await self._ask_servers(name)
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)):
+                raise _Negative(f"cannot resolve {name}: {exc}", None) from None
+            raise ResolveError(f"cannot resolve {name}: {exc}") from None
         except (OSError, UnicodeError) as exc:
             raise ResolveError(f"cannot resolve {name}: {exc}") from None
         out: list[IPAddress] = []
@@ -93,4 +197,58 @@ class Resolver:
                 out.append(ip)
         if not out:
             raise ResolveError(f"cannot resolve {name}: no addresses")
-        return tuple(out)
+        return tuple(out), None
+
+    async def _ask_servers(self, name: str) -> tuple[tuple[IPAddress, ...], float | None]:
+        """A and AAAA from the first server that answers; the smallest TTL counts."""
+        error = ResolveError(f"cannot resolve {name}: no DNS server configured")
+        for server in self.nameservers:
+            try:
+                answers = await asyncio.gather(self._ask(server, name, 1),
+                                               self._ask(server, name, 28))
+            except ResolveError as exc:
+                error = exc
+                continue
+            addresses = tuple(a for found, _ in answers for a in found)
+            ttls = [t for found, t in answers if found and t is not None]
+            if addresses:
+                return addresses, float(min(ttls)) if ttls else None
+            negatives = [t for _, t in answers if t is not None]
+            raise _Negative(f"cannot resolve {name}: no addresses",
+                            float(min(negatives)) if negatives else None)
+        raise error
+
+    async def _ask(self, server: tuple[str, int], name: str, qtype: int
+                   ) -> tuple[tuple[IPAddress, ...], int | None]:
+        """(addresses, TTL) of one question; for no address the TTL is the negative one."""
+        from egressguard.dns.upstream import UdpPool, UpstreamError
+        from egressguard.dns.wire import scan_answer
+
+        qname = b"".join(bytes([len(p)]) + p.encode("ascii") for p in name.split(".")) + b"\0"
+        packet = struct.pack("!HHHHHH", secrets.randbits(16), 0x0100, 1, 0, 0, 0) + qname \
+            + struct.pack("!HH", qtype, 1)
+        pool = UdpPool(server, size=1)
+        try:
+            raw = await pool.resolve(packet, self.timeout)
+        except UpstreamError as exc:
+            raise ResolveError(f"cannot resolve {name}: {exc}") from None
+        finally:
+            pool.close()
+        scanned = scan_answer(raw)
+        if scanned is None or scanned.qtype != qtype \
+                or b".".join(scanned.qname.label).lower() != name.encode("ascii").lower():
+            raise ResolveError(f"cannot resolve {name}: unusable answer from {server[0]}")
+        if scanned.rcode not in (0, 3):  # SERVFAIL, REFUSED...: try the next server
+            raise ResolveError(f"cannot resolve {name}: {server[0]} answered rcode "
+                               f"{scanned.rcode}")
+        wanted = 4 if qtype == 1 else 6
+        found = tuple(a for a in scanned.answered if a.version == wanted)
+        return found, scanned.ttl if found else scanned.negative_ttl
+
+
+class _Negative(ResolveError):
+    """A definite "no address" answer, cached for `ttl` (None: the default)."""
+
+    def __init__(self, message: str, ttl: float | None) -> None:
+        super().__init__(message)
+        self.ttl = ttl
