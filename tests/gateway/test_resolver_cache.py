@@ -13,6 +13,7 @@ import pytest
 from dnslib import AAAA, QTYPE, RCODE, RR, SOA, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
+from egressguard.dns.client import ask
 from egressguard.gateway.resolver import ResolveError, Resolver
 
 pytestmark = pytest.mark.timeout(30)
@@ -62,7 +63,8 @@ class Clock:
 
 
 def _resolver(port: int, clock: Clock, **kw: float) -> Resolver:
-    return Resolver(nameservers=[("127.0.0.1", port)], clock=clock, **kw)  # type: ignore[arg-type]
+    return Resolver(nameservers=[("127.0.0.1", port)], ask=ask, clock=clock,
+                    **kw)  # type: ignore[arg-type]
 
 
 def test_answer_is_cached_for_its_ttl_then_asked_again(zone: tuple[Zone, int]) -> None:
@@ -149,7 +151,7 @@ def test_silent_server_is_an_error_cached_only_briefly() -> None:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
     clock = Clock()
-    resolver = Resolver(nameservers=[silent.getsockname()], clock=clock, timeout=0.3,
+    resolver = Resolver(nameservers=[silent.getsockname()], ask=ask, clock=clock, timeout=0.3,
                         min_ttl=5.0, negative_ttl=300.0)
 
     async def run() -> None:

@@ -17,10 +17,11 @@ import socket
 import struct
 from collections.abc import Callable
 
+from egressguard.errors import Unavailable
+
 log = logging.getLogger("egressguard.dns")
 Waiter = Callable[[bytes | Exception], None]  # gets the answer or the UpstreamError
 
-from egressguard.errors import Unavailable
 
 
 class UpstreamError(Unavailable):

@@ -6,9 +6,10 @@ failures (NXDOMAIN, no address, SERVFAIL) are cached too (negative caching, RFC 
 SOA's TTL when the answer carries one, at most `negative_ttl`). A hit costs a dict lookup
 and a clock read: `known()` answers it synchronously and `resolve()` returns without an
 await, so there is no task or thread hop. `getaddrinfo` reports no TTL, so its answers live
-for the fixed `system_ttl`; pass `nameservers` (e.g. `nameservers_from_resolv_conf()`) to
-ask those servers over UDP (TCP on truncation) with the DNS filter's wire code and get the
-real TTLs. The default stays `getaddrinfo`, which also honours /etc/hosts and nsswitch.
+for the fixed `system_ttl`; pass `nameservers` (e.g. `nameservers_from_resolv_conf()`) and
+`ask=egressguard.dns.client.ask` to ask those servers over UDP with the DNS filter's wire
+code and get the real TTLs. The default stays `getaddrinfo`, which also honours /etc/hosts
+and nsswitch.
 
 Every address returned is passed to the engine's address guard and the gateway connects
 only to one of those addresses, so a name cannot be re-resolved to something else between
@@ -20,11 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import secrets
 import socket
-import struct
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from egressguard.engine import InvalidHost, normalize_host
@@ -93,6 +92,10 @@ def nameservers_from_resolv_conf(path: Path = Path("/etc/resolv.conf")
     return found
 
 
+# Ask one server for one name: (server, name, qtype, timeout) -> (addresses, TTL); raises
+# OSError when the server gives no usable answer. `egressguard.dns.client.ask` is one.
+Ask = Callable[[tuple[str, int], str, int, float],
+               Awaitable[tuple[tuple[IPAddress, ...], int | None]]]
 _Entry = tuple[float, tuple[IPAddress, ...] | str]  # (expiry, addresses | failure reason)
 
 
@@ -104,7 +107,11 @@ class Resolver:
                  system: bool = True, nameservers: Sequence[tuple[str, int]] = (),
                  system_ttl: float = 30.0, min_ttl: float = 5.0, max_ttl: float = 3600.0,
                  negative_ttl: float = 30.0, max_entries: int = 10000, timeout: float = 2.0,
+                 ask: Ask | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        if nameservers and ask is None:
+            raise ValueError("nameservers need an `ask` function (egressguard.dns.client.ask)")
+        self.ask = ask
         self.static = {k: tuple(v) for k, v in (static or {}).items()}
         self.system = system
         self.nameservers = list(nameservers)
@@ -150,7 +157,8 @@ class Resolver:
         except ResolveError as exc:
             # A definite "no such name" lives for its negative TTL; a failure (timeout,
             # SERVFAIL) only for `min_ttl`, so a flapping server is not remembered long.
-            self._store(name, str(exc), exc.ttl if isinstance(exc, _Negative) else self.min_ttl)
+            ttl = exc.ttl if isinstance(exc, NegativeAnswer) else self.min_ttl
+            self._store(name, str(exc), ttl)
             future.set_exception(ResolveError(str(exc)))
             future.exception()  # retrieved: waiters re-raise it, nobody else must
             raise ResolveError(str(exc)) from None
@@ -186,7 +194,7 @@ class Resolver:
             infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)):
-                raise _Negative(f"cannot resolve {name}: {exc}", None) from None
+                raise NegativeAnswer(f"cannot resolve {name}: {exc}", None) from None
             raise ResolveError(f"cannot resolve {name}: {exc}") from None
         except (OSError, UnicodeError) as exc:
             raise ResolveError(f"cannot resolve {name}: {exc}") from None
@@ -214,39 +222,21 @@ class Resolver:
             if addresses:
                 return addresses, float(min(ttls)) if ttls else None
             negatives = [t for _, t in answers if t is not None]
-            raise _Negative(f"cannot resolve {name}: no addresses",
+            raise NegativeAnswer(f"cannot resolve {name}: no addresses",
                             float(min(negatives)) if negatives else None)
         raise error
 
     async def _ask(self, server: tuple[str, int], name: str, qtype: int
                    ) -> tuple[tuple[IPAddress, ...], int | None]:
-        """(addresses, TTL) of one question; for no address the TTL is the negative one."""
-        from egressguard.dns.upstream import UdpPool, UpstreamError
-        from egressguard.dns.wire import scan_answer
-
-        qname = b"".join(bytes([len(p)]) + p.encode("ascii") for p in name.split(".")) + b"\0"
-        packet = struct.pack("!HHHHHH", secrets.randbits(16), 0x0100, 1, 0, 0, 0) + qname \
-            + struct.pack("!HH", qtype, 1)
-        pool = UdpPool(server, size=1)
+        """(addresses, TTL) of one question, through the injected `ask`."""
+        assert self.ask is not None
         try:
-            raw = await pool.resolve(packet, self.timeout)
-        except UpstreamError as exc:
-            raise ResolveError(f"cannot resolve {name}: {exc}") from None
-        finally:
-            pool.close()
-        scanned = scan_answer(raw)
-        if scanned is None or scanned.qtype != qtype \
-                or b".".join(scanned.qname.label).lower() != name.encode("ascii").lower():
-            raise ResolveError(f"cannot resolve {name}: unusable answer from {server[0]}")
-        if scanned.rcode not in (0, 3):  # SERVFAIL, REFUSED...: try the next server
-            raise ResolveError(f"cannot resolve {name}: {server[0]} answered rcode "
-                               f"{scanned.rcode}")
-        wanted = 4 if qtype == 1 else 6
-        found = tuple(a for a in scanned.answered if a.version == wanted)
-        return found, scanned.ttl if found else scanned.negative_ttl
+            return await self.ask(server, name, qtype, self.timeout)
+        except OSError as exc:
+            raise ResolveError(str(exc)) from None
 
 
-class _Negative(ResolveError):
+class NegativeAnswer(ResolveError):
     """A definite "no address" answer, cached for `ttl` (None: the default)."""
 
     def __init__(self, message: str, ttl: float | None) -> None:

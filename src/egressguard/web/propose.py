@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from egressguard.engine import References, compile_policy
 from egressguard.engine.request import build_request
+from egressguard.errors import InputError
 from egressguard.policy import Policy
 from egressguard.policy.load import dump_policy
 from egressguard.policy.model import ApplicationRule, ApplicationRuleCollection, PortSpec
@@ -27,7 +28,7 @@ MAX_RULES = 500
 _HOST = re.compile(r"(?=.{1,253}\Z)[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_-]{1,63})*")
 
 
-class CannotPropose(ValueError):
+class CannotPropose(InputError, ValueError):
     """No allow can be drafted for this destination (message safe to show)."""
 
 
