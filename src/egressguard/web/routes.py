@@ -96,7 +96,7 @@ def overview(request: Request, cluster: Annotated[str, Query(max_length=100)] = 
         return _html(views.message_page("Invalid window",
                                         "window must be between 1m and 31d", label), 400)
     page = views.Overview(cluster=cluster, who=who.name, role=who.role, window=window)
-    store = _store(request)
+    store = request.app.state.book  # the policy in force: the store, or serve's file
     if role_allows(who.role, READ_POLICY):
         page.clusters = store.clusters()
         try:
@@ -136,7 +136,7 @@ def version(request: Request, number: Annotated[int, Path(ge=1, le=2**31 - 1)],
     if not CLUSTER.fullmatch(cluster):
         return _html(views.message_page("Invalid cluster", f"invalid cluster name "
                                         f"{cluster!r}", label), 400)
-    store = _store(request)
+    store = request.app.state.book  # the policy in force: the store, or serve's file
     try:
         found = store.version(cluster, number)
     except NotFound as exc:
