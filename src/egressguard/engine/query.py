@@ -27,7 +27,7 @@ from pydantic import (
 from egressguard.engine.request import Kind, Request, build_request, split_host_port
 
 Protocol = Literal["tcp", "udp", "icmp"]
-NEEDS_PORT = (Kind.CONNECT, Kind.FLOW)
+NEEDS_PORT = (Kind.CONNECT, Kind.FLOW)  # (an ICMP flow has no port)
 
 
 class QueryError(ValueError):
@@ -92,7 +92,8 @@ class CheckQuery(BaseModel):
         _, port_text = split_host_port(self.url)
         if port_text.isdigit() and not 0 < int(port_text) < 65536:
             raise ValueError(f"port {port_text} must be 1-65535")
-        if kind in NEEDS_PORT and self.port is None and not port_text.isdigit():
+        if kind in NEEDS_PORT and self.protocol != "icmp" and self.port is None \
+                and not port_text.isdigit():
             raise ValueError(f"{kind.value} needs host:port (or a port)")
         return self
 
