@@ -1,6 +1,7 @@
 """`analyze(policy, refs) -> Report`: every exfiltration path and dead rule in a policy.
 
-Pure: no I/O. The checks live in `exposure` (attacker-writable destinations), `posture`
+Pure given `refs` (without, the catalog's references are read, as every compile does).
+The checks live in `exposure` (attacker-writable destinations), `posture`
 (policy-wide switches, probed through the engine) and `ordering` (evaluation order).
 """
 
@@ -11,8 +12,10 @@ from dataclasses import dataclass
 from egressguard.analysis import exposure, ordering, posture
 from egressguard.analysis.findings import Finding, Severity, sort_findings
 from egressguard.analysis.inventory import app_rules, host_grants, net_rules
-from egressguard.engine import CompileError, References, compile_policy
+from egressguard.catalog import references
+from egressguard.engine import CompileError, References
 from egressguard.policy import Policy
+from egressguard.source.compile import snapshot_for
 
 CHECKS: dict[str, str] = {
     "any-host": "an application rule or allowed FQDN entry is `*`",
@@ -57,10 +60,11 @@ class Report:
 
 
 def analyze(policy: Policy, refs: References | None = None) -> Report:
-    """All findings for `policy`, most severe first."""
-    refs = refs or References()
+    """All findings for `policy`, most severe first, against `refs` (default: the
+    catalog's references, so a policy analyses as `check` and the gateway compile it)."""
+    refs = refs if refs is not None else references()
     try:
-        snapshot = compile_policy(policy, refs)
+        snapshot = snapshot_for(policy, refs)
     except CompileError as exc:
         return Report([Finding(
             "unresolved-reference", Severity.HIGH, "policy", str(exc).partition(": ")[0],

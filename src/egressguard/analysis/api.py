@@ -2,7 +2,9 @@
 
 Included by the control-plane app (`egressguard.control.api.OPTIONAL_ROUTERS`); every
 route needs a viewer, operator or admin token. Analysis and simulation only read: a
-proposed policy in a body is decided against, never stored.
+proposed policy in a body is decided against, never stored. A cluster's policy is read
+where the app's other policy routes read it (`app.state.book`): under
+`serve --policy F`, the file the gateway enforces.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from egressguard.analysis.analyzer import analyze
 from egressguard.analysis.simulate import RequestListError, parse_requests, simulate
 from egressguard.catalog import references
 from egressguard.control.auth import Principal, require_role
-from egressguard.engine import CompileError, compile_policy
+from egressguard.control.inforce import FileBook
+from egressguard.engine import CompileError
 from egressguard.policy import Policy, PolicyError, load_policy_text
+from egressguard.source import snapshot_for
 
 router = APIRouter(tags=["analysis"])
 Reader = Annotated[Principal, Depends(require_role("viewer", "operator", "admin"))]
@@ -40,7 +44,7 @@ class SimulateBody(BaseModel):
     """`requests`: lines in the request-list format of `egressguard simulate` (or
     `requests_text`, the file's content). `policy` is the proposed policy (omit to decide
     under the policy in force only); `current` replaces the policy in force, which is
-    otherwise `cluster`'s current version."""
+    otherwise `cluster`'s current version (default: the cluster this gateway serves)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -48,7 +52,7 @@ class SimulateBody(BaseModel):
     requests_text: str | None = Field(None, max_length=4_000_000)
     policy: dict[str, Any] | None = None
     current: dict[str, Any] | None = None
-    cluster: str = Field("default", max_length=100)
+    cluster: str | None = Field(None, max_length=100)
 
 
 def _document(data: dict[str, Any], source: str) -> Policy:
@@ -59,14 +63,20 @@ def _document(data: dict[str, Any], source: str) -> Policy:
             {"path": p.path, "reason": p.reason} for p in exc.problems]}) from None
 
 
-def _stored(request: Request, cluster: str) -> tuple[Policy, str]:
+def _stored(request: Request, cluster: str | None) -> tuple[Policy, str]:
+    """The policy in force for `cluster` (default: the one this gateway serves)."""
     from egressguard.store import StoreError
 
+    state = request.app.state
+    name = cluster or getattr(state, "cluster", "default")
+    book = getattr(state, "book", state.store)
     try:
-        version = request.app.state.store.current(cluster)
+        version = book.current(name)
     except StoreError as exc:
-        raise HTTPException(404, f"cluster {cluster!r}: {exc}") from None
-    return version.policy, f"cluster {cluster} version {version.number}"
+        raise HTTPException(404, f"cluster {name!r}: {exc}") from None
+    if isinstance(book, FileBook):
+        return version.policy, f"policy file {book.path}"
+    return version.policy, f"cluster {name} version {version.number}"
 
 
 @router.post("/v1/analyze")
@@ -84,8 +94,8 @@ def analyze_route(body: AnalyzeBody, request: Request, _who: Reader) -> dict[str
                 {"line": p.line, "path": p.path, "reason": p.reason}
                 for p in exc.problems]}) from None
     else:
-        policy, source = _stored(request, body.cluster or "default")
-    return {"policy": source, **analyze(policy, references()).as_dict()}
+        policy, source = _stored(request, body.cluster)
+    return {"policy": source, **analyze(policy).as_dict()}
 
 
 @router.post("/v1/simulate")
@@ -105,9 +115,9 @@ def simulate_route(body: SimulateBody, request: Request, _who: Reader) -> dict[s
         now, now_source = _stored(request, body.cluster)
     new, new_source = ((_document(body.policy, "policy"), "request body (proposed)")
                        if body.policy is not None else (now, now_source))
-    refs = references()
+    refs = references()  # one look at the catalog for both compiles
     try:
-        result = simulate(probes, compile_policy(now, refs), compile_policy(new, refs),
+        result = simulate(probes, snapshot_for(now, refs), snapshot_for(new, refs),
                           now_source, new_source)
     except CompileError as exc:
         raise HTTPException(422, str(exc)) from None

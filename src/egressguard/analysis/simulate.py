@@ -7,10 +7,13 @@ The request list is text, one request per line (`#` starts a comment)::
     connect mystore.blob.core.windows.net:443        # a kind: http, connect, dns, flow
     dns evil.example
     flow 20.60.1.2:443 address=20.60.1.2
+    flow 10.0.0.53:53 protocol=udp
     https://x.example/ address=203.0.113.9,203.0.113.10 source=10.1.0.4 port=8443
 
 Options after the target: `address=IP[,IP...]` (what the name resolves to, for the
-address guard and address-based network rules), `source=IP`, `port=N`. Pure: parsing and
+address guard and address-based network rules), `source=IP`, `port=N`,
+`protocol=tcp|udp|icmp`. Each line is a `CheckQuery`, the model `egressguard check` and
+`POST /v1/check` use, so a line decides as the same call asked there. Pure: parsing and
 deciding only; the CLI and API read files and stores.
 """
 
@@ -20,13 +23,15 @@ import re
 from dataclasses import dataclass
 
 from egressguard.engine import Decision, Kind, Request, Snapshot
-from egressguard.engine.request import build_request
+from egressguard.engine.query import query_of
 from egressguard.errors import InputError
 from egressguard.policy.model import KNOWN_CALLOUT_TYPES
 
 _COMMENT = re.compile(r"\s#")  # a `#` after a space; `https://x/#frag` keeps its fragment
 KINDS = ("http", "connect", "dns", "flow")
-OPTIONS = ("address", "source", "port")
+OPTIONS = ("address", "source", "port", "protocol")
+# The query's fields as a request list names them, for error messages.
+_NAMES = {"url": "target", "type": "callout type", "addresses": "address"}
 
 
 class RequestListError(InputError, ValueError):
@@ -74,17 +79,11 @@ def _parse_line(text: str) -> Request:
             raise ValueError(f"unknown option {option!r}; expected "
                              + ", ".join(f"{o}=..." for o in OPTIONS))
         found[key] = value
-    port = None
-    if "port" in found:
-        if not found["port"].isdigit() or not 0 < int(found["port"]) < 65536:
-            raise ValueError(f"port {found['port']!r} must be 1-65535")
-        port = int(found["port"])
     addresses = [a for a in found.get("address", "").split(",") if a]
-    if kind in (Kind.CONNECT, Kind.FLOW) and ":" not in target.strip("[]") \
-            and port is None:
-        raise ValueError(f"{head} needs host:port (or port=N)")
-    return build_request(target, callout_type=callout_type, port=port, kind=kind,
-                         addresses=addresses, source=found.get("source"))
+    return query_of({"url": target, "type": callout_type, "kind": kind,
+                     "port": found.get("port"), "protocol": found.get("protocol"),
+                     "addresses": addresses, "source": found.get("source")},
+                    _NAMES).request()
 
 
 def parse_requests(text: str, source: str = "<requests>") -> list[Probe]:

@@ -67,7 +67,7 @@ def analyze_command(
         loaded, source = policy_in_force(policy, cluster, store)
     except (SourceError, ValueError) as exc:
         raise _bad(str(exc)) from None
-    report = analyze(loaded, references())
+    report = analyze(loaded)
     if output == "json":
         typer.echo(json.dumps({"policy": source, **report.as_dict()}, indent=2))
     else:

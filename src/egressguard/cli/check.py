@@ -9,10 +9,13 @@ from typing import Annotated
 
 import typer
 
-from egressguard.engine.request import build_request
+from egressguard.engine.query import QueryError, query_of
 from egressguard.source import SourceError, active_in_force
 
 EXIT_ALLOWED, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
+# The query's fields as this command's options, for one-line errors.
+OPTION_NAMES = {"url": "URL", "type": "--type", "kind": "--kind", "port": "--port",
+                "protocol": "--protocol", "addresses": "--address", "source": "--source"}
 
 
 def check(
@@ -29,7 +32,7 @@ def check(
     ] = None,
     source: Annotated[str | None, typer.Option(help="client source address")] = None,
     protocol: Annotated[str | None, typer.Option(
-        help="tcp or udp for connect/flow (default tcp; udp for dns)")] = None,
+        help="tcp, udp or icmp, for network rules (default tcp; udp for dns)")] = None,
     policy: Annotated[Path | None, typer.Option(
         help="policy file (YAML or JSON); default: the policy in force (--cluster, else "
              "the store's default cluster, else the built-in deny-all policy)")] = None,
@@ -44,13 +47,14 @@ def check(
     try:
         if policy is not None and cluster is not None:
             raise ValueError("give --policy or --cluster, not both")
+        query = query_of({"url": url, "type": callout_type, "kind": kind, "port": port,
+                          "protocol": protocol, "addresses": address, "source": source},
+                         OPTION_NAMES)
         snapshot = active_in_force(policy, cluster, store).snapshot
-        request = build_request(url, callout_type=callout_type, port=port, kind=kind,
-                                addresses=address or [], source=source, protocol=protocol)
-    except (SourceError, ValueError) as exc:
+    except (QueryError, SourceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    decision = snapshot.decide(request)
+    decision = snapshot.decide(query.request())
     # An unparsable URL or host is bad input (exit 2), though the engine denies it too.
     bad_input = decision.rule == "guard:invalid-host"
     if as_json:

@@ -3,11 +3,14 @@
 The composition is deliberately flat: a policy source fills a `SnapshotHolder`, the
 `Gateway` enforces whatever the holder holds, and decisions go to the audit sink.
 
-* Policy source: the store's cluster (default: the embedded SQLite store, cluster
-  `default`, which starts with the shipped deny-all policy) followed live through
-  `PolicyFeed`; or, with `--policy FILE`, that file, reloaded on change or SIGHUP.
+* Policy source: `source.follow`, the one place that decides where the policy in force
+  comes from: the store's cluster (default: the configured store and cluster; a new
+  cluster starts with the deny-all policy) followed live through its change feed; or,
+  with `--policy FILE`, that file, reloaded on change or SIGHUP.
 * The REST API (`127.0.0.1:8080` unless `--no-api`) runs in the same process, over the
-  same store, so a change made through it is in force at once; but in its own thread and
+  same store, so a change made through it is in force at once. With `--policy FILE` its
+  policy routes and the dashboard describe the file (the gateway's own holder) and every
+  policy write answers 409 (`control.inforce`). It runs in its own thread and
   event loop, so no API request (a huge or slow body, a heavy query) can stall the proxy.
   What the two share is thread-safe: the holder's swap tells the gateway through
   `call_soon_threadsafe`, the store's engine hands each thread its own connection.
@@ -39,14 +42,12 @@ from egressguard.errors import EgressguardError
 from egressguard.gateway import Gateway, Limits, Resolver, parse_hosts_file, parse_resolve
 from egressguard.logsetup import LogFormat
 from egressguard.policy import PolicyError
-from egressguard.policyfile import PolicyFileWatcher, load_active
 
 if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
-    from egressguard.control.runtime import PolicyFeed
+    from egressguard.source import LivePolicy
     from egressguard.store import Store
 
-DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "gateway" / "default_policy.yaml"
 log = logging.getLogger("egressguard.gateway")
 API_MAX_HEAD = 32 * 1024  # bytes of request line and headers the REST API accepts
 
@@ -195,14 +196,20 @@ class _Parts:
     """What `serve` opens before the event loop starts, closed in reverse on the way out."""
 
     store: Store | None = None
-    feed: PolicyFeed | None = None
-    policy_file: PolicyFileWatcher | None = None
-    holder: SnapshotHolder | None = None
+    live: LivePolicy | None = None
     sink: EventSink = NullSink()  # noqa: RUF009 - stateless default
     audit_log: AuditLog | None = None
 
+    @property
+    def holder(self) -> SnapshotHolder | None:
+        return self.live.holder if self.live is not None else None
+
     def open(self, store_url: str | None, cluster: str, policy: Path | None,
              need_store: bool) -> None:
+        """Open the store (for the API, the audit log and store mode), then the policy
+        source; the file watcher's thread waits for `_serve` (`live.start()`)."""
+        from egressguard.source import follow
+
         if need_store:
             from egressguard.store import StoreError, open_store
 
@@ -210,25 +217,25 @@ class _Parts:
                 self.store = open_store(store_url)
             except StoreError as exc:
                 raise ValueError(f"cannot open the store: {exc}") from None
-        if policy is not None:
-            self.holder = SnapshotHolder(load_active(policy))
-            self.policy_file = PolicyFileWatcher(policy, self.holder)
-            return
-        from egressguard.control.runtime import PolicyFeed
+        if policy is None:
+            assert self.store is not None
+            self._check_cluster(self.store, cluster)
+        self.live = follow(policy, cluster, self.store if policy is None else None,
+                           start=False)
 
-        assert self.store is not None
+    @staticmethod
+    def _check_cluster(store: Store, cluster: str) -> None:
+        """A missing cluster is a start-up error whose hint says how to create it."""
         from egressguard.store import NotFound
 
         try:
-            self.store.current(cluster)
+            store.current(cluster)
         except NotFound:
             raise ValueError(f"cluster {cluster!r} does not exist in the store; create it "
                              f"with `egressguard cluster create {cluster}` (add --store URL "
                              "if the store is not the configured one)") from None
         except Exception as exc:
             raise ValueError(f"cluster {cluster!r}: {exc}") from None
-        self.feed = PolicyFeed(self.store, cluster)
-        self.holder = self.feed.start()
 
     def open_audit(self, writer: str, max_age: str | None, max_rows: int | None,
                    exfil_threshold: int | None, exfil_window: str) -> None:
@@ -246,10 +253,8 @@ class _Parts:
             writer="thread" if writer == "thread" else "process")
 
     def close(self) -> None:
-        if self.policy_file is not None:
-            self.policy_file.stop()
-        if self.feed is not None:
-            self.feed.stop()
+        if self.live is not None:
+            self.live.stop()
         if self.audit_log is not None:
             self.audit_log.close()
         if self.store is not None:
@@ -289,13 +294,10 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
     except BaseException:
         await gateway.stop(0)
         raise
-    if parts.policy_file is not None:
-        parts.policy_file.start()
+    assert parts.live is not None
+    parts.live.start()
     stop = asyncio.Event()
-    if parts.policy_file is not None:
-        loop.add_signal_handler(signal.SIGHUP, parts.policy_file.reload)
-    elif parts.feed is not None:
-        loop.add_signal_handler(signal.SIGHUP, parts.feed.refresh)
+    loop.add_signal_handler(signal.SIGHUP, parts.live.reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     for addr, bound in gateway.addresses:
@@ -313,8 +315,8 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
                   if parts.audit_log and parts.store else ""))
     await stop.wait()
     typer.echo("egressguard: shutting down", err=True)
-    if parts.policy_file is not None:
-        parts.policy_file.stop()
+    if parts.live.watcher is not None:
+        parts.live.watcher.stop()  # no reload while open requests finish
     await gateway.stop()
     if api is not None:
         await asyncio.to_thread(api.stop)
@@ -412,11 +414,15 @@ def _start_api(parts: _Parts, address: tuple[str, int] | None,
     if bootstrap:
         typer.echo("egressguard: bootstrap admin token (shown once; rotate with "
                    f"`egressguard token rotate-bootstrap`):\n{bootstrap}", err=True)
-    assert parts.holder is not None
-    cluster = parts.feed.cluster if parts.feed is not None else "default"
+    from egressguard.control.inforce import FileBook
+
+    live = parts.live
+    assert live is not None
+    book = (FileBook(live.description, live.cluster, live.holder) if live.mode == "file"
+            else None)
     try:
-        app = create_app(parts.store, {cluster: parts.holder}, allow_cidrs=allow_cidrs,
-                         max_body=max_body)
+        app = create_app(parts.store, {live.cluster: live.holder}, allow_cidrs=allow_cidrs,
+                         max_body=max_body, policy_file=book, cluster=live.cluster)
     except ValueError as exc:
         raise StartupError(f"--allow-cidr: {exc}") from None
     if parts.audit_log is not None:

@@ -8,6 +8,9 @@ every route, are subject to the `allow_cidrs` source restriction. Every request 
 the gate (`control.gate`: source, body limit, authentication) before its body is read.
 While the store cannot be reached, `/healthz` says `degraded`, `/readyz` answers 503 and
 every route that needs the store answers 503 with `Retry-After`.
+
+Under `egressguard serve --policy F` the policy routes describe the file the gateway
+enforces and refuse every policy write with 409 (`control.inforce.FileBook`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from egressguard.control.gate import (
     parse_cidrs,
 )
 from egressguard.control.health import RETRY_AFTER, StoreHealth
+from egressguard.control.inforce import FileBook, PolicyBook
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import (
     collection_from_arm,
@@ -50,11 +54,18 @@ from egressguard.control.properties import (
     to_arm,
     without_collection,
 )
-from egressguard.control.whatif import CheckRequest, SnapshotCache, decide
+from egressguard.control.whatif import CheckRequest, SnapshotCache, Snapshots, decide
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.policy import PolicyError
-from egressguard.store import Invalid, NotFound, Store, StoreUnavailable, Version
+from egressguard.store import (
+    DEFAULT_CLUSTER,
+    Invalid,
+    NotFound,
+    Store,
+    StoreUnavailable,
+    Version,
+)
 from egressguard.store import unavailable_reason as _unavailable
 from egressguard.store.tokens import DEFAULT_TOKEN_LIFETIME, parse_lifetime
 
@@ -69,8 +80,21 @@ ArmBody = Annotated[dict[str, Any], Body(openapi_examples={"restrict": {"value":
     "properties": {"restrictOutboundNetworkAccess": "Enabled",
                    "allowedFqdnList": ["my-eventhub.servicebus.windows.net"]}}}})]
 Viewer = Annotated[Principal, Depends(require_role(*READ_POLICY))]
-Operator = Annotated[Principal, Depends(require_role(*EDIT_POLICY))]
 Admin = Annotated[Principal, Depends(require_role())]
+
+
+def policy_writer(request: Request,
+                  who: Annotated[Principal, Depends(require_role(*EDIT_POLICY))]
+                  ) -> Principal:
+    """An operator's policy write, refused (409) before its body is looked at when this
+    gateway enforces a policy file."""
+    book = request.app.state.book
+    if isinstance(book, FileBook):
+        raise book.refusal()
+    return who
+
+
+Operator = Annotated[Principal, Depends(policy_writer)]
 
 COLLECTIONS = {"applicationRuleCollections": "application_rule_collections",
                "networkRuleCollections": "network_rule_collections"}
@@ -80,7 +104,8 @@ class MgmtRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     command: str = Field(min_length=1, max_length=1_000_000,
                          examples=[".show cluster policy callout"])
-    cluster: str = Field("default", max_length=100)
+    cluster: str | None = Field(None, max_length=100,
+                                description="default: the cluster this gateway serves")
 
 
 class RollbackRequest(BaseModel):
@@ -170,16 +195,22 @@ def _install_error_handlers(app: FastAPI) -> None:
                             status_code=422)
 
 
-def _clusters_router(store: Store, cache: SnapshotCache) -> APIRouter:
+def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> APIRouter:
+    """Policy routes over `store` (the store itself, or the policy file in force);
+    `served` is the cluster a request that names none is about."""
     router = APIRouter(prefix="/v1", tags=["clusters"])
+
+    def resource(version: Version) -> dict[str, Any]:
+        found = to_arm(version)
+        return store.describe(found) if isinstance(store, FileBook) else found
 
     @router.get("/clusters")
     def list_clusters(_who: Viewer) -> dict[str, Any]:
-        return {"value": [to_arm(store.current(n)) for n in store.clusters()]}
+        return {"value": [resource(store.current(n)) for n in store.clusters()]}
 
     @router.get("/clusters/{name}")
     def get_cluster(name: ClusterName, _who: Viewer) -> dict[str, Any]:
-        return to_arm(store.current(name))
+        return resource(store.current(name))
 
     @router.put("/clusters/{name}")
     def put_cluster(name: ClusterName, body: ArmBody, who: Operator) -> dict[str, Any]:
@@ -228,10 +259,10 @@ def _clusters_router(store: Store, cache: SnapshotCache) -> APIRouter:
     def check(body: CheckRequest, _who: Viewer, response: Response) -> dict[str, Any]:
         """What-if: the decision for one call, as `egressguard check --json` prints it."""
         try:
-            number, answer = decide(cache, body)
-        except ValueError as exc:
-            raise InvalidInput([("addresses/source", str(exc))]) from None
-        response.headers["X-Policy-Version"] = str(number)
+            version, answer = decide(snapshots, body.cluster or served, body)
+        except ValueError as exc:  # the model validated the fields; a last guard
+            raise InvalidInput([("url", str(exc))]) from None
+        response.headers["X-Policy-Version"] = version
         return answer
 
     @router.post("/mgmt")
@@ -239,12 +270,13 @@ def _clusters_router(store: Store, cache: SnapshotCache) -> APIRouter:
         """Run a Kusto-style command (`.show`: viewer; `.alter`, `.alter-merge`,
         `.delete`: operator)."""
         who = authenticate(request)
-        return execute(store, body.cluster, body.command, who).as_kusto()
+        return execute(store, body.cluster or served, body.command, who).as_kusto()
 
     return router
 
 
-def _collection_routes(router: APIRouter, store: Store, segment: str, field: str) -> None:
+def _collection_routes(router: APIRouter, store: PolicyBook, segment: str, field: str
+                       ) -> None:
     base = f"/clusters/{{name}}/{segment}"
 
     def commit(name: str, policy: Any, who: Principal, what: str) -> Version:
@@ -329,11 +361,16 @@ def create_app(store: Store, holder_registry: Mapping[str, SnapshotHolder] | Non
                *, allow_cidrs: Sequence[str] | None = None,
                include_optional_routers: bool = True,
                max_body: int = DEFAULT_MAX_BODY,
-               body_idle_timeout: float = BODY_IDLE_TIMEOUT) -> FastAPI:
+               body_idle_timeout: float = BODY_IDLE_TIMEOUT,
+               policy_file: FileBook | None = None,
+               cluster: str = DEFAULT_CLUSTER) -> FastAPI:
     """The API over `store`. `holder_registry` (cluster -> holder in force in this
     process) is reported by `/healthz`; `allow_cidrs` restricts client sources;
     `max_body` bounds request bodies (413 beyond), `body_idle_timeout` how long a body
-    may stall (408)."""
+    may stall (408). `policy_file`: the gateway enforces that file, so the policy routes
+    describe it and refuse writes (the store still holds tokens, sessions and the audit
+    log). `cluster`: what a check, command or simulation that names no cluster is about
+    (the one the gateway serves)."""
     if max_body < 1:
         raise ValueError("the API body limit must be at least 1 byte")
     if allow_cidrs:
@@ -341,9 +378,13 @@ def create_app(store: Store, holder_registry: Mapping[str, SnapshotHolder] | Non
     app = FastAPI(title="egressguard control plane", version="1",
                   description=__doc__)
     app.state.store = store
+    # Where policy reads and writes go (the dashboard and analysis routes read it too).
+    book: PolicyBook = policy_file if policy_file is not None else store
+    app.state.book = book
+    app.state.cluster = policy_file.cluster if policy_file is not None else cluster
     app.state.holders = dict(holder_registry or {})
     app.state.health = health = StoreHealth(store)
-    cache = SnapshotCache(store)
+    snapshots: Snapshots = policy_file if policy_file is not None else SnapshotCache(store)
     _install_error_handlers(app)
     app.add_middleware(ApiGate, store=store, health=health, max_body=max_body,
                        allow_cidrs=list(allow_cidrs) if allow_cidrs else None,
@@ -385,7 +426,7 @@ def create_app(store: Store, holder_registry: Mapping[str, SnapshotHolder] | Non
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(_clusters_router(store, cache))
+    app.include_router(_clusters_router(book, snapshots, app.state.cluster))
     app.include_router(_tokens_router(store))
     if include_optional_routers:
         _include_optional(app)

@@ -18,9 +18,9 @@ from pydantic import ValidationError
 from egressguard.control.auth import EDIT_POLICY, READ_POLICY, Principal, role_allows
 from egressguard.control.commands import Command, parse
 from egressguard.control.errors import Forbidden, InvalidInput, Refused, problems_from
+from egressguard.control.inforce import FileBook, PolicyBook
 from egressguard.policy import CalloutRule, Policy
 from egressguard.policy.model import KNOWN_CALLOUT_TYPES
-from egressguard.store import Store
 
 COLUMNS = ("PolicyName", "EntityName", "Policy", "ChildEntities", "EntityType")
 IMMUTABLE_ENTITY = "Cluster immutable policy"
@@ -108,14 +108,17 @@ def merge(current: list[CalloutRule], new: list[CalloutRule]) -> list[CalloutRul
     return merged
 
 
-def execute(store: Store, cluster: str, text: str, principal: Principal) -> Result:
+def execute(store: PolicyBook, cluster: str, text: str, principal: Principal) -> Result:
     """Parse and run one command as `principal`; raises CommandSyntaxError, InvalidInput,
-    Refused, Forbidden, or the store's NotFound."""
+    Refused (`PolicyFromFile` for a write where a policy file is in force), Forbidden, or
+    the store's NotFound."""
     command = parse(text)
     wanted = EDIT_POLICY if command.writes else READ_POLICY
     if not role_allows(principal.role, wanted):
         raise Forbidden(f"role {principal.role!r} may not run {command.verb} "
                         f"(needs one of: admin, {', '.join(wanted)})")
+    if command.writes and isinstance(store, FileBook):
+        raise store.refusal()
     current = store.current(cluster)
     policy = current.policy
     if not command.writes:

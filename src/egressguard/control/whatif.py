@@ -1,34 +1,31 @@
-"""What-if checks for the API: the same request building and answer as `egressguard
-check --json` (both build requests with `engine.request.build_request`)."""
+"""What-if checks for the API: the same query model, request building and answer as
+`egressguard check --json` (both take a `CheckQuery`, see `engine.query`)."""
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from egressguard.catalog import references
-from egressguard.engine import Kind, Snapshot, compile_policy
-from egressguard.engine.request import build_request
-from egressguard.store import Store, Version
+from egressguard.engine import Snapshot
+from egressguard.engine.query import CheckQuery
+from egressguard.source import snapshot_for
+from egressguard.store import Store
 
 
-class CheckRequest(BaseModel):
-    """Body of `POST /v1/check`; mirrors the options of `egressguard check`."""
+class CheckRequest(CheckQuery):
+    """Body of `POST /v1/check`: the options of `egressguard check`, and the cluster."""
 
-    model_config = ConfigDict(extra="forbid")
+    cluster: str | None = Field(None, max_length=100,
+                                description="the cluster to decide under (default: the "
+                                            "one this gateway serves, else `default`)")
 
-    url: str = Field(min_length=1, max_length=8192,
-                     description="URL or host[:port] to decide")
-    type: str | None = Field(None, max_length=64,
-                             description="decide as an in-process callout of this type")
-    kind: Kind | None = Field(None, description="http, connect, dns, callout or flow")
-    port: int | None = Field(None, ge=1, le=65535)
-    addresses: list[str] = Field(default_factory=list, max_length=64,
-                                 description="addresses the name resolves to")
-    source: str | None = Field(None, max_length=64, description="client source address")
-    cluster: str = Field("default", max_length=100)
+
+class Snapshots(Protocol):
+    def snapshot(self, name: str) -> tuple[str, Snapshot]:
+        """(version label, compiled policy in force) of cluster `name`."""
+        ...
 
 
 class SnapshotCache:
@@ -40,23 +37,22 @@ class SnapshotCache:
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, int], Snapshot] = {}
 
-    def current(self, cluster: str) -> tuple[Version, Snapshot]:
-        version = self._store.current(cluster)
-        key = (cluster, version.number)
+    def snapshot(self, name: str) -> tuple[str, Snapshot]:
+        version = self._store.current(name)
+        key = (name, version.number)
         with self._lock:
             found = self._cache.get(key)
         if found is None:
-            found = compile_policy(version.policy, references())
+            found = snapshot_for(version.policy)
             with self._lock:
                 if len(self._cache) >= self._size:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = found
-        return version, found
+        return str(version.number), found
 
 
-def decide(cache: SnapshotCache, body: CheckRequest) -> tuple[int, dict[str, Any]]:
+def decide(snapshots: Snapshots, cluster: str, query: CheckQuery
+           ) -> tuple[str, dict[str, Any]]:
     """(version decided against, the decision as `egressguard check --json` prints it)."""
-    version, snapshot = cache.current(body.cluster)
-    request = build_request(body.url, callout_type=body.type, port=body.port,
-                            kind=body.kind, addresses=body.addresses, source=body.source)
-    return version.number, snapshot.decide(request).as_dict()
+    version, snapshot = snapshots.snapshot(cluster)
+    return version, snapshot.decide(query.request()).as_dict()

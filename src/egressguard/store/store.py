@@ -27,10 +27,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as SATimeout
 from sqlalchemy.orm import Session
 
-from egressguard.catalog import references
-from egressguard.engine import CompileError, compile_policy
+from egressguard.catalog.compile import snapshot_for
+from egressguard.engine import CompileError
 from egressguard.errors import EgressguardError, InputError, Unavailable
 from egressguard.policy import Policy, PolicyError, dump_policy, load_policy_text
+from egressguard.policy.builtins import DENY_ALL
 from egressguard.store import bus, db
 from egressguard.store.schema import ClusterRow, SessionRow, TokenRow, VersionRow
 from egressguard.store.tokens import (
@@ -53,7 +54,6 @@ DEFAULT_CLUSTER = "default"
 CLUSTER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_ID = 7217001  # PostgreSQL advisory lock for concurrent migrations of the store
-_DEFAULT_POLICY_FILE = Path(__file__).parent.parent / "gateway" / "default_policy.yaml"
 
 
 class StoreError(EgressguardError):
@@ -117,17 +117,16 @@ class TokenInfo:
 
 
 def default_policy() -> Policy:
-    """The gateway's shipped default policy, else restricted deny-all."""
-    if _DEFAULT_POLICY_FILE.is_file():
-        return load_policy_text(_DEFAULT_POLICY_FILE.read_text("utf-8"),
-                                str(_DEFAULT_POLICY_FILE))
-    return Policy(restrict_outbound_network_access=True)
+    """What a new cluster starts with: `DENY_ALL`, the one shipped default (the
+    commented `gateway/default_policy.yaml` says the same, and a test holds it to it)."""
+    return DENY_ALL
 
 
 def check_policy(policy: Policy) -> None:
-    """Compile `policy` with the catalog's references; raise `Invalid` if it cannot."""
+    """Compile `policy` as every enforcement point does (`snapshot_for`: the catalog's
+    references attached); raise `Invalid` if it cannot."""
     try:
-        compile_policy(policy, references())
+        snapshot_for(policy)
     except CompileError as exc:
         raise Invalid(str(exc)) from None
 

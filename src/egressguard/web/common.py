@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from egressguard.audit.crypto import Sealer
 from egressguard.audit.query import OUTCOMES, QueryError, parse_duration
 from egressguard.control.auth import Principal, Refusal, outcome
+from egressguard.control.inforce import PolicyBook
 from egressguard.store import Store
 from egressguard.web import session, views
 
@@ -67,6 +68,13 @@ def caller(request: Request) -> Principal | Response:
 def store_of(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
+
+
+def book_of(request: Request) -> PolicyBook:
+    """Where policy reads and writes go: the store, or (under `serve --policy F`) the file
+    in force, whose writes raise the API's 409."""
+    book: PolicyBook = request.app.state.book
+    return book
 
 
 @dataclass(frozen=True)

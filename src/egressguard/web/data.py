@@ -18,7 +18,8 @@ from egressguard.analysis import Report, analyze
 from egressguard.audit.crypto import Sealer
 from egressguard.audit.query import Filter, outcome_of, to_record
 from egressguard.audit.schema import events
-from egressguard.store import Store, Version
+from egressguard.control.inforce import PolicyBook
+from egressguard.store import Version
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def process_stats() -> ProcessStats:
                         exfil_warnings=by(m.EXFIL_WARNINGS, "host"))
 
 
-def history(store: Store, cluster: str, limit: int = 20) -> list[Version]:
+def history(store: PolicyBook, cluster: str, limit: int = 20) -> list[Version]:
     return store.versions(cluster, limit=limit)
 
 

@@ -16,10 +16,10 @@ from egressguard.web.common import (
     CLUSTER,
     HEADERS,
     Cluster,
+    book_of,
     caller,
     html,
     read_form,
-    store_of,
 )
 
 router = APIRouter()
@@ -53,7 +53,7 @@ def _draft(request: Request, who: Principal, cluster: str, host: str, port: int 
                                         f"{cluster!r}", label), 400)
     try:
         target = propose.target(host, port, kind)
-        current = store_of(request).current(cluster)
+        current = book_of(request).current(cluster)
         from egressguard.catalog import references
 
         return propose.propose(current.policy, current.number, current.text, target,
@@ -97,7 +97,7 @@ async def propose_apply(request: Request) -> Response:
                                         problem="This draft would not allow the request; "
                                         "nothing was applied."), 409)
     try:
-        version = await run_in_threadpool(store_of(request).commit, cluster, drafted.policy,
+        version = await run_in_threadpool(book_of(request).commit, cluster, drafted.policy,
                                           who.name, drafted.summary)
     except Invalid as exc:
         return html(views.message_page("Not applied", str(exc), label), 400)

@@ -36,11 +36,11 @@ from egressguard.web.common import (
     Dest,
     Outcome,
     Window,
+    book_of,
     caller,
     html,
     read_form,
     reader,
-    store_of,
     view_params,
 )
 
@@ -80,7 +80,7 @@ def overview(request: Request, cluster: Cluster = "default", window: Window = "1
                           audit=role_allows(who.role, READ_AUDIT),
                           gateway_report_only=bool(getattr(
                               request.app.state, "gateway_report_only", False)))
-    store = store_of(request)
+    store = book_of(request)  # the policy in force: the store, or serve's file
     if role_allows(who.role, READ_POLICY):
         page.clusters = store.clusters()
         try:
@@ -124,7 +124,7 @@ def version(request: Request, number: Annotated[int, Path(ge=1, le=2**31 - 1)],
     if not CLUSTER.fullmatch(cluster):
         return html(views.message_page("Invalid cluster", f"invalid cluster name "
                                         f"{cluster!r}", label), 400)
-    store = store_of(request)
+    store = book_of(request)  # the policy in force: the store, or serve's file
     try:
         found = store.version(cluster, number)
     except NotFound as exc:
