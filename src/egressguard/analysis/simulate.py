@@ -7,6 +7,7 @@ The request list is text, one request per line (`#` starts a comment)::
     connect mystore.blob.core.windows.net:443        # a kind: http, connect, dns, flow
     dns evil.example
     flow 20.60.1.2:443 address=20.60.1.2
+    flow 20.50.1.1:1194/udp                          # a protocol suffix: /tcp, /udp, /icmp
     https://x.example/ address=203.0.113.9,203.0.113.10 source=10.1.0.4 port=8443
 
 Options after the target: `address=IP[,IP...]` (what the name resolves to, for the
@@ -79,11 +80,14 @@ def _parse_line(text: str) -> Request:
             raise ValueError(f"port {found['port']!r} must be 1-65535")
         port = int(found["port"])
     addresses = [a for a in found.get("address", "").split(",") if a]
+    protocol = None
+    if kind is Kind.FLOW and target.lower().endswith(("/tcp", "/udp", "/icmp")):
+        target, _, protocol = target.rpartition("/")  # `flow 20.50.1.1:1194/udp`
     if kind in (Kind.CONNECT, Kind.FLOW) and ":" not in target.strip("[]") \
-            and port is None:
+            and port is None and protocol != "icmp":
         raise ValueError(f"{head} needs host:port (or port=N)")
     return build_request(target, callout_type=callout_type, port=port, kind=kind,
-                         addresses=addresses, source=found.get("source"))
+                         addresses=addresses, source=found.get("source"), protocol=protocol)
 
 
 def parse_requests(text: str, source: str = "<requests>") -> list[Probe]:
