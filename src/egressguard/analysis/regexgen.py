@@ -10,10 +10,9 @@ Pure and bounded.
 from __future__ import annotations
 
 import re
+from re import _constants as _c  # type: ignore[attr-defined]  # Python 3.11+
+from re import _parser as _p  # type: ignore[attr-defined]
 from typing import Any
-
-from re import _constants as _c  # Python 3.11+
-from re import _parser as _p
 
 _MAX = 512
 _PREFERRED = "abcdefghijklmnopqrstuvwxyz0123456789./:-_"
