@@ -348,9 +348,6 @@ def _name_cells(names: list[tuple[str, str]], named_ips: list[tuple[IPAddr, IPAd
         addrs = (addr,) if addr is not None else ()
         via = _span(*span) if span else ""
         opts = _options(source, addr)
-        if span is None:
-            yield Cell(Request(kind=Kind.DNS, host=name, protocol="udp", source=src),
-                       f"dns {name}{opts}", "dns", desc, None, src_text)
         for low, high in ports:
             for scheme in ("http", "https"):
                 yield Cell(Request(kind=Kind.HTTP, host="", uri=f"{scheme}://{name}:{low}/",
@@ -366,6 +363,9 @@ def _name_cells(names: list[tuple[str, str]], named_ips: list[tuple[IPAddr, IPAd
                                    addresses=addrs, source=src),
                            f"flow {name}:{low}/{proto}{opts}",
                            f"flow/{proto}", desc, (low, high), src_text, via)
+        if span is None:  # last: a URL or a tunnel is the clearer counterexample
+            yield Cell(Request(kind=Kind.DNS, host=name, protocol="udp", source=src),
+                       f"dns {name}{opts}", "dns", desc, None, src_text)
 
 
 def _ip_cells(dest_ips: list[tuple[IPAddr, IPAddr]], ports: list[tuple[int, int]],
