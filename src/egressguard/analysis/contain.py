@@ -163,3 +163,27 @@ def _callout_example(entry: CalloutRule, p_snap: Snapshot, c_snap: Snapshot) -> 
                 r"\s", uri) is None:
             return f"{callout_type} {uri}"
     return None
+
+
+def check_arguments(line: str) -> list[str]:
+    """The `egressguard check` arguments that decide the `simulate` line `line`, so a
+    counterexample can be confirmed by hand (`egressguard check ARGS --policy FILE`)."""
+    words = line.split()
+    args: list[str] = []
+    head = words[0].lower()
+    if head in ("http", "connect", "dns", "flow"):
+        args += ["--kind", head]
+        words = words[1:]
+    elif "://" not in head:
+        args += ["--type", head]
+        words = words[1:]
+    target = words[0]
+    if target.lower().endswith(("/tcp", "/udp", "/icmp")) and "--kind" in args \
+            and "flow" in args:
+        target, _, protocol = target.rpartition("/")
+        args += ["--protocol", protocol]
+    for option in words[1:]:
+        key, _, value = option.partition("=")
+        for item in value.split(",") if key == "address" else [value]:
+            args += [f"--{key}", item]
+    return [target, *args]

@@ -27,7 +27,7 @@ from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.errors import ControlError
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import from_arm, to_arm
-from egressguard.store import Store, StoreError, open_store
+from egressguard.store import Refused, Store, StoreError, open_store
 from egressguard.store.urls import StoreURLError
 
 StoreOpt = Annotated[str | None, typer.Option(
@@ -69,6 +69,9 @@ def _store(url: str | None) -> Iterator[Store]:
         yield store
     except CommandSyntaxError as exc:
         raise _fail(f"{exc}\n{exc.pointer()}") from None
+    except Refused as exc:  # assertions or the ceiling: exit 1, the reasons one a line
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     except (ControlError, StoreError) as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -89,6 +92,9 @@ def _api(method: str, api: str, token: str | None, path: str, body: Any = None) 
             message = response.json()["error"]["message"]
         except Exception:
             message = response.text
+        if response.status_code == 422 and str(message).startswith("policy refused:"):
+            typer.echo(f"error: {response.status_code}: {message}", err=True)
+            raise typer.Exit(1)  # assertions or the ceiling refused the write
         raise _fail(f"{response.status_code}: {message}")
     return response.json()
 
@@ -331,9 +337,18 @@ def versions_show(number: Annotated[int, typer.Argument(help="version number")],
 @versions_app.command("diff")
 def versions_diff(a: Annotated[int, typer.Argument(help="older version")],
                   b: Annotated[int, typer.Argument(help="newer version")],
-                  name: NameOpt = None, store: StoreOpt = None) -> None:
-    """Unified diff of two versions' YAML."""
+                  name: NameOpt = None, store: StoreOpt = None,
+                  reach: Annotated[bool, typer.Option(
+                      "--reach", help="what becomes reachable and unreachable")] = False,
+                  fail_on_new_reach: Annotated[bool, typer.Option(
+                      "--fail-on-new-reach", help="with --reach: exit 1 if B opens anything")
+                  ] = False, output: OutputOpt = "table") -> None:
+    """Unified diff of two versions' YAML (`--reach`: of what they let through)."""
     name = config.cluster(name)
+    if reach or fail_on_new_reach:
+        from egressguard.cli.assurance import reach as reach_report
+
+        return reach_report(a, b, name, store, output, fail_on_new_reach)
     with _store(store) as st:
         sys.stdout.write(st.diff(name, a, b))
 

@@ -36,6 +36,7 @@ AREAS: dict[str, str] = {
     "firewall": "egressguard.cli.firewall",
     "config": "egressguard.cli.settings",
     "export": "egressguard.cli.export",
+    "test": "egressguard.cli.assurance", "ceiling": "egressguard.cli.assurance",
 }
 
 
