@@ -13,9 +13,12 @@ mentions, so that inside one cell no rule of either policy can tell two requests
   of the globs' automata, with LDH validity as one more component); and `a.b.s` (two or
   more labels above `s`).
 * **addresses and sources**: intervals between the boundaries of every CIDR either policy
-  names (rules, service tags, trusted ranges, sources), the address guard's special ranges
-  and their IPv4-in-IPv6 images (mapped, compatible, NAT64, 6to4), which the guard judges
-  by the IPv4 address they carry.
+  names (rules, service tags, trusted ranges, sources, IP literals as name targets).
+  Inside such an interval the only thing left that tells addresses apart is the address
+  guard (special or not; it is the same function in both policies), so each interval
+  has at most two representatives: a guarded and a public address. IPv6 addresses the
+  engine rewrites to the IPv4 address they carry (mapped, NAT64, compatible) are the IPv4
+  cells; 6to4 addresses, which the guard judges by their IPv4 address, are split by it.
 * **ports**: intervals between every port or range either policy names, and 80/443 (the
   allowed-FQDN list's ports).
 * **kinds**: http and https URLs, CONNECT tunnels, DNS questions and tcp/udp/icmp flows,
@@ -44,9 +47,12 @@ from egressguard.policy.model import Policy, is_service_tag, validate_host_patte
 MAX_CELLS = 400_000
 _ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
 _FRESH = ("zq", "zqx", "zqy", "zqz", "qzw", "qzv")
-_EMBED_V4 = (("::ffff:0:0", 0), ("::", 0), ("64:ff9b::", 0), ("2002::", 80))
-"""IPv6 prefixes whose addresses carry an IPv4 address (the guard judges those by it):
-(prefix, left shift of the IPv4 value inside the address)."""
+_CANONICAL_V6 = ((int(ipaddress.IPv6Address("::ffff:0:0")), 96),
+                 (int(ipaddress.IPv6Address("64:ff9b::")), 96), (2, 0))
+"""IPv6 addresses the engine rewrites to the IPv4 address they carry before matching
+anything (mapped, NAT64, compatible `::a.b.c.d` but `::` and `::1`): their cells are the
+IPv4 cells. (value, prefix length); `(2, 0)` stands for ::2 .. ::ffff:ffff."""
+_SIX_TO_FOUR = int(ipaddress.IPv6Address("2002::"))
 
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -232,44 +238,87 @@ def policy_sources(policy: Policy) -> list[str]:
     return found
 
 
-def _guard_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [
-        ipaddress.ip_network(p) for p in SPECIAL_RANGES]
-    for prefix, shift in _EMBED_V4:
-        base = int(ipaddress.IPv6Address(prefix))
-        length = 128 - 32 - shift
-        nets.append(ipaddress.IPv6Network((base, length)))
-        for p in SPECIAL_RANGES:
-            v4 = ipaddress.ip_network(p)
-            if v4.version == 4:
-                nets.append(ipaddress.IPv6Network(
-                    (base + (int(v4.network_address) << shift), length + v4.prefixlen)))
-    return nets
+def _canonical_spans() -> list[tuple[int, int]]:
+    out = []
+    for value, length in _CANONICAL_V6:
+        if length == 0:
+            out.append((2, (1 << 32) - 1))
+        else:
+            out.append((value, value + (1 << (128 - length)) - 1))
+    return out
 
 
-_GUARD_NETS = _guard_networks()
+def _guard_spans(version: int) -> list[tuple[int, int]]:
+    """The guard's special ranges as sorted, merged integer spans (IPv6: also 6to4
+    addresses carrying a special IPv4 address, which the guard judges by that)."""
+    nets = [ipaddress.ip_network(p) for p in SPECIAL_RANGES]
+    spans = [(int(n.network_address), int(n.broadcast_address)) for n in nets
+             if n.version == version]
+    if version == 6:
+        for n in nets:
+            if n.version == 4:
+                low = _SIX_TO_FOUR + (int(n.network_address) << 80)
+                spans.append((low, low + (1 << (80 + 32 - n.prefixlen)) - 1))
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for low, high in spans:
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
+        else:
+            merged.append((low, high))
+    return merged
+
+
+_GUARD = {4: _guard_spans(4), 6: _guard_spans(6)}
+_CANONICAL = _canonical_spans()
 
 
 def intervals(networks: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network],
-              version: int, *, with_guard: bool
-              ) -> list[tuple[IPAddr, IPAddr, bool]]:
+              version: int, *, cuts_only: bool = False
+              ) -> list[tuple[int, int, bool]]:
     """(first, last, named) for each interval of one address family between the
-    boundaries of `networks` (and the guard's ranges); `named` when inside one of
-    `networks`."""
+    boundaries of `networks`; `named` when inside one of them. For destinations
+    (`cuts_only` false) the IPv6 ranges the engine rewrites to IPv4 are left out."""
     size = 32 if version == 4 else 128
-    cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
-    mine = [n for n in (ipaddress.ip_network(x) for x in networks) if n.version == version]
+    mine = [n for n in (ipaddress.ip_network(x, strict=False) for x in networks)
+            if n.version == version]
     cuts = {0, 1 << size}
-    for net in mine + ([n for n in _GUARD_NETS if n.version == version] if with_guard
-                       else []):
+    for net in mine:
         cuts.add(int(net.network_address))
         cuts.add(int(net.broadcast_address) + 1)
-    ordered = sorted(cuts)
+    skip: list[tuple[int, int]] = []
+    if version == 6 and not cuts_only:
+        skip = _CANONICAL
+        for low, high in skip:
+            cuts.update((low, high + 1))
     spans = [(int(n.network_address), int(n.broadcast_address)) for n in mine]
     out = []
-    for low, high in itertools.pairwise(ordered):
-        named = any(a <= low <= b for a, b in spans)
-        out.append((cls(low), cls(high - 1), named))
+    for low, high in itertools.pairwise(sorted(cuts)):
+        if any(a <= low <= b for a, b in skip):
+            continue
+        out.append((low, high - 1, any(a <= low <= b for a, b in spans)))
+    return out
+
+
+def representatives(low: int, high: int, version: int) -> list[tuple[IPAddr, bool]]:
+    """(address, special) for at most two addresses of [low, high]: one the address guard
+    refuses and one it does not, where the interval has them. Inside an interval whose
+    addresses every rule treats alike, that is the only difference left."""
+    cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    special: int | None = None
+    plain: int | None = low
+    for a, b in _GUARD[version]:
+        if b < low or a > high:
+            continue
+        if special is None:
+            special = max(a, low)
+        if plain is not None and a <= plain <= b:
+            plain = b + 1 if b < high else None
+    out = []
+    if plain is not None:
+        out.append((cls(plain), False))
+    if special is not None:
+        out.append((cls(special), True))
     return out
 
 
@@ -294,6 +343,19 @@ def _span(low: IPAddr, high: IPAddr) -> str:
     return str(nets[0]) if len(nets) == 1 else f"{low}-{high}"
 
 
+def _classes(spans: list[tuple[int, int, bool]], version: int, named_only: bool
+             ) -> list[tuple[IPAddr, str]]:
+    cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    out = []
+    for low, high, named in spans:
+        if named_only and not named:
+            continue
+        shown = _span(cls(low), cls(high))
+        for ip, special in representatives(low, high, version):
+            out.append((ip, f"{shown} ({'guarded' if special else 'public'} part)"))
+    return out
+
+
 def _host_text(ip: IPAddr) -> str:
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
@@ -308,16 +370,18 @@ def cells(policies: Sequence[Policy], refs: References,
     patterns = [p for pol in policies for p in host_patterns(pol, refs)]
     names = name_classes(patterns)
     nets = [n for pol in policies for n in policy_networks(pol, refs)]
-    dest_ips = [(lo, hi) for v in (4, 6) for lo, hi, _ in intervals(nets, v, with_guard=True)]
-    named_ips = [(lo, hi) for v in (4, 6) for lo, hi, named in intervals(
-        nets, v, with_guard=True) if named]
+    literal = [f"{p}/{32 if ':' not in p else 128}" for p in patterns if not _is_name(p)
+               and p != "*"]  # an IP literal as a name rule target
+    dest_ips = [c for v in (4, 6) for c in _classes(intervals(nets + literal, v), v, False)]
+    named_ips = [c for v in (4, 6) for c in _classes(intervals(nets, v), v, True)]
     cuts = sorted(set().union(*(port_intervals(p) for p in policies)))
     ports = list(itertools.pairwise(cuts))
     ports = [(lo, hi - 1) for lo, hi in ports]
     srcs = [s for pol in policies for s in policy_sources(pol)]
     sources: list[tuple[IPAddr, IPAddr] | None] = [None]
-    sources += [(lo, hi) for v in (4, 6) for lo, hi, named in intervals(
-        srcs, v, with_guard=False) if named]
+    for version, cls in ((4, ipaddress.IPv4Address), (6, ipaddress.IPv6Address)):
+        sources += [(cls(lo), cls(hi)) for lo, hi, named in intervals(
+            srcs, version, cuts_only=True) if named]
     per_name = (1 + len(named_ips)) * len(sources)
     total = (len(names) * (per_name * (3 * len(ports) + 2 * len(ports) + 1) + len(sources))
              + len(dest_ips) * len(sources) * (5 * len(ports) + 1))
@@ -337,16 +401,16 @@ def _options(source: tuple[IPAddr, IPAddr] | None, address: IPAddr | None = None
     return out
 
 
-def _name_cells(names: list[tuple[str, str]], named_ips: list[tuple[IPAddr, IPAddr]],
+def _name_cells(names: list[tuple[str, str]], named_ips: list[tuple[IPAddr, str]],
                 ports: list[tuple[int, int]], sources: list[tuple[IPAddr, IPAddr] | None]
                 ) -> Iterator[Cell]:
-    addresses: list[tuple[IPAddr, IPAddr] | None] = [None, *named_ips]
+    addresses: list[tuple[IPAddr, str] | None] = [None, *named_ips]
     for (name, desc), source, span in itertools.product(names, sources, addresses):
         src = source[0] if source else None
         src_text = "any" if source is None else _span(*source)
         addr = span[0] if span else None
         addrs = (addr,) if addr is not None else ()
-        via = _span(*span) if span else ""
+        via = span[1] if span else ""
         opts = _options(source, addr)
         for low, high in ports:
             for scheme in ("http", "https"):
@@ -368,13 +432,12 @@ def _name_cells(names: list[tuple[str, str]], named_ips: list[tuple[IPAddr, IPAd
                        f"dns {name}{opts}", "dns", desc, None, src_text)
 
 
-def _ip_cells(dest_ips: list[tuple[IPAddr, IPAddr]], ports: list[tuple[int, int]],
+def _ip_cells(dest_ips: list[tuple[IPAddr, str]], ports: list[tuple[int, int]],
               sources: list[tuple[IPAddr, IPAddr] | None]) -> Iterator[Cell]:
-    for (low_ip, high_ip), source in itertools.product(dest_ips, sources):
+    for (low_ip, desc), source in itertools.product(dest_ips, sources):
         src = source[0] if source else None
         src_text = "any" if source is None else _span(*source)
         host = _host_text(low_ip)
-        desc = _span(low_ip, high_ip)
         opts = _options(source)
         yield Cell(Request(kind=Kind.FLOW, host=str(low_ip), protocol="icmp", source=src),
                    f"flow {host}/icmp{opts}", "flow/icmp", desc, None, src_text)
