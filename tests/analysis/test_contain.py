@@ -239,7 +239,7 @@ def pairs(draw: st.DrawFn) -> tuple[Policy, Policy]:
         index = draw(st.integers(0, len(theirs[field]) - 1))
         collection = dict(theirs[field][index])
         rule = dict(collection["rules"][0])
-        fresh = draw(net_rule if field.startswith("network") else app_rule)
+        fresh: dict[str, Any] = draw(net_rule if field.startswith("network") else app_rule)
         key = draw(st.sampled_from(sorted(k for k in fresh if k != "action")))
         rule[key] = fresh[key]  # one dimension of one rule changes
         collection["rules"] = [rule]
