@@ -84,8 +84,7 @@ def test_a_cli_write_beyond_the_ceiling_exits_1_and_check_confirms_it(
     assert code == 1 and "counterexample: " in out and "confirm: egressguard check" in out
 
 
-def test_a_wider_udp_port_range_is_refused_with_a_udp_flow(store_url: str,
-                                                           tmp_path: Path) -> None:
+def test_a_wider_udp_port_range_is_refused_with_a_udp_flow(tmp_path: Path) -> None:
     ceiling = _file(tmp_path, "ceiling.yaml", CEILING)
     wider = _file(tmp_path, "wider.yaml", CEILING.replace('"51820"', '"51820-51830"'))
     code, out = _run("ceiling", "check", "-f", wider, "--ceiling", ceiling)
@@ -96,7 +95,6 @@ def test_a_wider_udp_port_range_is_refused_with_a_udp_flow(store_url: str,
     assert _run("check", *args, "--policy", wider)[0] == 0
     assert _run("check", *args, "--policy", ceiling)[0] == 1
     assert _run("ceiling", "check", "-f", ceiling, "--ceiling", ceiling)[0] == 0
-    del store_url
 
 
 def test_cli_writes_breaking_assertions_and_rollbacks_beyond_the_ceiling_exit_1(
@@ -136,3 +134,43 @@ def test_versions_diff_reach_lists_what_opens_and_fails_on_new_reach(
     code, out = _run("versions", "diff", "3", "1", "--reach", "--fail-on-new-reach",
                      "--store", store_url)
     assert code == 0 and "- " in out and "0 regions become reachable" in out
+
+
+def test_replay_reports_what_a_candidate_would_flip_on_a_recorded_log(
+        store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import os
+    import time
+
+    from egressguard.audit.events import DecisionEvent
+    from egressguard.audit.log import AuditLog
+
+    monkeypatch.setenv("EGRESSGUARD_AUDIT_KEY", base64.b64encode(os.urandom(32)).decode())
+    now = time.time()
+
+    def event(host: str, permitted: bool, who: str = "build-agent", age: float = 60,
+              **extra: object) -> DecisionEvent:
+        fields: dict[str, object] = dict(
+            time=now - age, cluster="default", kind="connect", host=host, port=443,
+            verdict="allow" if permitted else "deny", permitted=permitted,
+            layer="allowed_fqdn", rule="r", reason="x", client_address="10.1.2.3",
+            client_identity=who, connection_id="c")
+        fields.update(extra)
+        return DecisionEvent(**fields)  # type: ignore[arg-type]
+
+    with AuditLog(store_url) as log:
+        for _ in range(3):
+            log.emit(event("pypi.org", True))
+        log.emit(event("pypi.org", True, phase="close", bytes_up=10))  # not a decision
+        log.emit(event("evil.example", False, who="", client_address="10.9.9.9"))
+        log.emit(event("api.github.com", True))  # unchanged
+        log.emit(event("pypi.org", True, who="old-job", age=30 * 86400))  # outside 7d
+        log.flush()
+    candidate = _file(tmp_path, "candidate.yaml", "restrict_outbound_network_access: true\n"
+                      "allowed_fqdn_list: [api.github.com, evil.example]\n")
+    code, out = _run("replay", "--policy", candidate, "--since", "7d", "--store", store_url)
+    assert code == 0, out
+    assert "newly denied: 3 requests from build-agent to pypi.org:443 (connect)" in out
+    assert "newly allowed: 1 request from 10.9.9.9 to evil.example:443 (connect)" in out
+    assert "5 recorded decisions replayed: 3 newly denied, 1 newly allowed" in out
+    assert "old-job" not in out

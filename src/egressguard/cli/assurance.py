@@ -1,6 +1,6 @@
 """Policy assurance commands: `test` (a policy file's assertions, for CI), `ceiling`
-(set, show, clear and check a cluster's ceiling) and the reachability diff behind
-`versions diff A B --reach`.
+(set, show, clear and check a cluster's ceiling), `replay` (the audit log re-decided
+under a candidate policy) and the reachability diff behind `versions diff A B --reach`.
 
 Exit status: 0 passed / done, 1 an assertion failed, the ceiling is exceeded (a
 `counterexample:` line follows) or new reach appeared with `--fail-on-new-reach`, 2 bad
@@ -191,6 +191,40 @@ def reach(a: int, b: int, name: str, store: str | None, output: str,
         raise typer.Exit(1)
 
 
+def replay(policy: Annotated[Path, typer.Option(
+        "--policy", help="the candidate policy (YAML or JSON)")],
+        since: Annotated[str, typer.Option(help="recorded window, e.g. 7d, 12h")] = "7d",
+        cluster: Annotated[str | None, typer.Option(
+            help="only this cluster's records (default every cluster's)")] = None,
+        store: StoreOpt = None, output: OutputOpt = "table") -> None:
+    """Re-decide the audit log's recorded requests under a candidate policy and report
+    what would flip (newly denied / newly allowed, per client and destination)."""
+    from egressguard.analysis.replay import replay as run
+    from egressguard.audit.query import Filter, QueryError, parse_since, scan
+    from egressguard.cli.evidence import _open
+    from egressguard.engine import CompileError, compile_policy
+
+    candidate = _load(policy)
+    try:
+        snapshot = compile_policy(candidate, _refs())
+        flt = Filter(since=parse_since(since), cluster=cluster)
+    except (CompileError, QueryError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    engine, sealer = _open(store)
+    try:
+        result = run(scan(engine, flt, sealer=sealer), snapshot)
+    finally:
+        engine.dispose()
+    if output == "json":
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    for line in result.lines():
+        typer.echo(line)
+    typer.echo(result.summary())
+
+
 def register(app: typer.Typer) -> None:
     app.command()(test)
+    app.command()(replay)
     app.add_typer(ceiling_app, name="ceiling")

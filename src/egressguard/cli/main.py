@@ -37,6 +37,7 @@ AREAS: dict[str, str] = {
     "config": "egressguard.cli.settings",
     "export": "egressguard.cli.export",
     "test": "egressguard.cli.assurance", "ceiling": "egressguard.cli.assurance",
+    "replay": "egressguard.cli.assurance",
 }
 
 
