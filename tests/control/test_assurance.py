@@ -178,3 +178,39 @@ def test_api_writes_breaking_assertions_are_422_naming_them(
         "assertions": [{"request": "nonsense", "expect": "allow"}]}}, headers=op)
     assert bad.status_code == 422
     assert bad.json()["error"]["target"].startswith("properties.assertions[0]")
+
+
+def test_replay_over_the_api_reports_flips_to_auditors_only(
+        client: TestClient, store: Store, store_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import os
+    import time
+
+    from egressguard.audit.events import DecisionEvent
+    from egressguard.audit.log import AuditLog
+
+    monkeypatch.setenv("EGRESSGUARD_AUDIT_KEY", base64.b64encode(os.urandom(32)).decode())
+    with AuditLog(store_url) as log:
+        for host, permitted in (("pypi.org", True), ("pypi.org", True), ("evil.example", False)):
+            log.emit(DecisionEvent(time=time.time(), cluster="default", kind="connect",
+                                   host=host, port=443, verdict="allow" if permitted
+                                   else "deny", permitted=permitted, layer="x", rule="r",
+                                   reason="x", client_identity="ci-runner",
+                                   client_address="10.1.2.3"))
+        log.flush()
+    body = {"policy": {"restrict_outbound_network_access": True,
+                       "allowed_fqdn_list": ["evil.example"]}, "since": "1h"}
+    assert client.post("/v1/replay", json=body,
+                       headers=_auth(store, "operator")).status_code == 403
+    got = client.post("/v1/replay", json=body, headers=_auth(store, "auditor"))
+    assert got.status_code == 200, got.text
+    data = got.json()
+    assert data["decisions"] == 3
+    assert data["newly_denied"] == [{"client": "ci-runner", "kind": "connect",
+                                     "destination": "pypi.org:443", "requests": 2}]
+    assert "newly allowed: 1 request from ci-runner to evil.example:443 (connect)" in \
+        data["lines"]
+    bad = client.post("/v1/replay", json={**body, "since": "yesterday-ish"},
+                      headers=_auth(store, "auditor"))
+    assert bad.status_code == 422

@@ -57,6 +57,7 @@ def request_of(record: Mapping[str, Any]) -> Request | None:
 class Replay:
     decisions: int = 0
     skipped: int = 0
+    truncated: bool = False
     newly_denied: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     newly_allowed: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
@@ -72,6 +73,8 @@ class Replay:
     def summary(self) -> str:
         denied, allowed = sum(self.newly_denied.values()), sum(self.newly_allowed.values())
         skipped = f", {self.skipped} skipped" if self.skipped else ""
+        if self.truncated:
+            skipped += " (stopped at the record limit: narrow --since or --cluster)"
         return (f"{self.decisions} recorded decisions replayed: {denied} newly denied, "
                 f"{allowed} newly allowed{skipped}")
 
@@ -80,16 +83,25 @@ class Replay:
             return [{"client": w, "kind": k, "destination": d, "requests": n}
                     for (w, k, d), n in flips.most_common()]
         return {"decisions": self.decisions, "skipped": self.skipped,
+                "truncated": self.truncated,
                 "newly_denied": rows(self.newly_denied),
                 "newly_allowed": rows(self.newly_allowed), "summary": self.summary()}
 
 
-def replay(records: Iterable[Mapping[str, Any]], candidate: Snapshot) -> Replay:
-    """Re-decide every recorded decision under `candidate` and count what flips."""
+MAX_DECISIONS = 2_000_000
+
+
+def replay(records: Iterable[Mapping[str, Any]], candidate: Snapshot,
+           limit: int = MAX_DECISIONS) -> Replay:
+    """Re-decide every recorded decision under `candidate` and count what flips (at most
+    `limit` decisions: then `truncated`)."""
     result = Replay()
     for record in records:
         if record.get("phase", "decision") != "decision":
             continue
+        if result.decisions >= limit:
+            result.truncated = True
+            break
         result.decisions += 1
         request = request_of(record)
         if request is None:

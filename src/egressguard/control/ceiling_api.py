@@ -1,10 +1,12 @@
-"""REST routes for a cluster's ceiling: `GET/PUT/DELETE /v1/clusters/{name}/ceiling`.
+"""REST routes for a cluster's ceiling: `GET/PUT/DELETE /v1/clusters/{name}/ceiling`,
+and `POST /v1/replay` (the audit log re-decided under a candidate policy).
 
 Admins only: the ceiling is what lets a security team delegate policy editing to
 operators, so an operator must not be able to move it. A PUT body is
 `{"policy": {...}}` (a policy document) or `{"policy_text": "..."}` (YAML/JSON), with
 an optional `strict` (refuse writes whose containment cannot be proved). Refusals
 (the policy in force already exceeds the ceiling) are 422 with the counterexample.
+Replay reads who called what, so it needs an auditor or admin token.
 Included by the control-plane app through `OPTIONAL_ROUTERS`.
 """
 
@@ -35,12 +37,23 @@ class CeilingBody(BaseModel):
     strict: bool = False
 
 
+class ReplayBody(BaseModel):
+    """The candidate (`policy` or `policy_text`), the recorded window and cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: dict[str, Any] | None = None
+    policy_text: str | None = Field(None, max_length=4_000_000)
+    since: str = Field("7d", max_length=40)
+    cluster: str | None = Field(None, max_length=100)
+
+
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def _policy(body: CeilingBody) -> Policy:
+def _policy(body: CeilingBody | ReplayBody) -> Policy:
     if (body.policy is None) == (body.policy_text is None):
         raise InvalidInput([("policy", "give exactly one of policy or policy_text")])
     try:
@@ -69,3 +82,24 @@ def put_ceiling(name: ClusterName, body: CeilingBody, request: Request, who: Adm
 @router.delete("/clusters/{name}/ceiling")
 def delete_ceiling(name: ClusterName, request: Request, _who: Admin) -> dict[str, Any]:
     return {"cluster": name, "cleared": _store(request).clear_ceiling(name)}
+
+
+@router.post("/replay", tags=["analysis"])
+def replay_audit(body: ReplayBody, request: Request,
+                 _who: Annotated[Principal, Depends(require_role("auditor"))]
+                 ) -> dict[str, Any]:
+    """What the candidate would flip among the recorded decisions of the window."""
+    from egressguard.analysis.replay import replay
+    from egressguard.audit.api import reader
+    from egressguard.audit.query import Filter, QueryError, parse_since, scan
+    from egressguard.catalog import references
+    from egressguard.engine import compile_policy
+
+    candidate = compile_policy(_policy(body), references())
+    try:
+        flt = Filter(since=parse_since(body.since), cluster=body.cluster)
+    except QueryError as exc:
+        raise InvalidInput([("since", str(exc))]) from None
+    engine, sealer = reader(request)
+    result = replay(scan(engine, flt, sealer=sealer), candidate)
+    return {**result.as_dict(), "lines": result.lines()}
