@@ -214,3 +214,16 @@ def test_replay_over_the_api_reports_flips_to_auditors_only(
     bad = client.post("/v1/replay", json={**body, "since": "yesterday-ish"},
                       headers=_auth(store, "auditor"))
     assert bad.status_code == 422
+
+
+def test_a_proof_against_a_ceiling_changed_meanwhile_is_redone_in_the_transaction(
+        store: Store) -> None:
+    # commit() proves before taking the write lock; a ceiling set in between must be seen.
+    wide = _policy(["evil.example"])
+    from egressguard.policy import dump_policy
+
+    store.set_ceiling("default", CEILING, "sec")
+    with pytest.raises(Refused, match="counterexample: "):
+        store._insert("default", dump_policy(wide), "op", "race", False, wide,
+                      proved=(None, False))  # what commit() saw before the ceiling
+    assert store.current("default").number == 1

@@ -304,10 +304,16 @@ class Store:
                           "'-', at most 63", "name")
         check_policy(policy)
         body = dump_policy(policy)
+        # Prove outside the write lock (it can take seconds); the transaction re-proves
+        # only if the ceiling changed meanwhile.
+        try:
+            proved: tuple[str | None, bool] | None = self._gate(name, policy)
+        except NotFound:
+            proved = None
         for attempt in range(5):
             try:
                 version, changed = self._insert(name, body, principal, summary, create,
-                                                policy)
+                                                policy, proved)
                 break
             except IntegrityError:
                 if attempt == 4 or create:
@@ -317,7 +323,8 @@ class Store:
         return version
 
     def _insert(self, name: str, body: str, principal: str, summary: str,
-                create: bool, policy: Policy) -> tuple[Version, bool]:
+                create: bool, policy: Policy,
+                proved: tuple[str | None, bool] | None = None) -> tuple[Version, bool]:
         with self._write_lock, self._session(write=True) as s:
             # Lock the cluster row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
             # writers) so that concurrent writers in other processes queue here instead of
@@ -335,7 +342,7 @@ class Store:
                              .order_by(VersionRow.number.desc()).limit(1)).first()
             if last is not None and last.policy == body:
                 return self._version(name, last), False
-            self._admit(s, cid, name, policy)
+            self._admit(s, cid, name, policy, proved)
             new = VersionRow(cluster_id=cid, number=(last.number if last else 0) + 1,
                              policy=body, principal=principal, created_at=_now(),
                              summary=summary)
@@ -346,10 +353,22 @@ class Store:
                           {"channel": NOTIFY_CHANNEL, "payload": f"{name}:{new.number}"})
             return self._version(name, new), True
 
-    def _admit(self, s: Session, cid: int, name: str, policy: Policy) -> None:
+    def _gate(self, name: str, policy: Policy) -> tuple[str | None, bool]:
+        """Run the gate against the cluster's ceiling now; return the (ceiling text,
+        strict) it passed, for `_admit` to recognise."""
+        found = self.ceiling(name)
+        admit(policy, found.policy if found else None, found.strict if found else False)
+        return (found.text, found.strict) if found else (None, False)
+
+    def _admit(self, s: Session, cid: int, name: str, policy: Policy,
+               proved: tuple[str | None, bool] | None = None) -> None:
         """The one gate of every version write (commit, PUT/PATCH, rollback, create),
-        inside the write transaction so that a ceiling set concurrently is seen."""
+        inside the write transaction so that a ceiling set concurrently is seen; a
+        proof made just before against the same ceiling (`proved`) is not repeated."""
         found = self._ceiling(s, cid, name)
+        if proved is not None and proved == ((found.text, found.strict) if found
+                                             else (None, False)):
+            return
         admit(policy, found.policy if found else None, found.strict if found else False)
 
     def _ceiling(self, s: Session, cid: int, name: str) -> Ceiling | None:
