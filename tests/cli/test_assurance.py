@@ -174,3 +174,17 @@ def test_replay_reports_what_a_candidate_would_flip_on_a_recorded_log(
     assert "newly allowed: 1 request from 10.9.9.9 to evil.example:443 (connect)" in out
     assert "5 recorded decisions replayed: 3 newly denied, 1 newly allowed" in out
     assert "old-job" not in out
+
+
+def test_a_kusto_command_beyond_the_ceiling_exits_1_with_a_callout_counterexample(
+        sqlite_url: str, tmp_path: Path) -> None:
+    assert _run("cluster", "update", "--set",
+                "properties.restrictOutboundNetworkAccess=Disabled",
+                "--store", sqlite_url)[0] == 0
+    assert _run("ceiling", "set", "-f", _file(tmp_path, "c.json", "{}"),
+                "--store", sqlite_url)[0] == 0
+    code, out = _run("mgmt", ".alter cluster policy callout @'[{\"CalloutType\":\"sql\","
+                     "\"CalloutUriRegex\":\"^https://x\\\\.evil\\\\.example/\","
+                     "\"CanCall\":true}]'", "--store", sqlite_url)
+    assert code == 1, out
+    assert "counterexample: sql https://x.evil.example/" in out
