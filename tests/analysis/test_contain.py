@@ -107,6 +107,17 @@ def test_a_udp_port_range_beyond_the_ceiling_gives_a_udp_flow() -> None:
     assert args[:5] == [args[0], "--kind", "flow", "--protocol", "udp"]
 
 
+def test_an_icmp_flow_to_a_name_beyond_the_ceiling_is_found() -> None:
+    def net(protocol: str) -> Policy:
+        return _policy({"network_rule_collections": [{"name": "n", "rules": [
+            {"name": "a", "destinations": ["x.example.com"], "protocols": [protocol]}]}]})
+
+    answer = contains(net("icmp"), net("tcp"))
+    assert answer.counterexample == "flow x.example.com/icmp"
+    assert _confirmed(net("icmp"), net("tcp"), answer.counterexample)
+    assert contains(net("icmp"), net("any")).status == "contained"
+
+
 def test_a_private_cidr_is_not_under_a_star_ceiling_because_of_the_guard() -> None:
     # `*` never lifts the address guard; naming 10.1.0.0/16 does.
     policy = _policy({"network_rule_collections": [{"name": "n", "rules": [

@@ -383,7 +383,7 @@ def cells(policies: Sequence[Policy], refs: References,
         sources += [(cls(lo), cls(hi)) for lo, hi, named in intervals(
             srcs, version, cuts_only=True) if named]
     per_name = (1 + len(named_ips)) * len(sources)
-    total = (len(names) * (per_name * (3 * len(ports) + 2 * len(ports) + 1) + len(sources))
+    total = (len(names) * (per_name * (5 * len(ports) + 1) + len(sources))
              + len(dest_ips) * len(sources) * (5 * len(ports) + 1))
     if total > limit:
         raise TooLarge(f"the policies cut the request space into about {total} cells "
@@ -427,6 +427,9 @@ def _name_cells(names: list[tuple[str, str]], named_ips: list[tuple[IPAddr, str]
                                    addresses=addrs, source=src),
                            f"flow {name}:{low}/{proto}{opts}",
                            f"flow/{proto}", desc, (low, high), src_text, via)
+        yield Cell(Request(kind=Kind.FLOW, host=name, protocol="icmp", addresses=addrs,
+                           source=src),
+                   f"flow {name}/icmp{opts}", "flow/icmp", desc, None, src_text, via)
         if span is None:  # last: a URL or a tunnel is the clearer counterexample
             yield Cell(Request(kind=Kind.DNS, host=name, protocol="udp", source=src),
                        f"dns {name}{opts}", "dns", desc, None, src_text)
