@@ -8,6 +8,7 @@ The request list is text, one request per line (`#` starts a comment)::
     dns evil.example
     flow 20.60.1.2:443 address=20.60.1.2
     flow 10.0.0.53:53 protocol=udp
+    flow 20.50.1.1:1194/udp                          # a protocol suffix: /tcp, /udp, /icmp
     https://x.example/ address=203.0.113.9,203.0.113.10 source=10.1.0.4 port=8443
 
 Options after the target: `address=IP[,IP...]` (what the name resolves to, for the
@@ -80,8 +81,11 @@ def _parse_line(text: str) -> Request:
                              + ", ".join(f"{o}=..." for o in OPTIONS))
         found[key] = value
     addresses = [a for a in found.get("address", "").split(",") if a]
+    protocol = found.get("protocol")
+    if kind is Kind.FLOW and target.lower().endswith(("/tcp", "/udp", "/icmp")):
+        target, _, protocol = target.rpartition("/")  # `flow 20.50.1.1:1194/udp`
     return query_of({"url": target, "type": callout_type, "kind": kind,
-                     "port": found.get("port"), "protocol": found.get("protocol"),
+                     "port": found.get("port"), "protocol": protocol,
                      "addresses": addresses, "source": found.get("source")},
                     _NAMES).request()
 

@@ -26,7 +26,7 @@ from egressguard.control.auth import Principal
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import from_arm, to_arm
-from egressguard.store import Store, open_store
+from egressguard.store import Refused, Store, open_store
 
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar="EGRESSGUARD_STORE",
@@ -64,6 +64,9 @@ def _store(url: str | None) -> Iterator[Store]:
         yield store
     except CommandSyntaxError as exc:
         raise _fail(f"{exc}\n{exc.pointer()}") from None
+    except Refused as exc:  # assertions or the ceiling: exit 1, the reasons one a line
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     finally:
         store.close()
 
@@ -82,6 +85,9 @@ def _api(method: str, api: str, token: str | None, path: str, body: Any = None) 
             message = response.json()["error"]["message"]
         except Exception:
             message = response.text
+        if response.status_code == 422 and str(message).startswith("policy refused:"):
+            typer.echo(f"error: {response.status_code}: {message}", err=True)
+            raise typer.Exit(1)  # assertions or the ceiling refused the write
         raise _fail(f"{response.status_code}: {message}")
     return response.json()
 
@@ -324,11 +330,40 @@ def versions_show(number: Annotated[int, typer.Argument(help="version number")],
 @versions_app.command("diff")
 def versions_diff(a: Annotated[int, typer.Argument(help="older version")],
                   b: Annotated[int, typer.Argument(help="newer version")],
-                  name: NameOpt = None, store: StoreOpt = None) -> None:
-    """Unified diff of two versions' YAML."""
+                  name: NameOpt = None, store: StoreOpt = None,
+                  reach: Annotated[bool, typer.Option(
+                      "--reach", help="what becomes reachable and unreachable")] = False,
+                  fail_on_new_reach: Annotated[bool, typer.Option(
+                      "--fail-on-new-reach", help="with --reach: exit 1 if B opens anything")
+                  ] = False, output: OutputOpt = "table") -> None:
+    """Unified diff of two versions' YAML (`--reach`: of what they let through)."""
     name = config.cluster(name)
+    if reach or fail_on_new_reach:
+        return _reach(a, b, name, store, output, fail_on_new_reach)
     with _store(store) as st:
         sys.stdout.write(st.diff(name, a, b))
+
+
+def _reach(a: int, b: int, name: str, store: str | None, output: str,
+           fail_on_new: bool) -> None:
+    """`versions diff A B --reach`: what version B makes reachable and unreachable."""
+    from egressguard.analysis.cells import TooLarge
+    from egressguard.analysis.reach import reach_diff
+    from egressguard.catalog import references
+
+    with _store(store) as st:
+        old, new = st.version(name, a).policy, st.version(name, b).policy
+    try:
+        result = reach_diff(old, new, references())
+    except TooLarge as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if output == "json":
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        typer.echo(result.text(), nl=False)
+    if fail_on_new and result.opened:
+        raise typer.Exit(1)
 
 
 def rollback(number: Annotated[int, typer.Argument(help="version to restore")],

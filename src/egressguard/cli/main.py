@@ -46,6 +46,8 @@ AREAS: dict[str, str] = {
     "config": "egressguard.cli.settings",
     "export": "egressguard.cli.export",
     "keyvault": "egressguard.cli.keyvault",
+    "test": "egressguard.cli.assurance", "ceiling": "egressguard.cli.assurance",
+    "replay": "egressguard.cli.assurance",
 }
 
 

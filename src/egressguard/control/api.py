@@ -70,7 +70,8 @@ from egressguard.store import unavailable_reason as _unavailable
 from egressguard.store.tokens import DEFAULT_TOKEN_LIFETIME, parse_lifetime
 
 _log = logging.getLogger(__name__)
-OPTIONAL_ROUTERS = ("egressguard.audit.api", "egressguard.analysis.api", "egressguard.web.routes")
+OPTIONAL_ROUTERS = ("egressguard.audit.api", "egressguard.analysis.api", "egressguard.web.routes",
+                    "egressguard.control.ceiling_api")
 
 ClusterName = Annotated[str, Path(min_length=1, max_length=100,
                                   pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]

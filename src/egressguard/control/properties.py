@@ -29,6 +29,7 @@ PROPERTIES = {
     "networkRuleCollections": "network_rule_collections",
     "serviceEndpointPolicies": "service_endpoint_policies",
     "trustedRanges": "trusted_ranges",
+    "assertions": "assertions",
 }
 FIELDS = {v: k for k, v in PROPERTIES.items()}
 READ_ONLY = frozenset({"provisioningState", "version"})
@@ -74,6 +75,7 @@ def to_arm(version: Version) -> dict[str, Any]:
             {"calloutType": r.callout_type, "calloutUriRegex": r.uri_regex,
              "outboundAccess": "Allow" if r.can_call else "Deny"} for r in policy.callouts],
         "trustedRanges": list(policy.trusted_ranges),
+        "assertions": data.get("assertions", []),
     }
     for field in ("application_rule_collections", "network_rule_collections",
                   "service_endpoint_policies"):

@@ -360,6 +360,20 @@ class ServiceEndpointPolicy(_Strict):
         return value
 
 
+class Assertion(_Strict):
+    """A request (one `simulate` line) the policy must decide as `expect`: checked on every
+    write, which is refused when one fails, and by `egressguard test` in CI. The line is
+    parsed there (`analysis.assertions`), above the engine, not by the model."""
+
+    request: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    expect: Action
+    name: Name | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.request
+
+
 class Policy(_Strict):
     """One cluster's complete outbound-access policy."""
 
@@ -379,6 +393,7 @@ class Policy(_Strict):
     """Private CIDRs that names allowed by name rules may resolve into (the address guard
     lets them through for such names); the ranges themselves stay closed to flows and IP
     literals unless a network rule names them."""
+    assertions: list[Assertion] = Field(default_factory=list, max_length=1000)
 
     @property
     def immutable_callouts(self) -> tuple[CalloutRule, ...]:

@@ -3,9 +3,11 @@
 from egressguard.store.store import (
     DEFAULT_CLUSTER,
     NOTIFY_CHANNEL,
+    Ceiling,
     Exists,
     Invalid,
     NotFound,
+    Refused,
     Store,
     StoreError,
     StoreUnavailable,
@@ -22,9 +24,11 @@ from egressguard.store.urls import StoreURLError, normalize_url
 __all__ = [
     "DEFAULT_CLUSTER",
     "NOTIFY_CHANNEL",
+    "Ceiling",
     "Exists",
     "Invalid",
     "NotFound",
+    "Refused",
     "Store",
     "StoreError",
     "StoreURLError",

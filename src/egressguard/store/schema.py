@@ -79,3 +79,16 @@ class SessionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class CeilingRow(Base):
+    """A cluster's ceiling: every version written must be contained in it."""
+
+    __tablename__ = "cluster_ceilings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id"), unique=True)
+    policy: Mapped[str] = mapped_column(Text)
+    strict: Mapped[bool] = mapped_column(Boolean, default=False)
+    principal: Mapped[str] = mapped_column(String(200))
+    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

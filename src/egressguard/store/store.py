@@ -27,13 +27,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as SATimeout
 from sqlalchemy.orm import Session
 
+from egressguard.catalog import references
 from egressguard.catalog.compile import snapshot_for
 from egressguard.engine import CompileError
 from egressguard.errors import EgressguardError, InputError, Unavailable
 from egressguard.policy import Policy, PolicyError, dump_policy, load_policy_text
 from egressguard.policy.builtins import DENY_ALL
 from egressguard.store import bus, db
-from egressguard.store.schema import ClusterRow, SessionRow, TokenRow, VersionRow
+from egressguard.store.schema import CeilingRow, ClusterRow, SessionRow, TokenRow, VersionRow
 from egressguard.store.tokens import (
     DEFAULT_TOKEN_LIFETIME,
     MAX_SECRET,
@@ -78,6 +79,49 @@ class Invalid(StoreError, InputError):
     def __init__(self, message: str, field: str = "") -> None:
         super().__init__(message)
         self.field = field
+
+
+class Refused(Invalid):
+    """A policy write refused by the cluster's assertions or ceiling (HTTP 422, exit 1);
+    `problems` are the lines that say why (failing assertions, `counterexample: ...`)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("policy refused:\n" + "\n".join(problems), "policy")
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    cluster: str
+    policy: Policy
+    text: str
+    strict: bool
+    principal: str
+    set_at: datetime
+
+    def meta(self) -> dict[str, Any]:
+        return {"cluster": self.cluster, "strict": self.strict, "principal": self.principal,
+                "set_at": self.set_at.isoformat()}
+
+
+def admit(policy: Policy, ceiling: Policy | None, strict: bool = False) -> None:
+    """The gate every version write passes: raise `Refused` when an assertion of `policy`
+    fails or `policy` may allow something `ceiling` does not (or, `strict`, when that
+    cannot be proved)."""
+    from egressguard.analysis.assertions import AssertionSyntaxError, failures
+    from egressguard.analysis.contain import contains
+
+    refs = references()
+    try:
+        problems = [o.line() for o in failures(policy, snapshot_for(policy, refs))]
+    except AssertionSyntaxError as exc:
+        problems = [str(exc)]
+    if ceiling is not None:
+        answer = contains(policy, ceiling, refs)
+        if answer.refuses(strict):
+            problems.extend(answer.message().splitlines())
+    if problems:
+        raise Refused(problems)
 
 
 @dataclass(frozen=True)
@@ -264,9 +308,16 @@ class Store:
                           "'-', at most 63", "name")
         check_policy(policy)
         body = dump_policy(policy)
+        # Prove outside the write lock (it can take seconds); the transaction re-proves
+        # only if the ceiling changed meanwhile.
+        try:
+            proved: tuple[str | None, bool] | None = self._gate(name, policy)
+        except NotFound:
+            proved = None
         for attempt in range(5):
             try:
-                version, changed = self._insert(name, body, principal, summary, create)
+                version, changed = self._insert(name, body, principal, summary, create,
+                                                policy, proved)
                 break
             except IntegrityError:
                 if attempt == 4 or create:
@@ -276,7 +327,8 @@ class Store:
         return version
 
     def _insert(self, name: str, body: str, principal: str, summary: str,
-                create: bool) -> tuple[Version, bool]:
+                create: bool, policy: Policy,
+                proved: tuple[str | None, bool] | None = None) -> tuple[Version, bool]:
         with self._write_lock, self._session(write=True) as s:
             # Lock the cluster row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
             # writers) so that concurrent writers in other processes queue here instead of
@@ -294,6 +346,7 @@ class Store:
                              .order_by(VersionRow.number.desc()).limit(1)).first()
             if last is not None and last.policy == body:
                 return self._version(name, last), False
+            self._admit(s, cid, name, policy, proved)
             new = VersionRow(cluster_id=cid, number=(last.number if last else 0) + 1,
                              policy=body, principal=principal, created_at=_now(),
                              summary=summary)
@@ -303,6 +356,69 @@ class Store:
                 s.execute(text("SELECT pg_notify(:channel, :payload)"),
                           {"channel": NOTIFY_CHANNEL, "payload": f"{name}:{new.number}"})
             return self._version(name, new), True
+
+    def _gate(self, name: str, policy: Policy) -> tuple[str | None, bool]:
+        """Run the gate against the cluster's ceiling now; return the (ceiling text,
+        strict) it passed, for `_admit` to recognise."""
+        found = self.ceiling(name)
+        admit(policy, found.policy if found else None, found.strict if found else False)
+        return (found.text, found.strict) if found else (None, False)
+
+    def _admit(self, s: Session, cid: int, name: str, policy: Policy,
+               proved: tuple[str | None, bool] | None = None) -> None:
+        """The one gate of every version write (commit, PUT/PATCH, rollback, create),
+        inside the write transaction so that a ceiling set concurrently is seen; a
+        proof made just before against the same ceiling (`proved`) is not repeated."""
+        found = self._ceiling(s, cid, name)
+        if proved is not None and proved == ((found.text, found.strict) if found
+                                             else (None, False)):
+            return
+        admit(policy, found.policy if found else None, found.strict if found else False)
+
+    def _ceiling(self, s: Session, cid: int, name: str) -> Ceiling | None:
+        row = s.scalar(select(CeilingRow).where(CeilingRow.cluster_id == cid))
+        if row is None:
+            return None
+        return Ceiling(name, parse_stored(row.policy, f"{name} ceiling"), row.policy,
+                       row.strict, row.principal, _aware(row.set_at))
+
+    def ceiling(self, name: str) -> Ceiling | None:
+        with self._session() as s:
+            return self._ceiling(s, self._cluster_id(s, name), name)
+
+    def set_ceiling(self, name: str, ceiling: Policy, principal: str,
+                    strict: bool = False) -> Ceiling:
+        """Set the cluster's ceiling; refused (`Refused`) when the policy in force already
+        exceeds it, so a ceiling never describes a cluster that is not under it."""
+        check_policy(ceiling)
+        body = dump_policy(ceiling)
+        with self._write_lock, self._session(write=True) as s:
+            cid = s.scalar(select(ClusterRow.id).where(ClusterRow.name == name)
+                           .with_for_update())
+            if cid is None:
+                raise NotFound(f"cluster {name!r} not found")
+            last = s.scalars(select(VersionRow).where(VersionRow.cluster_id == cid)
+                             .order_by(VersionRow.number.desc()).limit(1)).one()
+            current = parse_stored(last.policy, f"{name}@{last.number}")
+            try:
+                admit(current.model_copy(update={"assertions": []}), ceiling, strict)
+            except Refused as exc:
+                raise Refused([f"the policy in force (version {last.number}) is not under "
+                               "this ceiling; narrow it first", *exc.problems]) from None
+            row = s.scalar(select(CeilingRow).where(CeilingRow.cluster_id == cid))
+            if row is None:
+                row = CeilingRow(cluster_id=cid)
+                s.add(row)
+            row.policy, row.strict, row.principal, row.set_at = body, strict, principal, _now()
+            s.flush()
+            return Ceiling(name, ceiling, body, strict, principal, _aware(row.set_at))
+
+    def clear_ceiling(self, name: str) -> bool:
+        """Remove the cluster's ceiling; False if it had none."""
+        with self._write_lock, self._session(write=True) as s:
+            cid = self._cluster_id(s, name)
+            gone = s.execute(delete(CeilingRow).where(CeilingRow.cluster_id == cid))
+            return bool(getattr(gone, "rowcount", 0))
 
     def create_cluster(self, name: str, policy: Policy, principal: str,
                        summary: str = "created") -> Version:
@@ -320,6 +436,7 @@ class Store:
                 row = ClusterRow(name=name, created_at=_now())
                 s.add(row)
                 s.flush()
+                self._admit(s, row.id, name, policy)
                 new = VersionRow(cluster_id=row.id, number=1, policy=body,
                                  principal=principal, created_at=_now(), summary=summary)
                 s.add(new)
@@ -348,6 +465,7 @@ class Store:
             gone = s.scalar(select(func.count()).select_from(VersionRow)
                             .where(VersionRow.cluster_id == cid))
             s.execute(delete(VersionRow).where(VersionRow.cluster_id == cid))
+            s.execute(delete(CeilingRow).where(CeilingRow.cluster_id == cid))
             s.execute(delete(ClusterRow).where(ClusterRow.id == cid))
         return int(gone or 0)
 

@@ -1,0 +1,105 @@
+"""REST routes for a cluster's ceiling: `GET/PUT/DELETE /v1/clusters/{name}/ceiling`,
+and `POST /v1/replay` (the audit log re-decided under a candidate policy).
+
+Admins only: the ceiling is what lets a security team delegate policy editing to
+operators, so an operator must not be able to move it. A PUT body is
+`{"policy": {...}}` (a policy document) or `{"policy_text": "..."}` (YAML/JSON), with
+an optional `strict` (refuse writes whose containment cannot be proved). Refusals
+(the policy in force already exceeds the ceiling) are 422 with the counterexample.
+Replay reads who called what, so it needs an auditor or admin token.
+Included by the control-plane app through `OPTIONAL_ROUTERS`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from egressguard.control.auth import Principal, require_role
+from egressguard.control.errors import InvalidInput
+from egressguard.policy import Policy, PolicyError, load_policy_text
+from egressguard.store import NotFound, Store
+
+router = APIRouter(prefix="/v1", tags=["clusters"])
+Admin = Annotated[Principal, Depends(require_role())]
+ClusterName = Annotated[str, Path(min_length=1, max_length=100,
+                                  pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]
+
+
+class CeilingBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: dict[str, Any] | None = None
+    policy_text: str | None = Field(None, max_length=4_000_000)
+    strict: bool = False
+
+
+class ReplayBody(BaseModel):
+    """The candidate (`policy` or `policy_text`), the recorded window and cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: dict[str, Any] | None = None
+    policy_text: str | None = Field(None, max_length=4_000_000)
+    since: str = Field("7d", max_length=40)
+    cluster: str | None = Field(None, max_length=100)
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _policy(body: CeilingBody | ReplayBody) -> Policy:
+    if (body.policy is None) == (body.policy_text is None):
+        raise InvalidInput([("policy", "give exactly one of policy or policy_text")])
+    try:
+        if body.policy_text is not None:
+            return load_policy_text(body.policy_text, "ceiling")
+        return load_policy_text(json.dumps(body.policy), "ceiling")
+    except PolicyError as exc:
+        raise InvalidInput([("policy", str(exc))]) from None
+
+
+@router.get("/clusters/{name}/ceiling")
+def get_ceiling(name: ClusterName, request: Request, _who: Admin) -> dict[str, Any]:
+    found = _store(request).ceiling(name)
+    if found is None:
+        raise NotFound(f"cluster {name!r} has no ceiling")
+    return {**found.meta(), "policy": found.text}
+
+
+@router.put("/clusters/{name}/ceiling")
+def put_ceiling(name: ClusterName, body: CeilingBody, request: Request, who: Admin
+                ) -> dict[str, Any]:
+    found = _store(request).set_ceiling(name, _policy(body), who.name, body.strict)
+    return {**found.meta(), "policy": found.text}
+
+
+@router.delete("/clusters/{name}/ceiling")
+def delete_ceiling(name: ClusterName, request: Request, _who: Admin) -> dict[str, Any]:
+    return {"cluster": name, "cleared": _store(request).clear_ceiling(name)}
+
+
+@router.post("/replay", tags=["analysis"])
+def replay_audit(body: ReplayBody, request: Request,
+                 _who: Annotated[Principal, Depends(require_role("auditor"))]
+                 ) -> dict[str, Any]:
+    """What the candidate would flip among the recorded decisions of the window."""
+    from egressguard.analysis.replay import replay
+    from egressguard.audit.api import reader
+    from egressguard.audit.query import Filter, QueryError, parse_since, scan
+    from egressguard.catalog import references
+    from egressguard.engine import compile_policy
+
+    candidate = compile_policy(_policy(body), references())
+    try:
+        flt = Filter(since=parse_since(body.since), cluster=body.cluster)
+    except QueryError as exc:
+        raise InvalidInput([("since", str(exc))]) from None
+    engine, sealer = reader(request)
+    result = replay(scan(engine, flt, sealer=sealer), candidate)
+    return {**result.as_dict(), "lines": result.lines()}
