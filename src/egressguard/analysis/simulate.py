@@ -23,16 +23,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from egressguard.engine import Decision, Kind, Request, Snapshot
-from egressguard.engine.query import query_of
+from egressguard.engine import Decision, Request, Snapshot
+from egressguard.engine.query import parse_request_line
 from egressguard.errors import InputError
-from egressguard.policy.model import KNOWN_CALLOUT_TYPES
 
 _COMMENT = re.compile(r"\s#")  # a `#` after a space; `https://x/#frag` keeps its fragment
-KINDS = ("http", "connect", "dns", "flow")
-OPTIONS = ("address", "source", "port", "protocol")
-# The query's fields as a request list names them, for error messages.
-_NAMES = {"url": "target", "type": "callout type", "addresses": "address"}
 
 
 class RequestListError(InputError, ValueError):
@@ -56,40 +51,6 @@ class Probe:
         return self.text
 
 
-def _parse_line(text: str) -> Request:
-    words = text.split()
-    head = words[0].lower()
-    callout_type: str | None = None
-    kind: Kind | None = None
-    if head in KINDS:
-        kind = Kind(head)
-        words = words[1:]
-    elif head in KNOWN_CALLOUT_TYPES - {"*"}:
-        callout_type, kind = head, Kind.CALLOUT
-        words = words[1:]
-    elif "://" not in head:
-        raise ValueError(f"{words[0]!r} is neither a URL nor one of the prefixes "
-                         f"{', '.join(KINDS)} or a callout type (sql, kusto, ...)")
-    if not words:
-        raise ValueError("a prefix needs a target after it")
-    target, options = words[0], words[1:]
-    found: dict[str, str] = {}
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep or key not in OPTIONS or not value:
-            raise ValueError(f"unknown option {option!r}; expected "
-                             + ", ".join(f"{o}=..." for o in OPTIONS))
-        found[key] = value
-    addresses = [a for a in found.get("address", "").split(",") if a]
-    protocol = found.get("protocol")
-    if kind is Kind.FLOW and target.lower().endswith(("/tcp", "/udp", "/icmp")):
-        target, _, protocol = target.rpartition("/")  # `flow 20.50.1.1:1194/udp`
-    return query_of({"url": target, "type": callout_type, "kind": kind,
-                     "port": found.get("port"), "protocol": protocol,
-                     "addresses": addresses, "source": found.get("source")},
-                    _NAMES).request()
-
-
 def parse_requests(text: str, source: str = "<requests>") -> list[Probe]:
     """Parse a request list; raise `RequestListError` naming every bad line."""
     probes: list[Probe] = []
@@ -99,7 +60,7 @@ def parse_requests(text: str, source: str = "<requests>") -> list[Probe]:
         if not line or line.startswith("#"):
             continue
         try:
-            probes.append(Probe(number, line, _parse_line(line)))
+            probes.append(Probe(number, line, parse_request_line(line)))
         except ValueError as exc:
             problems.append((number, str(exc)))
     if problems:

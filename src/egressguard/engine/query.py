@@ -26,6 +26,7 @@ from pydantic import (
 
 from egressguard.engine.request import Kind, Request, build_request, split_host_port
 from egressguard.errors import InputError
+from egressguard.policy.model import KNOWN_CALLOUT_TYPES
 
 Protocol = Literal["tcp", "udp", "icmp"]
 NEEDS_PORT = (Kind.CONNECT, Kind.FLOW)  # (an ICMP flow has no port)
@@ -142,3 +143,47 @@ def query_of(fields: Mapping[str, Any], names: Mapping[str, str] | None = None
 
 
 __all__ = ["CheckQuery", "Protocol", "QueryError", "describe", "query_of"]
+
+
+# The request-list line syntax shared by `simulate`, `egressguard test` and assertions.
+KINDS = ("http", "connect", "dns", "flow")
+OPTIONS = ("address", "source", "port", "protocol")
+# The query's fields as a request list names them, for error messages.
+_NAMES = {"url": "target", "type": "callout type", "addresses": "address"}
+
+
+def parse_request_line(text: str) -> Request:
+    """One request-list line (`simulate`, assertions): a URL, `<callout type> URI`, or
+    `connect|dns|flow TARGET`, then `address=`, `source=`, `port=`, `protocol=` options;
+    raises `ValueError` (a `QueryError` for bad values) with the reason."""
+    words = text.split()
+    head = words[0].lower()
+    callout_type: str | None = None
+    kind: Kind | None = None
+    if head in KINDS:
+        kind = Kind(head)
+        words = words[1:]
+    elif head in KNOWN_CALLOUT_TYPES - {"*"}:
+        callout_type, kind = head, Kind.CALLOUT
+        words = words[1:]
+    elif "://" not in head:
+        raise ValueError(f"{words[0]!r} is neither a URL nor one of the prefixes "
+                         f"{', '.join(KINDS)} or a callout type (sql, kusto, ...)")
+    if not words:
+        raise ValueError("a prefix needs a target after it")
+    target, options = words[0], words[1:]
+    found: dict[str, str] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or key not in OPTIONS or not value:
+            raise ValueError(f"unknown option {option!r}; expected "
+                             + ", ".join(f"{o}=..." for o in OPTIONS))
+        found[key] = value
+    addresses = [a for a in found.get("address", "").split(",") if a]
+    protocol = found.get("protocol")
+    if kind is Kind.FLOW and target.lower().endswith(("/tcp", "/udp", "/icmp")):
+        target, _, protocol = target.rpartition("/")  # `flow 20.50.1.1:1194/udp`
+    return query_of({"url": target, "type": callout_type, "kind": kind,
+                     "port": found.get("port"), "protocol": protocol,
+                     "addresses": addresses, "source": found.get("source")},
+                    _NAMES).request()

@@ -362,12 +362,19 @@ class ServiceEndpointPolicy(_Strict):
 
 class Assertion(_Strict):
     """A request (one `simulate` line) the policy must decide as `expect`: checked on every
-    write, which is refused when one fails, and by `egressguard test` in CI. The line is
-    parsed there (`analysis.assertions`), above the engine, not by the model."""
+    write, which is refused when one fails, and by `egressguard test` in CI."""
 
     request: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
     expect: Action
     name: Name | None = None
+
+    @field_validator("request")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        from egressguard.engine.query import parse_request_line
+
+        parse_request_line(value.strip())  # ValueError: the reason, at this field's path
+        return value
 
     @property
     def label(self) -> str:
