@@ -70,7 +70,10 @@ class ProcessAuditLog(AuditLog):
         child = subprocess.Popen(
             [sys.executable, "-m", "egressguard.audit.remote", str(self.batch_size), "0",
              str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ})
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ},
+            # Its own process group: a terminal's Ctrl-C reaches the gateway only, which then
+            # drains and stops the writer in order (no KeyboardInterrupt mid-write).
+            process_group=0)
         assert child.stdin is not None
         hello = marshal.dumps((self._key, self._url), 2)  # secrets never in argv or env
         child.stdin.write(_LEN.pack(len(hello)) + hello)
