@@ -44,15 +44,17 @@ from egressguard.control.gate import (
 from egressguard.control.health import RETRY_AFTER, StoreHealth
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import (
+    KEY_PROPERTY,
     collection_from_arm,
     collection_to_arm,
     from_arm,
-    to_arm,
     without_collection,
 )
+from egressguard.control.properties import to_arm as _to_arm
 from egressguard.control.whatif import CheckRequest, SnapshotCache, decide
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
+from egressguard.keys import clusterkeys
 from egressguard.policy import PolicyError
 from egressguard.store import Invalid, NotFound, Store, StoreUnavailable, Version
 from egressguard.store import unavailable_reason as _unavailable
@@ -170,8 +172,19 @@ def _install_error_handlers(app: FastAPI) -> None:
                             status_code=422)
 
 
+def _set_key(store: Store, name: str, body: Any, who: str) -> bool:
+    """keyVaultProperties (stored beside the policy): 422 naming the reason if unfit."""
+    try:
+        return clusterkeys.apply(store, name, body.get("properties"), who)
+    except clusterkeys.InvalidKeyVaultProperties as exc:
+        raise InvalidInput(exc.problems) from None
+
+
 def _clusters_router(store: Store, cache: SnapshotCache) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["clusters"])
+
+    def to_arm(version: Version) -> dict[str, Any]:
+        return clusterkeys.annotate(store, _to_arm(version))
 
     @router.get("/clusters")
     def list_clusters(_who: Viewer) -> dict[str, Any]:
@@ -185,6 +198,7 @@ def _clusters_router(store: Store, cache: SnapshotCache) -> APIRouter:
     def put_cluster(name: ClusterName, body: ArmBody, who: Operator) -> dict[str, Any]:
         """Create or replace a cluster: properties not given take their defaults."""
         policy = from_arm(body)
+        _set_key(store, name, body, who.name)  # absent: the key stays as it is
         try:
             store.current(name)
             version = store.commit(name, policy, who.name, "PUT properties")
@@ -198,6 +212,8 @@ def _clusters_router(store: Store, cache: SnapshotCache) -> APIRouter:
         current = store.current(name)
         policy = from_arm(body, current.policy)
         props = body.get("properties", {})
+        if _set_key(store, name, body, who.name) and set(props) <= {KEY_PROPERTY}:
+            return to_arm(current)  # the key alone: no new policy version
         names = ", ".join(sorted(props)) if isinstance(props, dict) else ""
         return to_arm(store.commit(name, policy, who.name, f"PATCH {names}".strip()))
 
