@@ -145,3 +145,17 @@ def test_cli_update_sets_one_member_and_refuses_an_unfit_vault_with_exit_2(
         "userIdentity"] == "gateway"
     code, _, err = cli("update", "--set", "properties.allowedFqdnList.x=1")
     assert code == 2 and "keyVaultProperties.<member>" in err
+
+
+def test_an_unusable_master_key_is_503_with_the_reason_not_a_crash(
+        api: tuple[TestClient, dict[str, str], Store], vault: KeyVault,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    client, headers, _ = api
+    assert client.patch("/v1/clusters/default", headers=headers, json={
+        "properties": {"keyVaultProperties": kvp(vault)}}).status_code == 200
+    monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", "not base64!")
+    got = client.get("/v1/clusters/default", headers=headers)
+    assert got.status_code == 503 and "not base64" in got.json()["error"]["message"]
+    got = client.patch("/v1/clusters/default", headers=headers, json={
+        "properties": {"keyVaultProperties": kvp(vault, keyVersion="")}})
+    assert got.status_code == 503

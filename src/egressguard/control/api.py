@@ -55,6 +55,8 @@ from egressguard.control.whatif import CheckRequest, SnapshotCache, decide
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.keys import clusterkeys
+from egressguard.keys.master import MasterKeyError
+from egressguard.keys.provider import KeyUnavailable
 from egressguard.policy import PolicyError
 from egressguard.store import Invalid, NotFound, Store, StoreUnavailable, Version
 from egressguard.store import unavailable_reason as _unavailable
@@ -160,6 +162,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     for kind in (StoreUnavailable, OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(kind, unavailable)
+
+    async def key_unavailable(_r: Request, exc: Exception) -> JSONResponse:
+        """The cluster's key vault cannot be read (store down, master key unusable)."""
+        response = _error(503, "KeyUnavailable", f"{exc}; retry later",
+                          "properties.keyVaultProperties")
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
+
+    for key_error in (KeyUnavailable, MasterKeyError):
+        app.add_exception_handler(key_error, key_unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
