@@ -97,27 +97,106 @@ class Sealer:
             plain = self._aead.decrypt(payload[:NONCE], payload[NONCE:], clear)
         except (InvalidTag, ValueError):
             return None
-        if plain[:1] == b"0":
-            fields = plain[1:].decode("utf-8", "surrogatepass").split("\0")
-        else:
-            fields = json.loads(plain[1:])
-        return dict(zip(SECRET_FIELDS, fields, strict=True))
+        return _fields(plain)
 
     def chain(self, prev: bytes, writer: str, seq: int, payloads: list[bytes]) -> bytes:
         """MAC of one batch, linked to the previous batch of the same writer."""
-        digest = hashlib.sha256()
-        for payload in payloads:
-            digest.update(len(payload).to_bytes(4, "big"))
-            digest.update(payload)
-        message = b"|".join((prev, writer.encode(), str(seq).encode(),
-                             str(len(payloads)).encode(), digest.digest()))
-        return hmac.new(self._mac_key, message, hashlib.sha256).digest()
+        return _chain(self._mac_key, prev, writer, seq, payloads)
 
     def mark(self, label: str, *parts: bytes | str | int) -> bytes:
         """An HMAC over `label` and `parts` with the chain key (head and prune records)."""
         message = b"|".join(p if isinstance(p, bytes) else str(p).encode()
                             for p in (label, *parts))
         return hmac.new(self._mac_key, message, hashlib.sha256).digest()
+
+
+def _fields(plain: bytes) -> dict[str, Any]:
+    if plain[:1] == b"0":
+        fields = plain[1:].decode("utf-8", "surrogatepass").split("\0")
+    else:
+        fields = json.loads(plain[1:])
+    return dict(zip(SECRET_FIELDS, fields, strict=True))
+
+
+CHAIN_LABEL = b"egressguard audit chain v1"
+
+
+class EnvelopeSealer:
+    """Batches sealed under data keys from a customer-managed key (`keys.envelope`).
+
+    Each batch gets its data key from `writer_key(records=n)` (cached: a few us per
+    batch, not per record) and stores the wrapped key once, as the batch header: it names
+    the vault, key and version, so rotation never re-encrypts and a reader whose key is
+    gone can say so (`CannotDecrypt`) instead of calling the record tampered. The chain
+    MAC of a batch is keyed by a subkey of its own data key, so any gateway that can
+    unwrap the header can verify it (no per-host key). Batches without a header were
+    written under the local audit key and open with `legacy`.
+    """
+
+    def __init__(self, envelope: Any, legacy: Sealer | None = None) -> None:
+        self.envelope = envelope
+        self.legacy = legacy
+
+    def batch(self, records: int) -> tuple[bytes, Any]:
+        """(header, encrypt) for a batch of `records`; `SuspendedError` while suspended."""
+        key = self.envelope.writer_key(records=records)
+        return key.wrapped, key.encrypt
+
+    def open(self, header: bytes | None, payload: bytes, clear: bytes) -> dict[str, Any]:
+        """The sealed fields; `CannotDecrypt` (key unavailable) or `Tampered` (altered)."""
+        from egressguard.keys.envelope import Tampered
+
+        if header is None:
+            opened = self.legacy.open(payload, clear) if self.legacy is not None else None
+            if opened is None:
+                raise Tampered("record does not open under the local audit key")
+            return opened
+        key = self.envelope.reader_key(header)
+        try:
+            plain = key.decrypt(payload[:NONCE], payload[NONCE:], clear)
+        except (InvalidTag, ValueError):
+            raise Tampered("record does not open under its batch data key") from None
+        return _fields(plain)
+
+    def chain(self, header: bytes | None, prev: bytes, writer: str, seq: int,
+              payloads: list[bytes]) -> bytes:
+        """The batch MAC (as `Sealer.chain`), keyed by the batch's data key."""
+        if header is None:
+            if self.legacy is None:
+                from egressguard.keys.envelope import Tampered
+                raise Tampered("a batch without a key header and no local audit key")
+            return self.legacy.chain(prev, writer, seq, payloads)
+        mac_key = self.envelope.reader_key(header).subkey(CHAIN_LABEL)
+        return _chain(mac_key, prev + hashlib.sha256(header).digest(), writer, seq,
+                      payloads)
+
+    def verdict(self, header: bytes | None, payload: bytes, clear: bytes) -> str:
+        """`ok`, `tampered`, or `cannot decrypt: key K version V unavailable (why)`, as
+        `logs verify` reports a record."""
+        from egressguard.keys.envelope import CannotDecrypt, SuspendedError, Tampered
+        from egressguard.keys.provider import WrappedKey
+
+        try:
+            self.open(header, payload, clear)
+        except Tampered:
+            return "tampered"
+        except CannotDecrypt as exc:
+            return str(exc)
+        except SuspendedError as exc:  # this reader's own access is gone
+            assert header is not None  # (legacy batches need no customer key)
+            return str(CannotDecrypt(WrappedKey.from_bytes(header).kid, str(exc)))
+        return "ok"
+
+
+def _chain(mac_key: bytes, prev: bytes, writer: str, seq: int,
+           payloads: list[bytes]) -> bytes:
+    digest = hashlib.sha256()
+    for payload in payloads:
+        digest.update(len(payload).to_bytes(4, "big"))
+        digest.update(payload)
+    message = b"|".join((prev, writer.encode(), str(seq).encode(),
+                         str(len(payloads)).encode(), digest.digest()))
+    return hmac.new(mac_key, message, hashlib.sha256).digest()
 
 
 def associated(values: tuple[Any, ...]) -> bytes:

@@ -25,7 +25,8 @@ from egressguard import config
 from egressguard.control.auth import Principal
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.mgmt import execute
-from egressguard.control.properties import from_arm, to_arm
+from egressguard.control.properties import KEY_PROPERTY, from_arm, to_arm
+from egressguard.keys import clusterkeys
 from egressguard.store import Refused, Store, open_store
 
 StoreOpt = Annotated[str | None, typer.Option(
@@ -168,7 +169,7 @@ def cluster_show(name: NameOpt = None, store: StoreOpt = None, api: ApiOpt = Non
         resource = _api("GET", api, token, f"/v1/clusters/{name}")
     else:
         with _store(store) as st:
-            resource = to_arm(st.current(name))
+            resource = clusterkeys.annotate(st, to_arm(st.current(name)))
     _emit(resource, output, _resource_table(resource))
 
 
@@ -186,9 +187,18 @@ def _patch_body(sets: list[str]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for item in sets:
         key, eq, value = item.partition("=")
-        if not eq or not key.startswith("properties.") or "." in key[len("properties."):]:
-            raise _fail(f"--set {item!r}: expected properties.<name>=<value>")
-        props[key[len("properties."):]] = _set_value(value)
+        name, _, member = key.removeprefix("properties.").partition(".")
+        if not eq or not key.startswith("properties.") or "." in member or (
+                member and name != KEY_PROPERTY):
+            raise _fail(f"--set {item!r}: expected properties.<name>=<value> or "
+                        f"properties.{KEY_PROPERTY}.<member>=<value>")
+        if member:  # one member of the key: the rest keep their values
+            nested = props.setdefault(name, {})
+            if not isinstance(nested, dict):
+                raise _fail(f"--set {item!r}: {name} is already set as a whole")
+            nested[member] = value  # members are strings: "" follows the latest version
+        else:
+            props[name] = _set_value(value)
     return {"properties": props}
 
 
@@ -224,10 +234,16 @@ def cluster_update(
             if fqdns is not None:
                 body["properties"]["allowedFqdnList"] = fqdns
             policy = from_arm(body, version.policy)
-            summary = "update " + " ".join(
-                [*(set_ or []), *(f"+{f}" for f in add_fqdn or []),
-                 *(f"-{f}" for f in remove_fqdn or [])])
-            resource = to_arm(st.commit(name, policy, _user(), summary[:300]))
+            try:
+                keyed = clusterkeys.apply(st, name, body["properties"], _user())
+            except clusterkeys.InvalidKeyVaultProperties as exc:
+                raise _fail(f"{exc}") from None
+            if not (keyed and set(body["properties"]) <= {KEY_PROPERTY}):
+                summary = "update " + " ".join(
+                    [*(set_ or []), *(f"+{f}" for f in add_fqdn or []),
+                     *(f"-{f}" for f in remove_fqdn or [])])
+                version = st.commit(name, policy, _user(), summary[:300])
+            resource = clusterkeys.annotate(st, to_arm(version))
     _emit(resource, output, _resource_table(resource))
 
 

@@ -48,15 +48,19 @@ from egressguard.control.health import RETRY_AFTER, StoreHealth
 from egressguard.control.inforce import FileBook, PolicyBook
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import (
+    KEY_PROPERTY,
     collection_from_arm,
     collection_to_arm,
     from_arm,
-    to_arm,
     without_collection,
 )
+from egressguard.control.properties import to_arm as _to_arm
 from egressguard.control.whatif import CheckRequest, SnapshotCache, Snapshots, decide
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
+from egressguard.keys import clusterkeys
+from egressguard.keys.master import MasterKeyError
+from egressguard.keys.provider import KeyUnavailable
 from egressguard.policy import PolicyError
 from egressguard.store import (
     DEFAULT_CLUSTER,
@@ -185,6 +189,16 @@ def _install_error_handlers(app: FastAPI) -> None:
     for kind in (StoreUnavailable, OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(kind, unavailable)
 
+    async def key_unavailable(_r: Request, exc: Exception) -> JSONResponse:
+        """The cluster's key vault cannot be read (store down, master key unusable)."""
+        response = _error(503, "KeyUnavailable", f"{exc}; retry later",
+                          "properties.keyVaultProperties")
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
+
+    for key_error in (KeyUnavailable, MasterKeyError):
+        app.add_exception_handler(key_error, key_unavailable)
+
     @app.exception_handler(RequestValidationError)
     async def validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"target": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
@@ -196,14 +210,25 @@ def _install_error_handlers(app: FastAPI) -> None:
                             status_code=422)
 
 
+def _set_key(store: PolicyBook, name: str, body: Any, who: str) -> bool:
+    """keyVaultProperties (stored beside the policy): 422 naming the reason if unfit."""
+    if isinstance(store, FileBook):
+        return False  # the file's writes answer 409 before this
+    try:
+        return clusterkeys.apply(store, name, body.get("properties"), who)
+    except clusterkeys.InvalidKeyVaultProperties as exc:
+        raise InvalidInput(exc.problems) from None
+
+
 def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> APIRouter:
     """Policy routes over `store` (the store itself, or the policy file in force);
     `served` is the cluster a request that names none is about."""
     router = APIRouter(prefix="/v1", tags=["clusters"])
 
     def resource(version: Version) -> dict[str, Any]:
-        found = to_arm(version)
-        return store.describe(found) if isinstance(store, FileBook) else found
+        if isinstance(store, FileBook):
+            return store.describe(_to_arm(version))
+        return clusterkeys.annotate(store, _to_arm(version))
 
     @router.get("/clusters")
     def list_clusters(_who: Viewer) -> dict[str, Any]:
@@ -217,12 +242,13 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
     def put_cluster(name: ClusterName, body: ArmBody, who: Operator) -> dict[str, Any]:
         """Create or replace a cluster: properties not given take their defaults."""
         policy = from_arm(body)
+        _set_key(store, name, body, who.name)  # absent: the key stays as it is
         try:
             store.current(name)
             version = store.commit(name, policy, who.name, "PUT properties")
         except NotFound:
             version = store.commit(name, policy, who.name, "created by PUT", create=True)
-        return to_arm(version)
+        return resource(version)
 
     @router.patch("/clusters/{name}")
     def patch_cluster(name: ClusterName, body: ArmBody, who: Operator) -> dict[str, Any]:
@@ -230,8 +256,10 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
         current = store.current(name)
         policy = from_arm(body, current.policy)
         props = body.get("properties", {})
+        if _set_key(store, name, body, who.name) and set(props) <= {KEY_PROPERTY}:
+            return resource(current)  # the key alone: no new policy version
         names = ", ".join(sorted(props)) if isinstance(props, dict) else ""
-        return to_arm(store.commit(name, policy, who.name, f"PATCH {names}".strip()))
+        return resource(store.commit(name, policy, who.name, f"PATCH {names}".strip()))
 
     @router.get("/clusters/{name}/versions")
     def list_versions(name: ClusterName, _who: Viewer) -> dict[str, Any]:
@@ -241,7 +269,7 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
     def show_version(name: ClusterName, number: VersionNumber, _who: Viewer
                      ) -> dict[str, Any]:
         version = store.version(name, number)
-        return {**version.meta(), "policy": version.text, "resource": to_arm(version)}
+        return {**version.meta(), "policy": version.text, "resource": resource(version)}
 
     @router.get("/clusters/{name}/versions/{number}/diff/{other}",
                 response_class=PlainTextResponse)
@@ -251,7 +279,7 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
 
     @router.post("/clusters/{name}/rollback")
     def rollback(name: ClusterName, body: RollbackRequest, who: Operator) -> dict[str, Any]:
-        return to_arm(store.rollback(name, body.version, who.name))
+        return resource(store.rollback(name, body.version, who.name))
 
     for segment, field in COLLECTIONS.items():
         _collection_routes(router, store, segment, field)

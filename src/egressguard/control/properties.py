@@ -32,7 +32,8 @@ PROPERTIES = {
     "assertions": "assertions",
 }
 FIELDS = {v: k for k, v in PROPERTIES.items()}
-READ_ONLY = frozenset({"provisioningState", "version"})
+READ_ONLY = frozenset({"provisioningState", "version", "state", "stateReason", "keyInUse"})
+KEY_PROPERTY = "keyVaultProperties"  # stored beside the policy: keys.clusterkeys
 TOP_LEVEL = frozenset({"id", "name", "type", "properties", "systemData", "tags", "location"})
 # Callout entries: ARM names (outboundAccess Allow|Deny) and Kusto names both accepted.
 _CALLOUT_IN = {"calloutType": "callout_type", "calloutUriRegex": "uri_regex",
@@ -167,8 +168,8 @@ def from_arm(body: Any, base: Policy | None = None) -> Policy:
     if not isinstance(props, dict):
         raise InvalidInput([("properties", "expected a JSON object")])
     problems = [(f"properties.{k}", "unknown property; expected one of "
-                 + ", ".join(PROPERTIES)) for k in props
-                if k not in PROPERTIES and k not in READ_ONLY]
+                 + ", ".join([*PROPERTIES, KEY_PROPERTY])) for k in props
+                if k not in PROPERTIES and k not in READ_ONLY and k != KEY_PROPERTY]
     if problems:
         raise InvalidInput(problems)
     data: dict[str, Any] = {} if base is None else base.model_dump(mode="python")

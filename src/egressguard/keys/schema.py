@@ -66,3 +66,17 @@ access = Table(
     Column("permissions", String(200), nullable=False),
     UniqueConstraint("vault_id", "identity", name="uq_keyvault_access_vault_identity"),
 )
+
+# A cluster's customer-managed key (`keyVaultProperties`), beside its policy versions:
+# the key is not policy (rolling a policy back must not roll the key back). Revision
+# 0400_cluster_keys.
+cluster_keys = Table(
+    "cluster_keys", metadata,
+    Column("cluster", String(100), primary_key=True),
+    Column("key_name", String(127), nullable=False),
+    Column("key_version", String(64), nullable=True),
+    Column("key_vault_uri", String(200), nullable=False),
+    Column("user_identity", String(200), nullable=True),
+    Column("updated_by", String(200), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
