@@ -44,6 +44,7 @@ from egressguard.policyfile import PolicyFileWatcher, load_active
 if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
     from egressguard.control.runtime import PolicyFeed
+    from egressguard.fleet import Leader
     from egressguard.store import Store
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "gateway" / "default_policy.yaml"
@@ -200,6 +201,7 @@ class _Parts:
     holder: SnapshotHolder | None = None
     sink: EventSink = NullSink()  # noqa: RUF009 - stateless default
     audit_log: AuditLog | None = None
+    leader: Leader | None = None
 
     def open(self, store_url: str | None, cluster: str, policy: Path | None,
              need_store: bool) -> None:
@@ -239,13 +241,22 @@ class _Parts:
         assert self.store is not None
         retention = Retention(max_age_s=parse_duration(max_age) if max_age else None,
                               max_rows=max_rows)
+        url = self.store.url.render_as_string(hide_password=False)
+        if retention.max_age_s is not None or retention.max_rows is not None:
+            from egressguard.fleet import Leader
+            from egressguard.fleet.jobs import retention_job
+
+            # Once per fleet, by the advisory-lock leader, not in every gateway's writer.
+            self.leader = Leader(url, [retention_job(url, retention)]).start()
         self.sink, self.audit_log = audit_sink(
-            self.store.url.render_as_string(hide_password=False), retention=retention,
+            url,
             exfil_threshold=exfil_threshold,
             exfil_window_s=parse_duration(exfil_window),
             writer="thread" if writer == "thread" else "process")
 
     def close(self) -> None:
+        if self.leader is not None:
+            self.leader.stop()
         if self.policy_file is not None:
             self.policy_file.stop()
         if self.feed is not None:
