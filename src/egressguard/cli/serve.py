@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
     from egressguard.control.runtime import PolicyFeed
     from egressguard.fleet import Leader
+    from egressguard.fleet.coldstart import ColdStart
     from egressguard.store import Store
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "gateway" / "default_policy.yaml"
@@ -202,6 +203,8 @@ class _Parts:
     sink: EventSink = NullSink()  # noqa: RUF009 - stateless default
     audit_log: AuditLog | None = None
     leader: Leader | None = None
+    cold: ColdStart | None = None
+    url: str = ""  # the store's URL (also while it is down, for the audit log)
 
     def open(self, store_url: str | None, cluster: str, policy: Path | None,
              need_store: bool) -> None:
@@ -212,6 +215,10 @@ class _Parts:
                 self.store = open_store(store_url)
             except StoreError as exc:
                 raise ValueError(f"cannot open the store: {exc}") from None
+            except Exception as exc:
+                if policy is not None or not self._cold_start(store_url, cluster, exc):
+                    raise
+                return
         if policy is not None:
             self.holder = SnapshotHolder(load_active(policy))
             self.policy_file = PolicyFileWatcher(policy, self.holder)
@@ -229,8 +236,32 @@ class _Parts:
                              "if the store is not the configured one)") from None
         except Exception as exc:
             raise ValueError(f"cluster {cluster!r}: {exc}") from None
-        self.feed = PolicyFeed(self.store, cluster)
+        from egressguard.fleet.cache import PolicyCache
+
+        self.feed = PolicyFeed(self.store, cluster,
+                               cache=PolicyCache(self.store.key, cluster))
         self.holder = self.feed.start()
+        self.url = self.store.url.render_as_string(hide_password=False)
+
+    def _cold_start(self, store_url: str | None, cluster: str, exc: Exception) -> bool:
+        """Store down: start on the cached last-known-good policy if there is one."""
+        from egressguard.fleet.cache import PolicyCache
+        from egressguard.fleet.coldstart import ColdStart
+        from egressguard.paths import default_store_url
+        from egressguard.store import unavailable_reason
+        from egressguard.store.urls import bus_key, normalize_url
+
+        if unavailable_reason(exc) is None:
+            return False
+        url = normalize_url(store_url or default_store_url())
+        try:
+            self.cold = ColdStart(url.render_as_string(hide_password=False), cluster,
+                                  PolicyCache(bus_key(url), cluster)).start()
+        except LookupError:
+            return False
+        self.holder = self.cold.holder
+        self.url = url.render_as_string(hide_password=False)
+        return True
 
     def open_audit(self, writer: str, max_age: str | None, max_rows: int | None,
                    exfil_threshold: int | None, exfil_window: str) -> None:
@@ -238,10 +269,9 @@ class _Parts:
         from egressguard.audit.log import Retention
         from egressguard.audit.query import parse_duration
 
-        assert self.store is not None
         retention = Retention(max_age_s=parse_duration(max_age) if max_age else None,
                               max_rows=max_rows)
-        url = self.store.url.render_as_string(hide_password=False)
+        url = self.url
         if retention.max_age_s is not None or retention.max_rows is not None:
             from egressguard.fleet import Leader
             from egressguard.fleet.jobs import retention_job
@@ -261,6 +291,8 @@ class _Parts:
             self.policy_file.stop()
         if self.feed is not None:
             self.feed.stop()
+        if self.cold is not None:
+            self.cold.stop()
         if self.audit_log is not None:
             self.audit_log.close()
         if self.store is not None:
@@ -307,6 +339,8 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
         loop.add_signal_handler(signal.SIGHUP, parts.policy_file.reload)
     elif parts.feed is not None:
         loop.add_signal_handler(signal.SIGHUP, parts.feed.refresh)
+    elif parts.cold is not None:
+        loop.add_signal_handler(signal.SIGHUP, parts.cold.refresh)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     for addr, bound in gateway.addresses:
