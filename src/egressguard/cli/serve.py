@@ -219,6 +219,7 @@ class _Parts:
                 if policy is not None or not self._cold_start(store_url, cluster, exc):
                     raise
                 return
+            self.url = self.store.url.render_as_string(hide_password=False)
         if policy is not None:
             self.holder = SnapshotHolder(load_active(policy))
             self.policy_file = PolicyFileWatcher(policy, self.holder)
@@ -241,7 +242,6 @@ class _Parts:
         self.feed = PolicyFeed(self.store, cluster,
                                cache=PolicyCache(self.store.key, cluster))
         self.holder = self.feed.start()
-        self.url = self.store.url.render_as_string(hide_password=False)
 
     def _cold_start(self, store_url: str | None, cluster: str, exc: Exception) -> bool:
         """Store down: start on the cached last-known-good policy if there is one."""
@@ -271,6 +271,7 @@ class _Parts:
 
         retention = Retention(max_age_s=parse_duration(max_age) if max_age else None,
                               max_rows=max_rows)
+        assert self.url, "the audit log needs the store"
         url = self.url
         if retention.max_age_s is not None or retention.max_rows is not None:
             from egressguard.fleet import Leader
