@@ -12,7 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
+from egressguard.audit.db import make_engine
+from egressguard.audit.schema import events
 from egressguard.fleet.cache import PolicyCache
 from egressguard.policy.load import load_policy_text
 from egressguard.store import Store, Version
@@ -63,6 +66,7 @@ def test_gateway_started_while_the_store_is_down_enforces_the_cached_policy_and_
             store.commit("default", default_policy(), "test", "deny all again")
         time.sleep(1.0)
         assert b" 403 " not in _status(port, closing_upstream)
+        restored_at = time.time()
         cut.restore()
         deadline = time.monotonic() + 20
         while b" 403 " not in _status(port, closing_upstream):
@@ -73,6 +77,12 @@ def test_gateway_started_while_the_store_is_down_enforces_the_cached_policy_and_
         _stop(proc)
     log = (home / "log").read_text()
     assert "last-known-good" in log and "Traceback" not in log, log
+    engine = make_engine(pg_url)  # what was audited during the outage reached the store
+    with engine.connect() as conn:
+        stored = int(conn.execute(select(func.count()).select_from(events).where(
+            events.c.time < restored_at)).scalar() or 0)
+    engine.dispose()
+    assert stored >= 1 + 2, f"only {stored} audit events from before the store returned"
 
 
 def test_gateway_with_no_cache_does_not_start_while_the_store_is_down(

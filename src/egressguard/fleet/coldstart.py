@@ -52,6 +52,7 @@ class ColdStart:
     def _catch_up(self) -> None:
         from egressguard.store import Store
 
+        told = False
         while not self._stop.wait(self.retry_interval):
             try:
                 store = Store(self.url, create_default=False)
@@ -62,8 +63,10 @@ class ColdStart:
             try:
                 feed.start()
             except Exception as exc:
-                _log.warning("store back but cluster %s cannot be read yet: %s",
-                             self.cluster, " ".join(str(exc).split())[:300])
+                if not told:  # once, not once per retry
+                    _log.warning("store back but cluster %s cannot be read yet: %s",
+                                 self.cluster, " ".join(str(exc).split())[:300])
+                    told = True
                 feed.stop()
                 continue
             self.feed = feed
