@@ -122,3 +122,14 @@ def test_cache_round_trips_and_refuses_tampering_or_another_cluster(tmp_path: Pa
     cache.save(_version())
     assert PolicyCache("postgresql://db/x", "default", master=os.urandom(32),
                        folder=tmp_path).load() is None  # another key
+
+
+def test_follow_with_cache_saves_the_version_in_force(store_url: str) -> None:
+    from egressguard.source import follow
+
+    with Store(store_url) as store:
+        store.commit("default", load_policy_text(LOOPBACK_ONLY), "test", "loopback")
+        with follow(None, "default", store, cache=True) as live:
+            assert live.feed is not None and live.feed.cache is not None
+            cached = live.feed.cache.load()
+        assert cached is not None and cached.number == store.latest_number("default")
