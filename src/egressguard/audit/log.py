@@ -180,7 +180,13 @@ class AuditLog:
                 url = default_store_url()
             engine = make_engine(url)
         self.engine = engine
-        migrate(self.engine)
+        self._migrated = False
+        try:
+            migrate(self.engine)
+            self._migrated = True
+        except Exception as exc:  # store down at start: spool, migrate when it is back
+            if not unavailable(exc):
+                raise
         self.sealer = Sealer(key if key is not None else load_or_create_key())
         self.batch_size = batch_size
         self.max_delay = max_delay
@@ -461,6 +467,12 @@ class AuditLog:
                 not force and time.monotonic() < self._next_probe):
             return
         self._next_probe = time.monotonic() + PROBE_S
+        if not self._migrated:
+            try:
+                migrate(self.engine)
+            except Exception:
+                return                      # still down (or not yet migratable): wait
+            self._migrated = True
         spooled = self._spool.batches()
         redo: list[Raw] = []
         for batch in spooled:

@@ -45,6 +45,8 @@ from egressguard.policy import PolicyError
 
 if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
+    from egressguard.fleet import Leader
+    from egressguard.fleet.coldstart import ColdStart
     from egressguard.source import LivePolicy
     from egressguard.store import Store
 
@@ -199,10 +201,15 @@ class _Parts:
     live: LivePolicy | None = None
     sink: EventSink = NullSink()  # noqa: RUF009 - stateless default
     audit_log: AuditLog | None = None
+    leader: Leader | None = None
+    cold: ColdStart | None = None
+    url: str = ""  # the store's URL (also while it is down, for the audit log)
 
     @property
     def holder(self) -> SnapshotHolder | None:
-        return self.live.holder if self.live is not None else None
+        if self.live is not None:
+            return self.live.holder
+        return self.cold.holder if self.cold is not None else None  # store down at start
 
     def open(self, store_url: str | None, cluster: str, policy: Path | None,
              need_store: bool) -> None:
@@ -217,11 +224,16 @@ class _Parts:
                 self.store = open_store(store_url)
             except StoreError as exc:
                 raise ValueError(f"cannot open the store: {exc}") from None
+            except Exception as exc:
+                if policy is not None or not self._cold_start(store_url, cluster, exc):
+                    raise
+                return
+            self.url = self.store.url.render_as_string(hide_password=False)
         if policy is None:
             assert self.store is not None
             self._check_cluster(self.store, cluster)
         self.live = follow(policy, cluster, self.store if policy is None else None,
-                           start=False)
+                           start=False, cache=policy is None)
 
     @staticmethod
     def _check_cluster(store: Store, cluster: str) -> None:
@@ -237,24 +249,54 @@ class _Parts:
         except Exception as exc:
             raise ValueError(f"cluster {cluster!r}: {exc}") from None
 
+    def _cold_start(self, store_url: str | None, cluster: str, exc: Exception) -> bool:
+        """Store down: start on the cached last-known-good policy if there is one."""
+        from egressguard.fleet.cache import PolicyCache
+        from egressguard.fleet.coldstart import ColdStart
+        from egressguard.paths import default_store_url
+        from egressguard.store import unavailable_reason
+        from egressguard.store.urls import bus_key, normalize_url
+
+        if unavailable_reason(exc) is None:
+            return False
+        url = normalize_url(store_url or default_store_url())
+        try:
+            self.cold = ColdStart(url.render_as_string(hide_password=False), cluster,
+                                  PolicyCache(bus_key(url), cluster)).start()
+        except LookupError:
+            return False
+        self.url = url.render_as_string(hide_password=False)
+        return True
+
     def open_audit(self, writer: str, max_age: str | None, max_rows: int | None,
                    exfil_threshold: int | None, exfil_window: str) -> None:
         from egressguard.audit.compose import audit_sink
         from egressguard.audit.log import Retention
         from egressguard.audit.query import parse_duration
 
-        assert self.store is not None
         retention = Retention(max_age_s=parse_duration(max_age) if max_age else None,
                               max_rows=max_rows)
+        assert self.url, "the audit log needs the store"
+        url = self.url
+        if retention.max_age_s is not None or retention.max_rows is not None:
+            from egressguard.fleet import Leader
+            from egressguard.fleet.jobs import retention_job
+
+            # Once per fleet, by the advisory-lock leader, not in every gateway's writer.
+            self.leader = Leader(url, [retention_job(url, retention)]).start()
         self.sink, self.audit_log = audit_sink(
-            self.store.url.render_as_string(hide_password=False), retention=retention,
+            url,
             exfil_threshold=exfil_threshold,
             exfil_window_s=parse_duration(exfil_window),
             writer="thread" if writer == "thread" else "process")
 
     def close(self) -> None:
+        if self.leader is not None:
+            self.leader.stop()
         if self.live is not None:
             self.live.stop()
+        if self.cold is not None:
+            self.cold.stop()
         if self.audit_log is not None:
             self.audit_log.close()
         if self.store is not None:
@@ -294,10 +336,13 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
     except BaseException:
         await gateway.stop(0)
         raise
-    assert parts.live is not None
-    parts.live.start()
+    if parts.live is not None:
+        parts.live.start()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, parts.live.reload)
+    if parts.live is not None:
+        loop.add_signal_handler(signal.SIGHUP, parts.live.reload)
+    elif parts.cold is not None:
+        loop.add_signal_handler(signal.SIGHUP, parts.cold.refresh)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     for addr, bound in gateway.addresses:
@@ -315,7 +360,7 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
                   if parts.audit_log and parts.store else ""))
     await stop.wait()
     typer.echo("egressguard: shutting down", err=True)
-    if parts.live.watcher is not None:
+    if parts.live is not None and parts.live.watcher is not None:
         parts.live.watcher.stop()  # no reload while open requests finish
     await gateway.stop()
     if api is not None:

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -29,6 +30,9 @@ from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.metrics import POLICY_VERSION
 from egressguard.source.compile import active_of
 from egressguard.store import NOTIFY_CHANNEL, Store, Version, bus
+
+if TYPE_CHECKING:
+    from egressguard.fleet.cache import PolicyCache
 
 _log = logging.getLogger("egressguard.source.feed")
 
@@ -58,8 +62,11 @@ class PolicyFeed:
     def __init__(self, store: Store | str, cluster: str = "default",
                  holder: SnapshotHolder | None = None, *, poll_interval: float = 0.2,
                  retry_interval: float = 1.0, close_store: bool | None = None,
-                 refs: Callable[[], References] = references) -> None:
-        """`close_store`: close the store on `stop` (default: only one opened from a URL)."""
+                 refs: Callable[[], References] = references,
+                 cache: PolicyCache | None = None) -> None:
+        """`close_store`: close the store on `stop` (default: only one opened from a URL).
+        `cache`: where each version put in force is saved (the last-known-good policy a
+        gateway starts on while the store is down, `fleet.coldstart`)."""
         self.store = store if isinstance(store, Store) else Store(store)
         self._owns_store = not isinstance(store, Store) if close_store is None \
             else close_store
@@ -69,6 +76,7 @@ class PolicyFeed:
         self.retry_interval = retry_interval
         self.reachable = True
         self._refs = refs
+        self.cache = cache
         self._number = 0
         self._lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -91,6 +99,8 @@ class PolicyFeed:
         else:
             self.holder.swap(active)
         self._set(version.number)
+        if self.cache is not None:
+            self.cache.save(version)
         self._unsubscribe = bus.subscribe(self.store.key, self._on_local)
         follow = self._listen if self.store.dialect == "postgresql" else self._poll
         self._thread = threading.Thread(target=follow, name=f"policy-feed-{self.cluster}",
@@ -126,6 +136,8 @@ class PolicyFeed:
             assert self.holder is not None
             self.holder.swap(active)
             self._set(version.number)
+            if self.cache is not None:
+                self.cache.save(version)
             _log.info("cluster %s: policy version %d in force", self.cluster, version.number)
             return True
 

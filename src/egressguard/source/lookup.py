@@ -164,11 +164,12 @@ class LivePolicy:
 
 def follow(policy: Path | None = None, cluster: str | None = None, store: StoreRef = None,
            *, fallback: Policy = DENY_ALL, interval: float = 0.25,
-           start: bool = True) -> LivePolicy:
+           start: bool = True, cache: bool = False) -> LivePolicy:
     """The policy in force, followed live: the file reloaded on change (checked every
     `interval` s), or the cluster followed through the store's change feed. The feed
     always starts (it must read the first version); `start=False` defers the file
-    watcher's thread to `LivePolicy.start()`. A `Store` passed in stays open on `stop`."""
+    watcher's thread to `LivePolicy.start()`. A `Store` passed in stays open on `stop`.
+    `cache`: save each version in force as the last-known-good policy (`fleet.cache`)."""
     if policy is not None:
         try:
             holder = SnapshotHolder(load_active(policy))
@@ -183,7 +184,11 @@ def follow(policy: Path | None = None, cluster: str | None = None, store: StoreR
         return LivePolicy(SnapshotHolder(active_of(fallback, "builtin", label)), "builtin",
                           label, name)
     opened, owned = _open(store)
-    feed = PolicyFeed(opened, name, close_store=owned)
+    saved = None
+    if cache:
+        from egressguard.fleet.cache import PolicyCache
+        saved = PolicyCache(opened.key, name)
+    feed = PolicyFeed(opened, name, close_store=owned, cache=saved)
     try:
         holder = feed.start()
     except StoreError as exc:

@@ -1,0 +1,135 @@
+"""A gateway started while PostgreSQL is down enforces its last-known-good policy from
+the encrypted local cache, and catches up when the store returns; with no cache it
+refuses to start (fail closed)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from egressguard.audit.db import make_engine
+from egressguard.audit.schema import events
+from egressguard.fleet.cache import PolicyCache
+from egressguard.policy.load import load_policy_text
+from egressguard.store import Store, Version
+from egressguard.store.store import default_policy
+from tests.fleet.conftest import AUDIT_KEY, EGRESSGUARD, Relay, serve
+from tests.gateway.served import LOOPBACK_ONLY, exchange
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _status(port: int, upstream: int) -> bytes:
+    head = exchange(port, f"GET http://127.0.0.1:{upstream}/ HTTP/1.1\r\n"
+                          f"Host: 127.0.0.1:{upstream}\r\n\r\n".encode(), timeout=10)
+    return head.split(b"\r\n", 1)[0]
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_gateway_started_while_the_store_is_down_enforces_the_cached_policy_and_catches_up(
+        tmp_path: Path, relay: tuple[Relay, str], pg_url: str,
+        closing_upstream: int) -> None:
+    cut, relayed = relay
+    with Store(pg_url) as store:
+        store.commit("default", load_policy_text(LOOPBACK_ONLY), "test", "loopback")
+    home = tmp_path / "gw"
+    proc, port = serve(home, relayed, "--no-api")
+    try:
+        assert b" 403 " not in _status(port, closing_upstream)  # version 2 in force
+    finally:
+        _stop(proc)
+    cached = list((home / "policy-cache").iterdir())
+    assert len(cached) == 1 and stat.S_IMODE(cached[0].stat().st_mode) == 0o600
+    assert b"loopback-one" not in cached[0].read_bytes()  # sealed, not clear text
+
+    cut.cut()
+    proc, port = serve(home, relayed, "--no-api")
+    try:
+        assert b" 403 " not in _status(port, closing_upstream), \
+            "the cached (last-known-good) policy is not in force"
+        with Store(pg_url) as store:  # changed while this gateway cannot see the store
+            store.commit("default", default_policy(), "test", "deny all again")
+        time.sleep(1.0)
+        assert b" 403 " not in _status(port, closing_upstream)
+        restored_at = time.time()
+        cut.restore()
+        deadline = time.monotonic() + 20
+        while b" 403 " not in _status(port, closing_upstream):
+            assert time.monotonic() < deadline, "did not catch up with the store"
+            time.sleep(0.2)
+        assert proc.poll() is None
+    finally:
+        _stop(proc)
+    log = (home / "log").read_text()
+    assert "last-known-good" in log and "Traceback" not in log, log
+    engine = make_engine(pg_url)  # what was audited during the outage reached the store
+    with engine.connect() as conn:
+        stored = int(conn.execute(select(func.count()).select_from(events).where(
+            events.c.time < restored_at)).scalar() or 0)
+    engine.dispose()
+    assert stored >= 1 + 2, f"only {stored} audit events from before the store returned"
+
+
+def test_gateway_with_no_cache_does_not_start_while_the_store_is_down(
+        tmp_path: Path, relay: tuple[Relay, str]) -> None:
+    cut, relayed = relay
+    cut.cut()
+    home = tmp_path / "cold"
+    home.mkdir(mode=0o700)
+    done = subprocess.run(
+        [EGRESSGUARD, "serve", "--listen", "127.0.0.1:0", "--no-api", "--store", relayed],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "EGRESSGUARD_HOME": str(home), "EGRESSGUARD_AUDIT_KEY": AUDIT_KEY})
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cannot reach the store"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _version(text: str = LOOPBACK_ONLY) -> Version:
+    return Version("default", 7, load_policy_text(text), text, "alice",
+                   datetime.now(UTC), "loopback")
+
+
+def test_cache_round_trips_and_refuses_tampering_or_another_cluster(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    cache = PolicyCache("postgresql://db/x", "default", master=key, folder=tmp_path)
+    cache.save(_version())
+    loaded = cache.load()
+    assert loaded is not None and loaded.number == 7 and loaded.text == LOOPBACK_ONLY
+    other = PolicyCache("postgresql://db/x", "prod", master=key, folder=tmp_path)
+    os.replace(cache.path, other.path)  # a file moved under another cluster's name
+    assert other.load() is None
+    cache.save(_version())
+    data = bytearray(cache.path.read_bytes())
+    data[-1] ^= 1
+    cache.path.write_bytes(bytes(data))
+    assert cache.load() is None
+    cache.save(_version())
+    assert PolicyCache("postgresql://db/x", "default", master=os.urandom(32),
+                       folder=tmp_path).load() is None  # another key
+
+
+def test_follow_with_cache_saves_the_version_in_force(store_url: str) -> None:
+    from egressguard.source import follow
+
+    with Store(store_url) as store:
+        store.commit("default", load_policy_text(LOOPBACK_ONLY), "test", "loopback")
+        with follow(None, "default", store, cache=True) as live:
+            assert live.feed is not None and live.feed.cache is not None
+            cached = live.feed.cache.load()
+        assert cached is not None and cached.number == store.latest_number("default")
