@@ -199,8 +199,8 @@ def recommend(
         flt = Filter(since=parse_since(since), cluster=cluster)
         current = load_policy(policy) if policy is not None else None
         if current is not None and show_diff:
-            snapshot_for(current)  # a policy `check` accepts compiles here too
-    except (QueryError, PolicyError, CompileError) as exc:
+            snapshot_for(current)  # a CompileError: the CLI's one line with its hint
+    except (QueryError, PolicyError) as exc:
         raise _fail(str(exc)) from None
     options = Options(wildcard_min=wildcard_min, upload_risk_bytes=upload_risk,
                       include_would_deny=include_would_deny)

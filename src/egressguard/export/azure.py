@@ -106,11 +106,21 @@ def _network(out: _Out, rule: NetRule, refs: References, gaps: Gaps, by_name: bo
         return
     addresses: list[str] = []
     fqdns: list[str] = []
+    # Azure Firewall matches an address rule by the packet's address, so it would also pass
+    # a request by name that resolves into it; the engine does that only when the rule opts
+    # in. Such an allow cannot be written narrowly for TCP: it is left out, not widened.
+    names_leak = rule.allow and not rule.match_resolved_names \
+        and bool(rule.protocols & {"tcp", "any"})
+    if names_leak and not by_name and any(d.kind is not DestKind.HOST
+                                          for d in rule.destinations):
+        gaps.add(rule.id, "address allow over TCP left out: Azure Firewall would also pass "
+                          "names resolving into it (egressguard does only with "
+                          "match_resolved_names: true; set it to export this rule)")
     for dest in rule.destinations:
         if dest.kind is DestKind.TAG and dest.text not in refs.service_tags:
             raise ExportError(f"network rule {rule.id}: unknown service tag {dest.text!r}")
         if dest.kind is not DestKind.HOST:
-            if not by_name:
+            if not by_name and not names_leak:
                 addresses.append(dest.text)
         elif not by_name:
             continue

@@ -130,6 +130,7 @@ class NetRule:
     sources: tuple[Network, ...]
     report_only: bool
     priority: int
+    match_resolved_names: bool = False  # also allows names resolving into it
 
     @property
     def allow(self) -> bool:
@@ -169,7 +170,8 @@ def network_rules(policy: Policy) -> tuple[NetRule, ...]:
                 protocols=frozenset(rule.protocols),
                 ports=tuple((p.low, p.high) for p in rule.ports),
                 sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
-                report_only=collection.report_only, priority=collection.priority))
+                report_only=collection.report_only, priority=collection.priority,
+                match_resolved_names=rule.match_resolved_names))
     return tuple(out)
 
 
