@@ -192,7 +192,7 @@ def network_findings(rules: list[NetRule], ctx: Context, snapshot: Snapshot) -> 
                     "network rule allows every destination"
                     + (" on every port and protocol" if wide_open else ""),
                     ("A network allow that opts in to names is decided before application "
-                     "rules (spec section 4, step 5): once the gateway resolves a name, "
+                     "rules (semantics §4, step 5): once the gateway resolves a name, "
                      "this rule allows it, so no application rule or deny below it is ever "
                      "reached, and raw" if rule.names else
                      "Every IP literal and raw") + " TCP/UDP tunnels (SSH, "
@@ -243,7 +243,7 @@ def _guard_lifted(rule: NetRule, cidr: str, snapshot: Snapshot) -> list[Finding]
     return [Finding(
         "guard-lifted", severity, rule.rule_id, cidr,
         f"explicit network rule opens {what}",
-        "Naming a special-purpose CIDR lifts the address guard (spec section 4, step 2) "
+        "Naming a special-purpose CIDR lifts the address guard (semantics §4, step 2) "
         "for every name that resolves into it, so DNS rebinding and server-side request "
         "forgery can reach it" + (" and read instance credentials" if severity
                                   is Severity.CRITICAL else "") + ".",

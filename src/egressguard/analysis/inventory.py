@@ -1,4 +1,4 @@
-"""The policy's rules flattened in the engine's evaluation order (spec section 4).
+"""The policy's rules flattened in the engine's evaluation order (semantics §4).
 
 The engine numbers application and network rules separately, collections by ascending
 priority (a stable sort, so equal priorities keep file order), rules in file order, and

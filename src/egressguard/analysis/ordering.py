@@ -1,6 +1,6 @@
 """Rules the evaluation order makes dead, and allow/deny rules that overlap.
 
-The engine takes the first applicable rule (spec section 4): a rule every request of which
+The engine takes the first applicable rule (semantics §4): a rule every request of which
 an earlier rule already takes is never reached (`shadowed-rule`); a deny rule that shares
 some hosts with an earlier allow rule does not apply to those hosts (`allow-deny-overlap`),
 which is how "deny evil.blob... after allow *.blob..." quietly fails.
@@ -222,7 +222,7 @@ def net_order(rules: list[NetRule]) -> list[Finding]:
 def network_bypasses_app_denies(nets: list[NetRule], apps: list[AppRule]) -> list[Finding]:
     """A network allow for `*` (TCP) that opts in to names (`match_resolved_names`) is
     decided before every application deny rule once the gateway has resolved the name
-    (spec section 4, step 5); without the opt-in it decides IP literals and flows only."""
+    (semantics §4, step 5); without the opt-in it decides IP literals and flows only."""
     opener = next((n for n in nets if n.action is Action.ALLOW and not n.sources and n.names
                    and any(d.kind == "any" for d in n.destinations)
                    and ("any" in n.protocols or "tcp" in n.protocols)), None)

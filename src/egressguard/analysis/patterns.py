@@ -1,4 +1,4 @@
-"""Set relations between host patterns (spec section 3): subsumption, overlap, exposure.
+"""Set relations between host patterns (semantics §3): subsumption, overlap, exposure.
 
 The engine answers "does this host match this pattern" (`engine.hostindex.HostIndex`); the
 analyser needs relations between *patterns*: does `A` cover every host `B` covers (then a

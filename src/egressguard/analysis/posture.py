@@ -44,7 +44,7 @@ def unrestricted(policy: Policy, snapshot: Snapshot, grants: list[Grant]) -> lis
             "restrict_outbound_network_access",
             "allow rules are written but outbound access is not restricted",
             "The policy lists allowed destinations, which suggests the intent to allow only "
-            "those, yet the default verdict is allow (spec section 4, step 7): every other "
+            "those, yet the default verdict is allow (semantics §4, step 7): every other "
             "destination is reachable too, and the allowed FQDN list is ignored.",
             fix, example=f"{PROBE_LABEL}.example", related=tuple(dict.fromkeys(intent)))]
     return [Finding(
@@ -138,7 +138,7 @@ _HOST_LITERAL = re.compile(r"(?:[a-z0-9-]+\\\.)+[a-z0-9-]+")
 def unanchored_callouts(policy: Policy) -> list[Finding]:
     """Cluster entries whose regex also matches hosts that merely contain the name.
 
-    Callout regexes are searched, not matched (spec section 3), in `scheme://host/path`:
+    Callout regexes are searched, not matched (semantics §3), in `scheme://host/path`:
     `myserver\\.database\\.windows\\.net` also matches
     `https://myserver.database.windows.net.attacker.example/` and
     `https://attacker.example/myserver.database.windows.net`.

@@ -171,7 +171,7 @@ def _filled(value: str, row: Row) -> str:
 
 
 def covers(pattern: str, target: str) -> bool:
-    """Whether host pattern `pattern` matches every name `target` matches (spec section 3),
+    """Whether host pattern `pattern` matches every name `target` matches (semantics §3),
     so that a later rule for `target` would never be reached."""
     if pattern == target or pattern == "*":
         return True

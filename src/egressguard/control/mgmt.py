@@ -1,6 +1,6 @@
 """Run the Kusto-style callout policy commands against a cluster in the store.
 
-Semantics (spec section 4 step 3): `.show` lists the immutable and the cluster layer;
+Semantics (semantics §4 step 3): `.show` lists the immutable and the cluster layer;
 `.alter` replaces the cluster layer, `.alter-merge` updates `CanCall` of entries with the
 same type and regex and appends the rest (both refused while the cluster restricts
 outbound access: then the policy changes only through the resource properties);
@@ -25,7 +25,7 @@ from egressguard.policy.model import KNOWN_CALLOUT_TYPES
 COLUMNS = ("PolicyName", "EntityName", "Policy", "ChildEntities", "EntityType")
 IMMUTABLE_ENTITY = "Cluster immutable policy"
 CLUSTER_ENTITY = "Cluster"
-# Allowed FQDNs cover every callout type but webapi (spec section 4 step 3).
+# Allowed FQDNs cover every callout type but webapi (semantics §4 step 3).
 FQDN_CALLOUT_TYPES = tuple(sorted(KNOWN_CALLOUT_TYPES - {"*", "webapi"}))
 _KUSTO_NAMES = {"callout_type": "CalloutType", "uri_regex": "CalloutUriRegex",
                 "can_call": "CanCall"}

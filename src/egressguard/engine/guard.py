@@ -1,4 +1,4 @@
-"""The address guard (spec section 4, step 2): addresses no egress should reach by default.
+"""The address guard (semantics §4, step 2): addresses no egress should reach by default.
 
 Cloud metadata endpoints, loopback and private ranges are where server-side request
 forgery and DNS rebinding lead; they are denied unless a network rule names them.

@@ -1,6 +1,6 @@
 """Host-pattern index: exact names in a dict, wildcards in a label trie.
 
-Patterns (spec section 3) are stored under the domain they hang from, so a lookup costs
+Patterns (semantics §3) are stored under the domain they hang from, so a lookup costs
 one dict probe for the exact name and one per label of the host, however many patterns
 the policy holds:
 

@@ -3,7 +3,7 @@
 The engine is pure: no I/O, no clock, no globals. Callers (the gateway, the DNS filter,
 the library check, the CLI) resolve names themselves and pass the addresses they will
 connect to; the snapshot only matches. The order of evaluation is the contract in
-`shared/spec/policy-semantics.md`, section 4; each step below cites its number.
+`docs/policy-semantics.md`, section 4; each step below cites its number.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ class Snapshot:
         (`match_resolved_names`): a name's verdict may then depend on what it resolves to,
         so it must be resolved before it is decided. When False, addresses can only add
         denials (the guard, deny rules), so a name denied without its addresses is denied
-        whatever it resolves to and need never be looked up (spec section 4 step 5)."""
+        whatever it resolves to and need never be looked up (semantics §4 step 5)."""
         self._trusted_v4 = pytricia.PyTricia(32)
         self._trusted_v6 = pytricia.PyTricia(128)
         for cidr in policy.trusted_ranges:
@@ -372,7 +372,7 @@ class Snapshot:
     # -- the decision ------------------------------------------------------------------
 
     def decide(self, request: Request) -> Decision:
-        """Decide one request (spec section 4). Never raises for bad input: it denies.
+        """Decide one request (semantics §4). Never raises for bad input: it denies.
 
         Decisions about names (no resolved addresses, no source scope) are memoised per
         snapshot: the snapshot is immutable and `Decision` frozen, so a repeated request

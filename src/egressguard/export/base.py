@@ -87,7 +87,7 @@ def policy_wide_gaps(policy: Policy, fmt: str, gaps: Gaps) -> None:
 
 
 def special_networks() -> list[Network]:
-    """The address guard's ranges (spec section 4 step 2), as written in the guard."""
+    """The address guard's ranges (semantics §4 step 2), as written in the guard."""
     return [ipaddress.ip_network(p) for p in SPECIAL_RANGES]
 
 

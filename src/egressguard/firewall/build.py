@@ -1,6 +1,6 @@
 """Policy -> `Ruleset`: the engine's network layer for `flow` requests, as nft chains.
 
-What the engine does for a flow to an IP address (spec section 4, steps 2, 4 and 7), and
+What the engine does for a flow to an IP address (semantics §4, steps 2, 4 and 7), and
 how each part appears in the kernel:
 
 * report-only policy: every denial is only recorded -> nothing is dropped (logged instead);

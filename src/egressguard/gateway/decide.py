@@ -1,7 +1,7 @@
 """What the gateway decides on its own, without I/O: plain values in, plain values out.
 
 The policy's verdicts come from the engine through the checkpoint; these are the checks
-a forward proxy must add around them (policy spec section 5), kept here so that they can
+a forward proxy must add around them (policy semantics §5), kept here so that they can
 be read in one place and tested from tables without sockets (`tests/gateway/test_decide.py`):
 
 * `http_target` - an HTTP request's target: absolute-form `http://` only, exactly one
@@ -97,7 +97,7 @@ FirstBytes = tls.NeedMore | Relay | GuardRefusal | DecideSni
 
 def http_target(url: bytes, hosts: Sequence[bytes], version: str,
                 conflict: bool = False) -> HttpTarget | Invalid:
-    """Check an HTTP request line and its Host headers (spec section 5)."""
+    """Check an HTTP request line and its Host headers (semantics §5)."""
     try:
         if conflict:
             return Invalid("both Content-Length and Transfer-Encoding")

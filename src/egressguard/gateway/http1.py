@@ -2,7 +2,7 @@
 
 Parsing of the byte stream is `httptools` (llhttp); this module holds what a forward
 proxy adds on top: the hop-by-hop header rules of RFC 9110 section 7.6.1, the Host
-consistency check of the policy spec (section 5), and the refusal responses.
+consistency check of the policy semantics (§5), and the refusal responses.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def split_authority(text: str) -> tuple[str, int | None]:
 
 def check_host_header(headers: Headers, scheme: bytes, url_host: str,
                       url_port: int | None) -> None:
-    """Spec section 5: exactly one Host, equal to the absolute-URI authority."""
+    """Semantics §5: exactly one Host, equal to the absolute-URI authority."""
     check_host([v for n, v in headers if n.lower() == b"host"], scheme, url_host, url_port)
 
 
@@ -79,7 +79,7 @@ def host_to_add(hosts: list[bytes], version: str, host: str, port: int | None) -
 
     RFC 9112 3.2 requires Host of HTTP/1.1 only: an HTTP/1.0 absolute-form request without
     it is decided by the URI authority (`host`, normalised, `port` as written) and gets
-    that authority as its Host upstream (spec section 5). Raises BadRequest for HTTP/1.1
+    that authority as its Host upstream (semantics §5). Raises BadRequest for HTTP/1.1
     without Host, and for versions other than 1.0 and 1.1 (HTTP/0.9 has no headers).
     """
     if version not in ("1.1", "1.0"):

@@ -64,7 +64,7 @@ def _reject_placeholder(value: str, what: str) -> str:
 
 
 def validate_host_pattern(value: str) -> str:
-    """Check and canonicalise a host pattern (spec section 3); return its canonical text."""
+    """Check and canonicalise a host pattern (semantics §3); return its canonical text."""
     from egressguard.engine.normalize import InvalidHost, normalize_host
 
     _reject_placeholder(value, "host pattern")
@@ -229,7 +229,7 @@ TrustedRange = Annotated[str, StringConstraints(max_length=64),
 
 
 class ApplicationRule(_Strict):
-    """Allow or deny HTTP/HTTPS to host patterns (spec section 3) on given ports."""
+    """Allow or deny HTTP/HTTPS to host patterns (semantics §3) on given ports."""
 
     name: Name
     action: Action | None = None
@@ -318,7 +318,7 @@ class NetworkRule(_Strict):
     match_resolved_names: bool = False
     """Also allow a request by name when every address it resolves to falls in this rule.
     Off by default: deciding such a name needs a DNS query first, and the query itself
-    carries the name out (spec section 4 step 5)."""
+    carries the name out (semantics §4 step 5)."""
 
     @field_validator("protocols", mode="before")
     @classmethod
@@ -342,7 +342,7 @@ class NetworkRuleCollection(_Collection):
 
 
 class ServiceEndpointPolicy(_Strict):
-    """Storage egress only to listed accounts and aliases (spec section 6)."""
+    """Storage egress only to listed accounts and aliases (semantics §6)."""
 
     name: Name
     service: Literal["Microsoft.Storage"] = "Microsoft.Storage"

@@ -1,4 +1,4 @@
-"""The policy's rules flattened in evaluation order (spec section 4), as plain values.
+"""The policy's rules flattened in evaluation order (semantics §4), as plain values.
 
 One flattening for every reader of the rules (the engine's compile, the kernel ruleset, the
 analyser, the exporters): collections by ascending priority (a stable sort, so equal
@@ -65,7 +65,7 @@ class DestKind(enum.StrEnum):
     ANY = "any"  # `*`
     NET = "net"  # an IP address or CIDR (canonical network text)
     TAG = "tag"  # a service tag, expanded through References.service_tags
-    HOST = "host"  # a host pattern (spec section 3)
+    HOST = "host"  # a host pattern (semantics §3)
 
 
 @dataclass(frozen=True, slots=True)
