@@ -242,7 +242,7 @@ def test_recommendation_from_gateway_traffic_allows_exactly_it(
     out = tmp_path / "recommended.yaml"
     runner = CliRunner()
     result = runner.invoke(cli, ["recommend", "--since", "1h", "--store", sqlite_url,
-                                 "-o", str(out)])
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
 
     def check(*args: str) -> int:

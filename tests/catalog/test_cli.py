@@ -67,7 +67,7 @@ def test_profile_aks_then_check_allows_every_required_fqdn_rule_and_denies_the_r
     for cloud, region in REGION.items():
         policy = tmp_path / f"aks-{cloud}.yaml"
         made = cli(home, "profile", "aks", "--cloud", cloud, "--region", region,
-                   "-o", str(policy))
+                   "--out", str(policy))
         assert made.returncode == 0, made.stderr
         assert "warning" not in made.stderr  # every tag it names was imported
         section = get_catalog("aks").section(f"{'global' if cloud == 'public' else cloud}-fqdn")

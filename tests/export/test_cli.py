@@ -62,7 +62,7 @@ def test_every_format_exports_and_warns_in_both_places(policy_file: Path, fmt: s
 def test_squid_glob_is_expressed_and_exact_policy_passes_strict(tmp_path: Path) -> None:
     path = tmp_path / "exact.yaml"
     path.write_text(EXACT)
-    code, out, err = _run("-f", "squid", "--policy", str(path), "--strict")
+    code, out, err = _run("--format", "squid", "--policy", str(path), "--strict")
     assert code == 0, err
     assert "acl eg_a1_names dstdomain -n mcr.microsoft.com" in out
     assert "acl eg_a1_names dstdomain -n .data.mcr.microsoft.com" in out
@@ -71,7 +71,7 @@ def test_squid_glob_is_expressed_and_exact_policy_passes_strict(tmp_path: Path) 
 def test_strict_refuses_with_exit_1_and_writes_nothing(policy_file: Path,
                                                        tmp_path: Path) -> None:
     out_file = tmp_path / "out.json"
-    code, out, err = _run("-f", "azure-firewall", "--policy", str(policy_file), "--strict",
+    code, out, err = _run("--format", "azure-firewall", "--policy", str(policy_file), "--strict",
                           "--out", str(out_file))
     assert code == 1
     assert out == "" and not out_file.exists()
@@ -80,14 +80,14 @@ def test_strict_refuses_with_exit_1_and_writes_nothing(policy_file: Path,
 
 def test_out_writes_the_file(policy_file: Path, tmp_path: Path) -> None:
     out_file = tmp_path / "policy.cilium.yaml"
-    code, out, err = _run("-f", "cilium", "--policy", str(policy_file), "-o", str(out_file))
+    code, out, err = _run("--format", "cilium", "-f", str(policy_file), "--out", str(out_file))
     assert code == 0 and out == ""
     assert "kind: CiliumClusterwideNetworkPolicy" in out_file.read_text()
     assert f"wrote {out_file}" in err
 
 
 def test_nftables_format_is_the_kernel_renderer(policy_file: Path) -> None:
-    code, out, _ = _run("-f", "nftables", "--policy", str(policy_file))
+    code, out, _ = _run("--format", "nftables", "--policy", str(policy_file))
     assert code == 0
     assert render_ruleset(load_policy(policy_file)) in out
 
@@ -108,11 +108,11 @@ def test_yaml_export_of_a_stored_cluster_round_trips(store_url: str) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["-f", "pf"], "unknown format 'pf'"),
+    (["--format", "pf"], "unknown format 'pf'"),
     (["--policy", "a.yaml", "--cluster", "x"], "not both"),
     (["--policy", "/nonexistent/p.yaml"], "cannot read"),
-    (["-f", "cilium", "--identity", "nonsense"], "--identity"),
-    (["-f", "kubernetes", "--gateway", "gw.local:3128"], "expected ip[:port]"),
+    (["--format", "cilium", "--identity", "nonsense"], "--identity"),
+    (["--format", "kubernetes", "--gateway", "gw.local:3128"], "expected ip[:port]"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str,
                                           policy_file: Path) -> None:
@@ -127,5 +127,5 @@ def test_unknown_service_tag_is_an_error_not_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("network_rule_collections:\n- name: n\n  rules:\n  - {name: r, "
                     "destinations: [NoSuchTag], action: deny}\n")
-    code, _, err = _run("-f", "squid", "--policy", str(path))
+    code, _, err = _run("--format", "squid", "--policy", str(path))
     assert code == 2 and "unknown service tag 'NoSuchTag'" in err

@@ -117,7 +117,7 @@ def test_cli_render_writes_the_file(tmp_path: Path) -> None:
                       "protocols: [udp], ports: [53]}]}\n")
     out = tmp_path / "rules.nft"
     done = subprocess.run([sys.executable, "-m", "egressguard.cli.main", "firewall", "render",
-                           "--policy", str(policy), "-o", str(out)], capture_output=True,
+                           "--policy", str(policy), "--out", str(out)], capture_output=True,
                           text=True, timeout=60, env={"EGRESSGUARD_HOME": str(tmp_path),
                                                       "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr

@@ -67,7 +67,7 @@ def test_recommended_policy_allows_exactly_the_observed_traffic(recorded: str,
                                                                 tmp_path: Path) -> None:
     out = tmp_path / "policy.yaml"
     result = runner.invoke(app, ["recommend", "--since", "1d", "--store", recorded,
-                                 "-o", str(out)])
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
     policy = tmp_path / "policy.yaml"
     load_policy(policy)

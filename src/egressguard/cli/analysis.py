@@ -7,8 +7,6 @@ simulate: exit 0 when no verdict changes, 1 when at least one does, 2 for bad in
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +18,7 @@ from rich.text import Text
 from egressguard.analysis import Report, Severity, analyze
 from egressguard.analysis.simulate import RequestListError, Simulation, parse_requests, simulate
 from egressguard.catalog import references
+from egressguard.cli.output import Format, OutputOpt, console, emit, is_data
 from egressguard.engine import CompileError
 from egressguard.source import SourceError, policy_in_force, snapshot_for
 
@@ -28,14 +27,8 @@ EXIT_SAME, EXIT_CHANGED, EXIT_BAD_INPUT = 0, 1, 2
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar="EGRESSGUARD_STORE",
     help="store URL for --cluster (default: the configured store)")]
-OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 _SEVERITY_STYLE = {Severity.CRITICAL: "bold red", Severity.HIGH: "red",
                    Severity.MEDIUM: "yellow", Severity.LOW: "cyan", Severity.INFO: "dim"}
-
-
-def _console() -> Console:
-    """Wide enough that rows never wrap when output is piped (tests, CI logs)."""
-    return Console(width=None if sys.stdout.isatty() else 240, highlight=False)
 
 
 def _bad(message: str) -> typer.Exit:
@@ -43,23 +36,17 @@ def _bad(message: str) -> typer.Exit:
     return typer.Exit(EXIT_BAD_INPUT)
 
 
-def _output(output: str) -> str:
-    if output not in ("table", "json"):
-        raise _bad(f"--output must be table or json, not {output!r}")
-    return output
-
-
 def analyze_command(
-    policy: Annotated[Path | None, typer.Option(help="policy file (YAML or JSON)")] = None,
+    policy: Annotated[Path | None, typer.Option(
+        "--policy", "--file", "-f", help="policy file (YAML or JSON)")] = None,
     cluster: Annotated[str | None, typer.Option(help="a stored cluster's current policy")
                        ] = None,
     store: StoreOpt = None,
-    output: OutputOpt = "table",
+    output: OutputOpt = Format.TABLE,
     fail_on: Annotated[str | None, typer.Option(
         help="exit 1 if a finding is at least this severe (info..critical)")] = None,
 ) -> None:
     """List the exfiltration paths and dead rules of a policy, most severe first."""
-    output = _output(output)
     if policy is not None and cluster is not None:
         raise _bad("give --policy or --cluster, not both")
     try:
@@ -68,17 +55,16 @@ def analyze_command(
     except (SourceError, ValueError) as exc:
         raise _bad(str(exc)) from None
     report = analyze(loaded)
-    if output == "json":
-        typer.echo(json.dumps({"policy": source, **report.as_dict()}, indent=2))
+    if is_data(output):
+        emit({"policy": source, **report.as_dict()}, output)
     else:
-        _print_report(report, source)
+        _print_report(report, source, console(output is Format.WIDE))
     worst = report.worst()
     if threshold is not None and worst is not None and worst >= threshold:
         raise typer.Exit(1)
 
 
-def _print_report(report: Report, source: str) -> None:
-    console = _console()
+def _print_report(report: Report, source: str, console: Console) -> None:
     if not report.findings:
         console.print(Text(f"{source}: no findings"))
         return
@@ -105,7 +91,7 @@ def simulate_command(
              "cluster, else the built-in deny-all policy)")] = None,
     cluster: Annotated[str | None, typer.Option(help="stored cluster in force")] = None,
     store: StoreOpt = None,
-    output: OutputOpt = "table",
+    output: OutputOpt = Format.TABLE,
 ) -> None:
     """Decide every request of a list under the policy in force and a proposed one.
 
@@ -115,7 +101,6 @@ def simulate_command(
     `address=IP[,IP]`, `source=IP`, `port=N`.
     Exit 0: no verdict changes; 1: some verdict changes; 2: bad input.
     """
-    output = _output(output)
     if current is not None and cluster is not None:
         raise _bad("give --current or --cluster, not both")
     try:
@@ -132,10 +117,10 @@ def simulate_command(
                           now_source, new_source)
     except (RequestListError, SourceError, CompileError) as exc:
         raise _bad(str(exc)) from None
-    if output == "json":
-        typer.echo(json.dumps(result.as_dict(), indent=2))
+    if is_data(output):
+        emit(result.as_dict(), output)
     else:
-        _print_simulation(result)
+        _print_simulation(result, console(output is Format.WIDE))
     raise typer.Exit(EXIT_CHANGED if result.changed else EXIT_SAME)
 
 
@@ -143,10 +128,9 @@ def _cell(decision_effect: str, rule: str) -> Text:
     return Text(f"{decision_effect} {rule}")
 
 
-def _print_simulation(result: Simulation) -> None:
+def _print_simulation(result: Simulation, console: Console) -> None:
     from egressguard.analysis.simulate import effect
 
-    console = _console()
     table = Table(title=f"What-if: {result.current_source} -> {result.proposed_source}")
     for column in ("line", "request", "current", "proposed", "change"):
         table.add_column(column, no_wrap=True)

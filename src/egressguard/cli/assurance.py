@@ -9,19 +9,17 @@ input.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from egressguard import config
-from egressguard.cli.control import ApiOpt, OutputOpt, StoreOpt, TokenOpt, _api, _store, _user
+from egressguard.cli.control import ApiOpt, StoreOpt, TokenOpt, _api, _store, _user
+from egressguard.cli.output import Format, OutputOpt, emit, is_data, render
 from egressguard.policy import Policy, PolicyError, dump_policy, load_policy
 
-out = Console(width=200)
 FileOpt = Annotated[Path, typer.Option("--file", "-f", help="policy file (YAML or JSON)")]
 ClusterOpt = Annotated[str | None, typer.Option(
     "--cluster", "--name", "-n", help="cluster name (default the configured cluster)")]
@@ -44,7 +42,7 @@ def _refs() -> Any:
     return references()
 
 
-def test(file: FileOpt, output: OutputOpt = "table") -> None:
+def test(file: FileOpt, output: OutputOpt = Format.TABLE) -> None:
     """Run a policy file's assertions (exit 0 all pass, 1 one fails, 2 bad input)."""
     from egressguard.analysis.assertions import evaluate
     from egressguard.engine import CompileError, compile_policy
@@ -57,15 +55,15 @@ def test(file: FileOpt, output: OutputOpt = "table") -> None:
         raise typer.Exit(2) from None
     outcomes = evaluate(policy, snapshot)
     failed = [o for o in outcomes if not o.passed]
-    if output == "json":
-        typer.echo(json.dumps({"passed": len(outcomes) - len(failed), "failed": len(failed),
-                               "results": [o.as_dict() for o in outcomes]}, indent=2))
+    if is_data(output):
+        emit({"passed": len(outcomes) - len(failed), "failed": len(failed),
+                               "results": [o.as_dict() for o in outcomes]}, output)
     elif outcomes:
         table = Table("name", "request", "expect", "got", "result", "decided by")
         for o in outcomes:
             table.add_row(o.assertion.label, o.assertion.request, o.assertion.expect.value,
                           o.got, "pass" if o.passed else "FAIL", o.decision.rule)
-        out.print(table)
+        render(table, wide=output is Format.WIDE)
         typer.echo(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
     else:
         typer.echo(f"{file}: no assertions (add `assertions:` to the policy)")
@@ -102,7 +100,7 @@ def ceiling_set(file: FileOpt, cluster: ClusterOpt = None, strict: Annotated[boo
 
 @ceiling_app.command("show")
 def ceiling_show(cluster: ClusterOpt = None, store: StoreOpt = None, api: ApiOpt = None,
-                 token: TokenOpt = None, output: OutputOpt = "table") -> None:
+                 token: TokenOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """Print the ceiling (YAML), or its metadata and text as JSON."""
     name, api = config.cluster(cluster), config.api_url(api)
     if api:
@@ -114,8 +112,8 @@ def ceiling_show(cluster: ClusterOpt = None, store: StoreOpt = None, api: ApiOpt
                 typer.echo(f"error: cluster {name!r} has no ceiling", err=True)
                 raise typer.Exit(2)
             data = {**found.meta(), "policy": found.text}
-    if output == "json":
-        typer.echo(json.dumps(data, indent=2))
+    if is_data(output):
+        emit(data, output)
     else:
         typer.echo(f"# ceiling of {name}, set by {data['principal']} at {data['set_at']}"
                    + (" (strict)" if data["strict"] else ""))
@@ -140,7 +138,7 @@ def ceiling_check(file: FileOpt, ceiling: Annotated[Path | None, typer.Option(
         "--ceiling", help="ceiling file (default: the cluster's stored ceiling)")] = None,
         cluster: ClusterOpt = None, store: StoreOpt = None,
         strict: Annotated[bool, typer.Option("--strict")] = False,
-        output: OutputOpt = "table") -> None:
+        output: OutputOpt = Format.TABLE) -> None:
     """Is everything FILE allows also allowed by the ceiling? Exit 0 yes, 1 no (with a
     counterexample) or unproved with --strict."""
     from egressguard.analysis.contain import check_arguments, contains
@@ -158,8 +156,8 @@ def ceiling_check(file: FileOpt, ceiling: Annotated[Path | None, typer.Option(
             raise typer.Exit(2)
         bound, strict = found.policy, strict or found.strict
     answer = contains(policy, bound, _refs())
-    if output == "json":
-        typer.echo(json.dumps(answer.as_dict(), indent=2))
+    if is_data(output):
+        emit(answer.as_dict(), output)
     else:
         typer.echo(answer.message())
         if answer.counterexample:
@@ -175,7 +173,7 @@ def replay(policy: Annotated[Path, typer.Option(
         since: Annotated[str, typer.Option(help="recorded window, e.g. 7d, 12h")] = "7d",
         cluster: Annotated[str | None, typer.Option(
             help="only this cluster's records (default every cluster's)")] = None,
-        store: StoreOpt = None, output: OutputOpt = "table") -> None:
+        store: StoreOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """Re-decide the audit log's recorded requests under a candidate policy and report
     what would flip (newly denied / newly allowed, per client and destination)."""
     from egressguard.analysis.replay import replay as run
@@ -195,8 +193,8 @@ def replay(policy: Annotated[Path, typer.Option(
         result = run(scan(engine, flt, sealer=sealer), snapshot)
     finally:
         engine.dispose()
-    if output == "json":
-        typer.echo(json.dumps(result.as_dict(), indent=2))
+    if is_data(output):
+        emit(result.as_dict(), output)
         return
     for line in result.lines():
         typer.echo(line)

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import tempfile
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -27,6 +26,7 @@ from egressguard.catalog.servicetags import (
     load_stored,
     lookup,
 )
+from egressguard.cli.output import Format, OutputOpt, emit, is_data
 from egressguard.policy import PolicyError, load_policy_text
 from egressguard.policy.defaults import IMMUTABLE_CALLOUT_ROWS
 
@@ -39,12 +39,6 @@ servicetags_app = typer.Typer(no_args_is_help=True,
                               help="Import and inspect Azure service tags.")
 
 
-class Output(StrEnum):
-    TABLE = "table"
-    JSON = "json"
-
-
-OutputOpt = Annotated[Output, typer.Option("--output", "-O", help="table or json")]
 
 
 def _fail(message: str) -> NoReturn:
@@ -65,7 +59,7 @@ def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 
 @catalog_app.command("list")
-def catalog_list(output: OutputOpt = Output.TABLE) -> None:
+def catalog_list(output: OutputOpt = Format.TABLE) -> None:
     """List the shipped catalogs, FQDN tags and storage aliases."""
     entries: list[dict[str, Any]] = [
                {"name": c.name, "title": c.title, "source": c.source, "clouds": list(c.clouds),
@@ -75,9 +69,9 @@ def catalog_list(output: OutputOpt = Output.TABLE) -> None:
                for c in catalogs().values()]
     tags = {name: len(patterns) for name, patterns in fqdn_tags().items()}
     aliases = {name: list(globs) for name, globs in storage_aliases().items()}
-    if output is Output.JSON:
-        typer.echo(json.dumps({"catalogs": entries, "fqdn_tags": tags,
-                               "storage_aliases": aliases}, indent=2))
+    if is_data(output):
+        emit({"catalogs": entries, "fqdn_tags": tags,
+                               "storage_aliases": aliases}, output)
         return
     _print_table("Catalogs", ["name", "title", "source", "clouds", "rows", "features"],
                  [[e["name"], e["title"], e["source"], ",".join(e["clouds"]), str(e["rows"]),
@@ -128,7 +122,7 @@ def _destination_text(item: dict[str, Any]) -> str:
 def catalog_show(
     name: Annotated[str, typer.Argument(help="catalog name (see `catalog list`)")],
     cloud: Annotated[str | None, typer.Option(help="public, china or usgov")] = None,
-    output: OutputOpt = Output.TABLE,
+    output: OutputOpt = Format.TABLE,
 ) -> None:
     """Show one catalog's rows, optionally for one cloud."""
     catalog = get_catalog(name)
@@ -148,10 +142,10 @@ def catalog_show(
         extra["service_endpoint_policy"] = sep
     if "inbound_note" in catalog.raw:
         extra["inbound_note"] = catalog.raw["inbound_note"]
-    if output is Output.JSON:
-        typer.echo(json.dumps({"catalog": catalog.name, "title": catalog.title,
+    if is_data(output):
+        emit({"catalog": catalog.name, "title": catalog.title,
                                "source": catalog.source, "cloud": cloud, "rows": rows,
-                               **extra}, indent=2))
+                               **extra}, output)
         return
     title = f"{catalog.title} ({catalog.source})" + (f", cloud {cloud}" if cloud else "")
     if rows:
@@ -218,7 +212,7 @@ def _command() -> str:
         for a in sys.argv[1:])
 
 
-OutOpt = Annotated[Path | None, typer.Option("-o", "--out", help="write the policy here")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="write the policy here")]
 RegionOpt = Annotated[str, typer.Option(help="Azure region, e.g. westeurope")]
 
 
@@ -283,14 +277,14 @@ def servicetags_import(
 @servicetags_app.command("show")
 def servicetags_show(
     tag: Annotated[str, typer.Argument(help="e.g. AzureCloud.westeurope, AzureMonitor")],
-    output: OutputOpt = Output.TABLE,
+    output: OutputOpt = Format.TABLE,
 ) -> None:
     """Show one imported service tag and its address prefixes."""
     found = lookup(tag)
-    if output is Output.JSON:
-        typer.echo(json.dumps({"name": found.name, "region": found.region,
+    if is_data(output):
+        emit({"name": found.name, "region": found.region,
                                "systemService": found.system_service,
-                               "addressPrefixes": list(found.prefixes)}, indent=2))
+                               "addressPrefixes": list(found.prefixes)}, output)
         return
     typer.echo(f"name:          {found.name}\nregion:        {found.region or '(global)'}\n"
                f"systemService: {found.system_service or '-'}\n"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from egressguard.cli.output import Format, OutputOpt, emit
 from egressguard.engine.query import QueryError, query_of
 from egressguard.source import SourceError, active_in_force
 
@@ -34,6 +34,7 @@ def check(
     protocol: Annotated[str | None, typer.Option(
         help="tcp, udp or icmp, for network rules (default tcp; udp for dns)")] = None,
     policy: Annotated[Path | None, typer.Option(
+        "--policy", "--file", "-f",
         help="policy file (YAML or JSON); default: the policy in force (--cluster, else "
              "the store's default cluster, else the built-in deny-all policy)")] = None,
     cluster: Annotated[str | None, typer.Option(help="a stored cluster's current policy")
@@ -41,7 +42,8 @@ def check(
     store: Annotated[str | None, typer.Option(
         "--store", envvar="EGRESSGUARD_STORE",
         help="store URL for --cluster (default: the embedded store)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    output: OutputOpt = Format.TABLE,
+    as_json: Annotated[bool, typer.Option("--json", help="the same as -o json")] = False,
 ) -> None:
     """Decide one outbound call. Exit 0 allowed, 1 denied, 2 bad input."""
     try:
@@ -58,13 +60,17 @@ def check(
     # An unparsable URL or host is bad input (exit 2), though the engine denies it too.
     bad_input = decision.rule == "guard:invalid-host"
     if as_json:
-        typer.echo(json.dumps(decision.as_dict()))
+        typer.echo(json.dumps(decision.as_dict()))  # one line, as before -o existed
     else:
-        out = sys.stdout
-        out.write(f"verdict: {decision.verdict.value}"
-                  f"{' (report-only)' if decision.report_only else ''}\n"
-                  f"layer:   {decision.layer.value}\nrule:    {decision.rule}\n"
-                  f"reason:  {decision.reason}\n")
+        emit(decision.as_dict(), output, lambda: (
+            f"verdict: {decision.verdict.value}"
+            f"{' (report-only)' if decision.report_only else ''}\n"
+            f"layer:   {decision.layer.value}\nrule:    {decision.rule}\n"
+            f"reason:  {decision.reason}\n"))
     if bad_input:
         raise typer.Exit(EXIT_BAD_INPUT)
     raise typer.Exit(EXIT_ALLOWED if decision.allowed else EXIT_DENIED)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(check)

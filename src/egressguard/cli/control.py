@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from egressguard import config
+from egressguard.cli.output import Format, OutputOpt, emit
 from egressguard.control.auth import Principal
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.mgmt import execute
@@ -41,10 +41,6 @@ TokenOpt = Annotated[str | None, typer.Option(
 NameOpt = Annotated[str | None, typer.Option(
     "--name", "-n", help="cluster name (default $EGRESSGUARD_CLUSTER, the config file's "
                          "`cluster`, else default)")]
-OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
-
-out = Console()
-
 
 def _user() -> str:
     try:
@@ -93,11 +89,8 @@ def _api(method: str, api: str, token: str | None, path: str, body: Any = None) 
     return response.json()
 
 
-def _emit(data: Any, output: str, table: Table | None) -> None:
-    if output == "json" or table is None:
-        typer.echo(json.dumps(data, indent=2))
-    else:
-        out.print(table)
+def _emit(data: Any, output: Format, table: Table | None) -> None:
+    emit(data, output, None if table is None else lambda: table)
 
 
 def _cell(value: Any) -> Text:
@@ -131,7 +124,7 @@ def mgmt(
     cluster: Annotated[str | None, typer.Option(
         help="cluster name (default: the configured cluster)")] = None,
     store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
-    output: OutputOpt = "table",
+    output: OutputOpt = Format.TABLE,
 ) -> None:
     """Run a Kusto-style management command (.show/.alter/.alter-merge/.delete cluster
     policy callout)."""
@@ -149,7 +142,7 @@ cluster_app = typer.Typer(help="Show and update clusters (ARM-style properties).
 
 
 @cluster_app.command("list")
-def cluster_list(store: StoreOpt = None, output: OutputOpt = "table") -> None:
+def cluster_list(store: StoreOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """List the clusters and their current versions."""
     with _store(store) as st:
         rows = [st.current(n).meta() for n in st.clusters()]
@@ -162,7 +155,7 @@ def cluster_list(store: StoreOpt = None, output: OutputOpt = "table") -> None:
 
 @cluster_app.command("show")
 def cluster_show(name: NameOpt = None, store: StoreOpt = None, api: ApiOpt = None,
-                 token: TokenOpt = None, output: OutputOpt = "table") -> None:
+                 token: TokenOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """Show a cluster's properties."""
     name, api = config.cluster(name), config.api_url(api)
     if api:
@@ -214,7 +207,7 @@ def cluster_update(
         "--remove-allowed-fqdn", "--removeAllowedFQDN",
         help="remove from allowedFqdnList")] = None,
     store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
-    output: OutputOpt = "table",
+    output: OutputOpt = Format.TABLE,
 ) -> None:
     """Update a cluster's properties; each update is a new version."""
     name, api = config.cluster(name), config.api_url(api)
@@ -255,7 +248,7 @@ def cluster_create(
                             "restricted deny-all policy")] = None,
     unrestricted: Annotated[bool, typer.Option(
         "--unrestricted", help="start unrestricted (allow unless a rule denies)")] = False,
-    store: StoreOpt = None, output: OutputOpt = "table",
+    store: StoreOpt = None, output: OutputOpt = Format.TABLE,
 ) -> None:
     """Create a cluster (on the store); refused if it exists. Gateways enforce it with
     `serve --cluster NAME`."""
@@ -317,7 +310,7 @@ versions_app = typer.Typer(help="A cluster's immutable policy versions.", no_arg
 
 @versions_app.command("list")
 def versions_list(name: NameOpt = None, store: StoreOpt = None,
-                  output: OutputOpt = "table") -> None:
+                  output: OutputOpt = Format.TABLE) -> None:
     """List versions, newest first."""
     name = config.cluster(name)
     with _store(store) as st:
@@ -332,15 +325,12 @@ def versions_list(name: NameOpt = None, store: StoreOpt = None,
 @versions_app.command("show")
 def versions_show(number: Annotated[int, typer.Argument(help="version number")],
                   name: NameOpt = None, store: StoreOpt = None,
-                  output: OutputOpt = "yaml") -> None:
-    """Print one version's policy (YAML, or --output json for its metadata too)."""
+                  output: OutputOpt = Format.TABLE) -> None:
+    """Print one version's policy (its YAML; -o json or yaml: with its metadata)."""
     name = config.cluster(name)
     with _store(store) as st:
         version = st.version(name, number)
-    if output == "json":
-        typer.echo(json.dumps({**version.meta(), "policy": version.text}, indent=2))
-    else:
-        sys.stdout.write(version.text)
+    emit({**version.meta(), "policy": version.text}, output, lambda: version.text)
 
 
 @versions_app.command("diff")
@@ -351,7 +341,7 @@ def versions_diff(a: Annotated[int, typer.Argument(help="older version")],
                       "--reach", help="what becomes reachable and unreachable")] = False,
                   fail_on_new_reach: Annotated[bool, typer.Option(
                       "--fail-on-new-reach", help="with --reach: exit 1 if B opens anything")
-                  ] = False, output: OutputOpt = "table") -> None:
+                  ] = False, output: OutputOpt = Format.TABLE) -> None:
     """Unified diff of two versions' YAML (`--reach`: of what they let through)."""
     name = config.cluster(name)
     if reach or fail_on_new_reach:
@@ -360,7 +350,7 @@ def versions_diff(a: Annotated[int, typer.Argument(help="older version")],
         sys.stdout.write(st.diff(name, a, b))
 
 
-def _reach(a: int, b: int, name: str, store: str | None, output: str,
+def _reach(a: int, b: int, name: str, store: str | None, output: Format,
            fail_on_new: bool) -> None:
     """`versions diff A B --reach`: what version B makes reachable and unreachable."""
     from egressguard.analysis.cells import TooLarge
@@ -374,17 +364,14 @@ def _reach(a: int, b: int, name: str, store: str | None, output: str,
     except TooLarge as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if output == "json":
-        typer.echo(json.dumps(result.as_dict(), indent=2))
-    else:
-        typer.echo(result.text(), nl=False)
+    emit(result.as_dict(), output, result.text)
     if fail_on_new and result.opened:
         raise typer.Exit(1)
 
 
 def rollback(number: Annotated[int, typer.Argument(help="version to restore")],
              name: NameOpt = None, store: StoreOpt = None,
-             output: OutputOpt = "table") -> None:
+             output: OutputOpt = Format.TABLE) -> None:
     """Make a new version with the content of version NUMBER."""
     name = config.cluster(name)
     with _store(store) as st:
@@ -409,20 +396,18 @@ def _lifetime(text: str) -> float:
         raise _fail(f"--expires: {exc}") from None
 
 
-def _print_new_token(token: str, info: Any, output: str) -> None:
-    if output == "json":
-        typer.echo(json.dumps({**info.as_dict(), "token": token}))
-    else:
-        expires = info.expires_at.isoformat(timespec="seconds") if info.expires_at else "?"
-        typer.echo(f"token {info.id} ({info.name}, {info.role}, expires {expires}); store "
-                   f"it now, it is not shown again:\n{token}")
+def _print_new_token(token: str, info: Any, output: Format) -> None:
+    expires = info.expires_at.isoformat(timespec="seconds") if info.expires_at else "?"
+    emit({**info.as_dict(), "token": token}, output, lambda: (
+        f"token {info.id} ({info.name}, {info.role}, expires {expires}); store it now, it is "
+        f"not shown again:\n{token}"))
 
 
 @token_app.command("create")
 def token_create(name: Annotated[str, typer.Option(help="who or what uses it")],
                  role: Annotated[str, typer.Option(help="admin, operator, viewer, auditor")],
                  expires: ExpiresOpt = "90d", store: StoreOpt = None,
-                 output: OutputOpt = "table") -> None:
+                 output: OutputOpt = Format.TABLE) -> None:
     """Create a token (valid 90 days unless --expires says otherwise); it is printed once
     and cannot be shown again."""
     lifetime = _lifetime(expires)
@@ -432,7 +417,7 @@ def token_create(name: Annotated[str, typer.Option(help="who or what uses it")],
 
 
 @token_app.command("list")
-def token_list(store: StoreOpt = None, output: OutputOpt = "table",
+def token_list(store: StoreOpt = None, output: OutputOpt = Format.TABLE,
                all_: Annotated[bool, typer.Option("--all", help="include revoked")] = False
                ) -> None:
     with _store(store) as st:
@@ -455,7 +440,7 @@ def token_revoke(ident: Annotated[str, typer.Argument(help="token id or name")],
 @token_app.command("rotate")
 def token_rotate_named(ident: Annotated[str, typer.Argument(help="token name or id")],
                        expires: ExpiresOpt = "90d", store: StoreOpt = None,
-                       output: OutputOpt = "table") -> None:
+                       output: OutputOpt = Format.TABLE) -> None:
     """Issue a new secret for a token (same name and role) and revoke the old one."""
     lifetime = _lifetime(expires)
     with _store(store) as st:

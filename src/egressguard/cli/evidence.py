@@ -24,6 +24,7 @@ from egressguard.audit.query import (
     scan,
     verify,
 )
+from egressguard.cli.output import Format, OutputOpt, to_yaml
 
 EXIT_BAD_INPUT = 2
 Store = Annotated[str | None, typer.Option(
@@ -64,9 +65,14 @@ def _line(r: dict[str, Any]) -> str:
             f"{' ' + who if who else ''}{extra}  {r['reason']}")
 
 
-def _emit(records: list[dict[str, Any]], output: str) -> None:
+def _emit(records: list[dict[str, Any]], output: Format) -> None:
+    """One record a line (json: one object a line; yaml: one document each), so
+    `--follow` can stream."""
     for r in records:
-        sys.stdout.write((json.dumps(r) if output == "json" else _line(r)) + "\n")
+        if output is Format.YAML:
+            sys.stdout.write("---\n" + to_yaml(r))
+        else:
+            sys.stdout.write((json.dumps(r) if output is Format.JSON else _line(r)) + "\n")
     sys.stdout.flush()
 
 
@@ -87,16 +93,13 @@ def logs(
     layer: Annotated[str | None, typer.Option(help="deciding layer")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new records")
                       ] = False,
-    output: Annotated[str, typer.Option("--output", "-o", help="table or json (one object "
-                                                               "a line)")] = "table",
+    output: OutputOpt = Format.TABLE,
     limit: Annotated[int, typer.Option(help="at most this many (the newest)")] = 100,
     store: Store = None,
 ) -> None:
     """Show audit records, oldest first (the newest `--limit`), optionally following."""
     if ctx.invoked_subcommand is not None:
         return
-    if output not in ("table", "json"):
-        raise _fail("--output must be table or json")
     if limit < 1:
         raise _fail("--limit must be at least 1")
     try:
@@ -173,8 +176,7 @@ def logs_verify(store: Store = None) -> None:
 def recommend(
     since: Annotated[str, typer.Option(help="observed window, e.g. 7d")] = "7d",
     cluster: Annotated[str | None, typer.Option(help="only this cluster's traffic")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the policy "
-                                                                       "here")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="write the policy here")] = None,
     show_diff: Annotated[bool, typer.Option(
         "--diff", help="compare with the policy in force (--policy, else the store's)")
     ] = False,
@@ -209,9 +211,9 @@ def recommend(
     proposals = propose(seen, options)
     text = render(proposals, seen, cluster)
     load_policy_text(text, "recommendation")  # what we write always loads
-    if output is not None:
-        output.write_text(text)
-        typer.echo(f"wrote {output}: {len(proposals)} rules from {seen.calls} calls",
+    if out is not None:
+        out.write_text(text)
+        typer.echo(f"wrote {out}: {len(proposals)} rules from {seen.calls} calls",
                    err=True)
     else:
         sys.stdout.write(text)
@@ -222,7 +224,7 @@ def recommend(
             compared = diff(current, proposals, seen)
         except CompileError as exc:
             raise _fail(f"the policy in force does not compile: {exc}") from None
-        sys.stdout.write(("" if output is not None else "\n") + compared)
+        sys.stdout.write(("" if out is not None else "\n") + compared)
 
 
 def _policy_in_force(url: str | None, cluster: str | None) -> Any:

@@ -92,14 +92,15 @@ def _build(fmt: str, policy_path: Path | None, cluster: str | None, store: str |
 
 def export_command(
         format: Annotated[str, typer.Option(
-            "--format", "-f", help=f"target: {', '.join(FORMATS)}")] = "yaml",
-        policy: Annotated[Path | None, typer.Option(help="policy file (YAML or JSON)")] = None,
+            "--format", help=f"target: {', '.join(FORMATS)}")] = "yaml",
+        policy: Annotated[Path | None, typer.Option(
+            "--policy", "--file", "-f", help="policy file (YAML or JSON)")] = None,
         cluster: Annotated[str | None, typer.Option(
             help="a stored cluster's current policy")] = None,
         store: Annotated[str | None, typer.Option(
             "--store", envvar="EGRESSGUARD_STORE", help="store URL for --cluster")] = None,
         out: Annotated[Path | None, typer.Option(
-            "--out", "-o", help="write here instead of stdout")] = None,
+            "--out", help="write here instead of stdout")] = None,
         strict: Annotated[bool, typer.Option(
             help="refuse (exit 1) when the target cannot express part of the policy")
                           ] = False,

@@ -25,7 +25,8 @@ firewall_app = typer.Typer(
     help="Kernel (nftables) enforcement of the policy's network rules; fail closed.")
 EXIT_OK, EXIT_ABSENT, EXIT_ERROR = 0, 1, 2
 
-PolicyOpt = Annotated[Path | None, typer.Option(help="policy file (YAML or JSON)")]
+PolicyOpt = Annotated[Path | None, typer.Option(
+    "--policy", "--file", "-f", help="policy file (YAML or JSON)")]
 ClusterOpt = Annotated[str | None, typer.Option(help="a stored cluster's current policy")]
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar="EGRESSGUARD_STORE", help="store URL for --cluster")]
@@ -122,22 +123,22 @@ def render_command(policy: PolicyOpt = None, cluster: ClusterOpt = None,
                    dns: DnsOpt = None, exempt_user: UserOpt = None,
                    allow_loopback: LoopbackOpt = False, resolve_fqdns: ResolveOpt = False,
                    hook: HookOpt = None,
-                   output: Annotated[Path | None, typer.Option(
-                       "--output", "-o", help="write here instead of stdout")] = None,
+                   out: Annotated[Path | None, typer.Option(
+                       "--out", help="write here instead of stdout")] = None,
                    ) -> None:
     """Print the nftables ruleset for a policy (feed it to `nft -f`)."""
     options = _options(table, gateway_port, gateway, dns, exempt_user, allow_loopback,
                        resolve_fqdns, hook)
     ruleset, source = _ruleset(policy, cluster, store, options)
     text = f"# policy: {source}\n" + render(ruleset)
-    if output is None:
+    if out is None:
         sys.stdout.write(text)
         return
     try:
-        output.write_text(text, encoding="utf-8")
+        out.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise _bad(f"{output}: {exc}") from None
-    typer.echo(f"wrote {output} ({_summary(ruleset)})", err=True)
+        raise _bad(f"{out}: {exc}") from None
+    typer.echo(f"wrote {out} ({_summary(ruleset)})", err=True)
 
 
 def _summary(ruleset: Ruleset) -> str:

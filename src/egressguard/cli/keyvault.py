@@ -14,15 +14,14 @@ or `<data home>/master.key`). The `default` vault is created on first use with s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from egressguard.cli.output import Format, OutputOpt, emit
 from egressguard.keys.master import load_master_key
 from egressguard.keys.provider import KeyInfo, KeyNotFound, KeyProviderError
 from egressguard.keys.vault import KeyVault
@@ -32,13 +31,11 @@ StoreOpt = Annotated[str | None, typer.Option(
     help="store URL (sqlite:///file.db or postgresql://...); default the embedded store")]
 VaultOpt = Annotated[str, typer.Option("--vault", help="vault name")]
 KeyOpt = Annotated[str, typer.Option("--name", "-n", help="key name")]
-OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 IdentityOpt = Annotated[str, typer.Option("--identity", help="identity name")]
 PermsOpt = Annotated[str, typer.Option("--permissions",
                                        help="comma list of get, wrapKey, unwrapKey")]
 DEFAULT_VAULT = "default"
 
-out = Console()
 app = typer.Typer(help="Customer-managed keys in the built-in key vault.",
                   no_args_is_help=True)
 key_app = typer.Typer(help="Create, rotate, disable, delete and recover keys.",
@@ -76,11 +73,8 @@ def _vault(store: str | None, name: str, **create: Any) -> Iterator[KeyVault]:
         vault.close()
 
 
-def _emit(data: Any, output: str, table: Table) -> None:
-    if output == "json":
-        typer.echo(json.dumps(data, indent=2))
-    else:
-        out.print(table)
+def _emit(data: Any, output: Format, table: Table) -> None:
+    emit(data, output, lambda: table)
 
 
 def _key_table(infos: list[KeyInfo]) -> Table:
@@ -92,7 +86,7 @@ def _key_table(infos: list[KeyInfo]) -> Table:
     return table
 
 
-def _show(info: KeyInfo, output: str) -> None:
+def _show(info: KeyInfo, output: Format) -> None:
     _emit(info.as_dict(), output, _key_table([info]))
 
 
@@ -103,7 +97,7 @@ def vault_create(
     soft_delete: Annotated[bool, typer.Option(help="keep deleted keys recoverable")] = True,
     purge_protection: Annotated[bool, typer.Option(
         help="refuse purge until retention ends (irreversible)")] = True,
-    output: OutputOpt = "table",
+    output: OutputOpt = Format.TABLE,
 ) -> None:
     """Create a vault (an existing vault keeps its settings)."""
     with _vault(store, vault, soft_delete=soft_delete, retention_days=retention_days,
@@ -117,7 +111,7 @@ def vault_create(
 
 @app.command("show")
 def vault_show(vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
-               output: OutputOpt = "table") -> None:
+               output: OutputOpt = Format.TABLE) -> None:
     """Show a vault's settings (soft delete, retention, purge protection)."""
     with _vault(store, vault) as v:
         props = v.properties()
@@ -132,7 +126,7 @@ def key_create(
     name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
     kty: Annotated[str, typer.Option(help="RSA or AES")] = "RSA",
     size: Annotated[int, typer.Option(help="RSA 2048/3072/4096, AES 256")] = 2048,
-    output: OutputOpt = "table",
+    output: OutputOpt = Format.TABLE,
 ) -> None:
     """Create a key (its first version)."""
     with _vault(store, vault) as v:
@@ -142,7 +136,7 @@ def key_create(
 @key_app.command("list")
 def key_list(vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
              deleted: Annotated[bool, typer.Option(help="soft-deleted keys only")] = False,
-             output: OutputOpt = "table") -> None:
+             output: OutputOpt = Format.TABLE) -> None:
     """List the vault's keys."""
     with _vault(store, vault) as v:
         infos = v.list_keys(deleted=deleted)
@@ -151,7 +145,7 @@ def key_list(vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
 
 @key_app.command("show")
 def key_show(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
-             output: OutputOpt = "table") -> None:
+             output: OutputOpt = Format.TABLE) -> None:
     """Show a key, its versions and state (deleted keys too)."""
     with _vault(store, vault) as v:
         _show(v.get_key(name, include_deleted=True), output)
@@ -159,7 +153,7 @@ def key_show(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = No
 
 @key_app.command("rotate")
 def key_rotate(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
-               output: OutputOpt = "table") -> None:
+               output: OutputOpt = Format.TABLE) -> None:
     """Add a new version; data keys wrapped from now on use it, old data stays readable."""
     with _vault(store, vault) as v:
         _show(v.rotate_key(name), output)
@@ -167,7 +161,7 @@ def key_rotate(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = 
 
 @key_app.command("disable")
 def key_disable(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
-                output: OutputOpt = "table") -> None:
+                output: OutputOpt = Format.TABLE) -> None:
     """Disable a key: clusters using it suspend within their check interval."""
     with _vault(store, vault) as v:
         _show(v.set_enabled(name, False), output)
@@ -175,7 +169,7 @@ def key_disable(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt =
 
 @key_app.command("enable")
 def key_enable(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
-               output: OutputOpt = "table") -> None:
+               output: OutputOpt = Format.TABLE) -> None:
     """Enable a key again."""
     with _vault(store, vault) as v:
         _show(v.set_enabled(name, True), output)
@@ -183,7 +177,7 @@ def key_enable(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = 
 
 @key_app.command("delete")
 def key_delete(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
-               output: OutputOpt = "table") -> None:
+               output: OutputOpt = Format.TABLE) -> None:
     """Soft-delete a key (recoverable for the vault's retention period)."""
     with _vault(store, vault) as v:
         v.delete_key(name)
@@ -195,7 +189,7 @@ def key_delete(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = 
 
 @key_app.command("recover")
 def key_recover(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
-                output: OutputOpt = "table") -> None:
+                output: OutputOpt = Format.TABLE) -> None:
     """Recover a soft-deleted key with all its versions."""
     with _vault(store, vault) as v:
         _show(v.recover_key(name), output)
@@ -203,7 +197,7 @@ def key_recover(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt =
 
 @key_app.command("purge")
 def key_purge(name: KeyOpt, vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
-              output: OutputOpt = "table") -> None:
+              output: OutputOpt = Format.TABLE) -> None:
     """Destroy a soft-deleted key for good (refused while purge protection is on)."""
     with _vault(store, vault) as v:
         v.purge_key(name)
@@ -217,7 +211,7 @@ def _access_table(policies: dict[str, frozenset[str]]) -> Table:
     return table
 
 
-def _policies(v: KeyVault, output: str) -> None:
+def _policies(v: KeyVault, output: Format) -> None:
     policies = v.access_policies()
     _emit({k: sorted(p) for k, p in policies.items()}, output, _access_table(policies))
 
@@ -225,7 +219,7 @@ def _policies(v: KeyVault, output: str) -> None:
 @access_app.command("grant")
 def access_grant(identity: IdentityOpt, permissions: PermsOpt,
                  vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
-                 output: OutputOpt = "table") -> None:
+                 output: OutputOpt = Format.TABLE) -> None:
     """Grant permissions on the vault's keys to an identity."""
     with _vault(store, vault) as v:
         v.grant(identity, permissions)
@@ -235,7 +229,7 @@ def access_grant(identity: IdentityOpt, permissions: PermsOpt,
 @access_app.command("revoke")
 def access_revoke(identity: IdentityOpt, permissions: PermsOpt,
                   vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
-                  output: OutputOpt = "table") -> None:
+                  output: OutputOpt = Format.TABLE) -> None:
     """Revoke permissions: a cluster whose identity loses one suspends."""
     with _vault(store, vault) as v:
         v.revoke(identity, permissions)
@@ -244,7 +238,7 @@ def access_revoke(identity: IdentityOpt, permissions: PermsOpt,
 
 @access_app.command("list")
 def access_list(vault: VaultOpt = DEFAULT_VAULT, store: StoreOpt = None,
-                output: OutputOpt = "table") -> None:
+                output: OutputOpt = Format.TABLE) -> None:
     """List the vault's access policies."""
     with _vault(store, vault) as v:
         _policies(v, output)

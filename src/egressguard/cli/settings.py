@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
-
 import typer
 
 from egressguard import config
+from egressguard.cli.output import Format, OutputOpt, emit, is_data
 
 config_app = typer.Typer(help="The settings every command uses (data home, store, cluster, "
                               "API).", no_args_is_help=True)
@@ -27,12 +25,8 @@ def _redact(url: str | None) -> str | None:
 
 
 @config_app.command("show")
-def show(output: Annotated[str, typer.Option("--output", "-o", help="table or json")
-                           ] = "table") -> None:
+def show(output: OutputOpt = Format.TABLE) -> None:
     """Print the data home, store, cluster and API in effect, each with its source."""
-    if output not in ("table", "json"):
-        typer.echo("error: --output must be table or json", err=True)
-        raise typer.Exit(2)
     try:
         settings = config.current()
     except config.ConfigError as exc:
@@ -40,8 +34,8 @@ def show(output: Annotated[str, typer.Option("--output", "-o", help="table or js
         raise typer.Exit(2) from None
     data = settings.as_dict()
     data["store"]["value"] = _redact(data["store"]["value"])
-    if output == "json":
-        typer.echo(json.dumps(data, indent=2))
+    if is_data(output):
+        emit(data, output)
         return
     typer.echo(f"config file  {data['config_file'] or '(none)'}")
     for key in config.KEYS:
