@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,7 +120,9 @@ def test_cli_render_writes_the_file(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "egressguard.cli.main", "firewall", "render",
                            "--policy", str(policy), "--out", str(out)], capture_output=True,
                           text=True, timeout=60, env={"EGRESSGUARD_HOME": str(tmp_path),
-                                                      "PATH": "/usr/bin:/bin"})
+                                                      "PATH": "/usr/bin:/bin",
+                                                      "PYTHONPATH": os.environ.get(
+                                                          "PYTHONPATH", "")})
     assert done.returncode == 0, done.stderr
     assert f"# policy: {policy}" in out.read_text()
     assert 'ip daddr 1.1.1.1 udp dport 53 counter accept comment "network:c/a"' \

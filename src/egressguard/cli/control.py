@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,12 +22,14 @@ from rich.text import Text
 
 from egressguard import config
 from egressguard.cli.output import Format, OutputOpt, emit
-from egressguard.control.auth import Principal
 from egressguard.control.commands import CommandSyntaxError
-from egressguard.control.mgmt import execute
-from egressguard.control.properties import KEY_PROPERTY, from_arm, to_arm
-from egressguard.keys import clusterkeys
-from egressguard.store import Refused, Store, open_store
+
+if TYPE_CHECKING:
+    from egressguard.store import Store
+
+# The store (SQLAlchemy), the ARM mapping and the key checks load inside the commands that
+# use them: a command through the API (--api) needs none of them (start-up: docs/cli.md).
+KEY_PROPERTY = "keyVaultProperties"  # = control.properties.KEY_PROPERTY (a test keeps it)
 
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar="EGRESSGUARD_STORE",
@@ -56,6 +58,8 @@ def _fail(message: str) -> typer.Exit:
 
 @contextmanager
 def _store(url: str | None) -> Iterator[Store]:
+    from egressguard.store import Refused, open_store
+
     store = open_store(url)  # errors: the top-level handler (cli/main.py)
     try:
         yield store
@@ -128,6 +132,9 @@ def mgmt(
 ) -> None:
     """Run a Kusto-style management command (.show/.alter/.alter-merge/.delete cluster
     policy callout)."""
+    from egressguard.control.auth import Principal  # FastAPI: only this command needs it
+    from egressguard.control.mgmt import execute
+
     cluster, api = config.cluster(cluster), config.api_url(api)
     if api:
         result = _api("POST", api, token, "/v1/mgmt", {"command": command, "cluster": cluster})
@@ -161,6 +168,9 @@ def cluster_show(name: NameOpt = None, store: StoreOpt = None, api: ApiOpt = Non
     if api:
         resource = _api("GET", api, token, f"/v1/clusters/{name}")
     else:
+        from egressguard.control.properties import to_arm
+        from egressguard.keys import clusterkeys
+
         with _store(store) as st:
             resource = clusterkeys.annotate(st, to_arm(st.current(name)))
     _emit(resource, output, _resource_table(resource))
@@ -220,6 +230,9 @@ def cluster_update(
             body["properties"]["allowedFqdnList"] = fqdns
         resource = _api("PATCH", api, token, f"/v1/clusters/{name}", body)
     else:
+        from egressguard.control.properties import from_arm, to_arm
+        from egressguard.keys import clusterkeys
+
         with _store(store) as st:
             version = st.current(name)
             fqdns = _edit_fqdns(list(version.policy.allowed_fqdn_list), body, add_fqdn,
@@ -252,6 +265,7 @@ def cluster_create(
 ) -> None:
     """Create a cluster (on the store); refused if it exists. Gateways enforce it with
     `serve --cluster NAME`."""
+    from egressguard.control.properties import to_arm
     from egressguard.policy import Policy, PolicyError, load_policy
     from egressguard.store import default_policy
 
@@ -373,6 +387,8 @@ def rollback(number: Annotated[int, typer.Argument(help="version to restore")],
              name: NameOpt = None, store: StoreOpt = None,
              output: OutputOpt = Format.TABLE) -> None:
     """Make a new version with the content of version NUMBER."""
+    from egressguard.control.properties import to_arm
+
     name = config.cluster(name)
     with _store(store) as st:
         version = st.rollback(name, number, _user())
@@ -479,7 +495,17 @@ def api(
             app = create_app(st, allow_cidrs=allow_cidr or None)
         except ValueError as exc:
             raise _fail(f"--allow-cidr: {exc}") from None
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        sock = _listen(host, port)  # a taken port: one line, before uvicorn starts
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> Any:
+    from egressguard.cli.listen import bind_failure, listen_tcp
+
+    try:
+        return listen_tcp(host, port)
+    except OSError as exc:
+        raise _fail(bind_failure("the REST API", host, port, exc, "--port")) from None
 
 
 def register(app: typer.Typer) -> None:

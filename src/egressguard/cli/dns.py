@@ -112,7 +112,10 @@ def serve(
     try:
         _run(_serve(DnsFilter(live.holder, config, sink), live))
     except OSError as exc:
-        typer.echo(f"error: cannot listen on {listen}: {exc}", err=True)
+        from egressguard.cli.listen import bind_failure
+
+        typer.echo(f"error: {bind_failure('the DNS filter', *listen_at, exc, '--listen')}",
+                   err=True)
         raise typer.Exit(EXIT_ERROR) from None
     finally:
         live.stop()

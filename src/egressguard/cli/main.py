@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_ERROR
     except _click.exceptions.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "egressguard"
-        typer.echo(f"error: {exc.format_message()} (hint: see `{where} --help`)", err=True)
+        message = exc.format_message().replace("Value error, ", "")  # typer's pydantic
+        typer.echo(f"error: {message} (hint: see `{where} --help`)", err=True)
         code = EXIT_ERROR
     except _click.exceptions.ClickException as exc:
         typer.echo(f"error: {exc.format_message()}", err=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import signal
 import socket
@@ -36,6 +35,7 @@ import typer
 
 from egressguard import logsetup
 from egressguard.audit.events import EventSink, NullSink
+from egressguard.cli.listen import bind_failure, listen_tcp
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.errors import EgressguardError
@@ -328,7 +328,7 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
     try:
         await gateway.start(host, port)
     except OSError as exc:
-        raise StartupError(_bind_failure("the gateway", host, port, exc, "--listen")
+        raise StartupError(bind_failure("the gateway", host, port, exc, "--listen")
                            ) from exc
     try:
         api = _start_api(parts, api_address, allow_cidrs, api_max_body,
@@ -365,22 +365,6 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
     await gateway.stop()
     if api is not None:
         await asyncio.to_thread(api.stop)
-
-
-def _bind_failure(what: str, host: str, port: int, exc: OSError, option: str) -> str:
-    if exc.errno == errno.EADDRINUSE:
-        cause = "the address is already in use"
-        hint = f"another process listens there; pick another port with {option}"
-    elif exc.errno == errno.EADDRNOTAVAIL:
-        cause = "no local interface has that address"
-        hint = f"use a local address with {option}"
-    elif exc.errno == errno.EACCES:
-        cause = "permission denied"
-        hint = f"ports below 1024 need privileges; pick another with {option}"
-    else:
-        cause = exc.strerror or str(exc)
-        hint = f"check {option}"
-    return f"{what} cannot listen on {host}:{port}: {cause} (hint: {hint})"
 
 
 class ApiThread:
@@ -433,15 +417,10 @@ class ApiThread:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
+        sock = listen_tcp(host, port)
     except OSError as exc:
-        sock.close()
-        raise StartupError(_bind_failure("the REST API", host, port, exc,
+        raise StartupError(bind_failure("the REST API", host, port, exc,
                                          "--api-listen (or --no-api)")) from exc
     sock.setblocking(False)
     return sock

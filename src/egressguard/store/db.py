@@ -15,11 +15,11 @@ One database, two Alembic environments (the store's `alembic_version` and the au
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -76,9 +76,46 @@ def snapshot_options(engine: Engine) -> dict[str, Any]:
     return {"isolation_level": "REPEATABLE READ"}
 
 
+_REVISION = re.compile(r'^\s*(down_revision|revision|version_table)\s*[:=].*?"([^"]*)"', re.M)
+
+
+@cache
+def _heads(script_location: Path) -> tuple[str, frozenset[str]]:
+    """The environment's version table and head revisions, read from its files' text
+    (importing Alembic to ask costs ~100 ms on every CLI command)."""
+    table = _REVISION.search((script_location / "env.py").read_text(encoding="utf-8"))
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (script_location / "versions").glob("*.py"):
+        found = dict((m[0], m[1]) for m in _REVISION.findall(path.read_text("utf-8")))
+        if "revision" in found:
+            revisions.add(found["revision"])
+            parents.add(found.get("down_revision", ""))
+    return (table[2] if table else "alembic_version"), frozenset(revisions - parents)
+
+
+def _at_head(engine: Engine, script_location: Path) -> bool:
+    """True when the database already records exactly the newest revisions (the common
+    case: then nothing to lock or upgrade). Any doubt answers False (Alembic decides)."""
+    table, heads = _heads(script_location)
+    if not heads:
+        return False
+    try:
+        with engine.connect() as conn:
+            found = {row[0] for row in conn.execute(text(f"SELECT version_num FROM {table}"))}
+    except (OperationalError, ProgrammingError):  # no table yet: a new database
+        return False
+    return found == heads
+
+
 def migrate(engine: Engine, script_location: Path, lock_id: int) -> None:
     """Bring one Alembic environment to its newest revision. Safe to run from several
     processes at once: PostgreSQL takes advisory lock `lock_id`, SQLite the write lock."""
+    if _at_head(engine, script_location):
+        return
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location))
     cfg.set_main_option("path_separator", "os")
