@@ -43,8 +43,10 @@ def test_policy_naming_an_unknown_tag_is_one_line_with_a_hint_and_exit_2(
     done = run(tmp_path / "home", "recommend", "--diff", "--policy", str(bad_policy))
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert lines == ["error: application rule application:aks/tag: unknown FQDN tag "
-                     "'NoSuchTag' (hint: `egressguard catalog list` shows the known FQDN tags)"]
+    assert lines == [f"error: {bad_policy}:5: application_rule_collections[0].rules[0]."
+                     "fqdn_tags[0]: unknown FQDN tag 'NoSuchTag' (application rule "
+                     "application:aks/tag) (hint: `egressguard catalog list` shows the known "
+                     "FQDN tags)"]
     assert "Traceback" not in done.stderr + done.stdout
 
 
@@ -58,7 +60,7 @@ def test_debug_shows_the_traceback(tmp_path: Path, bad_policy: Path, how: str) -
     assert done.returncode != 0
     assert "Traceback" in done.stderr
     assert "CompileError" in done.stderr
-    assert "error: application rule" not in done.stderr  # the trace instead of the line
+    assert "error: " not in done.stderr  # the trace instead of the line
 
 
 def test_a_bug_is_one_line_naming_the_type_with_a_hint_to_rerun_with_debug() -> None:

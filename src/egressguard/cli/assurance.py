@@ -51,7 +51,7 @@ def test(file: FileOpt, output: OutputOpt = Format.TABLE) -> None:
     try:
         snapshot = compile_policy(policy, _refs())
     except CompileError as exc:
-        typer.echo(f"error: {file}: {exc}", err=True)
+        typer.echo(f"error: {exc.about(str(file))}", err=True)
         raise typer.Exit(2) from None
     outcomes = evaluate(policy, snapshot)
     failed = [o for o in outcomes if not o.passed]

@@ -54,7 +54,10 @@ def check(
                          OPTION_NAMES)
         snapshot = active_in_force(policy, cluster, store).snapshot
     except (QueryError, SourceError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from egressguard.cli.main import error_line
+
+        typer.echo(error_line(exc) if isinstance(exc, SourceError) else f"error: {exc}",
+                   err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     decision = snapshot.decide(query.request())
     # An unparsable URL or host is bad input (exit 2), though the engine denies it too.

@@ -57,7 +57,7 @@ def _problems(path: Path) -> tuple[list[str], bool]:
     try:
         compile_policy(policy, references())
     except CompileError as exc:
-        return [f"{path}: {exc}"], True
+        return [exc.about(str(path))], True
     return [], True
 
 

@@ -13,6 +13,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytricia
 import re2
@@ -30,6 +31,7 @@ from egressguard.engine.normalize import (
 )
 from egressguard.engine.request import Decision, Kind, Layer, Request, Verdict
 from egressguard.errors import InputError
+from egressguard.policy.load import locate
 from egressguard.policy.model import (
     Action,
     CalloutRule,
@@ -52,7 +54,14 @@ _ACCOUNT_ID = re.compile(
 
 
 class CompileError(InputError, ValueError):
-    """A policy that validated but references something unknown (a tag, an alias)."""
+    """A policy that validated but references something unknown (a tag, an alias). The
+    message starts with the file, line and path when the policy was loaded from text."""
+
+    def about(self, label: str) -> str:
+        """The message, with `label` (a file, a cluster version) in front unless it
+        already starts with it."""
+        text = str(self)
+        return text if text.startswith(label) else f"{label}: {text}"
 
 
 @dataclass(frozen=True)
@@ -251,10 +260,13 @@ class Snapshot:
                     sources=[ipaddress.ip_network(s) for s in rule.sources],
                     report_only=collection.report_only)
                 patterns = list(rule.targets)
-                for tag in rule.fqdn_tags:
+                for k, tag in enumerate(rule.fqdn_tags):
                     if tag not in refs.fqdn_tags:
+                        where = _where(policy, "application_rule_collections", collection,
+                                       rule, "fqdn_tags", k)
                         raise CompileError(
-                            f"application rule {entry.rule_id}: unknown FQDN tag {tag!r}",
+                            f"{where}: unknown FQDN tag {tag!r} (application rule "
+                            f"{entry.rule_id})",
                             hint="`egressguard catalog list` shows the known FQDN tags")
                     patterns.extend(validate_host_pattern(p) for p in refs.fqdn_tags[tag])
                 add = self._apps.add
@@ -283,14 +295,17 @@ class Snapshot:
                         Action.ALLOW and any(not _is_fqdn(d) for d in rule.destinations):
                     self._names_by_address = True
 
-                for dest in rule.destinations:
+                for k, dest in enumerate(rule.destinations):
                     if dest == "*":
                         self._net_any.append(entry(False))
                     elif is_service_tag(dest):
                         prefixes = refs.service_tags.get(dest)
                         if prefixes is None:
+                            where = _where(policy, "network_rule_collections", collection,
+                                           rule, "destinations", k)
                             raise CompileError(
-                                f"network rule {rule_id}: unknown service tag {dest!r}",
+                                f"{where}: unknown service tag {dest!r} (network rule "
+                                f"{rule_id})",
                                 hint="import a service-tag file with `egressguard "
                                      "servicetags import FILE`")
                         tagged = entry(False)
@@ -584,10 +599,13 @@ class _StorageScope:
                     prefixes.append(text + "/")
                 else:
                     names.add(text)
-            for alias in sep.aliases:
+            for k, alias in enumerate(sep.aliases):
                 if alias not in refs.storage_aliases:
-                    raise CompileError(f"service endpoint policy {sep.name}: unknown alias "
-                                       f"{alias!r}",
+                    where = locate(policy, ("service_endpoint_policies",
+                                            policy.service_endpoint_policies.index(sep),
+                                            "aliases", k))
+                    raise CompileError(f"{where}: unknown alias {alias!r} (service endpoint "
+                                       f"policy {sep.name})",
                                        hint="`egressguard catalog list` shows the known "
                                             "storage aliases")
                 globs.extend(re.compile(fnmatch.translate(g.lower()))
@@ -612,9 +630,18 @@ class _StorageScope:
 
 
 def _is_fqdn(destination: str) -> bool:
-    """A canonical network destination that is a host pattern (not `*`, a tag or a CIDR)."""
-    return not (destination == "*" or is_service_tag(destination)
-                or destination[0].isdigit() or ":" in destination)
+    """A canonical network destination that is a host pattern (not `*`, a tag or a CIDR:
+    the model writes every address as a network, `/` included; a name may start with a
+    digit, `1password.com`)."""
+    return not (destination == "*" or is_service_tag(destination) or "/" in destination)
+
+
+def _where(policy: Policy, field: str, collection: Any, rule: Any, member: str,
+           k: int) -> str:
+    """The file, line and path of `member[k]` of `rule` (errors only: a linear search)."""
+    collections = getattr(policy, field)
+    i = collections.index(collection)
+    return locate(policy, (field, i, "rules", collections[i].rules.index(rule), member, k))
 
 
 def _merge_ancestors(trie: pytricia.PyTricia) -> None:

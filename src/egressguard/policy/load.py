@@ -15,6 +15,7 @@ allow-all default; a duplicate key is not "last one wins" (`restrict…: Enabled
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,11 +278,40 @@ def parse_document(text: str, source: str = "<policy>") -> tuple[yaml.Node | Non
     return root, data
 
 
+# Where each loaded policy came from (source name, text), so that an error found later (an
+# unknown tag when the policy is compiled) can name the file and line too. Kept beside
+# the policy, not in it: a private attribute would make equal policies compare unequal.
+_ORIGINS: dict[int, tuple[str, str]] = {}
+
+
+def _remember(policy: Policy, source: str, text: str) -> Policy:
+    _ORIGINS[id(policy)] = (source, text)
+    weakref.finalize(policy, _ORIGINS.pop, id(policy), None)
+    return policy
+
+
+def locate(policy: Policy, loc: tuple[int | str, ...]) -> str:
+    """Where `loc` (a path into the document, as pydantic gives one) is in `policy`'s
+    source: `file:line: path` (as `egressguard validate` prints) when it was loaded from
+    text, else the path alone."""
+    path = _path(loc)
+    origin = _ORIGINS.get(id(policy))
+    if origin is None:
+        return path
+    source, text = origin
+    try:
+        node = _node_at(parse_document(text, source)[0], loc)
+    except PolicyError:
+        node = None
+    line = f"{node.start_mark.line + 1}:" if node is not None else ""
+    return f"{source}:{line} {path}"
+
+
 def load_policy_text(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate a policy document; raise `PolicyError` naming every problem."""
     root, data = parse_document(text, source)
     try:
-        return Policy.model_validate(data)
+        return _remember(Policy.model_validate(data), source, text)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

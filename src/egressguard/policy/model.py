@@ -294,7 +294,17 @@ def _destination(raw: str) -> str:
     try:
         return str(ipaddress.ip_network(text, strict=False))
     except ValueError:
-        return validate_host_pattern(text)
+        pass
+    if _ADDRESS_LIKE.fullmatch(text):  # `1.2.3.4-5`, `10.0.0.0/33`: a typo, not a name
+        raise ValueError(f"destination {text!r} is not an IP address or CIDR (write an "
+                         "address, a CIDR such as 10.0.0.0/24, or a host name; ranges "
+                         "are written as CIDRs)")
+    return validate_host_pattern(text)
+
+
+# Digits, dots, `-`, `/` and `:` only, or an address with a prefix length: meant as an
+# address (no host name is all-numeric labels; a name never holds `/`).
+_ADDRESS_LIKE = re.compile(r"[0-9.\-/]+|[0-9a-fA-F:.]*:[0-9a-fA-F:.\-/]*|.*/.*")
 
 
 Destination = Annotated[str, StringConstraints(min_length=1, max_length=MAX_HOST),

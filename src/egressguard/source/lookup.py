@@ -117,7 +117,7 @@ def active_in_force(policy: Path | None = None, cluster: str | None = None,
     try:
         return active_of(found, version, label)
     except CompileError as exc:
-        raise SourceError(f"{label}: {exc}") from None
+        raise SourceError(exc.about(label), hint=exc.hint) from None
 
 
 @dataclass
