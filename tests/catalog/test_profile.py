@@ -94,7 +94,8 @@ def test_generated_file_has_no_placeholder_and_comments_every_rule() -> None:
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if line.strip().startswith("- name:") and line.startswith("      "):
-            assert "# source: seed 003," in "\n".join(lines[max(0, i - 8):i]), line
+            assert ('# source: "Outbound network and FQDN rules for Azure Kubernetes Service '
+                    '(AKS) clusters",') in "\n".join(lines[max(0, i - 8):i]), line
 
 
 def test_private_cluster_drops_the_rows_the_seed_exempts_on_azure_global() -> None:

@@ -26,7 +26,7 @@ CHECKS: dict[str, str] = {
     "shared-front-door": "AzureFrontDoor.Frontend or a wildcard on a front door/CDN zone",
     "multi-tenant-wildcard": "a wildcard on a zone where anyone can create resources",
     "broad-service-tag": "AzureCloud, Internet or a multi-tenant service tag",
-    "curated-registry": "viennaglobal.azurecr.io allowed (seed 004)",
+    "curated-registry": "viennaglobal.azurecr.io allowed (the legacy curated-environment registry)",
     "unrestricted-egress": "outbound access not restricted",
     "unrestricted-with-allow-rules": "allow rules written while access is not restricted",
     "immutable-callouts-active": "the immutable callout defaults are in force",

@@ -1,4 +1,5 @@
-"""Destinations an attacker can hold write access to (seed 004's central point).
+"""Destinations an attacker can hold write access to (the central point of
+Azure ML's 'Configure data exfiltration prevention').
 
 "If malicious agents don't have write access to outbound destination resources, they
 can't use that outbound for data exfiltration ... Storage and AzureFrontDoor.frontend can
@@ -15,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from egressguard.analysis.findings import Finding, Severity
+from egressguard.analysis.findings import AML_GUIDE, Finding, Severity
 from egressguard.analysis.inventory import Grant, NetRule
 from egressguard.analysis.patterns import attacker_host, matches
 from egressguard.engine import Kind, Request, Snapshot
@@ -110,7 +111,8 @@ def grant_findings(grants: list[Grant], ctx: Context) -> list[Finding]:
                 "curated-registry", Severity.MEDIUM, grant.rule_id, grant.pattern,
                 f"outbound allowed to the legacy curated-environment registry "
                 f"{CURATED_REGISTRY}",
-                "Seed 004: curated environments whose registry is viennaglobal.azurecr.io "
+                f"Per {AML_GUIDE}: curated environments whose "
+                "registry is viennaglobal.azurecr.io "
                 "cannot be used with data exfiltration prevention; only environments from "
                 "mcr.microsoft.com are covered, so this opening exists for an image source "
                 "the prevention setup does not vouch for.",
@@ -132,7 +134,8 @@ def _storage(grant: Grant, ctx: Context) -> list[Finding]:
            f"their own account (e.g. {host}) and writes your data into it.")
     if mitigated:
         why += (" The cluster's service endpoint policy limits these hosts to the listed "
-                "accounts, so the wildcard is the form seed 004 prescribes.")
+                f"accounts, so the wildcard is the form {AML_GUIDE} "
+                "prescribes.")
     return [Finding(
         "wildcard-storage", severity, grant.rule_id, grant.pattern,
         "wildcard storage destination" + (" (limited by a service endpoint policy)"
@@ -152,7 +155,8 @@ def _front_door(grant: Grant) -> list[Finding]:
         "wildcard on a shared front door / CDN zone",
         "Front door and CDN endpoints are shared: anyone can create an endpoint "
         f"(e.g. {host}) that forwards to an origin they own, so the wildcard reaches "
-        "attacker infrastructure (seed 004: AzureFrontDoor.frontend can be used for "
+        f"attacker infrastructure ({AML_GUIDE}: AzureFrontDoor.frontend can be used "
+        "for "
         "data exfiltration).",
         "Allow only the endpoints the workload uses, e.g. `ml.azure.com` and "
         "`automlresources-prod.azureedge.net` for Azure Machine Learning studio and AutoML.",
@@ -261,7 +265,7 @@ def _tag(rule: NetRule, tag: str, ctx: Context) -> list[Finding]:
             "service tag covers every storage account" + (
                 " (names limited by a service endpoint policy)" if ctx.has_sep else ""),
             "The Storage tag is the address space of every customer's storage accounts: "
-            "an attacker's own account is inside it (seed 004, Storage outbound)."
+            f"an attacker's own account is inside it ({AML_GUIDE}, Storage outbound)."
             + (" The service endpoint policy checks names (http, connect, dns); flows "
                "decided by address alone still reach any account." if ctx.has_sep else ""),
             "Add a service endpoint policy listing the accounts (and the "
@@ -271,7 +275,8 @@ def _tag(rule: NetRule, tag: str, ctx: Context) -> list[Finding]:
             "shared-front-door", Severity.HIGH, rule.rule_id, tag,
             "service tag of the shared front door",
             "AzureFrontDoor.Frontend is shared by every front door customer; an attacker's "
-            "endpoint sits behind the same addresses (seed 004: it can be used for data "
+            f"endpoint sits behind the same addresses ({AML_GUIDE}: it can be used for "
+            "data "
             "exfiltration).",
             "Switch to FQDN application rules: `ml.azure.com`, "
             "`automlresources-prod.azureedge.net`.")]

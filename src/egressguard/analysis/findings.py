@@ -5,6 +5,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+# The public document the storage and front-door findings quote (findings cite documents
+# by title: a user can look them up).
+AML_GUIDE = "Azure ML's 'Configure data exfiltration prevention'"
+
 
 class Severity(enum.IntEnum):
     INFO = 0

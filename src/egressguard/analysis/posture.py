@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import re2
 
 from egressguard.analysis.exposure import STORAGE_ZONES
-from egressguard.analysis.findings import Finding, Severity
+from egressguard.analysis.findings import AML_GUIDE, Finding, Severity
 from egressguard.analysis.inventory import AppRule, Grant, NetRule
 from egressguard.analysis.patterns import PROBE_LABEL
 from egressguard.engine import Decision, Kind, Layer, References, Request, Snapshot
@@ -55,7 +55,8 @@ def unrestricted(policy: Policy, snapshot: Snapshot, grants: list[Grant]) -> lis
 
 
 def immutable_callouts(policy: Policy, snapshot: Snapshot) -> list[Finding]:
-    """Seed 000's immutable layer takes part while access is unrestricted."""
+    """The immutable callout layer (Azure Data Explorer's defaults) takes part while
+    access is unrestricted."""
     if policy.restrict_outbound_network_access:
         return []
     out = []
@@ -198,7 +199,8 @@ def storage_without_sep(policy: Policy, snapshot: Snapshot, grants: list[Grant],
             "storage-without-sep", Severity.HIGH, reachable.rule, "service_endpoint_policies",
             "storage is reachable and no service endpoint policy limits the accounts",
             f"An attacker's account ({reachable.destination}) is allowed "
-            f"({reachable.reason}): seed 004, 'a malicious agent can use this outbound rule "
+            f"({reachable.reason}): {AML_GUIDE} warns, 'a malicious agent can use this "
+            "outbound rule "
             "to exfiltrate data by provisioning and saving data in their own storage "
             "account'.",
             "Add a service endpoint policy (service Microsoft.Storage) listing your "
@@ -210,7 +212,8 @@ def storage_without_sep(policy: Policy, snapshot: Snapshot, grants: list[Grant],
             "storage accounts allowed by name without a service endpoint policy",
             "Only named accounts are reachable today, but nothing pins storage egress to "
             "them: the next broad rule (or Storage tag) silently opens every account.",
-            "Add a service endpoint policy listing these accounts, as seed 004 prescribes.",
+            f"Add a service endpoint policy listing these accounts, as {AML_GUIDE} "
+            "prescribes.",
             related=tuple(named))]
     return []
 

@@ -31,14 +31,20 @@ _UNFILLED = re.compile(r"<[^<>]+>|APIServerPublicIP|CustomDNSIP|RegionCIDRs")
 # Which alternative of a network row to use, narrowest first. RegionCIDRs is never chosen:
 # the service tag `AzureCloud.<region>` names the same prefixes and stays current on import.
 _PREFERENCE = ("api_server_ip", "custom_dns_ip", "service_tag", "fqdn", "any")
-_SEED = {"aks": "seed 003", "aml": "seed 004", "iot-hub": "seed 001", "data-explorer": "seed 000"}
+# The public document each catalog transcribes, as a generated policy cites it.
+_DOCUMENT = {
+    "aks": '"Outbound network and FQDN rules for Azure Kubernetes Service (AKS) clusters"',
+    "aml": '"Configure data exfiltration prevention" (Azure Machine Learning)',
+    "iot-hub": '"Restrict IoT Hub outbound network access and data loss prevention"',
+    "data-explorer": '"Restrict outbound access from your Azure Data Explorer cluster"',
+}
 
 
 def fill_region(text: str, region: str) -> str:
     """Replace the seeds' region placeholders (all spellings) with `region`."""
     for placeholder in _REGION_PLACEHOLDERS:
         text = text.replace(placeholder, region)
-    if text == "AzureCloud.Region":  # seed 003 spells the 21Vianet row without brackets
+    if text == "AzureCloud.Region":  # the AKS document spells the 21Vianet row without brackets
         text = f"AzureCloud.{region}"
     return text
 
@@ -118,7 +124,7 @@ def _check_features(catalog: Catalog, options: Options) -> None:
             here = [n for n in valid if catalog.features[n].get("kind") == "option" or any(
                 s.feature == n and options.cloud in s.clouds for s in catalog.sections)]
             raise CatalogError(
-                f"feature {feature!r}: {_SEED[catalog.name]} lists no rows for cloud "
+                f"feature {feature!r}: {_DOCUMENT[catalog.name]} lists no rows for cloud "
                 f"{options.cloud}; features available there: {', '.join(here)}")
 
 
@@ -195,7 +201,7 @@ def covers(pattern: str, target: str) -> bool:
 
 def _source(catalog: Catalog, section: Section) -> str:
     tab = f" (tab: {section.tab})" if section.tab else ""
-    return f"source: {_SEED[catalog.name]}, \"{section.section}\"{tab}"
+    return f"source: {_DOCUMENT[catalog.name]}, \"{section.section}\"{tab}"
 
 
 def _plan(catalog: Catalog, options: Options, sections: Sequence[Section]) -> Plan:
@@ -236,14 +242,14 @@ def _row_rule(catalog: Catalog, section: Section, row: Row, options: Options, pl
     if row.condition:
         comments.append(f"condition (met by this profile): {row.condition}")
     if not row.protocol_stated:
-        comments.append(f"protocol: the seed gives only port {row.port}; "
+        comments.append(f"protocol: the document gives only port {row.port}; "
                         f"{row.protocol} assumed")
     rule_id = f"{collection.name}/{row.id}"
     if section.kind == "network":
         values, chosen = _choose(row, options)
         values = [_filled(v, row) for v in values]
         if len(row.destinations) > 1:
-            comments.append("seed alternatives: " + ", ".join(
+            comments.append("the document's alternatives: " + ", ".join(
                 d.value + (f" ({d.note})" if d.note else "") for d in row.destinations)
                 + f"; chosen: {', '.join(values)} ({chosen.form.replace('_', ' ')})")
         for value in values:
@@ -278,7 +284,7 @@ def _row_rule(catalog: Catalog, section: Section, row: Row, options: Options, pl
     short = row.purpose.split(". ")[0].rstrip(".") or section.section.split(" > ")[-2 if (
         " > " in section.section) else -1]
     return PlannedRule(name=row.id, destinations=values, protocols=protocols, ports=ports,
-                       comments=comments, description=f"{short} [{_SEED[catalog.name]}]")
+                       comments=comments, description=f"{short} [{_DOCUMENT[catalog.name]}]")
 
 
 def plan_aks(options: Options) -> Plan:
@@ -310,7 +316,7 @@ def plan_aml(options: Options) -> Plan:
     if not options.storage_accounts:
         raise CatalogError(
             f"profile aml needs --storage-account (the workspace's default storage account: "
-            f"name or resource id), for the service endpoint policy of {_SEED['aml']} "
+            f"name or resource id), for the service endpoint policy of {_DOCUMENT['aml']} "
             f"\"{sep['section']}\"")
     chosen = {"required", *options.features}
     sections = [s for s in catalog.sections if s.feature in chosen
@@ -320,7 +326,7 @@ def plan_aml(options: Options) -> Plan:
     plan.header = _header(catalog, options)
     plan.service_endpoint_policies.append((
         "aml-storage", list(options.storage_accounts), list(sep["aliases"]),
-        [f"source: {_SEED['aml']}, \"{sep['section']}\"", sep["note"],
+        [f"source: {_DOCUMENT['aml']}, \"{sep['section']}\"", sep["note"],
          "alias expansion: see `egressguard catalog show aml` (storage-aliases.yaml says "
          "what is known)"]))
     return plan

@@ -170,7 +170,7 @@ def catalog_show(
     if "inbound_note" in extra:
         typer.echo(f"note: {extra['inbound_note']}")
     if rows and any(not r["protocol_stated"] for r in rows):
-        typer.echo("proto?: the seed states only the port; the protocol is assumed")
+        typer.echo("proto?: the document states only the port; the protocol is assumed")
 
 
 # -- profile -------------------------------------------------------------------------------
@@ -232,7 +232,8 @@ def profile_aks(
         help="custom DNS server IP (repeatable); adds the UDP 53 rule")] = None,
     out: OutOpt = None,
 ) -> None:
-    """Policy for an AKS cluster (seed 003), restricted to what it needs."""
+    """Policy for an AKS cluster, restricted to what it needs ("Outbound network and
+    FQDN rules for Azure Kubernetes Service (AKS) clusters")."""
     dns = tuple(ip.strip() for v in (custom_dns or []) for ip in v.split(",") if ip.strip())
     plan = plan_aks(Options(cloud=cloud, region=region, features=_features(features),
                             private_cluster=private_cluster, api_server_ip=api_server_ip,
@@ -245,8 +246,8 @@ def profile_aml(
     region: RegionOpt,
     storage_account: Annotated[list[str] | None, typer.Option(
         help="workspace default storage account, name or resource id (repeatable)")] = None,
-    cloud: Annotated[str, typer.Option(help="public (the only cloud seed 004 covers)")
-                     ] = "public",
+    cloud: Annotated[str, typer.Option(
+        help="public (the only cloud the Azure Machine Learning guide covers)")] = "public",
     mode: Annotated[str, typer.Option(
         help="firewall (FQDN rules) or servicetag (network rules to service tags)")
     ] = "firewall",
@@ -255,7 +256,8 @@ def profile_aml(
     ] = None,
     out: OutOpt = None,
 ) -> None:
-    """Policy for Azure Machine Learning compute (seed 004) with its storage policy."""
+    """Policy for Azure Machine Learning compute with its storage policy ("Configure data
+    exfiltration prevention")."""
     plan = plan_aml(Options(cloud=cloud, region=region, features=_features(features),
                             mode=mode, storage_accounts=tuple(storage_account or ()),
                             known_tags=load_stored(), command=_command()))

@@ -551,7 +551,8 @@ class Snapshot:
                 else host.name
             uri = f"{request.scheme or 'https'}://{shown}{f':{port}' if port else ''}/"
         # Section 6 binds every request kind: a callout (e.g. external_data to a storage
-        # account) is the exfiltration path seed 004 warns about.
+        # account) is the exfiltration path Azure Machine Learning's "Configure data exfiltration
+        # prevention" warns about.
         if self._storage.active and host.ip is None:
             refusal = self._storage.refuse(host.name)
             if refusal is not None:

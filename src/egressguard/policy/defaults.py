@@ -1,4 +1,5 @@
-"""The immutable callout policy shipped by default (seed 000, verbatim)."""
+"""The immutable callout policy shipped by default (verbatim from "Restrict outbound
+access from your Azure Data Explorer cluster")."""
 
 from __future__ import annotations
 
