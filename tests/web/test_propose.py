@@ -8,11 +8,11 @@ import re
 
 import pytest
 
+from egressguard.analysis import allow as propose
 from egressguard.catalog import references
 from egressguard.engine import compile_policy
 from egressguard.engine.request import build_request
 from egressguard.policy import load_policy_text
-from egressguard.web import propose
 from tests.web.conftest import POLICY, Env, Sections
 
 pytestmark = pytest.mark.timeout(60)

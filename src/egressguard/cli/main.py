@@ -47,6 +47,7 @@ AREAS: dict[str, str] = {
     "recommend": "egressguard.cli.evidence",
     "analyze": "egressguard.cli.analysis",
     "simulate": "egressguard.cli.analysis",
+    "explain": "egressguard.cli.analysis",
     "dns": "egressguard.cli.dns",
     "firewall": "egressguard.cli.firewall",
     "config": "egressguard.cli.settings",
@@ -71,6 +72,8 @@ SUMMARIES: dict[str, str] = {
     "analyze": "List the exfiltration paths and dead rules of a policy, most severe first.",
     "simulate": "Decide every request of a list under the policy in force and a proposed "
                 "one.",
+    "explain": "Explain a denial: the layer and rule, the smallest change that would "
+               "allow it, and the risk findings that change would raise.",
     "export": "Compile the policy for another enforcer: squid, cilium, kubernetes, "
               "azure-firewall, nftables, or yaml (the policy file itself).",
     "test": "Run a policy file's assertions (exit 0 all pass, 1 one fails, 2 bad input).",

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from egressguard.analysis import allow as propose
 from egressguard.control.auth import EDIT_POLICY, Principal, role_allows
 from egressguard.store import Invalid, NotFound
-from egressguard.web import propose, session, views
+from egressguard.web import session, views
 from egressguard.web.common import (
     CLUSTER,
     HEADERS,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from egressguard.analysis import Report
+from egressguard.analysis.allow import Draft
 from egressguard.store import Version
 from egressguard.web.data import (
     DecisionCount,
@@ -29,7 +30,6 @@ from egressguard.web.html import (
     tag,
     url,
 )
-from egressguard.web.propose import Draft
 
 POLICY_ROLES = "viewer, operator or admin"
 AUDIT_ROLES = "auditor or admin"

@@ -1,5 +1,6 @@
 """Propose allow: from a denied decision, draft the smallest policy change that would
-permit it (pure: no I/O).
+permit it (pure: no I/O). The dashboard's "propose allow" and `egressguard explain` both
+draft with it.
 
 The draft adds one application rule for the exact host and port (never a wildcard) to an
 allow collection named `COLLECTION`, created after every existing collection so that a
@@ -23,7 +24,7 @@ from egressguard.policy import Policy
 from egressguard.policy.load import dump_policy
 from egressguard.policy.model import ApplicationRule, ApplicationRuleCollection, PortSpec
 
-COLLECTION = "dashboard-allow"
+COLLECTION = "dashboard-allow"  # the name predates explain; drafts from both share it
 MAX_RULES = 500
 _HOST = re.compile(r"(?=.{1,253}\Z)[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_-]{1,63})*")
 
@@ -97,12 +98,14 @@ def _next_priority(policy: Policy) -> int:
     return min(65000, max(used, default=900) + 100)
 
 
-def propose(policy: Policy, base: int, base_text: str, t: Target, refs: References) -> Draft:
-    """The new policy that allows `t`, its YAML diff against `base_text`, and whether it
-    permits the request once compiled."""
+def propose(policy: Policy, base: int, base_text: str, t: Target, refs: References, *,
+            origin: str = "the dashboard", base_label: str | None = None) -> Draft:
+    """The new policy that allows `t`, its YAML diff against `base_text` (headed
+    `base_label`, default `version BASE`), and whether it permits the request once
+    compiled. `origin` says where the proposal came from, in the rule's description."""
     rule = ApplicationRule(name=t.rule_name, targets=[t.host],
                            protocols=[PortSpec.parse(t.protocol)],
-                           description="proposed from a denial on the dashboard")
+                           description=f"proposed from a denial on {origin}")
     collections = list(policy.application_rule_collections)
     found = next((i for i, c in enumerate(collections) if c.name == COLLECTION), None)
     if found is None:
@@ -123,10 +126,10 @@ def propose(policy: Policy, base: int, base_text: str, t: Target, refs: Referenc
     text = dump_policy(new)
     diff = "".join(difflib.unified_diff(
         base_text.splitlines(keepends=True), text.splitlines(keepends=True),
-        f"version {base}", "proposed"))
+        base_label or f"version {base}", "proposed"))
     decision = compile_policy(new, refs).decide(build_request(t.url(), kind=t.kind,
                                                               port=t.port))
     verdict = (f"{decision.verdict.value} by {decision.rule} ({decision.layer.value}): "
                f"{decision.reason}")
     return Draft(t, base, new, diff, f"allow {t.protocol} to {t.host} (proposed from a "
-                 f"denial on the dashboard)", decision.allowed, verdict)
+                 f"denial on {origin})", decision.allowed, verdict)
