@@ -4,6 +4,7 @@ in a temporary home (a local upstream, so the allow really answers 200), and eve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -52,10 +53,8 @@ def test_the_five_minute_tutorial_runs_offline_in_a_temporary_home(tmp_path: Pat
         try:
             process.wait(timeout=150)
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)  # the gateway and web server, if left
-            except ProcessLookupError:
-                pass
     out, err = out_file.read_text(), err_file.read_text()
     assert process.returncode == 0, (out, err)
     lines = out.splitlines()
