@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from egressguard.cli.dns import parse_endpoint
@@ -66,6 +67,19 @@ def test_serve_answers_allowed_and_refuses_denied_with_reason(
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     assert [(e["host"], e["verdict"]) for e in lines] == [
         ("allowed.example.com", "allow"), ("metadata.example.com", "deny")]
+
+
+def test_query_prints_json_and_yaml_with_the_same_data(
+        served: tuple[str, subprocess.Popen[str], Path]) -> None:
+    server, _, _ = served
+    code, out = _query(server, "metadata.example.com", "-o", "json")
+    refused = json.loads(out)
+    assert code == 1 and refused["status"] == "NXDOMAIN" and refused["answers"] == []
+    assert refused["reasons"][0]["ede"] == 15 and "link-local" in refused["reasons"][0]["text"]
+    code, out = _query(server, "allowed.example.com", "-o", "yaml")
+    answered = yaml.safe_load(out)
+    assert code == 0 and answered["status"] == "NOERROR"
+    assert [a["data"] for a in answered["answers"]] == ["93.184.216.34"]
 
 
 def test_sighup_reloads_the_policy_file_and_sigterm_stops_cleanly(

@@ -13,6 +13,7 @@ import typer
 
 from egressguard import logsetup
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
+from egressguard.cli.output import Format, OutputOpt, emit
 from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig
 from egressguard.engine import InvalidHost, normalize_host
 from egressguard.engine.request import split_host_port
@@ -177,6 +178,7 @@ def query(
     server: Annotated[str, typer.Option(help="DNS filter address:port")] = "127.0.0.1:5353",
     tcp: Annotated[bool, typer.Option(help="ask over TCP")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait")] = 5.0,
+    output: OutputOpt = Format.TABLE,
 ) -> None:
     """Ask the filter one question; print the answer or why it was refused.
     Exit 0 answered, 1 refused (NXDOMAIN/REFUSED/SERVFAIL), 2 bad input or no answer."""
@@ -196,17 +198,18 @@ def query(
     except OSError as exc:
         typer.echo(f"error: no answer from {server}: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
-    status = str(RCODE.get(reply.header.rcode))
-    typer.echo(f"status: {status}{' (truncated)' if reply.header.tc else ''}")
-    for rr in reply.rr:
-        typer.echo(f"answer: {rr.rname} {rr.ttl} {QTYPE.get(rr.rtype)} {rr.rdata}")
-    for rr in reply.ar:
-        if rr.rtype != QTYPE.OPT:
-            continue
-        for opt in rr.rdata:
-            if opt.code == EDE_OPTION and len(opt.data) >= 2:
-                code = int.from_bytes(opt.data[:2], "big")
-                typer.echo(f"reason: [EDE {code}] {opt.data[2:].decode('utf-8', 'replace')}")
+    answers = [{"name": str(rr.rname), "ttl": rr.ttl, "type": str(QTYPE.get(rr.rtype)),
+                "data": str(rr.rdata)} for rr in reply.rr]
+    reasons = [{"ede": int.from_bytes(opt.data[:2], "big"),
+                "text": opt.data[2:].decode("utf-8", "replace")}
+               for rr in reply.ar if rr.rtype == QTYPE.OPT
+               for opt in rr.rdata if opt.code == EDE_OPTION and len(opt.data) >= 2]
+    data = {"status": str(RCODE.get(reply.header.rcode)), "truncated": bool(reply.header.tc),
+            "answers": answers, "reasons": reasons}
+    emit(data, output, lambda: "\n".join(
+        [f"status: {data['status']}{' (truncated)' if data['truncated'] else ''}",
+         *(f"answer: {a['name']} {a['ttl']} {a['type']} {a['data']}" for a in answers),
+         *(f"reason: [EDE {r['ede']}] {r['text']}" for r in reasons)]))
     raise typer.Exit(EXIT_OK if reply.header.rcode == 0 else EXIT_BLOCKED)
 
 
