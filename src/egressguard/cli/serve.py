@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import signal
 import socket
@@ -36,6 +37,7 @@ import typer
 
 from egressguard import logsetup
 from egressguard.audit.events import EventSink, NullSink
+from egressguard.dns.client import ask as dns_ask
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.errors import EgressguardError
@@ -94,6 +96,9 @@ def serve(
         help="hosts(5)-format file of static addresses")] = None,
     system_resolver: Annotated[bool, typer.Option(
         help="fall back to the system resolver for names not given statically")] = True,
+    nameserver: Annotated[list[str] | None, typer.Option(
+        help="IP[:PORT] of a DNS server to ask directly instead of the system resolver, "
+             "honouring the answers' TTLs (repeatable, tried in order)")] = None,
     report_only: Annotated[bool, typer.Option(
         help="permit everything; record what would have been denied")] = False,
     non_tls_443: Annotated[str, typer.Option(
@@ -137,6 +142,7 @@ def serve(
         if audit_writer not in ("process", "thread"):
             raise ValueError("--audit-writer must be process or thread")
         static = parse_resolve(resolve or [])
+        nameservers = [_nameserver(n) for n in nameserver or []]
         if hosts_file is not None:
             for name, ips in parse_hosts_file(hosts_file).items():
                 static.setdefault(name, []).extend(ips)
@@ -157,8 +163,10 @@ def serve(
                     shutdown_deadline=shutdown_deadline,
                     non_tls_443=mode, audit_timeout=audit_timeout)
     assert parts.holder is not None
-    gateway = Gateway(parts.holder, parts.sink, Resolver(static, system=system_resolver),
-                      limits, report_only=report_only, cluster=cluster)
+    resolver = Resolver(static, system=system_resolver, nameservers=nameservers,
+                        ask=dns_ask if nameservers else None)
+    gateway = Gateway(parts.holder, parts.sink, resolver, limits, report_only=report_only,
+                      cluster=cluster)
     try:
         _run(_serve(gateway, parts, host, port, api_address, allow_cidr or None,
                     api_max_body))
@@ -166,6 +174,23 @@ def serve(
         _startup_failed(exc, debug)
     finally:
         parts.close()
+
+
+def _nameserver(text: str) -> tuple[str, int]:
+    """`IP`, `IP:PORT` or `[IPv6]:PORT` -> (address, port); ValueError with the reason."""
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (rest or "53")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"--nameserver {text!r}: {host!r} is not an IP address") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--nameserver {text!r}: {port!r} is not a port")
+    return address, int(port)
 
 
 class StartupError(EgressguardError):
