@@ -48,6 +48,7 @@ from egressguard.gateway import decide, http1, tls
 from egressguard.gateway.limits import Limits, deadline_breach
 from egressguard.gateway.pool import Pool
 from egressguard.gateway.resolver import ResolveError, Resolver
+from egressguard.gateway.splice import SpliceRelay
 from egressguard.gateway.upstream import Exchange, Upstream, UpstreamError
 
 log = logging.getLogger("egressguard.gateway")
@@ -183,6 +184,7 @@ class ClientConnection(asyncio.Protocol):
         self.dispatching = False
         self.counting = False     # a permitted exchange or tunnel whose bytes are counted
         self.route: Route | None = None
+        self.relay: SpliceRelay | None = None  # a tunnel relayed by os.splice (zero-copy)
         self._url = b""
         self._headers: http1.Headers = []
 
@@ -260,11 +262,11 @@ class ClientConnection(asyncio.Protocol):
         self.close("client")
 
     def pause_writing(self) -> None:
-        if self.upstream is not None:
+        if self.upstream is not None and self.relay is None:
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None:
+        if self.upstream is not None and self.relay is None:
             self.upstream.resume_reading()
 
     def pause_reading(self, reason: str) -> None:
@@ -276,7 +278,8 @@ class ClientConnection(asyncio.Protocol):
         if reason not in self.paused:
             return
         self.paused.discard(reason)
-        if not self.paused and self.transport is not None and not self.closed:
+        if not self.paused and self.transport is not None and not self.closed \
+                and self.relay is None:  # a spliced tunnel's sockets are the relay's
             self.transport.resume_reading()
 
     # -- request parser callbacks (httptools) --------------------------------------------
@@ -726,6 +729,43 @@ class ClientConnection(asyncio.Protocol):
         data, self.peek = self.peek, b""
         self.bytes_up += len(data)
         self.upstream.write(data)  # type: ignore[union-attr]
+        self._splice()
+
+    # -- zero-copy relay (gateway.splice) --------------------------------------------------
+
+    def _splice(self) -> None:
+        """Hand the checked tunnel's sockets to a splice relay; where that is not possible
+        (bytes still queued, a half-closed side, no splice) the protocol relay goes on."""
+        up = self.upstream
+        if self.transport is None or up is None or up.transport is None \
+                or self.client_eof or self.dest_eof or self.paused:
+            return
+        self.relay = SpliceRelay.start(self.loop, self, self.transport, up.transport)
+
+    def spliced(self, upward: bool, n: int) -> None:
+        if upward:
+            self.bytes_up += n
+        else:
+            self.bytes_down += n
+
+    def splice_eof(self, upward: bool) -> None:
+        if upward:
+            self.client_eof = True
+            if self.dest_eof:
+                self.close("client")
+        else:
+            self.dest_eof = True
+            if self.client_eof:
+                self.close("upstream")
+
+    def splice_failed(self, exc: OSError) -> None:
+        log.debug("gateway: %s tunnel ended: %s", self.peer, exc)
+        self.close("client")
+
+    def _unsplice(self) -> None:
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            relay.stop()
 
     def _decide_sni(self, name: str) -> tuple[Decision, bool] | None:
         """An IP-literal CONNECT's SNI name, decided as the host at the address connected
@@ -777,6 +817,7 @@ class ClientConnection(asyncio.Protocol):
         """
         self.refusing = True
         self.active = None
+        self._unsplice()  # nothing more is relayed, either way
         up, self.upstream = self.upstream, None
         if up is not None:
             up.abort()  # let go of first: its loss must not close the client early
@@ -814,6 +855,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or (self.refusing and not final and cause != "shutdown"):
             return
         was_tunnel = self.state is TUNNEL or self.state is PEEK
+        self._unsplice()  # the transports below close the sockets
         self.closed = True
         self.state = CLOSED
         if was_tunnel or self.active is not None:
@@ -843,6 +885,16 @@ class ClientConnection(asyncio.Protocol):
     def sweep(self, now: float) -> None:
         """Called by the gateway a few times a second: header and idle deadlines."""
         if self.closed or self.refusing:
+            return
+        if self.state is TUNNEL:  # only the idle deadline applies: the cheap path
+            activity = self.bytes_up + self.bytes_down
+            if activity != self.activity_seen:
+                self.activity_seen = activity
+                self.idle_since = now
+            elif now - self.idle_since > self.gw.limits.idle_timeout:
+                log.info("gateway: %s idle for %g s, closing", self.peer,
+                         self.gw.limits.idle_timeout)
+                self.close("timeout")
             return
         activity = self.bytes_up + self.bytes_down + len(self.queue)
         if activity != self.activity_seen:
