@@ -617,7 +617,9 @@ class ClientConnection(asyncio.Protocol):
                 last = f"cannot connect to {ip} port {port}: {exc.strerror or exc}"
                 continue
             metrics.UPSTREAM_CONNECT_SECONDS.observe(time.perf_counter() - t0)
-            if up.closed:  # accepted, then closed before this task ran again
+            if up.closed or (key is not None and up.early_eof):
+                # accepted, then closed before this task ran again (an HTTP exchange can
+                # get no answer from it; a tunnel still relays what it said: see _connect)
                 last = f"{ip} port {port} closed the connection at once"
                 continue
             if self.closed:
@@ -690,6 +692,8 @@ class ClientConnection(asyncio.Protocol):
         for data in up.start_tunnel():
             self.bytes_down += len(data)
             self._write(data)
+        if up.early_eof:
+            self.upstream_eof(up)
         self.queue.clear()
         early, self.peek = self.peek, b""
         self.resume_reading("exchange")
