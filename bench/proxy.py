@@ -184,6 +184,7 @@ class Target:
     names: bool = False              # requests go to random app<N>.bench.test names
     runs: list[dict[str, float]] = field(default_factory=list)
     tunnels: dict[int, list[float]] = field(default_factory=dict)
+    tunnel_cpu: dict[int, list[float]] = field(default_factory=dict)  # CPU s per GiB
     once: dict[str, float] = field(default_factory=dict)
 
 
@@ -330,12 +331,15 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def tunnel_throughput(bulk: Path, target: Target, bulk_port: int, total: int,
-                      streams: int) -> float:
-    """Bytes/s downloaded through `streams` tunnels carrying `total` bytes together."""
+                      streams: int) -> tuple[float, float]:
+    """(bytes/s downloaded through `streams` tunnels carrying `total` bytes together, the
+    proxy's CPU seconds per GiB relayed)."""
+    cpu0 = _cpu_seconds(target.proc.pid) if target.proc else 0.0
     out = subprocess.run([str(bulk), "get", str(bulk_port), str(target.port or 0),
                           str(total), str(streams)],
                          capture_output=True, text=True, check=True, timeout=300)
-    return float(out.stdout.strip())
+    cpu = _cpu_seconds(target.proc.pid) - cpu0 if target.proc else 0.0
+    return float(out.stdout.strip()), cpu / (total / (1 << 30))
 
 
 def _wrk_script(target: Target, http_port: int, tmp: Path, close: bool) -> Path:
@@ -528,8 +532,10 @@ def main() -> None:
                            f"{m['cpu_us']:6.1f} us/req"
                     if not target.names:
                         for streams in (1, 8):
-                            bps = tunnel_throughput(bulk, target, bulk_port, total, streams)
+                            bps, cpu = tunnel_throughput(bulk, target, bulk_port, total,
+                                                         streams)
                             target.tunnels.setdefault(streams, []).append(bps)
+                            target.tunnel_cpu.setdefault(streams, []).append(cpu)
                             line += f"  x{streams} {bps / MiB:7,.0f} MiB/s"
                     print(line, flush=True)
             for target in targets:
@@ -568,6 +574,9 @@ def _report(targets: list[Target], before: tuple[float, float, float],
             r["cpu_us"] = sum(m["cpu_s"] for m in t.runs) / requests * 1e6 if requests else 0
         for streams, values in t.tunnels.items():
             r[f"tunnel_{streams}_MiBps"] = statistics.median(values) / MiB
+            if t.proc is not None:
+                r[f"tunnel_{streams}_cpu_ms_per_GiB"] = \
+                    statistics.median(t.tunnel_cpu[streams]) * 1e3
         r.update(t.once)
         rows[t.name] = r
     print(f"\nload average before {before[0]:.2f}, after {after[0]:.2f} "
@@ -587,6 +596,10 @@ def _report(targets: list[Target], before: tuple[float, float, float],
               f"{f'{idle_pct:.2f}%' if idle_pct is not None else '-':>10}")
     print("(p50/p99: added to direct's at one connection; idle CPU: % of a core holding "
           f"{idle} idle tunnels)")
+    for name, r in rows.items():
+        if "tunnel_1_cpu_ms_per_GiB" in r:
+            print(f"{name:22}tunnel CPU per GiB relayed: x1 {r['tunnel_1_cpu_ms_per_GiB']:,.0f} "
+                  f"ms, x8 {r['tunnel_8_cpu_ms_per_GiB']:,.0f} ms")
 
     def ratio(a: str, b: str, key: str) -> float | None:
         x, y = rows.get(a, {}).get(key), rows.get(b, {}).get(key)
@@ -605,6 +618,8 @@ def _report(targets: list[Target], before: tuple[float, float, float],
         "tunnel8_vs_direct_c": ratio(eg, "direct", "tunnel_8_MiBps"),
         "tunnel_vs_squid_c": ratio(eg, "squid", "tunnel_1_MiBps"),
         "tunnel8_vs_squid_c": ratio(eg, "squid", "tunnel_8_MiBps"),
+        "tunnel_cpu_per_GiB_vs_squid": ratio(eg, "squid", "tunnel_1_cpu_ms_per_GiB"),
+        "tunnel8_cpu_per_GiB_vs_squid": ratio(eg, "squid", "tunnel_8_cpu_ms_per_GiB"),
         "rps_vs_squid": ratio(eg, "squid", "rps"),
         "cpu_per_req_vs_squid": ratio(eg, "squid", "cpu_us"),
         "cps_vs_squid": ratio(eg, "squid", "conn_per_s"),

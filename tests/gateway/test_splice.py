@@ -188,3 +188,32 @@ def test_idle_spliced_tunnel_is_closed_after_the_idle_timeout(gateway_factory) -
         assert event.close_cause == "timeout" and event.bytes_up == 2
     finally:
         dest.close()
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="os.splice needs Linux")
+def test_idle_spliced_tunnels_hold_two_descriptors_each_and_no_pipe(gateway_factory) -> None:
+    def echo_once(conn: socket.socket) -> None:
+        conn.sendall(conn.recv(100))
+        conn.recv(100)  # until the client goes
+
+    dest = Destination(echo_once)
+    socks: list[socket.socket] = []
+    try:
+        gw = gateway_factory(resolve={"dest.test": "127.0.0.1"})
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(100):
+            sock = connect_tunnel(gw.port, f"dest.test:{dest.port}", timeout=5)
+            sock.sendall(b"ping")
+            assert sock.recv(10) == b"ping"
+            socks.append(sock)
+        relays = _relays(gw)
+        assert sum(isinstance(r, splice.SpliceRelay) for r in relays) == 100
+        # Per tunnel: the client's socket here, the destination's socket in the
+        # Destination thread, and the gateway's two; pipes went back to the pool.
+        grown = len(os.listdir("/proc/self/fd")) - before
+        assert grown <= 100 * 4 + splice._PIPES.keep * 2, grown
+        assert all(d.pipe is None for r in relays for d in r._dirs)  # type: ignore[attr-defined]
+    finally:
+        for sock in socks:
+            sock.close()
+        dest.close()

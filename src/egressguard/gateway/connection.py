@@ -31,6 +31,7 @@ import asyncio
 import enum
 import ipaddress
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -185,6 +186,7 @@ class ClientConnection(asyncio.Protocol):
         self.counting = False     # a permitted exchange or tunnel whose bytes are counted
         self.route: Route | None = None
         self.relay: SpliceRelay | None = None  # a tunnel relayed by os.splice (zero-copy)
+        self.held: int | None = None  # a spliced client's socket awaiting its cut (_refuse)
         self._url = b""
         self._headers: http1.Headers = []
 
@@ -259,6 +261,8 @@ class ClientConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.relay is not None:
+            return  # the transport let go of the socket: the splice relay has it
         self.close("client")
 
     def pause_writing(self) -> None:
@@ -635,7 +639,7 @@ class ClientConnection(asyncio.Protocol):
         return None
 
     def upstream_lost(self, up: Upstream) -> None:
-        if self.upstream is not up:
+        if self.upstream is not up or self.relay is not None:
             return  # one this connection let go of (parked, replaced, refused)
         if self.state is TUNNEL or self.state is PEEK:
             self.close("upstream")
@@ -766,10 +770,15 @@ class ClientConnection(asyncio.Protocol):
         log.debug("gateway: %s tunnel ended: %s", self.peer, exc)
         self.close("client")
 
-    def _unsplice(self) -> None:
+    def _unsplice(self, keep_client: bool = False) -> None:
+        """Stop the splice relay; it closes both sockets (their transports let go), or
+        the destination's only with `keep_client` (the client is cut later, by close)."""
         relay, self.relay = self.relay, None
         if relay is not None:
-            relay.stop()
+            self.held = relay.stop(keep_client)
+        elif not keep_client and self.held is not None:
+            os.close(self.held)
+            self.held = None
 
     def _decide_sni(self, name: str) -> tuple[Decision, bool] | None:
         """An IP-literal CONNECT's SNI name, decided as the host at the address connected
@@ -821,7 +830,7 @@ class ClientConnection(asyncio.Protocol):
         """
         self.refusing = True
         self.active = None
-        self._unsplice()  # nothing more is relayed, either way
+        self._unsplice(keep_client=True)  # nothing more is relayed, either way
         up, self.upstream = self.upstream, None
         if up is not None:
             up.abort()  # let go of first: its loss must not close the client early
@@ -859,7 +868,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or (self.refusing and not final and cause != "shutdown"):
             return
         was_tunnel = self.state is TUNNEL or self.state is PEEK
-        self._unsplice()  # the transports below close the sockets
+        self._unsplice()  # closes a spliced tunnel's sockets; the transports did let go
         self.closed = True
         self.state = CLOSED
         if was_tunnel or self.active is not None:
