@@ -390,9 +390,9 @@ def _micros(text: str) -> float:
 
 
 def idle_cpu(bulk: Path, target: Target, http_port: int, count: int) -> float:
-    """% of one core the proxy spends while holding `count` idle tunnels (5 s window)."""
+    """% of one core the proxy spends while holding `count` idle tunnels (10 s window)."""
     holder = subprocess.Popen([str(bulk), "hold", str(http_port), str(target.port),
-                               str(count), "20"], stdout=subprocess.PIPE, text=True)
+                               str(count), "30"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None
         if holder.stdout.readline().strip() != "ready":
@@ -400,7 +400,7 @@ def idle_cpu(bulk: Path, target: Target, http_port: int, count: int) -> float:
         time.sleep(2)
         assert target.proc is not None
         cpu0, t0 = _cpu_seconds(target.proc.pid), time.monotonic()
-        time.sleep(5)
+        time.sleep(10)
         return (_cpu_seconds(target.proc.pid) - cpu0) / (time.monotonic() - t0) * 100
     finally:
         holder.terminate()
@@ -478,7 +478,11 @@ def main() -> None:
     seconds = args.seconds or (2 if args.quick else 5)
     total = 256 * MiB if args.quick else 1024 * MiB
     idle = args.idle if args.idle is not None else (2000 if args.quick else 10000)
-    raise_fd_limit(4 * idle + 4096)
+    raise_fd_limit(2 * idle + 4096)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if idle and 2 * idle + 500 > hard:  # the proxy holds two descriptors per tunnel
+        idle = (hard - 500) // 2
+        print(f"idle tunnels capped at {idle} by the hard descriptor limit ({hard})")
     load_before = os.getloadavg()
     wanted = {s for s in args.only.split(",") if s}
 
