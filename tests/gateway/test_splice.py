@@ -217,3 +217,28 @@ def test_idle_spliced_tunnels_hold_two_descriptors_each_and_no_pipe(gateway_fact
         for sock in socks:
             sock.close()
         dest.close()
+
+
+def test_idle_tunnel_on_the_slow_sweep_is_closed_within_a_quarter_of_its_timeout(
+        gateway_factory) -> None:
+    # idle_timeout 2 s: tunnels are swept every 0.5 s (not every 0.25 s like the others).
+    def hold(conn: socket.socket) -> None:
+        conn.sendall(conn.recv(100))
+        conn.recv(100)
+
+    dest = Destination(hold)
+    try:
+        gw = gateway_factory(resolve={"dest.test": "127.0.0.1"},
+                             limits=Limits(idle_timeout=2.0))
+        sock = connect_tunnel(gw.port, f"dest.test:{dest.port}", timeout=8)
+        with sock:
+            sock.sendall(b"hi")
+            assert sock.recv(10) == b"hi"
+            quiet = time.monotonic()
+            assert gw.call(lambda: len(gw.gateway.tunnels)) == 1
+            assert sock.recv(10) == b""
+            waited = time.monotonic() - quiet
+            assert 1.9 < waited < 2.0 + 0.5 + 1.0, waited  # + a sweep period + scheduling
+        assert gw.call(lambda: len(gw.gateway.tunnels)) == 0
+    finally:
+        dest.close()
