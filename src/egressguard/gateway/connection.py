@@ -2,7 +2,9 @@
 protocol level (asyncio `Protocol` callbacks, no stream readers on the data path).
 
 Bytes flow straight from one transport's `data_received` into the other's `write`, with
-flow control coupled both ways (a full write buffer pauses the opposite reader). An HTTP
+flow control coupled both ways (a full write buffer pauses the opposite reader). A tunnel
+whose first client bytes passed the check is handed to `splice.SpliceRelay` (zero-copy,
+in the kernel) where the platform allows; otherwise it stays on this protocol relay. An HTTP
 request is handled inside the parser callback when nothing needs waiting (the target's
 addresses are known, an idle upstream connection is at hand): the common keep-alive
 request costs no task and no future. Only what must wait (a DNS lookup, a new upstream
