@@ -420,14 +420,20 @@ def _print_new_token(token: str, info: Any, output: str) -> None:
 
 @token_app.command("create")
 def token_create(name: Annotated[str, typer.Option(help="who or what uses it")],
-                 role: Annotated[str, typer.Option(help="admin, operator, viewer, auditor")],
+                 role: Annotated[str, typer.Option(
+                     help="cluster-wide role: admin, operator, viewer, auditor, or none "
+                          "(only the --grant roles)")],
+                 grant: Annotated[list[str] | None, typer.Option(
+                     "--grant", help="CLUSTER=ROLE: a role on one cluster (repeatable), "
+                                     "e.g. --grant prod=operator")] = None,
                  expires: ExpiresOpt = "90d", store: StoreOpt = None,
                  output: OutputOpt = "table") -> None:
     """Create a token (valid 90 days unless --expires says otherwise); it is printed once
     and cannot be shown again."""
     lifetime = _lifetime(expires)
     with _store(store) as st:
-        token, info = st.create_token(name, role, _user(), lifetime=lifetime)
+        token, info = st.create_token(name, role, _user(), lifetime=lifetime,
+                                      grants=grant or [])
     _print_new_token(token, info, output)
 
 
@@ -437,10 +443,13 @@ def token_list(store: StoreOpt = None, output: OutputOpt = "table",
                ) -> None:
     with _store(store) as st:
         rows = [t.as_dict() for t in st.tokens(include_revoked=all_)]
-    table = Table("Id", "Name", "Role", "Created by", "Created", "Expires", "Revoked")
+    table = Table("Id", "Name", "Role", "Grants", "Created by", "Created", "Expires",
+                  "Revoked")
     for r in rows:
-        table.add_row(str(r["id"]), _cell(r["name"]), r["role"], _cell(r["created_by"]),
-                      r["created_at"], r["expires_at"] or "", r["revoked_at"] or "")
+        grants = ", ".join(f"{c}={g}" for c, g in r["grants"].items())
+        table.add_row(str(r["id"]), _cell(r["name"]), r["role"], _cell(grants),
+                      _cell(r["created_by"]), r["created_at"], r["expires_at"] or "",
+                      r["revoked_at"] or "")
     _emit(rows, output, table)
 
 
