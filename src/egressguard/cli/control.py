@@ -487,13 +487,22 @@ def api(
     allow_cidr: Annotated[list[str] | None, typer.Option(
         "--allow-cidr", help="client source CIDRs allowed (repeatable); others get 403")
     ] = None,
+    api_tls_cert: Annotated[Path | None, typer.Option(
+        "--api-tls-cert", help="serve HTTPS with this PEM certificate (with --api-tls-key)")
+    ] = None,
+    api_tls_key: Annotated[Path | None, typer.Option(
+        "--api-tls-key", help="the PEM private key of --api-tls-cert")] = None,
+    api_tls_self_signed: Annotated[bool, typer.Option(
+        "--api-tls-self-signed", help="HTTPS with a self-signed certificate kept in the "
+                                      "data home; its SHA-256 fingerprint is printed")
+    ] = False,
     store: StoreOpt = None,
 ) -> None:
     """Run the control-plane REST API alone."""
-    import uvicorn
-
+    from egressguard.cli.serve import ApiThread, _bind, _run, announce_api, api_tls
     from egressguard.control.api import create_app
 
+    tls = api_tls(api_tls_cert, api_tls_key, api_tls_self_signed, host)
     with _store(store) as st:
         bootstrap = st.ensure_bootstrap()
         if bootstrap:
@@ -503,7 +512,24 @@ def api(
             app = create_app(st, allow_cidrs=allow_cidr or None)
         except ValueError as exc:
             raise _fail(f"--allow-cidr: {exc}") from None
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        server = ApiThread(app, _bind(host, port), tls)
+        server.start()
+        announce_api(server, tls)
+        try:
+            _run(_until_signal())
+        finally:
+            server.stop()
+
+
+async def _until_signal() -> None:
+    import asyncio
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def register(app: typer.Typer) -> None:
