@@ -78,7 +78,7 @@ from egressguard.store.tokens import DEFAULT_TOKEN_LIFETIME, parse_lifetime
 
 _log = logging.getLogger(__name__)
 OPTIONAL_ROUTERS = ("egressguard.audit.api", "egressguard.analysis.api", "egressguard.web.routes",
-                    "egressguard.control.ceiling_api")
+                    "egressguard.control.ceiling_api", "egressguard.recommend.api")
 
 ClusterName = Annotated[str, Path(min_length=1, max_length=100,
                                   pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]
@@ -369,8 +369,9 @@ def _tokens_router(store: Store) -> APIRouter:
         return {"name": who.name, "role": who.role, "grants": dict(who.grants)}
 
     @router.get("")
-    def list_tokens(_who: Admin) -> dict[str, Any]:
-        return {"value": [t.as_dict() for t in store.tokens()]}
+    def list_tokens(_who: Admin, include_revoked: bool = False) -> dict[str, Any]:
+        """Tokens with their role, grants and expiry (`include_revoked`: revoked too)."""
+        return {"value": [t.as_dict() for t in store.tokens(include_revoked=include_revoked)]}
 
     @router.post("", status_code=201)
     def create_token(body: TokenRequest, who: Admin) -> dict[str, Any]:
