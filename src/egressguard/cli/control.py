@@ -28,7 +28,7 @@ from rich.text import Text
 
 from egressguard import config
 from egressguard.control.auth import Principal
-from egressguard.control.client import ApiPolicyRefused, Client, remote
+from egressguard.control.client import ApiPolicyRefused, Client, remote, server_for
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import KEY_PROPERTY, from_arm, to_arm
@@ -92,6 +92,11 @@ def _call(client: Client, method: str, path: str, body: Any = None, *,
     except ApiPolicyRefused as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _server(store: str | None, api: str | None) -> str | None:
+    """The server to use, or None for the store (`--api`, then `--store`, then config)."""
+    return server_for(store, api)
 
 
 def _api(method: str, api: str, token: str | None, path: str, body: Any = None) -> Any:

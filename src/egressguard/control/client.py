@@ -190,12 +190,17 @@ def token_from(given: str | None, token_file: str | None) -> str | None:
     return read_token_file(Path(token_file)) if token_file else None
 
 
+def server_for(store: str | None, api: str | None) -> str | None:
+    """The server to talk to, or None for direct store access: an explicit `--api` wins,
+    then an explicit `--store`, then the configured server."""
+    return api or (None if store else config.current().api.value)
+
+
 def remote(store: str | None, api: str | None, token: str | None) -> Client | None:
-    """The client to use, or None for direct store access: an explicit `--api` wins, then
-    an explicit `--store`, then the configured server."""
-    settings = config.current()
-    server = api or (None if store else settings.api.value)
+    """The client to use (see `server_for`), or None for direct store access."""
+    server = server_for(store, api)
     if not server:
         return None
+    settings = config.current()
     return Client(validate_server(server), token_from(token, settings.token_file.value),
                   settings.ca_file.value)
