@@ -482,7 +482,12 @@ def token_create(name: Annotated[str, typer.Option(help="who or what uses it")],
     and cannot be shown again."""
     lifetime = _lifetime(expires)
     if client := _remote(store, api, token):
-        grants = dict(g.partition("=")[::2] for g in grant or [])
+        from egressguard.store.tokens import parse_grants
+
+        try:
+            grants = dict(parse_grants(grant or []))
+        except ValueError as exc:
+            raise _fail(f"--grant: {exc}") from None
         made = _call(client, "POST", "/v1/tokens", {"name": name, "role": role,
                                                     "grants": grants, "expires": expires})
     else:
