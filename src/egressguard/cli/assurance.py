@@ -18,7 +18,16 @@ from rich.console import Console
 from rich.table import Table
 
 from egressguard import config
-from egressguard.cli.control import ApiOpt, OutputOpt, StoreOpt, TokenOpt, _api, _store, _user
+from egressguard.cli.control import (
+    ApiOpt,
+    OutputOpt,
+    StoreOpt,
+    TokenOpt,
+    _api,
+    _server,
+    _store,
+    _user,
+)
 from egressguard.policy import Policy, PolicyError, dump_policy, load_policy
 
 out = Console(width=200)
@@ -87,7 +96,7 @@ def ceiling_set(file: FileOpt, cluster: ClusterOpt = None, strict: Annotated[boo
         "--strict", help="also refuse writes whose containment cannot be proved")] = False,
         store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None) -> None:
     """Set the ceiling (refused if the policy in force already exceeds it)."""
-    name, api = config.cluster(cluster), config.api_url(api)
+    name, api = config.cluster(cluster), _server(store, api)
     ceiling = _load(file)
     if api:
         found = _api("PUT", api, token, f"/v1/clusters/{name}/ceiling",
@@ -104,7 +113,7 @@ def ceiling_set(file: FileOpt, cluster: ClusterOpt = None, strict: Annotated[boo
 def ceiling_show(cluster: ClusterOpt = None, store: StoreOpt = None, api: ApiOpt = None,
                  token: TokenOpt = None, output: OutputOpt = "table") -> None:
     """Print the ceiling (YAML), or its metadata and text as JSON."""
-    name, api = config.cluster(cluster), config.api_url(api)
+    name, api = config.cluster(cluster), _server(store, api)
     if api:
         data = _api("GET", api, token, f"/v1/clusters/{name}/ceiling")
     else:
@@ -126,7 +135,7 @@ def ceiling_show(cluster: ClusterOpt = None, store: StoreOpt = None, api: ApiOpt
 def ceiling_clear(cluster: ClusterOpt = None, store: StoreOpt = None, api: ApiOpt = None,
                   token: TokenOpt = None) -> None:
     """Remove the ceiling."""
-    name, api = config.cluster(cluster), config.api_url(api)
+    name, api = config.cluster(cluster), _server(store, api)
     if api:
         cleared = _api("DELETE", api, token, f"/v1/clusters/{name}/ceiling")["cleared"]
     else:

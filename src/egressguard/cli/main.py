@@ -34,6 +34,7 @@ AREAS: dict[str, str] = {
     "rollback": "egressguard.cli.control",
     "token": "egressguard.cli.control",
     "api": "egressguard.cli.control",
+    "login": "egressguard.cli.control", "logout": "egressguard.cli.control",
     "catalog": "egressguard.cli.catalog",
     "profile": "egressguard.cli.catalog",
     "servicetags": "egressguard.cli.catalog",
