@@ -63,15 +63,15 @@ def main() -> None:
                        capture_output=True)
         port = _free_port()
         server = subprocess.Popen([*CLI, "api", "--port", str(port), "--store", store],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)
+                                  env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
         try:
             token = ""
-            assert server.stderr is not None
-            for line in server.stderr:
+            assert server.stdout is not None
+            for line in server.stdout:
                 if re.fullmatch(r"[A-Za-z0-9_\-.]{20,}", line.strip()):
                     token = line.strip()
-                if "Uvicorn running" in line or "Application startup complete" in line:
+                if "REST API on" in line or "Uvicorn running" in line:
                     break
             if not token:
                 raise SystemExit("the API printed no bootstrap token")

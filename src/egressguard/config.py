@@ -4,7 +4,7 @@ A setting is taken from the first of these that gives it:
 
 1. the command line (`--home` on `egressguard`; `--store`, `--cluster`, `--api` on a command),
 2. the environment (`EGRESSGUARD_HOME`, `EGRESSGUARD_STORE`, `EGRESSGUARD_CLUSTER`,
-   `EGRESSGUARD_API`),
+   `EGRESSGUARD_API`, `EGRESSGUARD_TOKEN_FILE`, `EGRESSGUARD_CA_FILE`),
 3. the config file: `$EGRESSGUARD_CONFIG` if set, else the first that exists of
    `$XDG_CONFIG_HOME/egressguard/config.yaml` (default `~/.config/...`) and
    `/etc/egressguard/config.yaml` (only one file is read: a user's file replaces the
@@ -12,6 +12,11 @@ A setting is taken from the first of these that gives it:
 4. the built-in default: home `$XDG_DATA_HOME/egressguard` (default
    `~/.local/share/egressguard`; `/var/lib/egressguard` as root), store the SQLite file
    `egressguard.db` in the home, cluster `default`, no API (commands use the store).
+
+`api` (the server), `token_file` (where its token is; the token itself is never written
+here) and `ca_file` (the certificate to trust for an HTTPS server) are what
+`egressguard login` writes (`write_user_config`); with `api` set, the control-plane
+commands go through the server (`control.client`).
 
 Nothing depends on the working directory: relative paths are made absolute where they are
 given (the config file's relative to the file's folder). `resolve` is pure (the caller
@@ -36,7 +41,10 @@ ENV_CONFIG = "EGRESSGUARD_CONFIG"
 ENV_STORE = "EGRESSGUARD_STORE"
 ENV_CLUSTER = "EGRESSGUARD_CLUSTER"
 ENV_API = "EGRESSGUARD_API"
-KEYS = ("home", "store", "cluster", "api")
+ENV_TOKEN_FILE = "EGRESSGUARD_TOKEN_FILE"
+ENV_CA_FILE = "EGRESSGUARD_CA_FILE"
+KEYS = ("home", "store", "cluster", "api", "token_file", "ca_file")
+PATH_KEYS = ("token_file", "ca_file")  # relative values: to the config file's folder
 SYSTEM_CONFIG = Path("/etc/egressguard/config.yaml")
 STORE_FILE = "egressguard.db"
 DEFAULT_CLUSTER = "default"
@@ -62,6 +70,8 @@ class Settings:
     store: Setting
     cluster: Setting
     api: Setting
+    token_file: Setting
+    ca_file: Setting
 
     def as_dict(self) -> dict[str, Any]:
         return {"config_file": str(self.config_file) if self.config_file else None,
@@ -132,9 +142,14 @@ def resolve(env: Mapping[str, str], *, read: Callable[[Path], str | None], user_
 
     def pick(key: str, env_name: str, default: str | None) -> Setting:
         if env.get(env_name):
-            return Setting(env[env_name], f"${env_name}")
+            value = env[env_name]
+            return Setting(_absolute(value, cwd) if key in PATH_KEYS else value,
+                           f"${env_name}")
         if key in file:
-            return Setting(file[key], where)
+            assert config_file is not None
+            value = file[key]
+            return Setting(_absolute(value, config_file.parent) if key in PATH_KEYS
+                           else value, where)
         return Setting(default, "default")
 
     store = pick("store", ENV_STORE, None)
@@ -142,7 +157,8 @@ def resolve(env: Mapping[str, str], *, read: Callable[[Path], str | None], user_
         assert home.value is not None
         store = Setting(f"sqlite:///{Path(home.value) / STORE_FILE}", f"home ({home.source})")
     return Settings(config_file, home, store, pick("cluster", ENV_CLUSTER, DEFAULT_CLUSTER),
-                    pick("api", ENV_API, None))
+                    pick("api", ENV_API, None), pick("token_file", ENV_TOKEN_FILE, None),
+                    pick("ca_file", ENV_CA_FILE, None))
 
 
 # -- this process ----------------------------------------------------------------------
@@ -187,6 +203,39 @@ def current() -> Settings:
 def cluster(given: str | None = None) -> str:
     """The cluster a command works on: `given` (its --cluster/--name), else configured."""
     return given or current().cluster.value or DEFAULT_CLUSTER
+
+
+def user_config_file() -> Path:
+    """The file `write_user_config` writes: `$EGRESSGUARD_CONFIG`, else the user's."""
+    try:
+        user_home = Path.home()
+    except RuntimeError:
+        user_home = Path("/")
+    return config_candidates(os.environ, user_home)[0]
+
+
+def write_user_config(changes: Mapping[str, str | None]) -> Path:
+    """Set (or, with None, remove) keys in the user's config file, keeping the others;
+    the file is created 0600 in a 0700 folder. Returns its path."""
+    path = user_config_file()
+    text = _read(path)
+    data: dict[str, str] = parse_config(text, str(path)) if text is not None else {}
+    for key, value in changes.items():
+        if key not in KEYS:
+            raise ConfigError(f"unknown key {key!r}")
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("# written by `egressguard login`; see `egressguard config show`\n")
+        yaml.safe_dump(data, f, default_flow_style=False, sort_keys=True)
+    os.replace(tmp, path)
+    return path
 
 
 def api_url(given: str | None = None) -> str | None:

@@ -14,6 +14,8 @@ project's refusals with one clause and still tell "fix your input" from "try aga
     │   ├── RequestListError         analysis/simulate.py: an unreadable request list
     │   ├── SourceError              analysis/sources.py: a policy source that cannot be read
     │   ├── StoreURLError            store/urls.py: a store URL egressguard cannot use
+    │   ├── TLSConfigError           control/apitls.py: an API certificate/key that cannot serve
+    │   ├── ApiNotFound, ApiRejected (ApiPolicyRefused)   control/client.py: 404, 4xx
     │   ├── NotFound, Exists, Invalid   store/store.py (also StoreError)
     │   ├── InvalidInput             control/errors.py (also ControlError): HTTP 422
     │   ├── CommandSyntaxError       control/commands.py: command text that does not parse
@@ -27,12 +29,15 @@ project's refusals with one clause and still tell "fix your input" from "try aga
     │   ├── KeyError_                audit/crypto.py: the audit key is missing or malformed
     │   ├── FirewallError            firewall/nft.py: nft missing, not root, kernel refused
     │   ├── ResolveError             gateway/resolver.py (also OSError): no usable address
-    │   └── UpstreamError            gateway/upstream.py and dns/upstream.py (two classes)
+    │   ├── UpstreamError            gateway/upstream.py and dns/upstream.py (two classes)
+    │   └── ApiUnreachable, ApiServerError   control/client.py: no answer, 5xx
     ├── Denied                       a valid request that policy, a role or state refuses
     │   ├── CalloutDenied            callout.py (also PermissionError)
-    │   └── Refused, Forbidden       control/errors.py (also ControlError): HTTP 409 / 403
+    │   ├── Refused, Forbidden       control/errors.py (also ControlError): HTTP 409 / 403
+    │   └── ApiUnauthorized, ApiForbidden   control/client.py: the API answered 401 / 403
     ├── ControlError                 control/errors.py: base of the API's refusals (has status)
     ├── StoreError                   store/store.py: base of the store's refusals
+    ├── ApiError                     control/client.py: base of the API client's errors
     └── StartupError                 cli/serve.py: a start-up failure phrased for the operator
 
 Classes keep the standard base they had (`ValueError`, `OSError`, ...) as a second base, so

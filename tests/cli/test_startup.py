@@ -68,7 +68,7 @@ def test_cluster_update_through_the_api_loads_neither_the_store_nor_the_web_stac
                                 "a.example.com", "--api", "http://127.0.0.1:1",
                                 "--token", "t", "-o", "json")
     assert code == 2
-    assert err.startswith("error: cannot reach http://127.0.0.1:1")
+    assert err.startswith("error: cannot reach the API at http://127.0.0.1:1")
     assert heavy == [], heavy
 
 

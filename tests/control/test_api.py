@@ -302,27 +302,23 @@ def test_api_against_postgresql(pg_url: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_api_command_serves_on_loopback_and_prints_a_bootstrap_token(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "EGRESSGUARD_HOME": str(tmp_path)}
-    proc = subprocess.Popen([EGRESSGUARD, "api", "--port", str(port)], env=env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([EGRESSGUARD, "api", "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stderr is not None
+        assert proc.stderr is not None and proc.stdout is not None
         token = ""
         for line in proc.stderr:
             if line.startswith("egt_"):
                 token = line.strip()
-            if "Uvicorn running" in line:
                 break
         assert token
-        answer = httpx.get(f"http://127.0.0.1:{port}/v1/clusters/default",
+        url = proc.stdout.readline().split(" on ")[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")
+        answer = httpx.get(f"{url}/v1/clusters/default",
                            headers={"Authorization": f"Bearer {token}"})
         assert answer.json()["properties"]["restrictOutboundNetworkAccess"] == "Enabled"
-        assert httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200
+        assert httpx.get(f"{url}/openapi.json").status_code == 200
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -180,3 +180,30 @@ def test_connect_without_port_is_400(gateway_factory):
     with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as sock:
         sock.sendall(b"CONNECT up.test HTTP/1.1\r\nHost: up.test\r\n\r\n")
         assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+
+
+def test_destination_that_greets_and_hangs_up_at_once_still_reaches_the_client(
+        gateway_factory):
+    # A server-first protocol (an SSH or SMTP banner) may speak and close before the
+    # gateway has even answered the CONNECT: the client must get the banner, then EOF,
+    # not a 502 (the gateway had been taking the early close for a refused connection).
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def greet_and_close() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(b"SSH-2.0-banner\r\n")
+        conn.close()
+
+    threading.Thread(target=greet_and_close, daemon=True).start()
+    gw = gateway_factory(LOOPBACK_POLICY)
+    try:
+        with connect_tunnel(gw.port, f"127.0.0.1:{port}") as sock:
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+        assert data == b"SSH-2.0-banner\r\n"
+    finally:
+        listener.close()

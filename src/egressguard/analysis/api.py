@@ -4,7 +4,8 @@ Included by the control-plane app (`egressguard.control.api.OPTIONAL_ROUTERS`); 
 route needs a viewer, operator or admin token. Analysis and simulation only read: a
 proposed policy in a body is decided against, never stored. A cluster's policy is read
 where the app's other policy routes read it (`app.state.book`): under
-`serve --policy F`, the file the gateway enforces.
+`serve --policy F`, the file the gateway enforces. A token with read roles on some
+clusters only may analyse a posted policy, and a stored cluster it may read.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from egressguard.analysis.analyzer import analyze
 from egressguard.analysis.simulate import RequestListError, parse_requests, simulate
 from egressguard.catalog import references
-from egressguard.control.auth import Principal, require_role
+from egressguard.control.auth import READ_POLICY, Principal, check_cluster, require_somewhere
 from egressguard.control.inforce import FileBook
 from egressguard.engine import CompileError
 from egressguard.policy import Policy, PolicyError, load_policy_text
 from egressguard.source import snapshot_for
 
 router = APIRouter(tags=["analysis"])
-Reader = Annotated[Principal, Depends(require_role("viewer", "operator", "admin"))]
+Reader = Annotated[Principal, Depends(require_somewhere(*READ_POLICY))]
 _MAX_REQUESTS = 10_000
 
 
@@ -63,12 +64,14 @@ def _document(data: dict[str, Any], source: str) -> Policy:
             {"path": p.path, "reason": p.reason} for p in exc.problems]}) from None
 
 
-def _stored(request: Request, cluster: str | None) -> tuple[Policy, str]:
-    """The policy in force for `cluster` (default: the one this gateway serves)."""
+def _stored(request: Request, who: Principal, cluster: str | None) -> tuple[Policy, str]:
+    """The policy in force for `cluster` (default: the one this gateway serves), if `who`
+    may read it (else 403)."""
     from egressguard.store import StoreError
 
     state = request.app.state
     name = cluster or getattr(state, "cluster", "default")
+    check_cluster(who, READ_POLICY, name)
     book = getattr(state, "book", state.store)
     try:
         version = book.current(name)
@@ -80,7 +83,7 @@ def _stored(request: Request, cluster: str | None) -> tuple[Policy, str]:
 
 
 @router.post("/v1/analyze")
-def analyze_route(body: AnalyzeBody, request: Request, _who: Reader) -> dict[str, Any]:
+def analyze_route(body: AnalyzeBody, request: Request, who: Reader) -> dict[str, Any]:
     given = [body.policy is not None, body.policy_text is not None, body.cluster is not None]
     if sum(given) != 1:
         raise HTTPException(422, "give exactly one of policy, policy_text or cluster")
@@ -94,12 +97,12 @@ def analyze_route(body: AnalyzeBody, request: Request, _who: Reader) -> dict[str
                 {"line": p.line, "path": p.path, "reason": p.reason}
                 for p in exc.problems]}) from None
     else:
-        policy, source = _stored(request, body.cluster)
+        policy, source = _stored(request, who, body.cluster)
     return {"policy": source, **analyze(policy).as_dict()}
 
 
 @router.post("/v1/simulate")
-def simulate_route(body: SimulateBody, request: Request, _who: Reader) -> dict[str, Any]:
+def simulate_route(body: SimulateBody, request: Request, who: Reader) -> dict[str, Any]:
     if (body.requests is None) == (body.requests_text is None):
         raise HTTPException(422, "give exactly one of requests or requests_text")
     text = body.requests_text if body.requests_text is not None else "\n".join(
@@ -112,7 +115,7 @@ def simulate_route(body: SimulateBody, request: Request, _who: Reader) -> dict[s
     if body.current is not None:
         now, now_source = _document(body.current, "current"), "request body (current)"
     else:
-        now, now_source = _stored(request, body.cluster)
+        now, now_source = _stored(request, who, body.cluster)
     new, new_source = ((_document(body.policy, "policy"), "request body (proposed)")
                        if body.policy is not None else (now, now_source))
     refs = references()  # one look at the catalog for both compiles

@@ -1,5 +1,7 @@
 """`GET /v1/audit`: the audit log over HTTP, same filters as `egressguard logs` (roles
-`auditor` or `admin`). Included by the control plane app (`OPTIONAL_ROUTERS`).
+`auditor` or `admin`). Included by the control plane app (`OPTIONAL_ROUTERS`). An auditor
+grant on one cluster reads that cluster's records only, so it must name it (`cluster=`);
+reading across clusters, and `verify`, take the cluster-wide role.
 
 Pages are newest first: pass the response's `next_cursor` as `cursor` for older records.
 `after=<id>` instead returns records newer than `id`, oldest first (to follow the log).
@@ -18,7 +20,7 @@ from sqlalchemy import Engine
 from egressguard.audit.crypto import Sealer, load_or_create_key
 from egressguard.audit.db import make_engine, migrate
 from egressguard.audit.query import Filter, QueryError, parse_since, query, verify
-from egressguard.control.auth import Principal, require_role
+from egressguard.control.auth import Principal, check_cluster, require_role, require_somewhere
 
 router = APIRouter(tags=["audit"])
 MAX_ID = 2**63 - 1   # ids are BIGINT: a larger cursor is a 422, not a driver overflow (500)
@@ -48,7 +50,7 @@ def reader(request: Request) -> tuple[Engine, Sealer]:
 @router.get("/v1/audit")
 def audit_events(
     request: Request,
-    _who: Annotated[Principal, Depends(require_role("auditor"))],
+    who: Annotated[Principal, Depends(require_somewhere("auditor"))],
     since: Annotated[str | None, Query(description="duration ago (1h, 7d) or ISO time")
                      ] = None,
     until: Annotated[str | None, Query(description="duration ago or ISO time")] = None,
@@ -66,6 +68,7 @@ def audit_events(
     after: Annotated[int | None, Query(ge=0, le=MAX_ID,
                                        description="records newer than this id")] = None,
 ) -> dict[str, Any]:
+    check_cluster(who, ("auditor",), cluster)
     try:
         flt = Filter(since=parse_since(since) if since else None,
                      until=parse_since(until) if until else None, outcome=verdict,

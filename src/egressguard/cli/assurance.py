@@ -16,7 +16,15 @@ import typer
 from rich.table import Table
 
 from egressguard import config
-from egressguard.cli.control import ApiOpt, StoreOpt, TokenOpt, _api, _store, _user
+from egressguard.cli.control import (
+    ApiOpt,
+    StoreOpt,
+    TokenOpt,
+    _api,
+    _server,
+    _store,
+    _user,
+)
 from egressguard.cli.output import Format, OutputOpt, emit, is_data, render
 from egressguard.policy import Policy, PolicyError, dump_policy, load_policy
 
@@ -85,7 +93,7 @@ def ceiling_set(file: FileOpt, cluster: ClusterOpt = None, strict: Annotated[boo
         "--strict", help="also refuse writes whose containment cannot be proved")] = False,
         store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None) -> None:
     """Set the ceiling (refused if the policy in force already exceeds it)."""
-    name, api = config.cluster(cluster), config.api_url(api)
+    name, api = config.cluster(cluster), _server(store, api)
     ceiling = _load(file)
     if api:
         found = _api("PUT", api, token, f"/v1/clusters/{name}/ceiling",
@@ -102,7 +110,7 @@ def ceiling_set(file: FileOpt, cluster: ClusterOpt = None, strict: Annotated[boo
 def ceiling_show(cluster: ClusterOpt = None, store: StoreOpt = None, api: ApiOpt = None,
                  token: TokenOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """Print the ceiling (YAML), or its metadata and text as JSON."""
-    name, api = config.cluster(cluster), config.api_url(api)
+    name, api = config.cluster(cluster), _server(store, api)
     if api:
         data = _api("GET", api, token, f"/v1/clusters/{name}/ceiling")
     else:
@@ -124,7 +132,7 @@ def ceiling_show(cluster: ClusterOpt = None, store: StoreOpt = None, api: ApiOpt
 def ceiling_clear(cluster: ClusterOpt = None, store: StoreOpt = None, api: ApiOpt = None,
                   token: TokenOpt = None) -> None:
     """Remove the ceiling."""
-    name, api = config.cluster(cluster), config.api_url(api)
+    name, api = config.cluster(cluster), _server(store, api)
     if api:
         cleared = _api("DELETE", api, token, f"/v1/clusters/{name}/ceiling")["cleared"]
     else:

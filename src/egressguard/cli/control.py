@@ -1,20 +1,25 @@
 """Control-plane commands in the `az` idiom: `mgmt`, `cluster`, `versions`, `rollback`,
 `token`, and `api` (the REST API alone).
 
-They work on the store directly (`--store URL`, default the embedded SQLite file; the
-principal recorded is the OS user) or, for `mgmt` and `cluster`, through a running API
-(`--api URL --token T`). Exit status: 0 done, 2 refused or bad input.
+When a server is configured (`egressguard login --server URL`, `--api URL` or
+`$EGRESSGUARD_API`) they go through its REST API (`control.client`): the server checks
+the token's roles and records the token's name as the author. `--store URL` opens the
+store directly instead (bootstrap and recovery; the principal recorded is the OS user).
+Exit status: 0 done, 1 refused by the cluster's assertions or ceiling, 2 refused or bad
+input.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
@@ -22,13 +27,15 @@ from rich.text import Text
 
 from egressguard import config
 from egressguard.cli.output import Format, OutputOpt, emit
+from egressguard.control.client import ApiPolicyRefused, Client, remote, server_for
 from egressguard.control.commands import CommandSyntaxError
 
 if TYPE_CHECKING:
     from egressguard.store import Store
 
-# The store (SQLAlchemy), the ARM mapping and the key checks load inside the commands that
-# use them: a command through the API (--api) needs none of them (start-up: docs/cli.md).
+# The store (SQLAlchemy), the ARM mapping, the key checks and the management commands
+# (FastAPI, through control.auth) load inside the commands that use them: a command
+# through the API needs none of them (start-up: docs/cli.md, tests/cli/test_startup.py).
 KEY_PROPERTY = "keyVaultProperties"  # = control.properties.KEY_PROPERTY (a test keeps it)
 
 StoreOpt = Annotated[str | None, typer.Option(
@@ -43,6 +50,7 @@ TokenOpt = Annotated[str | None, typer.Option(
 NameOpt = Annotated[str | None, typer.Option(
     "--name", "-n", help="cluster name (default $EGRESSGUARD_CLUSTER, the config file's "
                          "`cluster`, else default)")]
+
 
 def _user() -> str:
     try:
@@ -72,25 +80,31 @@ def _store(url: str | None) -> Iterator[Store]:
         store.close()
 
 
-def _api(method: str, api: str, token: str | None, path: str, body: Any = None) -> Any:
-    import httpx
+def _remote(store: str | None, api: str | None, token: str | None) -> Client | None:
+    """The API client when a server is to be used (see `control.client.remote`)."""
+    return remote(store, api, token)
 
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+def _call(client: Client, method: str, path: str, body: Any = None, *,
+          params: dict[str, Any] | None = None, text: bool = False) -> Any:
+    """One API request; a refusal by assertions or the ceiling exits 1 (as direct store
+    access does), every other error reaches the one-line handler (cli/main.py)."""
     try:
-        response = httpx.request(method, api.rstrip("/") + path, json=body, headers=headers,
-                                 timeout=30)
-    except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach {api}: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except Exception:
-            message = response.text
-        if response.status_code == 422 and str(message).startswith("policy refused:"):
-            typer.echo(f"error: {response.status_code}: {message}", err=True)
-            raise typer.Exit(1)  # assertions or the ceiling refused the write
-        raise _fail(f"{response.status_code}: {message}")
-    return response.json()
+        return client.request(method, path, body=body, params=params, text=text)
+    except ApiPolicyRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _server(store: str | None, api: str | None) -> str | None:
+    """The server to use, or None for the store (`--api`, then `--store`, then config)."""
+    return server_for(store, api)
+
+
+def _api(method: str, api: str, token: str | None, path: str, body: Any = None) -> Any:
+    client = _remote(None, api, token)
+    assert client is not None
+    return _call(client, method, path, body)
 
 
 def _emit(data: Any, output: Format, table: Table | None) -> None:
@@ -132,13 +146,13 @@ def mgmt(
 ) -> None:
     """Run a Kusto-style management command (.show/.alter/.alter-merge/.delete cluster
     policy callout)."""
-    from egressguard.control.auth import Principal  # FastAPI: only this command needs it
-    from egressguard.control.mgmt import execute
-
-    cluster, api = config.cluster(cluster), config.api_url(api)
-    if api:
-        result = _api("POST", api, token, "/v1/mgmt", {"command": command, "cluster": cluster})
+    cluster, client = config.cluster(cluster), _remote(store, api, token)
+    if client:
+        result = _call(client, "POST", "/v1/mgmt", {"command": command, "cluster": cluster})
     else:
+        from egressguard.control.auth import Principal
+        from egressguard.control.mgmt import execute
+
         with _store(store) as st:
             result = execute(st, cluster, command, Principal(_user(), "admin")).as_kusto()
     _emit(result, output, _result_table(result))
@@ -149,10 +163,14 @@ cluster_app = typer.Typer(help="Show and update clusters (ARM-style properties).
 
 
 @cluster_app.command("list")
-def cluster_list(store: StoreOpt = None, output: OutputOpt = Format.TABLE) -> None:
+def cluster_list(store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
+                 output: OutputOpt = Format.TABLE) -> None:
     """List the clusters and their current versions."""
-    with _store(store) as st:
-        rows = [st.current(n).meta() for n in st.clusters()]
+    if client := _remote(store, api, token):
+        rows = [_meta_of(r) for r in _call(client, "GET", "/v1/clusters")["value"]]
+    else:
+        with _store(store) as st:
+            rows = [st.current(n).meta() for n in st.clusters()]
     table = Table("Cluster", "Version", "Principal", "Time", "Summary")
     for r in rows:
         table.add_row(r["cluster"], str(r["version"]), _cell(r["principal"]),
@@ -164,9 +182,9 @@ def cluster_list(store: StoreOpt = None, output: OutputOpt = Format.TABLE) -> No
 def cluster_show(name: NameOpt = None, store: StoreOpt = None, api: ApiOpt = None,
                  token: TokenOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """Show a cluster's properties."""
-    name, api = config.cluster(name), config.api_url(api)
-    if api:
-        resource = _api("GET", api, token, f"/v1/clusters/{name}")
+    name, client = config.cluster(name), _remote(store, api, token)
+    if client:
+        resource = _call(client, "GET", client.cluster_path(name))
     else:
         from egressguard.control.properties import to_arm
         from egressguard.keys import clusterkeys
@@ -220,15 +238,16 @@ def cluster_update(
     output: OutputOpt = Format.TABLE,
 ) -> None:
     """Update a cluster's properties; each update is a new version."""
-    name, api = config.cluster(name), config.api_url(api)
+    name, client = config.cluster(name), _remote(store, api, token)
     body = _patch_body(set_ or [])
-    if api:
-        current = _api("GET", api, token, f"/v1/clusters/{name}")
-        fqdns = _edit_fqdns(current["properties"]["allowedFqdnList"], body, add_fqdn,
-                            remove_fqdn)
-        if fqdns is not None:
+    if client:
+        path = client.cluster_path(name)
+        if add_fqdn or remove_fqdn:
+            current = _call(client, "GET", path)
+            fqdns = _edit_fqdns(current["properties"]["allowedFqdnList"], body, add_fqdn,
+                                remove_fqdn)
             body["properties"]["allowedFqdnList"] = fqdns
-        resource = _api("PATCH", api, token, f"/v1/clusters/{name}", body)
+        resource = _call(client, "PATCH", path, body)
     else:
         from egressguard.control.properties import from_arm, to_arm
         from egressguard.keys import clusterkeys
@@ -303,6 +322,15 @@ def cluster_delete(
     typer.echo(f"deleted cluster {name} ({gone} version{'s' if gone != 1 else ''})")
 
 
+def _meta_of(resource: dict[str, Any]) -> dict[str, Any]:
+    """A cluster resource's current-version row (as `cluster list` prints it)."""
+    system = resource.get("systemData", {})
+    return {"cluster": resource["name"], "version": resource["properties"].get("version"),
+            "principal": system.get("lastModifiedBy", ""),
+            "created_at": system.get("lastModifiedAt", ""),
+            "summary": system.get("lastModifiedSummary", "")}
+
+
 def _edit_fqdns(current: list[str], body: dict[str, Any], add: list[str] | None,
                 remove: list[str] | None) -> list[str] | None:
     if not add and not remove:
@@ -323,12 +351,15 @@ versions_app = typer.Typer(help="A cluster's immutable policy versions.", no_arg
 
 
 @versions_app.command("list")
-def versions_list(name: NameOpt = None, store: StoreOpt = None,
-                  output: OutputOpt = Format.TABLE) -> None:
+def versions_list(name: NameOpt = None, store: StoreOpt = None, api: ApiOpt = None,
+                  token: TokenOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """List versions, newest first."""
-    name = config.cluster(name)
-    with _store(store) as st:
-        rows = [v.meta() for v in st.versions(name)]
+    name, client = config.cluster(name), _remote(store, api, token)
+    if client:
+        rows = _call(client, "GET", client.cluster_path(name, "/versions"))["value"]
+    else:
+        with _store(store) as st:
+            rows = [v.meta() for v in st.versions(name)]
     table = Table("Version", "Principal", "Time", "Summary", title=f"cluster {name}")
     for r in rows:
         table.add_row(str(r["version"]), _cell(r["principal"]), r["created_at"],
@@ -338,41 +369,57 @@ def versions_list(name: NameOpt = None, store: StoreOpt = None,
 
 @versions_app.command("show")
 def versions_show(number: Annotated[int, typer.Argument(help="version number")],
-                  name: NameOpt = None, store: StoreOpt = None,
-                  output: OutputOpt = Format.TABLE) -> None:
+                  name: NameOpt = None, store: StoreOpt = None, api: ApiOpt = None,
+                  token: TokenOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """Print one version's policy (its YAML; -o json or yaml: with its metadata)."""
-    name = config.cluster(name)
-    with _store(store) as st:
-        version = st.version(name, number)
-    emit({**version.meta(), "policy": version.text}, output, lambda: version.text)
+    name, client = config.cluster(name), _remote(store, api, token)
+    if client:
+        shown = _call(client, "GET", client.cluster_path(name, f"/versions/{number}"))
+        shown.pop("resource", None)
+    else:
+        with _store(store) as st:
+            version = st.version(name, number)
+        shown = {**version.meta(), "policy": version.text}
+    emit(shown, output, lambda: shown["policy"])
 
 
 @versions_app.command("diff")
 def versions_diff(a: Annotated[int, typer.Argument(help="older version")],
                   b: Annotated[int, typer.Argument(help="newer version")],
-                  name: NameOpt = None, store: StoreOpt = None,
+                  name: NameOpt = None, store: StoreOpt = None, api: ApiOpt = None,
+                  token: TokenOpt = None,
                   reach: Annotated[bool, typer.Option(
                       "--reach", help="what becomes reachable and unreachable")] = False,
                   fail_on_new_reach: Annotated[bool, typer.Option(
                       "--fail-on-new-reach", help="with --reach: exit 1 if B opens anything")
                   ] = False, output: OutputOpt = Format.TABLE) -> None:
     """Unified diff of two versions' YAML (`--reach`: of what they let through)."""
-    name = config.cluster(name)
+    name, client = config.cluster(name), _remote(store, api, token)
     if reach or fail_on_new_reach:
-        return _reach(a, b, name, store, output, fail_on_new_reach)
+        return _reach(a, b, name, store, output, fail_on_new_reach, client)
+    if client:
+        sys.stdout.write(_call(client, "GET", client.cluster_path(
+            name, f"/versions/{a}/diff/{b}"), text=True))
+        return
     with _store(store) as st:
         sys.stdout.write(st.diff(name, a, b))
 
 
 def _reach(a: int, b: int, name: str, store: str | None, output: Format,
-           fail_on_new: bool) -> None:
+           fail_on_new: bool, client: Client | None = None) -> None:
     """`versions diff A B --reach`: what version B makes reachable and unreachable."""
     from egressguard.analysis.cells import TooLarge
     from egressguard.analysis.reach import reach_diff
     from egressguard.catalog import references
 
-    with _store(store) as st:
-        old, new = st.version(name, a).policy, st.version(name, b).policy
+    if client:
+        from egressguard.policy import load_policy_text
+
+        old, new = (load_policy_text(_call(client, "GET", client.cluster_path(
+            name, f"/versions/{n}"))["policy"], f"version {n}") for n in (a, b))
+    else:
+        with _store(store) as st:
+            old, new = st.version(name, a).policy, st.version(name, b).policy
     try:
         result = reach_diff(old, new, references())
     except TooLarge as exc:
@@ -384,15 +431,18 @@ def _reach(a: int, b: int, name: str, store: str | None, output: Format,
 
 
 def rollback(number: Annotated[int, typer.Argument(help="version to restore")],
-             name: NameOpt = None, store: StoreOpt = None,
-             output: OutputOpt = Format.TABLE) -> None:
+             name: NameOpt = None, store: StoreOpt = None, api: ApiOpt = None,
+             token: TokenOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """Make a new version with the content of version NUMBER."""
-    from egressguard.control.properties import to_arm
+    name, client = config.cluster(name), _remote(store, api, token)
+    if client:
+        resource = _call(client, "POST", client.cluster_path(name, "/rollback"),
+                         {"version": number})
+    else:
+        from egressguard.control.properties import to_arm
 
-    name = config.cluster(name)
-    with _store(store) as st:
-        version = st.rollback(name, number, _user())
-        resource = to_arm(version)
+        with _store(store) as st:
+            resource = to_arm(st.rollback(name, number, _user()))
     _emit(resource, output, _resource_table(resource))
 
 
@@ -412,56 +462,94 @@ def _lifetime(text: str) -> float:
         raise _fail(f"--expires: {exc}") from None
 
 
-def _print_new_token(token: str, info: Any, output: Format) -> None:
-    expires = info.expires_at.isoformat(timespec="seconds") if info.expires_at else "?"
-    emit({**info.as_dict(), "token": token}, output, lambda: (
-        f"token {info.id} ({info.name}, {info.role}, expires {expires}); store it now, it is "
-        f"not shown again:\n{token}"))
+def _print_new_token(made: dict[str, Any], output: Format) -> None:
+    """`made`: the token's record with the clear `token` (as the API answers it)."""
+    grants = "".join(f", {r} on {c}" for c, r in made.get("grants", {}).items())
+    expires = (made.get("expires_at") or "?")[:19]
+    emit(made, output, lambda: (
+        f"token {made['id']} ({made['name']}, {made['role']}{grants}, expires {expires}); "
+        f"store it now, it is not shown again:\n{made['token']}"))
 
 
 @token_app.command("create")
 def token_create(name: Annotated[str, typer.Option(help="who or what uses it")],
-                 role: Annotated[str, typer.Option(help="admin, operator, viewer, auditor")],
-                 expires: ExpiresOpt = "90d", store: StoreOpt = None,
-                 output: OutputOpt = Format.TABLE) -> None:
+                 role: Annotated[str, typer.Option(
+                     help="cluster-wide role: admin, operator, viewer, auditor, or none "
+                          "(only the --grant roles)")],
+                 grant: Annotated[list[str] | None, typer.Option(
+                     "--grant", help="CLUSTER=ROLE: a role on one cluster (repeatable), "
+                                     "e.g. --grant prod=operator")] = None,
+                 expires: ExpiresOpt = "90d", store: StoreOpt = None, api: ApiOpt = None,
+                 token: TokenOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """Create a token (valid 90 days unless --expires says otherwise); it is printed once
     and cannot be shown again."""
     lifetime = _lifetime(expires)
-    with _store(store) as st:
-        token, info = st.create_token(name, role, _user(), lifetime=lifetime)
-    _print_new_token(token, info, output)
+    if client := _remote(store, api, token):
+        from egressguard.store.tokens import parse_grants
+
+        try:
+            grants = dict(parse_grants(grant or []))
+        except ValueError as exc:
+            raise _fail(f"--grant: {exc}") from None
+        made = _call(client, "POST", "/v1/tokens", {"name": name, "role": role,
+                                                    "grants": grants, "expires": expires})
+    else:
+        with _store(store) as st:
+            secret, info = st.create_token(name, role, _user(), lifetime=lifetime,
+                                           grants=grant or [])
+        made = {**info.as_dict(), "token": secret}
+    _print_new_token(made, output)
 
 
 @token_app.command("list")
-def token_list(store: StoreOpt = None, output: OutputOpt = Format.TABLE,
+def token_list(store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
+               output: OutputOpt = Format.TABLE,
                all_: Annotated[bool, typer.Option("--all", help="include revoked")] = False
                ) -> None:
-    with _store(store) as st:
-        rows = [t.as_dict() for t in st.tokens(include_revoked=all_)]
-    table = Table("Id", "Name", "Role", "Created by", "Created", "Expires", "Revoked")
+    """List tokens: role, grants per cluster, expiry."""
+    if client := _remote(store, api, token):
+        rows = _call(client, "GET", "/v1/tokens",
+                     params={"include_revoked": "true" if all_ else None})["value"]
+    else:
+        with _store(store) as st:
+            rows = [t.as_dict() for t in st.tokens(include_revoked=all_)]
+    table = Table("Id", "Name", "Role", "Grants", "Created by", "Created", "Expires",
+                  "Revoked")
     for r in rows:
-        table.add_row(str(r["id"]), _cell(r["name"]), r["role"], _cell(r["created_by"]),
-                      r["created_at"], r["expires_at"] or "", r["revoked_at"] or "")
+        grants = ", ".join(f"{c}={g}" for c, g in r["grants"].items())
+        table.add_row(str(r["id"]), _cell(r["name"]), r["role"], _cell(grants),
+                      _cell(r["created_by"]), r["created_at"], r["expires_at"] or "",
+                      r["revoked_at"] or "")
     _emit(rows, output, table)
 
 
 @token_app.command("revoke")
 def token_revoke(ident: Annotated[str, typer.Argument(help="token id or name")],
-                 store: StoreOpt = None) -> None:
-    with _store(store) as st:
-        revoked = st.revoke_token(ident)
+                 store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None) -> None:
+    if client := _remote(store, api, token):
+        revoked = _call(client, "DELETE", f"/v1/tokens/{quote(ident, safe='')}")["revoked"]
+    else:
+        with _store(store) as st:
+            revoked = st.revoke_token(ident)
     typer.echo(f"revoked {len(revoked)} token(s)")
 
 
 @token_app.command("rotate")
 def token_rotate_named(ident: Annotated[str, typer.Argument(help="token name or id")],
                        expires: ExpiresOpt = "90d", store: StoreOpt = None,
+                       api: ApiOpt = None, token: TokenOpt = None,
                        output: OutputOpt = Format.TABLE) -> None:
-    """Issue a new secret for a token (same name and role) and revoke the old one."""
+    """Issue a new secret for a token (same name, role and grants) and revoke the old
+    one."""
     lifetime = _lifetime(expires)
-    with _store(store) as st:
-        token, info = st.rotate_token(ident, _user(), lifetime=lifetime)
-    _print_new_token(token, info, output)
+    if client := _remote(store, api, token):
+        made = _call(client, "POST", f"/v1/tokens/{quote(ident, safe='')}/rotate",
+                     {"expires": expires})
+    else:
+        with _store(store) as st:
+            secret, info = st.rotate_token(ident, _user(), lifetime=lifetime)
+        made = {**info.as_dict(), "token": secret}
+    _print_new_token(made, output)
 
 
 @token_app.command("rotate-bootstrap")
@@ -479,13 +567,22 @@ def api(
     allow_cidr: Annotated[list[str] | None, typer.Option(
         "--allow-cidr", help="client source CIDRs allowed (repeatable); others get 403")
     ] = None,
+    api_tls_cert: Annotated[Path | None, typer.Option(
+        "--api-tls-cert", help="serve HTTPS with this PEM certificate (with --api-tls-key)")
+    ] = None,
+    api_tls_key: Annotated[Path | None, typer.Option(
+        "--api-tls-key", help="the PEM private key of --api-tls-cert")] = None,
+    api_tls_self_signed: Annotated[bool, typer.Option(
+        "--api-tls-self-signed", help="HTTPS with a self-signed certificate kept in the "
+                                      "data home; its SHA-256 fingerprint is printed")
+    ] = False,
     store: StoreOpt = None,
 ) -> None:
     """Run the control-plane REST API alone."""
-    import uvicorn
-
+    from egressguard.cli.serve import ApiThread, _bind, _run, announce_api, api_tls
     from egressguard.control.api import create_app
 
+    tls = api_tls(api_tls_cert, api_tls_key, api_tls_self_signed, host)
     with _store(store) as st:
         bootstrap = st.ensure_bootstrap()
         if bootstrap:
@@ -495,17 +592,65 @@ def api(
             app = create_app(st, allow_cidrs=allow_cidr or None)
         except ValueError as exc:
             raise _fail(f"--allow-cidr: {exc}") from None
-        sock = _listen(host, port)  # a taken port: one line, before uvicorn starts
-        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+        server = ApiThread(app, _bind(host, port, "--port"), tls)
+        server.start()
+        announce_api(server, tls)
+        try:
+            _run(_until_signal())
+        finally:
+            server.stop()
 
 
-def _listen(host: str, port: int) -> Any:
-    from egressguard.cli.listen import bind_failure, listen_tcp
+async def _until_signal() -> None:
+    import asyncio
+    import signal
 
-    try:
-        return listen_tcp(host, port)
-    except OSError as exc:
-        raise _fail(bind_failure("the REST API", host, port, exc, "--port")) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def login(
+    server: Annotated[str, typer.Option(
+        "--server", help="the API, e.g. https://gateway.internal:8080")],
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="file holding the token (default: $EGRESSGUARD_TOKEN, which "
+                             "is then read by every command instead)")] = None,
+    cacert: Annotated[Path | None, typer.Option(
+        "--cacert", help="PEM certificate to trust for an HTTPS server (e.g. its "
+                         "self-signed api-tls/cert.pem)")] = None,
+) -> None:
+    """Check a token against a server and store the server (and the token file's path,
+    never the token) in the config file: control-plane commands then go through it."""
+    from egressguard.control.client import ENV_TOKEN, read_token_file, validate_server
+
+    url = validate_server(server)
+    if token_file is not None:
+        secret = read_token_file(token_file)
+    elif os.environ.get(ENV_TOKEN):
+        secret = os.environ[ENV_TOKEN].strip()
+    else:
+        raise _fail(f"no token: give --token-file FILE or set ${ENV_TOKEN} (hint: an admin "
+                    "creates one with `egressguard token create`)")
+    if cacert is not None and not cacert.is_file():
+        raise _fail(f"--cacert {cacert}: no such file")
+    ca = str(cacert.resolve()) if cacert is not None else None
+    who = Client(url, secret, ca).get("/v1/tokens/self")
+    written = config.write_user_config({
+        "api": url, "ca_file": ca,
+        "token_file": str(token_file.resolve()) if token_file is not None else None})
+    grants = "".join(f", {r} on {c}" for c, r in who.get("grants", {}).items())
+    typer.echo(f"logged in to {url} as {who['name']} ({who['role']}{grants}); "
+               f"saved in {written}")
+
+
+def logout() -> None:
+    """Forget the server (the config file's api, token_file and ca_file): commands use the
+    store directly again."""
+    written = config.write_user_config({"api": None, "token_file": None, "ca_file": None})
+    typer.echo(f"logged out; {written} names no server")
 
 
 def register(app: typer.Typer) -> None:
@@ -515,3 +660,5 @@ def register(app: typer.Typer) -> None:
     app.command()(rollback)
     app.add_typer(token_app, name="token")
     app.command()(api)
+    app.command()(login)
+    app.command()(logout)

@@ -30,6 +30,11 @@ EXIT_BAD_INPUT = 2
 Store = Annotated[str | None, typer.Option(
     "--store", envvar="EGRESSGUARD_STORE",
     help="store URL (sqlite:///file.db or postgresql://...); default the embedded store")]
+Api = Annotated[str | None, typer.Option(
+    "--api", envvar="EGRESSGUARD_API",
+    help="use a running API (default: the server of `egressguard login`)")]
+Token = Annotated[str | None, typer.Option(
+    "--token", envvar="EGRESSGUARD_TOKEN", help="API token (default: the login's file)")]
 
 logs_app = typer.Typer(help="Query, follow, prune and verify the audit log.",
                        no_args_is_help=False)
@@ -95,13 +100,20 @@ def logs(
                       ] = False,
     output: OutputOpt = Format.TABLE,
     limit: Annotated[int, typer.Option(help="at most this many (the newest)")] = 100,
-    store: Store = None,
+    store: Store = None, api: Api = None, token: Token = None,
 ) -> None:
     """Show audit records, oldest first (the newest `--limit`), optionally following."""
     if ctx.invoked_subcommand is not None:
         return
     if limit < 1:
         raise _fail("--limit must be at least 1")
+    from egressguard.control.client import remote
+
+    if client := remote(store, api, token):
+        return _remote_logs(client, {
+            "since": since, "until": until, "verdict": "would-deny" if would_deny else verdict,
+            "dest": dest, "cluster": cluster, "kind": kind, "layer": layer}, limit, follow,
+            output)
     try:
         flt = Filter(since=parse_since(since) if since else None,
                      until=parse_since(until) if until else None,
@@ -120,6 +132,29 @@ def logs(
             time.sleep(0.5)
             fresh = query(engine, flt, sealer=sealer, limit=1000, after=last,
                           newest_first=False)
+            if fresh:
+                _emit(fresh, output)
+                last = fresh[-1]["id"]
+    except KeyboardInterrupt:
+        return
+
+
+def _remote_logs(client: Any, params: dict[str, Any], limit: int, follow: bool,
+                 output: Format) -> None:
+    """`logs` through the API (`GET /v1/audit`: the server checks the auditor role)."""
+    page = client.get("/v1/audit", **params, limit=min(limit, 1000))
+    records = list(reversed(page["items"]))
+    _emit(records, output)
+    if not follow:
+        return
+    last = records[-1]["id"] if records else 0
+    if not records:  # start from the newest record there is
+        newest = client.get("/v1/audit", **params, limit=1)["items"]
+        last = newest[0]["id"] if newest else 0
+    try:
+        while True:
+            time.sleep(0.5)
+            fresh = client.get("/v1/audit", **params, limit=1000, after=last)["items"]
             if fresh:
                 _emit(fresh, output)
                 last = fresh[-1]["id"]
@@ -187,7 +222,7 @@ def recommend(
         help="mark destinations that received at least this many bytes")] = 100 * 2**20,
     include_would_deny: Annotated[bool, typer.Option(
         help="include calls report-only mode would have denied")] = True,
-    store: Store = None,
+    store: Store = None, api: Api = None, token: Token = None,
 ) -> None:
     """Propose a least-privilege policy that allows exactly the observed traffic."""
     from egressguard.engine import CompileError
@@ -204,6 +239,16 @@ def recommend(
             snapshot_for(current)  # a CompileError: the CLI's one line with its hint
     except (QueryError, PolicyError) as exc:
         raise _fail(str(exc)) from None
+    from egressguard.control.client import remote
+
+    if client := remote(store, api, token):
+        answer = client.request("POST", "/v1/recommend", body={
+            "since": since, "cluster": cluster, "wildcard_min": wildcard_min,
+            "upload_risk": upload_risk, "include_would_deny": include_would_deny,
+            "diff": show_diff,
+            "policy_text": policy.read_text() if policy is not None and show_diff else None})
+        return _write_recommendation(answer["policy"], out, answer["rules"],
+                                     answer["calls"], answer.get("diff"))
     options = Options(wildcard_min=wildcard_min, upload_risk_bytes=upload_risk,
                       include_would_deny=include_would_deny)
     engine, sealer = _open(store)
@@ -211,12 +256,7 @@ def recommend(
     proposals = propose(seen, options)
     text = render(proposals, seen, cluster)
     load_policy_text(text, "recommendation")  # what we write always loads
-    if out is not None:
-        out.write_text(text)
-        typer.echo(f"wrote {out}: {len(proposals)} rules from {seen.calls} calls",
-                   err=True)
-    else:
-        sys.stdout.write(text)
+    compared = None
     if show_diff:
         if current is None:
             current = _policy_in_force(store, cluster)
@@ -224,6 +264,17 @@ def recommend(
             compared = diff(current, proposals, seen)
         except CompileError as exc:
             raise _fail(f"the policy in force does not compile: {exc}") from None
+    _write_recommendation(text, out, len(proposals), seen.calls, compared)
+
+
+def _write_recommendation(text: str, out: Path | None, rules: int, calls: int,
+                          compared: str | None) -> None:
+    if out is not None:
+        out.write_text(text)
+        typer.echo(f"wrote {out}: {rules} rules from {calls} calls", err=True)
+    else:
+        sys.stdout.write(text)
+    if compared is not None:
         sys.stdout.write(("" if out is not None else "\n") + compared)
 
 

@@ -40,6 +40,7 @@ AREAS: dict[str, str] = {
     "rollback": "egressguard.cli.control",
     "token": "egressguard.cli.control",
     "api": "egressguard.cli.control",
+    "login": "egressguard.cli.control", "logout": "egressguard.cli.control",
     "catalog": "egressguard.cli.catalog",
     "profile": "egressguard.cli.catalog",
     "servicetags": "egressguard.cli.catalog",
@@ -64,6 +65,11 @@ SUMMARIES: dict[str, str] = {
     "apply": "Make FILE the cluster's policy: one new version if its content differs from "
              "the current version, none if it does not.",
     "validate": "Check policy files as `apply` would, without a store (for CI).",
+    "login": "Check a token against a server and store the server (and the token file's "
+             "path, never the token) in the config file: control-plane commands then go "
+             "through it.",
+    "logout": "Forget the server (the config file's api, token_file and ca_file): commands "
+              "use the store directly again.",
     "mgmt": "Run a Kusto-style management command (.show/.alter/.alter-merge/.delete "
             "cluster policy callout).",
     "rollback": "Make a new version with the content of version NUMBER.",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import socket
@@ -36,6 +37,7 @@ import typer
 from egressguard import logsetup
 from egressguard.audit.events import EventSink, NullSink
 from egressguard.cli.listen import bind_failure, listen_tcp
+from egressguard.dns.client import ask as dns_ask
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.errors import EgressguardError
@@ -45,6 +47,7 @@ from egressguard.policy import PolicyError
 
 if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
+    from egressguard.control.apitls import ApiTLS
     from egressguard.fleet import Leader
     from egressguard.fleet.coldstart import ColdStart
     from egressguard.source import LivePolicy
@@ -52,6 +55,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("egressguard.gateway")
 API_MAX_HEAD = 32 * 1024  # bytes of request line and headers the REST API accepts
+
+
+ApiTlsCert = Annotated[Path | None, typer.Option(
+    "--api-tls-cert", help="serve the REST API and dashboard over HTTPS with this PEM "
+                           "certificate (chain) (with --api-tls-key)")]
+ApiTlsKey = Annotated[Path | None, typer.Option(
+    "--api-tls-key", help="the PEM private key of --api-tls-cert")]
+ApiTlsSelfSigned = Annotated[bool, typer.Option(
+    "--api-tls-self-signed", help="HTTPS with a self-signed certificate kept in the data "
+                                  "home (api-tls/, key 0600); its SHA-256 fingerprint is "
+                                  "printed at start")]
 
 
 def serve(
@@ -73,6 +87,8 @@ def serve(
         help="client CIDR allowed to reach the API (repeatable; default any)")] = None,
     api_max_body: Annotated[int, typer.Option(
         help="largest API request body in bytes (413 beyond)", min=1)] = 1024 * 1024,
+    api_tls_cert: ApiTlsCert = None, api_tls_key: ApiTlsKey = None,
+    api_tls_self_signed: ApiTlsSelfSigned = False,
     audit: Annotated[bool, typer.Option(help="record every decision in the audit log")
                      ] = True,
     audit_writer: Annotated[str, typer.Option(
@@ -94,6 +110,9 @@ def serve(
         help="hosts(5)-format file of static addresses")] = None,
     system_resolver: Annotated[bool, typer.Option(
         help="fall back to the system resolver for names not given statically")] = True,
+    nameserver: Annotated[list[str] | None, typer.Option(
+        help="IP[:PORT] of a DNS server to ask directly instead of the system resolver, "
+             "honouring the answers' TTLs (repeatable, tried in order)")] = None,
     report_only: Annotated[bool, typer.Option(
         help="permit everything; record what would have been denied")] = False,
     non_tls_443: Annotated[str, typer.Option(
@@ -131,12 +150,15 @@ def serve(
     try:
         host, port = _listen_address(listen)
         api_address = _listen_address(api_listen) if api else None
+        tls = api_tls(api_tls_cert, api_tls_key, api_tls_self_signed,
+                      api_address[0] if api_address else "")
         _check_cidrs(allow_cidr or [])
         if non_tls_443 not in ("deny", "allow"):
             raise ValueError("--non-tls-443 must be deny or allow")
         if audit_writer not in ("process", "thread"):
             raise ValueError("--audit-writer must be process or thread")
         static = parse_resolve(resolve or [])
+        nameservers = [_nameserver(n) for n in nameserver or []]
         if hosts_file is not None:
             for name, ips in parse_hosts_file(hosts_file).items():
                 static.setdefault(name, []).extend(ips)
@@ -157,15 +179,34 @@ def serve(
                     shutdown_deadline=shutdown_deadline,
                     non_tls_443=mode, audit_timeout=audit_timeout)
     assert parts.holder is not None
-    gateway = Gateway(parts.holder, parts.sink, Resolver(static, system=system_resolver),
-                      limits, report_only=report_only, cluster=cluster)
+    resolver = Resolver(static, system=system_resolver, nameservers=nameservers,
+                        ask=dns_ask if nameservers else None)
+    gateway = Gateway(parts.holder, parts.sink, resolver, limits, report_only=report_only,
+                      cluster=cluster)
     try:
         _run(_serve(gateway, parts, host, port, api_address, allow_cidr or None,
-                    api_max_body))
+                    api_max_body, tls))
     except Exception as exc:
         _startup_failed(exc, debug)
     finally:
         parts.close()
+
+
+def _nameserver(text: str) -> tuple[str, int]:
+    """`IP`, `IP:PORT` or `[IPv6]:PORT` -> (address, port); ValueError with the reason."""
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (rest or "53")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"--nameserver {text!r}: {host!r} is not an IP address") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--nameserver {text!r}: {port!r} is not a port")
+    return address, int(port)
 
 
 class StartupError(EgressguardError):
@@ -177,7 +218,8 @@ def _startup_failed(exc: Exception, debug: bool) -> None:
     from egressguard.store import unavailable_reason
 
     if isinstance(exc, StartupError | PolicyError | CompileError | ValueError):
-        line = str(exc)
+        hint = exc.hint if isinstance(exc, EgressguardError) else None
+        line = f"{exc} (hint: {hint})" if hint else str(exc)
     elif (reason := unavailable_reason(exc)) is not None:
         line = (f"cannot reach the store: {reason} (hint: check that the database server "
                 "runs, or the SQLite file's folder is writable, and that --store / "
@@ -323,7 +365,7 @@ def _listen_address(text: str) -> tuple[str, int]:
 
 async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
                  api_address: tuple[str, int] | None, allow_cidrs: list[str] | None,
-                 api_max_body: int) -> None:
+                 api_max_body: int, tls: ApiTLS | None = None) -> None:
     loop = asyncio.get_running_loop()
     try:
         await gateway.start(host, port)
@@ -332,7 +374,7 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
                            ) from exc
     try:
         api = _start_api(parts, api_address, allow_cidrs, api_max_body,
-                         report_only=gateway.report_only)
+                         report_only=gateway.report_only, tls=tls)
     except BaseException:
         await gateway.stop(0)
         raise
@@ -348,9 +390,7 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
     for addr, bound in gateway.addresses:
         typer.echo(f"egressguard: listening on {addr}:{bound} (HTTP proxy, CONNECT)")
     if api is not None:
-        api_host, api_port = api.address
-        typer.echo(f"egressguard: REST API on http://{api_host}:{api_port} "
-                   "(OpenAPI at /openapi.json, metrics at /metrics)")
+        announce_api(api, tls)
     assert parts.holder is not None
     active = parts.holder.active
     typer.echo(f"egressguard: policy {active.source} version {active.version}"
@@ -372,7 +412,7 @@ class ApiThread:
     the API does can stall the proxy's loop. The socket is bound by the caller first, so
     a bind failure is an ordinary `OSError` before any thread starts."""
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(self, app: Any, sock: socket.socket, tls: ApiTLS | None = None) -> None:
         import uvicorn
 
         # h11, not httptools: uvicorn bounds a request head only with h11 (httptools
@@ -380,7 +420,9 @@ class ApiThread:
         config = uvicorn.Config(app, loop="none", http="h11", log_level="warning",
                                 lifespan="off", server_header=False,
                                 h11_max_incomplete_event_size=API_MAX_HEAD,
-                                limit_concurrency=1024, timeout_graceful_shutdown=5)
+                                limit_concurrency=1024, timeout_graceful_shutdown=5,
+                                ssl_certfile=str(tls.cert) if tls else None,
+                                ssl_keyfile=str(tls.key) if tls else None)
         self.sock = sock
         self.server = uvicorn.Server(config)
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
@@ -416,19 +458,20 @@ class ApiThread:
         self.sock.close()
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, option: str = "--api-listen (or --no-api)"
+          ) -> socket.socket:
+    """The API's listening socket; a failure names `option`, the flag that fixes it."""
     try:
         sock = listen_tcp(host, port)
     except OSError as exc:
-        raise StartupError(bind_failure("the REST API", host, port, exc,
-                                         "--api-listen (or --no-api)")) from exc
+        raise StartupError(bind_failure("the REST API", host, port, exc, option)) from exc
     sock.setblocking(False)
     return sock
 
 
 def _start_api(parts: _Parts, address: tuple[str, int] | None,
                allow_cidrs: list[str] | None, max_body: int, *,
-               report_only: bool = False) -> ApiThread | None:
+               report_only: bool = False, tls: ApiTLS | None = None) -> ApiThread | None:
     """Start the REST API in its own thread (the store and holder are shared)."""
     if address is None or parts.store is None:
         return None
@@ -452,13 +495,36 @@ def _start_api(parts: _Parts, address: tuple[str, int] | None,
     if parts.audit_log is not None:
         app.state.audit = parts.audit_log
     app.state.gateway_report_only = report_only  # the dashboard shows "Report-only: yes"
-    api = ApiThread(app, _bind(*address))
+    api = ApiThread(app, _bind(*address), tls)
     try:
         api.start()
     except BaseException:
         api.stop()
         raise
     return api
+
+
+def api_tls(cert: Path | None, key: Path | None, self_signed: bool, host: str
+            ) -> ApiTLS | None:
+    """The API's TLS pair from the three options (checked now, not at the first
+    handshake)."""
+    if cert is None and key is None and not self_signed:
+        return None
+    from egressguard.control.apitls import resolve
+
+    return resolve(cert, key, self_signed, None, host)
+
+
+def announce_api(api: ApiThread, tls: ApiTLS | None) -> None:
+    host, port = api.address
+    shown = f"[{host}]" if ":" in host else host
+    scheme = "https" if tls else "http"
+    typer.echo(f"egressguard: REST API on {scheme}://{shown}:{port} "
+               "(OpenAPI at /openapi.json, metrics at /metrics)")
+    if tls is not None:
+        kind = "self-signed " if tls.self_signed else ""
+        typer.echo(f"egressguard: API {kind}certificate {tls.cert} SHA-256 "
+                   f"{tls.fingerprint}")
 
 
 def _run(main: object) -> None:

@@ -34,7 +34,10 @@ from egressguard.control.auth import (
     ROLES,
     Principal,
     authenticate,
+    check_cluster,
+    require_cluster_role,
     require_role,
+    require_somewhere,
 )
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.errors import ControlError, InvalidInput
@@ -75,7 +78,7 @@ from egressguard.store.tokens import DEFAULT_TOKEN_LIFETIME, parse_lifetime
 
 _log = logging.getLogger(__name__)
 OPTIONAL_ROUTERS = ("egressguard.audit.api", "egressguard.analysis.api", "egressguard.web.routes",
-                    "egressguard.control.ceiling_api")
+                    "egressguard.control.ceiling_api", "egressguard.recommend.api")
 
 ClusterName = Annotated[str, Path(min_length=1, max_length=100,
                                   pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]
@@ -84,12 +87,15 @@ VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1)]
 ArmBody = Annotated[dict[str, Any], Body(openapi_examples={"restrict": {"value": {
     "properties": {"restrictOutboundNetworkAccess": "Enabled",
                    "allowedFqdnList": ["my-eventhub.servicebus.windows.net"]}}}})]
-Viewer = Annotated[Principal, Depends(require_role(*READ_POLICY))]
+# Routes under /clusters/{name} check the role on that cluster (a grant counts); routes
+# that name the cluster in the body check it with `check_cluster` once they know it.
+Viewer = Annotated[Principal, Depends(require_cluster_role(*READ_POLICY))]
+Reader = Annotated[Principal, Depends(require_somewhere(*READ_POLICY))]
 Admin = Annotated[Principal, Depends(require_role())]
 
 
 def policy_writer(request: Request,
-                  who: Annotated[Principal, Depends(require_role(*EDIT_POLICY))]
+                  who: Annotated[Principal, Depends(require_cluster_role(*EDIT_POLICY))]
                   ) -> Principal:
     """An operator's policy write, refused (409) before its body is looked at when this
     gateway enforces a policy file."""
@@ -121,7 +127,11 @@ class RollbackRequest(BaseModel):
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
-    role: str = Field(json_schema_extra={"enum": list(ROLES)})
+    role: str = Field(json_schema_extra={"enum": [*ROLES, "none"]},
+                      description="cluster-wide role (`none`: only the grants)")
+    grants: dict[str, str] = Field(default_factory=dict, max_length=100,
+                                   examples=[{"prod": "operator", "dev": "viewer"}],
+                                   description="role per cluster, beside the cluster-wide one")
     expires: str = Field("90d", max_length=20, examples=["30d", "12h"],
                          description="lifetime: 1m to 5 years (default 90 days)")
 
@@ -231,8 +241,10 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
         return clusterkeys.annotate(store, _to_arm(version))
 
     @router.get("/clusters")
-    def list_clusters(_who: Viewer) -> dict[str, Any]:
-        return {"value": [resource(store.current(n)) for n in store.clusters()]}
+    def list_clusters(who: Reader) -> dict[str, Any]:
+        """The clusters the caller may read (all of them for a cluster-wide role)."""
+        names = who.clusters(READ_POLICY, store.clusters())
+        return {"value": [resource(store.current(n)) for n in names]}
 
     @router.get("/clusters/{name}")
     def get_cluster(name: ClusterName, _who: Viewer) -> dict[str, Any]:
@@ -245,9 +257,11 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
         _set_key(store, name, body, who.name)  # absent: the key stays as it is
         try:
             store.current(name)
-            version = store.commit(name, policy, who.name, "PUT properties")
-        except NotFound:
+        except NotFound:  # creating a cluster is a cluster-wide act: a grant is not enough
+            check_cluster(who, EDIT_POLICY, None)
             version = store.commit(name, policy, who.name, "created by PUT", create=True)
+        else:
+            version = store.commit(name, policy, who.name, "PUT properties")
         return resource(version)
 
     @router.patch("/clusters/{name}")
@@ -285,10 +299,12 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
         _collection_routes(router, store, segment, field)
 
     @router.post("/check")
-    def check(body: CheckRequest, _who: Viewer, response: Response) -> dict[str, Any]:
+    def check(body: CheckRequest, who: Reader, response: Response) -> dict[str, Any]:
         """What-if: the decision for one call, as `egressguard check --json` prints it."""
+        cluster = body.cluster or served
+        check_cluster(who, READ_POLICY, cluster)
         try:
-            version, answer = decide(snapshots, body.cluster or served, body)
+            version, answer = decide(snapshots, cluster, body)
         except ValueError as exc:  # the model validated the fields; a last guard
             raise InvalidInput([("url", str(exc))]) from None
         response.headers["X-Policy-Version"] = version
@@ -345,15 +361,24 @@ def _collection_routes(router: APIRouter, store: PolicyBook, segment: str, field
 def _tokens_router(store: Store) -> APIRouter:
     router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
 
+    @router.get("/self", tags=["tokens"])
+    def whoami(request: Request) -> dict[str, Any]:
+        """The caller: its name, cluster-wide role and grants (any valid token; used by
+        `egressguard login` to check a token before storing the server)."""
+        who = authenticate(request)
+        return {"name": who.name, "role": who.role, "grants": dict(who.grants)}
+
     @router.get("")
-    def list_tokens(_who: Admin) -> dict[str, Any]:
-        return {"value": [t.as_dict() for t in store.tokens()]}
+    def list_tokens(_who: Admin, include_revoked: bool = False) -> dict[str, Any]:
+        """Tokens with their role, grants and expiry (`include_revoked`: revoked too)."""
+        return {"value": [t.as_dict() for t in store.tokens(include_revoked=include_revoked)]}
 
     @router.post("", status_code=201)
     def create_token(body: TokenRequest, who: Admin) -> dict[str, Any]:
         """The token is in this answer only; the store keeps its SHA-256."""
         token, info = store.create_token(body.name, body.role, who.name,
-                                         lifetime=parse_lifetime(body.expires))
+                                         lifetime=parse_lifetime(body.expires),
+                                         grants=body.grants)
         return {**info.as_dict(), "token": token}
 
     @router.post("/{ident}/rotate", status_code=201)

@@ -6,6 +6,12 @@ request head and before any body byte is read: `Authorization: Bearer <token>`, 
 `require_role(...)` reads it (or, in an app built without the gate, looks the token up
 itself). `admin` passes every role check (it may also read the audit log).
 
+Roles per cluster (see `store.tokens`): `require_role` checks the cluster-wide role only,
+so a route that does not say which cluster it touches is closed to a token that holds
+only grants. A route about one cluster uses `require_cluster_role` (the `{name}` path
+parameter) or, when the cluster comes in the body or query, `check_cluster` once it
+knows the name.
+
 Other areas import this for their routers::
 
     from egressguard.control.auth import Principal, require_role
@@ -27,14 +33,16 @@ from egressguard.store.tokens import (
     TOKEN_PREFIX,
     Principal,
     Refusal,
+    denied_message,
     hash_token,
     new_token,
     role_allows,
 )
 
 __all__ = ["EDIT_POLICY", "READ_POLICY", "ROLES", "SESSION_COOKIE", "TOKEN_PREFIX",
-           "Principal", "Refusal", "authenticate", "bearer", "hash_token", "identify",
-           "new_token", "require_role", "role_allows"]
+           "Principal", "Refusal", "authenticate", "bearer", "check_cluster", "hash_token",
+           "identify", "new_token", "require_cluster_role", "require_role",
+           "require_somewhere", "role_allows"]
 
 # Which roles may read or edit policy (the admin always may).
 READ_POLICY = ("viewer", "operator")
@@ -107,20 +115,58 @@ def authenticate(request: Request) -> Principal:
     raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_role(*roles: str) -> Callable[[Request], Principal]:
-    """A FastAPI dependency: the caller if its role is one of `roles` (or admin), else
-    401/403."""
+def _known(roles: tuple[str, ...]) -> None:
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}")
 
+
+def check_cluster(who: Principal, roles: tuple[str, ...], cluster: str | None) -> Principal:
+    """`who` if it may act as one of `roles` on `cluster` (None: across clusters, so the
+    cluster-wide role alone counts), else 403."""
+    if not who.allows(roles, cluster):
+        raise HTTPException(403, denied_message(who, roles, cluster))
+    return who
+
+
+def require_role(*roles: str) -> Callable[[Request], Principal]:
+    """A FastAPI dependency: the caller if its cluster-wide role is one of `roles` (or
+    admin), else 401/403. Grants on single clusters do not count."""
+    _known(roles)
+
     def dependency(request: Request) -> Principal:
-        principal = authenticate(request)
-        if not role_allows(principal.role, roles):
-            wanted = ", ".join(("admin", *roles))
-            raise HTTPException(403, f"role {principal.role!r} may not do this "
-                                     f"(needs one of: {wanted})")
-        return principal
+        return check_cluster(authenticate(request), roles, None)
 
     dependency.__name__ = f"require_role_{'_'.join(roles) or 'admin'}"
+    return dependency
+
+
+def require_cluster_role(*roles: str) -> Callable[[Request], Principal]:
+    """A FastAPI dependency for a route under `/clusters/{name}`: the caller if it may act
+    as one of `roles` on that cluster (cluster-wide role or a grant on it), else 401/403."""
+    _known(roles)
+
+    def dependency(request: Request) -> Principal:
+        name = request.path_params.get("name")
+        if not isinstance(name, str) or not name:
+            raise RuntimeError("require_cluster_role on a route without {name}")
+        return check_cluster(authenticate(request), roles, name)
+
+    dependency.__name__ = f"require_cluster_role_{'_'.join(roles) or 'admin'}"
+    return dependency
+
+
+def require_somewhere(*roles: str) -> Callable[[Request], Principal]:
+    """A FastAPI dependency for a route that reads no cluster's data (e.g. analysing a
+    posted policy): the caller if it holds one of `roles` on some cluster, else 401/403.
+    The route must still `check_cluster` before it reads a stored cluster."""
+    _known(roles)
+
+    def dependency(request: Request) -> Principal:
+        who = authenticate(request)
+        if not who.allows_somewhere(roles):
+            raise HTTPException(403, denied_message(who, roles, None))
+        return who
+
+    dependency.__name__ = f"require_somewhere_{'_'.join(roles) or 'admin'}"
     return dependency

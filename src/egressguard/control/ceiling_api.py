@@ -6,7 +6,9 @@ operators, so an operator must not be able to move it. A PUT body is
 `{"policy": {...}}` (a policy document) or `{"policy_text": "..."}` (YAML/JSON), with
 an optional `strict` (refuse writes whose containment cannot be proved). Refusals
 (the policy in force already exceeds the ceiling) are 422 with the counterexample.
-Replay reads who called what, so it needs an auditor or admin token.
+Replay reads who called what, so it needs an auditor or admin token. Per cluster: an
+admin grant on a cluster manages that cluster's ceiling; replay over one cluster's
+records takes an auditor grant on it, over every cluster the cluster-wide role.
 Included by the control-plane app through `OPTIONAL_ROUTERS`.
 """
 
@@ -18,13 +20,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from egressguard.control.auth import Principal, require_role
+from egressguard.control.auth import (
+    Principal,
+    check_cluster,
+    require_cluster_role,
+    require_somewhere,
+)
 from egressguard.control.errors import InvalidInput
 from egressguard.policy import Policy, PolicyError, load_policy_text
 from egressguard.store import NotFound, Store
 
 router = APIRouter(prefix="/v1", tags=["clusters"])
-Admin = Annotated[Principal, Depends(require_role())]
+Admin = Annotated[Principal, Depends(require_cluster_role())]
 ClusterName = Annotated[str, Path(min_length=1, max_length=100,
                                   pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]
 
@@ -86,9 +93,10 @@ def delete_ceiling(name: ClusterName, request: Request, _who: Admin) -> dict[str
 
 @router.post("/replay", tags=["analysis"])
 def replay_audit(body: ReplayBody, request: Request,
-                 _who: Annotated[Principal, Depends(require_role("auditor"))]
+                 who: Annotated[Principal, Depends(require_somewhere("auditor"))]
                  ) -> dict[str, Any]:
     """What the candidate would flip among the recorded decisions of the window."""
+    check_cluster(who, ("auditor",), body.cluster)
     from egressguard.analysis.replay import replay
     from egressguard.audit.api import reader
     from egressguard.audit.query import Filter, QueryError, parse_since, scan

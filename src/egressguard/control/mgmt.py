@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from egressguard.control.auth import EDIT_POLICY, READ_POLICY, Principal, role_allows
+from egressguard.control.auth import EDIT_POLICY, READ_POLICY, Principal
 from egressguard.control.commands import Command, parse
 from egressguard.control.errors import Forbidden, InvalidInput, Refused, problems_from
 from egressguard.control.inforce import FileBook, PolicyBook
@@ -114,9 +114,9 @@ def execute(store: PolicyBook, cluster: str, text: str, principal: Principal) ->
     the store's NotFound."""
     command = parse(text)
     wanted = EDIT_POLICY if command.writes else READ_POLICY
-    if not role_allows(principal.role, wanted):
-        raise Forbidden(f"role {principal.role!r} may not run {command.verb} "
-                        f"(needs one of: admin, {', '.join(wanted)})")
+    if not principal.allows(wanted, cluster):
+        raise Forbidden(f"role {principal.describe()!r} may not run {command.verb} on "
+                        f"cluster {cluster!r} (needs one of: admin, {', '.join(wanted)})")
     if command.writes and isinstance(store, FileBook):
         raise store.refusal()
     current = store.current(cluster)

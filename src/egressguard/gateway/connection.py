@@ -2,7 +2,9 @@
 protocol level (asyncio `Protocol` callbacks, no stream readers on the data path).
 
 Bytes flow straight from one transport's `data_received` into the other's `write`, with
-flow control coupled both ways (a full write buffer pauses the opposite reader). An HTTP
+flow control coupled both ways (a full write buffer pauses the opposite reader). A tunnel
+whose first client bytes passed the check is handed to `splice.SpliceRelay` (zero-copy,
+in the kernel) where the platform allows; otherwise it stays on this protocol relay. An HTTP
 request is handled inside the parser callback when nothing needs waiting (the target's
 addresses are known, an idle upstream connection is at hand): the common keep-alive
 request costs no task and no future. Only what must wait (a DNS lookup, a new upstream
@@ -31,6 +33,7 @@ import asyncio
 import enum
 import ipaddress
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -48,6 +51,7 @@ from egressguard.gateway import decide, http1, tls
 from egressguard.gateway.limits import Limits, deadline_breach
 from egressguard.gateway.pool import Pool
 from egressguard.gateway.resolver import ResolveError, Resolver
+from egressguard.gateway.splice import SpliceRelay
 from egressguard.gateway.upstream import Exchange, Upstream, UpstreamError
 
 log = logging.getLogger("egressguard.gateway")
@@ -128,6 +132,7 @@ class ConnectionHost(Protocol):
 
     def admit(self, client: ClientConnection) -> str | None: ...
     def forget(self, client: ClientConnection) -> None: ...
+    def tunnelled(self, client: ClientConnection) -> None: ...
     def park(self, up: Upstream) -> None: ...
     def count_bytes(self, up: int, down: int) -> None: ...
 
@@ -183,6 +188,8 @@ class ClientConnection(asyncio.Protocol):
         self.dispatching = False
         self.counting = False     # a permitted exchange or tunnel whose bytes are counted
         self.route: Route | None = None
+        self.relay: SpliceRelay | None = None  # a tunnel relayed by os.splice (zero-copy)
+        self.held: int | None = None  # a spliced client's socket awaiting its cut (_refuse)
         self._url = b""
         self._headers: http1.Headers = []
 
@@ -257,14 +264,16 @@ class ClientConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.relay is not None:
+            return  # the transport let go of the socket: the splice relay has it
         self.close("client")
 
     def pause_writing(self) -> None:
-        if self.upstream is not None:
+        if self.upstream is not None and self.relay is None:
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None:
+        if self.upstream is not None and self.relay is None:
             self.upstream.resume_reading()
 
     def pause_reading(self, reason: str) -> None:
@@ -276,7 +285,8 @@ class ClientConnection(asyncio.Protocol):
         if reason not in self.paused:
             return
         self.paused.discard(reason)
-        if not self.paused and self.transport is not None and not self.closed:
+        if not self.paused and self.transport is not None and not self.closed \
+                and self.relay is None:  # a spliced tunnel's sockets are the relay's
             self.transport.resume_reading()
 
     # -- request parser callbacks (httptools) --------------------------------------------
@@ -614,7 +624,9 @@ class ClientConnection(asyncio.Protocol):
                 last = f"cannot connect to {ip} port {port}: {exc.strerror or exc}"
                 continue
             metrics.UPSTREAM_CONNECT_SECONDS.observe(time.perf_counter() - t0)
-            if up.closed:  # accepted, then closed before this task ran again
+            if up.closed or (key is not None and up.early_eof):
+                # accepted, then closed before this task ran again (an HTTP exchange can
+                # get no answer from it; a tunnel still relays what it said: see _connect)
                 last = f"{ip} port {port} closed the connection at once"
                 continue
             if self.closed:
@@ -630,7 +642,7 @@ class ClientConnection(asyncio.Protocol):
         return None
 
     def upstream_lost(self, up: Upstream) -> None:
-        if self.upstream is not up:
+        if self.upstream is not up or self.relay is not None:
             return  # one this connection let go of (parked, replaced, refused)
         if self.state is TUNNEL or self.state is PEEK:
             self.close("upstream")
@@ -687,6 +699,8 @@ class ClientConnection(asyncio.Protocol):
         for data in up.start_tunnel():
             self.bytes_down += len(data)
             self._write(data)
+        if up.early_eof:
+            self.upstream_eof(up)
         self.queue.clear()
         early, self.peek = self.peek, b""
         self.resume_reading("exchange")
@@ -723,9 +737,52 @@ class ClientConnection(asyncio.Protocol):
             if event is not None:
                 self.cp.emit(event)  # a would-deny (report-only): relayed
         self.state = TUNNEL
+        self.gw.tunnelled(self)
         data, self.peek = self.peek, b""
         self.bytes_up += len(data)
         self.upstream.write(data)  # type: ignore[union-attr]
+        self._splice()
+
+    # -- zero-copy relay (gateway.splice) --------------------------------------------------
+
+    def _splice(self) -> None:
+        """Hand the checked tunnel's sockets to a splice relay; where that is not possible
+        (bytes still queued, a half-closed side, no splice) the protocol relay goes on."""
+        up = self.upstream
+        if self.transport is None or up is None or up.transport is None \
+                or self.client_eof or self.dest_eof or self.paused:
+            return
+        self.relay = SpliceRelay.start(self.loop, self, self.transport, up.transport)
+
+    def spliced(self, upward: bool, n: int) -> None:
+        if upward:
+            self.bytes_up += n
+        else:
+            self.bytes_down += n
+
+    def splice_eof(self, upward: bool) -> None:
+        if upward:
+            self.client_eof = True
+            if self.dest_eof:
+                self.close("client")
+        else:
+            self.dest_eof = True
+            if self.client_eof:
+                self.close("upstream")
+
+    def splice_failed(self, exc: OSError) -> None:
+        log.debug("gateway: %s tunnel ended: %s", self.peer, exc)
+        self.close("client")
+
+    def _unsplice(self, keep_client: bool = False) -> None:
+        """Stop the splice relay; it closes both sockets (their transports let go), or
+        the destination's only with `keep_client` (the client is cut later, by close)."""
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            self.held = relay.stop(keep_client)
+        elif not keep_client and self.held is not None:
+            os.close(self.held)
+            self.held = None
 
     def _decide_sni(self, name: str) -> tuple[Decision, bool] | None:
         """An IP-literal CONNECT's SNI name, decided as the host at the address connected
@@ -777,6 +834,7 @@ class ClientConnection(asyncio.Protocol):
         """
         self.refusing = True
         self.active = None
+        self._unsplice(keep_client=True)  # nothing more is relayed, either way
         up, self.upstream = self.upstream, None
         if up is not None:
             up.abort()  # let go of first: its loss must not close the client early
@@ -814,6 +872,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or (self.refusing and not final and cause != "shutdown"):
             return
         was_tunnel = self.state is TUNNEL or self.state is PEEK
+        self._unsplice()  # closes a spliced tunnel's sockets; the transports did let go
         self.closed = True
         self.state = CLOSED
         if was_tunnel or self.active is not None:
@@ -843,6 +902,16 @@ class ClientConnection(asyncio.Protocol):
     def sweep(self, now: float) -> None:
         """Called by the gateway a few times a second: header and idle deadlines."""
         if self.closed or self.refusing:
+            return
+        if self.state is TUNNEL:  # only the idle deadline applies: the cheap path
+            activity = self.bytes_up + self.bytes_down
+            if activity != self.activity_seen:
+                self.activity_seen = activity
+                self.idle_since = now
+            elif now - self.idle_since > self.gw.limits.idle_timeout:
+                log.info("gateway: %s idle for %g s, closing", self.peer,
+                         self.gw.limits.idle_timeout)
+                self.close("timeout")
             return
         activity = self.bytes_up + self.bytes_down + len(self.queue)
         if activity != self.activity_seen:

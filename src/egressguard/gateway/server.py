@@ -23,6 +23,10 @@ from egressguard.gateway.upstream import Upstream
 
 log = logging.getLogger("egressguard.gateway")
 _SWEEP_SECONDS = 0.25
+# Tunnels have only the idle deadline (minutes by default): they are kept in their own set
+# and swept at most every this many seconds (a quarter of the idle timeout when shorter), so
+# thousands of idle tunnels cost a few hundred microseconds a second and no timer each.
+_TUNNEL_SWEEP_SECONDS = 4.0
 
 
 class Gateway:
@@ -38,6 +42,7 @@ class Gateway:
         self.checkpoint = Checkpoint(holder, sink, report_only=report_only, cluster=cluster,
                                      point="gateway", audit_timeout=self.limits.audit_timeout)
         self.clients: set[ClientConnection] = set()
+        self.tunnels: set[ClientConnection] = set()  # the clients relaying a tunnel
         self.per_source: dict[IPAddress | None, int] = {}  # open connections by address
         self.capped: set[IPAddress | None] = set()  # sources refused since last below cap
         self.draining = False
@@ -111,9 +116,15 @@ class Gateway:
         metrics.OPEN_CONNECTIONS.inc()
         return None
 
+    def tunnelled(self, client: ClientConnection) -> None:
+        """`client` relays a tunnel from now on (swept on the tunnels' slower cadence)."""
+        if client in self.clients:
+            self.tunnels.add(client)
+
     def forget(self, client: ClientConnection) -> None:
         if client in self.clients:
             self.clients.discard(client)
+            self.tunnels.discard(client)
             metrics.OPEN_CONNECTIONS.dec()
             source = client.source
             left = self.per_source.get(source, 1) - 1
@@ -151,9 +162,17 @@ class Gateway:
         return sum(client.recheck() for client in list(self.clients))
 
     async def _sweep(self) -> None:
+        every = max(1, int(min(_TUNNEL_SWEEP_SECONDS, self.limits.idle_timeout / 4)
+                           / _SWEEP_SECONDS))
+        tick = 0
         while True:
             await asyncio.sleep(_SWEEP_SECONDS)
             now = self.loop.time()
-            for client in list(self.clients):
-                client.sweep(now)
+            tick += 1
+            if tick % every == 0:
+                for client in list(self.clients):
+                    client.sweep(now)
+            else:  # the set difference runs in C: no Python step per idle tunnel
+                for client in self.clients - self.tunnels:
+                    client.sweep(now)
             self.pool.expire(now)

@@ -19,7 +19,8 @@ one state, `UpState`, is changed only here (h11's rule). Transitions:
     TUNNEL  -> CLOSED
     CLOSED     final; `connection_lost` tells the owner (`upstream_lost`) in every case
 
-Bytes from a NEW connection are kept for the tunnel (a destination may speak first);
+Bytes from a NEW connection are kept for the tunnel (a destination may speak first, and
+even half-close: `early_eof`);
 bytes on an IDLE or PARKED one were never asked for and close it.
 """
 
@@ -171,6 +172,7 @@ class Upstream(asyncio.Protocol):
         self.state = UpState.NEW
         self.transport: asyncio.Transport | None = None
         self._early: list[bytes] = []
+        self.early_eof = False     # the destination spoke first and finished before relaying
         self.parser: httptools.HttpResponseParser | None = None
         self.exchange: Exchange | None = None
         self.awaiting = 0.0    # loop time since when a response head is owed (0: none)
@@ -227,6 +229,11 @@ class Upstream(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.state is UpState.TUNNEL:
             self.owner.upstream_eof(self)
+            return True
+        if self.state is UpState.NEW:
+            # A destination may greet and half-close before the tunnel starts (a banner):
+            # keep the transport open for writing; `start_tunnel`'s caller passes the EOF on.
+            self.early_eof = True
             return True
         return False
 

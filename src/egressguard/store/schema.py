@@ -68,6 +68,18 @@ class TokenRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class GrantRow(Base):
+    """A token's role on one named cluster (beside its cluster-wide `role`)."""
+
+    __tablename__ = "token_grants"
+    __table_args__ = (UniqueConstraint("token_id", "cluster", name="uq_token_grants"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    cluster: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+
+
 class SessionRow(Base):
     """A dashboard login: the cookie holds the id, the store its SHA-256."""
 

@@ -12,7 +12,6 @@ PostgreSQL NOTIFY or SQLite polling (`egressguard.control.runtime`).
 from __future__ import annotations
 
 import difflib
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, select, text
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeout
 from sqlalchemy.orm import Session
@@ -34,25 +33,33 @@ from egressguard.errors import EgressguardError, InputError, Unavailable
 from egressguard.policy import Policy, PolicyError, dump_policy, load_policy_text
 from egressguard.policy.builtins import DENY_ALL
 from egressguard.store import bus, db
-from egressguard.store.schema import CeilingRow, ClusterRow, SessionRow, TokenRow, VersionRow
+from egressguard.store.schema import (
+    CeilingRow,
+    ClusterRow,
+    GrantRow,
+    SessionRow,
+    TokenRow,
+    VersionRow,
+)
 from egressguard.store.tokens import (
+    CLUSTER_NAME,
     DEFAULT_TOKEN_LIFETIME,
     MAX_SECRET,
     MAX_TOKEN_LIFETIME,
-    ROLES,
     SESSION_LIFETIME,
+    WIDE_ROLES,
     Principal,
     Refusal,
     expired_message,
     hash_token,
     new_session_id,
     new_token,
+    parse_grants,
 )
 from egressguard.store.urls import bus_key, normalize_url
 
 NOTIFY_CHANNEL = "egressguard_policy"
 DEFAULT_CLUSTER = "default"
-CLUSTER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_ID = 7217001  # PostgreSQL advisory lock for concurrent migrations of the store
 
@@ -151,9 +158,11 @@ class TokenInfo:
     created_at: datetime
     revoked_at: datetime | None
     expires_at: datetime | None
+    grants: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "role": self.role,
+                "grants": dict(self.grants),
                 "bootstrap": self.bootstrap, "created_by": self.created_by,
                 "created_at": self.created_at.isoformat(),
                 "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
@@ -191,6 +200,13 @@ def _now() -> datetime:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _grants(conn: Connection, token_id: int) -> tuple[tuple[str, str], ...]:
+    """A token's per-cluster roles, sorted by cluster."""
+    rows = conn.execute(select(GrantRow.cluster, GrantRow.role).where(
+        GrantRow.token_id == token_id).order_by(GrantRow.cluster))
+    return tuple((r.cluster, r.role) for r in rows)
 
 
 def make_engine(url: URL, busy_timeout_ms: int = 10000) -> Engine:
@@ -482,34 +498,46 @@ class Store:
     def identify(self, token_hash: str) -> Principal | Refusal:
         """The principal of an active, unexpired token, else why not."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(TokenRow.name, TokenRow.role, TokenRow.expires_at).where(
+            row = conn.execute(select(TokenRow.id, TokenRow.name, TokenRow.role,
+                                      TokenRow.expires_at).where(
                 TokenRow.token_hash == token_hash, TokenRow.revoked_at.is_(None))).first()
-        if row is None:
-            return Refusal("invalid or revoked token")
-        if row.expires_at is None or _aware(row.expires_at) <= _now():
-            return Refusal(expired_message(row.name, _aware(row.expires_at or _now())))
-        return Principal(row.name, row.role)
+            if row is None:
+                return Refusal("invalid or revoked token")
+            if row.expires_at is None or _aware(row.expires_at) <= _now():
+                return Refusal(expired_message(row.name, _aware(row.expires_at or _now())))
+            return Principal(row.name, row.role, _grants(conn, row.id))
 
     def principal_for(self, token_hash: str) -> Principal | None:
         found = self.identify(token_hash)
         return found if isinstance(found, Principal) else None
 
     def create_token(self, name: str, role: str, created_by: str, *,
-                     bootstrap: bool = False, lifetime: float = DEFAULT_TOKEN_LIFETIME
+                     bootstrap: bool = False, lifetime: float = DEFAULT_TOKEN_LIFETIME,
+                     grants: list[str] | dict[str, str] | None = None
                      ) -> tuple[str, TokenInfo]:
-        """A new token valid for `lifetime` seconds: returns the clear text (shown once)
-        and its record."""
-        if role not in ROLES:
-            raise Invalid(f"unknown role {role!r}; expected one of {', '.join(ROLES)}", "role")
+        """A new token valid for `lifetime` seconds, with cluster-wide `role` (or `none`)
+        and per-cluster `grants` (`["prod=operator"]` or `{"prod": "operator"}`): returns
+        the clear text (shown once) and its record."""
+        if role not in WIDE_ROLES:
+            raise Invalid(f"unknown role {role!r}; expected one of {', '.join(WIDE_ROLES)}",
+                          "role")
+        try:
+            pairs = parse_grants(grants or [])
+        except ValueError as exc:
+            raise Invalid(str(exc), "grants") from None
+        if role == "none" and not pairs:
+            raise Invalid("a token with role 'none' needs at least one grant "
+                          "(CLUSTER=ROLE)", "grants")
         if not name.strip() or len(name) > 200:
             raise Invalid("token name must be 1-200 characters", "name")
         if not 60 <= lifetime <= MAX_TOKEN_LIFETIME:
             raise Invalid("token lifetime must be between 1 minute and 5 years", "expires")
         with self._session(write=True) as s:
-            return self._add_token(s, name, role, created_by, bootstrap, lifetime)
+            return self._add_token(s, name, role, created_by, bootstrap, lifetime, pairs)
 
     def _add_token(self, s: Session, name: str, role: str, created_by: str, bootstrap: bool,
-                   lifetime: float) -> tuple[str, TokenInfo]:
+                   lifetime: float, grants: tuple[tuple[str, str], ...] = ()
+                   ) -> tuple[str, TokenInfo]:
         token = new_token()
         now = _now()
         row = TokenRow(name=name, role=role, token_hash=hash_token(token),
@@ -517,21 +545,28 @@ class Store:
                        expires_at=now + timedelta(seconds=lifetime))
         s.add(row)
         s.flush()
-        return token, self._token_info(row)
+        for cluster, granted in grants:
+            s.add(GrantRow(token_id=row.id, cluster=cluster, role=granted))
+        s.flush()
+        return token, self._token_info(row, grants)
 
     @staticmethod
-    def _token_info(row: TokenRow) -> TokenInfo:
+    def _token_info(row: TokenRow, grants: tuple[tuple[str, str], ...] = ()) -> TokenInfo:
         return TokenInfo(row.id, row.name, row.role, row.bootstrap, row.created_by,
                          _aware(row.created_at),
                          _aware(row.revoked_at) if row.revoked_at else None,
-                         _aware(row.expires_at) if row.expires_at else None)
+                         _aware(row.expires_at) if row.expires_at else None, grants)
 
     def tokens(self, *, include_revoked: bool = False) -> list[TokenInfo]:
         with self._session() as s:
             query = select(TokenRow).order_by(TokenRow.id)
             if not include_revoked:
                 query = query.where(TokenRow.revoked_at.is_(None))
-            return [self._token_info(r) for r in s.scalars(query)]
+            rows = list(s.scalars(query))
+            by_token: dict[int, list[tuple[str, str]]] = {}
+            for grant in s.scalars(select(GrantRow).order_by(GrantRow.cluster)):
+                by_token.setdefault(grant.token_id, []).append((grant.cluster, grant.role))
+            return [self._token_info(r, tuple(by_token.get(r.id, ()))) for r in rows]
 
     @staticmethod
     def _active(s: Session, ident: str) -> list[TokenRow]:
@@ -560,14 +595,15 @@ class Store:
             raise Invalid("token lifetime must be between 1 minute and 5 years", "expires")
         with self._session(write=True) as s:
             rows = self._active(s, ident)
-            if len({(r.name, r.role) for r in rows}) > 1:
+            conn = s.connection()
+            if len({(r.name, r.role, _grants(conn, r.id)) for r in rows}) > 1:
                 raise Invalid(f"several active tokens are named {ident!r} with different "
                               "roles; rotate one by its id", "name")
             for row in rows:
                 row.revoked_at = _now()
             first = rows[0]
             return self._add_token(s, first.name, first.role, principal, first.bootstrap,
-                                   lifetime)
+                                   lifetime, _grants(conn, first.id))
 
     def ensure_bootstrap(self) -> str | None:
         """On first start (no token at all), create the bootstrap admin token and return it
@@ -610,24 +646,24 @@ class Store:
             s.add(SessionRow(session_hash=hash_token(session_id), token_id=row.id,
                              created_at=now, expires_at=min(
                                  now + timedelta(seconds=lifetime), _aware(row.expires_at))))
-            return session_id, Principal(row.name, row.role)
+            return session_id, Principal(row.name, row.role, _grants(s.connection(), row.id))
 
     def session_principal(self, session_hash: str) -> Principal | Refusal:
         """The principal of a live session whose token is still active and unexpired."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(TokenRow.name, TokenRow.role, TokenRow.expires_at,
+                select(TokenRow.id, TokenRow.name, TokenRow.role, TokenRow.expires_at,
                        SessionRow.expires_at.label("session_expires"))
                 .join(TokenRow, TokenRow.id == SessionRow.token_id)
                 .where(SessionRow.session_hash == session_hash,
                        SessionRow.revoked_at.is_(None), TokenRow.revoked_at.is_(None))
             ).first()
-        now = _now()
-        if row is None or _aware(row.session_expires) <= now:
-            return Refusal("the session has ended; log in again")
-        if row.expires_at is None or _aware(row.expires_at) <= now:
-            return Refusal(expired_message(row.name, _aware(row.expires_at or now)))
-        return Principal(row.name, row.role)
+            now = _now()
+            if row is None or _aware(row.session_expires) <= now:
+                return Refusal("the session has ended; log in again")
+            if row.expires_at is None or _aware(row.expires_at) <= now:
+                return Refusal(expired_message(row.name, _aware(row.expires_at or now)))
+            return Principal(row.name, row.role, _grants(conn, row.id))
 
     def close_session(self, session_hash: str) -> bool:
         """Revoke a session (logout); False if it was not live."""

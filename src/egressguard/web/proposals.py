@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from egressguard.analysis import allow as propose
-from egressguard.control.auth import EDIT_POLICY, Principal, role_allows
+from egressguard.control.auth import EDIT_POLICY, Principal
 from egressguard.store import Invalid, NotFound
 from egressguard.web import session, views
 from egressguard.web.common import (
@@ -45,7 +45,7 @@ def propose_form(request: Request, host: Annotated[str, Query(max_length=260)],
 def _draft(request: Request, who: Principal, cluster: str, host: str, port: int | None,
            kind: str) -> propose.Draft | Response:
     label = f"{who.name} ({who.role})"
-    if not role_allows(who.role, EDIT_POLICY):
+    if not who.allows(EDIT_POLICY, cluster):
         return html(views.message_page("Not permitted", f"Not permitted: role {who.role!r} "
                                         "cannot change policy (needs operator or admin).",
                                         label), 403)

@@ -23,7 +23,6 @@ from egressguard.control.auth import (
     EDIT_POLICY,
     READ_POLICY,
     Principal,
-    role_allows,
 )
 from egressguard.store import NotFound
 from egressguard.web import data, proposals, session, streams, views
@@ -76,13 +75,13 @@ def overview(request: Request, cluster: Cluster = "default", window: Window = "1
         return html(views.message_page("Invalid parameters", view, label), 400)
     page = views.Overview(cluster=cluster, who=who.name, role=who.role, window=window,
                           outcome=view.outcome, dest=view.dest,
-                          can_propose=role_allows(who.role, EDIT_POLICY),
-                          audit=role_allows(who.role, READ_AUDIT),
+                          can_propose=who.allows(EDIT_POLICY, cluster),
+                          audit=who.allows(READ_AUDIT, cluster),
                           gateway_report_only=bool(getattr(
                               request.app.state, "gateway_report_only", False)))
     store = book_of(request)  # the policy in force: the store, or serve's file
-    if role_allows(who.role, READ_POLICY):
-        page.clusters = store.clusters()
+    if who.allows(READ_POLICY, cluster):
+        page.clusters = who.clusters(READ_POLICY, store.clusters())
         try:
             current = store.current(cluster)
         except NotFound:
@@ -94,7 +93,7 @@ def overview(request: Request, cluster: Cluster = "default", window: Window = "1
         page.report = _findings(request).get(current)
         page.versions = data.history(store, cluster)
     since = time.time() - view.seconds
-    if role_allows(who.role, READ_DECISIONS):
+    if who.allows(READ_DECISIONS, cluster):
         engine, sealer = reader(request)
         page.decisions = data.decision_counts(engine, cluster, since)
         page.denied = data.top_denied(engine, cluster, since, view.dest)
@@ -117,7 +116,7 @@ def version(request: Request, number: Annotated[int, Path(ge=1, le=2**31 - 1)],
     if not isinstance(who, Principal):
         return who
     label = f"{who.name} ({who.role})"
-    if not role_allows(who.role, READ_POLICY):
+    if not who.allows(READ_POLICY, cluster):
         return html(views.message_page("Not permitted", f"Not permitted: role {who.role!r} "
                                         f"cannot read policy (needs {views.POLICY_ROLES}).",
                                         label), 403)

@@ -9,7 +9,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from egressguard.control.auth import Principal, role_allows
+from egressguard.control.auth import Principal
 from egressguard.web import data, live
 from egressguard.web.common import (
     READ_AUDIT,
@@ -36,7 +36,7 @@ def series(request: Request, cluster: Cluster = "default", window: Window = "1h"
     who = principal_of(request)
     if not isinstance(who, Principal):
         return json_response({"error": "not authenticated"}, 401)
-    if not role_allows(who.role, READ_DECISIONS):
+    if not who.allows(READ_DECISIONS, cluster):
         return json_response({"error": f"role {who.role!r} may not read decisions"}, 403)
     view = view_params(cluster, window, "", dest)
     if isinstance(view, str):
@@ -46,7 +46,7 @@ def series(request: Request, cluster: Cluster = "default", window: Window = "1h"
     since = until - view.seconds
     body: dict[str, object] = {
         "decisions": data.decision_series(engine, cluster, since, until, view.dest)}
-    if role_allows(who.role, READ_AUDIT):
+    if who.allows(READ_AUDIT, cluster):
         body["bytes"] = data.bytes_series(engine, cluster, since, until, view.dest)
     return json_response(body)
 
@@ -72,7 +72,7 @@ def live_decisions(request: Request, cluster: Cluster = "default", outcome: Outc
     who = principal_of(request)
     if not isinstance(who, Principal):
         return json_response({"error": "not authenticated"}, 401)
-    if not role_allows(who.role, READ_DECISIONS):
+    if not who.allows(READ_DECISIONS, cluster):
         return json_response({"error": f"role {who.role!r} may not read decisions"}, 403)
     view = view_params(cluster, "1h", outcome, dest)
     if isinstance(view, str):
@@ -85,7 +85,7 @@ def live_decisions(request: Request, cluster: Cluster = "default", outcome: Outc
         return response
     try:
         engine, sealer = reader(request)
-        audit = role_allows(who.role, READ_AUDIT)
+        audit = who.allows(READ_AUDIT, cluster)
         opened = sealer if audit else None
         start = live.last_event_id(request.headers.get("last-event-id"))
         if start is None:
