@@ -137,3 +137,33 @@ def test_a_policy_without_budgets_meters_nothing(gateway_factory, echo):
         echoed, took = _pump(sock, 3 * BUDGET)
     assert took is None and echoed >= 3 * BUDGET
     assert not [e for e in gw.sink.events if e.layer == "budget"]
+
+
+def test_budget_cut_and_refusal_are_committed_to_the_audit_log_first(gateway_factory, echo,
+                                                                      tmp_path):
+    import os
+
+    from sqlalchemy import text
+
+    from egressguard.audit.log import AuditLog
+
+    audit = AuditLog(f"sqlite:///{tmp_path / 'audit.db'}", key=os.urandom(32))
+    try:
+        gw = gateway_factory(_policy(BUDGET), resolve={"up.test": "127.0.0.1"}, sink=audit)
+        with connect_tunnel(gw.port, f"up.test:{echo.port}") as sock:
+            _, took = _pump(sock, 10 * BUDGET)
+            with audit.engine.connect() as conn:   # committed before the client saw the cut
+                cut = list(conn.execute(text(
+                    "SELECT verdict, permitted, phase FROM audit_events "
+                    "WHERE rule = 'budget:uploads'")))
+        assert took is not None and [tuple(r) for r in cut] == [("deny", 0, "decision")]
+        answer = raw(gw.port, f"CONNECT up.test:{echo.port} HTTP/1.1\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 429")
+        with audit.engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(text(
+                "SELECT phase, close_cause FROM audit_events WHERE host = 'up.test' "
+                "ORDER BY id"))]
+        assert ("decision", "") in rows and len(
+            [r for r in rows if r == ("decision", "")]) >= 3  # open, cut, refusal
+    finally:
+        audit.close()
