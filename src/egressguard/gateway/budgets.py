@@ -5,7 +5,7 @@ gets the `Metered` to charge each chunk with before relaying it, and, when a bud
 used up, the refusal to answer with (429 with `Retry-After`; recorded like every refusal,
 report-only when the budget or the policy is). A chunk that crosses an enforced budget
 turns into the decision that cuts the connection (`overrun`). Without budgets in the
-policy in force `admit` returns nothing and costs one comparison.
+policy in force the HTTP path skips `admit` (`ledger` is empty and `snapshot` current).
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ class Budgets:
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
         self.ledger = Ledger()
-        self._snapshot: object = None
+        self.snapshot: object = None   # the policy `ledger` was bound for
 
     def _current(self) -> Ledger:
         snapshot = self.checkpoint.holder.current
-        if snapshot is not self._snapshot:
-            self._snapshot = snapshot
+        if snapshot is not self.snapshot:
+            self.snapshot = snapshot
             budgets = snapshot.policy.budgets
             if budgets != list(self.ledger.budgets):
                 self.ledger = self.ledger.rebind(budgets)

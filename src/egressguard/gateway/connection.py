@@ -498,7 +498,9 @@ class ClientConnection(asyncio.Protocol):
         if unresolved:
             self.fail(502, "Bad Gateway", unresolved)
             return
-        if not self._budget_admits(route.host.name, addresses, route.port, "http", ex):
+        budgets = gw.budgets   # checked inline: the keep-alive path pays two loads
+        if (budgets.ledger or budgets.snapshot is not snapshot) and not self._budget_admits(
+                route.host.name, addresses, route.port, "http", ex):
             return
         up = self.upstream
         if up is None or not up.serves(route.key, addresses):
