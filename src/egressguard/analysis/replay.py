@@ -122,8 +122,9 @@ def replay(records: Iterable[Mapping[str, Any]], candidate: Snapshot,
         before, after = bool(record.get("permitted")), candidate.decide(request).permitted
         if before == after:
             continue
-        who = str(record.get("client_identity") or record.get("client_address")
-                  or "unknown client")
+        # The identity, else the client's address without its (ephemeral) port.
+        who = str(record.get("client_identity") or request.source
+                  or record.get("client_address") or "unknown client")
         port = record.get("port")
         dest = f"{record['host']}:{port}" if port else str(record["host"])
         (result.newly_allowed if after else result.newly_denied)[
