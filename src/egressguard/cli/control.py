@@ -22,11 +22,14 @@ from rich.table import Table
 from rich.text import Text
 
 from egressguard import config
+from egressguard.cli.traces import TracesOpt
 from egressguard.control.auth import Principal
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import KEY_PROPERTY, from_arm, to_arm
+from egressguard.enforce.tracing import Traces, TracingUnavailable
 from egressguard.keys import clusterkeys
+from egressguard.logsetup import LogFormat
 from egressguard.store import Refused, Store, open_store
 
 StoreOpt = Annotated[str | None, typer.Option(
@@ -479,8 +482,28 @@ def api(
         "--allow-cidr", help="client source CIDRs allowed (repeatable); others get 403")
     ] = None,
     store: StoreOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: Annotated[LogFormat, typer.Option(
+        case_sensitive=False, help="text, or json: one object per line")] = LogFormat.TEXT,
+    traces: TracesOpt = Traces.OFF,
 ) -> None:
     """Run the control-plane REST API alone."""
+    from egressguard import logsetup
+    from egressguard.cli.traces import Traced
+
+    logsetup.configure_or_exit(log_level, log_format)
+    try:
+        traced = Traced(traces, "egressguard-api")  # FastAPI traces each request with it
+    except TracingUnavailable as exc:
+        raise _fail(str(exc)) from None
+    try:
+        _run_api(store, host, port, allow_cidr, log_level)
+    finally:
+        traced.shutdown()
+
+
+def _run_api(store: str | None, host: str, port: int, allow_cidr: list[str] | None,
+             log_level: str) -> None:
     import uvicorn
 
     from egressguard.control.api import create_app
@@ -494,7 +517,8 @@ def api(
             app = create_app(st, allow_cidrs=allow_cidr or None)
         except ValueError as exc:
             raise _fail(f"--allow-cidr: {exc}") from None
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        # Uvicorn's records go through the process's handler (`--log-format`).
+        uvicorn.run(app, host=host, port=port, log_config=None, log_level=log_level.lower())
 
 
 def register(app: typer.Typer) -> None:

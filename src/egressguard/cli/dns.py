@@ -13,7 +13,9 @@ import typer
 
 from egressguard import logsetup
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
+from egressguard.cli.traces import Traced, TracesOpt
 from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig
+from egressguard.enforce.tracing import Traces, TracingUnavailable
 from egressguard.engine import InvalidHost, normalize_host
 from egressguard.engine.request import split_host_port
 from egressguard.logsetup import LogFormat
@@ -86,6 +88,7 @@ def serve(
         help="record every decision in the audit log (`egressguard logs`) of the store "
              "$EGRESSGUARD_STORE or the embedded one; default: on when a store exists")
     ] = None,
+    traces: TracesOpt = Traces.OFF,
 ) -> None:
     """Run the DNS filter: decide every question, forward allowed ones, check answers."""
     try:
@@ -95,6 +98,12 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     logsetup.configure_or_exit(log_level, log_format)
+    try:
+        traced = Traced(traces, "egressguard-dns")
+    except TracingUnavailable as exc:
+        live.stop()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
     config = FilterConfig(
         listen=listen_at, upstream=upstream_at, deny_rcode=deny_rcode,
         cname_mode=cname_mode, report_only=report_only, timeout=timeout,
@@ -110,12 +119,13 @@ def serve(
 
         sink = audit_log if stream is None else FanoutSink([sink, audit_log])
     try:
-        _run(_serve(DnsFilter(live.holder, config, sink), live))
+        _run(_serve(DnsFilter(live.holder, config, traced.wrap(sink)), live))
     except OSError as exc:
         typer.echo(f"error: cannot listen on {listen}: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     finally:
         live.stop()
+        traced.shutdown()
         if audit_log is not None:
             audit_log.close()
         if stream is not None and stream is not sys.stdout:

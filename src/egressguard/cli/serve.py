@@ -36,12 +36,13 @@ import typer
 
 from egressguard import logsetup
 from egressguard.audit.events import EventSink, NullSink
+from egressguard.cli.traces import Traced, TracesOpt
+from egressguard.enforce.tracing import Traces
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
-from egressguard.errors import EgressguardError
+from egressguard.errors import EgressguardError, InputError
 from egressguard.gateway import Gateway, Limits, Resolver, parse_hosts_file, parse_resolve
 from egressguard.logsetup import LogFormat
-from egressguard.policy import PolicyError
 
 if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
@@ -120,6 +121,7 @@ def serve(
         help="show the traceback of a start-up failure")] = False,
     log_format: Annotated[LogFormat, typer.Option(
         case_sensitive=False, help="text, or json: one object per line")] = LogFormat.TEXT,
+    traces: TracesOpt = Traces.OFF,
 ) -> None:
     """Run the gateway: an HTTP/HTTPS forward proxy that enforces the policy."""
     debug = debug or log_level.lower() == "debug"
@@ -129,6 +131,7 @@ def serve(
     cluster = config.cluster(cluster)
     parts = _Parts()
     try:
+        parts.traced = Traced(traces, "egressguard-gateway")
         host, port = _listen_address(listen)
         api_address = _listen_address(api_listen) if api else None
         _check_cidrs(allow_cidr or [])
@@ -156,8 +159,9 @@ def serve(
                     max_connections_per_source=max_connections_per_source,
                     shutdown_deadline=shutdown_deadline,
                     non_tls_443=mode, audit_timeout=audit_timeout)
-    assert parts.holder is not None
-    gateway = Gateway(parts.holder, parts.sink, Resolver(static, system=system_resolver),
+    assert parts.holder is not None and parts.traced is not None
+    gateway = Gateway(parts.holder, parts.traced.wrap(parts.sink),
+                      Resolver(static, system=system_resolver),
                       limits, report_only=report_only, cluster=cluster)
     try:
         _run(_serve(gateway, parts, host, port, api_address, allow_cidr or None,
@@ -176,7 +180,7 @@ def _startup_failed(exc: Exception, debug: bool) -> None:
     """Print one line (cause, then a hint) and exit 2; with `debug`, the traceback too."""
     from egressguard.store import unavailable_reason
 
-    if isinstance(exc, StartupError | PolicyError | CompileError | ValueError):
+    if isinstance(exc, StartupError | InputError | CompileError | ValueError):
         line = str(exc)
     elif (reason := unavailable_reason(exc)) is not None:
         line = (f"cannot reach the store: {reason} (hint: check that the database server "
@@ -204,6 +208,7 @@ class _Parts:
     leader: Leader | None = None
     cold: ColdStart | None = None
     url: str = ""  # the store's URL (also while it is down, for the audit log)
+    traced: Traced | None = None
 
     @property
     def holder(self) -> SnapshotHolder | None:
@@ -291,6 +296,8 @@ class _Parts:
             writer="thread" if writer == "thread" else "process")
 
     def close(self) -> None:
+        if self.traced is not None:
+            self.traced.shutdown()
         if self.leader is not None:
             self.leader.stop()
         if self.live is not None:
