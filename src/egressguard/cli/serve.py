@@ -256,21 +256,12 @@ class _Parts:
 
     def _cold_start(self, store_url: str | None, cluster: str, exc: Exception) -> bool:
         """Store down: start on the cached last-known-good policy if there is one."""
-        from egressguard.fleet.cache import PolicyCache
-        from egressguard.fleet.coldstart import ColdStart
-        from egressguard.paths import default_store_url
-        from egressguard.store import unavailable_reason
-        from egressguard.store.urls import bus_key, normalize_url
+        from egressguard.fleet.coldstart import start_on_cache
 
-        if unavailable_reason(exc) is None:
+        self.cold = start_on_cache(store_url, cluster, exc)
+        if self.cold is None:
             return False
-        url = normalize_url(store_url or default_store_url())
-        try:
-            self.cold = ColdStart(url.render_as_string(hide_password=False), cluster,
-                                  PolicyCache(bus_key(url), cluster)).start()
-        except LookupError:
-            return False
-        self.url = url.render_as_string(hide_password=False)
+        self.url = self.cold.url
         return True
 
     def open_audit(self, writer: str, max_age: str | None, max_rows: int | None,
@@ -349,7 +340,7 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
     if parts.live is not None:
         loop.add_signal_handler(signal.SIGHUP, parts.live.reload)
     elif parts.cold is not None:
-        loop.add_signal_handler(signal.SIGHUP, parts.cold.refresh)
+        loop.add_signal_handler(signal.SIGHUP, parts.cold.reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     for addr, bound in gateway.addresses:
