@@ -38,3 +38,7 @@ BUDGET_OVERRUNS = Counter(
     "egressguard_budget_overruns_total",
     "Byte budgets exceeded: connections cut or refused (would_*: report-only budgets)",
     ["budget", "outcome"])
+CLUSTER_KEY_SUSPENDED = Gauge(
+    "egressguard_cluster_key_suspended",
+    "1 while a cluster's customer-managed key fails the fleet's key check (Suspended)",
+    ["cluster"])

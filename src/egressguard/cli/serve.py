@@ -86,6 +86,16 @@ def serve(
         help="warn when bytes sent to one destination within --exfil-window exceed this")
     ] = None,
     exfil_window: Annotated[str, typer.Option(help="window of --exfil-threshold")] = "1h",
+    key_check_every: Annotated[str | None, typer.Option(
+        help="check every cluster's customer-managed key this often (e.g. 5m), once per "
+             "fleet by its leader")] = None,
+    recommend_every: Annotated[str | None, typer.Option(
+        help="write each cluster's recommended policy this often (e.g. 24h) to "
+             "--recommend-out, once per fleet by its leader")] = None,
+    recommend_window: Annotated[str, typer.Option(
+        help="traffic window the scheduled recommendations observe")] = "7d",
+    recommend_out: Annotated[Path | None, typer.Option(
+        help="folder of the scheduled recommendations (<cluster>.yaml and .diff)")] = None,
     audit_timeout: Annotated[float, typer.Option(
         help="seconds a refusal waits for its audit record to be durable (then refuses "
              "anyway and logs it)")] = 5.0,
@@ -147,6 +157,9 @@ def serve(
         if audit:
             parts.open_audit(audit_writer, audit_max_age, audit_max_rows, exfil_threshold,
                              exfil_window)
+        parts.open_jobs(Singletons(audit_max_age if audit else None,
+                                   audit_max_rows if audit else None, key_check_every,
+                                   recommend_every, recommend_window, recommend_out))
     except Exception as exc:
         parts.close()
         _startup_failed(exc, debug)
@@ -195,6 +208,18 @@ def _startup_failed(exc: Exception, debug: bool) -> None:
         log.error("start-up failed", exc_info=exc)
     typer.echo(f"error: {line}", err=True)
     raise typer.Exit(2) from None
+
+
+@dataclass(frozen=True)
+class Singletons:
+    """The fleet's singleton jobs `serve` was asked to run (see `_Parts.open_jobs`)."""
+
+    max_age: str | None
+    max_rows: int | None
+    key_check_every: str | None
+    recommend_every: str | None
+    recommend_window: str
+    recommend_out: Path | None
 
 
 @dataclass
@@ -267,24 +292,45 @@ class _Parts:
     def open_audit(self, writer: str, max_age: str | None, max_rows: int | None,
                    exfil_threshold: int | None, exfil_window: str) -> None:
         from egressguard.audit.compose import audit_sink
-        from egressguard.audit.log import Retention
         from egressguard.audit.query import parse_duration
 
-        retention = Retention(max_age_s=parse_duration(max_age) if max_age else None,
-                              max_rows=max_rows)
         assert self.url, "the audit log needs the store"
         url = self.url
-        if retention.max_age_s is not None or retention.max_rows is not None:
-            from egressguard.fleet import Leader
-            from egressguard.fleet.jobs import retention_job
-
-            # Once per fleet, by the advisory-lock leader, not in every gateway's writer.
-            self.leader = Leader(url, [retention_job(url, retention)]).start()
         self.sink, self.audit_log = audit_sink(
             url,
             exfil_threshold=exfil_threshold,
             exfil_window_s=parse_duration(exfil_window),
             writer="thread" if writer == "thread" else "process")
+
+    def open_jobs(self, wanted: Singletons) -> None:
+        """Start the fleet leader when a singleton job is asked for: it runs them only
+        while it holds the store's advisory lock, so once per fleet (`fleet/leader.py`)."""
+        from egressguard.audit.log import Retention
+        from egressguard.audit.query import parse_duration
+        from egressguard.fleet import Job, jobs
+
+        url = self.url
+        found: list[Job] = []
+        retention = Retention(
+            max_age_s=parse_duration(wanted.max_age) if wanted.max_age else None,
+            max_rows=wanted.max_rows)
+        if retention.max_age_s is not None or retention.max_rows is not None:
+            found.append(jobs.retention_job(url, retention))
+        if wanted.key_check_every:
+            found.append(jobs.key_check_job(url, parse_duration(wanted.key_check_every)))
+        if wanted.recommend_every:
+            if wanted.recommend_out is None:
+                raise ValueError("--recommend-every needs --recommend-out FOLDER")
+            found.append(jobs.recommendation_job(
+                url, parse_duration(wanted.recommend_every),
+                parse_duration(wanted.recommend_window), wanted.recommend_out))
+        if not found:
+            return
+        if not url:
+            raise ValueError(f"{found[0].name} needs the store (not --policy alone)")
+        from egressguard.fleet import Leader
+
+        self.leader = Leader(url, found).start()
 
     def close(self) -> None:
         if self.traced is not None:
