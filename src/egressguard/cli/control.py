@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 import typer
@@ -27,13 +27,19 @@ from rich.table import Table
 from rich.text import Text
 
 from egressguard import config
+from egressguard.cli.traces import TracesOpt
 from egressguard.control.auth import Principal
 from egressguard.control.client import ApiPolicyRefused, Client, remote, server_for
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import KEY_PROPERTY, from_arm, to_arm
+from egressguard.enforce.tracing import Traces, TracingUnavailable
 from egressguard.keys import clusterkeys
+from egressguard.logsetup import LogFormat
 from egressguard.store import Refused, Store, open_store
+
+if TYPE_CHECKING:
+    from egressguard.control.apitls import ApiTLS
 
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar="EGRESSGUARD_STORE",
@@ -574,12 +580,34 @@ def api(
                                       "data home; its SHA-256 fingerprint is printed")
     ] = False,
     store: StoreOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: Annotated[LogFormat, typer.Option(
+        case_sensitive=False, help="text, or json: one object per line")] = LogFormat.TEXT,
+    traces: TracesOpt = Traces.OFF,
 ) -> None:
     """Run the control-plane REST API alone."""
-    from egressguard.cli.serve import ApiThread, _bind, _run, announce_api, api_tls
+    from egressguard import logsetup
+    from egressguard.cli.serve import api_tls
+    from egressguard.cli.traces import Traced
+
+    logsetup.configure_or_exit(log_level, log_format)
+    tls = api_tls(api_tls_cert, api_tls_key, api_tls_self_signed, host)
+    try:
+        traced = Traced(traces, "egressguard-api")  # FastAPI traces each request with it
+    except TracingUnavailable as exc:
+        raise _fail(str(exc)) from None
+    try:
+        _run_api(store, host, port, allow_cidr, tls)
+    finally:
+        traced.shutdown()
+
+
+def _run_api(store: str | None, host: str, port: int, allow_cidr: list[str] | None,
+             tls: ApiTLS | None) -> None:
+    """The API server in its thread until SIGTERM or SIGINT (`serve` runs the same one)."""
+    from egressguard.cli.serve import ApiThread, _bind, _run, announce_api
     from egressguard.control.api import create_app
 
-    tls = api_tls(api_tls_cert, api_tls_key, api_tls_self_signed, host)
     with _store(store) as st:
         bootstrap = st.ensure_bootstrap()
         if bootstrap:

@@ -7,17 +7,20 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, Protocol, TextIO
 
 import typer
 
 from egressguard import logsetup
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
+from egressguard.cli.traces import Traced, TracesOpt
 from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig
+from egressguard.enforce.tracing import Traces, TracingUnavailable
 from egressguard.engine import InvalidHost, normalize_host
+from egressguard.engine.holder import SnapshotHolder
 from egressguard.engine.request import split_host_port
 from egressguard.logsetup import LogFormat
-from egressguard.source import LivePolicy, SourceError, follow
+from egressguard.source import SourceError, follow
 
 if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
@@ -86,15 +89,22 @@ def serve(
         help="record every decision in the audit log (`egressguard logs`) of the store "
              "$EGRESSGUARD_STORE or the embedded one; default: on when a store exists")
     ] = None,
+    traces: TracesOpt = Traces.OFF,
 ) -> None:
     """Run the DNS filter: decide every question, forward allowed ones, check answers."""
     try:
         listen_at, upstream_at = parse_endpoint(listen, 53), parse_endpoint(upstream, 53)
-        live = follow(policy, cluster, store, start=False)
+        live = _follow(policy, cluster, store)
     except (SourceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     logsetup.configure_or_exit(log_level, log_format)
+    try:
+        traced = Traced(traces, "egressguard-dns")
+    except TracingUnavailable as exc:
+        live.stop()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
     config = FilterConfig(
         listen=listen_at, upstream=upstream_at, deny_rcode=deny_rcode,
         cname_mode=cname_mode, report_only=report_only, timeout=timeout,
@@ -110,12 +120,13 @@ def serve(
 
         sink = audit_log if stream is None else FanoutSink([sink, audit_log])
     try:
-        _run(_serve(DnsFilter(live.holder, config, sink), live))
+        _run(_serve(DnsFilter(live.holder, config, traced.wrap(sink)), live))
     except OSError as exc:
         typer.echo(f"error: cannot listen on {listen}: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     finally:
         live.stop()
+        traced.shutdown()
         if audit_log is not None:
             audit_log.close()
         if stream is not None and stream is not sys.stdout:
@@ -140,7 +151,41 @@ def _audit_log(audit: bool | None, store: str | None) -> AuditLog | None:
         raise typer.Exit(EXIT_ERROR) from None
 
 
-async def _serve(dns_filter: DnsFilter, live: LivePolicy) -> None:
+class Followed(Protocol):
+    """What the filter's policy comes from: a `LivePolicy`, or a `ColdStart` (the store
+    was down at start: the cached last-known-good policy, until the store is back)."""
+
+    holder: SnapshotHolder
+    cluster: str
+
+    def start(self) -> object: ...
+    def reload(self) -> bool: ...
+    def stop(self) -> None: ...
+
+
+def _follow(policy: Path | None, cluster: str | None, store: str | None) -> Followed:
+    """The policy followed live; in store mode each version in force is cached, and a
+    store that is down at start is replaced by the cached version (as `serve` does).
+    Without a cache the failure stands: no policy means no filter (fail closed)."""
+    try:
+        return follow(policy, cluster, store, start=False, cache=policy is None)
+    except SourceError:
+        if policy is not None:
+            raise
+        from egressguard import config
+        from egressguard.fleet.coldstart import start_on_cache
+        from egressguard.store import open_store
+
+        try:
+            open_store(store or None).close()
+        except Exception as exc:  # the store is down, not (say) a missing cluster
+            cold = start_on_cache(store, config.cluster(cluster), exc, start=False)
+            if cold is not None:
+                return cold
+        raise
+
+
+async def _serve(dns_filter: DnsFilter, live: Followed) -> None:
     loop = asyncio.get_running_loop()
     host, port = await dns_filter.start()
     live.start()

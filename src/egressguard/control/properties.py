@@ -30,6 +30,7 @@ PROPERTIES = {
     "serviceEndpointPolicies": "service_endpoint_policies",
     "trustedRanges": "trusted_ranges",
     "assertions": "assertions",
+    "budgets": "budgets",
 }
 FIELDS = {v: k for k, v in PROPERTIES.items()}
 READ_ONLY = frozenset({"provisioningState", "version", "state", "stateReason", "keyInUse"})
@@ -79,7 +80,7 @@ def to_arm(version: Version) -> dict[str, Any]:
         "assertions": data.get("assertions", []),
     }
     for field in ("application_rule_collections", "network_rule_collections",
-                  "service_endpoint_policies"):
+                  "service_endpoint_policies", "budgets"):
         props[FIELDS[field]] = _keys(data.get(field, []), camel)
     return {"id": f"/v1/clusters/{version.cluster}", "name": version.cluster,
             "type": RESOURCE_TYPE, "properties": props,
@@ -118,7 +119,7 @@ def _property_in(name: str, value: Any) -> Any:
             raise InvalidInput([(f"properties.{name}", "expected an array")])
         return [_callout_in(e, f"properties.{name}[{i}]") for i, e in enumerate(value)]
     if field in ("application_rule_collections", "network_rule_collections",
-                 "service_endpoint_policies"):
+                 "service_endpoint_policies", "budgets"):
         return _keys(value, snake)
     return value
 

@@ -15,6 +15,7 @@ from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.enforce.events import EventSink
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
+from egressguard.gateway.budgets import Budgets
 from egressguard.gateway.connection import ClientConnection, ConnState
 from egressguard.gateway.limits import Limits, admission_refusal
 from egressguard.gateway.pool import Pool
@@ -41,6 +42,7 @@ class Gateway:
         # decide -> report-only -> metrics -> event -> record, as at every other point.
         self.checkpoint = Checkpoint(holder, sink, report_only=report_only, cluster=cluster,
                                      point="gateway", audit_timeout=self.limits.audit_timeout)
+        self.budgets = Budgets(self.checkpoint)  # byte budgets of the policy in force
         self.clients: set[ClientConnection] = set()
         self.tunnels: set[ClientConnection] = set()  # the clients relaying a tunnel
         self.per_source: dict[IPAddress | None, int] = {}  # open connections by address

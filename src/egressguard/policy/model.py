@@ -381,6 +381,91 @@ class Assertion(_Strict):
         return self.name or self.request
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_SIZE_UNITS: dict[str, float] = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6,
+               "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12, "ki": 2**10, "kib": 2**10,
+               "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?", re.IGNORECASE)
+_DURATION_UNITS: dict[str, float] = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_BUDGET_BYTES = 2**50      # a pebibyte: beyond it a budget limits nothing
+MAX_BUDGET_WINDOW = 366 * 86400.0
+
+
+def _with_unit(value: Any, pattern: re.Pattern[str], units: dict[str, float],
+               what: str, hint: str) -> Any:
+    """A number with an optional unit (`10MB`, `15m`) as the number times the unit."""
+    if not isinstance(value, str):
+        return value
+    found = pattern.fullmatch(value.strip()) if len(value) <= 32 else None
+    if not found:
+        raise ValueError(f"{what} {value!r}: expected {hint}")
+    return float(found.group(1)) * units[(found.group(2) or "").lower()]
+
+
+def _byte_size(value: Any) -> Any:
+    """`10MB`, `5 MiB`, `1500` (bytes): decimal and binary units, as operators write them."""
+    size = _with_unit(value, _SIZE, _SIZE_UNITS, "size",
+                      "bytes, or a number with a unit (kB, MB, GB, KiB, MiB, GiB)")
+    return int(size) if isinstance(size, float) else size
+
+
+def _duration(value: Any) -> Any:
+    """`30s`, `15m`, `1h`, `7d` or seconds."""
+    return _with_unit(value, _DURATION, _DURATION_UNITS, "duration",
+                      "seconds, or a number with s, m, h or d")
+
+
+def _budget_destination(raw: str) -> str:
+    """`*`, an IP/CIDR (canonical network) or a host pattern; no service tags (a budget
+    counts bytes per connection, decided by the name or address connected to)."""
+    text = raw.strip()
+    if is_service_tag(text):
+        raise ValueError(f"destination {raw!r}: service tags cannot carry a budget; "
+                         "list host patterns or CIDRs")
+    return _destination(text)
+
+
+BudgetDestination = Annotated[str, StringConstraints(min_length=1, max_length=MAX_HOST),
+                              AfterValidator(_budget_destination)]
+IdentityName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME * 2)]
+ByteSize = Annotated[int, BeforeValidator(_byte_size), Field(gt=0, le=MAX_BUDGET_BYTES)]
+Duration = Annotated[float, BeforeValidator(_duration),
+                     Field(gt=0, le=MAX_BUDGET_WINDOW)]
+
+
+BudgetKey = Literal["destination", "identity"]
+_PER_DEFAULT: tuple[BudgetKey, ...] = ("destination", "identity")
+
+
+class Budget(_Strict):
+    """At most `max_bytes` to the destinations listed within `window` seconds, counted
+    separately for each destination and identity (`per`). A connection or exchange that
+    would exceed it is cut, and later ones are refused until the window resets; with
+    `report_only` both are only recorded. Counted while the connection is open, so one
+    long tunnel cannot carry more than the budget (enforce/budget.py)."""
+
+    name: Name
+    destinations: list[BudgetDestination] = Field(min_length=1, max_length=1000)
+    identities: list[IdentityName] = Field(default_factory=list, max_length=1000)
+    """Only connections of these identities count; empty: every connection."""
+    per: list[BudgetKey] = Field(default_factory=lambda: list(_PER_DEFAULT), max_length=2)
+    """What gets its own allowance: each destination host, each identity, both (the
+    default) or neither (`[]`: one allowance shared by everything the budget matches)."""
+    direction: Literal["up", "down", "both"] = "up"
+    """Which bytes count: `up` (sent by the workload: exfiltration), `down`, or both."""
+    max_bytes: ByteSize
+    window: Duration = 3600.0
+    report_only: bool = False
+    description: Description = ""
+
+    @field_validator("per")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("per: each of destination and identity at most once")
+        return value
+
+
 class Policy(_Strict):
     """One cluster's complete outbound-access policy."""
 
@@ -401,6 +486,7 @@ class Policy(_Strict):
     lets them through for such names); the ranges themselves stay closed to flows and IP
     literals unless a network rule names them."""
     assertions: list[Assertion] = Field(default_factory=list, max_length=1000)
+    budgets: list[Budget] = Field(default_factory=list, max_length=1000)
 
     @property
     def immutable_callouts(self) -> tuple[CalloutRule, ...]:
@@ -411,13 +497,22 @@ class Policy(_Strict):
     def _unique_names(self) -> Policy:
         for kind, collections in (("application", self.application_rule_collections),
                                   ("network", self.network_rule_collections)):
-            seen: set[str] = set()
-            for collection in collections:
-                if collection.name in seen:
-                    raise ValueError(f"duplicate {kind} rule collection {collection.name!r}")
-                seen.add(collection.name)
+            _refuse_duplicate(collections, f"{kind} rule collection")
         return self
 
+    @field_validator("budgets")
+    @classmethod
+    def _unique_budgets(cls, value: list[Budget]) -> list[Budget]:
+        _refuse_duplicate(value, "budget")  # at the budgets' line, not the document's
+        return value
+
+
+def _refuse_duplicate(items: list[Any], what: str) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise ValueError(f"duplicate {what} {item.name!r}")
+        seen.add(item.name)
 
 IMMUTABLE_CALLOUTS: tuple[CalloutRule, ...] = tuple(
     CalloutRule(callout_type=t, uri_regex=r, can_call=c) for t, r, c in IMMUTABLE_CALLOUT_ROWS)

@@ -122,15 +122,16 @@ def json_response(body: object, status: int = 200) -> Response:
         "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
-async def read_form(request: Request) -> dict[str, str] | None:
-    """A small url-encoded form (the login form), or None if it is not one."""
+async def read_form(request: Request, limit: int = MAX_FORM) -> dict[str, str] | None:
+    """A url-encoded form of at most `limit` bytes (the login form: `MAX_FORM`), or None
+    if it is not one."""
     kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if kind != "application/x-www-form-urlencoded":
         return None
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_FORM:
+        if len(body) > limit:
             return None
     try:
         fields = parse_qs(body.decode("utf-8"), max_num_fields=10, strict_parsing=False)

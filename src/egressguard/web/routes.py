@@ -25,7 +25,7 @@ from egressguard.control.auth import (
     Principal,
 )
 from egressguard.store import NotFound
-from egressguard.web import data, proposals, session, streams, views
+from egressguard.web import data, proposals, replay, session, streams, views
 from egressguard.web.common import (
     CLUSTER,
     HEADERS,
@@ -46,6 +46,7 @@ from egressguard.web.common import (
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 router.include_router(streams.router)
 router.include_router(proposals.router)
+router.include_router(replay.router)
 
 _STATIC = {  # served files (read once): name -> media type
     "dashboard.css": "text/css", "dashboard.js": "text/javascript",
