@@ -183,6 +183,19 @@ def _set_value(text: str) -> Any:
     return text
 
 
+def _set_pairs(sets: list[str], extra: list[str]) -> list[str]:
+    """The `--set` pairs, with the further pairs given after one `--set` (which the option
+    parser leaves as extra arguments); anything else extra is refused."""
+    if extra and not sets:
+        raise _fail(f"unexpected argument {extra[0]!r}; pairs follow --set, e.g. --set "
+                    "properties.a=1 properties.b=2")
+    for item in extra:
+        if "=" not in item or not item.startswith("properties."):
+            raise _fail(f"unexpected argument {item!r}: expected properties.<name>=<value> "
+                        "after --set")
+    return [*sets, *extra]
+
+
 def _patch_body(sets: list[str]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for item in sets:
@@ -202,8 +215,9 @@ def _patch_body(sets: list[str]) -> dict[str, Any]:
     return {"properties": props}
 
 
-@cluster_app.command("update")
+@cluster_app.command("update", context_settings={"allow_extra_args": True})
 def cluster_update(
+    ctx: typer.Context,
     name: NameOpt = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="properties.<name>=<value>, e.g. "
@@ -216,9 +230,11 @@ def cluster_update(
     store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
     output: OutputOpt = "table",
 ) -> None:
-    """Update a cluster's properties; each update is a new version."""
+    """Update a cluster's properties; each update is a new version. As with `az resource
+    update`, one `--set` takes several pairs: `--set properties.a=1 properties.b=2`."""
     name, api = config.cluster(name), config.api_url(api)
-    body = _patch_body(set_ or [])
+    set_ = _set_pairs(set_ or [], list(ctx.args))
+    body = _patch_body(set_)
     if api:
         current = _api("GET", api, token, f"/v1/clusters/{name}")
         fqdns = _edit_fqdns(current["properties"]["allowedFqdnList"], body, add_fqdn,

@@ -49,9 +49,12 @@ from egressguard.control.inforce import FileBook, PolicyBook
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import (
     KEY_PROPERTY,
+    add_callouts,
+    callouts_to_arm,
     collection_from_arm,
     collection_to_arm,
     from_arm,
+    remove_callout,
     without_collection,
 )
 from egressguard.control.properties import to_arm as _to_arm
@@ -241,12 +244,15 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
     @router.put("/clusters/{name}")
     def put_cluster(name: ClusterName, body: ArmBody, who: Operator) -> dict[str, Any]:
         """Create or replace a cluster: properties not given take their defaults."""
-        policy = from_arm(body)
-        _set_key(store, name, body, who.name)  # absent: the key stays as it is
         try:
-            store.current(name)
-            version = store.commit(name, policy, who.name, "PUT properties")
+            existing: Version | None = store.current(name)
         except NotFound:
+            existing = None
+        policy = from_arm(body, keep_kind=existing.policy.kind if existing else None)
+        _set_key(store, name, body, who.name)  # absent: the key stays as it is
+        if existing is not None:
+            version = store.commit(name, policy, who.name, "PUT properties")
+        else:
             version = store.commit(name, policy, who.name, "created by PUT", create=True)
         return resource(version)
 
@@ -283,6 +289,7 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
 
     for segment, field in COLLECTIONS.items():
         _collection_routes(router, store, segment, field)
+    _callout_routes(router, store)
 
     @router.post("/check")
     def check(body: CheckRequest, _who: Viewer, response: Response) -> dict[str, Any]:
@@ -302,6 +309,35 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
         return execute(store, body.cluster or served, body.command, who).as_kusto()
 
     return router
+
+
+def _callout_routes(router: APIRouter, store: PolicyBook) -> None:
+    """Data Explorer's callout policy operations (`listCalloutPolicies`,
+    `addCalloutPolicies`, `removeCalloutPolicy`); an entry's id is `<regex>_<type>`."""
+    base = "/clusters/{name}"
+
+    @router.post(base + "/listCalloutPolicies")
+    def list_callouts(name: ClusterName, _who: Viewer) -> dict[str, Any]:
+        return {"value": callouts_to_arm(store.current(name).policy)}
+
+    @router.post(base + "/addCalloutPolicies")
+    def add_callout_policies(name: ClusterName, body: ArmBody, who: Operator
+                             ) -> dict[str, Any]:
+        policy = add_callouts(store.current(name).policy, body)
+        version = store.commit(name, policy, who.name,
+                               f"addCalloutPolicies ({len(body.get('value', []))})")
+        return {"value": callouts_to_arm(version.policy), "version": version.number}
+
+    @router.post(base + "/removeCalloutPolicy")
+    def remove_callout_policy(name: ClusterName, body: ArmBody, who: Operator
+                              ) -> dict[str, Any]:
+        policy = remove_callout(store.current(name).policy, body)
+        if policy is None:
+            raise NotFound(f"cluster {name!r} has no callout policy with id "
+                           f"{body.get('calloutId')!r}")
+        version = store.commit(name, policy, who.name,
+                               f"removeCalloutPolicy {str(body['calloutId'])[:200]}")
+        return {"value": callouts_to_arm(version.policy), "version": version.number}
 
 
 def _collection_routes(router: APIRouter, store: PolicyBook, segment: str, field: str

@@ -41,6 +41,13 @@ from egressguard.policy.model import (
 )
 
 _ALLOWED_FQDN_PORTS = frozenset({80, 443})
+# What the allowed-FQDN list opens per cluster kind (semantics §4 step 6): IoT Hub's
+# egress is its endpoint protocols, HTTPS 443, AMQP 5671 (AMQP over WebSockets: 443) and
+# Kafka 9093, to names only, and it makes no callouts; Data Explorer's is HTTP/HTTPS and
+# callouts.
+IOTHUB_PORTS = frozenset({443, 5671, 9093})
+CALLOUT_ERROR = "(error SEM0056)"
+"""Ends every refused callout's reason, as Data Explorer's semantic error does."""
 _MEMO_SIZE = 32768  # decisions remembered per snapshot and request kind (~20 MB at most)
 _STORAGE_HOST = re.compile(
     r"(?P<account>[a-z0-9]{3,24})(?P<secondary>-secondary)?\.(?:z\d+\.)?"
@@ -230,6 +237,7 @@ class Snapshot:
             (self._trusted_v6 if net.version == 6 else self._trusted_v4)[str(net)] = True
         self._has_trusted = bool(policy.trusted_ranges)
         self._has_allowed_fqdns = bool(self._allowed_fqdns)
+        self._iothub = policy.kind == "iothub"
         self._storage = _StorageScope(policy, refs)
         self._memo_connect: dict[tuple[object, ...], Decision] = {}
         self._memo_http: dict[tuple[object, ...], Decision] = {}
@@ -476,6 +484,11 @@ class Snapshot:
                 return self._from_entry(net_allowed, _L_NETWORK, target, port,
                                         self._reevaluate(request, kind, host, url, scheme,
                                                          port, net_allowed))
+            if (self._iothub and host.ip is None and request.protocol == "tcp"
+                    and port in IOTHUB_PORTS):
+                allowed = self._allowed_fqdn(name, target, port)
+                if allowed is not None:
+                    return allowed
             return self._default(target, port)
         return self._decide_application(request, kind, host, url, scheme, port, target,
                                         net_allowed, enforced)
@@ -518,13 +531,22 @@ class Snapshot:
                                         self._evaluate(request, kind, host, url, scheme,
                                                        port, True))
             return self._from_entry(best, _L_APPLICATION, target, port)
-        # Step 6: the allowed FQDN list, ports 80 and 443 only (a DNS question has no port).
-        if self.restricted and self._has_allowed_fqdns and (
-                kind is _DNS or port in _ALLOWED_FQDN_PORTS):
+        # Step 6: the allowed FQDN list, on the ports the cluster kind opens (a DNS
+        # question has no port): 80 and 443, or IoT Hub's HTTPS, AMQP and Kafka.
+        if kind is _DNS or (port in IOTHUB_PORTS and (kind is _CONNECT or scheme == "https")
+                            if self._iothub else port in _ALLOWED_FQDN_PORTS):
+            allowed = self._allowed_fqdn(name, target, port)
+            if allowed is not None:
+                return allowed
+        return self._default(target, port)
+
+    def _allowed_fqdn(self, name: str, target: str, port: int | None) -> Decision | None:
+        """Step 6's allow, if `name` is on the allowed FQDN list of a restricted cluster."""
+        if self.restricted and self._has_allowed_fqdns:
             for pattern in self._allowed_fqdns.matches(name):
                 return Decision(_ALLOW, _L_ALLOWED_FQDN, f"allowed_fqdn:{pattern}",
                                 f"{target} is in the allowed FQDN list", target, port)
-        return self._default(target, port)
+        return None
 
     def _decide_callout(self, request: Request, url: URL | None, host: Host,
                         port: int | None) -> Decision:
@@ -540,7 +562,9 @@ class Snapshot:
         if self._storage.active and host.ip is None:
             refusal = self._storage.refuse(host.name)
             if refusal is not None:
-                return self._deny(_L_SEP, "service_endpoint", refusal, host.name, port)
+                return self._deny(_L_SEP, "service_endpoint",
+                                  f"Callout to '{uri}' is not allowed: {refusal} "
+                                  f"{CALLOUT_ERROR}", host.name, port)
         matched = [(i, r, _L_IMMUTABLE) for i, r in self._immutable.matches(callout_type, uri)]
         matched += [(i, r, _L_CLUSTER) for i, r in self._cluster.matches(callout_type, uri)]
         chosen = next((m for m in matched if not m[1].can_call), None) or (
@@ -554,16 +578,18 @@ class Snapshot:
                                 f"({rule.uri_regex})", host.name, port)
             return self._deny(layer, rule_id,
                               f"Callout to '{uri}' is not allowed by the callout policy "
-                              f"({rule_id} forbids {callout_type})", host.name, port)
+                              f"({rule_id} forbids {callout_type}) {CALLOUT_ERROR}",
+                              host.name, port)
         # While restricted, the allowed FQDN list covers every callout type but webapi.
-        if self.restricted and callout_type != "webapi":
+        if self.restricted and callout_type != "webapi" and not self._iothub:
             for pattern in self._allowed_fqdns.matches(host.name):
                 return Decision(_ALLOW, _L_ALLOWED_FQDN, f"allowed_fqdn:{pattern}",
                                 f"{callout_type} callout to {uri}: {host.name} is in the "
                                 "allowed FQDN list", host.name, port)
         return self._deny(_L_DEFAULT, "default",
                           f"Callout to '{uri}' is not allowed by the callout policy "
-                          f"(no {callout_type or 'typed'} entry matches)", host.name, port)
+                          f"(no {callout_type or 'typed'} entry matches) {CALLOUT_ERROR}",
+                          host.name, port)
 
 
 class _StorageScope:

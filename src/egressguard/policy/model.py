@@ -381,9 +381,31 @@ class Assertion(_Strict):
         return self.name or self.request
 
 
+ClusterKind = Literal["generic", "iothub", "dataexplorer"]
+CLUSTER_KINDS: tuple[str, ...] = ("generic", "iothub", "dataexplorer")
+
+
+class Sku(_Strict):
+    """The ARM `sku` of the resource a cluster stands for (IoT Hub `S1`, a Data Explorer
+    size): kept and answered back so that a seed's PUT body round-trips; it decides
+    nothing."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    tier: Annotated[str, StringConstraints(max_length=64)] | None = None
+    capacity: int | None = Field(None, ge=0, le=1_000_000)
+    size: Annotated[str, StringConstraints(max_length=64)] | None = None
+    family: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+
 class Policy(_Strict):
     """One cluster's complete outbound-access policy."""
 
+    kind: ClusterKind = "generic"
+    """What the allowed-FQDN list opens (semantics §4 step 6): `iothub` the IoT Hub
+    endpoint protocols (HTTPS 443, AMQP 5671, Kafka 9093; no callouts), `dataexplorer`
+    and `generic` HTTP/HTTPS 80/443 and callouts. It also picks how the resource answers
+    `restrictOutboundNetworkAccess` (a boolean for IoT Hub, Enabled/Disabled otherwise)."""
+    sku: Sku | None = None
     restrict_outbound_network_access: ArmBool = Field(
         default=False,
         validation_alias=AliasChoices("restrict_outbound_network_access",
