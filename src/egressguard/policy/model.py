@@ -241,10 +241,22 @@ class ApplicationRule(_Strict):
     sources: list[Source] = Field(default_factory=list)
     description: Description = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tags_default_to_https(cls, data: Any) -> Any:
+        """FQDN tags stand for HTTPS egress, as Azure Firewall's do: a rule naming them
+        defaults to `https:443` (not the http:80 + https:443 of other rules)."""
+        if isinstance(data, dict) and data.get("fqdn_tags") and "protocols" not in data:
+            return {**data, "protocols": ["https:443"]}
+        return data
+
     @model_validator(mode="after")
     def _has_target(self) -> ApplicationRule:
         if not self.targets and not self.fqdn_tags:
             raise ValueError(f"rule {self.name!r} needs targets or fqdn_tags")
+        if self.fqdn_tags and any(p.protocol != "https" for p in self.protocols):
+            raise ValueError(f"rule {self.name!r}: FQDN tags allow HTTPS only (as Azure "
+                             "Firewall's do); put plain-HTTP targets in a rule of their own")
         return self
 
 
