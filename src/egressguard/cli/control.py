@@ -26,6 +26,7 @@ from egressguard.control.auth import Principal
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import KEY_PROPERTY, from_arm, to_arm
+from egressguard.control.whatif import route_what_if
 from egressguard.keys import clusterkeys
 from egressguard.store import Refused, Store, open_store
 
@@ -227,6 +228,9 @@ def cluster_update(
     remove_fqdn: Annotated[list[str] | None, typer.Option(
         "--remove-allowed-fqdn", "--removeAllowedFQDN",
         help="remove from allowedFqdnList")] = None,
+    what_if: Annotated[bool, typer.Option(
+        "--what-if", help="change nothing: list the routes (and file upload, identity "
+                          "export) that work now and would stop working")] = False,
     store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
     output: OutputOpt = "table",
 ) -> None:
@@ -241,6 +245,10 @@ def cluster_update(
                             remove_fqdn)
         if fqdns is not None:
             body["properties"]["allowedFqdnList"] = fqdns
+        if what_if:
+            _emit_what_if(_api("POST", api, token, f"/v1/clusters/{name}/whatIf", body),
+                          output)
+            return
         resource = _api("PATCH", api, token, f"/v1/clusters/{name}", body)
     else:
         with _store(store) as st:
@@ -249,6 +257,9 @@ def cluster_update(
                                 remove_fqdn)
             if fqdns is not None:
                 body["properties"]["allowedFqdnList"] = fqdns
+            if what_if:
+                _emit_what_if(route_what_if(version.policy, body), output)
+                return
             policy = from_arm(body, version.policy)
             try:
                 keyed = clusterkeys.apply(st, name, body["properties"], _user())
@@ -261,6 +272,59 @@ def cluster_update(
                 version = st.commit(name, policy, _user(), summary[:300])
             resource = clusterkeys.annotate(st, to_arm(version))
     _emit(resource, output, _resource_table(resource))
+
+
+def _emit_what_if(result: dict[str, Any], output: str) -> None:
+    table = Table("Route", "Endpoint", "Destination", "Rule", "Reason",
+                  title="routes that would stop working (nothing changed)")
+    for c in result["stopsWorking"]:
+        table.add_row(_cell(c["route"]), _cell(c["endpoint"]), _cell(c["destination"]),
+                      _cell(c["rule"]), _cell(c["reason"]))
+    if output != "json" and not result["stopsWorking"]:
+        typer.echo("no route would stop working (nothing changed)")
+        return
+    _emit(result, output, table)
+
+
+@cluster_app.command("endpoints")
+def cluster_endpoints(
+    name: NameOpt = None,
+    window: Annotated[str, typer.Option(
+        "--window", help="how far back observed decisions count (e.g. 15m, 1h, 1d)")] = "1h",
+    store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """A cluster's endpoints: derived destinations, routes, and health (healthy,
+    unhealthy, degraded, dead, unknown) from the decisions observed for each."""
+    from urllib.parse import quote
+
+    name, api = config.cluster(name), config.api_url(api)
+    if api:
+        rows = _api("GET", api, token,
+                    f"/v1/clusters/{name}/endpoints?window={quote(window)}")["value"]
+    else:
+        from egressguard.audit.db import make_engine, migrate
+        from egressguard.audit.query import QueryError, parse_duration
+        from egressguard.control.endpoints import endpoint_health
+
+        try:
+            seconds = parse_duration(window)
+        except QueryError as exc:
+            raise _fail(f"--window: {exc}") from None
+        with _store(store) as st:
+            policy = st.current(name).policy
+            engine = make_engine(st.url)
+            try:
+                migrate(engine)
+                rows = endpoint_health(engine, name, policy, seconds)
+            finally:
+                engine.dispose()
+    table = Table("Endpoint", "Type", "Destination", "Routes", "Health",
+                  title=f"cluster {name} endpoints (last {window})")
+    for r in rows:
+        table.add_row(_cell(r["name"]), r["type"], _cell(r["destination"]),
+                      _cell(", ".join(r["routes"])), r["health"])
+    _emit(rows, output, table)
 
 
 @cluster_app.command("create")

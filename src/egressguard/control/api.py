@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Path, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -37,6 +37,7 @@ from egressguard.control.auth import (
     require_role,
 )
 from egressguard.control.commands import CommandSyntaxError
+from egressguard.control.endpoints import endpoint_health
 from egressguard.control.errors import ControlError, InvalidInput
 from egressguard.control.gate import (
     BODY_IDLE_TIMEOUT,
@@ -58,7 +59,13 @@ from egressguard.control.properties import (
     without_collection,
 )
 from egressguard.control.properties import to_arm as _to_arm
-from egressguard.control.whatif import CheckRequest, SnapshotCache, Snapshots, decide
+from egressguard.control.whatif import (
+    CheckRequest,
+    SnapshotCache,
+    Snapshots,
+    decide,
+    route_what_if,
+)
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.keys import clusterkeys
@@ -290,6 +297,29 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
     for segment, field in COLLECTIONS.items():
         _collection_routes(router, store, segment, field)
     _callout_routes(router, store)
+
+    @router.post("/clusters/{name}/whatIf")
+    def what_if(name: ClusterName, body: ArmBody, _who: Viewer) -> dict[str, Any]:
+        """What a PATCH with this body would do to the cluster's routes, changing nothing:
+        `stopsWorking` lists the routes that work now and would be refused after it."""
+        return route_what_if(store.current(name).policy, body)
+
+    @router.get("/clusters/{name}/endpoints")
+    def endpoints(name: ClusterName, request: Request, _who: Viewer,
+                  window: Annotated[str, Query(max_length=20)] = "1h") -> dict[str, Any]:
+        """The cluster's endpoints, their derived destinations and routes, and their
+        health (healthy, unhealthy, degraded, dead, unknown) from the decisions observed
+        for each destination within `window`."""
+        from egressguard.audit.api import reader
+        from egressguard.audit.query import QueryError, parse_duration
+
+        try:
+            seconds = parse_duration(window)
+        except QueryError as exc:
+            raise InvalidInput([("window", str(exc))]) from None
+        policy = store.current(name).policy
+        engine, _ = reader(request)
+        return {"value": endpoint_health(engine, name, policy, seconds), "window": window}
 
     @router.post("/check")
     def check(body: CheckRequest, _who: Viewer, response: Response) -> dict[str, Any]:

@@ -30,7 +30,12 @@ PROPERTIES = {
     "serviceEndpointPolicies": "service_endpoint_policies",
     "trustedRanges": "trusted_ranges",
     "assertions": "assertions",
+    "endpoints": "endpoints",
+    "routes": "routes",
 }
+# Properties holding lists of objects whose member names are camelCase in ARM.
+NESTED = ("application_rule_collections", "network_rule_collections",
+          "service_endpoint_policies", "endpoints", "routes")
 FIELDS = {v: k for k, v in PROPERTIES.items()}
 READ_ONLY = frozenset({"provisioningState", "version", "state", "stateReason", "keyInUse"})
 KEY_PROPERTY = "keyVaultProperties"  # stored beside the policy: keys.clusterkeys
@@ -87,8 +92,7 @@ def to_arm(version: Version) -> dict[str, Any]:
         "trustedRanges": list(policy.trusted_ranges),
         "assertions": data.get("assertions", []),
     }
-    for field in ("application_rule_collections", "network_rule_collections",
-                  "service_endpoint_policies"):
+    for field in NESTED:
         props[FIELDS[field]] = _keys(data.get(field, []), camel)
     resource: dict[str, Any] = {"id": f"/v1/clusters/{version.cluster}",
                                 "name": version.cluster, "type": RESOURCE_TYPE,
@@ -142,8 +146,7 @@ def _property_in(name: str, value: Any) -> Any:
         if not isinstance(value, list):
             raise InvalidInput([(f"properties.{name}", "expected an array")])
         return [_callout_in(e, f"properties.{name}[{i}]") for i, e in enumerate(value)]
-    if field in ("application_rule_collections", "network_rule_collections",
-                 "service_endpoint_policies"):
+    if field in NESTED:
         return _keys(value, snake)
     return value
 
