@@ -39,6 +39,7 @@ from egressguard.policy.model import (
     is_service_tag,
     validate_host_pattern,
 )
+from egressguard.policy.rules import storage_entries
 
 _ALLOWED_FQDN_PORTS = frozenset({80, 443})
 # What the allowed-FQDN list opens per cluster kind (semantics §4 step 6): IoT Hub's
@@ -49,13 +50,13 @@ IOTHUB_PORTS = frozenset({443, 5671, 9093})
 CALLOUT_ERROR = "(error SEM0056)"
 """Ends every refused callout's reason, as Data Explorer's semantic error does."""
 _MEMO_SIZE = 32768  # decisions remembered per snapshot and request kind (~20 MB at most)
+_STORAGE_DOMAIN = re.compile(
+    r"(?:^|\.)(?:blob|queue|table|file|dfs|web)\.core\."
+    r"(?:windows\.net|chinacloudapi\.cn|usgovcloudapi\.net|cloudapi\.de)$")
 _STORAGE_HOST = re.compile(
     r"(?P<account>[a-z0-9]{3,24})(?P<secondary>-secondary)?\.(?:z\d+\.)?"
     r"(?:blob|queue|table|file|dfs|web)\.core\."
     r"(?:windows\.net|chinacloudapi\.cn|usgovcloudapi\.net|cloudapi\.de)")
-_ACCOUNT_ID = re.compile(
-    r"/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.storage/"
-    r"storageaccounts/(?P<name>[a-z0-9]{3,24})")
 
 
 class CompileError(InputError, ValueError):
@@ -597,38 +598,28 @@ class _StorageScope:
 
     def __init__(self, policy: Policy, refs: References) -> None:
         self.active = bool(policy.service_endpoint_policies)
-        names: set[str] = set()
-        prefixes: list[str] = []
+        entries = storage_entries(policy)
         globs: list[re.Pattern[str]] = []
-        for sep in policy.service_endpoint_policies:
-            for resource in sep.resources:
-                text = resource.strip().lower().rstrip("/")
-                found = _ACCOUNT_ID.fullmatch(text)
-                if found:
-                    names.add(found.group("name"))
-                elif text.startswith("/subscriptions/"):
-                    prefixes.append(text + "/")
-                else:
-                    names.add(text)
-            for alias in sep.aliases:
-                if alias not in refs.storage_aliases:
-                    raise CompileError(f"service endpoint policy {sep.name}: unknown alias "
-                                       f"{alias!r}",
-                                       hint="`egressguard catalog list` shows the known "
-                                            "storage aliases")
-                globs.extend(re.compile(fnmatch.translate(g.lower()))
-                             for g in refs.storage_aliases[alias])
-        inventory = {k.lower(): v.lower() for k, v in refs.storage_accounts.items()}
-        for account, resource_id in inventory.items():
-            if any(resource_id.startswith(p) for p in prefixes):
-                names.add(account)
-        self.names = frozenset(names)
+        for sep_name, alias in entries.aliases:
+            if alias not in refs.storage_aliases:
+                raise CompileError(f"service endpoint policy {sep_name}: unknown alias "
+                                   f"{alias!r}",
+                                   hint="`egressguard catalog list` shows the known "
+                                        "storage aliases")
+            globs.extend(re.compile(fnmatch.translate(g.lower()))
+                         for g in refs.storage_aliases[alias])
+        self.names = entries.accounts(refs.storage_accounts)
         self.globs = tuple(globs)
 
     def refuse(self, host: str) -> str | None:
-        """A denial reason if `host` is a storage account outside the policy, else None."""
+        """A denial reason if `host` is a storage account outside the policy, or a name
+        under a storage service's domain that names no account (`x.privatelink.blob...`,
+        which could lead anywhere), else None."""
         found = _STORAGE_HOST.fullmatch(host)
         if found is None:
+            if _STORAGE_DOMAIN.search(host) is not None:
+                return (f"{host} is under a storage service's domain but is no storage "
+                        "account host the service endpoint policy can check")
             return None
         account = found.group("account")
         if account in self.names or any(g.fullmatch(account) for g in self.globs):
