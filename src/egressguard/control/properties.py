@@ -30,6 +30,7 @@ PROPERTIES = {
     "serviceEndpointPolicies": "service_endpoint_policies",
     "trustedRanges": "trusted_ranges",
     "assertions": "assertions",
+    "calloutEnforcement": "callout_enforcement",
     "endpoints": "endpoints",
     "routes": "routes",
 }
@@ -89,6 +90,7 @@ def to_arm(version: Version) -> dict[str, Any]:
         "allowedFqdnList": list(policy.allowed_fqdn_list),
         "reportOnly": policy.report_only,
         "calloutPolicies": callouts_to_arm(policy),
+        "calloutEnforcement": policy.callout_enforcement,
         "trustedRanges": list(policy.trusted_ranges),
         "assertions": data.get("assertions", []),
     }

@@ -47,6 +47,13 @@ _ALLOWED_FQDN_PORTS = frozenset({80, 443})
 # Kafka 9093, to names only, and it makes no callouts; Data Explorer's is HTTP/HTTPS and
 # callouts.
 IOTHUB_PORTS = frozenset({443, 5671, 9093})
+# With `callout_enforcement: gateway`, the callout types a proxied connection to each port
+# may be (semantics §4 step 3): TDS, PostgreSQL and MySQL by their ports, the rest HTTPS.
+CALLOUT_PORTS: dict[int, tuple[str, ...]] = {
+    1433: ("sql",), 5432: ("postgresql",), 3306: ("mysql",),
+    443: ("kusto", "webapi", "external_data", "cosmosdb", "azure_openai",
+          "azure_digital_twins", "sandbox_artifacts"),
+}
 CALLOUT_ERROR = "(error SEM0056)"
 """Ends every refused callout's reason, as Data Explorer's semantic error does."""
 _MEMO_SIZE = 32768  # decisions remembered per snapshot and request kind (~20 MB at most)
@@ -239,6 +246,7 @@ class Snapshot:
         self._has_trusted = bool(policy.trusted_ranges)
         self._has_allowed_fqdns = bool(self._allowed_fqdns)
         self._iothub = policy.kind == "iothub"
+        self._gateway_callouts = policy.callout_enforcement == "gateway"
         self._storage = _StorageScope(policy, refs)
         self._memo_connect: dict[tuple[object, ...], Decision] = {}
         self._memo_http: dict[tuple[object, ...], Decision] = {}
@@ -405,6 +413,43 @@ class Snapshot:
         return decision
 
     def _decide(self, request: Request) -> Decision:
+        decision = self._decide_rules(request)
+        if self._gateway_callouts and (request.kind is _CONNECT or request.kind is _HTTP) \
+                and decision.port in CALLOUT_PORTS:
+            return self._gateway_callout(request, decision)
+        return decision
+
+    def _gateway_callout(self, request: Request, decision: Decision) -> Decision:
+        """A proxied connection under `callout_enforcement: gateway`: the callout layers
+        decide it as each callout type its port may carry. A denial by a rule, the guard
+        or a service endpoint policy stands; of the types, one refusal by a matching entry
+        wins over any allow (the gateway cannot tell which type the caller meant); no
+        matching entry leaves the rules' decision."""
+        if not decision.allowed and decision.layer is not _L_DEFAULT:
+            return decision
+        host_text = decision.destination.rpartition(":")[0] if decision.port else \
+            decision.destination
+        try:
+            host = normalize_host(host_text)
+        except InvalidHost:
+            return decision
+        allowed: Decision | None = None
+        for callout_type in CALLOUT_PORTS[decision.port or 0]:
+            verdict = self._decide_callout(
+                Request(kind=_CALLOUT, host=host.name, callout_type=callout_type),
+                None, host, None)
+            if verdict.layer is _L_DEFAULT:
+                continue  # no entry of this type matches
+            if not verdict.allowed:
+                return Decision(_DENY, verdict.layer, verdict.rule, verdict.reason,
+                                decision.destination, decision.port, verdict.report_only)
+            allowed = allowed or verdict
+        if allowed is not None and not decision.allowed:
+            return Decision(_ALLOW, allowed.layer, allowed.rule, allowed.reason,
+                            decision.destination, decision.port)
+        return decision
+
+    def _decide_rules(self, request: Request) -> Decision:
         url: URL | None = None
         port: int | None
         scheme: str | None

@@ -480,6 +480,10 @@ class Policy(_Strict):
     and `generic` HTTP/HTTPS 80/443 and callouts. It also picks how the resource answers
     `restrictOutboundNetworkAccess` (a boolean for IoT Hub, Enabled/Disabled otherwise)."""
     sku: Sku | None = None
+    callout_enforcement: Literal["library", "gateway"] = "library"
+    """Where the callout layers apply: `library` only to callouts an application asks
+    about (`egressguard.callout.Guard`); `gateway` also to the connections the gateway
+    proxies, by the protocol family each callout type uses (semantics §4 step 3)."""
     endpoints: list[Endpoint] = Field(default_factory=list, max_length=1000)
     routes: list[Route] = Field(default_factory=list, max_length=1000)
     restrict_outbound_network_access: ArmBool = Field(
