@@ -494,6 +494,12 @@ class Snapshot:
             # A request by name (not a flow): network rules only deny it by address, or
             # allow it when they opt in; trusted ranges lift the guard for it (step 5).
             by_name = host.ip is None and kind is not _FLOW
+            # A flow to a name is matched by its address and by its name in one rule
+            # order: the first rule that names either decides (as the kernel's sets of
+            # DNS-learned addresses do), so an earlier FQDN deny is not passed over.
+            by_fqdn = self._first_net(self._net_hosts.matches(name), protocol, port, source,
+                                      enforced) if (kind is _FLOW and host.ip is None
+                                                    and self._has_net_hosts) else None
             all_allowed = True
             for raw_ip in addresses:
                 ip = canonical_ip(raw_ip)
@@ -510,6 +516,8 @@ class Snapshot:
                                           target, port)
                     trusted = True  # through the guard; the name rules decide
                 entry = self._first_net(entries, protocol, port, source, enforced)
+                if by_fqdn is not None and (entry is None or by_fqdn.order < entry.order):
+                    entry = by_fqdn
                 if entry is not None and not entry.allow:
                     return self._from_entry(entry, _L_NETWORK, target, port,
                                             self._reevaluate(request, kind, host, url, scheme,
