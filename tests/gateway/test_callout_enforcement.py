@@ -83,3 +83,18 @@ def test_one_rule_set_one_intent_an_unrestricted_cluster_refuses_what_callouts_f
         "callout_enforcement: gateway", "")))
     assert library.decide(Request(kind=Kind.CONNECT, host="attacker.example",
                                   port=443)).allowed
+
+
+@pytest.mark.parametrize("fmt", ["squid", "azure-firewall", "cilium", "kubernetes"])
+def test_exports_refuse_what_they_could_only_widen(tmp_path, fmt: str) -> None:
+    from typer.testing import CliRunner
+
+    from egressguard.cli.main import app
+
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY)
+    result = CliRunner().invoke(app, ["export", "--format", fmt, "--policy", str(path)])
+    assert result.exit_code == 2 and "callout_enforcement: gateway" in result.output
+    path.write_text(POLICY.replace("callout_enforcement: gateway\n", ""))
+    result = CliRunner().invoke(app, ["export", "--format", fmt, "--policy", str(path)])
+    assert result.exit_code == 0, result.output
