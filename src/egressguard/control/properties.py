@@ -191,7 +191,7 @@ def _kind_of(body: dict[str, Any], keep: str | None) -> str | None:
     """The kind a body asks for: `kind`, else its `type`, else (creating) an IoT Hub SKU,
     else `keep` (the cluster's kind stays unless the body names another)."""
     if "kind" in body:
-        return str(body["kind"]) if isinstance(body["kind"], str) else body["kind"]
+        return body["kind"]  # validated with the policy (one of generic, iothub, ...)
     rtype = body.get("type")
     if isinstance(rtype, str):
         if rtype.lower() not in TYPE_KINDS:
