@@ -33,6 +33,7 @@ from egressguard.control.client import ApiPolicyRefused, Client, remote, server_
 from egressguard.control.commands import CommandSyntaxError
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import KEY_PROPERTY, from_arm, to_arm
+from egressguard.control.whatif import route_what_if
 from egressguard.enforce.tracing import Traces, TracingUnavailable
 from egressguard.keys import clusterkeys
 from egressguard.logsetup import LogFormat
@@ -205,6 +206,19 @@ def _set_value(text: str) -> Any:
     return text
 
 
+def _set_pairs(sets: list[str], extra: list[str]) -> list[str]:
+    """The `--set` pairs, with the further pairs given after one `--set` (which the option
+    parser leaves as extra arguments); anything else extra is refused."""
+    if extra and not sets:
+        raise _fail(f"unexpected argument {extra[0]!r}; pairs follow --set, e.g. --set "
+                    "properties.a=1 properties.b=2")
+    for item in extra:
+        if "=" not in item or not item.startswith("properties."):
+            raise _fail(f"unexpected argument {item!r}: expected properties.<name>=<value> "
+                        "after --set")
+    return [*sets, *extra]
+
+
 def _patch_body(sets: list[str]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for item in sets:
@@ -224,8 +238,9 @@ def _patch_body(sets: list[str]) -> dict[str, Any]:
     return {"properties": props}
 
 
-@cluster_app.command("update")
+@cluster_app.command("update", context_settings={"allow_extra_args": True})
 def cluster_update(
+    ctx: typer.Context,
     name: NameOpt = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="properties.<name>=<value>, e.g. "
@@ -235,12 +250,17 @@ def cluster_update(
     remove_fqdn: Annotated[list[str] | None, typer.Option(
         "--remove-allowed-fqdn", "--removeAllowedFQDN",
         help="remove from allowedFqdnList")] = None,
+    what_if: Annotated[bool, typer.Option(
+        "--what-if", help="change nothing: list the routes (and file upload, identity "
+                          "export) that work now and would stop working")] = False,
     store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
     output: OutputOpt = "table",
 ) -> None:
-    """Update a cluster's properties; each update is a new version."""
+    """Update a cluster's properties; each update is a new version. As with `az resource
+    update`, one `--set` takes several pairs: `--set properties.a=1 properties.b=2`."""
     name, client = config.cluster(name), _remote(store, api, token)
-    body = _patch_body(set_ or [])
+    set_ = _set_pairs(set_ or [], list(ctx.args))
+    body = _patch_body(set_)
     if client:
         path = client.cluster_path(name)
         if add_fqdn or remove_fqdn:
@@ -248,6 +268,9 @@ def cluster_update(
             fqdns = _edit_fqdns(current["properties"]["allowedFqdnList"], body, add_fqdn,
                                 remove_fqdn)
             body["properties"]["allowedFqdnList"] = fqdns
+        if what_if:
+            _emit_what_if(_call(client, "POST", f"{path}/whatIf", body), output)
+            return
         resource = _call(client, "PATCH", path, body)
     else:
         with _store(store) as st:
@@ -256,6 +279,9 @@ def cluster_update(
                                 remove_fqdn)
             if fqdns is not None:
                 body["properties"]["allowedFqdnList"] = fqdns
+            if what_if:
+                _emit_what_if(route_what_if(version.policy, body), output)
+                return
             policy = from_arm(body, version.policy)
             try:
                 keyed = clusterkeys.apply(st, name, body["properties"], _user())
@@ -268,6 +294,59 @@ def cluster_update(
                 version = st.commit(name, policy, _user(), summary[:300])
             resource = clusterkeys.annotate(st, to_arm(version))
     _emit(resource, output, _resource_table(resource))
+
+
+def _emit_what_if(result: dict[str, Any], output: str) -> None:
+    table = Table("Route", "Endpoint", "Destination", "Rule", "Reason",
+                  title="routes that would stop working (nothing changed)")
+    for c in result["stopsWorking"]:
+        table.add_row(_cell(c["route"]), _cell(c["endpoint"]), _cell(c["destination"]),
+                      _cell(c["rule"]), _cell(c["reason"]))
+    if output != "json" and not result["stopsWorking"]:
+        typer.echo("no route would stop working (nothing changed)")
+        return
+    _emit(result, output, table)
+
+
+@cluster_app.command("endpoints")
+def cluster_endpoints(
+    name: NameOpt = None,
+    window: Annotated[str, typer.Option(
+        "--window", help="how far back observed decisions count (e.g. 15m, 1h, 1d)")] = "1h",
+    store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """A cluster's endpoints: derived destinations, routes, and health (healthy,
+    unhealthy, degraded, dead, unknown) from the decisions observed for each."""
+    from urllib.parse import quote
+
+    name, api = config.cluster(name), config.api_url(api)
+    if api:
+        rows = _api("GET", api, token,
+                    f"/v1/clusters/{name}/endpoints?window={quote(window)}")["value"]
+    else:
+        from egressguard.audit.db import make_engine, migrate
+        from egressguard.audit.query import QueryError, parse_duration
+        from egressguard.control.endpoints import endpoint_health
+
+        try:
+            seconds = parse_duration(window)
+        except QueryError as exc:
+            raise _fail(f"--window: {exc}") from None
+        with _store(store) as st:
+            policy = st.current(name).policy
+            engine = make_engine(st.url)
+            try:
+                migrate(engine)
+                rows = endpoint_health(engine, name, policy, seconds)
+            finally:
+                engine.dispose()
+    table = Table("Endpoint", "Type", "Destination", "Routes", "Health",
+                  title=f"cluster {name} endpoints (last {window})")
+    for r in rows:
+        table.add_row(_cell(r["name"]), r["type"], _cell(r["destination"]),
+                      _cell(", ".join(r["routes"])), r["health"])
+    _emit(rows, output, table)
 
 
 @cluster_app.command("create")

@@ -38,6 +38,7 @@ AREAS: dict[str, str] = {
     "catalog": "egressguard.cli.catalog",
     "profile": "egressguard.cli.catalog",
     "servicetags": "egressguard.cli.catalog",
+    "storage-accounts": "egressguard.cli.catalog",
     "logs": "egressguard.cli.evidence",
     "recommend": "egressguard.cli.evidence",
     "analyze": "egressguard.cli.analysis",

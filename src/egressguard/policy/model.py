@@ -241,10 +241,22 @@ class ApplicationRule(_Strict):
     sources: list[Source] = Field(default_factory=list)
     description: Description = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tags_default_to_https(cls, data: Any) -> Any:
+        """FQDN tags stand for HTTPS egress, as Azure Firewall's do: a rule naming them
+        defaults to `https:443` (not the http:80 + https:443 of other rules)."""
+        if isinstance(data, dict) and data.get("fqdn_tags") and "protocols" not in data:
+            return {**data, "protocols": ["https:443"]}
+        return data
+
     @model_validator(mode="after")
     def _has_target(self) -> ApplicationRule:
         if not self.targets and not self.fqdn_tags:
             raise ValueError(f"rule {self.name!r} needs targets or fqdn_tags")
+        if self.fqdn_tags and any(p.protocol != "https" for p in self.protocols):
+            raise ValueError(f"rule {self.name!r}: FQDN tags allow HTTPS only (as Azure "
+                             "Firewall's do); put plain-HTTP targets in a rule of their own")
         return self
 
 
@@ -464,11 +476,99 @@ class Budget(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("per: each of destination and identity at most once")
         return value
+EndpointType = Literal["eventhub", "servicebus_queue", "servicebus_topic", "storage_container",
+                       "builtin", "file_upload", "identity_export"]
+EndpointProtocol = Literal["amqp", "amqp_websockets", "kafka", "https"]
+# What each endpoint type can egress over (the first is its default): Event Hubs and the
+# built-in (Event Hub-compatible) endpoint take AMQP, AMQP over WebSockets and Kafka,
+# Service Bus AMQP and AMQP over WebSockets, storage HTTPS.
+ENDPOINT_PROTOCOLS: dict[str, tuple[str, ...]] = {
+    "eventhub": ("amqp", "amqp_websockets", "kafka"),
+    "builtin": ("amqp", "amqp_websockets", "kafka"),
+    "servicebus_queue": ("amqp", "amqp_websockets"),
+    "servicebus_topic": ("amqp", "amqp_websockets"),
+    "storage_container": ("https",),
+    "file_upload": ("https",),
+    "identity_export": ("https",),
+}
+RouteSource = Literal["DeviceMessages", "TwinChangeEvents", "DeviceLifecycleEvents",
+                      "DeviceJobLifecycleEvents", "DigitalTwinChangeEvents",
+                      "DeviceConnectionStateEvents", "Invalid"]
+
+
+def _exact_host(value: str) -> str:
+    if "*" in value or value.startswith("."):
+        raise ValueError(f"endpoint host {value!r} must be one name, not a pattern")
+    return value
+
+
+class Endpoint(_Strict):
+    """An IoT Hub egress destination: a routing custom endpoint (Event Hubs, a Service Bus
+    queue or topic, a storage container), the built-in endpoint, or the storage that file
+    upload and identity export write to. Where it connects is derived from `host` and
+    `protocol` (`egressguard.engine.routes`), not written."""
+
+    name: Name
+    type: EndpointType
+    host: Annotated[HostPattern, AfterValidator(_exact_host)]
+    entity: Annotated[str, StringConstraints(max_length=260)] = ""
+    """The event hub, queue, topic or container name (shown, not matched)."""
+    protocol: EndpointProtocol | None = None
+
+    @model_validator(mode="after")
+    def _protocol_fits(self) -> Endpoint:
+        allowed = ENDPOINT_PROTOCOLS[self.type]
+        if self.protocol is not None and self.protocol not in allowed:
+            raise ValueError(f"endpoint {self.name!r}: a {self.type} endpoint takes "
+                             f"{', '.join(allowed)}, not {self.protocol}")
+        return self
+
+    @property
+    def wire(self) -> str:
+        """The protocol it egresses over (the type's default unless one is given)."""
+        return self.protocol or ENDPOINT_PROTOCOLS[self.type][0]
+
+
+class Route(_Strict):
+    """A message route: messages of `source` go to the endpoint named `endpoint`."""
+
+    name: Name
+    source: RouteSource = "DeviceMessages"
+    endpoint: Name
+    enabled: bool = True
+
+
+ClusterKind = Literal["generic", "iothub", "dataexplorer"]
+CLUSTER_KINDS: tuple[str, ...] = ("generic", "iothub", "dataexplorer")
+
+
+class Sku(_Strict):
+    """The ARM `sku` of the resource a cluster stands for (IoT Hub `S1`, a Data Explorer
+    size): kept and answered back so that a seed's PUT body round-trips; it decides
+    nothing."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    tier: Annotated[str, StringConstraints(max_length=64)] | None = None
+    capacity: int | None = Field(None, ge=0, le=1_000_000)
+    size: Annotated[str, StringConstraints(max_length=64)] | None = None
+    family: Annotated[str, StringConstraints(max_length=64)] | None = None
 
 
 class Policy(_Strict):
     """One cluster's complete outbound-access policy."""
 
+    kind: ClusterKind = "generic"
+    """What the allowed-FQDN list opens (semantics §4 step 6): `iothub` the IoT Hub
+    endpoint protocols (HTTPS 443, AMQP 5671, Kafka 9093; no callouts), `dataexplorer`
+    and `generic` HTTP/HTTPS 80/443 and callouts. It also picks how the resource answers
+    `restrictOutboundNetworkAccess` (a boolean for IoT Hub, Enabled/Disabled otherwise)."""
+    sku: Sku | None = None
+    callout_enforcement: Literal["library", "gateway"] = "library"
+    """Where the callout layers apply: `library` only to callouts an application asks
+    about (`egressguard.callout.Guard`); `gateway` also to the connections the gateway
+    proxies, by the protocol family each callout type uses (semantics §4 step 3)."""
+    endpoints: list[Endpoint] = Field(default_factory=list, max_length=1000)
+    routes: list[Route] = Field(default_factory=list, max_length=1000)
     restrict_outbound_network_access: ArmBool = Field(
         default=False,
         validation_alias=AliasChoices("restrict_outbound_network_access",
@@ -492,6 +592,17 @@ class Policy(_Strict):
     def immutable_callouts(self) -> tuple[CalloutRule, ...]:
         """The built-in layer; it cannot be edited, only dropped by restricting access."""
         return IMMUTABLE_CALLOUTS
+
+    @model_validator(mode="after")
+    def _routes_name_endpoints(self) -> Policy:
+        names = [e.name for e in self.endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError("endpoint names must be unique")
+        for route in self.routes:
+            if route.endpoint not in names:
+                raise ValueError(f"route {route.name!r}: no endpoint named "
+                                 f"{route.endpoint!r}")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Policy:

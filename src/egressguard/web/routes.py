@@ -24,6 +24,7 @@ from egressguard.control.auth import (
     READ_POLICY,
     Principal,
 )
+from egressguard.control.endpoints import endpoint_health
 from egressguard.store import NotFound
 from egressguard.web import data, proposals, replay, session, streams, views
 from egressguard.web.common import (
@@ -101,6 +102,8 @@ def overview(request: Request, cluster: Cluster = "default", window: Window = "1
         opened = sealer if page.audit else None
         page.live = [data.visible(r, page.audit) for r in data.recent_decisions(
             engine, opened, cluster, view.outcome, view.dest)]
+        if page.policy is not None and current.policy.endpoints:
+            page.endpoints = endpoint_health(engine, cluster, current.policy, view.seconds)
     if page.audit:
         engine, sealer = reader(request)
         page.destinations = data.top_destinations(engine, cluster, since)

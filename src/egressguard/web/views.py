@@ -87,6 +87,7 @@ class Overview:
     gateway_report_only: bool = False   # this process's gateway runs --report-only
     denied: list[DeniedDestination] | None = None
     live: list[dict[str, Any]] | None = None
+    endpoints: list[dict[str, Any]] | None = None  # IoT Hub endpoints with their health
 
 
 def version_href(cluster: str, number: int) -> str:
@@ -152,6 +153,16 @@ def destinations_panel(rows: list[Destination], window: str) -> Raw:
     chart = chart_box("chart-bytes", f"Bytes sent per destination over the last {window}")
     body = join([chart, body, note])
     return panel(f"Top destinations by bytes sent (last {window})", body, ident="exfiltration")
+
+
+def endpoints_panel(rows: list[dict[str, Any]], window: str) -> Raw:
+    """The cluster's endpoints and their health from the decisions observed."""
+    body = table(["Endpoint", "Type", "Destination", "Routes", "Health"],
+                 [(r["name"], r["type"], tag("code", host(str(r["destination"]))),
+                   ", ".join(r["routes"]), tag("span", r["health"],
+                                               class_=f"badge health-{r['health']}"))
+                  for r in rows], empty="No endpoints.")
+    return panel(f"Endpoints (health over the last {window})", body, ident="endpoints")
 
 
 def chart_box(ident: str, label: str) -> Raw:
@@ -317,6 +328,8 @@ def overview(o: Overview) -> str:
                  else not_permitted("Policy in force", o.role, POLICY_ROLES))
     parts.append(decisions_panel(o.decisions, o.window) if o.decisions is not None
                  else not_permitted("Decisions", o.role, DECISION_ROLES))
+    if o.endpoints:
+        parts.append(endpoints_panel(o.endpoints, o.window))
     if o.live is not None:
         parts.append(live_panel(o.live, o.audit, o.cluster, o.can_propose))
     if o.denied is not None:
