@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import Engine
 
-from egressguard.audit.crypto import Sealer, load_or_create_key
+from egressguard.audit.crypto import EnvelopeSealer, Sealer, load_or_create_key
 from egressguard.audit.db import make_engine, migrate
 from egressguard.audit.query import Filter, QueryError, parse_since, query, verify
 from egressguard.control.auth import Principal, require_role
@@ -25,12 +25,12 @@ MAX_ID = 2**63 - 1   # ids are BIGINT: a larger cursor is a 422, not a driver ov
 _lock = threading.Lock()
 
 
-def reader(request: Request) -> tuple[Engine, Sealer]:
+def reader(request: Request) -> tuple[Engine, Sealer | EnvelopeSealer]:
     """The engine and key to read the audit log with (built once per app)."""
     state = request.app.state
     log = getattr(state, "audit", None)
     if log is not None:
-        return log.engine, log.sealer
+        return log.engine, log.reader
     with _lock:
         cached = getattr(state, "audit_reader", None)
         if cached is None:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
     from egressguard.fleet import Leader
     from egressguard.fleet.coldstart import ColdStart
+    from egressguard.keys.runtime import ClusterKey, Suspendable
     from egressguard.source import LivePolicy
     from egressguard.store import Store
 
@@ -85,6 +86,10 @@ def serve(
         help="warn when bytes sent to one destination within --exfil-window exceed this")
     ] = None,
     exfil_window: Annotated[str, typer.Option(help="window of --exfil-threshold")] = "1h",
+    key_check_interval: Annotated[float, typer.Option(
+        help="seconds between checks of the cluster's customer-managed key: revocation "
+             "suspends and recovery resumes within this; an unset keyVersion follows the "
+             "latest within it", min=0.1, max=60.0)] = 5.0,
     audit_timeout: Annotated[float, typer.Option(
         help="seconds a refusal waits for its audit record to be durable (then refuses "
              "anyway and logs it)")] = 5.0,
@@ -141,6 +146,7 @@ def serve(
             for name, ips in parse_hosts_file(hosts_file).items():
                 static.setdefault(name, []).extend(ips)
         parts.open(store, cluster, policy, need_store=api or audit or policy is None)
+        parts.open_key(cluster, key_check_interval)
         if audit:
             parts.open_audit(audit_writer, audit_max_age, audit_max_rows, exfil_threshold,
                              exfil_window)
@@ -159,6 +165,7 @@ def serve(
     assert parts.holder is not None
     gateway = Gateway(parts.holder, parts.sink, Resolver(static, system=system_resolver),
                       limits, report_only=report_only, cluster=cluster)
+    parts.bind_key(gateway.checkpoint)
     try:
         _run(_serve(gateway, parts, host, port, api_address, allow_cidr or None,
                     api_max_body))
@@ -204,6 +211,7 @@ class _Parts:
     leader: Leader | None = None
     cold: ColdStart | None = None
     url: str = ""  # the store's URL (also while it is down, for the audit log)
+    key: ClusterKey | None = None  # the cluster's customer-managed key, if it names one
 
     @property
     def holder(self) -> SnapshotHolder | None:
@@ -268,6 +276,38 @@ class _Parts:
         self.url = url.render_as_string(hide_password=False)
         return True
 
+    def open_key(self, cluster: str, check_interval: float) -> None:
+        """The cluster's customer-managed key (docs/keys.md), when the store is up and the
+        cluster names one: audit batches are sealed under it and a revoked key suspends
+        the gateway. A store that cannot be read fails the start (never the local key
+        by mistake); a cold start (store down) runs on the local key, as before."""
+        from egressguard.keys.runtime import ClusterKey
+
+        if self.store is None:
+            return
+        self.key = ClusterKey.open(self.url, cluster, check_interval=check_interval)
+
+    def bind_key(self, checkpoint: Suspendable) -> None:
+        """Suspend `checkpoint` while the key is unavailable; record each transition."""
+        if self.key is None:
+            return
+        import os
+        import socket
+
+        from egressguard.audit.system import SystemEvents
+        from egressguard.keys.runtime import bind
+
+        if self.audit_log is not None:
+            engine = self.audit_log.engine
+        else:
+            from egressguard.audit.db import make_engine, migrate
+
+            engine = make_engine(self.url)
+            migrate(engine)
+        events = SystemEvents(engine, self.key.cluster,
+                              f"{socket.gethostname()}:{os.getpid()}")
+        bind(self.key, [checkpoint], events.record)
+
     def open_audit(self, writer: str, max_age: str | None, max_rows: int | None,
                    exfil_threshold: int | None, exfil_window: str) -> None:
         from egressguard.audit.compose import audit_sink
@@ -283,12 +323,14 @@ class _Parts:
             from egressguard.fleet.jobs import retention_job
 
             # Once per fleet, by the advisory-lock leader, not in every gateway's writer.
-            self.leader = Leader(url, [retention_job(url, retention)]).start()
+            self.leader = Leader(url, [retention_job(
+                url, retention, self.key.envelope if self.key else None)]).start()
         self.sink, self.audit_log = audit_sink(
             url,
             exfil_threshold=exfil_threshold,
             exfil_window_s=parse_duration(exfil_window),
-            writer="thread" if writer == "thread" else "process")
+            writer="thread" if writer == "thread" else "process",
+            cluster_key=self.key)
 
     def close(self) -> None:
         if self.leader is not None:
@@ -299,6 +341,8 @@ class _Parts:
             self.cold.stop()
         if self.audit_log is not None:
             self.audit_log.close()
+        if self.key is not None:
+            self.key.close()
         if self.store is not None:
             self.store.close()
 
