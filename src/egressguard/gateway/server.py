@@ -96,8 +96,6 @@ class Gateway:
 
     def admit(self, client: ClientConnection) -> str | None:
         """Take `client` on, or say why not (it is then answered 503 and closed)."""
-        if self.checkpoint.suspended is not None:   # fail closed: the key is gone
-            return f"cluster suspended: {self.checkpoint.suspended}"
         source = client.source
         from_source = self.per_source.get(source, 0)
         refusal = admission_refusal(self.limits, len(self.clients), from_source,
@@ -151,7 +149,9 @@ class Gateway:
 
     def _suspension(self, reason: str | None) -> None:
         """The checkpoint's hook (any thread): on suspension close every connection and
-        tunnel (new ones are refused by `admit`) and drop the idle upstream pool."""
+        tunnel and drop the idle upstream pool; each new request is answered 503 with the
+        reason once its head is read (`ClientConnection._dispatch`: answering before
+        reading it would reset the connection and lose the answer)."""
         if reason is not None and self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._close_all, "suspended")
 
