@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
     from egressguard.fleet import Leader
     from egressguard.fleet.coldstart import ColdStart
-    from egressguard.keys.runtime import ClusterKey, Suspendable
+    from egressguard.keys.runtime import ClusterKey, StoreKeys, Suspendable
     from egressguard.source import LivePolicy
     from egressguard.store import Store
 
@@ -145,8 +145,8 @@ def serve(
         if hosts_file is not None:
             for name, ips in parse_hosts_file(hosts_file).items():
                 static.setdefault(name, []).extend(ips)
-        parts.open(store, cluster, policy, need_store=api or audit or policy is None)
-        parts.open_key(cluster, key_check_interval)
+        parts.open(store, cluster, policy, need_store=api or audit or policy is None,
+                   key_check_interval=key_check_interval)
         if audit:
             parts.open_audit(audit_writer, audit_max_age, audit_max_rows, exfil_threshold,
                              exfil_window)
@@ -212,6 +212,7 @@ class _Parts:
     cold: ColdStart | None = None
     url: str = ""  # the store's URL (also while it is down, for the audit log)
     key: ClusterKey | None = None  # the cluster's customer-managed key, if it names one
+    store_keys: StoreKeys | None = None  # every cluster's key, for sealed policy versions
 
     @property
     def holder(self) -> SnapshotHolder | None:
@@ -220,7 +221,7 @@ class _Parts:
         return self.cold.holder if self.cold is not None else None  # store down at start
 
     def open(self, store_url: str | None, cluster: str, policy: Path | None,
-             need_store: bool) -> None:
+             need_store: bool, key_check_interval: float = 5.0) -> None:
         """Open the store (for the API, the audit log and store mode), then the policy
         source; the file watcher's thread waits for `_serve` (`live.start()`)."""
         from egressguard.source import follow
@@ -237,6 +238,7 @@ class _Parts:
                     raise
                 return
             self.url = self.store.url.render_as_string(hide_password=False)
+            self.open_key(cluster, key_check_interval)
         if policy is None:
             assert self.store is not None
             self._check_cluster(self.store, cluster)
@@ -281,11 +283,14 @@ class _Parts:
         cluster names one: audit batches are sealed under it and a revoked key suspends
         the gateway. A store that cannot be read fails the start (never the local key
         by mistake); a cold start (store down) runs on the local key, as before."""
-        from egressguard.keys.runtime import ClusterKey
+        from egressguard.keys.runtime import ClusterKey, seal_store
 
         if self.store is None:
             return
         self.key = ClusterKey.open(self.url, cluster, check_interval=check_interval)
+        # Policy versions of every cluster sealed under (and opened with) its own key.
+        self.store_keys = seal_store(self.store, known=[self.key] if self.key else [],
+                                     check_interval=check_interval)
 
     def bind_key(self, checkpoint: Suspendable) -> None:
         """Suspend `checkpoint` while the key is unavailable; record each transition."""
@@ -341,6 +346,8 @@ class _Parts:
             self.cold.stop()
         if self.audit_log is not None:
             self.audit_log.close()
+        if self.store_keys is not None:
+            self.store_keys.close()
         if self.key is not None:
             self.key.close()
         if self.store is not None:

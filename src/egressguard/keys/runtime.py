@@ -132,3 +132,54 @@ def bind(key: ClusterKey, points: Iterable[Suspendable],
     key.listen(changed)
     env = key.envelope
     apply(RUNNING if env.state == RUNNING else SUSPENDED, env.reason)
+
+
+class StoreKeys:
+    """The store's `sealing.Resolver`: each cluster's envelope, opened on first use and
+    kept (so its check runs every `check_interval`); a cluster without a key is asked
+    again after `recheck_s` (its key may be set meanwhile). `known` are keys this process
+    already holds (serve's own cluster), shared rather than opened twice."""
+
+    def __init__(self, store_url: str, *, check_interval: float = CHECK_INTERVAL,
+                 known: Iterable[ClusterKey] = (), recheck_s: float = 5.0) -> None:
+        import threading
+
+        self.store_url = store_url
+        self.check_interval = check_interval
+        self.recheck_s = recheck_s
+        self._keys: dict[str, ClusterKey] = {k.cluster: k for k in known}
+        self._owned: list[ClusterKey] = []
+        self._none: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, cluster: str) -> Envelope | None:
+        import time
+
+        with self._lock:
+            found = self._keys.get(cluster)
+            if found is not None:
+                return found.envelope
+            if time.monotonic() < self._none.get(cluster, 0.0):
+                return None
+            key = ClusterKey.open(self.store_url, cluster,
+                                  check_interval=self.check_interval)
+            if key is None:
+                self._none[cluster] = time.monotonic() + self.recheck_s
+                return None
+            self._keys[cluster] = key
+            self._owned.append(key)
+            return key.envelope
+
+    def close(self) -> None:
+        for key in self._owned:
+            key.close()
+
+
+def seal_store(store: Any, *, known: Iterable[ClusterKey] = (),
+               check_interval: float = CHECK_INTERVAL) -> StoreKeys:
+    """Have `store` seal each cluster's policy versions under the cluster's key (and open
+    sealed ones); returns the resolver, to `close()` with the store."""
+    keys = StoreKeys(store.url.render_as_string(hide_password=False),
+                     check_interval=check_interval, known=known)
+    store.seal_with(keys)
+    return keys
