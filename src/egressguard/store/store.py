@@ -258,19 +258,21 @@ class Store:
         `sealing`; `keys.runtime.StoreKeys` is the resolver a process installs)."""
         self.sealers = sealers
 
-    def _sealer(self, name: str) -> sealing.FieldSealer | None:
+    def sealer_for(self, name: str) -> sealing.FieldSealer | None:
+        """The sealer of `name`'s key (None: store in clear); the hook for every row kept
+        per cluster (policy versions here; identity metadata in `identity/`)."""
         return self.sealers(name) if self.sealers is not None else None
 
     def _policy_text(self, name: str, row: VersionRow) -> str:
         """A version's policy text, opened if it is sealed."""
         if not sealing.is_sealed(row.policy):
             return row.policy
-        return sealing.open_text(self._sealer(name), row.policy,
+        return sealing.open_text(self.sealer_for(name), row.policy,
                                  sealing.policy_aad(name, row.number),
                                  f"policy version {name}@{row.number}", StoreUnavailable)
 
     def _sealed_policy(self, name: str, number: int, body: str) -> str:
-        return sealing.seal_text(self._sealer(name), body, sealing.policy_aad(name, number))
+        return sealing.seal_text(self.sealer_for(name), body, sealing.policy_aad(name, number))
 
     def _version(self, name: str, row: VersionRow) -> Version:
         body = self._policy_text(name, row)
