@@ -124,3 +124,49 @@ def test_a_sealed_version_moved_to_another_number_does_not_open(
                      .values(policy=stored(store)[a.number]))
     with pytest.raises(StoreUnavailable, match=r"altered|tampered|does not open"):
         store.current("default")
+
+
+def test_the_cli_applies_and_shows_sealed_versions_and_a_process_without_the_key_cannot(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """`egressguard apply` / `versions show` as processes: the version is sealed at rest,
+    shown in clear with the master key, refused with the reason without it."""
+    import os
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).parent / "egressguard")
+    env = {**os.environ, "EGRESSGUARD_HOME": str(tmp_path / "home"),
+           "EGRESSGUARD_MASTER_KEY": base64.b64encode(MASTER).decode()}
+    store = Store(sqlite_url)
+    vault = KeyVault(sqlite_url, "cmk", master_key=MASTER)
+    vault.create_key("audit", "RSA", 2048)
+    vault.grant("gateway", "get,wrapKey,unwrapKey")
+    clusterkeys.put(store.engine, sqlite_url, MASTER, "default",
+                    {"keyName": "audit", "keyVaultUri": "vault://cmk",
+                     "userIdentity": "gateway"}, "t")
+    vault.close()
+    file = tmp_path / "p.yaml"
+    file.write_text("restrict_outbound_network_access: Enabled\n"
+                    "application_rule_collections:\n"
+                    "  - name: apps\n    priority: 100\n    action: allow\n    rules:\n"
+                    "      - {name: cli-rule, targets: [cli.example.com], "
+                    "protocols: ['https:443']}\n")
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args, "--store", sqlite_url], capture_output=True,
+                              text=True, env={**env, **extra}, timeout=60)
+
+    applied = cli("apply", "-f", str(file), "--cluster", "default")
+    assert applied.returncode == 0, applied.stderr
+    number = max(stored(store))
+    assert stored(store)[number].startswith(PREFIX)
+    assert "cli.example.com" not in stored(store)[number]
+    shown = cli("versions", "show", str(number), "-n", "default")
+    assert shown.returncode == 0, shown.stderr
+    assert "cli.example.com" in shown.stdout
+    wrong = cli("versions", "show", str(number), "-n", "default",
+                EGRESSGUARD_MASTER_KEY=base64.b64encode(bytes(32)).decode())
+    assert wrong.returncode != 0
+    assert "cli.example.com" not in wrong.stdout
+    assert "Traceback" not in wrong.stderr
+    store.close()

@@ -31,3 +31,17 @@ def audit_sink(url: str | None = None, *, retention: Retention | None = None,
     if exfil_threshold is None:
         return log, log
     return FanoutSink([log, ExfilMonitor(exfil_threshold, exfil_window_s, warn_to=log)]), log
+
+
+def suspend_with_key(cluster_key: Any, points: list[Any], engine: Any) -> None:
+    """Bind enforcement points' checkpoints to the cluster's key (`keys.runtime.bind`):
+    suspended while it is unavailable, resumed when it returns, each transition written
+    to `engine`'s `audit_system` as a system event naming this host and process."""
+    import os
+    import socket
+
+    from egressguard.audit.system import SystemEvents
+    from egressguard.keys.runtime import bind
+
+    events = SystemEvents(engine, cluster_key.cluster, f"{socket.gethostname()}:{os.getpid()}")
+    bind(cluster_key, points, events.record)

@@ -60,10 +60,7 @@ def _fail(message: str) -> typer.Exit:
 
 @contextmanager
 def _store(url: str | None) -> Iterator[Store]:
-    from egressguard.keys.runtime import seal_store
-
     store = open_store(url)  # errors: the top-level handler (cli/main.py)
-    keys = seal_store(store)  # policy versions sealed under each cluster's key
     try:
         yield store
     except CommandSyntaxError as exc:
@@ -72,7 +69,6 @@ def _store(url: str | None) -> Iterator[Store]:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
-        keys.close()
         store.close()
 
 

@@ -111,9 +111,6 @@ def apply(
     except SQLAlchemyError as exc:
         raise _fail(f"cannot open the store: {exc.__class__.__name__} (is it reachable? "
                     "see `egressguard config show`)") from None
-    from egressguard.keys.runtime import seal_store
-
-    keys = seal_store(st)  # the version is sealed under the cluster's key, if it has one
     try:
         try:
             current = st.current(name)
@@ -151,7 +148,6 @@ def apply(
     except SQLAlchemyError as exc:
         raise _fail(f"store failed: {exc.__class__.__name__}") from None
     finally:
-        keys.close()
         st.close()
 
 

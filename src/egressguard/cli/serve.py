@@ -296,11 +296,7 @@ class _Parts:
         """Suspend `checkpoint` while the key is unavailable; record each transition."""
         if self.key is None:
             return
-        import os
-        import socket
-
-        from egressguard.audit.system import SystemEvents
-        from egressguard.keys.runtime import bind
+        from egressguard.audit.compose import suspend_with_key
 
         if self.audit_log is not None:
             engine = self.audit_log.engine
@@ -309,9 +305,7 @@ class _Parts:
 
             engine = make_engine(self.url)
             migrate(engine)
-        events = SystemEvents(engine, self.key.cluster,
-                              f"{socket.gethostname()}:{os.getpid()}")
-        bind(self.key, [checkpoint], events.record)
+        suspend_with_key(self.key, [checkpoint], engine)
 
     def open_audit(self, writer: str, max_age: str | None, max_rows: int | None,
                    exfil_threshold: int | None, exfil_window: str) -> None:

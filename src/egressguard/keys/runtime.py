@@ -171,8 +171,17 @@ class StoreKeys:
             return key.envelope
 
     def close(self) -> None:
-        for key in self._owned:
+        with self._lock:
+            owned, self._owned = self._owned, []
+            for key in owned:
+                self._keys.pop(key.cluster, None)
+        for key in owned:
             key.close()
+
+    @classmethod
+    def for_store(cls, store: Any) -> StoreKeys:
+        """The factory `store.sealing.install` takes (the CLI installs it)."""
+        return cls(store.url.render_as_string(hide_password=False))
 
 
 def seal_store(store: Any, *, known: Iterable[ClusterKey] = (),
@@ -181,5 +190,5 @@ def seal_store(store: Any, *, known: Iterable[ClusterKey] = (),
     sealed ones); returns the resolver, to `close()` with the store."""
     keys = StoreKeys(store.url.render_as_string(hide_password=False),
                      check_interval=check_interval, known=known)
-    store.seal_with(keys)
+    store.seal_with(keys)  # (closes the resolver the store had)
     return keys

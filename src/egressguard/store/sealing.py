@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from egressguard.errors import EgressguardError
 
@@ -33,6 +33,19 @@ class FieldSealer(Protocol):
 
 
 Resolver = Callable[[str], FieldSealer | None]
+# What a composition root installs (the CLI: `keys.runtime.StoreKeys.for_store`) so that
+# every `Store` the process opens, including the policy sources' own, seals per cluster.
+_factory: Callable[[Any], Resolver | None] | None = None
+
+
+def install(factory: Callable[[Any], Resolver | None] | None) -> None:
+    """Give every `Store` opened from now on the resolver `factory(store)` returns."""
+    global _factory
+    _factory = factory
+
+
+def resolver_for(store: Any) -> Resolver | None:
+    return _factory(store) if _factory is not None else None
 
 
 def is_sealed(stored: str) -> bool:

@@ -214,7 +214,7 @@ class Store:
         self._write_lock = threading.Lock()
         migrate(self.engine)
         # Cluster name -> the sealer of its customer-managed key (`sealing`); None: clear.
-        self.sealers: sealing.Resolver | None = None
+        self.sealers: sealing.Resolver | None = sealing.resolver_for(self)
         # (Only the existence is read: a sealed default version needs no key to open.)
         if create_default and self.latest_number(DEFAULT_CLUSTER) is None:
             self.ensure_cluster(DEFAULT_CLUSTER, default_policy(), "system",
@@ -225,6 +225,9 @@ class Store:
         return self.url.get_backend_name()
 
     def close(self) -> None:
+        close = getattr(self.sealers, "close", None)
+        if callable(close):
+            close()
         self.engine.dispose()
 
     def __enter__(self) -> Store:
@@ -256,6 +259,9 @@ class Store:
     def seal_with(self, sealers: sealing.Resolver | None) -> None:
         """Seal what is stored per cluster under the cluster's key from now on (see
         `sealing`; `keys.runtime.StoreKeys` is the resolver a process installs)."""
+        close = getattr(self.sealers, "close", None)
+        if self.sealers is not sealers and callable(close):
+            close()
         self.sealers = sealers
 
     def sealer_for(self, name: str) -> sealing.FieldSealer | None:
