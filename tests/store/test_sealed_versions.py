@@ -91,14 +91,22 @@ def test_versions_are_sealed_at_rest_and_old_ones_read_after_rotation(
 
 
 def test_without_the_key_or_while_suspended_a_sealed_version_is_refused_not_garbage(
-        keyed: tuple[Store, KeyVault, StoreKeys], store_url: str) -> None:
+        keyed: tuple[Store, KeyVault, StoreKeys], store_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     store, vault, keys = keyed
     store.commit("default", policy("sealed"), "t", "s")  # type: ignore[arg-type]
-    other = Store(store_url)  # no resolver: a process without the cluster's key
+    other = Store(store_url)
+    other.seal_with(None)  # a process that has no customer key at all
     try:
         with pytest.raises(StoreUnavailable, match="sealed under a customer-managed key"):
             other.current("default")
+        # ... or one whose master key is not the vault's: the key does not unwrap.
+        other.seal_with(StoreKeys(store_url))
+        monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(bytes(32)).decode())
+        with pytest.raises(StoreUnavailable, match="does not open under this master key"):
+            other.current("default")
     finally:
+        monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(MASTER).decode())
         other.close()
     vault.set_enabled("audit", False)
     envelope = keys("default")
