@@ -25,6 +25,16 @@ MAX_ID = 2**63 - 1   # ids are BIGINT: a larger cursor is a 422, not a driver ov
 _lock = threading.Lock()
 
 
+def _reader(engine: Engine) -> EnvelopeSealer:
+    """The local audit key, and the configured cluster's key for batches sealed under it."""
+    from egressguard import config
+    from egressguard.keys.runtime import reader_envelope
+
+    url = engine.url.render_as_string(hide_password=False)
+    return EnvelopeSealer(reader_envelope(url, config.cluster(None)),
+                          legacy=Sealer(load_or_create_key()))
+
+
 def reader(request: Request) -> tuple[Engine, Sealer | EnvelopeSealer]:
     """The engine and key to read the audit log with (built once per app)."""
     state = request.app.state
@@ -41,7 +51,7 @@ def reader(request: Request) -> tuple[Engine, Sealer | EnvelopeSealer]:
                 url = default_store_url()
             engine = make_engine(url)
             migrate(engine)
-            cached = state.audit_reader = (engine, Sealer(load_or_create_key()))
+            cached = state.audit_reader = (engine, _reader(engine))
     return cached
 
 

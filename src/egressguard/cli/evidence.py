@@ -53,18 +53,10 @@ def _open(url: str | None) -> tuple[Engine, EnvelopeSealer]:
 
 def _envelope(engine: Engine) -> Any:
     from egressguard import config
-    from egressguard.keys.provider import KeyUnavailable
-    from egressguard.keys.runtime import ClusterKey
+    from egressguard.keys.runtime import reader_envelope
 
-    url = engine.url.render_as_string(hide_password=False)
-    try:
-        key = ClusterKey.open(url, config.cluster(None), start=False)
-    except KeyUnavailable:
-        return None
-    if key is None:
-        return None
-    key.envelope.check()  # once: a reader needs no periodic check
-    return key.envelope
+    return reader_envelope(engine.url.render_as_string(hide_password=False),
+                           config.cluster(None))
 
 
 def _when(t: float) -> str:

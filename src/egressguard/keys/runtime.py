@@ -33,6 +33,20 @@ class Suspendable(Protocol):
     def resume(self) -> None: ...
 
 
+def _has_key_table(engine: Any) -> bool:
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from egressguard.keys.provider import ProviderUnreachable
+    from egressguard.keys.schema import cluster_keys
+
+    try:
+        return bool(inspect(engine).has_table(cluster_keys.name))
+    except SQLAlchemyError as exc:
+        raise ProviderUnreachable(f"cluster keys: store unreachable "
+                                  f"({type(exc).__name__})") from None
+
+
 class ClusterKey:
     """The envelope of `cluster`'s key, re-reading the cluster's key properties before
     each check (a new key URI or version wraps new data keys from then on)."""
@@ -62,6 +76,8 @@ class ClusterKey:
 
         engine = make_engine(store_url, pool_size=1)
         try:
+            if not _has_key_table(engine):
+                return None  # a store never migrated that far holds no cluster key
             props = clusterkeys.get(engine, cluster)
         finally:
             engine.dispose()
@@ -108,6 +124,20 @@ class ClusterKey:
     def close(self) -> None:
         self.envelope.stop()
         self._engine.dispose()
+
+
+def reader_envelope(store_url: str, cluster: str) -> Envelope | None:
+    """The envelope a reader of the audit log opens batches with (checked once: a reader
+    needs no periodic check), or None when the cluster names no key or it cannot be read
+    (its batches then read as "cannot decrypt", never as tampered)."""
+    try:
+        key = ClusterKey.open(store_url, cluster, start=False)
+    except KeyUnavailable:
+        return None
+    if key is None:
+        return None
+    key.envelope.check()
+    return key.envelope
 
 
 def bind(key: ClusterKey, points: Iterable[Suspendable],
