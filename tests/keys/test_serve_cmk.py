@@ -101,3 +101,61 @@ def test_serve_seals_under_the_cluster_key_and_suspends_and_resumes_with_it(
         code = proc.wait(30)
         vault.close()
     assert code == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_serve_in_store_mode_reads_sealed_versions_and_the_policy_cache_follows_the_key(
+        tmp_path: Path, upstream: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster's policy versions are sealed; serve (store mode) enforces them; its
+    last-known-good cache is removed while suspended and written again on resume."""
+    from egressguard.keys.runtime import seal_store
+    from egressguard.policy import load_policy_text
+    from egressguard.store.schema import VersionRow
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    home = tmp_path / "home"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EGRESSGUARD_HOME": str(home),
+           "EGRESSGUARD_MASTER_KEY": base64.b64encode(MASTER).decode()}
+    monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", env["EGRESSGUARD_MASTER_KEY"])
+    store = Store(url)
+    vault = KeyVault(url, "cmk", master_key=MASTER)
+    vault.create_key("audit", "RSA", 2048)
+    vault.grant("gateway", "get,wrapKey,unwrapKey")
+    clusterkeys.put(store.engine, url, MASTER, "default",
+                    {"keyName": "audit", "keyVaultUri": "vault://cmk",
+                     "userIdentity": "gateway"}, "test")
+    keys = seal_store(store)
+    store.commit("default", load_policy_text(LOOPBACK_POLICY, "p.yaml"), "t", "loopback")
+    with store.engine.connect() as conn:
+        newest = conn.execute(select(VersionRow.policy).order_by(
+            VersionRow.id.desc())).scalar()
+    assert newest is not None and newest.startswith("egressguard-sealed:v1:")
+    keys.close()
+    store.close()
+    proc = subprocess.Popen(
+        [EGRESSGUARD, "serve", "--listen", "127.0.0.1:0", "--no-api", "--store", url,
+         "--resolve", "up.test=127.0.0.1", "--key-check-interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cache = home / "policy-cache"
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on 127.0.0.1:" in line, proc.stderr.read() if proc.stderr else ""
+        proxy = f"http://127.0.0.1:{line.rsplit(':', 1)[1].split()[0]}"
+
+        def status() -> int:
+            return httpx.get(f"http://up.test:{upstream.port}/", proxy=proxy,
+                             timeout=5).status_code
+
+        assert status() == 200      # the sealed loopback policy is in force
+        within(lambda: any(cache.glob("*.bin")))
+        vault.set_enabled("audit", False)
+        within(lambda: status() == 503)
+        within(lambda: not any(cache.glob("*.bin")))
+        vault.set_enabled("audit", True)
+        within(lambda: status() == 200)
+        within(lambda: any(cache.glob("*.bin")))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        vault.close()
+    assert code == 0, proc.stderr.read() if proc.stderr else ""

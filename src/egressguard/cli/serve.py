@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from egressguard.fleet import Leader
     from egressguard.fleet.coldstart import ColdStart
     from egressguard.keys.runtime import ClusterKey, StoreKeys, Suspendable
-    from egressguard.source import LivePolicy
+    from egressguard.source import LivePolicy, PolicyFeed
     from egressguard.store import Store
 
 log = logging.getLogger("egressguard.gateway")
@@ -305,7 +305,9 @@ class _Parts:
 
             engine = make_engine(self.url)
             migrate(engine)
-        suspend_with_key(self.key, [checkpoint], engine)
+        feed = self.live.feed if self.live is not None else None
+        caches = [_CacheWipe(feed)] if feed is not None and feed.cache is not None else []
+        suspend_with_key(self.key, [checkpoint, *caches], engine)
 
     def open_audit(self, writer: str, max_age: str | None, max_rows: int | None,
                    exfil_threshold: int | None, exfil_window: str) -> None:
@@ -346,6 +348,25 @@ class _Parts:
             self.key.close()
         if self.store is not None:
             self.store.close()
+
+
+class _CacheWipe:
+    """The last-known-good policy cache follows the key: removed on suspension (a
+    decrypted copy of the cluster's policy), saved again when the key is back."""
+
+    def __init__(self, feed: PolicyFeed) -> None:
+        self.feed = feed
+
+    def suspend(self, reason: str) -> None:
+        assert self.feed.cache is not None
+        self.feed.cache.wipe()
+
+    def resume(self) -> None:
+        assert self.feed.cache is not None
+        try:
+            self.feed.cache.save(self.feed.store.current(self.feed.cluster))
+        except Exception as exc:  # the next version in force saves it anyway
+            log.warning("policy cache not saved after resuming: %s", exc)
 
 
 def _check_cidrs(cidrs: list[str]) -> None:
