@@ -524,8 +524,11 @@ class AuditLog:
             if not storable(clear):
                 secret = self._open(header, clear, payload)
                 safe_clear, safe_secret = safe_form(clear, secret, "not storable")
-                c, p, _ = self._seal([(*safe_clear, *safe_secret)], header, reuse=True)
-                clear, payload = c[0], p[0]
+                resealed = self._seal_when_running([(*safe_clear, *safe_secret)], header,
+                                                   reuse=True)
+                if resealed is None or not resealed[0]:
+                    continue  # stopping while suspended (counted), or unrecordable
+                clear, payload = resealed[0][0], resealed[1][0]
             fixed_c.append(clear)
             fixed_p.append(payload)
         return fixed_c, fixed_p
@@ -541,13 +544,16 @@ class AuditLog:
         if sealed is not None and sealed[0]:
             self._store(*sealed)
 
-    def _seal_when_running(self, raws: list[Raw]
+    def _seal_when_running(self, raws: list[Raw], header: bytes | None = None,
+                           reuse: bool = False
                            ) -> tuple[list[Raw], list[bytes], bytes | None] | None:
+        """`_seal`, waiting while the customer-managed key is unavailable; None when the
+        log stops meanwhile (the records are counted as dropped)."""
         from egressguard.keys.envelope import SuspendedError
 
         while True:
             try:
-                sealed = self._seal(raws)
+                sealed = self._seal(raws, header, reuse)
             except SuspendedError as exc:
                 if not self._suspended_since:
                     self._suspended_since = time.monotonic()
@@ -586,7 +592,11 @@ class AuditLog:
         safe_clear, safe_secret = safe_form(clear, secret, why)
         log.error("audit: the database refused a record (%s); storing it in safe form "
                   "(host %r)", why, safe_clear[_HOST][:80])
-        clears, payloads, header = self._seal([(*safe_clear, *safe_secret)], header, reuse=True)
+        resealed = self._seal_when_running([(*safe_clear, *safe_secret)], header,
+                                           reuse=True)
+        if resealed is None:
+            return
+        clears, payloads, header = resealed
         try:
             if clears:
                 self._write_available(clears, payloads, header)
