@@ -24,6 +24,7 @@ from egressguard.source import SourceError, follow
 
 if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
+    from egressguard.keys.runtime import ClusterKey
 
 dns_app = typer.Typer(help="DNS filter: answer only names the policy allows.",
                       no_args_is_help=True)
@@ -114,13 +115,18 @@ def serve(
     if events is not None:
         stream = sys.stdout if str(events) == "-" else events.open("a", encoding="utf-8")
         sink = JsonLinesSink(stream)
-    audit_log = _audit_log(audit, store)
+    audit_log, key = _audit_log(audit, store, live.cluster)
     if audit_log is not None:
         from egressguard.audit.sinks import FanoutSink
 
         sink = audit_log if stream is None else FanoutSink([sink, audit_log])
+    dns_filter = DnsFilter(live.holder, config, traced.wrap(sink))
+    if key is not None and audit_log is not None:  # fail closed while the key is gone
+        from egressguard.audit.compose import suspend_with_key
+
+        suspend_with_key(key, [dns_filter.checkpoint], audit_log.engine)
     try:
-        _run(_serve(DnsFilter(live.holder, config, traced.wrap(sink)), live))
+        _run(_serve(dns_filter, live))
     except OSError as exc:
         typer.echo(f"error: cannot listen on {listen}: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
@@ -129,22 +135,31 @@ def serve(
         traced.shutdown()
         if audit_log is not None:
             audit_log.close()
+        if key is not None:
+            key.close()
         if stream is not None and stream is not sys.stdout:
             stream.close()
 
 
-def _audit_log(audit: bool | None, store: str | None) -> AuditLog | None:
+def _audit_log(audit: bool | None, store: str | None, cluster: str
+               ) -> tuple[AuditLog | None, ClusterKey | None]:
     """The audit log DNS decisions go to (None: `--no-audit`, or no store is configured or
-    exists and `--audit` was not asked for: a filter never creates a store nobody reads)."""
+    exists and `--audit` was not asked for: a filter never creates a store nobody reads),
+    and the cluster's customer-managed key it seals under, if the cluster names one."""
     from egressguard.source.lookup import store_available
 
     if audit is False or (audit is None and not store_available(store)):
-        return None
+        return None, None
     from egressguard.audit.compose import audit_sink
+    from egressguard.keys.runtime import ClusterKey
     from egressguard.paths import default_store_url
+    from egressguard.store.urls import normalize_url
 
     try:
-        return audit_sink(store or default_store_url())[1]
+        url = normalize_url(store or default_store_url()).render_as_string(
+            hide_password=False)
+        key = ClusterKey.open(url, cluster)
+        return audit_sink(url, cluster_key=key)[1], key
     except Exception as exc:  # the store cannot be opened: one line, no traceback
         typer.echo(f"error: cannot open the audit log: {exc} (hint: check "
                    "$EGRESSGUARD_STORE, or run with --no-audit)", err=True)

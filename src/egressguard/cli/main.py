@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from egressguard.store.sealing import Resolver
 
 from egressguard import config
 from egressguard.cli.check import check
@@ -101,6 +104,11 @@ class _Guarded(TyperGroup):
 
 def build_app(argv: list[str] | None = None) -> typer.Typer:
     """The CLI with the areas `argv` needs (all of them when `argv` is None)."""
+    from egressguard.store import sealing
+
+    # Every store this process opens seals (and opens) each cluster's policy versions
+    # under the cluster's customer-managed key, if it names one (docs/keys.md).
+    sealing.install(_store_keys)
     app = typer.Typer(
         name="egressguard", no_args_is_help=True, add_completion=False, cls=_Guarded,
         pretty_exceptions_show_locals=False,  # locals may hold tokens and keys
@@ -143,6 +151,12 @@ def __getattr__(name: str) -> typer.Typer:
     if name == "app":
         return build_app()
     raise AttributeError(name)
+
+
+def _store_keys(store: Any) -> Resolver:
+    from egressguard.keys.runtime import StoreKeys  # (cryptography: only with a store)
+
+    return StoreKeys.for_store(store)
 
 
 def main() -> None:

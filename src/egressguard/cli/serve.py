@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from egressguard.control.apitls import ApiTLS
     from egressguard.fleet import Leader
     from egressguard.fleet.coldstart import ColdStart
-    from egressguard.source import LivePolicy
+    from egressguard.keys.runtime import ClusterKey, StoreKeys, Suspendable
+    from egressguard.source import LivePolicy, PolicyFeed
     from egressguard.store import Store
 
 log = logging.getLogger("egressguard.gateway")
@@ -103,8 +104,9 @@ def serve(
     ] = None,
     exfil_window: Annotated[str, typer.Option(help="window of --exfil-threshold")] = "1h",
     key_check_every: Annotated[str | None, typer.Option(
-        help="check every cluster's customer-managed key this often (e.g. 5m), once per "
-             "fleet by its leader")] = None,
+        help="watch every cluster's customer-managed key this often (e.g. 5m), once per "
+             "fleet by its leader: a metric and a warning per change (each gateway "
+             "enforces its own cluster's key every --key-check-interval)")] = None,
     recommend_every: Annotated[str | None, typer.Option(
         help="write each cluster's recommended policy this often (e.g. 24h) to "
              "--recommend-out, once per fleet by its leader")] = None,
@@ -112,6 +114,10 @@ def serve(
         help="traffic window the scheduled recommendations observe")] = "7d",
     recommend_out: Annotated[Path | None, typer.Option(
         help="folder of the scheduled recommendations (<cluster>.yaml and .diff)")] = None,
+    key_check_interval: Annotated[float, typer.Option(
+        help="seconds between checks of the cluster's customer-managed key: revocation "
+             "suspends and recovery resumes within this; an unset keyVersion follows the "
+             "latest within it", min=0.1, max=60.0)] = 5.0,
     audit_timeout: Annotated[float, typer.Option(
         help="seconds a refusal waits for its audit record to be durable (then refuses "
              "anyway and logs it)")] = 5.0,
@@ -175,7 +181,8 @@ def serve(
         if hosts_file is not None:
             for name, ips in parse_hosts_file(hosts_file).items():
                 static.setdefault(name, []).extend(ips)
-        parts.open(store, cluster, policy, need_store=api or audit or policy is None)
+        parts.open(store, cluster, policy, need_store=api or audit or policy is None,
+                   key_check_interval=key_check_interval)
         if audit:
             parts.open_audit(audit_writer, audit_max_age, audit_max_rows, exfil_threshold,
                              exfil_window)
@@ -199,6 +206,7 @@ def serve(
                         ask=dns_ask if nameservers else None)
     gateway = Gateway(parts.holder, parts.traced.wrap(parts.sink), resolver, limits,
                       report_only=report_only, cluster=cluster)
+    parts.bind_key(gateway.checkpoint)
     try:
         _run(_serve(gateway, parts, host, port, api_address, allow_cidr or None,
                     api_max_body, tls))
@@ -275,6 +283,8 @@ class _Parts:
     cold: ColdStart | None = None
     url: str = ""  # the store's URL (also while it is down, for the audit log)
     traced: Traced | None = None
+    key: ClusterKey | None = None  # the cluster's customer-managed key, if it names one
+    store_keys: StoreKeys | None = None  # every cluster's key, for sealed policy versions
 
     @property
     def holder(self) -> SnapshotHolder | None:
@@ -283,7 +293,7 @@ class _Parts:
         return self.cold.holder if self.cold is not None else None  # store down at start
 
     def open(self, store_url: str | None, cluster: str, policy: Path | None,
-             need_store: bool) -> None:
+             need_store: bool, key_check_interval: float = 5.0) -> None:
         """Open the store (for the API, the audit log and store mode), then the policy
         source; the file watcher's thread waits for `_serve` (`live.start()`)."""
         from egressguard.source import follow
@@ -300,6 +310,7 @@ class _Parts:
                     raise
                 return
             self.url = self.store.url.render_as_string(hide_password=False)
+            self.open_key(cluster, key_check_interval)
         if policy is None:
             assert self.store is not None
             self._check_cluster(self.store, cluster)
@@ -330,6 +341,37 @@ class _Parts:
         self.url = self.cold.url
         return True
 
+    def open_key(self, cluster: str, check_interval: float) -> None:
+        """The cluster's customer-managed key (docs/keys.md), when the store is up and the
+        cluster names one: audit batches are sealed under it and a revoked key suspends
+        the gateway. A store that cannot be read fails the start (never the local key
+        by mistake); a cold start (store down) runs on the local key, as before."""
+        from egressguard.keys.runtime import ClusterKey, seal_store
+
+        if self.store is None:
+            return
+        self.key = ClusterKey.open(self.url, cluster, check_interval=check_interval)
+        # Policy versions of every cluster sealed under (and opened with) its own key.
+        self.store_keys = seal_store(self.store, known=[self.key] if self.key else [],
+                                     check_interval=check_interval)
+
+    def bind_key(self, checkpoint: Suspendable) -> None:
+        """Suspend `checkpoint` while the key is unavailable; record each transition."""
+        if self.key is None:
+            return
+        from egressguard.audit.compose import suspend_with_key
+
+        if self.audit_log is not None:
+            engine = self.audit_log.engine
+        else:
+            from egressguard.audit.db import make_engine, migrate
+
+            engine = make_engine(self.url)
+            migrate(engine)
+        feed = self.live.feed if self.live is not None else None
+        caches = [_CacheWipe(feed)] if feed is not None and feed.cache is not None else []
+        suspend_with_key(self.key, [checkpoint, *caches], engine)
+
     def open_audit(self, writer: str, max_age: str | None, max_rows: int | None,
                    exfil_threshold: int | None, exfil_window: str) -> None:
         from egressguard.audit.compose import audit_sink
@@ -341,7 +383,8 @@ class _Parts:
             url,
             exfil_threshold=exfil_threshold,
             exfil_window_s=parse_duration(exfil_window),
-            writer="thread" if writer == "thread" else "process")
+            writer="thread" if writer == "thread" else "process",
+            cluster_key=self.key)
 
     def open_jobs(self, wanted: Singletons) -> None:
         """Start the fleet leader when a singleton job is asked for: it runs them only
@@ -356,7 +399,8 @@ class _Parts:
             max_age_s=parse_duration(wanted.max_age) if wanted.max_age else None,
             max_rows=wanted.max_rows)
         if retention.max_age_s is not None or retention.max_rows is not None:
-            found.append(jobs.retention_job(url, retention))
+            found.append(jobs.retention_job(  # prune marks under the cluster's key, if any
+                url, retention, self.key.envelope if self.key else None))
         if wanted.key_check_every:
             found.append(jobs.key_check_job(url, parse_duration(wanted.key_check_every)))
         if wanted.recommend_every:
@@ -384,8 +428,31 @@ class _Parts:
             self.cold.stop()
         if self.audit_log is not None:
             self.audit_log.close()
+        if self.store_keys is not None:
+            self.store_keys.close()
+        if self.key is not None:
+            self.key.close()
         if self.store is not None:
             self.store.close()
+
+
+class _CacheWipe:
+    """The last-known-good policy cache follows the key: removed on suspension (a
+    decrypted copy of the cluster's policy), saved again when the key is back."""
+
+    def __init__(self, feed: PolicyFeed) -> None:
+        self.feed = feed
+
+    def suspend(self, reason: str) -> None:
+        assert self.feed.cache is not None
+        self.feed.cache.wipe()
+
+    def resume(self) -> None:
+        assert self.feed.cache is not None
+        try:
+            self.feed.cache.save(self.feed.store.current(self.feed.cluster))
+        except Exception as exc:  # the next version in force saves it anyway
+            log.warning("policy cache not saved after resuming: %s", exc)
 
 
 def _check_cidrs(cidrs: list[str]) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 
 Phase = Literal["decision", "close"]
 CloseCause = Literal["", "client", "upstream", "revoked", "timeout", "error", "shutdown",
-                     "budget"]
+                     "budget", "suspended"]
 
 
 @dataclass(slots=True)

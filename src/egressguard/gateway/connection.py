@@ -61,6 +61,9 @@ _CRLF = b"\r\n"
 
 
 
+_ABORT = ("revoked", "shutdown", "timeout", "budget", "suspended")  # causes that reset both sockets
+
+
 class ConnState(enum.Enum):
     IDLE = "idle"        # between requests
     HEAD = "head"        # a request head is arriving
@@ -378,6 +381,10 @@ class ClientConnection(asyncio.Protocol):
         self.dispatching = True
         try:
             while self.queue and not self.working and not self.closed:
+                if self.cp.suspended is not None:   # fail closed before any decision
+                    self.fail(503, "Service Unavailable",
+                              f"cluster suspended: {self.cp.suspended}")
+                    return
                 ex = self.queue[0]
                 self.working = True
                 if ex.method == b"CONNECT":
@@ -959,14 +966,14 @@ class ClientConnection(asyncio.Protocol):
         self.active = None
         up, self.upstream = self.upstream, None
         if up is not None:
-            if cause in ("revoked", "shutdown", "timeout", "budget"):
+            if cause in _ABORT:
                 up.abort()
             elif up.reusable and not was_tunnel:
                 self.gw.park(up)  # another client may reuse it
             else:
                 up.close()
         if self.transport is not None:
-            if cause in ("revoked", "shutdown", "timeout", "budget"):
+            if cause in _ABORT:
                 self.transport.abort()
             else:
                 self.transport.close()

@@ -12,7 +12,7 @@ import logging
 
 from egressguard import metrics
 from egressguard.enforce.checkpoint import Checkpoint
-from egressguard.enforce.events import EventSink
+from egressguard.enforce.events import CloseCause, EventSink
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
 from egressguard.gateway.budgets import Budgets
@@ -55,6 +55,7 @@ class Gateway:
         self._bytes_down = metrics.BYTES.labels("down")
         self.pool = Pool()   # idle upstream HTTP connections shared by all clients
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.checkpoint.on_suspend(self._suspension)
 
     @property
     def report_only(self) -> bool:
@@ -158,6 +159,19 @@ class Gateway:
         log.info("gateway: policy %s from %s in force", active.version, active.source)
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.recheck)
+
+    def _suspension(self, reason: str | None) -> None:
+        """The checkpoint's hook (any thread): on suspension close every connection and
+        tunnel and drop the idle upstream pool; each new request is answered 503 with the
+        reason once its head is read (`ClientConnection._dispatch`: answering before
+        reading it would reset the connection and lose the answer)."""
+        if reason is not None and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._close_all, "suspended")
+
+    def _close_all(self, cause: CloseCause) -> None:
+        for client in list(self.clients):
+            client.close(cause, final=True)
+        self.pool.close_all()
 
     def recheck(self) -> int:
         """Re-decide every open tunnel and in-flight request; returns how many closed."""

@@ -12,8 +12,7 @@ from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import Engine
 
-from egressguard.audit.crypto import Sealer
-from egressguard.audit.query import OUTCOMES, QueryError, parse_duration
+from egressguard.audit.query import OUTCOMES, QueryError, Reader, parse_duration
 from egressguard.control.auth import Principal, Refusal, outcome
 from egressguard.control.inforce import PolicyBook
 from egressguard.store import Store
@@ -111,7 +110,7 @@ Outcome = Annotated[str, Query(max_length=20)]
 Dest = Annotated[str, Query(max_length=260)]
 
 
-def reader(request: Request) -> tuple[Engine, Sealer]:
+def reader(request: Request) -> tuple[Engine, Reader]:
     from egressguard.audit.api import reader as audit_reader
 
     return audit_reader(request)
