@@ -6,6 +6,11 @@ inline) with envelope sealing as the batch sealer does it (`EnvelopeSealer.batch
 RSA-2048 key in the built-in vault on SQLite), then `DataKey.encrypt` inline. Also
 reports the one-off cost of minting a data key (wrap) and of opening a stored one
 (unwrap, uncached). Process CPU time; the last line is one JSON object.
+
+The writer rows measure the wired audit log itself (`AuditLog.write_raws`: bounds,
+canonical values, AES-GCM, chain MAC, SQL insert and commit on SQLite) per record, with
+the local audit key and with the cluster's envelope, over batches of `--write-batch`
+realistic decision records: the CPU an audited request costs the writer.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import tempfile
 import time
 
 from egressguard.audit.crypto import EnvelopeSealer, Sealer
+from egressguard.audit.events import DecisionEvent
+from egressguard.audit.log import AuditLog, raws_of
 from egressguard.keys.envelope import Envelope
 from egressguard.keys.vault import KeyVault
 
@@ -33,6 +40,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--write-records", type=int, default=20_000)
+    parser.add_argument("--write-batch", type=int, default=200)
     args = parser.parse_args()
     payload, aad = b"0" + b"10.0.0.7\0alice\0GET\0/a/b?c=d\0allowed by rule r1", b"x" * 120
     nonces = [os.urandom(12) for _ in range(args.records)]
@@ -71,6 +80,7 @@ def main() -> None:
         fresh = Envelope(vault.client("gw"), "audit").start()
         unwrap = _cpu(lambda: [fresh._cache.clear() or fresh.open(blob)  # type: ignore[func-returns-value]
                                for _ in range(20)], 20)
+        writer = _writer_rows(tmp, env, args)
         env.stop()
         fresh.stop()
         vault.close()
@@ -79,7 +89,45 @@ def main() -> None:
     print(json.dumps({"records": args.records, "batch": args.batch,
                       "today_ns_per_record": round(today_ns), "envelope_ns_per_record":
                       round(env_ns), "ratio": round(env_ns / today_ns, 3),
-                      "wrap_us": round(wrap / 1e3), "unwrap_uncached_us": round(unwrap / 1e3)}))
+                      "wrap_us": round(wrap / 1e3), "unwrap_uncached_us": round(unwrap / 1e3),
+                      **writer}))
+
+
+def _event(i: int) -> DecisionEvent:
+    return DecisionEvent(
+        time=time.time(), cluster="default", kind="connect", host=f"api{i % 50}.example.com",
+        port=443, verdict="allow", permitted=True, layer="application",
+        rule="application:apps/api", reason="api.example.com:443 allowed",
+        policy_version="3", connection_id=f"c{i}", client_address="10.1.2.3:51234",
+        client_identity="build-agent", method="CONNECT", path="")
+
+
+def _writer_rows(tmp: str, env: Envelope, args: argparse.Namespace) -> dict[str, object]:
+    """write_raws per record: the local audit key vs the envelope (same store file)."""
+    raws = raws_of([_event(i) for i in range(args.write_batch)])
+    key = os.urandom(32)
+    os.environ.setdefault("EGRESSGUARD_HOME", f"{tmp}/home")
+    logs = {"writer_today_ns": AuditLog(f"sqlite:///{tmp}/audit.db", key=key, start=False),
+            "writer_envelope_ns": AuditLog(f"sqlite:///{tmp}/audit.db", key=key,
+                                           start=False, envelope=env)}
+    for log in logs.values():
+        log._resume()
+        log.write_raws(raws)  # warm: statements cached, data key minted
+    times: dict[str, list[float]] = {name: [] for name in logs}
+    n = max(1, args.write_records // args.write_batch)
+    for r in range(args.rounds):
+        order = list(logs.items())
+        for name, log in order if r % 2 == 0 else order[::-1]:
+            times[name].append(_cpu(lambda log=log: [log.write_raws(raws)  # type: ignore[misc]
+                                                     for _ in range(n)], n * len(raws)))
+    for log in logs.values():
+        log._finish()
+        log.engine.dispose()
+    today = statistics.median(times["writer_today_ns"])
+    wrapped = statistics.median(times["writer_envelope_ns"])
+    return {"write_batch": args.write_batch, "writer_today_ns_per_record": round(today),
+            "writer_envelope_ns_per_record": round(wrapped),
+            "writer_ratio": round(wrapped / today, 3)}
 
 
 if __name__ == "__main__":

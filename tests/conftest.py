@@ -65,6 +65,17 @@ def hermetic_home(request: pytest.FixtureRequest) -> Path:
     return root / "home"
 
 
+@pytest.fixture(autouse=True)
+def no_store_sealing_leak() -> Iterator[None]:
+    """`build_app` installs the process-wide store sealing factory (CLI processes seal per
+    cluster); a CLI test run in-process must not change what later tests' stores do."""
+    from egressguard.store import sealing
+
+    before = sealing._factory
+    yield
+    sealing.install(before)
+
+
 @pytest.fixture(scope="session")
 def pg_available() -> bool:
     try:

@@ -36,6 +36,7 @@ from egressguard.enforce.events import EventSink, NullSink
 from egressguard.engine import Decision, Kind, Request, Snapshot
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
+from egressguard.engine.snapshot import CALLOUT_ERROR
 from egressguard.errors import Denied
 from egressguard.policy import Policy
 from egressguard.source import UNRESTRICTED, PolicyFileWatcher, active_of, holder_for
@@ -53,7 +54,8 @@ __all__ = ["CalloutDenied", "Guard"]
 
 class CalloutDenied(PermissionError, Denied):
     """A callout the policy does not allow. `str(exc)` is Data Explorer's wording:
-    "Callout to '<uri>' is not allowed by the callout policy (...)" (error SEM0056)."""
+    "Callout to '<uri>' is not allowed by the callout policy (...) (error SEM0056)"; `code`
+    is that error's name."""
 
     code = "SEM0056"
 
@@ -172,7 +174,7 @@ class Guard:
             log.exception("deciding %s callout to %s failed", callout_type, uri)
             decision, _ = cp.guard_deny(
                 "guard:error", f"Callout to '{uri}' is not allowed by the callout policy "
-                f"(internal error: {exc})", uri, snapshot=active.snapshot)
+                f"(internal error: {exc}) {CALLOUT_ERROR}", uri, snapshot=active.snapshot)
         cp.enforce_sync(decision, cp.permit(decision), "callout", host=decision.destination,
                         policy_version=active.version,
                         resolved_address=",".join(map(str, ips)), path=uri,

@@ -34,3 +34,11 @@ AUDIT_COMMIT_SECONDS = Histogram(
     buckets=(1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1, 5))
 AUDIT_DEGRADED = Gauge("egressguard_audit_degraded",
                        "1 while audit records go to the local spool (store unreachable)")
+BUDGET_OVERRUNS = Counter(
+    "egressguard_budget_overruns_total",
+    "Byte budgets exceeded: connections cut or refused (would_*: report-only budgets)",
+    ["budget", "outcome"])
+CLUSTER_KEY_SUSPENDED = Gauge(
+    "egressguard_cluster_key_suspended",
+    "1 while a cluster's customer-managed key fails the fleet's key check (Suspended)",
+    ["cluster"])

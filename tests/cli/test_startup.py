@@ -19,7 +19,7 @@ import typer
 from egressguard.cli.main import AREAS, SUMMARIES, build_app
 
 HEAVY = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg",
-         "cryptography", "egressguard.store", "egressguard.engine")
+         "cryptography", "egressguard.store.store", "egressguard.engine.snapshot")
 
 PROBE = """
 import json, sys
@@ -28,8 +28,8 @@ try:
     main(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
-heavy = sorted({m.split('.')[0] if not m.startswith('egressguard') else
-                '.'.join(m.split('.')[:2]) for m in sys.modules} & set(json.loads(HEAVY)))
+heavy = sorted({m if m.startswith('egressguard') else m.split('.')[0]
+                for m in sys.modules} & set(json.loads(HEAVY)))
 sys.stderr.write('\\nLOADED ' + json.dumps({'code': code, 'heavy': heavy}) + '\\n')
 """
 

@@ -1,11 +1,14 @@
-"""`--log-format json` on `serve` and `dns serve`: one JSON object per line with time,
-level, logger and message; a traceback only at debug level (it can carry request data)."""
+"""`--log-format json` on `serve`, `dns serve` and `api`: one JSON object per line with
+time, level, logger and message; a traceback only at debug level (it can carry request
+data). `--traces console` writes one span per line (the OpenTelemetry SDK's JSON)."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -138,3 +141,94 @@ def test_an_unknown_log_level_is_one_line_not_a_traceback(command: list[str]) ->
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: --log-level 'loud': expected debug, info, "
                                      "warning, error")
+
+
+def _api(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """`egressguard api` on a free port with a fresh store; (process, port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proc = subprocess.Popen(
+        [EGRESSGUARD, "api", "--port", str(port), "--store",
+         f"sqlite:///{tmp_path / 'store.db'}", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "EGRESSGUARD_HOME": str(tmp_path / "home")})
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(proc.communicate()[1])
+
+
+def _get(port: int, path: str, host: str = "x") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                     .encode())
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+
+
+def _api_healthz(tmp_path: Path, *args: str) -> str:
+    """Run `egressguard api ARGS`, ask /healthz once, stop it; its stderr."""
+    proc, port = _api(tmp_path, *args)
+    try:
+        assert _get(port, "/healthz").startswith(b"HTTP/1.1 200")
+        time.sleep(0.3)
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    return stderr
+
+
+def test_api_logs_json_lines_uvicorns_included(tmp_path: Path) -> None:
+    stderr = _api_healthz(tmp_path, "--log-format", "json")
+    lines = [line for line in stderr.splitlines()
+             if line and not line.startswith(("bootstrap admin token", "egt_"))]
+    entries = _json_lines("\n".join(lines))
+    loggers = {str(e["logger"]) for e in entries}
+    assert "uvicorn.error" in loggers, stderr            # start-up and shutdown lines
+    assert any(e["logger"] == "uvicorn.access" and "/healthz" in str(e["message"])
+               for e in entries), stderr
+
+
+def test_api_traces_each_request_to_the_console(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed")
+    stderr = _api_healthz(tmp_path, "--traces", "console", "--log-level", "warning")
+    spans = [json.loads(line) for line in stderr.splitlines() if line.startswith('{"name"')]
+    assert any(s["name"].startswith("GET") and "/healthz" in json.dumps(s["attributes"])
+               and s["resource"]["attributes"]["service.name"] == "egressguard-api"
+               for s in spans), stderr
+
+
+def test_serve_traces_a_refusal_and_refuses_an_unknown_exporter(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed")
+    bad = subprocess.run([EGRESSGUARD, "serve", "--traces", "zipkin"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "zipkin" in bad.stderr and "Traceback" not in bad.stderr
+    policy = tmp_path / "p.yaml"
+    policy.write_text("restrict_outbound_network_access: true\n")
+    proc = subprocess.Popen(
+        [EGRESSGUARD, "serve", "--listen", "127.0.0.1:0", "--policy", str(policy), "--no-api",
+         "--no-audit", "--traces", "console"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        found = re.search(r"listening on (\S+):(\d+)", proc.stdout.readline())
+        assert found
+        answer = _get(int(found.group(2)), "http://denied.test/", "denied.test")
+        assert answer.startswith(b"HTTP/1.1 403")
+        time.sleep(0.3)
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    spans = [json.loads(line) for line in stderr.splitlines() if line.startswith('{"name"')]
+    assert [(s["name"], s["attributes"]["server.address"], s["attributes"][
+        "egressguard.permitted"]) for s in spans] == [("egressguard.http", "denied.test", False)]

@@ -31,8 +31,10 @@ def random_policy(rnd: random.Random, wide: bool = True) -> Policy:
             rule: dict[str, object] = {
                 "name": f"r{r}", "targets": rnd.sample(PATTERNS, rnd.randint(1, 3)),
                 "protocols": rnd.sample(SPECS, rnd.randint(1, 3))}
-            if wide and rnd.random() < 0.15:
+            if wide and rnd.random() < 0.15:  # FQDN tags are HTTPS only
                 rule["fqdn_tags"] = ["AzureKubernetesService"]
+                rule["protocols"] = [p for p in rule["protocols"]  # type: ignore[attr-defined]
+                                     if p.startswith("https")] or ["https:443"]
             if rnd.random() < 0.35:
                 rule["action"] = rnd.choice(["allow", "deny"])
             if rnd.random() < 0.2:

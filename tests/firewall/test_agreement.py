@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -159,3 +160,73 @@ def test_deny_rule_before_allow_wins_in_the_kernel() -> None:
                   "protocols": ["udp"], "ports": [53]},
                  {"name": "google", "destinations": ["8.8.8.8"]}], restricted=False)
     assert _decide_both(policy, flow) == (False, False)
+
+
+# -- FQDN destinations through DNS-learned sets (issue 15, item 5) ------------------------
+
+NAME = "ntp.example.com"
+LEARNABLE = ["8.8.8.8", "1.2.3.4", "20.50.1.7", "10.0.0.5", "2606:4700::6", "169.254.169.254"]
+
+
+def _fqdn_policy(rnd: random.Random) -> Policy:
+    policy = _policy(rnd)
+    data = policy.model_dump(mode="json")
+    rules = rnd.choice(data["network_rule_collections"])["rules"]
+    rules.insert(rnd.randrange(len(rules) + 1), {
+        "name": "by-name", "destinations": [NAME],
+        "protocols": rnd.sample(["tcp", "udp", "any"], 1),
+        "ports": rnd.sample(PORT_SPECS, rnd.randint(1, 2)),
+        **({"action": rnd.choice(["allow", "deny"])} if rnd.random() < 0.4 else {})})
+    return Policy.model_validate(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_kernel_with_learned_sets_permits_what_the_engine_permits_for_the_name(
+        rnd: random.Random) -> None:
+    """A flow to an address the name's set holds is the flow to that name (what the engine
+    decides for the name resolving there); any other address is decided as itself."""
+    policy = _fqdn_policy(rnd)
+    refs = References(service_tags=TAGS)
+    snapshot = compile_policy(policy, refs)
+    learned = rnd.sample(LEARNABLE, rnd.randint(1, 3))
+    ruleset = build_ruleset(policy, refs, Options(
+        gateway_ports=(), hooks=("output",), fqdn_sets=True,
+        learned={NAME: [(a, 30) for a in learned]}))
+    for _ in range(40):
+        flow = _flow(rnd)
+        same_family = [a for a in learned
+                       if ipaddress.ip_address(a).version == flow.daddr.version]
+        if same_family and rnd.random() < 0.5:
+            flow = Packet(protocol=flow.protocol, daddr=ipaddress.ip_address(
+                rnd.choice(same_family)), dport=flow.dport, saddr=flow.saddr)
+        action, rule = evaluate(ruleset, "output", flow)
+        kernel = action in (Action.ACCEPT, Action.LOG)
+        by_name = str(flow.daddr) in learned
+        request = Request(kind=Kind.FLOW, host=NAME if by_name else str(flow.daddr),
+                          port=flow.dport, protocol=flow.protocol, source=flow.saddr,
+                          addresses=(flow.daddr,) if by_name else ())
+        engine = snapshot.decide(request)
+        assert kernel == engine.permitted, (
+            f"{flow} ({'by name' if by_name else 'as itself'}): kernel {action} by "
+            f"{rule and rule.comment}, engine {engine}\nlearned {learned}\n"
+            f"{policy.model_dump_json(indent=1)}")
+
+
+@pytest.mark.parametrize(("first", "then", "permitted"), [
+    ("deny", "allow", False),  # an earlier FQDN deny is not passed over by a later CIDR allow
+    ("allow", "deny", True),  # an earlier FQDN allow wins over a later CIDR deny
+])
+def test_fqdn_and_cidr_rules_decide_in_rule_order_in_the_kernel_and_the_engine(
+        first: str, then: str, permitted: bool) -> None:
+    policy = _p([{"name": "by-name", "action": first, "destinations": [NAME],
+                  "protocols": ["udp"], "ports": [123]},
+                 {"name": "by-cidr", "action": then, "destinations": ["0.0.0.0/0"],
+                  "protocols": ["udp"], "ports": [123]}])
+    flow = Packet(protocol="udp", daddr=ipaddress.ip_address("8.8.8.8"), dport=123)
+    ruleset = build_ruleset(policy, None, Options(gateway_ports=(), fqdn_sets=True,
+                                                  learned={NAME: [("8.8.8.8", 30)]}))
+    action, _ = evaluate(ruleset, "output", flow)
+    engine = compile_policy(policy).decide(Request(
+        kind=Kind.FLOW, host=NAME, port=123, protocol="udp", addresses=(flow.daddr,)))
+    assert (action is Action.ACCEPT) == engine.permitted == permitted

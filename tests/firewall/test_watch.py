@@ -303,3 +303,51 @@ def test_file_change_opens_fqdn_rule_within_1s_by_dns_learned_set_bounded_by_ttl
     assert ELSEWHERE_IP in lab.nft("list", "set", "inet", TABLE, "fqdn_0_v4")
     err = lab.stop(watcher)
     assert "firewall: applied" not in err and "Traceback" not in err  # refreshes are quiet
+
+
+NTP_DENY_THEN_CIDR = textwrap.dedent(f"""
+    restrict_outbound_network_access: true
+    network_rule_collections:
+      - name: time
+        priority: 100
+        rules:
+          - {{name: not-by-name, action: deny, destinations: [{NAME}], protocols: [udp],
+             ports: [{NTP_PORT}]}}
+          - {{name: by-address, destinations: [{SERVER_IP}/32], protocols: [udp],
+             ports: [{NTP_PORT}]}}
+""")
+
+
+def test_an_earlier_fqdn_deny_drops_in_the_kernel_as_the_engine_decides(lab: Lab) -> None:
+    """Rule order binds names and addresses together (issue 15, item 5): the name's deny
+    comes first, so its learned address is dropped though a later rule allows it, and the
+    engine (what `check` and the gateway say) decides the same."""
+    import ipaddress
+
+    from egressguard.engine import Kind, Request, compile_policy
+
+    lab.zone.address = SERVER_IP
+    policy = lab.home / "order.yaml"
+    _write(policy, NTP_DENY_THEN_CIDR)
+    watcher = lab.watch("--policy", str(policy))
+    deadline = time.monotonic() + 10
+    while SERVER_IP not in lab.nft("list", "set", "inet", TABLE, "fqdn_0_v4"):
+        assert time.monotonic() < deadline, "the name's address was never learned"
+        time.sleep(0.1)
+    assert not lab.is_open("udp", NTP_PORT)  # the address is learned, and still dropped
+    engine = compile_policy(load_policy_text(NTP_DENY_THEN_CIDR)).decide(Request(
+        kind=Kind.FLOW, host=NAME, port=NTP_PORT, protocol="udp",
+        addresses=(ipaddress.ip_address(SERVER_IP),)))
+    assert not engine.permitted and engine.rule == "network:time/not-by-name"
+    # An earlier allow by name wins over a later deny by address, in both as well.
+    allow_then_deny = NTP_DENY_THEN_CIDR.replace("not-by-name, action: deny,", "by-name,") \
+        .replace("{name: by-address,", "{name: by-address, action: deny,")
+    _write(policy, allow_then_deny)
+    lab.wait_for(watcher, "firewall: applied")
+    assert lab.is_open("udp", NTP_PORT)
+    engine = compile_policy(load_policy_text(allow_then_deny)).decide(Request(
+        kind=Kind.FLOW, host=NAME, port=NTP_PORT, protocol="udp",
+        addresses=(ipaddress.ip_address(SERVER_IP),)))
+    assert engine.permitted and engine.rule == "network:time/by-name"
+    err = lab.stop(watcher)
+    assert "Traceback" not in err

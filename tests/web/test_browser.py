@@ -4,7 +4,8 @@
 An operator logs in with a token, sees a denial appear live while the page is open, sees
 the chart drawn, proposes an allow and applies it (the same request then gets 200 through
 the proxy), and logs out (the copied cookie stops working). An auditor sees the policy
-version in force at each decision. Screenshots go to `$EGRESSGUARD_ARTIFACTS` (default
+version in force at each decision, and replays version 1 and a pasted candidate on the
+recorded traffic before anything is applied. Screenshots go to `$EGRESSGUARD_ARTIFACTS` (default
 tests/.artifacts/browser, git-ignored).
 
 Never `playwright install`: the browser is the distribution's (`.ci/run` installs it).
@@ -286,5 +287,32 @@ def test_operator_sees_a_denial_live_proposes_an_allow_and_logs_out(
             assert "Propose allow" not in audit_page.content()
             audit_page.wait_for_selector("#chart-decisions canvas", timeout=15000)
             audit_page.screenshot(path=str(shots / "6-auditor.png"), full_page=True)
+
+            # Before rolling back to version 1, the auditor replays it on the recorded
+            # traffic: the retry version 2 let through would be denied again.
+            audit_page.get_by_role("link", name="Replay a version or a candidate policy"
+                                   ).click()
+            audit_page.wait_for_url(re.compile(r".*/dashboard/replay\?.*"))
+            audit_page.fill("#replay-version input[name=version]", "1")
+            audit_page.select_option("#replay-version select[name=since]", "1h")
+            audit_page.get_by_role("button", name="Replay version").click()
+            audit_page.wait_for_selector("#replay-summary")
+            denied = audit_page.locator("#newly-denied tbody tr", has_text="up.test:8080")
+            cells = denied.first.locator("td").all_inner_texts()
+            assert cells[1:] == ["127.0.0.1", "http", "up.test:8080"], cells
+            assert int(cells[0]) >= 1
+            assert "newly allowed" in audit_page.inner_text("#replay-summary")
+            audit_page.screenshot(path=str(shots / "7-replay-version.png"), full_page=True)
+            # A pasted candidate that allows up.test flips nothing the policy in force
+            # let through; the denial under version 1 would now pass.
+            audit_page.fill("#policy_text", "restrict_outbound_network_access: Enabled\n"
+                            "application_rule_collections:\n  - name: web\n    rules:\n"
+                            "      - {name: up, targets: [up.test], protocols: [http:8080]}\n")
+            audit_page.get_by_role("button", name="Replay candidate").click()
+            audit_page.wait_for_selector("#replay-summary:has-text('0 newly denied')")
+            allowed = audit_page.locator("#newly-allowed tbody tr", has_text="up.test:8080")
+            assert allowed.count() == 1
+            assert audit_page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+            audit_page.screenshot(path=str(shots / "8-replay-candidate.png"), full_page=True)
         finally:
             browser.close()

@@ -34,9 +34,7 @@ def request_of(record: Mapping[str, Any]) -> Request | None:
     try:
         address = record.get("resolved_address") or ""
         addresses = (ipaddress.ip_address(address),) if address else ()
-        client = record.get("client_address") or ""
-        source = ipaddress.ip_address(client) if client and not client.startswith(
-            "<") else None
+        source = _client_ip(str(record.get("client_address") or ""))
     except ValueError:
         return None
     protocol = str(record.get("protocol") or ("udp" if kind is Kind.DNS else "tcp"))
@@ -51,6 +49,20 @@ def request_of(record: Mapping[str, Any]) -> Request | None:
                        addresses=addresses, source=source, protocol=protocol)
     return Request(kind=kind, host=host, port=port, protocol=protocol, addresses=addresses,
                    source=source)
+
+
+def _client_ip(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's address as recorded: a bare IP (DNS filter, callouts), `ip:port` or
+    `[v6]:port` (the gateway records its peer with the port). ValueError if neither."""
+    if not client or client.startswith("<"):
+        return None
+    try:
+        return ipaddress.ip_address(client)
+    except ValueError:
+        host, _, port = client.rpartition(":")
+        if not port.isdigit():
+            raise
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
 
 
 @dataclass
@@ -110,8 +122,9 @@ def replay(records: Iterable[Mapping[str, Any]], candidate: Snapshot,
         before, after = bool(record.get("permitted")), candidate.decide(request).permitted
         if before == after:
             continue
-        who = str(record.get("client_identity") or record.get("client_address")
-                  or "unknown client")
+        # The identity, else the client's address without its (ephemeral) port.
+        who = str(record.get("client_identity") or request.source
+                  or record.get("client_address") or "unknown client")
         port = record.get("port")
         dest = f"{record['host']}:{port}" if port else str(record["host"])
         (result.newly_allowed if after else result.newly_denied)[

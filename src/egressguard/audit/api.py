@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import Engine
 
-from egressguard.audit.crypto import Sealer, load_or_create_key
+from egressguard.audit.crypto import EnvelopeSealer, Sealer, load_or_create_key
 from egressguard.audit.db import make_engine, migrate
 from egressguard.audit.query import Filter, QueryError, parse_since, query, verify
 from egressguard.control.auth import Principal, check_cluster, require_role, require_somewhere
@@ -27,12 +27,22 @@ MAX_ID = 2**63 - 1   # ids are BIGINT: a larger cursor is a 422, not a driver ov
 _lock = threading.Lock()
 
 
-def reader(request: Request) -> tuple[Engine, Sealer]:
+def _reader(engine: Engine) -> EnvelopeSealer:
+    """The local audit key, and the configured cluster's key for batches sealed under it."""
+    from egressguard import config
+    from egressguard.keys.runtime import reader_envelope
+
+    url = engine.url.render_as_string(hide_password=False)
+    return EnvelopeSealer(reader_envelope(url, config.cluster(None)),
+                          legacy=Sealer(load_or_create_key()))
+
+
+def reader(request: Request) -> tuple[Engine, Sealer | EnvelopeSealer]:
     """The engine and key to read the audit log with (built once per app)."""
     state = request.app.state
     log = getattr(state, "audit", None)
     if log is not None:
-        return log.engine, log.sealer
+        return log.engine, log.reader
     with _lock:
         cached = getattr(state, "audit_reader", None)
         if cached is None:
@@ -43,7 +53,7 @@ def reader(request: Request) -> tuple[Engine, Sealer]:
                 url = default_store_url()
             engine = make_engine(url)
             migrate(engine)
-            cached = state.audit_reader = (engine, Sealer(load_or_create_key()))
+            cached = state.audit_reader = (engine, _reader(engine))
     return cached
 
 

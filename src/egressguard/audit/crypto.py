@@ -119,6 +119,7 @@ def _fields(plain: bytes) -> dict[str, Any]:
 
 
 CHAIN_LABEL = b"egressguard audit chain v1"
+MARK_LABEL = b"egressguard audit mark v1"
 
 
 class EnvelopeSealer:
@@ -131,16 +132,33 @@ class EnvelopeSealer:
     MAC of a batch is keyed by a subkey of its own data key, so any gateway that can
     unwrap the header can verify it (no per-host key). Batches without a header were
     written under the local audit key and open with `legacy`.
+
+    With `envelope=None` (no customer-managed key configured for this reader) only
+    headerless batches open; a batch with a header is `CannotDecrypt`, never tampered.
+    This is the one reader every audit query uses (`reader_of` wraps a bare `Sealer`).
     """
 
-    def __init__(self, envelope: Any, legacy: Sealer | None = None) -> None:
+    def __init__(self, envelope: Any | None, legacy: Sealer | None = None) -> None:
         self.envelope = envelope
         self.legacy = legacy
 
     def batch(self, records: int) -> tuple[bytes, Any]:
         """(header, encrypt) for a batch of `records`; `SuspendedError` while suspended."""
+        if self.envelope is None:
+            raise ValueError("no customer-managed key to seal batches with")
         key = self.envelope.writer_key(records=records)
         return key.wrapped, key.encrypt
+
+    def _key(self, header: bytes) -> Any:
+        if self.envelope is None:
+            from egressguard.keys.envelope import CannotDecrypt, Tampered
+            from egressguard.keys.provider import KeyRequestError, WrappedKey
+            try:
+                kid = WrappedKey.from_bytes(header).kid
+            except KeyRequestError as exc:
+                raise Tampered(f"wrapped data key unreadable: {exc}") from None
+            raise CannotDecrypt(kid, "no customer-managed key is configured here")
+        return self.envelope.reader_key(header)
 
     def open(self, header: bytes | None, payload: bytes, clear: bytes) -> dict[str, Any]:
         """The sealed fields; `CannotDecrypt` (key unavailable) or `Tampered` (altered)."""
@@ -151,7 +169,7 @@ class EnvelopeSealer:
             if opened is None:
                 raise Tampered("record does not open under the local audit key")
             return opened
-        key = self.envelope.reader_key(header)
+        key = self._key(header)
         try:
             plain = key.decrypt(payload[:NONCE], payload[NONCE:], clear)
         except (InvalidTag, ValueError):
@@ -162,19 +180,38 @@ class EnvelopeSealer:
               payloads: list[bytes]) -> bytes:
         """The batch MAC (as `Sealer.chain`), keyed by the batch's data key."""
         if header is None:
-            if self.legacy is None:
-                from egressguard.keys.envelope import Tampered
-                raise Tampered("a batch without a key header and no local audit key")
-            return self.legacy.chain(prev, writer, seq, payloads)
-        mac_key = self.envelope.reader_key(header).subkey(CHAIN_LABEL)
+            return self._legacy().chain(prev, writer, seq, payloads)
+        mac_key = self._key(header).subkey(CHAIN_LABEL)
         return _chain(mac_key, prev + hashlib.sha256(header).digest(), writer, seq,
                       payloads)
+
+    def mark(self, header: bytes | None, label: str, *parts: bytes | str | int) -> bytes:
+        """`Sealer.mark` (head and prune records) keyed by a subkey of the data key that
+        `header` wraps, so that every gateway with access verifies it; the header is
+        bound in. Without a header, the local audit key's mark."""
+        if header is None:
+            return self._legacy().mark(label, *parts)
+        message = b"|".join(p if isinstance(p, bytes) else str(p).encode()
+                            for p in (label, hashlib.sha256(header).digest(), *parts))
+        return hmac.new(self._key(header).subkey(MARK_LABEL), message,
+                        hashlib.sha256).digest()
+
+    def current_header(self) -> bytes | None:
+        """The header new marks use: the writer's data key, or None (local key)."""
+        if self.envelope is None:
+            return None
+        return bytes(self.envelope.writer_key().wrapped)
+
+    def _legacy(self) -> Sealer:
+        if self.legacy is None:
+            from egressguard.keys.envelope import Tampered
+            raise Tampered("a batch without a key header and no local audit key")
+        return self.legacy
 
     def verdict(self, header: bytes | None, payload: bytes, clear: bytes) -> str:
         """`ok`, `tampered`, or `cannot decrypt: key K version V unavailable (why)`, as
         `logs verify` reports a record."""
-        from egressguard.keys.envelope import CannotDecrypt, SuspendedError, Tampered
-        from egressguard.keys.provider import WrappedKey
+        from egressguard.keys.envelope import CannotDecrypt, Tampered
 
         try:
             self.open(header, payload, clear)
@@ -182,10 +219,32 @@ class EnvelopeSealer:
             return "tampered"
         except CannotDecrypt as exc:
             return str(exc)
-        except SuspendedError as exc:  # this reader's own access is gone
-            assert header is not None  # (legacy batches need no customer key)
-            return str(CannotDecrypt(WrappedKey.from_bytes(header).kid, str(exc)))
+        except Unavailable as exc:  # suspended: this reader's own access is gone
+            return str(unavailable_as_cannot_decrypt(header, exc))
         return "ok"
+
+
+def unavailable_as_cannot_decrypt(header: bytes | None, exc: Exception) -> Exception:
+    """A reader's suspension, phrased as what it means for one batch: its key version
+    cannot be used here (never evidence of tampering)."""
+    from egressguard.keys.envelope import CannotDecrypt
+    from egressguard.keys.provider import KeyRequestError, WrappedKey
+
+    if header is None:
+        return exc
+    try:
+        kid = WrappedKey.from_bytes(header).kid
+    except KeyRequestError:
+        kid = "?"
+    return CannotDecrypt(kid, str(exc))
+
+
+def reader_of(sealer: Sealer | EnvelopeSealer | None) -> EnvelopeSealer | None:
+    """The one reader queries use: an `EnvelopeSealer` (a bare `Sealer` reads headerless
+    batches only)."""
+    if sealer is None or isinstance(sealer, EnvelopeSealer):
+        return sealer
+    return EnvelopeSealer(None, legacy=sealer)
 
 
 def _chain(mac_key: bytes, prev: bytes, writer: str, seq: int,

@@ -81,6 +81,7 @@ from egressguard.audit.crypto import (
     CLEAR_FIELDS,
     NONCE,
     SECRET_FIELDS,
+    EnvelopeSealer,
     Sealer,
     load_or_create_key,
 )
@@ -173,7 +174,7 @@ class AuditLog:
                  batch_size: int = 2000, max_pending: int = 100_000,
                  max_delay: float = 0.05,
                  retention: Retention | None = None, engine: Engine | None = None,
-                 start: bool = True) -> None:
+                 start: bool = True, envelope: Any = None) -> None:
         if engine is None:
             if url is None:
                 from egressguard.paths import default_store_url
@@ -188,6 +189,11 @@ class AuditLog:
             if not unavailable(exc):
                 raise
         self.sealer = Sealer(key if key is not None else load_or_create_key())
+        # With a customer-managed key (`keys.envelope.Envelope`) every batch is sealed under
+        # a data key it wraps; the local key still opens older, headerless batches.
+        self.envelope = envelope
+        self.reader = EnvelopeSealer(envelope, legacy=self.sealer)
+        self._suspended_since = 0.0
         self.batch_size = batch_size
         self.max_delay = max_delay
         self.max_pending = max_pending
@@ -493,27 +499,36 @@ class AuditLog:
         if redo:
             self.write_raws(redo)
 
-    def _reopen(self, batch: Batch) -> list[Raw]:
-        out: list[Raw] = []
-        for clear, payload in zip(batch[3], batch[4], strict=True):
-            opened = self.sealer.open(payload, marshal.dumps(tuple(clear), 2))
-            out.append((*clear, *(opened.values() if opened else ("",) * _NSECRET)))
-        return out
+    def _open(self, header: bytes | None, clear: Raw, payload: bytes) -> tuple[Any, ...]:
+        """The sealed fields of a record this writer sealed (blank if they do not open)."""
+        try:
+            return tuple(self.reader.open(header, payload, marshal.dumps(tuple(clear), 2))
+                         .values())
+        except Exception:
+            return ("",) * _NSECRET
 
-    def _storable(self, clears: list[Raw], payloads: list[bytes]
+    def _reopen(self, batch: Batch) -> list[Raw]:
+        header = batch[5] if len(batch) > 5 else None
+        return [(*clear, *self._open(header, clear, payload))
+                for clear, payload in zip(batch[3], batch[4], strict=True)]
+
+    def _storable(self, clears: list[Raw], payloads: list[bytes], header: bytes | None
                   ) -> tuple[list[Raw], list[bytes]]:
-        """The batch with every record any store takes (for the spool)."""
+        """The batch with every record any store takes (for the spool); a record in its
+        safe form is sealed under the batch's own data key (one header per batch)."""
         if all(map(storable, clears)):
             return clears, payloads
         fixed_c: list[Raw] = []
         fixed_p: list[bytes] = []
         for clear, payload in zip(clears, payloads, strict=True):
             if not storable(clear):
-                opened = self.sealer.open(payload, marshal.dumps(clear, 2))
-                secret = tuple(opened.values()) if opened else ("",) * _NSECRET
+                secret = self._open(header, clear, payload)
                 safe_clear, safe_secret = safe_form(clear, secret, "not storable")
-                c, p = self._seal([(*safe_clear, *safe_secret)])
-                clear, payload = c[0], p[0]
+                resealed = self._seal_when_running([(*safe_clear, *safe_secret)], header,
+                                                   reuse=True)
+                if resealed is None or not resealed[0]:
+                    continue  # stopping while suspended (counted), or unrecordable
+                clear, payload = resealed[0][0], resealed[1][0]
             fixed_c.append(clear)
             fixed_p.append(payload)
         return fixed_c, fixed_p
@@ -522,42 +537,77 @@ class AuditLog:
         """Seal and write one batch. A database that is unreachable is retried with
         backoff; a batch the database refuses is split until the refused record is
         alone, which is then stored in its safe form (or dropped, logged): one bad
-        record never blocks the others and nothing is retried forever."""
-        clears, payloads = self._seal(raws)
-        if clears:
-            self._store(clears, payloads)
+        record never blocks the others and nothing is retried forever. While the
+        customer-managed key is unavailable (suspended) the batch waits, unsealed and
+        unacknowledged, until it returns (nothing is written in clear)."""
+        sealed = self._seal_when_running(raws)
+        if sealed is not None and sealed[0]:
+            self._store(*sealed)
 
-    def _store(self, clears: list[Raw], payloads: list[bytes]) -> None:
+    def _seal_when_running(self, raws: list[Raw], header: bytes | None = None,
+                           reuse: bool = False
+                           ) -> tuple[list[Raw], list[bytes], bytes | None] | None:
+        """`_seal`, waiting while the customer-managed key is unavailable; None when the
+        log stops meanwhile (the records are counted as dropped)."""
+        from egressguard.keys.envelope import SuspendedError
+
+        while True:
+            try:
+                sealed = self._seal(raws, header, reuse)
+            except SuspendedError as exc:
+                if not self._suspended_since:
+                    self._suspended_since = time.monotonic()
+                    log.error("audit: %d records wait for the customer-managed key (%s)",
+                              len(raws), exc)
+                if self._stopping:
+                    log.error("audit: stopping while suspended: %d records not written",
+                              len(raws))
+                    metrics.AUDIT_EVENTS.labels("dropped").inc(len(raws))
+                    return None
+                time.sleep(0.2)
+                continue
+            if self._suspended_since:
+                log.warning("audit: customer-managed key available again after %.1f s",
+                            time.monotonic() - self._suspended_since)
+                self._suspended_since = 0.0
+            return sealed
+
+    def _store(self, clears: list[Raw], payloads: list[bytes], header: bytes | None) -> None:
         try:
-            self._write_available(clears, payloads)
+            self._write_available(clears, payloads, header)
             metrics.AUDIT_EVENTS.labels("written").inc(len(clears))
             return
         except _Refused as refused:
             if len(clears) > 1:
                 half = len(clears) // 2
-                self._store(clears[:half], payloads[:half])
-                self._store(clears[half:], payloads[half:])
+                self._store(clears[:half], payloads[:half], header)
+                self._store(clears[half:], payloads[half:], header)
                 return
             why = refused.why
-        self._store_safe_form(clears[0], payloads[0], why)
+        self._store_safe_form(clears[0], payloads[0], header, why)
 
-    def _store_safe_form(self, clear: Raw, payload: bytes, why: str) -> None:
-        opened = self.sealer.open(payload, marshal.dumps(clear, 2))
-        secret = tuple(opened.values()) if opened is not None else ("",) * _NSECRET
+    def _store_safe_form(self, clear: Raw, payload: bytes, header: bytes | None,
+                         why: str) -> None:
+        secret = self._open(header, clear, payload)
         safe_clear, safe_secret = safe_form(clear, secret, why)
         log.error("audit: the database refused a record (%s); storing it in safe form "
                   "(host %r)", why, safe_clear[_HOST][:80])
-        clears, payloads = self._seal([(*safe_clear, *safe_secret)])
+        resealed = self._seal_when_running([(*safe_clear, *safe_secret)], header,
+                                           reuse=True)
+        if resealed is None:
+            return
+        clears, payloads, header = resealed
         try:
             if clears:
-                self._write_available(clears, payloads)
+                self._write_available(clears, payloads, header)
                 metrics.AUDIT_EVENTS.labels("written").inc()
                 return
         except _Refused as again:
             why = again.why
         _invalid((clear, why))
 
-    def _write_available(self, clears: list[Raw], payloads: list[bytes]) -> None:
+    def _write_available(self, clears: list[Raw], payloads: list[bytes],
+                         header: bytes | None) -> None:
         """Make one batch durable: in the store, or in the spool while the store is
         unreachable; `_Refused` when the store answers that it will not store it."""
         if self._slot is None:
@@ -566,12 +616,12 @@ class AuditLog:
             if self._degraded:
                 self._probe()
             if self._degraded:
-                clears, payloads = self._storable(clears, payloads)
-                batch = self._link(clears, payloads)
+                clears, payloads = self._storable(clears, payloads, header)
+                batch = self._link(clears, payloads, header)
                 self._to_spool(batch)
                 self._advance(batch)
                 return
-            batch = self._link(clears, payloads)
+            batch = self._link(clears, payloads, header)
             try:
                 started = time.perf_counter()
                 self._insert(batch)
@@ -586,15 +636,25 @@ class AuditLog:
                 metrics.AUDIT_EVENTS.labels("failed").inc(len(clears))
                 self._enter_degraded(exc)
 
-    def _seal(self, raws: list[Raw]) -> tuple[list[Raw], list[bytes]]:
-        """(clear values, payload) of every recordable event; a malformed one is dropped
-        (logged and counted) so that it can never wedge the writer in its retry loop.
-        Every field is bounded here (`bounds`), before it reaches the store.
+    def _seal(self, raws: list[Raw], header: bytes | None = None, reuse: bool = False
+              ) -> tuple[list[Raw], list[bytes], bytes | None]:
+        """(clear values, payload, batch header) of every recordable event; a malformed
+        one is dropped (logged and counted) so that it can never wedge the writer in its
+        retry loop. Every field is bounded here (`bounds`), before it reaches the store.
+        With a customer-managed key the batch gets a data key (its wrapped form is the
+        header; `SuspendedError` while the key is unavailable), or with `reuse` the one of
+        `header` (a record re-sealed into its batch).
         The per-record loop is kept flat: it is most of the writer's CPU."""
         clears: list[Raw] = []
         payloads: list[bytes] = []
         nonces = os.urandom(NONCE * len(raws))
-        encrypt = self.sealer.encrypt
+        batch_header: bytes | None = None
+        if self.envelope is None or (reuse and header is None):
+            encrypt = self.sealer.encrypt
+        elif reuse and header is not None:
+            batch_header, encrypt = header, self.envelope.reader_key(header).encrypt
+        else:
+            batch_header, encrypt = self.reader.batch(len(raws))
         dumps = marshal.dumps
         types, types_no_port = _CAST, _CAST_NO_PORT
         few, fits = _FEW, self._fitting
@@ -633,7 +693,7 @@ class AuditLog:
             # (`crypto.associated`: marshal format 2).
             payloads.append(nonce + encrypt(nonce, plain, dumps(clear, 2)))
             clears.append(clear)
-        return clears, payloads
+        return clears, payloads, batch_header
 
     def _fits(self, key: tuple[Any, ...], clear: Raw) -> bool:
         """Whether every string column of `clear` fits; remembers a fitting combination
@@ -653,10 +713,12 @@ class AuditLog:
                                      f"VALUES {', '.join([one] * rows)}")
         return sql
 
-    def _link(self, clears: list[Raw], payloads: list[bytes]) -> Batch:
+    def _link(self, clears: list[Raw], payloads: list[bytes], header: bytes | None
+              ) -> Batch:
         """The batch as the next link of this writer's chain (not yet durable)."""
-        mac = self.sealer.chain(self._prev_mac, self.writer_id, self._seq, payloads)
-        return (self._seq, self._prev_mac, mac, clears, payloads)
+        mac = self.reader.chain(header, self._prev_mac, self.writer_id, self._seq,
+                                payloads)
+        return (self._seq, self._prev_mac, mac, clears, payloads, header)
 
     def _advance(self, batch: Batch) -> None:
         self._seq, self._prev_mac = batch[0] + 1, batch[2]
@@ -667,10 +729,11 @@ class AuditLog:
         """Commit one batch, its events and the writer's head in one transaction;
         a batch already present with the same MAC (a lost reply, a spool drained twice)
         counts as written."""
-        seq, prev_mac, mac, clears, payloads = batch
+        seq, prev_mac, mac, clears, payloads = batch[:5]
+        header = batch[5] if len(batch) > 5 else None
         head = {"writer": self.writer_id, "seq": seq, "count": len(clears),
                 "first_time": clears[0][0], "last_time": clears[-1][0],
-                "prev_mac": prev_mac, "mac": mac}
+                "prev_mac": prev_mac, "mac": mac, "key_header": header}
         try:
             with self.engine.begin() as conn:
                 key = conn.execute(batches.insert().values(head)).inserted_primary_key
@@ -691,7 +754,7 @@ class AuditLog:
                     left = len(rows) - at
                 conn.exec_driver_sql(self._head_sql(), (
                     self.writer_id, seq, mac, time.time(),
-                    self.sealer.mark("head", self.writer_id, seq, mac)))
+                    self.reader.mark(header, "head", self.writer_id, seq, mac), header))
         except IntegrityError:
             found = self._stored_mac(seq)
             if found is None:
@@ -701,10 +764,11 @@ class AuditLog:
 
     def _head_sql(self) -> str:
         m = self._mark
-        return (f"INSERT INTO {heads.name} (writer, seq, mac, time, head_mac) "
-                f"VALUES ({m}, {m}, {m}, {m}, {m}) ON CONFLICT (writer) DO UPDATE SET "
+        return (f"INSERT INTO {heads.name} (writer, seq, mac, time, head_mac, key_header) "
+                f"VALUES ({m}, {m}, {m}, {m}, {m}, {m}) ON CONFLICT (writer) DO UPDATE SET "
                 "seq = excluded.seq, mac = excluded.mac, time = excluded.time, "
-                f"head_mac = excluded.head_mac WHERE {heads.name}.seq < excluded.seq")
+                "head_mac = excluded.head_mac, key_header = excluded.key_header "
+                f"WHERE {heads.name}.seq < excluded.seq")
 
     def _stored_mac(self, seq: int) -> bytes | None:
         with self.engine.connect() as conn:
@@ -739,7 +803,7 @@ class AuditLog:
         self._next_prune = time.monotonic() + self.retention.every_s
         from egressguard.audit.query import prune
         try:
-            removed = prune(self.engine, self.sealer, max_age_s=self.retention.max_age_s,
+            removed = prune(self.engine, self.reader, max_age_s=self.retention.max_age_s,
                             max_rows=self.retention.max_rows)
         except Exception:
             log.exception("audit pruning failed (will retry)")

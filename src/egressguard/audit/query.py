@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Engine, and_, delete, func, select, update
 
-from egressguard.audit.crypto import CLEAR_FIELDS, SECRET_FIELDS, Sealer, associated
+from egressguard.audit.crypto import (
+    CLEAR_FIELDS,
+    SECRET_FIELDS,
+    EnvelopeSealer,
+    Sealer,
+    associated,
+    reader_of,
+    unavailable_as_cannot_decrypt,
+)
 from egressguard.audit.db import snapshot_options
 from egressguard.audit.lineage import GENESIS, LEGACY_WRITER
 from egressguard.audit.schema import batches, events, heads, prunes
@@ -121,21 +129,65 @@ def clear_of(row: Any) -> tuple[Any, ...]:
             float(row.duration_s), row.close_cause)
 
 
-def to_record(row: Any, sealer: Sealer | None) -> dict[str, Any]:
-    """One stored row as a plain dict, sealed fields opened (or marked)."""
+Reader = Sealer | EnvelopeSealer
+_T = TypeVar("_T")
+
+
+def event_rows() -> Any:
+    """`SELECT` of audit events with their batch's key header (what `to_record` opens);
+    every reader of events starts from this."""
+    return select(events, batches.c.key_header).select_from(
+        events.outerjoin(batches, events.c.batch_id == batches.c.id))
+
+
+def to_record(row: Any, sealer: Reader | None) -> dict[str, Any]:
+    """One stored row (from `event_rows`) as a plain dict, sealed fields opened, or
+    marked `<tampered>` (altered) or `<cannot decrypt>` (its key version is unavailable
+    here: not evidence of tampering)."""
     values = clear_of(row)
     clear = dict(zip(CLEAR_FIELDS, values, strict=True))
     record: dict[str, Any] = {"id": row.id, **clear,
                               "outcome": outcome_of(clear["verdict"], clear["permitted"])}
-    opened = sealer.open(row.payload, associated(values)) if sealer is not None else None
-    if opened is None:
-        mark = "<tampered>" if sealer is not None else "<encrypted>"
-        opened = dict.fromkeys(SECRET_FIELDS, mark)
-    record.update(opened)
+    reader = reader_of(sealer)
+    header = getattr(row, "key_header", None)
+    if reader is None:
+        record.update(dict.fromkeys(SECRET_FIELDS, "<encrypted>"))
+        return record
+    verdict = _open(reader, None if header is None else bytes(header), row.payload,
+                    associated(values))
+    if isinstance(verdict, dict):
+        record.update(verdict)
+    else:
+        record.update(dict.fromkeys(SECRET_FIELDS, f"<{verdict.split(':')[0]}>"))
+        if verdict != "tampered":
+            record["unreadable"] = verdict
     return record
 
 
-def query(engine: Engine, flt: Filter, *, sealer: Sealer | None, limit: int = 100,
+def _attempt(header: bytes | None, call: Callable[[], _T]) -> _T | str:
+    """`call()`, or the verdict that says why it could not be done: `tampered` (the data
+    or the header itself was altered) or `cannot decrypt: key K version V unavailable
+    (why)` (the reader's key access; never evidence of tampering)."""
+    from egressguard.errors import Unavailable
+    from egressguard.keys.envelope import CannotDecrypt, Tampered
+
+    try:
+        return call()
+    except Tampered:
+        return "tampered"
+    except CannotDecrypt as exc:
+        return str(exc)
+    except Unavailable as exc:
+        return str(unavailable_as_cannot_decrypt(header, exc))
+
+
+def _open(reader: EnvelopeSealer, header: bytes | None, payload: bytes,
+          clear: bytes) -> dict[str, Any] | str:
+    """The sealed fields, or why not (`_attempt`)."""
+    return _attempt(header, lambda: reader.open(header, payload, clear))
+
+
+def query(engine: Engine, flt: Filter, *, sealer: Reader | None, limit: int = 100,
           after: int | None = None, before: int | None = None,
           newest_first: bool = True) -> list[dict[str, Any]]:
     """Records matching `flt`, keyset-paged by id (`after` / `before` are exclusive)."""
@@ -145,12 +197,13 @@ def query(engine: Engine, flt: Filter, *, sealer: Sealer | None, limit: int = 10
     if before is not None:
         clauses.append(events.c.id < before)
     order = events.c.id.desc() if newest_first else events.c.id.asc()
-    stmt = select(events).where(*clauses).order_by(order).limit(max(1, min(limit, 10_000)))
+    stmt = event_rows().where(*clauses).order_by(order).limit(max(1, min(limit, 10_000)))
+    reader = reader_of(sealer)
     with engine.connect() as conn:
-        return [to_record(row, sealer) for row in conn.execute(stmt)]
+        return [to_record(row, reader) for row in conn.execute(stmt)]
 
 
-def scan(engine: Engine, flt: Filter, *, sealer: Sealer | None,
+def scan(engine: Engine, flt: Filter, *, sealer: Reader | None,
          page: int = 5000) -> Iterator[dict[str, Any]]:
     """Every matching record, oldest first (for the recommender and exports)."""
     after: int | None = None
@@ -162,13 +215,15 @@ def scan(engine: Engine, flt: Filter, *, sealer: Sealer | None,
         after = rows[-1]["id"]
 
 
-def prune(engine: Engine, sealer: Sealer, *, max_age_s: float | None = None,
+def prune(engine: Engine, sealer: Reader, *, max_age_s: float | None = None,
           max_rows: int | None = None, now: float | None = None) -> int:
     """Delete whole batches older than `max_age_s` and/or beyond the newest `max_rows`
     events; returns the number of events removed. What is removed is, per writer, the
     oldest batches of its chain, and a MACed prune record says through which batch (and
     that batch's MAC), so `verify` still links the chain and tells pruning from deletion."""
     now = time.time() if now is None else now
+    reader = reader_of(sealer)
+    assert reader is not None
     cut: int | None = None  # remove batches with id <= cut
     with engine.begin() as conn:
         if max_age_s is not None:
@@ -205,9 +260,11 @@ def prune(engine: Engine, sealer: Sealer, *, max_age_s: float | None = None,
             before = conn.execute(select(prunes.c.events).where(
                 prunes.c.writer == writer)).scalar()
             total_events = int(before or 0) + int(count or 0)
+            header = reader.current_header()
             values = {"through_seq": through, "through_mac": mac, "events": total_events,
-                      "time": now, "prune_mac": prune_mac(sealer, writer, through, mac,
-                                                          total_events)}
+                      "time": now, "key_header": header,
+                      "prune_mac": prune_mac(reader, header, writer, through, mac,
+                                             total_events)}
             if before is None:
                 conn.execute(prunes.insert().values(writer=writer, **values))
             else:
@@ -215,8 +272,9 @@ def prune(engine: Engine, sealer: Sealer, *, max_age_s: float | None = None,
     return removed
 
 
-def prune_mac(sealer: Sealer, writer: str, through: int, mac: bytes, count: int) -> bytes:
-    return sealer.mark("prune", writer, through, mac, count)
+def prune_mac(reader: EnvelopeSealer, header: bytes | None, writer: str, through: int,
+              mac: bytes, count: int) -> bytes:
+    return reader.mark(header, "prune", writer, through, mac, count)
 
 
 @dataclass
@@ -225,10 +283,18 @@ class Verification:
     events: int = 0
     problems: list[str] | None = None
     notes: list[str] | None = None
+    # What could not be checked because its key version is unavailable here: never
+    # evidence of tampering, and never called intact either.
+    unreadable: list[str] | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def complete(self) -> bool:
+        """Everything was checked (nothing `unreadable`)."""
+        return not self.unreadable
 
 
 @dataclass
@@ -237,15 +303,22 @@ class _Writer:
     last: tuple[int, bytes] | None = None      # (seq, mac) of its newest batch
 
 
-def verify(engine: Engine, sealer: Sealer) -> Verification:
+def verify(engine: Engine, sealer: Reader) -> Verification:
     """Check every record opens (nothing edited), every writer's batch chain links (no
     batch or record removed or added in the middle), its newest batch is its head (the
     newest batches were not removed) and its oldest follows its prune record or the
-    genesis (the oldest were removed only by retention). See `lineage` for the limits."""
-    result = Verification(problems=[], notes=[])
+    genesis (the oldest were removed only by retention). See `lineage` for the limits.
+
+    A batch whose data key does not unwrap here (its key version disabled, deleted, not
+    granted to this reader, or no customer-managed key configured) is `unreadable`,
+    naming the key version: it is not reported as tampered (nor as intact)."""
+    reader = reader_of(sealer)
+    assert reader is not None
+    result = Verification(problems=[], notes=[], unreadable=[])
     problems = result.problems
     assert problems is not None and result.notes is not None
     chains: dict[str, _Writer] = {}
+    locked: dict[str, list[int]] = {}   # "cannot decrypt: key ..." -> batch ids
     # One snapshot: batches committed while verifying are neither half-seen nor orphans.
     with engine.connect().execution_options(**snapshot_options(engine)) as conn, \
             conn.begin():
@@ -254,9 +327,14 @@ def verify(engine: Engine, sealer: Sealer) -> Verification:
                                 .order_by(events.c.id)).all()
             result.batches += 1
             result.events += len(rows)
+            header = None if head.key_header is None else bytes(head.key_header)
             payloads = [row.payload for row in rows]
-            altered = [row.id for row in rows
-                       if sealer.open(row.payload, associated(clear_of(row))) is None]
+            verdicts = [_open(reader, header, row.payload, associated(clear_of(row)))
+                        for row in rows]
+            altered = [row.id for row, v in zip(rows, verdicts, strict=True)
+                       if v == "tampered"]
+            cannot = next((v for v in verdicts if isinstance(v, str) and v != "tampered"),
+                          None)
             if altered:
                 shown = ", ".join(map(str, altered[:5])) + (", ..." if len(altered) > 5 else "")
                 problems.append(f"{len(altered)} event{'s' if len(altered) > 1 else ''} "
@@ -270,8 +348,12 @@ def verify(engine: Engine, sealer: Sealer) -> Verification:
                                 f"{head.seq - 1} missing")
             elif head.prev_mac != prev[1]:
                 problems.append(f"writer {head.writer} batch {head.seq}: chain broken")
-            if len(rows) != head.count or sealer.chain(
-                    head.prev_mac, head.writer, head.seq, payloads) != head.mac:
+            mac = _mac(reader, header, head, payloads)
+            if isinstance(mac, str):
+                cannot = cannot or mac
+            if cannot is not None:
+                locked.setdefault(cannot, []).append(head.id)
+            elif len(rows) != head.count or mac != head.mac:
                 problems.append(f"writer {head.writer} batch {head.seq} (id {head.id}): "
                                 f"records added, removed or altered ({len(rows)} of "
                                 f"{head.count} present)")
@@ -282,24 +364,49 @@ def verify(engine: Engine, sealer: Sealer) -> Verification:
             events.c.batch_id.not_in(select(batches.c.id)))).scalar() or 0
     for writer in sorted(set(chains) | set(tops) | set(pruned)):
         _check_ends(writer, chains.get(writer, _Writer()), tops.get(writer),
-                    pruned.get(writer), sealer, result)
+                    pruned.get(writer), reader, result)
     if orphans:
         problems.append(f"{orphans} events belong to no batch (inserted)")
+    assert result.unreadable is not None
+    for why, ids in locked.items():
+        shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+        result.unreadable.insert(0, f"{why}: {len(ids)} batch{'es' if len(ids) > 1 else ''}"
+                                    f" not checked (ids {shown})")
     return result
 
 
-def _check_ends(writer: str, chain: _Writer, head: Any, pruned: Any, sealer: Sealer,
+def _mac(reader: EnvelopeSealer, header: bytes | None, head: Any,
+         payloads: list[bytes]) -> bytes | str:
+    """A batch's chain MAC recomputed, or why it cannot be (`_attempt`; an altered header
+    gives an empty MAC, which never matches)."""
+    mac = _attempt(header, lambda: reader.chain(header, bytes(head.prev_mac), head.writer,
+                                                head.seq, payloads))
+    return b"" if mac == "tampered" else mac
+
+
+def _marked(reader: EnvelopeSealer, row: Any, stored: bytes, label: str,
+            *parts: bytes | str | int) -> bool | str:
+    """Whether a head or prune record's MAC holds; or why it cannot be checked."""
+    header = None if row.key_header is None else bytes(row.key_header)
+    held = _attempt(header, lambda: reader.mark(header, label, *parts) == stored)
+    return False if held == "tampered" else held
+
+
+def _check_ends(writer: str, chain: _Writer, head: Any, pruned: Any, reader: EnvelopeSealer,
                 result: Verification) -> None:
     """The two ends of one writer's chain: its head record and its prune record."""
-    problems, notes = result.problems, result.notes
-    assert problems is not None and notes is not None
+    problems, notes, unreadable = result.problems, result.notes, result.unreadable
+    assert problems is not None and notes is not None and unreadable is not None
     legacy = LEGACY_WRITER.fullmatch(writer) is not None and head is None
     # The oldest end: the genesis, or just after what retention recorded pruning.
     start_seq, start_mac = 0, GENESIS
     if pruned is not None:
-        if bytes(pruned.prune_mac) != prune_mac(sealer, writer, int(pruned.through_seq),
-                                                bytes(pruned.through_mac),
-                                                int(pruned.events)):
+        held = _marked(reader, pruned, bytes(pruned.prune_mac), "prune", writer,
+                       int(pruned.through_seq), bytes(pruned.through_mac),
+                       int(pruned.events))
+        if isinstance(held, str):
+            unreadable.append(f"{held}: writer {writer}: prune record not checked")
+        elif not held:
             problems.append(f"writer {writer}: prune record altered")
         start_seq, start_mac = int(pruned.through_seq) + 1, bytes(pruned.through_mac)
     if chain.first is not None and not legacy and chain.first != (start_seq, start_mac):
@@ -319,7 +426,10 @@ def _check_ends(writer: str, chain: _Writer, head: Any, pruned: Any, sealer: Sea
                         "have been removed)")
         return
     seq, mac = int(head.seq), bytes(head.mac)
-    if bytes(head.head_mac) != sealer.mark("head", writer, seq, mac):
+    held = _marked(reader, head, bytes(head.head_mac), "head", writer, seq, mac)
+    if isinstance(held, str):
+        unreadable.append(f"{held}: writer {writer}: head record not checked")
+    elif not held:
         problems.append(f"writer {writer}: head record altered")
         return
     newest = chain.last[0] if chain.last is not None else start_seq - 1

@@ -48,11 +48,17 @@ class ProcessAuditLog(AuditLog):
 
     def __init__(self, url: str | URL | None = None, *, key: bytes | None = None,
                  batch_size: int = 2000, max_pending: int = 100_000,
-                 max_delay: float = 0.05, retention: Retention | None = None) -> None:
+                 max_delay: float = 0.05, retention: Retention | None = None,
+                 cluster_key: Any = None) -> None:
+        """`cluster_key` (`keys.runtime.ClusterKey`): this process reads with its
+        envelope; the child opens the same cluster's key itself and seals under it."""
         key = key if key is not None else load_or_create_key()
         super().__init__(url, key=key, batch_size=batch_size, max_pending=max_pending,
-                         max_delay=max_delay, retention=retention, start=False)
+                         max_delay=max_delay, retention=retention, start=False,
+                         envelope=cluster_key.envelope if cluster_key is not None else None)
         self._key = key
+        self._cmk = ("" if cluster_key is None else cluster_key.cluster,
+                     0.0 if cluster_key is None else cluster_key.envelope.check_interval)
         self._url = self.engine.url.render_as_string(hide_password=False)
         self._proc_lock = threading.Lock()
         self._inflight: deque[tuple[int, bytes]] = deque()
@@ -75,7 +81,8 @@ class ProcessAuditLog(AuditLog):
             # drains and stops the writer in order (no KeyboardInterrupt mid-write).
             process_group=0)
         assert child.stdin is not None
-        hello = marshal.dumps((self._key, self._url), 2)  # secrets never in argv or env
+        # Secrets never in argv or env.
+        hello = marshal.dumps((self._key, self._url, *self._cmk), 2)
         child.stdin.write(_LEN.pack(len(hello)) + hello)
         child.stdin.flush()
         return child
@@ -223,13 +230,31 @@ def child_main(batch_size: int, max_delay: float, parent: int = 0) -> None:
     hello = frames.next(None)
     if hello is None:
         return
-    key, url = marshal.loads(hello)
-    writer = AuditLog(url, key=key, start=False)
+    key, url, cluster, interval = (*marshal.loads(hello), "", 0.0)[:4]
+    cluster_key = _open_cluster_key(url, cluster, interval) if cluster else None
+    writer = AuditLog(url, key=key, start=False,
+                      envelope=cluster_key.envelope if cluster_key is not None else None)
     writer._resume()
     try:
         _serve_frames(writer, frames, batch_size, max_delay)
     finally:
         writer._finish()
+
+
+def _open_cluster_key(url: str, cluster: str, interval: float) -> Any:
+    """The cluster's key for the child writer. The gateway has one, so this writer must
+    never fall back to the local key: while the store cannot be read it waits (the
+    gateway's records stay unacknowledged meanwhile)."""
+    from egressguard.keys.provider import KeyUnavailable
+    from egressguard.keys.runtime import ClusterKey
+
+    while True:
+        try:
+            return ClusterKey.open(url, cluster, check_interval=interval)
+        except KeyUnavailable as exc:
+            log.error("audit writer: cannot read cluster %s's key (%s); retrying", cluster,
+                      exc)
+            time.sleep(1.0)
 
 
 def _serve_frames(writer: AuditLog, frames: _Frames, batch_size: int,

@@ -6,6 +6,9 @@ with the HMAC chain that makes a removed, added or edited record detectable.
 `audit_heads` holds each writer's newest batch (seq and MAC, itself MACed), updated in the
 batch's own transaction; `audit_prunes` what retention removed from each writer's chain
 (through which seq, that batch's MAC, how many events), MACed (see `lineage`).
+Batches sealed under a customer-managed key carry `key_header` (the wrapped data key,
+naming key and version); heads and prunes the header whose data key MACs them.
+`audit_system` holds key state changes in clear (`audit.system`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -37,6 +41,7 @@ batches = Table(
     Column("last_time", Float, nullable=False),
     Column("prev_mac", LargeBinary, nullable=False),
     Column("mac", LargeBinary, nullable=False),
+    Column("key_header", LargeBinary),  # the wrapped data key (None: the local audit key)
     Index("ix_audit_batches_writer_seq", "writer", "seq", unique=True),
 )
 
@@ -75,6 +80,7 @@ heads = Table(
     Column("mac", LargeBinary, nullable=False),
     Column("time", Float, nullable=False),
     Column("head_mac", LargeBinary, nullable=False),
+    Column("key_header", LargeBinary),  # whose data key keys `head_mac`
 )
 
 prunes = Table(
@@ -85,4 +91,18 @@ prunes = Table(
     Column("events", BigInteger, nullable=False),
     Column("time", Float, nullable=False),
     Column("prune_mac", LargeBinary, nullable=False),
+    Column("key_header", LargeBinary),  # whose data key keys `prune_mac`
+)
+
+# Key state changes (Suspended / Running): in clear, since they must be written exactly
+# when no data key can be had.
+system = Table(
+    "audit_system", metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False),
+    Column("cluster", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_audit_system_time", "time"),
 )

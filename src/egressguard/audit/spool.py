@@ -6,7 +6,9 @@ writer acknowledges its events, so "durable before the 403" holds while the data
 down, without waiting for it. A torn last frame (a crash while appending) fails its CRC
 and is ignored: it was never acknowledged. The spool is emptied only after every frame in
 it is committed to the store; inserting a batch twice is harmless, because the store keys
-batches by (writer, seq) and a present batch with the same MAC is skipped.
+batches by (writer, seq) and a present batch with the same MAC is skipped. The sealed
+fields in the spool are exactly as in the store: under the batch's data key (wrapped by
+the customer-managed key, whose header the frame carries) or the local audit key.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any
 
 _HEAD = struct.Struct(">II")
 
-# A spooled batch: (seq, prev_mac, mac, clears, payloads).
-Batch = tuple[int, bytes, bytes, list[tuple[Any, ...]], list[bytes]]
+# A spooled batch: (seq, prev_mac, mac, clears, payloads, key header). The header is the
+# batch's wrapped data key (customer-managed key), or None: sealed under the local audit
+# key. Frames spooled before headers existed have five members (read as None).
+Batch = tuple[int, bytes, bytes, list[tuple[Any, ...]], list[bytes], bytes | None]
 
 
 class Spool:
@@ -50,7 +54,8 @@ class Spool:
             body = data[at + _HEAD.size:at + _HEAD.size + size]
             if len(body) < size or zlib.crc32(body) != crc:
                 break
-            out.append(marshal.loads(body))
+            batch = marshal.loads(body)
+            out.append((*batch, None) if len(batch) == 5 else batch)
             at += _HEAD.size + size
         return out
 

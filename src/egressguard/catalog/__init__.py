@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from egressguard.catalog import accounts
 from egressguard.catalog.model import (
     CatalogError,
     catalogs,
@@ -65,26 +66,38 @@ _alias_cache: tuple[object, dict[str, tuple[str, ...]]] | None = None
 
 def storage_aliases() -> dict[str, tuple[str, ...]]:
     """Alias -> account-name globs: the shipped table merged with
-    `<EGRESSGUARD_HOME>/storage-aliases.yaml` (operator additions), cached on its mtime."""
+    `<EGRESSGUARD_HOME>/storage-aliases.yaml` (operator additions) and the accounts the
+    inventory lists for each alias (`catalog.accounts`), cached on both files' mtimes."""
     global _alias_cache
     path = data_home() / ALIASES_FILE
-    try:
-        st = path.stat()
-        key: object = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    except FileNotFoundError:
-        key = None
+    stamp = _stamp(path)
+    key = (stamp, _stamp(accounts.stored_path()))
     if _alias_cache is not None and _alias_cache[0] == key:
         return _alias_cache[1]
     table = {alias: dict(entry) for alias, entry in shipped_storage_aliases().items()}
-    if key is not None:
+    if stamp is not None:
         for alias, entry in _read_user_aliases(path).items():
             merged = table.setdefault(alias, {})
             merged["globs"] = list(merged.get("globs") or []) + list(entry.get("globs") or [])
             merged["includes"] = (list(merged.get("includes") or [])
                                   + list(entry.get("includes") or []))
+    # The inventory's accounts listed for an alias (exact names: no glob characters).
+    listed = accounts.alias_accounts()
+    for alias, names in listed.items():
+        merged = table.setdefault(alias, {})
+        merged["globs"] = list(merged.get("globs") or []) + names
     result = _alias_globs(table)
     _alias_cache = (key, result)
     return result
+
+
+def _stamp(path: Path) -> object:
+    """What identifies a file's content cheaply (None when it does not exist)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size)
 
 
 def _read_user_aliases(path: Path) -> dict[str, dict[str, Any]]:
@@ -104,7 +117,8 @@ def _read_user_aliases(path: Path) -> dict[str, dict[str, Any]]:
 def references() -> References:
     """Everything a policy may name, for `compile_policy` (cheap: cached on file mtimes)."""
     return References(service_tags=load_stored(), fqdn_tags=fqdn_tags(),
-                      storage_aliases=storage_aliases())
+                      storage_aliases=storage_aliases(),
+                      storage_accounts=accounts.resource_ids())
 
 
 __all__ = [

@@ -324,12 +324,41 @@ def plan_aml(options: Options) -> Plan:
     sections.sort(key=lambda s: s.kind != "network")
     plan = _plan(catalog, options, sections)
     plan.header = _header(catalog, options)
+    if options.mode == "firewall":
+        plan.collections.append(_storage_service_endpoint(plan))
     plan.service_endpoint_policies.append((
         "aml-storage", list(options.storage_accounts), list(sep["aliases"]),
         [f"source: {_DOCUMENT['aml']}, \"{sep['section']}\"", sep["note"],
          "alias expansion: see `egressguard catalog show aml` (storage-aliases.yaml says "
          "what is known)"]))
     return plan
+
+
+STORAGE_SERVICES = ("blob", "file", "queue", "table", "dfs")
+
+
+def _storage_service_endpoint(plan: Plan) -> PlannedCollection:
+    """The Azure ML document's step 3: the compute subnet reaches storage through its
+    Microsoft.Storage service endpoint, not through the firewall, and the service endpoint
+    policy limits that to the workspace's accounts and the alias. Here both go through
+    egressguard: this rule is the service endpoint, and the policy's
+    `service_endpoint_policies` (checked first) refuse every account outside them, and
+    every name under a storage domain that is no account host."""
+    priority = max((c.priority for c in plan.collections if c.kind == "application"),
+                   default=190) + 10
+    rule = PlannedRule(
+        name="storage-service-endpoint",
+        destinations=[f"*.{s}.core.windows.net" for s in STORAGE_SERVICES],
+        protocols=["https:443"],
+        comments=["storage over the subnet's service endpoint; only the accounts of the "
+                  "service endpoint policy below pass (\"Configure data exfiltration "
+                  "prevention\": \"1. Create the service "
+                  "endpoint policy\", \"3. Enable storage endpoint for the subnet\")"],
+        description=f"workspace storage through the service endpoint [{_DOCUMENT['aml']}]")
+    return PlannedCollection(
+        name="aml-storage-service-endpoint", kind="application", priority=priority,
+        rules=[rule], comments=["3. Enable storage endpoint for the subnet (tab: Firewall)",
+                                "limited by the service endpoint policy aml-storage"])
 
 
 def _replace(options: Options, **changes: object) -> Options:

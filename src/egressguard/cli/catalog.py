@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from egressguard.catalog import fqdn_tags, storage_aliases
+from egressguard.catalog import accounts, fqdn_tags, storage_aliases
 from egressguard.catalog.model import CLOUDS, Catalog, CatalogError, catalogs, get_catalog
 from egressguard.catalog.profile import Options, Plan, plan_aks, plan_aml, render
 from egressguard.catalog.servicetags import (
@@ -295,10 +295,61 @@ def servicetags_show(
         typer.echo(f"  {prefix}")
 
 
+# -- storage account inventory -------------------------------------------------------------
+
+accounts_app = typer.Typer(no_args_is_help=True, help=(
+    "The storage accounts egressguard knows: resource-group and subscription entries of "
+    "service endpoint policies match them, and an alias covers the ones listed for it."))
+AliasOpt = Annotated[list[str] | None, typer.Option(
+    "--alias", help="the alias whose Microsoft-managed accounts these are, e.g. "
+                    "/services/Azure/MachineLearning (repeatable)")]
+
+
+@accounts_app.command("import")
+def accounts_import(
+    file: Annotated[Path, typer.Argument(help="ARM resource list JSON (az resource list, "
+                                              "az storage account list)")],
+    alias: AliasOpt = None,
+) -> None:
+    """Add (or update) the storage accounts of an ARM resource list."""
+    count, stored = accounts.import_arm(file, list(alias or []))
+    typer.echo(f"imported {count} storage account{'s' if count != 1 else ''} into {stored}")
+
+
+@accounts_app.command("add")
+def accounts_add(
+    name: Annotated[str, typer.Argument(help="account name (3-24 lower-case letters, digits)")],
+    resource_id: Annotated[str, typer.Option("--id", help="its resource id")],
+    alias: AliasOpt = None,
+) -> None:
+    """Add one storage account."""
+    stored = accounts.add(name, resource_id, list(alias or []))
+    typer.echo(f"added {name.strip().lower()} to {stored}")
+
+
+@accounts_app.command("remove")
+def accounts_remove(name: Annotated[str, typer.Argument()]) -> None:
+    """Remove one storage account."""
+    accounts.remove(name)
+    typer.echo(f"removed {name.strip().lower()}")
+
+
+@accounts_app.command("list")
+def accounts_list(output: OutputOpt = Format.TABLE) -> None:
+    """List the known storage accounts."""
+    known = accounts.load()
+    if is_data(output):
+        emit(known, output)
+        return
+    _print_table("storage accounts", ["Account", "Resource id", "Aliases"],
+                 [[n, e["id"], ", ".join(e["aliases"])] for n, e in sorted(known.items())])
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(catalog_app, name="catalog")
     app.add_typer(profile_app, name="profile")
     app.add_typer(servicetags_app, name="servicetags")
+    app.add_typer(accounts_app, name="storage-accounts")
 
 
 __all__ = ["CLOUDS", "register"]

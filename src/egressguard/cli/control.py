@@ -27,10 +27,14 @@ from rich.text import Text
 
 from egressguard import config
 from egressguard.cli.output import Format, OutputOpt, emit
+from egressguard.cli.traces import TracesOpt
 from egressguard.control.client import ApiPolicyRefused, Client, remote, server_for
 from egressguard.control.commands import CommandSyntaxError
+from egressguard.enforce.tracing import Traces, TracingUnavailable
+from egressguard.logsetup import LogFormat
 
 if TYPE_CHECKING:
+    from egressguard.control.apitls import ApiTLS
     from egressguard.store import Store
 
 # The store (SQLAlchemy), the ARM mapping, the key checks and the management commands
@@ -204,6 +208,19 @@ def _set_value(text: str) -> Any:
     return text
 
 
+def _set_pairs(sets: list[str], extra: list[str]) -> list[str]:
+    """The `--set` pairs, with the further pairs given after one `--set` (which the option
+    parser leaves as extra arguments); anything else extra is refused."""
+    if extra and not sets:
+        raise _fail(f"unexpected argument {extra[0]!r}; pairs follow --set, e.g. --set "
+                    "properties.a=1 properties.b=2")
+    for item in extra:
+        if "=" not in item or not item.startswith("properties."):
+            raise _fail(f"unexpected argument {item!r}: expected properties.<name>=<value> "
+                        "after --set")
+    return [*sets, *extra]
+
+
 def _patch_body(sets: list[str]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for item in sets:
@@ -223,8 +240,9 @@ def _patch_body(sets: list[str]) -> dict[str, Any]:
     return {"properties": props}
 
 
-@cluster_app.command("update")
+@cluster_app.command("update", context_settings={"allow_extra_args": True})
 def cluster_update(
+    ctx: typer.Context,
     name: NameOpt = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="properties.<name>=<value>, e.g. "
@@ -234,12 +252,17 @@ def cluster_update(
     remove_fqdn: Annotated[list[str] | None, typer.Option(
         "--remove-allowed-fqdn", "--removeAllowedFQDN",
         help="remove from allowedFqdnList")] = None,
+    what_if: Annotated[bool, typer.Option(
+        "--what-if", help="change nothing: list the routes (and file upload, identity "
+                          "export) that work now and would stop working")] = False,
     store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
     output: OutputOpt = Format.TABLE,
 ) -> None:
-    """Update a cluster's properties; each update is a new version."""
+    """Update a cluster's properties; each update is a new version. As with `az resource
+    update`, one `--set` takes several pairs: `--set properties.a=1 properties.b=2`."""
     name, client = config.cluster(name), _remote(store, api, token)
-    body = _patch_body(set_ or [])
+    set_ = _set_pairs(set_ or [], list(ctx.args))
+    body = _patch_body(set_)
     if client:
         path = client.cluster_path(name)
         if add_fqdn or remove_fqdn:
@@ -247,9 +270,13 @@ def cluster_update(
             fqdns = _edit_fqdns(current["properties"]["allowedFqdnList"], body, add_fqdn,
                                 remove_fqdn)
             body["properties"]["allowedFqdnList"] = fqdns
+        if what_if:
+            _emit_what_if(_call(client, "POST", f"{path}/whatIf", body), output)
+            return
         resource = _call(client, "PATCH", path, body)
     else:
         from egressguard.control.properties import from_arm, to_arm
+        from egressguard.control.whatif import route_what_if
         from egressguard.keys import clusterkeys
 
         with _store(store) as st:
@@ -258,6 +285,9 @@ def cluster_update(
                                 remove_fqdn)
             if fqdns is not None:
                 body["properties"]["allowedFqdnList"] = fqdns
+            if what_if:
+                _emit_what_if(route_what_if(version.policy, body), output)
+                return
             policy = from_arm(body, version.policy)
             try:
                 keyed = clusterkeys.apply(st, name, body["properties"], _user())
@@ -270,6 +300,59 @@ def cluster_update(
                 version = st.commit(name, policy, _user(), summary[:300])
             resource = clusterkeys.annotate(st, to_arm(version))
     _emit(resource, output, _resource_table(resource))
+
+
+def _emit_what_if(result: dict[str, Any], output: Format) -> None:
+    table = Table("Route", "Endpoint", "Destination", "Rule", "Reason",
+                  title="routes that would stop working (nothing changed)")
+    for c in result["stopsWorking"]:
+        table.add_row(_cell(c["route"]), _cell(c["endpoint"]), _cell(c["destination"]),
+                      _cell(c["rule"]), _cell(c["reason"]))
+    if output is Format.TABLE and not result["stopsWorking"]:
+        typer.echo("no route would stop working (nothing changed)")
+        return
+    _emit(result, output, table)
+
+
+@cluster_app.command("endpoints")
+def cluster_endpoints(
+    name: NameOpt = None,
+    window: Annotated[str, typer.Option(
+        "--window", help="how far back observed decisions count (e.g. 15m, 1h, 1d)")] = "1h",
+    store: StoreOpt = None, api: ApiOpt = None, token: TokenOpt = None,
+    output: OutputOpt = Format.TABLE,
+) -> None:
+    """A cluster's endpoints: derived destinations, routes, and health (healthy,
+    unhealthy, degraded, dead, unknown) from the decisions observed for each."""
+    from urllib.parse import quote
+
+    name, api = config.cluster(name), config.api_url(api)
+    if api:
+        rows = _api("GET", api, token,
+                    f"/v1/clusters/{name}/endpoints?window={quote(window)}")["value"]
+    else:
+        from egressguard.audit.db import make_engine, migrate
+        from egressguard.audit.query import QueryError, parse_duration
+        from egressguard.control.endpoints import endpoint_health
+
+        try:
+            seconds = parse_duration(window)
+        except QueryError as exc:
+            raise _fail(f"--window: {exc}") from None
+        with _store(store) as st:
+            policy = st.current(name).policy
+            engine = make_engine(st.url)
+            try:
+                migrate(engine)
+                rows = endpoint_health(engine, name, policy, seconds)
+            finally:
+                engine.dispose()
+    table = Table("Endpoint", "Type", "Destination", "Routes", "Health",
+                  title=f"cluster {name} endpoints (last {window})")
+    for r in rows:
+        table.add_row(_cell(r["name"]), r["type"], _cell(r["destination"]),
+                      _cell(", ".join(r["routes"])), r["health"])
+    _emit(rows, output, table)
 
 
 @cluster_app.command("create")
@@ -577,12 +660,34 @@ def api(
                                       "data home; its SHA-256 fingerprint is printed")
     ] = False,
     store: StoreOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: Annotated[LogFormat, typer.Option(
+        case_sensitive=False, help="text, or json: one object per line")] = LogFormat.TEXT,
+    traces: TracesOpt = Traces.OFF,
 ) -> None:
     """Run the control-plane REST API alone."""
-    from egressguard.cli.serve import ApiThread, _bind, _run, announce_api, api_tls
+    from egressguard import logsetup
+    from egressguard.cli.serve import api_tls
+    from egressguard.cli.traces import Traced
+
+    logsetup.configure_or_exit(log_level, log_format)
+    tls = api_tls(api_tls_cert, api_tls_key, api_tls_self_signed, host)
+    try:
+        traced = Traced(traces, "egressguard-api")  # FastAPI traces each request with it
+    except TracingUnavailable as exc:
+        raise _fail(str(exc)) from None
+    try:
+        _run_api(store, host, port, allow_cidr, tls)
+    finally:
+        traced.shutdown()
+
+
+def _run_api(store: str | None, host: str, port: int, allow_cidr: list[str] | None,
+             tls: ApiTLS | None) -> None:
+    """The API server in its thread until SIGTERM or SIGINT (`serve` runs the same one)."""
+    from egressguard.cli.serve import ApiThread, _bind, _run, announce_api
     from egressguard.control.api import create_app
 
-    tls = api_tls(api_tls_cert, api_tls_key, api_tls_self_signed, host)
     with _store(store) as st:
         bootstrap = st.ensure_bootstrap()
         if bootstrap:

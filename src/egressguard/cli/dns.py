@@ -7,21 +7,25 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, Protocol, TextIO
 
 import typer
 
 from egressguard import logsetup
 from egressguard.audit.events import DecisionEvent, EventSink, NullSink
 from egressguard.cli.output import Format, OutputOpt, emit
+from egressguard.cli.traces import Traced, TracesOpt
 from egressguard.dns import CnameMode, DenyRcode, DnsFilter, FilterConfig
+from egressguard.enforce.tracing import Traces, TracingUnavailable
 from egressguard.engine import InvalidHost, normalize_host
+from egressguard.engine.holder import SnapshotHolder
 from egressguard.engine.request import split_host_port
 from egressguard.logsetup import LogFormat
-from egressguard.source import LivePolicy, SourceError, follow
+from egressguard.source import SourceError, follow
 
 if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
+    from egressguard.keys.runtime import ClusterKey
 
 dns_app = typer.Typer(help="DNS filter: answer only names the policy allows.",
                       no_args_is_help=True)
@@ -87,15 +91,22 @@ def serve(
         help="record every decision in the audit log (`egressguard logs`) of the store "
              "$EGRESSGUARD_STORE or the embedded one; default: on when a store exists")
     ] = None,
+    traces: TracesOpt = Traces.OFF,
 ) -> None:
     """Run the DNS filter: decide every question, forward allowed ones, check answers."""
     try:
         listen_at, upstream_at = parse_endpoint(listen, 53), parse_endpoint(upstream, 53)
-        live = follow(policy, cluster, store, start=False)
+        live = _follow(policy, cluster, store)
     except (SourceError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     logsetup.configure_or_exit(log_level, log_format)
+    try:
+        traced = Traced(traces, "egressguard-dns")
+    except TracingUnavailable as exc:
+        live.stop()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
     config = FilterConfig(
         listen=listen_at, upstream=upstream_at, deny_rcode=deny_rcode,
         cname_mode=cname_mode, report_only=report_only, timeout=timeout,
@@ -105,13 +116,18 @@ def serve(
     if events is not None:
         stream = sys.stdout if str(events) == "-" else events.open("a", encoding="utf-8")
         sink = JsonLinesSink(stream)
-    audit_log = _audit_log(audit, store)
+    audit_log, key = _audit_log(audit, store, live.cluster)
     if audit_log is not None:
         from egressguard.audit.sinks import FanoutSink
 
         sink = audit_log if stream is None else FanoutSink([sink, audit_log])
+    dns_filter = DnsFilter(live.holder, config, traced.wrap(sink))
+    if key is not None and audit_log is not None:  # fail closed while the key is gone
+        from egressguard.audit.compose import suspend_with_key
+
+        suspend_with_key(key, [dns_filter.checkpoint], audit_log.engine)
     try:
-        _run(_serve(DnsFilter(live.holder, config, sink), live))
+        _run(_serve(dns_filter, live))
     except OSError as exc:
         from egressguard.cli.listen import bind_failure
 
@@ -120,31 +136,75 @@ def serve(
         raise typer.Exit(EXIT_ERROR) from None
     finally:
         live.stop()
+        traced.shutdown()
         if audit_log is not None:
             audit_log.close()
+        if key is not None:
+            key.close()
         if stream is not None and stream is not sys.stdout:
             stream.close()
 
 
-def _audit_log(audit: bool | None, store: str | None) -> AuditLog | None:
+def _audit_log(audit: bool | None, store: str | None, cluster: str
+               ) -> tuple[AuditLog | None, ClusterKey | None]:
     """The audit log DNS decisions go to (None: `--no-audit`, or no store is configured or
-    exists and `--audit` was not asked for: a filter never creates a store nobody reads)."""
+    exists and `--audit` was not asked for: a filter never creates a store nobody reads),
+    and the cluster's customer-managed key it seals under, if the cluster names one."""
     from egressguard.source.lookup import store_available
 
     if audit is False or (audit is None and not store_available(store)):
-        return None
+        return None, None
     from egressguard.audit.compose import audit_sink
+    from egressguard.keys.runtime import ClusterKey
     from egressguard.paths import default_store_url
+    from egressguard.store.urls import normalize_url
 
     try:
-        return audit_sink(store or default_store_url())[1]
+        url = normalize_url(store or default_store_url()).render_as_string(
+            hide_password=False)
+        key = ClusterKey.open(url, cluster)
+        return audit_sink(url, cluster_key=key)[1], key
     except Exception as exc:  # the store cannot be opened: one line, no traceback
         typer.echo(f"error: cannot open the audit log: {exc} (hint: check "
                    "$EGRESSGUARD_STORE, or run with --no-audit)", err=True)
         raise typer.Exit(EXIT_ERROR) from None
 
 
-async def _serve(dns_filter: DnsFilter, live: LivePolicy) -> None:
+class Followed(Protocol):
+    """What the filter's policy comes from: a `LivePolicy`, or a `ColdStart` (the store
+    was down at start: the cached last-known-good policy, until the store is back)."""
+
+    holder: SnapshotHolder
+    cluster: str
+
+    def start(self) -> object: ...
+    def reload(self) -> bool: ...
+    def stop(self) -> None: ...
+
+
+def _follow(policy: Path | None, cluster: str | None, store: str | None) -> Followed:
+    """The policy followed live; in store mode each version in force is cached, and a
+    store that is down at start is replaced by the cached version (as `serve` does).
+    Without a cache the failure stands: no policy means no filter (fail closed)."""
+    try:
+        return follow(policy, cluster, store, start=False, cache=policy is None)
+    except SourceError:
+        if policy is not None:
+            raise
+        from egressguard import config
+        from egressguard.fleet.coldstart import start_on_cache
+        from egressguard.store import open_store
+
+        try:
+            open_store(store or None).close()
+        except Exception as exc:  # the store is down, not (say) a missing cluster
+            cold = start_on_cache(store, config.cluster(cluster), exc, start=False)
+            if cold is not None:
+                return cold
+        raise
+
+
+async def _serve(dns_filter: DnsFilter, live: Followed) -> None:
     loop = asyncio.get_running_loop()
     host, port = await dns_filter.start()
     live.start()

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy import Engine
 
-from egressguard.audit.crypto import Sealer, load_or_create_key
+from egressguard.audit.crypto import EnvelopeSealer, Sealer, load_or_create_key
 from egressguard.audit.query import (
     Filter,
     QueryError,
@@ -45,13 +45,24 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_BAD_INPUT)
 
 
-def _open(url: str | None) -> tuple[Engine, Sealer]:
+def _open(url: str | None) -> tuple[Engine, EnvelopeSealer]:
+    """The audit tables and a reader: the local audit key for batches without a key
+    header, and the configured cluster's customer-managed key (if it names one) for the
+    others; a batch whose key is unavailable here reads as "cannot decrypt"."""
     from egressguard.audit.db import make_engine, migrate
     from egressguard.paths import default_store_url
 
     engine = make_engine(url or default_store_url())  # errors: the handler in cli/main.py
     migrate(engine)
-    return engine, Sealer(load_or_create_key())
+    return engine, EnvelopeSealer(_envelope(engine), legacy=Sealer(load_or_create_key()))
+
+
+def _envelope(engine: Engine) -> Any:
+    from egressguard import config
+    from egressguard.keys.runtime import reader_envelope
+
+    return reader_envelope(engine.url.render_as_string(hide_password=False),
+                           config.cluster(None))
 
 
 def _when(t: float) -> str:
@@ -196,16 +207,23 @@ def logs_prune(
 def logs_verify(store: Store = None) -> None:
     """Check that no record was edited, removed or inserted, and that no run, newest
     batches or oldest batches (other than what retention pruned) were removed.
-    Exit 0 intact, 1 not."""
+    Batches whose customer-managed key version is unavailable here are reported as
+    "cannot decrypt: key K version V unavailable (why)", never as tampered.
+    Exit 0 intact, 1 tampered, 3 not tampered but not all checked (cannot decrypt)."""
     engine, sealer = _open(store)
     result = verify(engine, sealer)
     for problem in result.problems or []:
         typer.echo(f"TAMPERED: {problem}")
+    for unreadable in result.unreadable or []:
+        typer.echo(f"CANNOT DECRYPT: {unreadable}")
     for note in result.notes or []:
         typer.echo(f"note: {note}")
-    typer.echo(f"{result.events} records in {result.batches} batches: "
-               f"{'intact' if result.ok else 'NOT intact'}")
-    raise typer.Exit(0 if result.ok else 1)
+    verdict = ("NOT intact" if not result.ok else "intact" if result.complete
+               else "not tampered in what could be checked; some batches cannot be "
+                    "decrypted here (hint: grant this identity unwrapKey, or enable the "
+                    "key version)")
+    typer.echo(f"{result.events} records in {result.batches} batches: {verdict}")
+    raise typer.Exit(1 if not result.ok else 0 if result.complete else 3)
 
 
 def recommend(

@@ -19,10 +19,13 @@ import importlib
 import os
 import shlex
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from egressguard.store.sealing import Resolver
 
 from egressguard import config
 from egressguard.errors import EgressguardError
@@ -44,6 +47,7 @@ AREAS: dict[str, str] = {
     "catalog": "egressguard.cli.catalog",
     "profile": "egressguard.cli.catalog",
     "servicetags": "egressguard.cli.catalog",
+    "storage-accounts": "egressguard.cli.catalog",
     "logs": "egressguard.cli.evidence",
     "recommend": "egressguard.cli.evidence",
     "analyze": "egressguard.cli.analysis",
@@ -92,6 +96,9 @@ SUMMARIES: dict[str, str] = {
     "catalog": "Browse the shipped requirement catalogs.",
     "profile": "Generate the least policy a deployment needs.",
     "servicetags": "Import and inspect Azure service tags.",
+    "storage-accounts": "The storage accounts egressguard knows: resource-group and "
+                        "subscription entries of service endpoint policies match them, and "
+                        "an alias covers the ones listed for it.",
     "logs": "Query, follow, prune and verify the audit log.",
     "dns": "DNS filter: answer only names the policy allows.",
     "firewall": "Kernel (nftables) enforcement of the policy's network rules; fail closed.",
@@ -162,6 +169,11 @@ def _version(value: bool) -> None:
 def build_app(argv: list[str] | None = None) -> typer.Typer:
     """The CLI with the areas `argv` needs: all of them when `argv` is None (tests), only
     the named command's when it names one, none otherwise (help: stand-ins)."""
+    from egressguard.store import sealing
+
+    # Every store this process opens seals (and opens) each cluster's policy versions
+    # under the cluster's customer-managed key, if it names one (docs/keys.md).
+    sealing.install(_store_keys)
     app = typer.Typer(
         name="egressguard", no_args_is_help=True, cls=_Guarded,
         pretty_exceptions_show_locals=False,  # locals may hold tokens and keys
@@ -213,6 +225,12 @@ def __getattr__(name: str) -> typer.Typer:
     if name == "app":
         return build_app()
     raise AttributeError(name)
+
+
+def _store_keys(store: Any) -> Resolver:
+    from egressguard.keys.runtime import StoreKeys  # (cryptography: only with a store)
+
+    return StoreKeys.for_store(store)
 
 
 def _completion_argv() -> list[str] | None:

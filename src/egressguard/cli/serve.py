@@ -37,20 +37,22 @@ import typer
 from egressguard import logsetup
 from egressguard.audit.events import EventSink, NullSink
 from egressguard.cli.listen import bind_failure, listen_tcp
+from egressguard.cli.traces import Traced, TracesOpt
 from egressguard.dns.client import ask as dns_ask
+from egressguard.enforce.tracing import Traces
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
-from egressguard.errors import EgressguardError
+from egressguard.errors import EgressguardError, InputError
 from egressguard.gateway import Gateway, Limits, Resolver, parse_hosts_file, parse_resolve
 from egressguard.logsetup import LogFormat
-from egressguard.policy import PolicyError
 
 if TYPE_CHECKING:
     from egressguard.audit.log import AuditLog
     from egressguard.control.apitls import ApiTLS
     from egressguard.fleet import Leader
     from egressguard.fleet.coldstart import ColdStart
-    from egressguard.source import LivePolicy
+    from egressguard.keys.runtime import ClusterKey, StoreKeys, Suspendable
+    from egressguard.source import LivePolicy, PolicyFeed
     from egressguard.store import Store
 
 log = logging.getLogger("egressguard.gateway")
@@ -101,6 +103,21 @@ def serve(
         help="warn when bytes sent to one destination within --exfil-window exceed this")
     ] = None,
     exfil_window: Annotated[str, typer.Option(help="window of --exfil-threshold")] = "1h",
+    key_check_every: Annotated[str | None, typer.Option(
+        help="watch every cluster's customer-managed key this often (e.g. 5m), once per "
+             "fleet by its leader: a metric and a warning per change (each gateway "
+             "enforces its own cluster's key every --key-check-interval)")] = None,
+    recommend_every: Annotated[str | None, typer.Option(
+        help="write each cluster's recommended policy this often (e.g. 24h) to "
+             "--recommend-out, once per fleet by its leader")] = None,
+    recommend_window: Annotated[str, typer.Option(
+        help="traffic window the scheduled recommendations observe")] = "7d",
+    recommend_out: Annotated[Path | None, typer.Option(
+        help="folder of the scheduled recommendations (<cluster>.yaml and .diff)")] = None,
+    key_check_interval: Annotated[float, typer.Option(
+        help="seconds between checks of the cluster's customer-managed key: revocation "
+             "suspends and recovery resumes within this; an unset keyVersion follows the "
+             "latest within it", min=0.1, max=60.0)] = 5.0,
     audit_timeout: Annotated[float, typer.Option(
         help="seconds a refusal waits for its audit record to be durable (then refuses "
              "anyway and logs it)")] = 5.0,
@@ -139,6 +156,7 @@ def serve(
         help="show the traceback of a start-up failure")] = False,
     log_format: Annotated[LogFormat, typer.Option(
         case_sensitive=False, help="text, or json: one object per line")] = LogFormat.TEXT,
+    traces: TracesOpt = Traces.OFF,
 ) -> None:
     """Run the gateway: an HTTP/HTTPS forward proxy that enforces the policy."""
     debug = debug or log_level.lower() == "debug"
@@ -148,6 +166,7 @@ def serve(
     cluster = config.cluster(cluster)
     parts = _Parts()
     try:
+        parts.traced = Traced(traces, "egressguard-gateway")
         host, port = _listen_address(listen)
         api_address = _listen_address(api_listen) if api else None
         tls = api_tls(api_tls_cert, api_tls_key, api_tls_self_signed,
@@ -162,10 +181,14 @@ def serve(
         if hosts_file is not None:
             for name, ips in parse_hosts_file(hosts_file).items():
                 static.setdefault(name, []).extend(ips)
-        parts.open(store, cluster, policy, need_store=api or audit or policy is None)
+        parts.open(store, cluster, policy, need_store=api or audit or policy is None,
+                   key_check_interval=key_check_interval)
         if audit:
             parts.open_audit(audit_writer, audit_max_age, audit_max_rows, exfil_threshold,
                              exfil_window)
+        parts.open_jobs(Singletons(audit_max_age if audit else None,
+                                   audit_max_rows if audit else None, key_check_every,
+                                   recommend_every, recommend_window, recommend_out))
     except Exception as exc:
         parts.close()
         _startup_failed(exc, debug)
@@ -178,11 +201,12 @@ def serve(
                     max_connections_per_source=max_connections_per_source,
                     shutdown_deadline=shutdown_deadline,
                     non_tls_443=mode, audit_timeout=audit_timeout)
-    assert parts.holder is not None
+    assert parts.holder is not None and parts.traced is not None
     resolver = Resolver(static, system=system_resolver, nameservers=nameservers,
                         ask=dns_ask if nameservers else None)
-    gateway = Gateway(parts.holder, parts.sink, resolver, limits, report_only=report_only,
-                      cluster=cluster)
+    gateway = Gateway(parts.holder, parts.traced.wrap(parts.sink), resolver, limits,
+                      report_only=report_only, cluster=cluster)
+    parts.bind_key(gateway.checkpoint)
     try:
         _run(_serve(gateway, parts, host, port, api_address, allow_cidr or None,
                     api_max_body, tls))
@@ -217,7 +241,7 @@ def _startup_failed(exc: Exception, debug: bool) -> None:
     """Print one line (cause, then a hint) and exit 2; with `debug`, the traceback too."""
     from egressguard.store import unavailable_reason
 
-    if isinstance(exc, StartupError | PolicyError | CompileError | ValueError):
+    if isinstance(exc, StartupError | InputError | CompileError | ValueError):
         hint = exc.hint if isinstance(exc, EgressguardError) else None
         line = f"{exc} (hint: {hint})" if hint else str(exc)
     elif (reason := unavailable_reason(exc)) is not None:
@@ -235,6 +259,18 @@ def _startup_failed(exc: Exception, debug: bool) -> None:
     raise typer.Exit(2) from None
 
 
+@dataclass(frozen=True)
+class Singletons:
+    """The fleet's singleton jobs `serve` was asked to run (see `_Parts.open_jobs`)."""
+
+    max_age: str | None
+    max_rows: int | None
+    key_check_every: str | None
+    recommend_every: str | None
+    recommend_window: str
+    recommend_out: Path | None
+
+
 @dataclass
 class _Parts:
     """What `serve` opens before the event loop starts, closed in reverse on the way out."""
@@ -246,6 +282,9 @@ class _Parts:
     leader: Leader | None = None
     cold: ColdStart | None = None
     url: str = ""  # the store's URL (also while it is down, for the audit log)
+    traced: Traced | None = None
+    key: ClusterKey | None = None  # the cluster's customer-managed key, if it names one
+    store_keys: StoreKeys | None = None  # every cluster's key, for sealed policy versions
 
     @property
     def holder(self) -> SnapshotHolder | None:
@@ -254,7 +293,7 @@ class _Parts:
         return self.cold.holder if self.cold is not None else None  # store down at start
 
     def open(self, store_url: str | None, cluster: str, policy: Path | None,
-             need_store: bool) -> None:
+             need_store: bool, key_check_interval: float = 5.0) -> None:
         """Open the store (for the API, the audit log and store mode), then the policy
         source; the file watcher's thread waits for `_serve` (`live.start()`)."""
         from egressguard.source import follow
@@ -271,6 +310,7 @@ class _Parts:
                     raise
                 return
             self.url = self.store.url.render_as_string(hide_password=False)
+            self.open_key(cluster, key_check_interval)
         if policy is None:
             assert self.store is not None
             self._check_cluster(self.store, cluster)
@@ -293,46 +333,93 @@ class _Parts:
 
     def _cold_start(self, store_url: str | None, cluster: str, exc: Exception) -> bool:
         """Store down: start on the cached last-known-good policy if there is one."""
-        from egressguard.fleet.cache import PolicyCache
-        from egressguard.fleet.coldstart import ColdStart
-        from egressguard.paths import default_store_url
-        from egressguard.store import unavailable_reason
-        from egressguard.store.urls import bus_key, normalize_url
+        from egressguard.fleet.coldstart import start_on_cache
 
-        if unavailable_reason(exc) is None:
+        self.cold = start_on_cache(store_url, cluster, exc)
+        if self.cold is None:
             return False
-        url = normalize_url(store_url or default_store_url())
-        try:
-            self.cold = ColdStart(url.render_as_string(hide_password=False), cluster,
-                                  PolicyCache(bus_key(url), cluster)).start()
-        except LookupError:
-            return False
-        self.url = url.render_as_string(hide_password=False)
+        self.url = self.cold.url
         return True
+
+    def open_key(self, cluster: str, check_interval: float) -> None:
+        """The cluster's customer-managed key (docs/keys.md), when the store is up and the
+        cluster names one: audit batches are sealed under it and a revoked key suspends
+        the gateway. A store that cannot be read fails the start (never the local key
+        by mistake); a cold start (store down) runs on the local key, as before."""
+        from egressguard.keys.runtime import ClusterKey, seal_store
+
+        if self.store is None:
+            return
+        self.key = ClusterKey.open(self.url, cluster, check_interval=check_interval)
+        # Policy versions of every cluster sealed under (and opened with) its own key.
+        self.store_keys = seal_store(self.store, known=[self.key] if self.key else [],
+                                     check_interval=check_interval)
+
+    def bind_key(self, checkpoint: Suspendable) -> None:
+        """Suspend `checkpoint` while the key is unavailable; record each transition."""
+        if self.key is None:
+            return
+        from egressguard.audit.compose import suspend_with_key
+
+        if self.audit_log is not None:
+            engine = self.audit_log.engine
+        else:
+            from egressguard.audit.db import make_engine, migrate
+
+            engine = make_engine(self.url)
+            migrate(engine)
+        feed = self.live.feed if self.live is not None else None
+        caches = [_CacheWipe(feed)] if feed is not None and feed.cache is not None else []
+        suspend_with_key(self.key, [checkpoint, *caches], engine)
 
     def open_audit(self, writer: str, max_age: str | None, max_rows: int | None,
                    exfil_threshold: int | None, exfil_window: str) -> None:
         from egressguard.audit.compose import audit_sink
-        from egressguard.audit.log import Retention
         from egressguard.audit.query import parse_duration
 
-        retention = Retention(max_age_s=parse_duration(max_age) if max_age else None,
-                              max_rows=max_rows)
         assert self.url, "the audit log needs the store"
         url = self.url
-        if retention.max_age_s is not None or retention.max_rows is not None:
-            from egressguard.fleet import Leader
-            from egressguard.fleet.jobs import retention_job
-
-            # Once per fleet, by the advisory-lock leader, not in every gateway's writer.
-            self.leader = Leader(url, [retention_job(url, retention)]).start()
         self.sink, self.audit_log = audit_sink(
             url,
             exfil_threshold=exfil_threshold,
             exfil_window_s=parse_duration(exfil_window),
-            writer="thread" if writer == "thread" else "process")
+            writer="thread" if writer == "thread" else "process",
+            cluster_key=self.key)
+
+    def open_jobs(self, wanted: Singletons) -> None:
+        """Start the fleet leader when a singleton job is asked for: it runs them only
+        while it holds the store's advisory lock, so once per fleet (`fleet/leader.py`)."""
+        from egressguard.audit.log import Retention
+        from egressguard.audit.query import parse_duration
+        from egressguard.fleet import Job, jobs
+
+        url = self.url
+        found: list[Job] = []
+        retention = Retention(
+            max_age_s=parse_duration(wanted.max_age) if wanted.max_age else None,
+            max_rows=wanted.max_rows)
+        if retention.max_age_s is not None or retention.max_rows is not None:
+            found.append(jobs.retention_job(  # prune marks under the cluster's key, if any
+                url, retention, self.key.envelope if self.key else None))
+        if wanted.key_check_every:
+            found.append(jobs.key_check_job(url, parse_duration(wanted.key_check_every)))
+        if wanted.recommend_every:
+            if wanted.recommend_out is None:
+                raise ValueError("--recommend-every needs --recommend-out FOLDER")
+            found.append(jobs.recommendation_job(
+                url, parse_duration(wanted.recommend_every),
+                parse_duration(wanted.recommend_window), wanted.recommend_out))
+        if not found:
+            return
+        if not url:
+            raise ValueError(f"{found[0].name} needs the store (not --policy alone)")
+        from egressguard.fleet import Leader
+
+        self.leader = Leader(url, found).start()
 
     def close(self) -> None:
+        if self.traced is not None:
+            self.traced.shutdown()
         if self.leader is not None:
             self.leader.stop()
         if self.live is not None:
@@ -341,8 +428,31 @@ class _Parts:
             self.cold.stop()
         if self.audit_log is not None:
             self.audit_log.close()
+        if self.store_keys is not None:
+            self.store_keys.close()
+        if self.key is not None:
+            self.key.close()
         if self.store is not None:
             self.store.close()
+
+
+class _CacheWipe:
+    """The last-known-good policy cache follows the key: removed on suspension (a
+    decrypted copy of the cluster's policy), saved again when the key is back."""
+
+    def __init__(self, feed: PolicyFeed) -> None:
+        self.feed = feed
+
+    def suspend(self, reason: str) -> None:
+        assert self.feed.cache is not None
+        self.feed.cache.wipe()
+
+    def resume(self) -> None:
+        assert self.feed.cache is not None
+        try:
+            self.feed.cache.save(self.feed.store.current(self.feed.cluster))
+        except Exception as exc:  # the next version in force saves it anyway
+            log.warning("policy cache not saved after resuming: %s", exc)
 
 
 def _check_cidrs(cidrs: list[str]) -> None:
@@ -384,7 +494,7 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
     if parts.live is not None:
         loop.add_signal_handler(signal.SIGHUP, parts.live.reload)
     elif parts.cold is not None:
-        loop.add_signal_handler(signal.SIGHUP, parts.cold.refresh)
+        loop.add_signal_handler(signal.SIGHUP, parts.cold.reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     for addr, bound in gateway.addresses:
@@ -417,7 +527,10 @@ class ApiThread:
 
         # h11, not httptools: uvicorn bounds a request head only with h11 (httptools
         # buffers any number of header bytes, unauthenticated, before the gate runs).
+        # log_config=None: uvicorn's records go through the process's handler
+        # (`--log-format json` covers them too).
         config = uvicorn.Config(app, loop="none", http="h11", log_level="warning",
+                                log_config=None,
                                 lifespan="off", server_header=False,
                                 h11_max_incomplete_event_size=API_MAX_HEAD,
                                 limit_concurrency=1024, timeout_graceful_shutdown=5,

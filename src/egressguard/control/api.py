@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Path, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -40,6 +40,7 @@ from egressguard.control.auth import (
     require_somewhere,
 )
 from egressguard.control.commands import CommandSyntaxError
+from egressguard.control.endpoints import endpoint_health
 from egressguard.control.errors import ControlError, InvalidInput
 from egressguard.control.gate import (
     BODY_IDLE_TIMEOUT,
@@ -52,13 +53,22 @@ from egressguard.control.inforce import FileBook, PolicyBook
 from egressguard.control.mgmt import execute
 from egressguard.control.properties import (
     KEY_PROPERTY,
+    add_callouts,
+    callouts_to_arm,
     collection_from_arm,
     collection_to_arm,
     from_arm,
+    remove_callout,
     without_collection,
 )
 from egressguard.control.properties import to_arm as _to_arm
-from egressguard.control.whatif import CheckRequest, SnapshotCache, Snapshots, decide
+from egressguard.control.whatif import (
+    CheckRequest,
+    SnapshotCache,
+    Snapshots,
+    decide,
+    route_what_if,
+)
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.keys import clusterkeys
@@ -253,15 +263,17 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
     @router.put("/clusters/{name}")
     def put_cluster(name: ClusterName, body: ArmBody, who: Operator) -> dict[str, Any]:
         """Create or replace a cluster: properties not given take their defaults."""
-        policy = from_arm(body)
-        _set_key(store, name, body, who.name)  # absent: the key stays as it is
         try:
-            store.current(name)
+            existing: Version | None = store.current(name)
         except NotFound:  # creating a cluster is a cluster-wide act: a grant is not enough
             check_cluster(who, EDIT_POLICY, None)
-            version = store.commit(name, policy, who.name, "created by PUT", create=True)
-        else:
+            existing = None
+        policy = from_arm(body, keep_kind=existing.policy.kind if existing else None)
+        _set_key(store, name, body, who.name)  # absent: the key stays as it is
+        if existing is not None:
             version = store.commit(name, policy, who.name, "PUT properties")
+        else:
+            version = store.commit(name, policy, who.name, "created by PUT", create=True)
         return resource(version)
 
     @router.patch("/clusters/{name}")
@@ -297,6 +309,30 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
 
     for segment, field in COLLECTIONS.items():
         _collection_routes(router, store, segment, field)
+    _callout_routes(router, store)
+
+    @router.post("/clusters/{name}/whatIf")
+    def what_if(name: ClusterName, body: ArmBody, _who: Viewer) -> dict[str, Any]:
+        """What a PATCH with this body would do to the cluster's routes, changing nothing:
+        `stopsWorking` lists the routes that work now and would be refused after it."""
+        return route_what_if(store.current(name).policy, body)
+
+    @router.get("/clusters/{name}/endpoints")
+    def endpoints(name: ClusterName, request: Request, _who: Viewer,
+                  window: Annotated[str, Query(max_length=20)] = "1h") -> dict[str, Any]:
+        """The cluster's endpoints, their derived destinations and routes, and their
+        health (healthy, unhealthy, degraded, dead, unknown) from the decisions observed
+        for each destination within `window`."""
+        from egressguard.audit.api import reader
+        from egressguard.audit.query import QueryError, parse_duration
+
+        try:
+            seconds = parse_duration(window)
+        except QueryError as exc:
+            raise InvalidInput([("window", str(exc))]) from None
+        policy = store.current(name).policy
+        engine, _ = reader(request)
+        return {"value": endpoint_health(engine, name, policy, seconds), "window": window}
 
     @router.post("/check")
     def check(body: CheckRequest, who: Reader, response: Response) -> dict[str, Any]:
@@ -318,6 +354,35 @@ def _clusters_router(store: PolicyBook, snapshots: Snapshots, served: str) -> AP
         return execute(store, body.cluster or served, body.command, who).as_kusto()
 
     return router
+
+
+def _callout_routes(router: APIRouter, store: PolicyBook) -> None:
+    """Data Explorer's callout policy operations (`listCalloutPolicies`,
+    `addCalloutPolicies`, `removeCalloutPolicy`); an entry's id is `<regex>_<type>`."""
+    base = "/clusters/{name}"
+
+    @router.post(base + "/listCalloutPolicies")
+    def list_callouts(name: ClusterName, _who: Viewer) -> dict[str, Any]:
+        return {"value": callouts_to_arm(store.current(name).policy)}
+
+    @router.post(base + "/addCalloutPolicies")
+    def add_callout_policies(name: ClusterName, body: ArmBody, who: Operator
+                             ) -> dict[str, Any]:
+        policy = add_callouts(store.current(name).policy, body)
+        version = store.commit(name, policy, who.name,
+                               f"addCalloutPolicies ({len(body.get('value', []))})")
+        return {"value": callouts_to_arm(version.policy), "version": version.number}
+
+    @router.post(base + "/removeCalloutPolicy")
+    def remove_callout_policy(name: ClusterName, body: ArmBody, who: Operator
+                              ) -> dict[str, Any]:
+        policy = remove_callout(store.current(name).policy, body)
+        if policy is None:
+            raise NotFound(f"cluster {name!r} has no callout policy with id "
+                           f"{body.get('calloutId')!r}")
+        version = store.commit(name, policy, who.name,
+                               f"removeCalloutPolicy {str(body['calloutId'])[:200]}")
+        return {"value": callouts_to_arm(version.policy), "version": version.number}
 
 
 def _collection_routes(router: APIRouter, store: PolicyBook, segment: str, field: str

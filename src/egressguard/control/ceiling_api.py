@@ -15,7 +15,7 @@ Included by the control-plane app through `OPTIONAL_ROUTERS`.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +29,9 @@ from egressguard.control.auth import (
 from egressguard.control.errors import InvalidInput
 from egressguard.policy import Policy, PolicyError, load_policy_text
 from egressguard.store import NotFound, Store
+
+if TYPE_CHECKING:
+    from egressguard.analysis.replay import Replay
 
 router = APIRouter(prefix="/v1", tags=["clusters"])
 Admin = Annotated[Principal, Depends(require_cluster_role())]
@@ -91,23 +94,32 @@ def delete_ceiling(name: ClusterName, request: Request, _who: Admin) -> dict[str
     return {"cluster": name, "cleared": _store(request).clear_ceiling(name)}
 
 
+def replay_recorded(engine: Any, sealer: Any, policy: Policy, since: str,
+                    cluster: str | None) -> Replay:
+    """The recorded decisions since `since` (`7d`, an ISO time) of `cluster` (None: all)
+    re-decided under `policy`: the API's and the dashboard's replay. Raises `QueryError`
+    for a bad `since`."""
+    from egressguard.analysis.replay import replay
+    from egressguard.audit.query import Filter, parse_since, scan
+    from egressguard.source import snapshot_for
+
+    flt = Filter(since=parse_since(since), cluster=cluster)
+    return replay(scan(engine, flt, sealer=sealer), snapshot_for(policy))
+
+
 @router.post("/replay", tags=["analysis"])
 def replay_audit(body: ReplayBody, request: Request,
                  who: Annotated[Principal, Depends(require_somewhere("auditor"))]
                  ) -> dict[str, Any]:
     """What the candidate would flip among the recorded decisions of the window."""
     check_cluster(who, ("auditor",), body.cluster)
-    from egressguard.analysis.replay import replay
     from egressguard.audit.api import reader
-    from egressguard.audit.query import Filter, QueryError, parse_since, scan
-    from egressguard.catalog import references
-    from egressguard.engine import compile_policy
+    from egressguard.audit.query import QueryError
 
-    candidate = compile_policy(_policy(body), references())
+    policy = _policy(body)
+    engine, sealer = reader(request)
     try:
-        flt = Filter(since=parse_since(body.since), cluster=body.cluster)
+        result = replay_recorded(engine, sealer, policy, body.since, body.cluster)
     except QueryError as exc:
         raise InvalidInput([("since", str(exc))]) from None
-    engine, sealer = reader(request)
-    result = replay(scan(engine, flt, sealer=sealer), candidate)
     return {**result.as_dict(), "lines": result.lines()}

@@ -4,10 +4,12 @@ Grammar (keywords compare case-insensitively)::
 
     command  := verb 'cluster' 'policy' 'callout' [string]
     verb     := '.show' | '.alter' | '.alter-merge' | '.delete'
-    string   := @'verbatim' | @"verbatim" | 'escaped' | "escaped"
+    string   := @'verbatim' | @"verbatim" | 'escaped' | "escaped" | ```multi-line```
 
 Verbatim strings double their quote to include it (`@'it''s'`); escaped strings take
-backslash escapes. `.alter` and `.alter-merge` need the string; the others refuse one.
+backslash escapes; a triple-backtick string (Kusto's multi-line form) ends at the next
+three backticks and has no escapes. `.alter` and `.alter-merge` need the string; the
+others refuse one.
 Errors carry the offset in the command text and say what was expected there.
 """
 
@@ -90,6 +92,13 @@ def tokenize(text: str) -> list[Token]:
             while i < n and _word_char(text[i]):
                 i += 1
             tokens.append(Token(TokenKind.WORD, text[start:i].lower(), start))
+        elif text.startswith("```", i):  # Kusto's multi-line literal, taken verbatim
+            end = text.find("```", i + 3)
+            if end < 0:
+                raise CommandSyntaxError(text, n, "closing ``` of the string opened at "
+                                         f"position {start}", "end of command")
+            tokens.append(Token(TokenKind.STRING, text[i + 3:end], start))
+            i = end + 3
         elif ch == "@" and i + 1 < n and text[i + 1] in "'\"":
             value, i = _verbatim(text, i + 1)
             tokens.append(Token(TokenKind.STRING, value, start))

@@ -1,5 +1,6 @@
 """What-if checks for the API: the same query model, request building and answer as
-`egressguard check --json` (both take a `CheckQuery`, see `engine.query`)."""
+`egressguard check --json` (both take a `CheckQuery`, see `engine.query`); and what an
+update would do to a cluster's routes (`cluster update --what-if`, `POST .../whatIf`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import Any, Protocol
 
 from pydantic import Field
 
+from egressguard.control.properties import from_arm
 from egressguard.engine import Snapshot
 from egressguard.engine.query import CheckQuery
+from egressguard.engine.routes import checks, stops_working
+from egressguard.policy import Policy
 from egressguard.source import snapshot_for
 from egressguard.store import Store
 
@@ -56,3 +60,14 @@ def decide(snapshots: Snapshots, cluster: str, query: CheckQuery
     """(version decided against, the decision as `egressguard check --json` prints it)."""
     version, snapshot = snapshots.snapshot(cluster)
     return version, snapshot.decide(query.request()).as_dict()
+
+
+def route_what_if(current: Policy, body: Any) -> dict[str, Any]:
+    """What an update (`body`, as PATCH takes it) would do to the cluster's routes, before
+    anything changes: `stopsWorking` lists the routes and egress features that work now
+    and would be refused after it (each with the rule and reason), `routes` every route
+    under the proposed policy. Raises `InvalidInput` as the update itself would."""
+    proposed = from_arm(body, current)
+    lost = stops_working(current, snapshot_for(current), snapshot_for(proposed), proposed)
+    return {"whatIf": True, "stopsWorking": [c.as_dict() for c in lost],
+            "routes": [c.as_dict() for c in checks(proposed, snapshot_for(proposed))]}

@@ -26,6 +26,15 @@ snapshot keyed by the `Request` (decisions are pure functions of the two), reads
 memo through one attribute so that a concurrent swap can never file a decision under the
 wrong snapshot, and allocates nothing but its result tuple; counters are cached per
 label set; no event is built at all without an audit sink (`recording`).
+
+Suspension (customer-managed keys, docs/keys.md): while the cluster's root key is
+unavailable the checkpoint is *suspended*: every decision is a refusal whatever the
+policy or report-only says (fail closed), nothing is recorded (records cannot be sealed;
+the transition itself is a system event), and the memo is dropped. Enforcement points
+answer a suspended checkpoint as an outage (the gateway: 503 with the reason, open
+tunnels closed through an `on_suspend` hook), not as a policy refusal. The checkpoint
+knows nothing of keys: whoever watches the key (`keys.suspension`) calls `suspend` and
+`resume`.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from egressguard import metrics
 from egressguard.enforce.events import CloseCause, DecisionEvent, EventSink, NullSink, emit_durably
@@ -69,8 +79,8 @@ class Checkpoint:
     Safe to share between threads (the memo tolerates races; counters are thread-safe).
     """
 
-    __slots__ = ("_counters", "_memo", "audit_timeout", "cluster", "holder", "point",
-                 "recording", "report_only", "sink")
+    __slots__ = ("_counters", "_hooks", "_memo", "audit_timeout", "cluster", "holder",
+                 "point", "recording", "report_only", "sink", "suspended")
 
     def __init__(self, holder: SnapshotHolder, sink: EventSink | None = None, *,
                  report_only: bool = False, cluster: str = "default",
@@ -85,11 +95,50 @@ class Checkpoint:
         self.audit_timeout = audit_timeout
         self._counters: dict[tuple[str, str, str, bool], object] = {}
         self._memo: tuple[object, dict[Request, Decision]] = (None, {})
+        self.suspended: str | None = None   # the reason while suspended (fail closed)
+        self._hooks: list[Callable[[str | None], None]] = []
+
+    # -- suspension ----------------------------------------------------------------------
+
+    def on_suspend(self, hook: Callable[[str | None], None]) -> None:
+        """Call `hook(reason)` on suspension and `hook(None)` on resumption (from the
+        thread that changes the state: a hook on an event loop must hop onto it)."""
+        self._hooks.append(hook)
+
+    def suspend(self, reason: str) -> None:
+        """Fail closed from now on: refuse everything, record nothing, drop the memo."""
+        first = self.suspended is None
+        self.suspended = reason or "suspended"
+        self._memo = (None, {})
+        if first:
+            log.error("%s: suspended, refusing every request: %s", self.point, reason)
+            self._call(self.suspended)
+
+    def resume(self) -> None:
+        if self.suspended is None:
+            return
+        self.suspended = None
+        log.warning("%s: resumed, enforcing the policy again", self.point)
+        self._call(None)
+
+    def _call(self, reason: str | None) -> None:
+        for hook in list(self._hooks):
+            try:
+                hook(reason)
+            except Exception:
+                log.exception("%s: suspension hook failed", self.point)
+
+    def refusal(self) -> Decision:
+        """The decision every request gets while suspended."""
+        return Decision(Verdict.DENY, Layer.GUARD, "suspended",
+                        f"cluster suspended: {self.suspended}")
 
     # -- decide and report-only --------------------------------------------------------
 
     def decide(self, request: Request) -> tuple[Decision, bool]:
         """The decision under the policy in force and whether to let it through."""
+        if self.suspended is not None:
+            return self.refusal(), False
         snapshot = self.holder.current
         memo = self._memo
         if memo[0] is not snapshot or len(memo[1]) > MEMO_SIZE:
@@ -114,7 +163,10 @@ class Checkpoint:
         return decision
 
     def permit(self, decision: Decision) -> bool:
-        """What to do: the verdict, unless report-only applies (policy, collection, point)."""
+        """What to do: the verdict, unless report-only applies (policy, collection, point);
+        nothing while suspended."""
+        if self.suspended is not None:
+            return False
         return decision.permitted or self.report_only
 
     def guard_deny(self, rule: str, reason: str, destination: str, port: int | None = None,
@@ -122,7 +174,7 @@ class Checkpoint:
         """A refusal minted outside the engine and whether to let it through anyway."""
         decision = guard_decision(snapshot or self.holder.current, rule, reason,
                                   destination, port)
-        return decision, decision.permitted or self.report_only
+        return decision, self.permit(decision)
 
     # -- metrics, events, records -----------------------------------------------------
 
@@ -163,7 +215,10 @@ class Checkpoint:
             protocol=protocol, callout_type=callout_type)
 
     def emit(self, event: DecisionEvent) -> None:
-        """Fire-and-forget (permitted calls and close events); a failing sink is logged."""
+        """Fire-and-forget (permitted calls and close events); a failing sink is logged.
+        Nothing is emitted while suspended (it could not be sealed)."""
+        if self.suspended is not None:
+            return
         try:
             self.sink.emit(event)
         except Exception:
@@ -173,8 +228,11 @@ class Checkpoint:
         """Make a refusal's event durable before the client sees the refusal.
 
         Fails closed: when the audit log cannot confirm in `audit_timeout` seconds (or
-        fails), the error is logged and the caller refuses all the same.
+        fails), the error is logged and the caller refuses all the same. While suspended
+        nothing is recorded (the suspension itself is), so the refusal is not delayed.
         """
+        if self.suspended is not None:
+            return
         try:
             await asyncio.wait_for(emit_durably(self.sink, event), self.audit_timeout)
         except TimeoutError as exc:   # AuditUnavailable is a TimeoutError

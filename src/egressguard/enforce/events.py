@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
 Phase = Literal["decision", "close"]
-CloseCause = Literal["", "client", "upstream", "revoked", "timeout", "error", "shutdown"]
+CloseCause = Literal["", "client", "upstream", "revoked", "timeout", "error", "shutdown",
+                     "budget", "suspended"]
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ class Layer(enum.StrEnum):
     APPLICATION = "application"
     SERVICE_ENDPOINT = "service_endpoint"
     DEFAULT = "default"
+    BUDGET = "budget"   # a byte budget used up (enforce/budget.py), not a rule's verdict
 
 
 @fast_init

@@ -41,16 +41,31 @@ from egressguard.policy.model import (
     is_service_tag,
     validate_host_pattern,
 )
+from egressguard.policy.rules import storage_entries
 
 _ALLOWED_FQDN_PORTS = frozenset({80, 443})
+# What the allowed-FQDN list opens per cluster kind (semantics §4 step 6): IoT Hub's
+# egress is its endpoint protocols, HTTPS 443, AMQP 5671 (AMQP over WebSockets: 443) and
+# Kafka 9093, to names only, and it makes no callouts; Data Explorer's is HTTP/HTTPS and
+# callouts.
+IOTHUB_PORTS = frozenset({443, 5671, 9093})
+# With `callout_enforcement: gateway`, the callout types a proxied connection to each port
+# may be (semantics §4 step 3): TDS, PostgreSQL and MySQL by their ports, the rest HTTPS.
+CALLOUT_PORTS: dict[int, tuple[str, ...]] = {
+    1433: ("sql",), 5432: ("postgresql",), 3306: ("mysql",),
+    443: ("kusto", "webapi", "external_data", "cosmosdb", "azure_openai",
+          "azure_digital_twins", "sandbox_artifacts"),
+}
+CALLOUT_ERROR = "(error SEM0056)"
+"""Ends every refused callout's reason, as Data Explorer's semantic error does."""
 _MEMO_SIZE = 32768  # decisions remembered per snapshot and request kind (~20 MB at most)
+_STORAGE_DOMAIN = re.compile(
+    r"(?:^|\.)(?:blob|queue|table|file|dfs|web)\.core\."
+    r"(?:windows\.net|chinacloudapi\.cn|usgovcloudapi\.net|cloudapi\.de)$")
 _STORAGE_HOST = re.compile(
     r"(?P<account>[a-z0-9]{3,24})(?P<secondary>-secondary)?\.(?:z\d+\.)?"
     r"(?:blob|queue|table|file|dfs|web)\.core\."
     r"(?:windows\.net|chinacloudapi\.cn|usgovcloudapi\.net|cloudapi\.de)")
-_ACCOUNT_ID = re.compile(
-    r"/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.storage/"
-    r"storageaccounts/(?P<name>[a-z0-9]{3,24})")
 
 
 class CompileError(InputError, ValueError):
@@ -239,6 +254,8 @@ class Snapshot:
             (self._trusted_v6 if net.version == 6 else self._trusted_v4)[str(net)] = True
         self._has_trusted = bool(policy.trusted_ranges)
         self._has_allowed_fqdns = bool(self._allowed_fqdns)
+        self._iothub = policy.kind == "iothub"
+        self._gateway_callouts = policy.callout_enforcement == "gateway"
         self._storage = _StorageScope(policy, refs)
         self._memo_connect: dict[tuple[object, ...], Decision] = {}
         self._memo_http: dict[tuple[object, ...], Decision] = {}
@@ -411,6 +428,43 @@ class Snapshot:
         return decision
 
     def _decide(self, request: Request) -> Decision:
+        decision = self._decide_rules(request)
+        if self._gateway_callouts and (request.kind is _CONNECT or request.kind is _HTTP) \
+                and decision.port in CALLOUT_PORTS:
+            return self._gateway_callout(request, decision)
+        return decision
+
+    def _gateway_callout(self, request: Request, decision: Decision) -> Decision:
+        """A proxied connection under `callout_enforcement: gateway`: the callout layers
+        decide it as each callout type its port may carry. A denial by a rule, the guard
+        or a service endpoint policy stands; of the types, one refusal by a matching entry
+        wins over any allow (the gateway cannot tell which type the caller meant); no
+        matching entry leaves the rules' decision."""
+        if not decision.allowed and decision.layer is not _L_DEFAULT:
+            return decision
+        host_text = decision.destination.rpartition(":")[0] if decision.port else \
+            decision.destination
+        try:
+            host = normalize_host(host_text)
+        except InvalidHost:
+            return decision
+        allowed: Decision | None = None
+        for callout_type in CALLOUT_PORTS[decision.port or 0]:
+            verdict = self._decide_callout(
+                Request(kind=_CALLOUT, host=host.name, callout_type=callout_type),
+                None, host, None)
+            if verdict.layer is _L_DEFAULT:
+                continue  # no entry of this type matches
+            if not verdict.allowed:
+                return Decision(_DENY, verdict.layer, verdict.rule, verdict.reason,
+                                decision.destination, decision.port, verdict.report_only)
+            allowed = allowed or verdict
+        if allowed is not None and not decision.allowed:
+            return Decision(_ALLOW, allowed.layer, allowed.rule, allowed.reason,
+                            decision.destination, decision.port)
+        return decision
+
+    def _decide_rules(self, request: Request) -> Decision:
         url: URL | None = None
         port: int | None
         scheme: str | None
@@ -455,6 +509,12 @@ class Snapshot:
             # A request by name (not a flow): network rules only deny it by address, or
             # allow it when they opt in; trusted ranges lift the guard for it (step 5).
             by_name = host.ip is None and kind is not _FLOW
+            # A flow to a name is matched by its address and by its name in one rule
+            # order: the first rule that names either decides (as the kernel's sets of
+            # DNS-learned addresses do), so an earlier FQDN deny is not passed over.
+            by_fqdn = self._first_net(self._net_hosts.matches(name), protocol, port, source,
+                                      enforced) if (kind is _FLOW and host.ip is None
+                                                    and self._has_net_hosts) else None
             all_allowed = True
             for raw_ip in addresses:
                 ip = canonical_ip(raw_ip)
@@ -471,6 +531,8 @@ class Snapshot:
                                           target, port)
                     trusted = True  # through the guard; the name rules decide
                 entry = self._first_net(entries, protocol, port, source, enforced)
+                if by_fqdn is not None and (entry is None or by_fqdn.order < entry.order):
+                    entry = by_fqdn
                 if entry is not None and not entry.allow:
                     return self._from_entry(entry, _L_NETWORK, target, port,
                                             self._reevaluate(request, kind, host, url, scheme,
@@ -491,6 +553,11 @@ class Snapshot:
                 return self._from_entry(net_allowed, _L_NETWORK, target, port,
                                         self._reevaluate(request, kind, host, url, scheme,
                                                          port, net_allowed))
+            if (self._iothub and host.ip is None and request.protocol == "tcp"
+                    and port in IOTHUB_PORTS):
+                allowed = self._allowed_fqdn(name, target, port)
+                if allowed is not None:
+                    return allowed
             return self._default(target, port)
         return self._decide_application(request, kind, host, url, scheme, port, target,
                                         net_allowed, enforced)
@@ -533,13 +600,22 @@ class Snapshot:
                                         self._evaluate(request, kind, host, url, scheme,
                                                        port, True))
             return self._from_entry(best, _L_APPLICATION, target, port)
-        # Step 6: the allowed FQDN list, ports 80 and 443 only (a DNS question has no port).
-        if self.restricted and self._has_allowed_fqdns and (
-                kind is _DNS or port in _ALLOWED_FQDN_PORTS):
+        # Step 6: the allowed FQDN list, on the ports the cluster kind opens (a DNS
+        # question has no port): 80 and 443, or IoT Hub's HTTPS, AMQP and Kafka.
+        if kind is _DNS or (port in IOTHUB_PORTS and (kind is _CONNECT or scheme == "https")
+                            if self._iothub else port in _ALLOWED_FQDN_PORTS):
+            allowed = self._allowed_fqdn(name, target, port)
+            if allowed is not None:
+                return allowed
+        return self._default(target, port)
+
+    def _allowed_fqdn(self, name: str, target: str, port: int | None) -> Decision | None:
+        """Step 6's allow, if `name` is on the allowed FQDN list of a restricted cluster."""
+        if self.restricted and self._has_allowed_fqdns:
             for pattern in self._allowed_fqdns.matches(name):
                 return Decision(_ALLOW, _L_ALLOWED_FQDN, f"allowed_fqdn:{pattern}",
                                 f"{target} is in the allowed FQDN list", target, port)
-        return self._default(target, port)
+        return None
 
     def _decide_callout(self, request: Request, url: URL | None, host: Host,
                         port: int | None) -> Decision:
@@ -556,7 +632,9 @@ class Snapshot:
         if self._storage.active and host.ip is None:
             refusal = self._storage.refuse(host.name)
             if refusal is not None:
-                return self._deny(_L_SEP, "service_endpoint", refusal, host.name, port)
+                return self._deny(_L_SEP, "service_endpoint",
+                                  f"Callout to '{uri}' is not allowed: {refusal} "
+                                  f"{CALLOUT_ERROR}", host.name, port)
         matched = [(i, r, _L_IMMUTABLE) for i, r in self._immutable.matches(callout_type, uri)]
         matched += [(i, r, _L_CLUSTER) for i, r in self._cluster.matches(callout_type, uri)]
         chosen = next((m for m in matched if not m[1].can_call), None) or (
@@ -570,16 +648,18 @@ class Snapshot:
                                 f"({rule.uri_regex})", host.name, port)
             return self._deny(layer, rule_id,
                               f"Callout to '{uri}' is not allowed by the callout policy "
-                              f"({rule_id} forbids {callout_type})", host.name, port)
+                              f"({rule_id} forbids {callout_type}) {CALLOUT_ERROR}",
+                              host.name, port)
         # While restricted, the allowed FQDN list covers every callout type but webapi.
-        if self.restricted and callout_type != "webapi":
+        if self.restricted and callout_type != "webapi" and not self._iothub:
             for pattern in self._allowed_fqdns.matches(host.name):
                 return Decision(_ALLOW, _L_ALLOWED_FQDN, f"allowed_fqdn:{pattern}",
                                 f"{callout_type} callout to {uri}: {host.name} is in the "
                                 "allowed FQDN list", host.name, port)
         return self._deny(_L_DEFAULT, "default",
                           f"Callout to '{uri}' is not allowed by the callout policy "
-                          f"(no {callout_type or 'typed'} entry matches)", host.name, port)
+                          f"(no {callout_type or 'typed'} entry matches) {CALLOUT_ERROR}",
+                          host.name, port)
 
 
 class _StorageScope:
@@ -587,41 +667,32 @@ class _StorageScope:
 
     def __init__(self, policy: Policy, refs: References) -> None:
         self.active = bool(policy.service_endpoint_policies)
-        names: set[str] = set()
-        prefixes: list[str] = []
+        entries = storage_entries(policy)
         globs: list[re.Pattern[str]] = []
-        for sep in policy.service_endpoint_policies:
-            for resource in sep.resources:
-                text = resource.strip().lower().rstrip("/")
-                found = _ACCOUNT_ID.fullmatch(text)
-                if found:
-                    names.add(found.group("name"))
-                elif text.startswith("/subscriptions/"):
-                    prefixes.append(text + "/")
-                else:
-                    names.add(text)
-            for k, alias in enumerate(sep.aliases):
-                if alias not in refs.storage_aliases:
-                    where = locate(policy, ("service_endpoint_policies",
-                                            policy.service_endpoint_policies.index(sep),
-                                            "aliases", k))
-                    raise CompileError(f"{where}: unknown alias {alias!r} (service endpoint "
-                                       f"policy {sep.name})",
-                                       hint="`egressguard catalog list` shows the known "
-                                            "storage aliases")
-                globs.extend(re.compile(fnmatch.translate(g.lower()))
-                             for g in refs.storage_aliases[alias])
-        inventory = {k.lower(): v.lower() for k, v in refs.storage_accounts.items()}
-        for account, resource_id in inventory.items():
-            if any(resource_id.startswith(p) for p in prefixes):
-                names.add(account)
-        self.names = frozenset(names)
+        for sep_name, alias in entries.aliases:
+            if alias not in refs.storage_aliases:
+                seps = policy.service_endpoint_policies
+                i = next(n for n, sep in enumerate(seps) if sep.name == sep_name)
+                where = locate(policy, ("service_endpoint_policies", i, "aliases",
+                                        seps[i].aliases.index(alias)))
+                raise CompileError(f"{where}: unknown alias {alias!r} (service endpoint "
+                                   f"policy {sep_name})",
+                                   hint="`egressguard catalog list` shows the known "
+                                        "storage aliases")
+            globs.extend(re.compile(fnmatch.translate(g.lower()))
+                         for g in refs.storage_aliases[alias])
+        self.names = entries.accounts(refs.storage_accounts)
         self.globs = tuple(globs)
 
     def refuse(self, host: str) -> str | None:
-        """A denial reason if `host` is a storage account outside the policy, else None."""
+        """A denial reason if `host` is a storage account outside the policy, or a name
+        under a storage service's domain that names no account (`x.privatelink.blob...`,
+        which could lead anywhere), else None."""
         found = _STORAGE_HOST.fullmatch(host)
         if found is None:
+            if _STORAGE_DOMAIN.search(host) is not None:
+                return (f"{host} is under a storage service's domain but is no storage "
+                        "account host the service endpoint policy can check")
             return None
         account = found.group("account")
         if account in self.names or any(g.fullmatch(account) for g in self.globs):

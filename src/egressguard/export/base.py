@@ -71,11 +71,24 @@ def header(prefix: str, fmt: str, source: str, warnings: Iterable[str],
     return "".join(f"{prefix} {line}".rstrip() + "\n" for line in lines)
 
 
+def refuse_gateway_callouts(policy: Policy, fmt: str) -> None:
+    """With `callout_enforcement: gateway`, a refusing callout entry narrows what the
+    gateway proxies; no export target has the callout layers, so leaving it out would
+    make the export wider than the policy: refuse instead."""
+    if policy.callout_enforcement == "gateway" and any(
+            not r.can_call for r in policy.callouts):
+        raise ExportError(f"callout_enforcement: gateway with refusing callout entries has "
+                          f"no {fmt} form (the export would allow what they refuse)",
+                          hint="export a policy whose callout_enforcement is library, or "
+                               "express the refusals as deny rules")
+
+
 def policy_wide_gaps(policy: Policy, fmt: str, gaps: Gaps) -> None:
     """Gaps every L3/L4 or proxy target has: report-only and callouts."""
     if policy.report_only:
         gaps.add("policy", f"report-only: {fmt} has no report-only mode, so the export "
                            "enforces the policy")
+    refuse_gateway_callouts(policy, fmt)
     if policy.callouts:
         gaps.add("callouts", "callout policies are enforced in-process by egressguard's "
                              "callout guard, not by the network")

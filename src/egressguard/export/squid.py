@@ -45,13 +45,12 @@ from egressguard.policy.rules import (
     application_rules,
     expand_fqdn_tags,
     network_rules,
+    storage_entries,
 )
 
-_STORAGE_TAIL = (r"(-secondary)?\.(z[0-9]+\.)?(blob|queue|table|file|dfs|web)\.core\."
-                 r"(windows|chinacloudapi|usgovcloudapi|cloudapi)\.(net|cn|de)$")
-_ACCOUNT_ID = re.compile(
-    r"/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.storage/"
-    r"storageaccounts/(?P<name>[a-z0-9]{3,24})")
+_STORAGE_SUFFIX = (r"(blob|queue|table|file|dfs|web)\.core\."
+                   r"(windows|chinacloudapi|usgovcloudapi|cloudapi)\.(net|cn|de)$")
+_STORAGE_TAIL = rf"(-secondary)?\.(z[0-9]+\.)?{_STORAGE_SUFFIX}"
 NOTES = ("Squid does not check a tunnel's TLS SNI against the CONNECT host without ssl_bump "
          "peek (needs a CA); keep egressguard's fronting check in the path for that.",)
 
@@ -161,33 +160,22 @@ def _network_deny(w: _Writer, rule: NetRule, refs: References, gaps: Gaps) -> No
 
 
 def _storage(w: _Writer, policy: Policy, refs: References, gaps: Gaps) -> None:
-    names: set[str] = set()
+    entries = storage_entries(policy)
     regexes: list[str] = []
-    prefixes: list[str] = []
-    for sep in policy.service_endpoint_policies:
-        for resource in sep.resources:
-            text = resource.strip().lower().rstrip("/")
-            found = _ACCOUNT_ID.fullmatch(text)
-            if found:
-                names.add(found.group("name"))
-            elif text.startswith("/subscriptions/"):
-                prefixes.append(text + "/")
-            else:
-                names.add(text)
-        for alias in sep.aliases:
-            if alias not in refs.storage_aliases:
-                raise ExportError(f"service endpoint policy {sep.name}: unknown alias "
-                                  f"{alias!r}")
-            for glob in refs.storage_aliases[alias]:
-                if not re.fullmatch(r"[a-z0-9*?]+", glob.lower()):
-                    gaps.add(f"service endpoint policy {sep.name}",
-                             f"alias account glob {glob!r} left out")
-                    continue
-                regexes.append(glob.lower().replace("*", "[a-z0-9]*").replace("?", "[a-z0-9]"))
-    for account, resource_id in refs.storage_accounts.items():
-        if any(resource_id.lower().startswith(p) for p in prefixes):
-            names.add(account.lower())
-    w.acl("eg_storage", "dstdom_regex -n -i", [rf"^[a-z0-9]{{3,24}}{_STORAGE_TAIL}"])
+    for sep_name, alias in entries.aliases:
+        if alias not in refs.storage_aliases:
+            raise ExportError(f"service endpoint policy {sep_name}: unknown alias "
+                              f"{alias!r}")
+        for glob in refs.storage_aliases[alias]:
+            if not re.fullmatch(r"[a-z0-9*?]+", glob.lower()):
+                gaps.add(f"service endpoint policy {sep_name}",
+                         f"alias account glob {glob!r} left out")
+                continue
+            regexes.append(glob.lower().replace("*", "[a-z0-9]*").replace("?", "[a-z0-9]"))
+    names = entries.accounts(refs.storage_accounts)
+    # Every name under a storage service's domain, as the engine counts them: one that is
+    # not a plain account host (x.privatelink.blob...) is refused, not let through.
+    w.acl("eg_storage", "dstdom_regex -n -i", [rf"(^|\.){_STORAGE_SUFFIX}"])
     allowed = sorted(names) + regexes
     if allowed:
         w.acl("eg_storage_ok", "dstdom_regex -n -i",

@@ -75,6 +75,13 @@ class PolicyCache:
                 tmp.unlink()
             _log.warning("cannot write the policy cache %s: %s", self.path, exc)
 
+    def wipe(self) -> None:
+        """Remove the cached version (the cluster's key was revoked: a decrypted copy of
+        its policy must not outlive the access; the next version in force saves again)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+            _log.warning("policy cache %s removed (the cluster is suspended)", self.path)
+
     def load(self) -> Version | None:
         """The cached version, or None when there is none or it does not open."""
         try:

@@ -40,7 +40,8 @@ class ColdStart:
         self._thread.start()
         return self
 
-    def refresh(self) -> bool:
+    def reload(self) -> bool:
+        """Look now (SIGHUP), as `LivePolicy.reload`: only once the store is back."""
         return self.feed.refresh() if self.feed is not None else False
 
     def stop(self) -> None:
@@ -73,3 +74,24 @@ class ColdStart:
             _log.warning("store reachable again: cluster %s version %d in force",
                          self.cluster, feed.number)
             return
+
+
+def start_on_cache(store_url: str | None, cluster: str, exc: BaseException,
+                   *, start: bool = True) -> ColdStart | None:
+    """When `exc` (raised opening the store at `store_url`, None: the configured one) says
+    the store is unreachable and this host caches a last-known-good policy of `cluster`
+    for it: the `ColdStart` enforcing it (started unless `start` is false). Otherwise
+    None: the caller fails as it would have (no cache means no policy: fail closed)."""
+    from egressguard.paths import default_store_url
+    from egressguard.store import unavailable_reason
+    from egressguard.store.urls import bus_key, normalize_url
+
+    if unavailable_reason(exc) is None:
+        return None
+    url = normalize_url(store_url or default_store_url())
+    try:
+        cold = ColdStart(url.render_as_string(hide_password=False), cluster,
+                         PolicyCache(bus_key(url), cluster))
+    except LookupError:
+        return None
+    return cold.start() if start else cold

@@ -48,6 +48,7 @@ from egressguard.engine import Decision, Kind, Request
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.engine.normalize import Host, IPAddress
 from egressguard.gateway import decide, http1, tls
+from egressguard.gateway.budgets import Budgets, Metered, too_many
 from egressguard.gateway.limits import Limits, deadline_breach
 from egressguard.gateway.pool import Pool
 from egressguard.gateway.resolver import ResolveError, Resolver
@@ -58,6 +59,9 @@ log = logging.getLogger("egressguard.gateway")
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _CRLF = b"\r\n"
 
+
+
+_ABORT = ("revoked", "shutdown", "timeout", "budget", "suspended")  # causes that reset both sockets
 
 
 class ConnState(enum.Enum):
@@ -127,6 +131,7 @@ class ConnectionHost(Protocol):
     resolver: Resolver
     holder: SnapshotHolder
     checkpoint: Checkpoint
+    budgets: Budgets
     pool: Pool
     draining: bool
 
@@ -190,6 +195,8 @@ class ClientConnection(asyncio.Protocol):
         self.route: Route | None = None
         self.relay: SpliceRelay | None = None  # a tunnel relayed by os.splice (zero-copy)
         self.held: int | None = None  # a spliced client's socket awaiting its cut (_refuse)
+        self.identity = ""        # the workload's identity, when it authenticated
+        self.meter: Metered | None = None  # byte budgets of what is relayed now
         self._url = b""
         self._headers: http1.Headers = []
 
@@ -217,6 +224,8 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state is TUNNEL:
+            if self.meter is not None and self._over_budget(len(data), 0):
+                return
             self.bytes_up += len(data)
             self.upstream.write(data)  # type: ignore[union-attr]
             return
@@ -331,6 +340,8 @@ class ClientConnection(asyncio.Protocol):
             self._dispatch()
 
     def on_body(self, data: bytes) -> None:
+        if self.meter is not None and self._over_budget(len(data), 0):
+            return
         self.bytes_up += len(data)
         ex = self.receiving
         if ex is not None:
@@ -370,6 +381,10 @@ class ClientConnection(asyncio.Protocol):
         self.dispatching = True
         try:
             while self.queue and not self.working and not self.closed:
+                if self.cp.suspended is not None:   # fail closed before any decision
+                    self.fail(503, "Service Unavailable",
+                              f"cluster suspended: {self.cp.suspended}")
+                    return
                 ex = self.queue[0]
                 self.working = True
                 if ex.method == b"CONNECT":
@@ -500,6 +515,10 @@ class ClientConnection(asyncio.Protocol):
         if unresolved:
             self.fail(502, "Bad Gateway", unresolved)
             return
+        budgets = gw.budgets   # checked inline: the keep-alive path pays two loads
+        if (budgets.ledger or budgets.snapshot is not snapshot) and not self._budget_admits(
+                route.host.name, addresses, route.port, "http", ex):
+            return
         up = self.upstream
         if up is None or not up.serves(route.key, addresses):
             if up is not None:
@@ -548,6 +567,8 @@ class ClientConnection(asyncio.Protocol):
     # -- UpstreamOwner: what the upstream tells this connection -----------------------------
 
     def deliver(self, data: bytes, counted: int) -> None:
+        if self.meter is not None and counted and self._over_budget(0, counted):
+            return
         self.bytes_down += counted
         transport = self.transport
         if transport is not None and not self.closed and not self.refusing:
@@ -681,6 +702,8 @@ class ClientConnection(asyncio.Protocol):
         if unresolved or host is None:
             self.fail(502, "Bad Gateway", unresolved or "invalid host")
             return
+        if not self._budget_admits(host.name, addresses, port, "connect", ex):
+            return
         up = await self._open(addresses, port)
         if up is None:
             return
@@ -697,8 +720,7 @@ class ClientConnection(asyncio.Protocol):
         # The destination may speak first; only the client's direction waits for the peek.
         self.state = PEEK
         for data in up.start_tunnel():
-            self.bytes_down += len(data)
-            self._write(data)
+            self.deliver(data, len(data))
         if up.early_eof:
             self.upstream_eof(up)
         self.queue.clear()
@@ -739,6 +761,8 @@ class ClientConnection(asyncio.Protocol):
         self.state = TUNNEL
         self.gw.tunnelled(self)
         data, self.peek = self.peek, b""
+        if self.meter is not None and self._over_budget(len(data), 0):
+            return
         self.bytes_up += len(data)
         self.upstream.write(data)  # type: ignore[union-attr]
         self._splice()
@@ -747,10 +771,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _splice(self) -> None:
         """Hand the checked tunnel's sockets to a splice relay; where that is not possible
-        (bytes still queued, a half-closed side, no splice) the protocol relay goes on."""
+        (bytes still queued, a half-closed side, no splice) the protocol relay goes on.
+        A tunnel under a byte budget keeps the protocol relay: each chunk is charged
+        before it is relayed, which splice (bytes moved in the kernel) cannot do."""
         up = self.upstream
         if self.transport is None or up is None or up.transport is None \
-                or self.client_eof or self.dest_eof or self.paused:
+                or self.client_eof or self.dest_eof or self.paused or self.meter is not None:
             return
         self.relay = SpliceRelay.start(self.loop, self, self.transport, up.transport)
 
@@ -802,6 +828,59 @@ class ClientConnection(asyncio.Protocol):
         if self.client_eof:
             self.close("upstream")
 
+    # -- byte budgets (gateway/budgets.py) -------------------------------------------------
+
+    def _budget_admits(self, host: str, addresses: tuple[IPAddress, ...], port: int,
+                       kind: str, ex: Exchange) -> bool:
+        """Meter what starts now; refuse it (429, recorded first) when a budget is used
+        up. The body bytes already received count at once."""
+        metered, refusal, over = self.gw.budgets.admit(host, addresses, port, self.identity,
+                                                       kind, self.loop.time())
+        if refusal is not None and over is not None:
+            decision, permitted = refusal
+            event = self._event(decision, permitted, kind, "", "", ex.method, "")
+            if not permitted:
+                close = kind == "connect" or not ex.body_done or not ex.keep_alive
+                self._spawn(self._refuse_budget(event, too_many(decision, over, close=close),
+                                                close))
+                return False
+            if event is not None:
+                self.cp.emit(event)  # a would-refuse (report-only): go on
+        self.meter = metered
+        return metered is None or not self.bytes_up or not self._over_budget(self.bytes_up, 0)
+
+    async def _refuse_budget(self, event: DecisionEvent | None, answer: bytes,
+                             close: bool) -> None:
+        if event is not None:
+            await self.cp.record(event)  # durable before the client sees the 429
+        self._write(answer)
+        if close:
+            self.close("client")
+        else:
+            self._finished(True)
+
+    def _over_budget(self, up: int, down: int) -> bool:
+        """Charge a chunk about to be relayed; True: it is not, the connection is cut
+        (its close counted, the cut recorded before the client sees it)."""
+        metered = self.meter
+        assert metered is not None
+        over = metered.charge(up, down, self.loop.time())
+        if over is None:
+            return False
+        decision, permitted = self.gw.budgets.overrun(over, metered.host, metered.port)
+        conn_id = self.open_event.connection_id if self.open_event else ""
+        event = self._event(decision, permitted, metered.kind, conn_id,
+                            str(self.connected_ip or ""), b"", "")
+        if permitted:
+            if event is not None:
+                self.cp.emit(event)  # report-only: relayed, recorded once per window
+            return False
+        log.warning("gateway: cutting %s to %s: %s", self.peer, decision.destination,
+                    decision.reason)
+        self._emit_close("budget")
+        self._refuse(event, "budget")
+        return True
+
     # -- policy changes and shutdown -------------------------------------------------------
 
     def recheck(self) -> bool:
@@ -849,6 +928,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _close_event(self, cause: CloseCause) -> DecisionEvent | None:
         """End the permitted exchange or tunnel: count its bytes; its close event."""
+        self.meter = None   # the next exchange is admitted (and metered) on its own
         if not self.counting:
             return None
         self.counting = False
@@ -886,14 +966,14 @@ class ClientConnection(asyncio.Protocol):
         self.active = None
         up, self.upstream = self.upstream, None
         if up is not None:
-            if cause in ("revoked", "shutdown", "timeout"):
+            if cause in _ABORT:
                 up.abort()
             elif up.reusable and not was_tunnel:
                 self.gw.park(up)  # another client may reuse it
             else:
                 up.close()
         if self.transport is not None:
-            if cause in ("revoked", "shutdown", "timeout"):
+            if cause in _ABORT:
                 self.transport.abort()
             else:
                 self.transport.close()

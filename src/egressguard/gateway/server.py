@@ -12,9 +12,10 @@ import logging
 
 from egressguard import metrics
 from egressguard.enforce.checkpoint import Checkpoint
-from egressguard.enforce.events import EventSink
+from egressguard.enforce.events import CloseCause, EventSink
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
+from egressguard.gateway.budgets import Budgets
 from egressguard.gateway.connection import ClientConnection, ConnState
 from egressguard.gateway.limits import Limits, admission_refusal
 from egressguard.gateway.pool import Pool
@@ -41,6 +42,7 @@ class Gateway:
         # decide -> report-only -> metrics -> event -> record, as at every other point.
         self.checkpoint = Checkpoint(holder, sink, report_only=report_only, cluster=cluster,
                                      point="gateway", audit_timeout=self.limits.audit_timeout)
+        self.budgets = Budgets(self.checkpoint)  # byte budgets of the policy in force
         self.clients: set[ClientConnection] = set()
         self.tunnels: set[ClientConnection] = set()  # the clients relaying a tunnel
         self.per_source: dict[IPAddress | None, int] = {}  # open connections by address
@@ -53,6 +55,7 @@ class Gateway:
         self._bytes_down = metrics.BYTES.labels("down")
         self.pool = Pool()   # idle upstream HTTP connections shared by all clients
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.checkpoint.on_suspend(self._suspension)
 
     @property
     def report_only(self) -> bool:
@@ -156,6 +159,19 @@ class Gateway:
         log.info("gateway: policy %s from %s in force", active.version, active.source)
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.recheck)
+
+    def _suspension(self, reason: str | None) -> None:
+        """The checkpoint's hook (any thread): on suspension close every connection and
+        tunnel and drop the idle upstream pool; each new request is answered 503 with the
+        reason once its head is read (`ClientConnection._dispatch`: answering before
+        reading it would reset the connection and lose the answer)."""
+        if reason is not None and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._close_all, "suspended")
+
+    def _close_all(self, cause: CloseCause) -> None:
+        for client in list(self.clients):
+            client.close(cause, final=True)
+        self.pool.close_all()
 
     def recheck(self) -> int:
         """Re-decide every open tunnel and in-flight request; returns how many closed."""

@@ -71,6 +71,18 @@ def get(engine: Engine, cluster: str) -> KeyVaultProperties | None:
                               row.user_identity)
 
 
+def all_keys(engine: Engine) -> dict[str, KeyVaultProperties]:
+    """Every cluster that names a key, with it (the fleet's periodic key check)."""
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(schema.cluster_keys)).all()
+    except SQLAlchemyError as exc:
+        raise _unreachable(exc) from None
+    return {row.cluster: KeyVaultProperties(row.key_name, row.key_vault_uri,
+                                            row.key_version, row.user_identity)
+            for row in rows}
+
+
 def merged(current: KeyVaultProperties | None, value: Any) -> Any:
     """A PATCH's members over the current ones (so `--set ...keyVersion=` alone works);
     None clears the property."""

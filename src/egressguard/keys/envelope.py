@@ -167,8 +167,12 @@ class Envelope:
     def __init__(self, provider: KeyProvider, key_name: str, key_version: str | None = None,
                  *, check_interval: float = 5.0, records_per_data_key: int = 1_000_000,
                  data_key_ttl: float = 3600.0, cache_size: int = 1024,
-                 on_state_change: Callable[[StateChange], None] | None = None) -> None:
+                 on_state_change: Callable[[StateChange], None] | None = None,
+                 refresh: Callable[[Envelope], None] | None = None) -> None:
         self.check_interval = check_interval
+        # Called before each periodic check: lets the owner follow a changed key URI
+        # (`configure`) before the probe (`keys.runtime.ClusterKey`).
+        self.refresh = refresh
         self.records_per_data_key = records_per_data_key
         self.data_key_ttl = data_key_ttl
         self.cache_size = cache_size
@@ -230,6 +234,8 @@ class Envelope:
     def _run(self) -> None:
         while not self._stop.wait(self.check_interval):
             try:
+                if self.refresh is not None:
+                    self.refresh(self)
                 self.check()
             except Exception:  # never let the checker die: the next round retries
                 log.exception("key check failed")

@@ -168,8 +168,9 @@ def _subject(data: Any, loc: tuple[int | str, ...]) -> str:
     if len(names) >= 2:
         return f"rule {names[-1]!r} in collection {names[-2]!r}"
     if names:
-        return f"{'policy' if loc[0] == 'service_endpoint_policies' else 'collection'} " \
-               f"{names[0]!r}"
+        kind = {"service_endpoint_policies": "policy", "budgets": "budget",
+                "assertions": "assertion"}.get(str(loc[0]), "collection")
+        return f"{kind} {names[0]!r}"
     return ""
 
 

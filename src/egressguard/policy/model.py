@@ -241,10 +241,22 @@ class ApplicationRule(_Strict):
     sources: list[Source] = Field(default_factory=list)
     description: Description = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tags_default_to_https(cls, data: Any) -> Any:
+        """FQDN tags stand for HTTPS egress, as Azure Firewall's do: a rule naming them
+        defaults to `https:443` (not the http:80 + https:443 of other rules)."""
+        if isinstance(data, dict) and data.get("fqdn_tags") and "protocols" not in data:
+            return {**data, "protocols": ["https:443"]}
+        return data
+
     @model_validator(mode="after")
     def _has_target(self) -> ApplicationRule:
         if not self.targets and not self.fqdn_tags:
             raise ValueError(f"rule {self.name!r} needs targets or fqdn_tags")
+        if self.fqdn_tags and any(p.protocol != "https" for p in self.protocols):
+            raise ValueError(f"rule {self.name!r}: FQDN tags allow HTTPS only (as Azure "
+                             "Firewall's do); put plain-HTTP targets in a rule of their own")
         return self
 
 
@@ -391,9 +403,182 @@ class Assertion(_Strict):
         return self.name or self.request
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_SIZE_UNITS: dict[str, float] = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6,
+               "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12, "ki": 2**10, "kib": 2**10,
+               "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?", re.IGNORECASE)
+_DURATION_UNITS: dict[str, float] = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_BUDGET_BYTES = 2**50      # a pebibyte: beyond it a budget limits nothing
+MAX_BUDGET_WINDOW = 366 * 86400.0
+
+
+def _with_unit(value: Any, pattern: re.Pattern[str], units: dict[str, float],
+               what: str, hint: str) -> Any:
+    """A number with an optional unit (`10MB`, `15m`) as the number times the unit."""
+    if not isinstance(value, str):
+        return value
+    found = pattern.fullmatch(value.strip()) if len(value) <= 32 else None
+    if not found:
+        raise ValueError(f"{what} {value!r}: expected {hint}")
+    return float(found.group(1)) * units[(found.group(2) or "").lower()]
+
+
+def _byte_size(value: Any) -> Any:
+    """`10MB`, `5 MiB`, `1500` (bytes): decimal and binary units, as operators write them."""
+    size = _with_unit(value, _SIZE, _SIZE_UNITS, "size",
+                      "bytes, or a number with a unit (kB, MB, GB, KiB, MiB, GiB)")
+    return int(size) if isinstance(size, float) else size
+
+
+def _duration(value: Any) -> Any:
+    """`30s`, `15m`, `1h`, `7d` or seconds."""
+    return _with_unit(value, _DURATION, _DURATION_UNITS, "duration",
+                      "seconds, or a number with s, m, h or d")
+
+
+def _budget_destination(raw: str) -> str:
+    """`*`, an IP/CIDR (canonical network) or a host pattern; no service tags (a budget
+    counts bytes per connection, decided by the name or address connected to)."""
+    text = raw.strip()
+    if is_service_tag(text):
+        raise ValueError(f"destination {raw!r}: service tags cannot carry a budget; "
+                         "list host patterns or CIDRs")
+    return _destination(text)
+
+
+BudgetDestination = Annotated[str, StringConstraints(min_length=1, max_length=MAX_HOST),
+                              AfterValidator(_budget_destination)]
+IdentityName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME * 2)]
+ByteSize = Annotated[int, BeforeValidator(_byte_size), Field(gt=0, le=MAX_BUDGET_BYTES)]
+Duration = Annotated[float, BeforeValidator(_duration),
+                     Field(gt=0, le=MAX_BUDGET_WINDOW)]
+
+
+BudgetKey = Literal["destination", "identity"]
+_PER_DEFAULT: tuple[BudgetKey, ...] = ("destination", "identity")
+
+
+class Budget(_Strict):
+    """At most `max_bytes` to the destinations listed within `window` seconds, counted
+    separately for each destination and identity (`per`). A connection or exchange that
+    would exceed it is cut, and later ones are refused until the window resets; with
+    `report_only` both are only recorded. Counted while the connection is open, so one
+    long tunnel cannot carry more than the budget (enforce/budget.py)."""
+
+    name: Name
+    destinations: list[BudgetDestination] = Field(min_length=1, max_length=1000)
+    identities: list[IdentityName] = Field(default_factory=list, max_length=1000)
+    """Only connections of these identities count; empty: every connection."""
+    per: list[BudgetKey] = Field(default_factory=lambda: list(_PER_DEFAULT), max_length=2)
+    """What gets its own allowance: each destination host, each identity, both (the
+    default) or neither (`[]`: one allowance shared by everything the budget matches)."""
+    direction: Literal["up", "down", "both"] = "up"
+    """Which bytes count: `up` (sent by the workload: exfiltration), `down`, or both."""
+    max_bytes: ByteSize
+    window: Duration = 3600.0
+    report_only: bool = False
+    description: Description = ""
+
+    @field_validator("per")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("per: each of destination and identity at most once")
+        return value
+EndpointType = Literal["eventhub", "servicebus_queue", "servicebus_topic", "storage_container",
+                       "builtin", "file_upload", "identity_export"]
+EndpointProtocol = Literal["amqp", "amqp_websockets", "kafka", "https"]
+# What each endpoint type can egress over (the first is its default): Event Hubs and the
+# built-in (Event Hub-compatible) endpoint take AMQP, AMQP over WebSockets and Kafka,
+# Service Bus AMQP and AMQP over WebSockets, storage HTTPS.
+ENDPOINT_PROTOCOLS: dict[str, tuple[str, ...]] = {
+    "eventhub": ("amqp", "amqp_websockets", "kafka"),
+    "builtin": ("amqp", "amqp_websockets", "kafka"),
+    "servicebus_queue": ("amqp", "amqp_websockets"),
+    "servicebus_topic": ("amqp", "amqp_websockets"),
+    "storage_container": ("https",),
+    "file_upload": ("https",),
+    "identity_export": ("https",),
+}
+RouteSource = Literal["DeviceMessages", "TwinChangeEvents", "DeviceLifecycleEvents",
+                      "DeviceJobLifecycleEvents", "DigitalTwinChangeEvents",
+                      "DeviceConnectionStateEvents", "Invalid"]
+
+
+def _exact_host(value: str) -> str:
+    if "*" in value or value.startswith("."):
+        raise ValueError(f"endpoint host {value!r} must be one name, not a pattern")
+    return value
+
+
+class Endpoint(_Strict):
+    """An IoT Hub egress destination: a routing custom endpoint (Event Hubs, a Service Bus
+    queue or topic, a storage container), the built-in endpoint, or the storage that file
+    upload and identity export write to. Where it connects is derived from `host` and
+    `protocol` (`egressguard.engine.routes`), not written."""
+
+    name: Name
+    type: EndpointType
+    host: Annotated[HostPattern, AfterValidator(_exact_host)]
+    entity: Annotated[str, StringConstraints(max_length=260)] = ""
+    """The event hub, queue, topic or container name (shown, not matched)."""
+    protocol: EndpointProtocol | None = None
+
+    @model_validator(mode="after")
+    def _protocol_fits(self) -> Endpoint:
+        allowed = ENDPOINT_PROTOCOLS[self.type]
+        if self.protocol is not None and self.protocol not in allowed:
+            raise ValueError(f"endpoint {self.name!r}: a {self.type} endpoint takes "
+                             f"{', '.join(allowed)}, not {self.protocol}")
+        return self
+
+    @property
+    def wire(self) -> str:
+        """The protocol it egresses over (the type's default unless one is given)."""
+        return self.protocol or ENDPOINT_PROTOCOLS[self.type][0]
+
+
+class Route(_Strict):
+    """A message route: messages of `source` go to the endpoint named `endpoint`."""
+
+    name: Name
+    source: RouteSource = "DeviceMessages"
+    endpoint: Name
+    enabled: bool = True
+
+
+ClusterKind = Literal["generic", "iothub", "dataexplorer"]
+CLUSTER_KINDS: tuple[str, ...] = ("generic", "iothub", "dataexplorer")
+
+
+class Sku(_Strict):
+    """The ARM `sku` of the resource a cluster stands for (IoT Hub `S1`, a Data Explorer
+    size): kept and answered back so that a seed's PUT body round-trips; it decides
+    nothing."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    tier: Annotated[str, StringConstraints(max_length=64)] | None = None
+    capacity: int | None = Field(None, ge=0, le=1_000_000)
+    size: Annotated[str, StringConstraints(max_length=64)] | None = None
+    family: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+
 class Policy(_Strict):
     """One cluster's complete outbound-access policy."""
 
+    kind: ClusterKind = "generic"
+    """What the allowed-FQDN list opens (semantics §4 step 6): `iothub` the IoT Hub
+    endpoint protocols (HTTPS 443, AMQP 5671, Kafka 9093; no callouts), `dataexplorer`
+    and `generic` HTTP/HTTPS 80/443 and callouts. It also picks how the resource answers
+    `restrictOutboundNetworkAccess` (a boolean for IoT Hub, Enabled/Disabled otherwise)."""
+    sku: Sku | None = None
+    callout_enforcement: Literal["library", "gateway"] = "library"
+    """Where the callout layers apply: `library` only to callouts an application asks
+    about (`egressguard.callout.Guard`); `gateway` also to the connections the gateway
+    proxies, by the protocol family each callout type uses (semantics §4 step 3)."""
+    endpoints: list[Endpoint] = Field(default_factory=list, max_length=1000)
+    routes: list[Route] = Field(default_factory=list, max_length=1000)
     restrict_outbound_network_access: ArmBool = Field(
         default=False,
         validation_alias=AliasChoices("restrict_outbound_network_access",
@@ -411,6 +596,7 @@ class Policy(_Strict):
     lets them through for such names); the ranges themselves stay closed to flows and IP
     literals unless a network rule names them."""
     assertions: list[Assertion] = Field(default_factory=list, max_length=1000)
+    budgets: list[Budget] = Field(default_factory=list, max_length=1000)
 
     @property
     def immutable_callouts(self) -> tuple[CalloutRule, ...]:
@@ -418,16 +604,36 @@ class Policy(_Strict):
         return IMMUTABLE_CALLOUTS
 
     @model_validator(mode="after")
+    def _routes_name_endpoints(self) -> Policy:
+        names = [e.name for e in self.endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError("endpoint names must be unique")
+        for route in self.routes:
+            if route.endpoint not in names:
+                raise ValueError(f"route {route.name!r}: no endpoint named "
+                                 f"{route.endpoint!r}")
+        return self
+
+    @model_validator(mode="after")
     def _unique_names(self) -> Policy:
         for kind, collections in (("application", self.application_rule_collections),
                                   ("network", self.network_rule_collections)):
-            seen: set[str] = set()
-            for collection in collections:
-                if collection.name in seen:
-                    raise ValueError(f"duplicate {kind} rule collection {collection.name!r}")
-                seen.add(collection.name)
+            _refuse_duplicate(collections, f"{kind} rule collection")
         return self
 
+    @field_validator("budgets")
+    @classmethod
+    def _unique_budgets(cls, value: list[Budget]) -> list[Budget]:
+        _refuse_duplicate(value, "budget")  # at the budgets' line, not the document's
+        return value
+
+
+def _refuse_duplicate(items: list[Any], what: str) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise ValueError(f"duplicate {what} {item.name!r}")
+        seen.add(item.name)
 
 IMMUTABLE_CALLOUTS: tuple[CalloutRule, ...] = tuple(
     CalloutRule(callout_type=t, uri_regex=r, can_call=c) for t, r, c in IMMUTABLE_CALLOUT_ROWS)

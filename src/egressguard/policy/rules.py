@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -190,3 +191,45 @@ def expand_fqdn_tags(rule: AppRule, fqdn_tags: Mapping[str, Sequence[str]]
         else:
             unknown.append(tag)
     return tuple(patterns), tuple(unknown)
+
+
+_ACCOUNT_ID = re.compile(
+    r"/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.storage/"
+    r"storageaccounts/(?P<name>[a-z0-9]{3,24})")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageEntries:
+    """What a policy's service endpoint policies list (semantics §6), parsed once for
+    every reader (the engine, the exporters): accounts named directly (by name or by
+    resource id), subscription and resource-group scopes, and aliases."""
+
+    names: frozenset[str]
+    prefixes: tuple[str, ...]  # lower-case scope ids ending in '/'
+    aliases: tuple[tuple[str, str], ...]  # (service endpoint policy name, alias)
+
+    def accounts(self, inventory: Mapping[str, str]) -> frozenset[str]:
+        """The listed names, and the accounts of `inventory` (name -> resource id) that
+        a subscription or resource-group scope contains."""
+        scoped = {name.lower() for name, rid in inventory.items()
+                  if any(rid.lower().rstrip("/").startswith(p) for p in self.prefixes)}
+        return self.names | scoped
+
+
+def storage_entries(policy: Policy) -> StorageEntries:
+    """The policy's service endpoint policy entries, classified."""
+    names: set[str] = set()
+    prefixes: list[str] = []
+    aliases: list[tuple[str, str]] = []
+    for sep in policy.service_endpoint_policies:
+        for resource in sep.resources:
+            text = resource.strip().lower().rstrip("/")
+            found = _ACCOUNT_ID.fullmatch(text)
+            if found:
+                names.add(found.group("name"))
+            elif text.startswith("/subscriptions/"):
+                prefixes.append(text + "/")
+            else:
+                names.add(text)
+        aliases += [(sep.name, alias) for alias in sep.aliases]
+    return StorageEntries(frozenset(names), tuple(prefixes), tuple(aliases))

@@ -32,7 +32,7 @@ from egressguard.engine import CompileError
 from egressguard.errors import EgressguardError, InputError, Unavailable
 from egressguard.policy import Policy, PolicyError, dump_policy, load_policy_text
 from egressguard.policy.builtins import DENY_ALL
-from egressguard.store import bus, db
+from egressguard.store import bus, db, sealing
 from egressguard.store.schema import (
     CeilingRow,
     ClusterRow,
@@ -229,7 +229,10 @@ class Store:
         self.engine = make_engine(self.url, busy_timeout_ms)
         self._write_lock = threading.Lock()
         migrate(self.engine)
-        if create_default:
+        # Cluster name -> the sealer of its customer-managed key (`sealing`); None: clear.
+        self.sealers: sealing.Resolver | None = sealing.resolver_for(self)
+        # (Only the existence is read: a sealed default version needs no key to open.)
+        if create_default and self.latest_number(DEFAULT_CLUSTER) is None:
             self.ensure_cluster(DEFAULT_CLUSTER, default_policy(), "system",
                                 "initial default policy")
 
@@ -238,6 +241,9 @@ class Store:
         return self.url.get_backend_name()
 
     def close(self) -> None:
+        close = getattr(self.sealers, "close", None)
+        if callable(close):
+            close()
         self.engine.dispose()
 
     def __enter__(self) -> Store:
@@ -266,9 +272,34 @@ class Store:
             raise NotFound(f"cluster {name!r} not found")
         return found
 
+    def seal_with(self, sealers: sealing.Resolver | None) -> None:
+        """Seal what is stored per cluster under the cluster's key from now on (see
+        `sealing`; `keys.runtime.StoreKeys` is the resolver a process installs)."""
+        close = getattr(self.sealers, "close", None)
+        if self.sealers is not sealers and callable(close):
+            close()
+        self.sealers = sealers
+
+    def sealer_for(self, name: str) -> sealing.FieldSealer | None:
+        """The sealer of `name`'s key (None: store in clear); the hook for every row kept
+        per cluster (policy versions here; identity metadata in `identity/`)."""
+        return self.sealers(name) if self.sealers is not None else None
+
+    def _policy_text(self, name: str, row: VersionRow) -> str:
+        """A version's policy text, opened if it is sealed."""
+        if not sealing.is_sealed(row.policy):
+            return row.policy
+        return sealing.open_text(self.sealer_for(name), row.policy,
+                                 sealing.policy_aad(name, row.number),
+                                 f"policy version {name}@{row.number}", StoreUnavailable)
+
+    def _sealed_policy(self, name: str, number: int, body: str) -> str:
+        return sealing.seal_text(self.sealer_for(name), body, sealing.policy_aad(name, number))
+
     def _version(self, name: str, row: VersionRow) -> Version:
-        return Version(name, row.number, parse_stored(row.policy, f"{name}@{row.number}"),
-                       row.policy, row.principal, _aware(row.created_at), row.summary)
+        body = self._policy_text(name, row)
+        return Version(name, row.number, parse_stored(body, f"{name}@{row.number}"),
+                       body, row.principal, _aware(row.created_at), row.summary)
 
     def ensure_cluster(self, name: str, policy: Policy, principal: str,
                        summary: str) -> Version:
@@ -360,12 +391,13 @@ class Store:
                 cid = row.id
             last = s.scalars(select(VersionRow).where(VersionRow.cluster_id == cid)
                              .order_by(VersionRow.number.desc()).limit(1)).first()
-            if last is not None and last.policy == body:
+            if last is not None and self._policy_text(name, last) == body:
                 return self._version(name, last), False
             self._admit(s, cid, name, policy, proved)
-            new = VersionRow(cluster_id=cid, number=(last.number if last else 0) + 1,
-                             policy=body, principal=principal, created_at=_now(),
-                             summary=summary)
+            number = (last.number if last else 0) + 1
+            new = VersionRow(cluster_id=cid, number=number,
+                             policy=self._sealed_policy(name, number, body),
+                             principal=principal, created_at=_now(), summary=summary)
             s.add(new)
             s.flush()
             if self.dialect == "postgresql":
@@ -415,7 +447,7 @@ class Store:
                 raise NotFound(f"cluster {name!r} not found")
             last = s.scalars(select(VersionRow).where(VersionRow.cluster_id == cid)
                              .order_by(VersionRow.number.desc()).limit(1)).one()
-            current = parse_stored(last.policy, f"{name}@{last.number}")
+            current = parse_stored(self._policy_text(name, last), f"{name}@{last.number}")
             try:
                 admit(current.model_copy(update={"assertions": []}), ceiling, strict)
             except Refused as exc:
@@ -453,7 +485,8 @@ class Store:
                 s.add(row)
                 s.flush()
                 self._admit(s, row.id, name, policy)
-                new = VersionRow(cluster_id=row.id, number=1, policy=body,
+                new = VersionRow(cluster_id=row.id, number=1,
+                                 policy=self._sealed_policy(name, 1, body),
                                  principal=principal, created_at=_now(), summary=summary)
                 s.add(new)
                 s.flush()

@@ -12,8 +12,7 @@ from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import Engine
 
-from egressguard.audit.crypto import Sealer
-from egressguard.audit.query import OUTCOMES, QueryError, parse_duration
+from egressguard.audit.query import OUTCOMES, QueryError, Reader, parse_duration
 from egressguard.control.auth import Principal, Refusal, outcome
 from egressguard.control.inforce import PolicyBook
 from egressguard.store import Store
@@ -111,7 +110,7 @@ Outcome = Annotated[str, Query(max_length=20)]
 Dest = Annotated[str, Query(max_length=260)]
 
 
-def reader(request: Request) -> tuple[Engine, Sealer]:
+def reader(request: Request) -> tuple[Engine, Reader]:
     from egressguard.audit.api import reader as audit_reader
 
     return audit_reader(request)
@@ -122,15 +121,16 @@ def json_response(body: object, status: int = 200) -> Response:
         "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
-async def read_form(request: Request) -> dict[str, str] | None:
-    """A small url-encoded form (the login form), or None if it is not one."""
+async def read_form(request: Request, limit: int = MAX_FORM) -> dict[str, str] | None:
+    """A url-encoded form of at most `limit` bytes (the login form: `MAX_FORM`), or None
+    if it is not one."""
     kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if kind != "application/x-www-form-urlencoded":
         return None
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_FORM:
+        if len(body) > limit:
             return None
     try:
         fields = parse_qs(body.decode("utf-8"), max_num_fields=10, strict_parsing=False)

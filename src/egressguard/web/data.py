@@ -15,8 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, Integer, cast, func, select
 
 from egressguard.analysis import Report, analyze
-from egressguard.audit.crypto import Sealer
-from egressguard.audit.query import Filter, outcome_of, to_record
+from egressguard.audit.query import Filter, Reader, event_rows, outcome_of, to_record
 from egressguard.audit.schema import events
 from egressguard.control.inforce import PolicyBook
 from egressguard.store import Version
@@ -92,11 +91,11 @@ def top_destinations(engine: Engine, cluster: str, since: float, limit: int = 10
                 for host, u, d, n in conn.execute(stmt)]
 
 
-def recent_denials(engine: Engine, sealer: Sealer, cluster: str, limit: int = 20
+def recent_denials(engine: Engine, sealer: Reader, cluster: str, limit: int = 20
                    ) -> list[dict[str, Any]]:
     """The newest denied decisions, enforced or report-only, with their reasons."""
     c = events.c
-    stmt = (select(events).where(*Filter(cluster=cluster, phase="decision").where(),
+    stmt = (event_rows().where(*Filter(cluster=cluster, phase="decision").where(),
                                  c.verdict == "deny")
             .order_by(c.time.desc(), c.id.desc()).limit(limit))
     with engine.connect() as conn:
@@ -273,13 +272,13 @@ def top_denied(engine: Engine, cluster: str, since: float, dest: str | None = No
                 for host, port, kind, permitted, count, last in conn.execute(stmt)]
 
 
-def decisions_after(engine: Engine, sealer: Sealer | None, cluster: str, after: int,
+def decisions_after(engine: Engine, sealer: Reader | None, cluster: str, after: int,
                     outcome: str | None = None, dest: str | None = None,
                     limit: int = 100) -> list[dict[str, Any]]:
     """Decisions with an id above `after`, oldest first, at most `limit` (the live view).
     With no `sealer` the sealed fields are not opened (a role that may not read them)."""
     c = events.c
-    stmt = (select(events).where(*Filter(cluster=cluster, phase="decision", outcome=outcome,
+    stmt = (event_rows().where(*Filter(cluster=cluster, phase="decision", outcome=outcome,
                                          dest=dest).where(), c.id > after)
             .order_by(c.id).limit(limit))
     with engine.connect() as conn:
@@ -292,12 +291,12 @@ def newest_id(engine: Engine) -> int:
         return int(conn.execute(select(func.max(events.c.id))).scalar() or 0)
 
 
-def recent_decisions(engine: Engine, sealer: Sealer | None, cluster: str,
+def recent_decisions(engine: Engine, sealer: Reader | None, cluster: str,
                      outcome: str | None = None, dest: str | None = None,
                      limit: int = 25) -> list[dict[str, Any]]:
     """The newest decisions, newest first (the live table's first rows)."""
     c = events.c
-    stmt = (select(events).where(*Filter(cluster=cluster, phase="decision", outcome=outcome,
+    stmt = (event_rows().where(*Filter(cluster=cluster, phase="decision", outcome=outcome,
                                          dest=dest).where())
             .order_by(c.id.desc()).limit(limit))
     with engine.connect() as conn:

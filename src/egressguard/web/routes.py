@@ -24,8 +24,9 @@ from egressguard.control.auth import (
     READ_POLICY,
     Principal,
 )
+from egressguard.control.endpoints import endpoint_health
 from egressguard.store import NotFound
-from egressguard.web import data, proposals, session, streams, views
+from egressguard.web import data, proposals, replay, session, streams, views
 from egressguard.web.common import (
     CLUSTER,
     HEADERS,
@@ -46,6 +47,7 @@ from egressguard.web.common import (
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 router.include_router(streams.router)
 router.include_router(proposals.router)
+router.include_router(replay.router)
 
 _STATIC = {  # served files (read once): name -> media type
     "dashboard.css": "text/css", "dashboard.js": "text/javascript",
@@ -100,6 +102,8 @@ def overview(request: Request, cluster: Cluster = "default", window: Window = "1
         opened = sealer if page.audit else None
         page.live = [data.visible(r, page.audit) for r in data.recent_decisions(
             engine, opened, cluster, view.outcome, view.dest)]
+        if page.policy is not None and current.policy.endpoints:
+            page.endpoints = endpoint_health(engine, cluster, current.policy, view.seconds)
     if page.audit:
         engine, sealer = reader(request)
         page.destinations = data.top_destinations(engine, cluster, since)

@@ -9,6 +9,7 @@ from typing import Any
 
 from egressguard.analysis import Report
 from egressguard.analysis.allow import Draft
+from egressguard.analysis.replay import Replay
 from egressguard.store import Version
 from egressguard.web.data import (
     DecisionCount,
@@ -86,6 +87,7 @@ class Overview:
     gateway_report_only: bool = False   # this process's gateway runs --report-only
     denied: list[DeniedDestination] | None = None
     live: list[dict[str, Any]] | None = None
+    endpoints: list[dict[str, Any]] | None = None  # IoT Hub endpoints with their health
 
 
 def version_href(cluster: str, number: int) -> str:
@@ -151,6 +153,16 @@ def destinations_panel(rows: list[Destination], window: str) -> Raw:
     chart = chart_box("chart-bytes", f"Bytes sent per destination over the last {window}")
     body = join([chart, body, note])
     return panel(f"Top destinations by bytes sent (last {window})", body, ident="exfiltration")
+
+
+def endpoints_panel(rows: list[dict[str, Any]], window: str) -> Raw:
+    """The cluster's endpoints and their health from the decisions observed."""
+    body = table(["Endpoint", "Type", "Destination", "Routes", "Health"],
+                 [(r["name"], r["type"], tag("code", host(str(r["destination"]))),
+                   ", ".join(r["routes"]), tag("span", r["health"],
+                                               class_=f"badge health-{r['health']}"))
+                  for r in rows], empty="No endpoints.")
+    return panel(f"Endpoints (health over the last {window})", body, ident="endpoints")
 
 
 def chart_box(ident: str, label: str) -> Raw:
@@ -316,6 +328,8 @@ def overview(o: Overview) -> str:
                  else not_permitted("Policy in force", o.role, POLICY_ROLES))
     parts.append(decisions_panel(o.decisions, o.window) if o.decisions is not None
                  else not_permitted("Decisions", o.role, DECISION_ROLES))
+    if o.endpoints:
+        parts.append(endpoints_panel(o.endpoints, o.window))
     if o.live is not None:
         parts.append(live_panel(o.live, o.audit, o.cluster, o.can_propose))
     if o.denied is not None:
@@ -328,6 +342,11 @@ def overview(o: Overview) -> str:
                  else not_permitted("Open findings", o.role, POLICY_ROLES))
     parts.append(history_panel(o.cluster, o.versions) if o.versions is not None
                  else not_permitted("Version history", o.role, POLICY_ROLES))
+    if o.audit:
+        parts.append(panel("Replay", tag("p", join([
+            link("Replay a version or a candidate policy",
+                 url("/dashboard/replay", cluster=o.cluster)),
+            " on the recorded decisions before applying it."])), ident="replay"))
     if o.stats is not None:
         parts.append(process_panel(o.stats, o.show_hosts))
     return page(f"Dashboard: {o.cluster}", join(parts), who=f"{o.who} ({o.role})",
@@ -339,7 +358,9 @@ def version_page(version: Version, diff: str | None, who: str) -> str:
     back = url("/dashboard", cluster=v.cluster)
     nav = join([link(f"\u2190 {v.cluster} overview", back)])
     meta = tag("p", f"Committed {when(v.created_at)} by {v.principal}: {v.summary}")
-    parts = [tag("p", nav, class_="subtitle"), panel(
+    replay = link("Replay this version on recorded traffic",
+                  url("/dashboard/replay", cluster=v.cluster, version=v.number))
+    parts = [tag("p", join([nav, " · ", replay]), class_="subtitle"), panel(
         f"Version {v.number}", join([meta, tag("pre", v.text)]), ident="policy-text")]
     if diff is not None:
         prev = v.number - 1
@@ -404,3 +425,66 @@ def propose_page(cluster: str, d: Draft, form_token: str, who: str, problem: str
                  tag("pre", d.diff or "(no change)", class_="diff", tabindex="0"), copy]),
                  ident="diff")]
     return page(f"Propose allow: {t.host}", join(parts), who=who)
+
+
+REPLAY_WINDOWS = ("1h", "24h", "7d", "30d")
+
+
+@dataclass
+class ReplayView:
+    """The replay page: what a candidate (a stored version, or pasted policy text) would
+    flip among the recorded decisions of `since`, before anyone applies it."""
+
+    cluster: str
+    since: str
+    form_token: str
+    who: str
+    version: int | None = None
+    text: str = ""
+    subject: str = ""               # what was replayed, for the heading
+    result: Replay | None = None
+    problem: str = ""
+
+
+def _flips(title: str, rows: list[dict[str, Any]], ident: str) -> Raw:
+    cells = [(r["requests"], r["client"], r["kind"], host(r["destination"])) for r in rows]
+    return panel(title, table(["Requests", "Client", "Kind", "Destination"], cells,
+                              numeric=[0], empty="Nothing."), ident=ident)
+
+
+def replay_page(r: ReplayView) -> str:
+    back = link(f"\u2190 {r.cluster} overview", url("/dashboard", cluster=r.cluster))
+    windows = join(Raw(f'<option value="{w}"{" selected" if w == r.since else ""}>{w}'
+                       "</option>") for w in REPLAY_WINDOWS)
+    by_version = Raw(
+        '<form method="get" action="/dashboard/replay" class="filters" id="replay-version">'
+        f'<input type="hidden" name="cluster" value="{esc(r.cluster)}">'
+        '<label>Version <input type="number" name="version" min="1" required '
+        f'value="{esc(r.version or "")}"></label>'
+        f'<label>Recorded over the last <select name="since">{windows}</select></label>'
+        '<button type="submit">Replay version</button></form>')
+    by_text = Raw(
+        '<form method="post" action="/dashboard/replay" class="replay" id="replay-text">'
+        f'<input type="hidden" name="csrf" value="{esc(r.form_token)}">'
+        f'<input type="hidden" name="cluster" value="{esc(r.cluster)}">'
+        f'<input type="hidden" name="since" value="{esc(r.since)}">'
+        '<label for="policy_text">Candidate policy (YAML or JSON)</label>'
+        f'<textarea id="policy_text" name="policy_text" rows="10" required>{esc(r.text)}'
+        '</textarea><button type="submit">Replay candidate</button></form>')
+    hint = tag("p", "Each recorded decision is decided again under the candidate; what it "
+                    "would do differently from what was done is listed by client and "
+                    "destination. Nothing is applied.", class_="hint")
+    parts = [tag("p", back, class_="subtitle"),
+             panel("Replay on recorded traffic", join([hint, by_version, by_text]),
+                   ident="replay-form")]
+    if r.problem:
+        parts.append(panel("Cannot replay", tag("p", r.problem, class_="error",
+                                                 role="alert"), ident="replay-problem"))
+    if r.result is not None:
+        found = r.result.as_dict()
+        parts.append(panel(f"Replay of {r.subject} over the last {r.since}",
+                           tag("p", found["summary"], id="replay-summary",
+                               aria_live="polite"), ident="replay-summary-panel"))
+        parts.append(_flips("Newly denied", found["newly_denied"], "newly-denied"))
+        parts.append(_flips("Newly allowed", found["newly_allowed"], "newly-allowed"))
+    return page(f"Replay: {r.cluster}", join(parts), who=r.who)

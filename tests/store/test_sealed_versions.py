@@ -1,0 +1,180 @@
+"""Policy versions envelope-encrypted under the cluster's customer-managed key (issue 13):
+sealed at rest, read back through the key, old versions (in clear, or under an older key
+version) still read after rotation, a store without the key says so (503-class error,
+not garbage), a suspended key refuses both reading and writing, and a sealed row moved to
+another version does not open."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from egressguard.keys import clusterkeys
+from egressguard.keys.runtime import StoreKeys, seal_store
+from egressguard.keys.vault import KeyVault
+from egressguard.policy import load_policy_text
+from egressguard.store import Store
+from egressguard.store.schema import VersionRow
+from egressguard.store.sealing import PREFIX
+from egressguard.store.store import StoreUnavailable
+from tests.keys.conftest import MASTER, unique
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def policy(name: str) -> object:
+    return load_policy_text(f"""
+restrict_outbound_network_access: Enabled
+application_rule_collections:
+  - name: apps
+    priority: 100
+    action: allow
+    rules:
+      - {{name: {name}, targets: [{name}.example.com], protocols: ['https:443']}}
+""", "t.yaml")
+
+
+@pytest.fixture
+def keyed(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+          ) -> Iterator[tuple[Store, KeyVault, StoreKeys]]:
+    monkeypatch.setenv("EGRESSGUARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(MASTER).decode())
+    store = Store(store_url)
+    vault = KeyVault(store_url, unique("cmk"), master_key=MASTER)
+    vault.create_key("audit", "RSA", 2048)
+    vault.grant("gateway", "get,wrapKey,unwrapKey")
+    store.commit("default", policy("before-the-key"), "t", "clear")  # type: ignore[arg-type]
+    clusterkeys.put(store.engine, store_url, MASTER, "default",
+                    {"keyName": "audit", "keyVaultUri": f"vault://{vault.name}",
+                     "userIdentity": "gateway"}, "t")
+    keys = seal_store(store)
+    yield store, vault, keys
+    keys.close()
+    vault.close()
+    store.close()
+
+
+def stored(store: Store) -> dict[int, str]:
+    with store.engine.connect() as conn:
+        return {r.number: r.policy for r in conn.execute(
+            select(VersionRow.number, VersionRow.policy).order_by(VersionRow.number))}
+
+
+def test_versions_are_sealed_at_rest_and_old_ones_read_after_rotation(
+        keyed: tuple[Store, KeyVault, StoreKeys]) -> None:
+    store, vault, keys = keyed
+    v_old = store.commit("default", policy("first-sealed"), "t", "s")  # type: ignore[arg-type]
+    vault.rotate_key("audit")
+    envelope = keys("default")
+    assert envelope is not None
+    envelope.check()  # follows the latest version
+    v_new = store.commit("default", policy("after-rotation"), "t", "s")  # type: ignore[arg-type]
+    rows = stored(store)
+    assert "before-the-key" in rows[v_old.number - 1]          # written in clear, kept so
+    for number in (v_old.number, v_new.number):
+        assert rows[number].startswith(PREFIX)
+        assert "example.com" not in rows[number]
+    assert envelope.blob_kid(base64.b64decode(rows[v_old.number][len(PREFIX):])) != \
+        envelope.blob_kid(base64.b64decode(rows[v_new.number][len(PREFIX):]))
+    texts = [v.text for v in store.versions("default")]
+    assert any("after-rotation" in t for t in texts)
+    assert any("first-sealed" in t for t in texts)
+    assert any("before-the-key" in t for t in texts)
+    assert "after-rotation" in store.current("default").text
+    # The same content again is recognised through the seal: no new version.
+    again = store.commit("default", policy("after-rotation"), "t", "s")  # type: ignore[arg-type]
+    assert again.number == v_new.number
+
+
+def test_without_the_key_or_while_suspended_a_sealed_version_is_refused_not_garbage(
+        keyed: tuple[Store, KeyVault, StoreKeys], store_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store, vault, keys = keyed
+    store.commit("default", policy("sealed"), "t", "s")  # type: ignore[arg-type]
+    other = Store(store_url)
+    other.seal_with(None)  # a process that has no customer key at all
+    try:
+        with pytest.raises(StoreUnavailable, match="sealed under a customer-managed key"):
+            other.current("default")
+        # ... or one whose master key is not the vault's: the key does not unwrap.
+        other.seal_with(StoreKeys(store_url))
+        monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(bytes(32)).decode())
+        with pytest.raises(StoreUnavailable, match="does not open under this master key"):
+            other.current("default")
+    finally:
+        monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(MASTER).decode())
+        other.close()
+    vault.set_enabled("audit", False)
+    envelope = keys("default")
+    assert envelope is not None
+    envelope.check()
+    with pytest.raises(StoreUnavailable, match="suspended"):
+        store.current("default")
+    with pytest.raises(Exception, match="suspended"):   # nothing is written in clear
+        store.commit("default", policy("while-suspended"), "t", "s")  # type: ignore[arg-type]
+    assert all("while-suspended" not in text for text in stored(store).values())
+    vault.set_enabled("audit", True)
+    envelope.check()
+    assert "sealed" in store.current("default").text
+
+
+def test_a_sealed_version_moved_to_another_number_does_not_open(
+        keyed: tuple[Store, KeyVault, StoreKeys]) -> None:
+    store, _, _ = keyed
+    a = store.commit("default", policy("aaa"), "t", "s")  # type: ignore[arg-type]
+    b = store.commit("default", policy("bbb"), "t", "s")  # type: ignore[arg-type]
+    with store.engine.begin() as conn:
+        conn.execute(update(VersionRow).where(VersionRow.number == b.number)
+                     .values(policy=stored(store)[a.number]))
+    with pytest.raises(StoreUnavailable, match=r"altered|tampered|does not open"):
+        store.current("default")
+
+
+def test_the_cli_applies_and_shows_sealed_versions_and_a_process_without_the_key_cannot(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """`egressguard apply` / `versions show` as processes: the version is sealed at rest,
+    shown in clear with the master key, refused with the reason without it."""
+    import os
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).parent / "egressguard")
+    env = {**os.environ, "EGRESSGUARD_HOME": str(tmp_path / "home"),
+           "EGRESSGUARD_MASTER_KEY": base64.b64encode(MASTER).decode()}
+    store = Store(sqlite_url)
+    vault = KeyVault(sqlite_url, "cmk", master_key=MASTER)
+    vault.create_key("audit", "RSA", 2048)
+    vault.grant("gateway", "get,wrapKey,unwrapKey")
+    clusterkeys.put(store.engine, sqlite_url, MASTER, "default",
+                    {"keyName": "audit", "keyVaultUri": "vault://cmk",
+                     "userIdentity": "gateway"}, "t")
+    vault.close()
+    file = tmp_path / "p.yaml"
+    file.write_text("restrict_outbound_network_access: Enabled\n"
+                    "application_rule_collections:\n"
+                    "  - name: apps\n    priority: 100\n    action: allow\n    rules:\n"
+                    "      - {name: cli-rule, targets: [cli.example.com], "
+                    "protocols: ['https:443']}\n")
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args, "--store", sqlite_url], capture_output=True,
+                              text=True, env={**env, **extra}, timeout=60)
+
+    applied = cli("apply", "-f", str(file), "--cluster", "default")
+    assert applied.returncode == 0, applied.stderr
+    number = max(stored(store))
+    assert stored(store)[number].startswith(PREFIX)
+    assert "cli.example.com" not in stored(store)[number]
+    shown = cli("versions", "show", str(number), "-n", "default")
+    assert shown.returncode == 0, shown.stderr
+    assert "cli.example.com" in shown.stdout
+    wrong = cli("versions", "show", str(number), "-n", "default",
+                EGRESSGUARD_MASTER_KEY=base64.b64encode(bytes(32)).decode())
+    assert wrong.returncode != 0
+    assert "cli.example.com" not in wrong.stdout
+    assert "Traceback" not in wrong.stderr
+    store.close()
