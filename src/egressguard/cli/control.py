@@ -677,13 +677,13 @@ def api(
     except TracingUnavailable as exc:
         raise _fail(str(exc)) from None
     try:
-        _run_api(store, host, port, allow_cidr, tls)
+        _run_api(store, host, port, allow_cidr, tls, log_level)
     finally:
         traced.shutdown()
 
 
 def _run_api(store: str | None, host: str, port: int, allow_cidr: list[str] | None,
-             tls: ApiTLS | None) -> None:
+             tls: ApiTLS | None, log_level: str) -> None:
     """The API server in its thread until SIGTERM or SIGINT (`serve` runs the same one)."""
     from egressguard.cli.serve import ApiThread, _bind, _run, announce_api
     from egressguard.control.api import create_app
@@ -697,7 +697,7 @@ def _run_api(store: str | None, host: str, port: int, allow_cidr: list[str] | No
             app = create_app(st, allow_cidrs=allow_cidr or None)
         except ValueError as exc:
             raise _fail(f"--allow-cidr: {exc}") from None
-        server = ApiThread(app, _bind(host, port, "--port"), tls)
+        server = ApiThread(app, _bind(host, port, "--port"), tls, log_level)
         server.start()
         announce_api(server, tls)
         try:

@@ -522,14 +522,16 @@ class ApiThread:
     the API does can stall the proxy's loop. The socket is bound by the caller first, so
     a bind failure is an ordinary `OSError` before any thread starts."""
 
-    def __init__(self, app: Any, sock: socket.socket, tls: ApiTLS | None = None) -> None:
+    def __init__(self, app: Any, sock: socket.socket, tls: ApiTLS | None = None,
+                 log_level: str = "warning") -> None:
         import uvicorn
 
         # h11, not httptools: uvicorn bounds a request head only with h11 (httptools
         # buffers any number of header bytes, unauthenticated, before the gate runs).
         # log_config=None: uvicorn's records go through the process's handler
         # (`--log-format json` covers them too).
-        config = uvicorn.Config(app, loop="none", http="h11", log_level="warning",
+        # Beside the gateway only warnings; `egressguard api` passes its --log-level.
+        config = uvicorn.Config(app, loop="none", http="h11", log_level=log_level.lower(),
                                 log_config=None,
                                 lifespan="off", server_header=False,
                                 h11_max_incomplete_event_size=API_MAX_HEAD,

@@ -541,6 +541,10 @@ def create_app(store: Store, holder_registry: Mapping[str, SnapshotHolder] | Non
                 headers={"Retry-After": str(RETRY_AFTER)})
         return JSONResponse({"status": "ready"})
 
+    # The documented metrics exist from the start (an API without a gateway reports
+    # them at zero), whatever the CLI's lazy imports have loaded so far.
+    importlib.import_module("egressguard.metrics")
+
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
