@@ -111,6 +111,7 @@ class AppRule:
     sources: tuple[Network, ...]
     report_only: bool
     priority: int
+    identities: frozenset[str] = frozenset()  # empty: any caller (see `scope`)
 
     @property
     def allow(self) -> bool:
@@ -131,6 +132,7 @@ class NetRule:
     report_only: bool
     priority: int
     match_resolved_names: bool = False  # also allows names resolving into it
+    identities: frozenset[str] = frozenset()  # empty: any caller (see `scope`)
 
     @property
     def allow(self) -> bool:
@@ -139,6 +141,16 @@ class NetRule:
     @property
     def all_ports(self) -> bool:
         return ALL_PORTS in self.ports
+
+
+def scope(collection: Sequence[str], rule: Sequence[str]) -> frozenset[str]:
+    """The identities a rule applies to: its collection's list narrowed by its own (both
+    given: those in both; one given: that one; neither: any caller, the empty set). A
+    rule whose two lists share no name applies to nobody: it is kept with the
+    unmatchable scope `{""}` (no identity is named "") rather than widened to everyone."""
+    if collection and rule:
+        return frozenset(collection) & frozenset(rule) or frozenset({""})
+    return frozenset(collection or rule)
 
 
 def application_rules(policy: Policy) -> tuple[AppRule, ...]:
@@ -153,7 +165,8 @@ def application_rules(policy: Policy) -> tuple[AppRule, ...]:
                 targets=tuple(rule.targets), fqdn_tags=tuple(rule.fqdn_tags),
                 specs=tuple((p.protocol, p.port) for p in rule.protocols),
                 sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
-                report_only=collection.report_only, priority=collection.priority))
+                report_only=collection.report_only, priority=collection.priority,
+                identities=scope(collection.identities, rule.identities)))
     return tuple(out)
 
 
@@ -171,7 +184,8 @@ def network_rules(policy: Policy) -> tuple[NetRule, ...]:
                 ports=tuple((p.low, p.high) for p in rule.ports),
                 sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
                 report_only=collection.report_only, priority=collection.priority,
-                match_resolved_names=rule.match_resolved_names))
+                match_resolved_names=rule.match_resolved_names,
+                identities=scope(collection.identities, rule.identities)))
     return tuple(out)
 
 
