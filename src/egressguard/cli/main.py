@@ -33,6 +33,7 @@ AREAS: dict[str, str] = {
     "versions": "egressguard.cli.control",
     "rollback": "egressguard.cli.control",
     "token": "egressguard.cli.control",
+    "identity": "egressguard.cli.identity",
     "api": "egressguard.cli.control",
     "catalog": "egressguard.cli.catalog",
     "profile": "egressguard.cli.catalog",
