@@ -144,7 +144,7 @@ class Checkpoint:
               host: str | None = None, port: int | None = None, connection_id: str = "",
               client_address: str = "", resolved_address: str = "", method: str = "",
               path: str = "", protocol: str = "", callout_type: str = "",
-              policy_version: str | None = None) -> DecisionEvent:
+              policy_version: str | None = None, identity: str = "") -> DecisionEvent:
         """The audit event of a decision (the caller emits or records it). `host`
         defaults to the decision's destination without its port; `port` to its port."""
         if host is None:
@@ -160,7 +160,7 @@ class Checkpoint:
                             else policy_version),
             connection_id=connection_id or new_id(), client_address=client_address,
             resolved_address=resolved_address, method=method, path=path[:2048],
-            protocol=protocol, callout_type=callout_type)
+            protocol=protocol, callout_type=callout_type, client_identity=identity)
 
     def emit(self, event: DecisionEvent) -> None:
         """Fire-and-forget (permitted calls and close events); a failing sink is logged."""
@@ -220,4 +220,4 @@ class Checkpoint:
             connection_id=opened.connection_id, client_address=opened.client_address,
             resolved_address=opened.resolved_address, method=opened.method,
             path=opened.path, bytes_up=up, bytes_down=down, duration_s=duration,
-            close_cause=cause)
+            close_cause=cause, client_identity=opened.client_identity)

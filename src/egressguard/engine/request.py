@@ -44,8 +44,9 @@ class Request:
     it. `addresses` are the IPs the enforcement point resolved and will connect to: the
     address guard checks every one, so the caller must connect only to one of them.
     For callouts, `uri` is the full URI and `callout_type` its type. `identity` is the
-    workload identity the enforcement point authenticated (None: anonymous; the engine
-    then maps `source` to an identity when the policy's identities claim it).
+    workload identity the enforcement point authenticated: None when the point has no
+    way to authenticate (the engine then maps `source` to an identity when the policy's
+    identities claim it), "" for a caller the point found anonymous (no mapping).
     """
 
     kind: Kind

@@ -416,7 +416,7 @@ class Snapshot:
         if source is None or not self._has_source_identities:
             return None
         trie = self._source_ids_v6 if source.version == 6 else self._source_ids_v4
-        return trie.get(source)  # type: ignore[no-any-return]
+        return trie.get(source)
 
     def _decide(self, request: Request) -> Decision:
         if request.identity is None and self._has_source_identities \
@@ -424,7 +424,7 @@ class Snapshot:
             found = self.source_identity(canonical_ip(request.source))
             if found is not None:
                 request = dataclasses.replace(request, identity=found)
-        if self.require_identity and request.identity is None and (
+        if self.require_identity and not request.identity and (
                 request.kind is _HTTP or request.kind is _CONNECT or request.kind is _DNS):
             shown = request.uri or request.host
             return self._deny(_L_GUARD, "guard:identity-required",

@@ -28,6 +28,7 @@ refusal waiting for its audit record (`refusing`) relays nothing in any state.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import ipaddress
 import logging
@@ -44,7 +45,7 @@ from egressguard.enforce.events import CloseCause, DecisionEvent
 from egressguard.engine import Decision, Kind, Request
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.engine.normalize import Host, IPAddress
-from egressguard.gateway import decide, http1, tls
+from egressguard.gateway import auth, decide, http1, tls
 from egressguard.gateway.limits import Limits, deadline_breach
 from egressguard.gateway.pool import Pool
 from egressguard.gateway.resolver import ResolveError, Resolver
@@ -125,6 +126,7 @@ class ConnectionHost(Protocol):
     checkpoint: Checkpoint
     pool: Pool
     draining: bool
+    auth: auth.Authenticator
 
     def admit(self, client: ClientConnection) -> str | None: ...
     def forget(self, client: ClientConnection) -> None: ...
@@ -183,6 +185,8 @@ class ClientConnection(asyncio.Protocol):
         self.dispatching = False
         self.counting = False     # a permitted exchange or tunnel whose bytes are counted
         self.route: Route | None = None
+        self.caller: auth.ConnAuth | None = None  # who is calling (gateway/auth.py)
+        self.identity = ""        # the current request's identity ("" anonymous)
         self._url = b""
         self._headers: http1.Headers = []
 
@@ -206,6 +210,8 @@ class ClientConnection(asyncio.Protocol):
             self.state = CLOSED
             transport.close()
             return
+        self.caller = auth.ConnAuth(self.gw.auth, self.source, auth.certificate_names(
+            transport.get_extra_info("peercert")))
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -422,7 +428,35 @@ class ClientConnection(asyncio.Protocol):
             return None
         return cp.event(decision, permitted, kind, connection_id=conn_id,
                         client_address=self.peer, resolved_address=address,
-                        method=method.decode("latin-1"), path=path)
+                        method=method.decode("latin-1"), path=path, identity=self.identity)
+
+    def _authenticate(self, ex: Exchange, kind: str, host: str, port: int
+                      ) -> tuple[auth.Refused, DecisionEvent | None] | None:
+        """Set `identity` for this request (gateway/auth.py), or return the refusal to
+        answer 407 (report-only relays it as anonymous, recorded as a would-deny)."""
+        who = self.caller.who(ex.proxy_auth)  # type: ignore[union-attr]
+        if who.__class__ is str:
+            self.identity = who
+            return None
+        refused = cast(auth.Refused, who)
+        self.identity = ""
+        decision, permitted = self.cp.guard_deny(
+            "identity:required" if refused is auth.REQUIRED else "identity:invalid",
+            refused.reason, f"{host}:{port}", port)
+        event = self._event(decision, permitted, kind, "", "", ex.method, "")
+        if not permitted:
+            return refused, event
+        if event is not None:
+            self.cp.emit(event)
+        return None
+
+    async def _challenge(self, ex: Exchange, refused: auth.Refused,
+                         event: DecisionEvent | None) -> None:
+        if event is not None:
+            await self.cp.record(event)  # durable before the client sees the 407
+        close = not ex.body_done or not ex.keep_alive or ex.method == b"CONNECT"
+        self._write(auth.challenge(refused, self.gw.auth.schemes, close=close))
+        self._finished(not close)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -434,6 +468,10 @@ class ClientConnection(asyncio.Protocol):
             if route is None:
                 return  # answered with 400
             self.route = route
+        refused = self._authenticate(ex, "http", route.host.name, route.port)
+        if refused is not None:
+            self._spawn(self._challenge(ex, *refused))
+            return
         self.bytes_up = sum(len(p) for p in ex.pending)
         self.bytes_down = 0
         if route.addresses is None:
@@ -467,11 +505,13 @@ class ClientConnection(asyncio.Protocol):
         snapshot = gw.holder.current
         request = route.request
         if route.snapshot is snapshot and route.decided_for is addresses \
-                and request is not None and route.decision is not None:
+                and request is not None and route.decision is not None \
+                and request.identity == self.identity:
             decision, permitted = route.decision, route.permitted
         else:
             request = Request(kind=Kind.HTTP, host=route.host.name, port=route.port,
-                              scheme="http", addresses=addresses, source=self.source)
+                              scheme="http", addresses=addresses, source=self.source,
+                              identity=self.identity)
             decision, permitted = self.cp.decide(request)
             route.snapshot, route.decided_for = snapshot, addresses
             route.request, route.decision, route.permitted = request, decision, permitted
@@ -586,7 +626,7 @@ class ClientConnection(asyncio.Protocol):
         if not decide.may_resolve_first(gw.resolver.known(name) is not None,
                                         gw.holder.current.decides_by_address):
             _, permitted = self.cp.decide(decide.name_request(kind, name, port, scheme,
-                                                              self.source))
+                                                              self.source, self.identity))
             if not permitted:
                 return (), ""
         try:
@@ -648,13 +688,17 @@ class ClientConnection(asyncio.Protocol):
             self.fail(400, "Bad Request", checked.reason)
             return
         raw_host, port, host = checked.raw_host, checked.port, checked.host
+        refused = self._authenticate(ex, "connect", raw_host, port)
+        if refused is not None:
+            await self._challenge(ex, *refused)
+            return
         addresses: tuple[IPAddress, ...] = ()
         unresolved = ""
         if host is not None:
             addresses, unresolved = await self._resolve(host.name, host.ip, port,
                                                         Kind.CONNECT)
         request = Request(kind=Kind.CONNECT, host=raw_host, port=port, addresses=addresses,
-                          source=self.source)
+                          source=self.source, identity=self.identity)
         decision, permitted = self.cp.decide(request)
         event = self._event(decision, permitted, "connect", "",
                             str(addresses[0]) if addresses else "", b"CONNECT", "")
@@ -732,7 +776,8 @@ class ClientConnection(asyncio.Protocol):
         to; what is relayed from now on is that request (re-decided on policy swaps)."""
         assert self.connected_ip is not None
         request = Request(kind=Kind.CONNECT, host=name, port=self.connect_port,
-                          addresses=(self.connected_ip,), source=self.source)
+                          addresses=(self.connected_ip,), source=self.source,
+                          identity=self.identity)
         decision, permitted = self.cp.decide(request)
         if permitted:
             self.active = request
@@ -752,7 +797,15 @@ class ClientConnection(asyncio.Protocol):
         request = self.active
         if request is None or self.closed:
             return False
+        if self.caller is not None and self.caller.changed():
+            who = self.caller.result  # a revoked or expired identity, or another one
+            request = self.active = dataclasses.replace(
+                request, identity=who if isinstance(who, str) else "")
         decision, permitted = self.cp.decide(request)
+        if permitted and isinstance(self.caller and self.caller.result, auth.Refused):
+            decision, permitted = self.cp.guard_deny(
+                "identity:revoked", self.caller.result.reason,  # type: ignore[union-attr]
+                decision.destination, decision.port)
         if permitted:
             if not decision.allowed and self.would_revoke is not request:
                 # Report-only: the policy in force would cut this; record it once, relay on.

@@ -15,11 +15,14 @@ from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.enforce.events import EventSink
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
+from egressguard.gateway.auth import Authenticator
 from egressguard.gateway.connection import ClientConnection, ConnState
 from egressguard.gateway.limits import Limits, admission_refusal
 from egressguard.gateway.pool import Pool
 from egressguard.gateway.resolver import Resolver
 from egressguard.gateway.upstream import Upstream
+from egressguard.identity.directory import IdentityHolder
+from egressguard.identity.tokens import JwtConfig
 
 log = logging.getLogger("egressguard.gateway")
 _SWEEP_SECONDS = 0.25
@@ -30,8 +33,13 @@ class Gateway:
 
     def __init__(self, holder: SnapshotHolder, sink: EventSink | None = None,
                  resolver: Resolver | None = None, limits: Limits | None = None, *,
-                 report_only: bool = False, cluster: str = "default") -> None:
+                 report_only: bool = False, cluster: str = "default",
+                 identities: IdentityHolder | None = None,
+                 jwt: JwtConfig | None = None) -> None:
         self.holder = holder
+        # Who is calling: the store's identities, the policy's and the JWT issuer's keys.
+        self.identities = identities
+        self.auth = Authenticator(holder, identities, jwt)
         self.resolver = resolver or Resolver()
         self.limits = limits or Limits()
         # decide -> report-only -> metrics -> event -> record, as at every other point.
@@ -44,6 +52,7 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._unsubscribe: object = None
+        self._unsubscribe_identities: object = None
         self._bytes_up = metrics.BYTES.labels("up")
         self._bytes_down = metrics.BYTES.labels("down")
         self.pool = Pool()   # idle upstream HTTP connections shared by all clients
@@ -61,6 +70,8 @@ class Gateway:
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True)
         self._unsubscribe = self.holder.subscribe(self._swapped)
+        if self.identities is not None:
+            self._unsubscribe_identities = self.identities.subscribe(self._identities_swapped)
         self._sweeper = self.loop.create_task(self._sweep())
 
     @property
@@ -75,8 +86,9 @@ class Gateway:
             return
         self.draining = True
         self._server.close()
-        if callable(self._unsubscribe):
-            self._unsubscribe()
+        for unsubscribe in (self._unsubscribe, self._unsubscribe_identities):
+            if callable(unsubscribe):
+                unsubscribe()
         for client in list(self.clients):
             if client.state is ConnState.IDLE and not client.queue:
                 client.close("shutdown")
@@ -146,13 +158,21 @@ class Gateway:
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.recheck)
 
+    def _identities_swapped(self) -> None:
+        # From the identity follower's thread: a revocation is applied on the loop.
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.recheck)
+
     def recheck(self) -> int:
         """Re-decide every open tunnel and in-flight request; returns how many closed."""
+        self.auth.refresh()  # the next request on every connection re-resolves its caller
         return sum(client.recheck() for client in list(self.clients))
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(_SWEEP_SECONDS)
+            if self.auth.refresh():  # an identity's expiry passed
+                self.recheck()
             now = self.loop.time()
             for client in list(self.clients):
                 client.sweep(now)

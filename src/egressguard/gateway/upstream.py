@@ -49,7 +49,7 @@ class Exchange:
     """
 
     __slots__ = ("body_done", "chunked", "conflict", "has_body", "headers", "hop", "hosts",
-                 "keep_alive", "method", "pending", "sink", "url", "version")
+                 "keep_alive", "method", "pending", "proxy_auth", "sink", "url", "version")
 
     def __init__(self, method: bytes, url: bytes, headers: http1.Headers, version: str,
                  keep_alive: bool) -> None:
@@ -62,6 +62,7 @@ class Exchange:
         self.has_body = False
         self.hosts: list[bytes] = []
         self.hop = False       # some header is hop-by-hop (or named in Connection)
+        self.proxy_auth: bytes | None = None  # Proxy-Authorization (never forwarded)
         has_cl = has_te = False
         hop_by_hop = http1.HOP_BY_HOP
         for name, value in headers:
@@ -74,6 +75,10 @@ class Exchange:
             elif lower == b"content-length":
                 has_cl = True
                 self.has_body = value.strip() not in (b"0", b"")
+            elif lower == b"proxy-authorization":
+                # Two credentials are one too many: refused as an unsupported scheme.
+                self.proxy_auth = value if self.proxy_auth is None else b"duplicate"
+                self.hop = True
             elif lower in hop_by_hop or lower == b"connection":
                 self.hop = True
         self.conflict = has_cl and has_te

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from egressguard.policy.model import Action, Policy, is_service_tag
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+NOBODY = "-nobody"  # an identity scope no caller matches (not a valid identity name)
 ALL_PORTS = (0, 65535)
 
 
@@ -147,9 +148,10 @@ def scope(collection: Sequence[str], rule: Sequence[str]) -> frozenset[str]:
     """The identities a rule applies to: its collection's list narrowed by its own (both
     given: those in both; one given: that one; neither: any caller, the empty set). A
     rule whose two lists share no name applies to nobody: it is kept with the
-    unmatchable scope `{""}` (no identity is named "") rather than widened to everyone."""
+    unmatchable scope `{NOBODY}` (no identity name starts with '-') rather than widened
+    to everyone."""
     if collection and rule:
-        return frozenset(collection) & frozenset(rule) or frozenset({""})
+        return frozenset(collection) & frozenset(rule) or frozenset({NOBODY})
     return frozenset(collection or rule)
 
 
