@@ -5,6 +5,7 @@ second, also on a kept-alive connection."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import time
@@ -243,10 +244,8 @@ def test_revoked_identity_loses_its_open_tunnel(
     ids.revoke("web")
     revoked_at = time.monotonic()
     sock.settimeout(2)
-    try:
+    with contextlib.suppress(ConnectionResetError):  # cut (reset) or closed
         assert sock.recv(4096) == b""
-    except ConnectionResetError:
-        pass
     assert time.monotonic() - revoked_at < 1.0
     sock.close()
     # Without a credential the tunnel's network rule is not for this caller.

@@ -39,6 +39,7 @@ from egressguard.policy.model import (
     validate_host_pattern,
 )
 from egressguard.policy.rules import (
+    APPLIES_TO_NOBODY,
     DestKind,
     NetRule,
     application_rules,
@@ -266,6 +267,8 @@ class Snapshot:
 
     def _compile_application_rules(self, policy: Policy, refs: References) -> None:
         for rule in application_rules(policy):  # the one flattening (policy/rules.py)
+            if rule.identities == APPLIES_TO_NOBODY:
+                continue  # scoped to identities its collection excludes: never matches
             entry = _AppEntry(order=rule.order, rule_id=str(rule.id), action=rule.action,
                               specs=rule.specs, sources=rule.sources,
                               report_only=rule.report_only, identities=rule.identities)
@@ -283,6 +286,8 @@ class Snapshot:
 
     def _compile_network_rules(self, policy: Policy, refs: References) -> None:
         for rule in network_rules(policy):  # the one flattening (policy/rules.py)
+            if rule.identities == APPLIES_TO_NOBODY:
+                continue
 
             def entry(explicit: bool, rule: NetRule = rule) -> _NetEntry:
                 return _NetEntry(

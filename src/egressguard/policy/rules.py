@@ -23,6 +23,7 @@ from egressguard.policy.model import Action, Policy, is_service_tag
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NOBODY = "-nobody"  # an identity scope no caller matches (not a valid identity name)
+APPLIES_TO_NOBODY = frozenset({NOBODY})
 ALL_PORTS = (0, 65535)
 
 
@@ -151,7 +152,7 @@ def scope(collection: Sequence[str], rule: Sequence[str]) -> frozenset[str]:
     unmatchable scope `{NOBODY}` (no identity name starts with '-') rather than widened
     to everyone."""
     if collection and rule:
-        return frozenset(collection) & frozenset(rule) or frozenset({NOBODY})
+        return frozenset(collection) & frozenset(rule) or APPLIES_TO_NOBODY
     return frozenset(collection or rule)
 
 
