@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from egressguard import metrics
 from egressguard.enforce.checkpoint import Checkpoint
@@ -50,6 +51,7 @@ class Gateway:
         self.capped: set[IPAddress | None] = set()  # sources refused since last below cap
         self.draining = False
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._unsubscribe: object = None
         self._unsubscribe_identities: object = None
@@ -74,11 +76,23 @@ class Gateway:
             self._unsubscribe_identities = self.identities.subscribe(self._identities_swapped)
         self._sweeper = self.loop.create_task(self._sweep())
 
+    async def start_tls(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        """Also listen for TLS connections (mTLS: `gateway/mtls.py`); after `start`."""
+        self._tls_server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True,
+            ssl=context, ssl_handshake_timeout=self.limits.header_timeout)
+
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """Where the gateway listens (host, port), e.g. after binding port 0."""
         assert self._server is not None
         return [s.getsockname()[:2] for s in self._server.sockets]
+
+    @property
+    def tls_addresses(self) -> list[tuple[str, int]]:
+        """Where the TLS listener listens (empty without one)."""
+        server = self._tls_server
+        return [s.getsockname()[:2] for s in server.sockets] if server is not None else []
 
     async def stop(self, deadline: float | None = None) -> None:
         """Stop accepting; let open requests finish up to `deadline` seconds; close the rest."""
@@ -86,6 +100,9 @@ class Gateway:
             return
         self.draining = True
         self._server.close()
+        if self._tls_server is not None:
+            self._tls_server.close()
+            self._tls_server = None
         for unsubscribe in (self._unsubscribe, self._unsubscribe_identities):
             if callable(unsubscribe):
                 unsubscribe()
