@@ -132,7 +132,7 @@ def build_request(target: str, *, callout_type: str | None = None, port: int | N
     if chosen in (Kind.HTTP, Kind.CALLOUT):
         return Request(kind=chosen, host="", uri=target, port=port, callout_type=callout_type,
                        addresses=ips, source=src, protocol=(protocol or "tcp").lower(),
-                       identity=identity or None)
+                       identity=identity)
     host, port_text = split_host_port(target)
     if port_text and not port_text.isdigit() and not target.lstrip().startswith("["):
         host = target  # `name:junk` is no host:port: decide (and refuse) the whole text
@@ -140,4 +140,4 @@ def build_request(target: str, *, callout_type: str | None = None, port: int | N
     default_protocol = "udp" if chosen is Kind.DNS else "tcp"
     return Request(kind=chosen, host=host, port=port or target_port, addresses=ips,
                    source=src, protocol=(protocol or default_protocol).lower(),
-                   identity=identity or None)
+                   identity=identity)
