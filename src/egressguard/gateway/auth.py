@@ -20,12 +20,15 @@ gateway's loop within a second of the change).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from egressguard.engine import Snapshot
+from egressguard.enforce.checkpoint import Checkpoint
+from egressguard.enforce.events import DecisionEvent
+from egressguard.engine import Decision, Request, Snapshot
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.engine.normalize import IPAddress
 from egressguard.gateway import http1
@@ -82,13 +85,17 @@ def certificate_names(peercert: dict[str, Any] | None) -> tuple[tuple[str, ...],
 class ConnAuth:
     """One connection's caller, remembered between its requests."""
 
-    __slots__ = ("auth", "cert", "directory", "header", "result", "snapshot", "source",
-                 "until")
+    __slots__ = ("auth", "cert", "cp", "directory", "header", "identity", "peer", "result",
+                 "snapshot", "source", "until")
 
-    def __init__(self, auth: Authenticator, source: IPAddress | None,
-                 cert: tuple[Iterable[str], str | None] = ((), None)) -> None:
+    def __init__(self, auth: Authenticator, cp: Checkpoint, source: IPAddress | None,
+                 peer: str = "", cert: tuple[Iterable[str], str | None] = ((), None)
+                 ) -> None:
         self.auth = auth
+        self.cp = cp
         self.source = source
+        self.peer = peer
+        self.identity = ""  # the last admitted request's identity
         self.cert = (tuple(cert[0]), cert[1])
         self.directory: Directory | None = None
         self.snapshot: Snapshot | None = None
@@ -129,6 +136,43 @@ class ConnAuth:
             result = REQUIRED
         self.result = result
         return result
+
+    def admit(self, header: bytes | None, kind: str, host: str, port: int, method: bytes
+              ) -> tuple[Refused, DecisionEvent | None] | None:
+        """Set `identity` for a request, or the refusal (and its audit event) to answer
+        407. In report-only (the policy's or the point's) a refusal is relayed as an
+        anonymous caller and recorded as a would-deny, as every guard refusal is."""
+        who = self.who(header)
+        if who.__class__ is str:
+            self.identity = who
+            return None
+        refused = cast(Refused, who)
+        self.identity = ""
+        cp = self.cp
+        decision, permitted = cp.guard_deny(
+            "identity:required" if refused is REQUIRED else "identity:invalid",
+            refused.reason, f"{host}:{port}", port)
+        cp.note(decision, permitted, kind, self.peer)
+        event = cp.event(decision, permitted, kind, client_address=self.peer,
+                         method=method.decode("latin-1")) if cp.recording else None
+        if not permitted:
+            return refused, event
+        if event is not None:
+            cp.emit(event)
+        return None
+
+    def recheck(self, request: Request) -> tuple[Request, tuple[Decision, bool] | None]:
+        """What is being relayed for this caller, after a change that may have revoked
+        it: the request with the caller's identity now, and a refusal if it has none."""
+        if not self.changed():
+            return request, None
+        who = self.result
+        if isinstance(who, str):
+            return dataclasses.replace(request, identity=who), None
+        decided, _ = self.cp.decide(request)
+        refusal = self.cp.guard_deny("identity:revoked", who.reason, decided.destination,
+                                     decided.port)
+        return dataclasses.replace(request, identity=""), refusal
 
     def changed(self) -> bool:
         """Whether this connection's caller is no longer who it was (a revocation, an

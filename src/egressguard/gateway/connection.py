@@ -28,7 +28,6 @@ refusal waiting for its audit record (`refusing`) relays nothing in any state.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import ipaddress
 import logging
@@ -185,7 +184,7 @@ class ClientConnection(asyncio.Protocol):
         self.dispatching = False
         self.counting = False     # a permitted exchange or tunnel whose bytes are counted
         self.route: Route | None = None
-        self.caller: auth.ConnAuth | None = None  # who is calling (gateway/auth.py)
+        self.caller: auth.ConnAuth = None  # type: ignore[assignment]  # connection_made
         self.identity = ""        # the current request's identity ("" anonymous)
         self._url = b""
         self._headers: http1.Headers = []
@@ -210,8 +209,9 @@ class ClientConnection(asyncio.Protocol):
             self.state = CLOSED
             transport.close()
             return
-        self.caller = auth.ConnAuth(self.gw.auth, self.source, auth.certificate_names(
-            transport.get_extra_info("peercert")))
+        self.caller = auth.ConnAuth(self.gw.auth, self.cp, self.source, self.peer,
+                                    auth.certificate_names(transport.get_extra_info(
+                                        "peercert")))
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -430,26 +430,6 @@ class ClientConnection(asyncio.Protocol):
                         client_address=self.peer, resolved_address=address,
                         method=method.decode("latin-1"), path=path, identity=self.identity)
 
-    def _authenticate(self, ex: Exchange, kind: str, host: str, port: int
-                      ) -> tuple[auth.Refused, DecisionEvent | None] | None:
-        """Set `identity` for this request (gateway/auth.py), or return the refusal to
-        answer 407 (report-only relays it as anonymous, recorded as a would-deny)."""
-        who = self.caller.who(ex.proxy_auth)  # type: ignore[union-attr]
-        if who.__class__ is str:
-            self.identity = who
-            return None
-        refused = cast(auth.Refused, who)
-        self.identity = ""
-        decision, permitted = self.cp.guard_deny(
-            "identity:required" if refused is auth.REQUIRED else "identity:invalid",
-            refused.reason, f"{host}:{port}", port)
-        event = self._event(decision, permitted, kind, "", "", ex.method, "")
-        if not permitted:
-            return refused, event
-        if event is not None:
-            self.cp.emit(event)
-        return None
-
     async def _challenge(self, ex: Exchange, refused: auth.Refused,
                          event: DecisionEvent | None) -> None:
         if event is not None:
@@ -468,7 +448,9 @@ class ClientConnection(asyncio.Protocol):
             if route is None:
                 return  # answered with 400
             self.route = route
-        refused = self._authenticate(ex, "http", route.host.name, route.port)
+        refused = self.caller.admit(ex.proxy_auth, "http", route.host.name, route.port,
+                                    ex.method)  # who is calling (gateway/auth.py)
+        self.identity = self.caller.identity
         if refused is not None:
             self._spawn(self._challenge(ex, *refused))
             return
@@ -688,7 +670,8 @@ class ClientConnection(asyncio.Protocol):
             self.fail(400, "Bad Request", checked.reason)
             return
         raw_host, port, host = checked.raw_host, checked.port, checked.host
-        refused = self._authenticate(ex, "connect", raw_host, port)
+        refused = self.caller.admit(ex.proxy_auth, "connect", raw_host, port, ex.method)
+        self.identity = self.caller.identity
         if refused is not None:
             await self._challenge(ex, *refused)
             return
@@ -797,15 +780,10 @@ class ClientConnection(asyncio.Protocol):
         request = self.active
         if request is None or self.closed:
             return False
-        if self.caller is not None and self.caller.changed():
-            who = self.caller.result  # a revoked or expired identity, or another one
-            request = self.active = dataclasses.replace(
-                request, identity=who if isinstance(who, str) else "")
-        decision, permitted = self.cp.decide(request)
-        if permitted and isinstance(self.caller and self.caller.result, auth.Refused):
-            decision, permitted = self.cp.guard_deny(
-                "identity:revoked", self.caller.result.reason,  # type: ignore[union-attr]
-                decision.destination, decision.port)
+        # A revoked or expired identity, or another one, then the policy.
+        request, refusal = self.caller.recheck(request)
+        self.active = request
+        decision, permitted = refusal or self.cp.decide(request)
         if permitted:
             if not decision.allowed and self.would_revoke is not request:
                 # Report-only: the policy in force would cut this; record it once, relay on.
