@@ -152,7 +152,7 @@ class ConnAuth:
         decision, permitted = cp.guard_deny(
             "identity:required" if refused is REQUIRED else "identity:invalid",
             refused.reason, f"{host}:{port}", port)
-        cp.note(decision, permitted, kind, self.peer)
+        cp.note(decision, permitted, kind, self.peer, "")
         event = cp.event(decision, permitted, kind, client_address=self.peer,
                          method=method.decode("latin-1")) if cp.recording else None
         if not permitted:
