@@ -296,10 +296,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _wrk(target: Target, http_port: int, tmp: Path, conns: int, seconds: float,
-         close: bool = False) -> dict[str, float]:
+         close: bool = False, headers: dict[str, str] | None = None) -> dict[str, float]:
     origin = f"127.0.0.1:{http_port}"
     script = tmp / f"wrk-{target.name}.lua"
-    lines = []
+    lines = [f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items()]
     if target.port is not None:
         lines += [f'wrk.path = "http://{origin}/"', f'wrk.headers["Host"] = "{origin}"']
     if close:

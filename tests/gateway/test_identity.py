@@ -330,3 +330,18 @@ def test_source_cidr_is_the_weakest_mapping(
         client.close()
     assert gw.sink.wait_for(lambda e: e.verdict == "allow").client_identity == \
         "from-loopback"
+
+
+def test_two_proxy_authorization_headers_are_refused(
+        gateway_factory: Callable[..., Running], upstream: Server,
+        identities: tuple[IdentityStore, IdentityHolder]) -> None:
+    ids, holder = identities
+    secret, _ = ids.create("web", "test")
+    gw = start(gateway_factory, identities=holder)
+    good = basic("web", secret or "")
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as sock:
+        target = f"up.test:{upstream.port}"
+        sock.sendall(f"GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\n"
+                     f"Proxy-Authorization: {good}\r\nProxy-Authorization: {good}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 407")

@@ -125,9 +125,10 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(help="the TLS listener's key")] = None,
     client_ca: Annotated[Path | None, typer.Option(
         help="CA whose client certificates the TLS listener accepts")] = None,
-    identities: Annotated[bool, typer.Option(
-        help="authenticate workloads with the store's identities, followed live (when "
-             "serve opens the store: store mode, the API or the audit log)")] = True,
+    identities: Annotated[bool | None, typer.Option(
+        help="authenticate workloads with the store's identities, followed live "
+             "(default: when serve opens the store anyway: store mode, the API or the "
+             "audit log; --identities opens it for this alone)")] = None,
     jwt_jwks: Annotated[Path | None, typer.Option(
         help="JWKS file of the issuer of Bearer workload tokens (e.g. the cluster's "
              "/openid/v1/jwks); needs --jwt-issuer and --jwt-audience")] = None,
@@ -160,8 +161,9 @@ def serve(
                 static.setdefault(name, []).extend(ips)
         tls = _tls_options(tls_listen, tls_cert, tls_key, client_ca)
         jwt_config = _jwt_options(jwt_jwks, jwt_issuer, jwt_audience)
-        parts.open(store, cluster, policy, need_store=api or audit or policy is None)
-        if identities:
+        parts.open(store, cluster, policy,
+                   need_store=api or audit or bool(identities) or policy is None)
+        if identities is not False:
             parts.open_identities()
         if audit:
             parts.open_audit(audit_writer, audit_max_age, audit_max_rows, exfil_threshold,

@@ -48,8 +48,9 @@ class Exchange:
     hop-by-hop), so the checks that follow do not walk them again.
     """
 
-    __slots__ = ("body_done", "chunked", "conflict", "has_body", "headers", "hop", "hosts",
-                 "keep_alive", "method", "pending", "proxy_auth", "sink", "url", "version")
+    __slots__ = ("auth_at", "body_done", "chunked", "conflict", "has_body", "headers", "hop",
+                 "hosts", "keep_alive", "method", "pending", "proxy_auth", "sink", "url",
+                 "version")
 
     def __init__(self, method: bytes, url: bytes, headers: http1.Headers, version: str,
                  keep_alive: bool) -> None:
@@ -63,9 +64,10 @@ class Exchange:
         self.hosts: list[bytes] = []
         self.hop = False       # some header is hop-by-hop (or named in Connection)
         self.proxy_auth: bytes | None = None  # Proxy-Authorization (never forwarded)
+        self.auth_at = -1      # its index, when it is the only hop-by-hop header
         has_cl = has_te = False
         hop_by_hop = http1.HOP_BY_HOP
-        for name, value in headers:
+        for index, (name, value) in enumerate(headers):
             lower = name.lower()
             if lower == b"host":
                 self.hosts.append(value)
@@ -77,8 +79,10 @@ class Exchange:
                 self.has_body = value.strip() not in (b"0", b"")
             elif lower == b"proxy-authorization":
                 # Two credentials are one too many: refused as an unsupported scheme.
-                self.proxy_auth = value if self.proxy_auth is None else b"duplicate"
-                self.hop = True
+                if self.proxy_auth is None:
+                    self.proxy_auth, self.auth_at = value, index
+                else:
+                    self.proxy_auth, self.hop = b"duplicate", True
             elif lower in hop_by_hop or lower == b"connection":
                 self.hop = True
         self.conflict = has_cl and has_te
@@ -88,7 +92,12 @@ class Exchange:
 
     def forwarded_headers(self) -> bytes:
         """The end-to-end headers, rendered (all of them when none is hop-by-hop)."""
-        headers = http1.end_to_end(self.headers) if self.hop else self.headers
+        if self.hop:
+            headers = list(http1.end_to_end(self.headers))
+        elif self.auth_at >= 0:  # the common authenticated request: skip one header
+            headers = self.headers[:self.auth_at] + self.headers[self.auth_at + 1:]
+        else:
+            headers = self.headers
         return b"".join([b"%s: %s\r\n" % pair for pair in headers])
 
     def body(self, data: bytes) -> None:
