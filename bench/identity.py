@@ -6,9 +6,10 @@ Two `egressguard serve --identities --no-audit --no-api` gateways run at once ag
 origin (bench/proxy.py's): "anonymous" enforces an unscoped rule and `wrk` sends no
 credential; "basic" enforces the same rule scoped to `identities: [bench]` and `wrk`
 sends `Proxy-Authorization: Basic` with a secret from `egressguard identity create` on
-every request. `wrk` rounds interleave (order alternating) so load on a shared machine
+every request. Each round runs both `wrk`s at the same time, so load on a shared machine
 falls on both alike; the figure is the proxy process's CPU (user + system, /proc) per
-request. The last line is one JSON object with the medians and the ratio.
+request, the median over the rounds. The last line is one JSON object with the medians
+and the ratio.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -85,12 +87,16 @@ def main() -> None:
                 _wrk(target, http_port, tmp, args.conns, 1,
                      headers={"Proxy-Authorization": credential} if credential else None)
             for round_no in range(args.rounds):
-                order = gateways if round_no % 2 == 0 else gateways[::-1]
-                for target, credential in order:
-                    m = _wrk(target, http_port, tmp, args.conns, args.seconds, headers=(
-                        {"Proxy-Authorization": credential} if credential else None))
-                    figures[target.name].append(m)
-                    print(f"round {round_no} {target.name:9} cpu/req {m['cpu_us']:6.1f} us "
+                # Both at once: whatever else loads the machine falls on both alike.
+                with ThreadPoolExecutor(2) as pool:
+                    runs = {target.name: pool.submit(
+                        _wrk, target, http_port, tmp, args.conns, args.seconds,
+                        headers={"Proxy-Authorization": credential} if credential else None)
+                        for target, credential in gateways}
+                for name, run in runs.items():
+                    m = run.result()
+                    figures[name].append(m)
+                    print(f"round {round_no} {name:9} cpu/req {m['cpu_us']:6.1f} us "
                           f"{m['rps']:9,.0f} req/s", flush=True)
         finally:
             for target, _ in gateways:

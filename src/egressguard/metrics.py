@@ -25,8 +25,9 @@ POLICY_VERSION = Gauge("egressguard_policy_version_info", "Policy version in for
 MAX_IDENTITY_LABELS = 64  # distinct identity label values; the rest count as "other"
 IDENTITY_DECISIONS = Counter(
     "egressguard_identity_decisions_total",
-    f"Decisions by workload identity (anonymous for none; at most {MAX_IDENTITY_LABELS} "
-    "names per process, further ones as other)", ["identity", "verdict", "permitted"])
+    f"Decisions by workload identity (authenticated callers; at most "
+    f"{MAX_IDENTITY_LABELS} names per process, further ones as other)",
+    ["identity", "verdict", "permitted"])
 REVOKED = Counter("egressguard_revoked_total", "Open tunnels closed by a policy change")
 EXFIL_WARNINGS = Counter("egressguard_exfiltration_warnings_total",
                          "Destinations that crossed the bytes-sent threshold", ["host"])

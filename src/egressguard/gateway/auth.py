@@ -142,6 +142,11 @@ class ConnAuth:
         """Set `identity` for a request, or the refusal (and its audit event) to answer
         407. In report-only (the policy's or the point's) a refusal is relayed as an
         anonymous caller and recorded as a would-deny, as every guard refusal is."""
+        auth = self.auth
+        if self.directory is auth.directory and header == self.header and self.until is None \
+                and self.snapshot is auth.holder.current and self.result.__class__ is str:
+            self.identity = self.result  # the keep-alive path
+            return None
         who = self.who(header)
         if who.__class__ is str:
             self.identity = who

@@ -423,7 +423,7 @@ class ClientConnection(asyncio.Protocol):
         """Count the decision; its audit event when there is an audit sink (none is
         built without one: this is on the keep-alive path)."""
         cp = self.cp
-        cp.note(decision, permitted, kind, self.peer, self.identity)
+        cp.note(decision, permitted, kind, self.peer, self.identity or None)
         if not cp.recording:
             return None
         return cp.event(decision, permitted, kind, connection_id=conn_id,

@@ -48,7 +48,7 @@ class Exchange:
     hop-by-hop), so the checks that follow do not walk them again.
     """
 
-    __slots__ = ("auth_at", "body_done", "chunked", "conflict", "has_body", "headers", "hop",
+    __slots__ = ("auth_name", "body_done", "chunked", "conflict", "has_body", "headers", "hop",
                  "hosts", "keep_alive", "method", "pending", "proxy_auth", "sink", "url",
                  "version")
 
@@ -64,10 +64,10 @@ class Exchange:
         self.hosts: list[bytes] = []
         self.hop = False       # some header is hop-by-hop (or named in Connection)
         self.proxy_auth: bytes | None = None  # Proxy-Authorization (never forwarded)
-        self.auth_at = -1      # its index, when it is the only hop-by-hop header
+        self.auth_name = b""   # its name as sent (to find it again without a walk)
         has_cl = has_te = False
         hop_by_hop = http1.HOP_BY_HOP
-        for index, (name, value) in enumerate(headers):
+        for name, value in headers:
             lower = name.lower()
             if lower == b"host":
                 self.hosts.append(value)
@@ -80,7 +80,7 @@ class Exchange:
             elif lower == b"proxy-authorization":
                 # Two credentials are one too many: refused as an unsupported scheme.
                 if self.proxy_auth is None:
-                    self.proxy_auth, self.auth_at = value, index
+                    self.proxy_auth, self.auth_name = value, name
                 else:
                     self.proxy_auth, self.hop = b"duplicate", True
             elif lower in hop_by_hop or lower == b"connection":
@@ -94,8 +94,9 @@ class Exchange:
         """The end-to-end headers, rendered (all of them when none is hop-by-hop)."""
         if self.hop:
             headers = list(http1.end_to_end(self.headers))
-        elif self.auth_at >= 0:  # the common authenticated request: skip one header
-            headers = self.headers[:self.auth_at] + self.headers[self.auth_at + 1:]
+        elif self.proxy_auth is not None:  # an authenticated request: drop one header
+            at = self.headers.index((self.auth_name, self.proxy_auth))
+            headers = self.headers[:at] + self.headers[at + 1:]
         else:
             headers = self.headers
         return b"".join([b"%s: %s\r\n" % pair for pair in headers])
