@@ -345,3 +345,19 @@ def test_two_proxy_authorization_headers_are_refused(
                      f"Proxy-Authorization: {good}\r\nProxy-Authorization: {good}\r\n"
                      "Connection: close\r\n\r\n".encode())
         assert sock.recv(65536).startswith(b"HTTP/1.1 407")
+
+
+def test_identity_expiring_on_a_kept_alive_connection_is_refused_from_then_on(
+        gateway_factory: Callable[..., Running], upstream: Server,
+        identities: tuple[IdentityStore, IdentityHolder]) -> None:
+    ids, holder = identities
+    secret, _ = ids.create("web", "test", lifetime=1.5)
+    gw = start(gateway_factory, identities=holder)
+    client = Client(gw.port)
+    credential = basic("web", secret or "")
+    try:
+        assert client.get(upstream.port, credential)[0] == 200
+        time.sleep(1.5 + 0.5)  # the gateway's sweep rebuilds the directory (0.25 s)
+        assert client.get(upstream.port, credential)[0] == 407
+    finally:
+        client.close()
