@@ -342,9 +342,11 @@ def tunnel_throughput(bulk: Path, target: Target, bulk_port: int, total: int,
     return float(out.stdout.strip()), cpu / (total / (1 << 30))
 
 
-def _wrk_script(target: Target, http_port: int, tmp: Path, close: bool) -> Path:
+def _wrk_script(target: Target, http_port: int, tmp: Path, close: bool,
+                headers: dict[str, str] | None = None) -> Path:
     script = tmp / f"wrk-{target.name.replace(' ', '-')}-{int(close)}.lua"
-    lines = []
+    # Headers for every request (e.g. Proxy-Authorization, bench/identity.py).
+    lines = [f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items()]
     if target.names:
         hdr = ', Connection = "close"' if close else ""
         lines += [
@@ -364,8 +366,8 @@ def _wrk_script(target: Target, http_port: int, tmp: Path, close: bool) -> Path:
 
 
 def _wrk(target: Target, http_port: int, tmp: Path, conns: int, seconds: float,
-         close: bool = False) -> dict[str, float]:
-    script = _wrk_script(target, http_port, tmp, close)
+         close: bool = False, headers: dict[str, str] | None = None) -> dict[str, float]:
+    script = _wrk_script(target, http_port, tmp, close, headers)
     url = f"http://127.0.0.1:{target.port or http_port}/"
     threads = 1 if conns < 2 else 2
     cpu0 = _cpu_seconds(target.proc.pid) if target.proc else 0.0

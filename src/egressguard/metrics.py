@@ -22,6 +22,12 @@ UPSTREAM_CONNECT_SECONDS = Histogram(
     buckets=(1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1, 5, 10))
 POLICY_VERSION = Gauge("egressguard_policy_version_info", "Policy version in force (value 1)",
                        ["cluster", "version"])
+MAX_IDENTITY_LABELS = 64  # distinct identity label values; the rest count as "other"
+IDENTITY_DECISIONS = Counter(
+    "egressguard_identity_decisions_total",
+    f"Decisions by workload identity (authenticated callers; at most "
+    f"{MAX_IDENTITY_LABELS} names per process, further ones as other)",
+    ["identity", "verdict", "permitted"])
 REVOKED = Counter("egressguard_revoked_total", "Open tunnels closed by a policy change")
 EXFIL_WARNINGS = Counter("egressguard_exfiltration_warnings_total",
                          "Destinations that crossed the bytes-sent threshold", ["host"])

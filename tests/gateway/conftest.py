@@ -214,14 +214,15 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 
     def make(policy: str = LOOPBACK_POLICY, resolve: dict[str, str] | None = None,
              limits: Limits | None = None, report_only: bool = False,
-             sink: Any = None, resolver: Resolver | None = None) -> Running:
+             sink: Any = None, resolver: Resolver | None = None,
+             **gateway_options: Any) -> Running:
         path = tmp_path / f"policy{len(started)}.yaml"
         path.write_text(policy)
         holder = SnapshotHolder(load_active(path))
         sink = ListSink() if sink is None else sink
         static = parse_resolve(f"{k}={v}" for k, v in (resolve or {}).items())
         gateway = Gateway(holder, sink, resolver or Resolver(static, system=False),
-                          limits or Limits(), report_only=report_only)
+                          limits or Limits(), report_only=report_only, **gateway_options)
         loop = uvloop.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()

@@ -36,9 +36,10 @@ def test_diff_against_a_policy_file_with_an_fqdn_tag_check_accepts(
     result = runner.invoke(app, ["recommend", "--since", "1d", "--store", sqlite_url,
                                  "--diff", "--policy", str(policy)])
     assert result.exit_code == 0, result.output
-    assert "= connect mcr.microsoft.com:443: already allowed by application:aks/aks" \
+    assert ("= connect mcr.microsoft.com:443 as build-agent: already allowed by "
+            "application:aks/aks") \
         in result.output
-    assert "+ connect new.example.com:443: newly allowed" in result.output
+    assert "+ connect new.example.com:443 as build-agent: newly allowed" in result.output
 
 
 def test_diff_against_a_policy_naming_an_unknown_tag_is_one_line_exit_2(

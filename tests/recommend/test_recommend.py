@@ -48,8 +48,10 @@ def traffic() -> list[Any]:
     return evs
 
 
-def check(policy: Path, *args: str) -> int:
-    result = runner.invoke(app, ["check", *args, "--policy", str(policy)])
+def check(policy: Path, *args: str, identity: str = "build-agent") -> int:
+    """`egressguard check` as the identity the recorded traffic came from."""
+    result = runner.invoke(app, ["check", *args, "--policy", str(policy),
+                                 "--identity", identity])
     assert result.exit_code in (0, 1), result.output
     return result.exit_code
 
@@ -142,8 +144,10 @@ def test_diff_against_the_policy_in_force(tmp_path: Path) -> None:
         record["verdict"], record["permitted"] = "allow", True
     seen = observe(evs)
     text = diff(current, propose(seen), seen)
-    assert "= connect api.github.com:443: already allowed by application:apps/github" in text
-    assert "+ connect new.example.com:443: newly allowed (in force: denied by default)" in text
+    assert ("= connect api.github.com:443 as build-agent: already allowed by "
+            "application:apps/github") in text
+    assert ("+ connect new.example.com:443 as build-agent: newly allowed (in force: denied "
+            "by default)") in text
     assert "- application:apps/unused: no observed call used it (dropped)" in text
 
 
@@ -151,7 +155,7 @@ def test_cli_diff_reads_the_store_and_bad_input_is_exit_2(recorded: str) -> None
     result = runner.invoke(app, ["recommend", "--since", "1d", "--store", recorded,
                                  "--diff", "--cluster", "default"])
     assert result.exit_code == 0, result.output
-    assert "+ connect api.github.com:443: newly allowed" in result.output
+    assert "+ connect api.github.com:443 as build-agent: newly allowed" in result.output
     bad = runner.invoke(app, ["recommend", "--since", "a while", "--store", recorded])
     assert bad.exit_code == 2 and "invalid time" in bad.output
 

@@ -76,6 +76,9 @@ class Filter:
     layer: str | None = None
     phase: str | None = None
     connection_id: str | None = None
+    identity: str | None = None
+    """The workload identity: a sealed field, so matched after opening each record
+    (`query` reads on until it has `limit` matches); "" selects anonymous callers."""
 
     def __post_init__(self) -> None:
         if self.outcome is not None and self.outcome not in OUTCOMES:
@@ -191,16 +194,27 @@ def query(engine: Engine, flt: Filter, *, sealer: Reader | None, limit: int = 10
           after: int | None = None, before: int | None = None,
           newest_first: bool = True) -> list[dict[str, Any]]:
     """Records matching `flt`, keyset-paged by id (`after` / `before` are exclusive)."""
-    clauses = flt.where()
-    if after is not None:
-        clauses.append(events.c.id > after)
-    if before is not None:
-        clauses.append(events.c.id < before)
-    order = events.c.id.desc() if newest_first else events.c.id.asc()
-    stmt = event_rows().where(*clauses).order_by(order).limit(max(1, min(limit, 10_000)))
+    limit = max(1, min(limit, 10_000))
     reader = reader_of(sealer)
-    with engine.connect() as conn:
-        return [to_record(row, reader) for row in conn.execute(stmt)]
+    found: list[dict[str, Any]] = []
+    while True:  # the identity is sealed: matched after opening, paging on until `limit`
+        clauses = flt.where()
+        if after is not None:
+            clauses.append(events.c.id > after)
+        if before is not None:
+            clauses.append(events.c.id < before)
+        order = events.c.id.desc() if newest_first else events.c.id.asc()
+        stmt = event_rows().where(*clauses).order_by(order).limit(limit)
+        with engine.connect() as conn:
+            page = [to_record(row, reader) for row in conn.execute(stmt)]
+        found += page if flt.identity is None else [
+            r for r in page if r.get("client_identity") == flt.identity]
+        if flt.identity is None or len(found) >= limit or len(page) < limit:
+            return found[:limit]
+        if newest_first:
+            before = page[-1]["id"]
+        else:
+            after = page[-1]["id"]
 
 
 def scan(engine: Engine, flt: Filter, *, sealer: Reader | None,

@@ -15,7 +15,8 @@ from egressguard.source import SourceError, active_in_force
 EXIT_ALLOWED, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
 # The query's fields as this command's options, for one-line errors.
 OPTION_NAMES = {"url": "URL", "type": "--type", "kind": "--kind", "port": "--port",
-                "protocol": "--protocol", "addresses": "--address", "source": "--source"}
+                "protocol": "--protocol", "addresses": "--address", "source": "--source",
+                "identity": "--identity"}
 
 
 def check(
@@ -31,6 +32,9 @@ def check(
         "--address", help="address the name resolves to (repeatable), for the address guard")
     ] = None,
     source: Annotated[str | None, typer.Option(help="client source address")] = None,
+    identity: Annotated[str | None, typer.Option(
+        help="the caller's workload identity (default: mapped from --source, else none)")
+    ] = None,
     protocol: Annotated[str | None, typer.Option(
         help="tcp, udp or icmp, for network rules (default tcp; udp for dns)")] = None,
     policy: Annotated[Path | None, typer.Option(
@@ -50,7 +54,8 @@ def check(
         if policy is not None and cluster is not None:
             raise ValueError("give --policy or --cluster, not both")
         query = query_of({"url": url, "type": callout_type, "kind": kind, "port": port,
-                          "protocol": protocol, "addresses": address, "source": source},
+                          "protocol": protocol, "addresses": address, "source": source,
+                          "identity": identity},
                          OPTION_NAMES)
         snapshot = active_in_force(policy, cluster, store).snapshot
     except (QueryError, SourceError, ValueError) as exc:

@@ -75,7 +75,8 @@ def _line(r: dict[str, Any]) -> str:
     if r["phase"] == "close":
         extra = (f" up={r['bytes_up']} down={r['bytes_down']} {r['duration_s']:.3f}s"
                  f"{' cause=' + r['close_cause'] if r['close_cause'] else ''}")
-    who = r["client_identity"] or r["client_address"]
+    who = (f"{r['client_identity']}@{r['client_address']}" if r["client_identity"]
+           else r["client_address"])
     return (f"{_when(r['time'])} {r['cluster']:<10} {r['outcome']:<10} {r['kind']:<8} "
             f"{r['phase']:<8} {dest:<40} {r['layer']:<12} {r['rule']}"
             f"{' ' + who if who else ''}{extra}  {r['reason']}")
@@ -107,6 +108,8 @@ def logs(
     kind: Annotated[str | None, typer.Option(help="http, connect, dns, callout, flow, "
                                                   "warning")] = None,
     layer: Annotated[str | None, typer.Option(help="deciding layer")] = None,
+    identity: Annotated[str | None, typer.Option(
+        help="only this workload identity's records ('' for anonymous callers)")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new records")
                       ] = False,
     output: OutputOpt = Format.TABLE,
@@ -129,7 +132,7 @@ def logs(
         flt = Filter(since=parse_since(since) if since else None,
                      until=parse_since(until) if until else None,
                      outcome="would-deny" if would_deny else verdict, dest=dest,
-                     cluster=cluster, kind=kind, layer=layer)
+                     cluster=cluster, kind=kind, layer=layer, identity=identity)
     except QueryError as exc:
         raise _fail(str(exc)) from None
     engine, sealer = _open(store)

@@ -42,6 +42,7 @@ AREAS: dict[str, str] = {
     "versions": "egressguard.cli.control",
     "rollback": "egressguard.cli.control",
     "token": "egressguard.cli.control",
+    "identity": "egressguard.cli.identity",
     "api": "egressguard.cli.control",
     "login": "egressguard.cli.control", "logout": "egressguard.cli.control",
     "catalog": "egressguard.cli.catalog",

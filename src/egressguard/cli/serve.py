@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from egressguard.control.apitls import ApiTLS
     from egressguard.fleet import Leader
     from egressguard.fleet.coldstart import ColdStart
+    from egressguard.identity import IdentityHolder, JwtConfig
+    from egressguard.identity.follow import IdentityFollower
     from egressguard.keys.runtime import ClusterKey, StoreKeys, Suspendable
     from egressguard.source import LivePolicy, PolicyFeed
     from egressguard.store import Store
@@ -151,6 +153,23 @@ def serve(
         help="concurrent client connections from one address")] = 256,
     shutdown_deadline: Annotated[float, typer.Option(
         help="seconds open requests may finish after SIGTERM")] = 10.0,
+    tls_listen: Annotated[str | None, typer.Option(
+        help="address:port of a TLS proxy listener whose clients prove their identity "
+             "with a certificate (needs --tls-cert, --tls-key, --client-ca)")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="the TLS listener's certificate")
+                        ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the TLS listener's key")] = None,
+    client_ca: Annotated[Path | None, typer.Option(
+        help="CA whose client certificates the TLS listener accepts")] = None,
+    identities: Annotated[bool | None, typer.Option(
+        help="authenticate workloads with the store's identities, followed live "
+             "(default: when serve opens the store anyway: store mode, the API or the "
+             "audit log; --identities opens it for this alone)")] = None,
+    jwt_jwks: Annotated[Path | None, typer.Option(
+        help="JWKS file of the issuer of Bearer workload tokens (e.g. the cluster's "
+             "/openid/v1/jwks); needs --jwt-issuer and --jwt-audience")] = None,
+    jwt_issuer: Annotated[str | None, typer.Option(help="the tokens' `iss`")] = None,
+    jwt_audience: Annotated[str | None, typer.Option(help="the tokens' `aud`")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     debug: Annotated[bool, typer.Option(
         help="show the traceback of a start-up failure")] = False,
@@ -181,8 +200,13 @@ def serve(
         if hosts_file is not None:
             for name, ips in parse_hosts_file(hosts_file).items():
                 static.setdefault(name, []).extend(ips)
-        parts.open(store, cluster, policy, need_store=api or audit or policy is None,
+        proxy_tls = _tls_options(tls_listen, tls_cert, tls_key, client_ca)
+        jwt_config = _jwt_options(jwt_jwks, jwt_issuer, jwt_audience)
+        parts.open(store, cluster, policy,
+                   need_store=api or audit or bool(identities) or policy is None,
                    key_check_interval=key_check_interval)
+        if identities is not False:
+            parts.open_identities()
         if audit:
             parts.open_audit(audit_writer, audit_max_age, audit_max_rows, exfil_threshold,
                              exfil_window)
@@ -205,11 +229,12 @@ def serve(
     resolver = Resolver(static, system=system_resolver, nameservers=nameservers,
                         ask=dns_ask if nameservers else None)
     gateway = Gateway(parts.holder, parts.traced.wrap(parts.sink), resolver, limits,
-                      report_only=report_only, cluster=cluster)
+                      report_only=report_only, cluster=cluster,
+                      identities=parts.identities, jwt=jwt_config)
     parts.bind_key(gateway.checkpoint)
     try:
         _run(_serve(gateway, parts, host, port, api_address, allow_cidr or None,
-                    api_max_body, tls))
+                    api_max_body, tls, proxy_tls))
     except Exception as exc:
         _startup_failed(exc, debug)
     finally:
@@ -285,6 +310,20 @@ class _Parts:
     traced: Traced | None = None
     key: ClusterKey | None = None  # the cluster's customer-managed key, if it names one
     store_keys: StoreKeys | None = None  # every cluster's key, for sealed policy versions
+    identities: IdentityHolder | None = None
+    follower: IdentityFollower | None = None
+
+    def open_identities(self) -> None:
+        """Follow the store's identities (revocations reach the gateway in < 1 s)."""
+        if self.store is None:
+            return  # store down at start: no identity authenticates until it is back
+        from egressguard.identity import IdentityHolder
+        from egressguard.identity.follow import IdentityFollower
+        from egressguard.identity.store import IdentityStore
+
+        self.identities = IdentityHolder()
+        self.follower = IdentityFollower(IdentityStore(self.store), self.identities)
+        self.follower.start()
 
     @property
     def holder(self) -> SnapshotHolder | None:
@@ -420,6 +459,8 @@ class _Parts:
     def close(self) -> None:
         if self.traced is not None:
             self.traced.shutdown()
+        if self.follower is not None:
+            self.follower.stop()
         if self.leader is not None:
             self.leader.stop()
         if self.live is not None:
@@ -466,6 +507,32 @@ def _check_cidrs(cidrs: list[str]) -> None:
                              "10.0.0.0/8 or 127.0.0.1/32)") from None
 
 
+def _tls_options(listen: str | None, cert: Path | None, key: Path | None,
+                 client_ca: Path | None) -> tuple[str, int, Any] | None:
+    """(host, port, server context) of the mTLS listener, or None without one."""
+    if listen is None:
+        if cert or key or client_ca:
+            raise ValueError("--tls-cert, --tls-key and --client-ca need --tls-listen")
+        return None
+    if not (cert and key and client_ca):
+        raise ValueError("--tls-listen needs --tls-cert, --tls-key and --client-ca")
+    from egressguard.gateway.mtls import server_context
+
+    host, port = _listen_address(listen)
+    return host, port, server_context(cert, key, client_ca)
+
+
+def _jwt_options(jwks: Path | None, issuer: str | None, audience: str | None
+                 ) -> JwtConfig | None:
+    if jwks is None and issuer is None and audience is None:
+        return None
+    if jwks is None or not issuer or not audience:
+        raise ValueError("--jwt-jwks, --jwt-issuer and --jwt-audience go together")
+    from egressguard.identity import JwtConfig
+
+    return JwtConfig.load(jwks, issuer, audience)
+
+
 def _listen_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
@@ -475,13 +542,23 @@ def _listen_address(text: str) -> tuple[str, int]:
 
 async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
                  api_address: tuple[str, int] | None, allow_cidrs: list[str] | None,
-                 api_max_body: int, tls: ApiTLS | None = None) -> None:
+                 api_max_body: int, tls: ApiTLS | None = None,
+                 proxy_tls: tuple[str, int, Any] | None = None) -> None:
+    """Listen (the proxy, its mTLS listener `proxy_tls`, the API over `tls`) and serve
+    until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     try:
         await gateway.start(host, port)
     except OSError as exc:
         raise StartupError(bind_failure("the gateway", host, port, exc, "--listen")
                            ) from exc
+    if proxy_tls is not None:
+        try:
+            await gateway.start_tls(*proxy_tls)
+        except OSError as exc:
+            await gateway.stop(0)
+            raise StartupError(bind_failure("the TLS listener", proxy_tls[0], proxy_tls[1],
+                                            exc, "--tls-listen")) from exc
     try:
         api = _start_api(parts, api_address, allow_cidrs, api_max_body,
                          report_only=gateway.report_only, tls=tls)
@@ -499,6 +576,9 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
         loop.add_signal_handler(sig, stop.set)
     for addr, bound in gateway.addresses:
         typer.echo(f"egressguard: listening on {addr}:{bound} (HTTP proxy, CONNECT)")
+    for addr, bound in gateway.tls_addresses:
+        typer.echo(f"egressguard: listening on {addr}:{bound} (TLS proxy, client "
+                   "certificates)")
     if api is not None:
         announce_api(api, tls)
     assert parts.holder is not None

@@ -337,7 +337,9 @@ class DnsFilter:
             verdict.decision, permitted, "dns", host=verdict.host,
             client_address=client, policy_version=active.version,
             resolved_address=",".join(str(a) for a in verdict.addresses),
-            method=query.qtype_name, protocol="tcp" if tcp else "udp")
+            method=query.qtype_name, protocol="tcp" if tcp else "udp",
+            # The filter's only way to tell who asks: the policy's identity sources.
+            identity=active.snapshot.source_identity(self._source(client)) or "")
 
     # -- transports --------------------------------------------------------------------
 

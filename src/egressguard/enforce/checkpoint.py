@@ -55,6 +55,7 @@ log = logging.getLogger("egressguard.enforce")
 MEMO_SIZE = 4096          # memoised decisions per snapshot (cleared when full)
 _PID = f"{os.getpid():x}"
 _ids = itertools.count(1)
+_IDENTITY_LABELS: set[str] = set()  # identity label values in use in this process
 
 
 def new_id() -> str:
@@ -79,8 +80,8 @@ class Checkpoint:
     Safe to share between threads (the memo tolerates races; counters are thread-safe).
     """
 
-    __slots__ = ("_counters", "_hooks", "_memo", "audit_timeout", "cluster", "holder",
-                 "point", "recording", "report_only", "sink", "suspended")
+    __slots__ = ("_by_identity", "_counters", "_hooks", "_memo", "audit_timeout", "cluster",
+                 "holder", "point", "recording", "report_only", "sink", "suspended")
 
     def __init__(self, holder: SnapshotHolder, sink: EventSink | None = None, *,
                  report_only: bool = False, cluster: str = "default",
@@ -94,6 +95,7 @@ class Checkpoint:
         self.point = point
         self.audit_timeout = audit_timeout
         self._counters: dict[tuple[str, str, str, bool], object] = {}
+        self._by_identity: dict[tuple[str, str, bool], object] = {}
         self._memo: tuple[object, dict[Request, Decision]] = (None, {})
         self.suspended: str | None = None   # the reason while suspended (fail closed)
         self._hooks: list[Callable[[str | None], None]] = []
@@ -178,25 +180,47 @@ class Checkpoint:
 
     # -- metrics, events, records -----------------------------------------------------
 
-    def note(self, decision: Decision, permitted: bool, kind: str, peer: str = "") -> None:
-        """Count every enforced decision (and log those that are not plain allows)."""
+    def note(self, decision: Decision, permitted: bool, kind: str, peer: str = "",
+             identity: str | None = None) -> None:
+        """Count every enforced decision (and log those that are not plain allows);
+        by identity too where the point authenticates (`identity` not None)."""
         key = (kind, decision.verdict.value, decision.layer.value, permitted)
         counter = self._counters.get(key)
         if counter is None:
             counter = self._counters[key] = metrics.DECISIONS.labels(
                 key[0], key[1], key[2], "true" if permitted else "false")
         counter.inc()  # type: ignore[attr-defined]
+        if identity is not None:
+            by = (identity, key[1], permitted)
+            found = self._by_identity.get(by)
+            if found is None:
+                found = self._identity_counter(by)
+            found.inc()  # type: ignore[attr-defined]
         if not decision.allowed:
             log.info("%s: %s %s %s %s (%s: %s)%s", self.point, peer,
                      "report-only" if permitted else "deny", kind,
                      decision.destination, decision.rule, decision.reason,
                      " would be denied" if permitted else "")
 
+    def _identity_counter(self, key: tuple[str, str, bool]) -> object:
+        """The counter of (identity, verdict, permitted), with the label bounded: a
+        caller cannot grow the metrics without limit (names come from the directory,
+        but a directory may hold thousands)."""
+        label = key[0] or "anonymous"
+        if label not in _IDENTITY_LABELS:
+            if len(_IDENTITY_LABELS) >= metrics.MAX_IDENTITY_LABELS:
+                label = "other"
+            else:
+                _IDENTITY_LABELS.add(label)
+        counter = self._by_identity[key] = metrics.IDENTITY_DECISIONS.labels(
+            label, key[1], "true" if key[2] else "false")
+        return counter
+
     def event(self, decision: Decision, permitted: bool, kind: str, *,
               host: str | None = None, port: int | None = None, connection_id: str = "",
               client_address: str = "", resolved_address: str = "", method: str = "",
               path: str = "", protocol: str = "", callout_type: str = "",
-              policy_version: str | None = None) -> DecisionEvent:
+              policy_version: str | None = None, identity: str = "") -> DecisionEvent:
         """The audit event of a decision (the caller emits or records it). `host`
         defaults to the decision's destination without its port; `port` to its port."""
         if host is None:
@@ -212,7 +236,7 @@ class Checkpoint:
                             else policy_version),
             connection_id=connection_id or new_id(), client_address=client_address,
             resolved_address=resolved_address, method=method, path=path[:2048],
-            protocol=protocol, callout_type=callout_type)
+            protocol=protocol, callout_type=callout_type, client_identity=identity)
 
     def emit(self, event: DecisionEvent) -> None:
         """Fire-and-forget (permitted calls and close events); a failing sink is logged.
@@ -278,4 +302,4 @@ class Checkpoint:
             connection_id=opened.connection_id, client_address=opened.client_address,
             resolved_address=opened.resolved_address, method=opened.method,
             path=opened.path, bytes_up=up, bytes_down=down, duration_s=duration,
-            close_cause=cause)
+            close_cause=cause, client_identity=opened.client_identity)

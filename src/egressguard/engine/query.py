@@ -54,6 +54,9 @@ class CheckQuery(BaseModel):
     addresses: list[str] = Field(default_factory=list, max_length=64,
                                  description="addresses the name resolves to")
     source: str | None = Field(None, max_length=64, description="client source address")
+    identity: str | None = Field(None, max_length=128, pattern=r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)?$",
+                                 description="the caller's workload identity (\"\": an "
+                                             "anonymous caller; unset: mapped from the source)")
 
     @field_validator("kind", "type", mode="before")
     @classmethod
@@ -110,7 +113,8 @@ class CheckQuery(BaseModel):
         """The engine request this query asks about."""
         return build_request(self.url, callout_type=self.type, port=self.port,
                              kind=self.chosen_kind.value, addresses=self.addresses,
-                             source=self.source, protocol=self.protocol)
+                             source=self.source, protocol=self.protocol,
+                             identity=self.identity)
 
 
 def _ip(text: str) -> None:
@@ -147,14 +151,15 @@ __all__ = ["CheckQuery", "Protocol", "QueryError", "describe", "query_of"]
 
 # The request-list line syntax shared by `simulate`, `egressguard test` and assertions.
 KINDS = ("http", "connect", "dns", "flow")
-OPTIONS = ("address", "source", "port", "protocol")
+OPTIONS = ("address", "source", "port", "protocol", "identity")
 # The query's fields as a request list names them, for error messages.
 _NAMES = {"url": "target", "type": "callout type", "addresses": "address"}
 
 
 def parse_request_line(text: str) -> Request:
     """One request-list line (`simulate`, assertions): a URL, `<callout type> URI`, or
-    `connect|dns|flow TARGET`, then `address=`, `source=`, `port=`, `protocol=` options;
+    `connect|dns|flow TARGET`, then `address=`, `source=`, `port=`, `protocol=`,
+    `identity=` options;
     raises `ValueError` (a `QueryError` for bad values) with the reason."""
     words = text.split()
     head = words[0].lower()
@@ -185,5 +190,6 @@ def parse_request_line(text: str) -> Request:
         target, _, protocol = target.rpartition("/")  # `flow 20.50.1.1:1194/udp`
     return query_of({"url": target, "type": callout_type, "kind": kind,
                      "port": found.get("port"), "protocol": protocol,
-                     "addresses": addresses, "source": found.get("source")},
+                     "addresses": addresses, "source": found.get("source"),
+                     "identity": found.get("identity")},
                     _NAMES).request()

@@ -44,7 +44,10 @@ class Request:
     `host` is the raw destination (name or IP literal, any encoding); the engine normalises
     it. `addresses` are the IPs the enforcement point resolved and will connect to: the
     address guard checks every one, so the caller must connect only to one of them.
-    For callouts, `uri` is the full URI and `callout_type` its type.
+    For callouts, `uri` is the full URI and `callout_type` its type. `identity` is the
+    workload identity the enforcement point authenticated: None when the point has no
+    way to authenticate (the engine then maps `source` to an identity when the policy's
+    identities claim it), "" for a caller the point found anonymous (no mapping).
     """
 
     kind: Kind
@@ -56,14 +59,15 @@ class Request:
     protocol: str = "tcp"
     addresses: tuple[IPAddress, ...] = ()
     source: IPAddress | None = None
+    identity: str | None = None
 
     @classmethod
     def from_url(cls, url: str, *, kind: Kind = Kind.HTTP, callout_type: str | None = None,
                  addresses: tuple[IPAddress, ...] = (),
-                 source: IPAddress | None = None) -> Request:
+                 source: IPAddress | None = None, identity: str | None = None) -> Request:
         """A request for a URL; the URL is parsed when decided, so bad input is a denial."""
         return cls(kind=kind, host="", uri=url, callout_type=callout_type,
-                   addresses=addresses, source=source)
+                   addresses=addresses, source=source, identity=identity)
 
 
 @fast_init
@@ -113,7 +117,8 @@ def split_host_port(text: str) -> tuple[str, str]:
 
 def build_request(target: str, *, callout_type: str | None = None, port: int | None = None,
                   kind: str | None = None, addresses: Sequence[str] = (),
-                  source: str | None = None, protocol: str | None = None) -> Request:
+                  source: str | None = None, protocol: str | None = None,
+                  identity: str | None = None) -> Request:
     """A `Request` from the text a person types (`egressguard check`, `POST /v1/check`).
 
     `target` is a URL for http and callout requests, `host[:port]` otherwise; the kind
@@ -127,11 +132,13 @@ def build_request(target: str, *, callout_type: str | None = None, port: int | N
         raise ValueError(f"protocol {protocol!r}: expected tcp, udp or icmp")
     if chosen in (Kind.HTTP, Kind.CALLOUT):
         return Request(kind=chosen, host="", uri=target, port=port, callout_type=callout_type,
-                       addresses=ips, source=src, protocol=(protocol or "tcp").lower())
+                       addresses=ips, source=src, protocol=(protocol or "tcp").lower(),
+                       identity=identity)
     host, port_text = split_host_port(target)
     if port_text and not port_text.isdigit() and not target.lstrip().startswith("["):
         host = target  # `name:junk` is no host:port: decide (and refuse) the whole text
     target_port = int(port_text) if port_text.isdigit() else None
     default_protocol = "udp" if chosen is Kind.DNS else "tcp"
     return Request(kind=chosen, host=host, port=port or target_port, addresses=ips,
-                   source=src, protocol=(protocol or default_protocol).lower())
+                   source=src, protocol=(protocol or default_protocol).lower(),
+                   identity=identity)

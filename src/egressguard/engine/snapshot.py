@@ -8,12 +8,12 @@ connect to; the snapshot only matches. The order of evaluation is the contract i
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytricia
 import re2
@@ -35,13 +35,20 @@ from egressguard.policy.load import locate
 from egressguard.policy.model import (
     Action,
     CalloutRule,
-    NetworkRule,
-    NetworkRuleCollection,
     Policy,
     is_service_tag,
     validate_host_pattern,
 )
-from egressguard.policy.rules import storage_entries
+from egressguard.policy.rules import (
+    APPLIES_TO_NOBODY,
+    DestKind,
+    NetRule,
+    RuleId,
+    application_rules,
+    expand_fqdn_tags,
+    network_rules,
+    storage_entries,
+)
 
 _ALLOWED_FQDN_PORTS = frozenset({80, 443})
 # What the allowed-FQDN list opens per cluster kind (semantics §4 step 6): IoT Hub's
@@ -104,13 +111,13 @@ class _AppEntry:
     """One application rule, compiled: which (protocol, port) pairs it covers."""
 
     __slots__ = ("action", "allow", "any_port_protocols", "connect_any", "connect_ports",
-                 "order", "pairs", "reason_tail", "report_only", "rule_id", "sources",
-                 "verdict")
+                 "identities", "order", "pairs", "reason_tail", "report_only", "rule_id",
+                 "sources", "verdict")
 
     def __init__(self, order: int, rule_id: str, action: Action,
                  specs: Sequence[tuple[str, int | None]],
                  sources: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
-                 report_only: bool) -> None:
+                 report_only: bool, identities: frozenset[str] = frozenset()) -> None:
         self.order = order
         self.rule_id = rule_id
         self.action = action
@@ -119,6 +126,7 @@ class _AppEntry:
         self.reason_tail = (f" {'allowed' if self.allow else 'denied'} by application rule "
                             f"{rule_id.partition(':')[2]}")
         self.sources = tuple(sources)
+        self.identities = identities
         self.report_only = report_only
         self.pairs = frozenset((p, port) for p, port in specs if port is not None)
         self.any_port_protocols = frozenset(p for p, port in specs if port is None)
@@ -126,7 +134,9 @@ class _AppEntry:
         self.connect_any = bool(self.any_port_protocols)
 
     def applies(self, kind: Kind, scheme: str | None, port: int | None,
-                source: IPAddress | None) -> bool:
+                source: IPAddress | None, identity: str | None) -> bool:
+        if self.identities and identity not in self.identities:
+            return False
         if self.sources and (source is None or not any(source in n for n in self.sources)):
             return False
         if kind is _DNS:  # a name lookup has no port yet: the rule's names are what count
@@ -139,13 +149,15 @@ class _AppEntry:
 class _NetEntry:
     """One network rule destination, compiled."""
 
-    __slots__ = ("action", "allow", "any_protocol", "explicit", "names", "order", "ports",
-                 "protocols", "reason_tail", "report_only", "rule_id", "sources", "verdict")
+    __slots__ = ("action", "allow", "any_protocol", "explicit", "identities", "names",
+                 "order", "ports", "protocols", "reason_tail", "report_only", "rule_id",
+                 "sources", "verdict")
 
     def __init__(self, order: int, rule_id: str, action: Action, protocols: frozenset[str],
                  ports: tuple[tuple[int, int], ...],
                  sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-                 report_only: bool, explicit: bool, names: bool = False) -> None:
+                 report_only: bool, explicit: bool, names: bool = False,
+                 identities: frozenset[str] = frozenset()) -> None:
         self.order = order
         self.rule_id = rule_id
         self.action = action
@@ -160,8 +172,12 @@ class _NetEntry:
         self.report_only = report_only
         self.explicit = explicit  # matched through a literal IP/CIDR (lifts the guard)
         self.names = names  # match_resolved_names: may allow a name by its addresses
+        self.identities = identities  # empty: any caller
 
-    def applies(self, protocol: str, port: int | None, source: IPAddress | None) -> bool:
+    def applies(self, protocol: str, port: int | None, source: IPAddress | None,
+                identity: str | None) -> bool:
+        if self.identities and identity not in self.identities:
+            return False
         if not self.any_protocol and protocol not in self.protocols:
             return False
         if port is not None and not any(lo <= port <= hi for lo, hi in self.ports):
@@ -257,6 +273,18 @@ class Snapshot:
         self._iothub = policy.kind == "iothub"
         self._gateway_callouts = policy.callout_enforcement == "gateway"
         self._storage = _StorageScope(policy, refs)
+        self.require_identity = policy.require_identity
+        self.identities = frozenset(name for name, methods in policy.identities.items()
+                                    if methods.enabled)
+        self._source_ids_v4 = pytricia.PyTricia(32)
+        self._source_ids_v6 = pytricia.PyTricia(128)
+        for name in sorted(self.identities):
+            for cidr in policy.identities[name].sources:
+                net = ipaddress.ip_network(cidr)
+                (self._source_ids_v6 if net.version == 6 else self._source_ids_v4)[
+                    str(net)] = name
+        self._has_source_identities = bool(len(self._source_ids_v4)
+                                           or len(self._source_ids_v6))
         self._memo_connect: dict[tuple[object, ...], Decision] = {}
         self._memo_http: dict[tuple[object, ...], Decision] = {}
         self._memo_other: dict[tuple[object, ...], Decision] = {}
@@ -264,76 +292,63 @@ class Snapshot:
     # -- compilation -------------------------------------------------------------------
 
     def _compile_application_rules(self, policy: Policy, refs: References) -> None:
-        order = 0
-        for collection in sorted(policy.application_rule_collections,
-                                 key=lambda c: c.priority):
-            for rule in collection.rules:
-                order += 1
-                entry = _AppEntry(
-                    order=order,
-                    rule_id=f"application:{collection.name}/{rule.name}",
-                    action=rule.action or collection.action,
-                    specs=[(p.protocol, p.port) for p in rule.protocols],
-                    sources=[ipaddress.ip_network(s) for s in rule.sources],
-                    report_only=collection.report_only)
-                patterns = list(rule.targets)
-                for k, tag in enumerate(rule.fqdn_tags):
-                    if tag not in refs.fqdn_tags:
-                        where = _where(policy, "application_rule_collections", collection,
-                                       rule, "fqdn_tags", k)
-                        raise CompileError(
-                            f"{where}: unknown FQDN tag {tag!r} (application rule "
-                            f"{entry.rule_id})",
-                            hint="`egressguard catalog list` shows the known FQDN tags")
-                    patterns.extend(validate_host_pattern(p) for p in refs.fqdn_tags[tag])
-                add = self._apps.add
-                for pattern in patterns:
-                    add(pattern, entry)
+        for rule in application_rules(policy):  # the one flattening (policy/rules.py)
+            if rule.identities == APPLIES_TO_NOBODY:
+                continue  # scoped to identities its collection excludes: never matches
+            entry = _AppEntry(order=rule.order, rule_id=str(rule.id), action=rule.action,
+                              specs=rule.specs, sources=rule.sources,
+                              report_only=rule.report_only, identities=rule.identities)
+            patterns, unknown = expand_fqdn_tags(rule, refs.fqdn_tags)
+            if unknown:
+                where = _where(policy, rule.id, "fqdn_tags", unknown[0])
+                raise CompileError(
+                    f"{where}: unknown FQDN tag {unknown[0]!r} (application rule "
+                    f"{entry.rule_id})",
+                    hint="`egressguard catalog list` shows the known FQDN tags")
+            add = self._apps.add
+            for index, pattern in enumerate(patterns):
+                # Tag patterns come from catalogs: canonicalise them as the model did
+                # the rule's own targets.
+                add(pattern if index < len(rule.targets) else validate_host_pattern(pattern),
+                    entry)
 
     def _compile_network_rules(self, policy: Policy, refs: References) -> None:
-        order = 0
-        for collection in sorted(policy.network_rule_collections, key=lambda c: c.priority):
-            for rule in collection.rules:
-                order += 1
-                rule_id = f"network:{collection.name}/{rule.name}"
+        for rule in network_rules(policy):  # the one flattening (policy/rules.py)
+            if rule.identities == APPLIES_TO_NOBODY:
+                continue
 
-                def entry(explicit: bool, order: int = order, rule: NetworkRule = rule,
-                          rule_id: str = rule_id,
-                          collection: NetworkRuleCollection = collection) -> _NetEntry:
-                    return _NetEntry(
-                        order=order, rule_id=rule_id, action=rule.action or collection.action,
-                        protocols=frozenset(rule.protocols),
-                        ports=tuple((p.low, p.high) for p in rule.ports),
-                        sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
-                        report_only=collection.report_only, explicit=explicit,
-                        names=rule.match_resolved_names)
+            def entry(explicit: bool, rule: NetRule = rule) -> _NetEntry:
+                return _NetEntry(
+                    order=rule.order, rule_id=str(rule.id), action=rule.action,
+                    protocols=rule.protocols, ports=rule.ports, sources=rule.sources,
+                    report_only=rule.report_only, explicit=explicit,
+                    names=rule.match_resolved_names, identities=rule.identities)
 
-                if rule.match_resolved_names and (rule.action or collection.action) is \
-                        Action.ALLOW and any(not _is_fqdn(d) for d in rule.destinations):
-                    self._names_by_address = True
+            if rule.match_resolved_names and rule.allow and any(
+                    d.kind is not DestKind.HOST for d in rule.destinations):
+                self._names_by_address = True
 
-                for k, dest in enumerate(rule.destinations):
-                    if dest == "*":
-                        self._net_any.append(entry(False))
-                    elif is_service_tag(dest):
-                        prefixes = refs.service_tags.get(dest)
-                        if prefixes is None:
-                            where = _where(policy, "network_rule_collections", collection,
-                                           rule, "destinations", k)
-                            raise CompileError(
-                                f"{where}: unknown service tag {dest!r} (network rule "
-                                f"{rule_id})",
-                                hint="import a service-tag file with `egressguard "
-                                     "servicetags import FILE`")
-                        tagged = entry(False)
-                        for prefix in prefixes:
-                            self._add_prefix(prefix, tagged)
-                    elif not _is_fqdn(dest):
-                        # A literal CIDR names its addresses explicitly, except /0, which
-                        # is `*` spelled differently and must not lift the address guard.
-                        self._add_prefix(dest, entry(not dest.endswith("/0")))
-                    else:
-                        self._net_hosts.add(dest, entry(False))
+            for dest in rule.destinations:
+                if dest.kind is DestKind.ANY:
+                    self._net_any.append(entry(False))
+                elif dest.kind is DestKind.TAG:
+                    prefixes = refs.service_tags.get(dest.text)
+                    if prefixes is None:
+                        where = _where(policy, rule.id, "destinations", dest.text)
+                        raise CompileError(
+                            f"{where}: unknown service tag {dest.text!r} (network rule "
+                            f"{rule.id})",
+                            hint="import a service-tag file with `egressguard "
+                                 "servicetags import FILE`")
+                    tagged = entry(False)
+                    for prefix in prefixes:
+                        self._add_prefix(prefix, tagged)
+                elif dest.kind is DestKind.NET:
+                    # A literal CIDR names its addresses explicitly, except /0, which
+                    # is `*` spelled differently and must not lift the address guard.
+                    self._add_prefix(dest.text, entry(dest.explicit))
+                else:
+                    self._net_hosts.add(dest.text, entry(False))
 
     def _trusted(self, ip: IPAddress) -> bool:
         """Whether `ip` is in the policy's `trusted_ranges`."""
@@ -364,11 +379,13 @@ class Snapshot:
 
     @staticmethod
     def _first_net(entries: Iterable[_NetEntry], protocol: str, port: int | None,
-                   source: IPAddress | None, enforced: bool) -> _NetEntry | None:
+                   source: IPAddress | None, enforced: bool,
+                   identity: str | None) -> _NetEntry | None:
         best: _NetEntry | None = None
         for entry in entries:
             if (best is None or entry.order < best.order) and not (
-                    enforced and entry.report_only) and entry.applies(protocol, port, source):
+                    enforced and entry.report_only) and entry.applies(protocol, port, source,
+                                                                      identity):
                 best = entry
         return best
 
@@ -417,7 +434,8 @@ class Snapshot:
         memo = (self._memo_connect if kind is _CONNECT else self._memo_http if kind is _HTTP
                 else self._memo_other)
         key = (request.host, request.uri, request.port, request.scheme, request.protocol,
-               request.callout_type, kind if memo is self._memo_other else None)
+               request.callout_type, kind if memo is self._memo_other else None,
+               request.identity)
         found = memo.get(key)
         if found is not None:
             return found
@@ -427,7 +445,26 @@ class Snapshot:
         memo[key] = decision
         return decision
 
+    def source_identity(self, source: IPAddress | None) -> str | None:
+        """The identity whose `sources` hold `source` (the longest prefix wins), if any:
+        the weakest way to tell who is calling, and the only one the DNS filter has."""
+        if source is None or not self._has_source_identities:
+            return None
+        trie = self._source_ids_v6 if source.version == 6 else self._source_ids_v4
+        return trie.get(source)
+
     def _decide(self, request: Request) -> Decision:
+        if request.identity is None and self._has_source_identities \
+                and request.source is not None:
+            found = self.source_identity(canonical_ip(request.source))
+            if found is not None:
+                request = dataclasses.replace(request, identity=found)
+        if self.require_identity and not request.identity and (
+                request.kind is _HTTP or request.kind is _CONNECT or request.kind is _DNS):
+            shown = request.uri or request.host
+            return self._deny(_L_GUARD, "guard:identity-required",
+                              f"{shown}: the policy requires an authenticated workload "
+                              "identity and the request has none", shown, request.port)
         decision = self._decide_rules(request)
         if self._gateway_callouts and (request.kind is _CONNECT or request.kind is _HTTP) \
                 and decision.port in CALLOUT_PORTS:
@@ -505,7 +542,7 @@ class Snapshot:
         addresses = request.addresses or ((host.ip,) if host.ip is not None else ())
         net_allowed: _NetEntry | None = None
         if addresses:
-            protocol, source = request.protocol, request.source
+            protocol, source, identity = request.protocol, request.source, request.identity
             # A request by name (not a flow): network rules only deny it by address, or
             # allow it when they opt in; trusted ranges lift the guard for it (step 5).
             by_name = host.ip is None and kind is not _FLOW
@@ -513,8 +550,8 @@ class Snapshot:
             # order: the first rule that names either decides (as the kernel's sets of
             # DNS-learned addresses do), so an earlier FQDN deny is not passed over.
             by_fqdn = self._first_net(self._net_hosts.matches(name), protocol, port, source,
-                                      enforced) if (kind is _FLOW and host.ip is None
-                                                    and self._has_net_hosts) else None
+                                      enforced, identity) if (
+                kind is _FLOW and host.ip is None and self._has_net_hosts) else None
             all_allowed = True
             for raw_ip in addresses:
                 ip = canonical_ip(raw_ip)
@@ -523,14 +560,14 @@ class Snapshot:
                 trusted = False
                 if special is not None and not any(
                         e.explicit and e.allow and not e.report_only
-                        and e.applies(protocol, port, source) for e in entries):
+                        and e.applies(protocol, port, source, identity) for e in entries):
                     if not (by_name and self._trusted(ip)):
                         return self._deny(_L_GUARD, f"guard:{special}",
                                           f"{target} resolves to {ip} ({special} address); "
                                           "only a network rule naming its CIDR can allow it",
                                           target, port)
                     trusted = True  # through the guard; the name rules decide
-                entry = self._first_net(entries, protocol, port, source, enforced)
+                entry = self._first_net(entries, protocol, port, source, enforced, identity)
                 if by_fqdn is not None and (entry is None or by_fqdn.order < entry.order):
                     entry = by_fqdn
                 if entry is not None and not entry.allow:
@@ -548,7 +585,7 @@ class Snapshot:
         if kind is _FLOW:
             if net_allowed is None and host.ip is None and self._has_net_hosts:
                 net_allowed = self._first_net(self._net_hosts.matches(name), request.protocol,
-                                              port, request.source, enforced)
+                                              port, request.source, enforced, request.identity)
             if net_allowed is not None:
                 return self._from_entry(net_allowed, _L_NETWORK, target, port,
                                         self._reevaluate(request, kind, host, url, scheme,
@@ -581,18 +618,18 @@ class Snapshot:
         # Step 5: a flow already allowed by a network rule (by address or FQDN).
         if net_allowed is None and host.ip is None and self._has_net_hosts:
             net_allowed = self._first_net(self._net_hosts.matches(name), request.protocol,
-                                          port, request.source, enforced)
+                                          port, request.source, enforced, request.identity)
         if net_allowed is not None:
             return self._from_entry(net_allowed, _L_NETWORK, target, port,
                                     self._reevaluate(request, kind, host, url, scheme, port,
                                                      net_allowed))
         best: _AppEntry | None = None
-        source = request.source
+        source, identity = request.source, request.identity
         for entries in self._apps.candidates(name):
             for entry in entries:
                 if (best is None or entry.order < best.order) and not (
                         enforced and entry.report_only) and entry.applies(
-                            kind, scheme, port, source):
+                            kind, scheme, port, source, identity):
                     best = entry
         if best is not None:
             if best.report_only:
@@ -708,12 +745,18 @@ def _is_fqdn(destination: str) -> bool:
     return not (destination == "*" or is_service_tag(destination) or "/" in destination)
 
 
-def _where(policy: Policy, field: str, collection: Any, rule: Any, member: str,
-           k: int) -> str:
-    """The file, line and path of `member[k]` of `rule` (errors only: a linear search)."""
-    collections = getattr(policy, field)
-    i = collections.index(collection)
-    return locate(policy, (field, i, "rules", collections[i].rules.index(rule), member, k))
+def _where(policy: Policy, rule_id: RuleId, member: str, value: str) -> str:
+    """The file, line and path of `value` in `member` of the rule `rule_id` (errors only:
+    a linear search; the path alone where the source text is not known)."""
+    field = f"{rule_id.kind.value}_rule_collections"
+    for i, collection in enumerate(getattr(policy, field)):
+        if collection.name != rule_id.collection:
+            continue
+        for j, rule in enumerate(collection.rules):
+            if rule.name == rule_id.rule and value in getattr(rule, member):
+                return locate(policy, (field, i, "rules", j, member,
+                                       list(getattr(rule, member)).index(value)))
+    return str(rule_id)
 
 
 def _merge_ancestors(trie: pytricia.PyTricia) -> None:

@@ -32,6 +32,7 @@ from egressguard.export.base import (
     ExportError,
     Gaps,
     canonical,
+    for_everyone,
     may_overlap,
     policy_wide_gaps,
     special_networks,
@@ -234,7 +235,7 @@ def export_azure(policy: Policy, refs: References | None = None, source: str = "
         "ipProtocols": ["Any"], "sourceAddresses": ["*"],
         "destinationAddresses": [str(n) for n in special_networks()],
         "destinationPorts": ["*"]})
-    nets = [r for r in network_rules(policy) if not r.report_only]
+    nets = [r for r in for_everyone(network_rules(policy), gaps) if not r.report_only]
     for rule in nets:
         if rule.allow and any(d.explicit and any(d.network.overlaps(s) for s in
                                                  special_networks()
@@ -255,7 +256,7 @@ def export_azure(policy: Policy, refs: References | None = None, source: str = "
             "sourceAddresses": ["*"], "terminateTLS": False,
             "targetFqdns": list(STORAGE_PATTERNS)})
         app_out.poisoned.append("*.core.windows.net")
-    apps = [r for r in application_rules(policy) if not r.report_only]
+    apps = [r for r in for_everyone(application_rules(policy), gaps) if not r.report_only]
     app_out.poisoned += net_out.poisoned
     for app in apps:
         _application(app_out, app, refs, gaps)

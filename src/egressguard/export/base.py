@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -97,6 +97,26 @@ def policy_wide_gaps(policy: Policy, fmt: str, gaps: Gaps) -> None:
         if collection.report_only:
             gaps.add(f"collection {collection.name}",
                      "report-only: left out (it never changes what is enforced)")
+
+
+R = TypeVar("R", AppRule, NetRule)
+
+
+def for_everyone(rules: Iterable[R], gaps: Gaps) -> list[R]:
+    """The rules as a target that cannot tell workload identities apart may carry them:
+    an allow scoped to identities is left out (carried as it is, it would allow every
+    caller); a scoped deny stays, denying every caller (narrower, never wider)."""
+    out: list[R] = []
+    for rule in rules:
+        if rule.identities and rule.allow:
+            gaps.add(rule.id, "allow scoped to identities "
+                     f"({', '.join(sorted(rule.identities))}) left out: the target cannot "
+                     "tell callers apart")
+            continue
+        if rule.identities:
+            gaps.add(rule.id, "deny scoped to identities applies to every caller")
+        out.append(rule)
+    return out
 
 
 def special_networks() -> list[Network]:

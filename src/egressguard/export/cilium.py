@@ -34,6 +34,7 @@ from egressguard.export.base import (
     Network,
     canonical,
     dump_documents,
+    for_everyone,
     header,
     may_overlap,
     policy_wide_gaps,
@@ -257,14 +258,14 @@ def export_cilium(policy: Policy, refs: References | None = None, source: str = 
     policy_wide_gaps(policy, "cilium", gaps)
     b = _Builder(identities or {}, gaps)
     explicit: list[Network] = []
-    for rule in network_rules(policy):
+    for rule in for_everyone(network_rules(policy), gaps):
         if not rule.report_only:
             _net(b, rule, refs, explicit)
     if policy.service_endpoint_policies:
         gaps.add("service endpoint policies", "no Cilium form: allows of storage endpoints "
                                               "are left out")
         b.poisoned += list(STORAGE_PATTERNS)
-    for app in application_rules(policy):
+    for app in for_everyone(application_rules(policy), gaps):
         if not app.report_only:
             _app(b, app, refs)
     if policy.restrict_outbound_network_access:

@@ -23,6 +23,7 @@ from egressguard.export.base import (
     Gaps,
     Network,
     dump_documents,
+    for_everyone,
     header,
     policy_wide_gaps,
     special_networks,
@@ -103,7 +104,7 @@ def export_kubernetes(policy: Policy, refs: References | None = None, source: st
     egress: dict[str, list[dict[str, Any]]] = {"": []}
     denied: list[Network] = []
     name_denies = bool(policy.service_endpoint_policies)
-    for rule in network_rules(policy):
+    for rule in for_everyone(network_rules(policy), gaps):
         if rule.report_only:
             continue
         hosts = [d.text for d in rule.destinations if d.kind is DestKind.HOST]
@@ -147,7 +148,7 @@ def export_kubernetes(policy: Policy, refs: References | None = None, source: st
                 selectors[str(src)] = {"matchLabels": mapping[str(src)]}
         for key in keys:
             egress.setdefault(key, []).append(entry)
-    for app in application_rules(policy):
+    for app in for_everyone(application_rules(policy), gaps):
         if app.report_only:
             continue
         if app.allow:

@@ -33,6 +33,7 @@ from egressguard.export.base import (
     ExportError,
     Gaps,
     canonical,
+    for_everyone,
     header,
     policy_wide_gaps,
     special_networks,
@@ -229,7 +230,7 @@ def export_squid(policy: Policy, refs: References | None = None, source: str = "
     w.acl("eg_https", "proto", ["HTTPS"])
     w.acl("eg_guard", "dst", [str(n) for n in special_networks()])
     w.rule("deny", "eg_guard", comment="address guard: special-purpose destinations")
-    nets = [r for r in network_rules(policy) if not r.report_only]
+    nets = [r for r in for_everyone(network_rules(policy), gaps) if not r.report_only]
     for rule in nets:
         if rule.allow:
             if rule.protocols & {"tcp", "any"}:
@@ -245,7 +246,7 @@ def export_squid(policy: Policy, refs: References | None = None, source: str = "
             gaps.add(rule.id, "names special addresses: Squid keeps them denied")
     if policy.service_endpoint_policies:
         _storage(w, policy, refs, gaps)
-    for app in application_rules(policy):
+    for app in for_everyone(application_rules(policy), gaps):
         if not app.report_only:
             _application(w, app, refs, gaps)
     if policy.restrict_outbound_network_access and policy.allowed_fqdn_list:

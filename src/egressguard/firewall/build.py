@@ -32,6 +32,7 @@ from egressguard.firewall.addresses import Net, collapse, raw_destinations, spec
 from egressguard.firewall.model import Action, Chain, NamedSet, NftRule, Ruleset
 from egressguard.policy.model import Action as PolicyAction
 from egressguard.policy.model import NetworkRule, Policy, is_service_tag
+from egressguard.policy.rules import scope
 
 Resolver = Callable[[str], Sequence[str]]
 _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -224,6 +225,39 @@ class _NameSets:
         return out
 
 
+def _identity_sources(policy: Policy, collection: Sequence[str], rule: NetworkRule,
+                      allow: bool, rule_id: str, notes: list[str]) -> NetworkRule | None:
+    """A rule scoped to identities, as the kernel can see them: by the source CIDRs of
+    those identities (the only method it has), intersected with the rule's own sources.
+    An allow for identities without sources is left out (never wider); a deny for them
+    stays a deny for every source (never narrower than the policy's intent to refuse)."""
+    names = scope(collection, rule.identities)
+    if not names:
+        return rule
+    cidrs = [ipaddress.ip_network(c) for n in sorted(names)
+             if n in policy.identities and policy.identities[n].enabled
+             for c in policy.identities[n].sources]
+    if not cidrs:
+        if allow:
+            notes.append(f"{rule_id}: scoped to identities without source CIDRs, left "
+                         "out (the proxy enforces it)")
+            return None
+        notes.append(f"{rule_id}: scoped to identities without source CIDRs: denied for "
+                     "every source")
+        return rule
+    own = [ipaddress.ip_network(c) for c in rule.sources]
+    if own:  # CIDRs nest or are disjoint: the intersection is the contained ones
+        cidrs = [a for a in own if any(a.version == b.version and a.subnet_of(b)  # type: ignore[arg-type]
+                                       for b in cidrs)] + \
+                [b for b in cidrs if any(a.version == b.version and b.subnet_of(a)  # type: ignore[arg-type]
+                                         for a in own)]
+        if not cidrs:
+            notes.append(f"{rule_id}: its sources and its identities' share no address, "
+                         "left out")
+            return None
+    return rule.model_copy(update={"sources": sorted({str(c) for c in cidrs})})
+
+
 def _infrastructure(options: Options, hook: str) -> list[NftRule]:
     out = [NftRule(Action.ACCEPT, "return traffic of allowed flows", established=True),
            NftRule(Action.ACCEPT, "IPv6 neighbour discovery", family=6,
@@ -277,6 +311,11 @@ def build_ruleset(policy: Policy, refs: References | None = None,
                 notes.append(f"{rule_id}: report-only collection, not enforced")
                 continue
             allow = (rule.action or collection.action) is PolicyAction.ALLOW
+            scoped = _identity_sources(policy, collection.identities, rule, allow, rule_id,
+                                       notes)
+            if scoped is None:
+                continue
+            rule = scoped
             action = Action.ACCEPT if allow else deny
             if names and dests is not None:  # `*` already matches every address
                 assert name_sets is not None

@@ -47,7 +47,7 @@ from egressguard.enforce.events import CloseCause, DecisionEvent
 from egressguard.engine import Decision, Kind, Request
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.engine.normalize import Host, IPAddress
-from egressguard.gateway import decide, http1, tls
+from egressguard.gateway import auth, decide, http1, tls
 from egressguard.gateway.budgets import Budgets, Metered, too_many
 from egressguard.gateway.limits import Limits, deadline_breach
 from egressguard.gateway.pool import Pool
@@ -134,6 +134,7 @@ class ConnectionHost(Protocol):
     budgets: Budgets
     pool: Pool
     draining: bool
+    auth: auth.Authenticator
 
     def admit(self, client: ClientConnection) -> str | None: ...
     def forget(self, client: ClientConnection) -> None: ...
@@ -195,7 +196,8 @@ class ClientConnection(asyncio.Protocol):
         self.route: Route | None = None
         self.relay: SpliceRelay | None = None  # a tunnel relayed by os.splice (zero-copy)
         self.held: int | None = None  # a spliced client's socket awaiting its cut (_refuse)
-        self.identity = ""        # the workload's identity, when it authenticated
+        self.caller: auth.ConnAuth = None  # type: ignore[assignment]  # connection_made
+        self.identity = ""        # the current request's identity ("" anonymous)
         self.meter: Metered | None = None  # byte budgets of what is relayed now
         self._url = b""
         self._headers: http1.Headers = []
@@ -220,6 +222,9 @@ class ClientConnection(asyncio.Protocol):
             self.state = CLOSED
             transport.close()
             return
+        self.caller = auth.ConnAuth(self.gw.auth, self.cp, self.source, self.peer,
+                                    auth.certificate_names(transport.get_extra_info(
+                                        "peercert")))
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -442,12 +447,20 @@ class ClientConnection(asyncio.Protocol):
         """Count the decision; its audit event when there is an audit sink (none is
         built without one: this is on the keep-alive path)."""
         cp = self.cp
-        cp.note(decision, permitted, kind, self.peer)
+        cp.note(decision, permitted, kind, self.peer, self.identity or None)
         if not cp.recording:
             return None
         return cp.event(decision, permitted, kind, connection_id=conn_id,
                         client_address=self.peer, resolved_address=address,
-                        method=method.decode("latin-1"), path=path)
+                        method=method.decode("latin-1"), path=path, identity=self.identity)
+
+    async def _challenge(self, ex: Exchange, refused: auth.Refused,
+                         event: DecisionEvent | None) -> None:
+        if event is not None:
+            await self.cp.record(event)  # durable before the client sees the 407
+        close = not ex.body_done or not ex.keep_alive or ex.method == b"CONNECT"
+        self._write(auth.challenge(refused, self.gw.auth.schemes, close=close))
+        self._finished(not close)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -459,6 +472,12 @@ class ClientConnection(asyncio.Protocol):
             if route is None:
                 return  # answered with 400
             self.route = route
+        refused = self.caller.admit(ex.proxy_auth, "http", route.host.name, route.port,
+                                    ex.method)  # who is calling (gateway/auth.py)
+        self.identity = self.caller.identity
+        if refused is not None:
+            self._spawn(self._challenge(ex, *refused))
+            return
         self.bytes_up = sum(len(p) for p in ex.pending)
         self.bytes_down = 0
         if route.addresses is None:
@@ -492,11 +511,13 @@ class ClientConnection(asyncio.Protocol):
         snapshot = gw.holder.current
         request = route.request
         if route.snapshot is snapshot and route.decided_for is addresses \
-                and request is not None and route.decision is not None:
+                and request is not None and route.decision is not None \
+                and request.identity == self.identity:
             decision, permitted = route.decision, route.permitted
         else:
             request = Request(kind=Kind.HTTP, host=route.host.name, port=route.port,
-                              scheme="http", addresses=addresses, source=self.source)
+                              scheme="http", addresses=addresses, source=self.source,
+                              identity=self.identity)
             decision, permitted = self.cp.decide(request)
             route.snapshot, route.decided_for = snapshot, addresses
             route.request, route.decision, route.permitted = request, decision, permitted
@@ -617,7 +638,7 @@ class ClientConnection(asyncio.Protocol):
         if not decide.may_resolve_first(gw.resolver.known(name) is not None,
                                         gw.holder.current.decides_by_address):
             _, permitted = self.cp.decide(decide.name_request(kind, name, port, scheme,
-                                                              self.source))
+                                                              self.source, self.identity))
             if not permitted:
                 return (), ""
         try:
@@ -681,13 +702,18 @@ class ClientConnection(asyncio.Protocol):
             self.fail(400, "Bad Request", checked.reason)
             return
         raw_host, port, host = checked.raw_host, checked.port, checked.host
+        refused = self.caller.admit(ex.proxy_auth, "connect", raw_host, port, ex.method)
+        self.identity = self.caller.identity
+        if refused is not None:
+            await self._challenge(ex, *refused)
+            return
         addresses: tuple[IPAddress, ...] = ()
         unresolved = ""
         if host is not None:
             addresses, unresolved = await self._resolve(host.name, host.ip, port,
                                                         Kind.CONNECT)
         request = Request(kind=Kind.CONNECT, host=raw_host, port=port, addresses=addresses,
-                          source=self.source)
+                          source=self.source, identity=self.identity)
         decision, permitted = self.cp.decide(request)
         event = self._event(decision, permitted, "connect", "",
                             str(addresses[0]) if addresses else "", b"CONNECT", "")
@@ -815,7 +841,8 @@ class ClientConnection(asyncio.Protocol):
         to; what is relayed from now on is that request (re-decided on policy swaps)."""
         assert self.connected_ip is not None
         request = Request(kind=Kind.CONNECT, host=name, port=self.connect_port,
-                          addresses=(self.connected_ip,), source=self.source)
+                          addresses=(self.connected_ip,), source=self.source,
+                          identity=self.identity)
         decision, permitted = self.cp.decide(request)
         if permitted:
             self.active = request
@@ -888,7 +915,10 @@ class ClientConnection(asyncio.Protocol):
         request = self.active
         if request is None or self.closed:
             return False
-        decision, permitted = self.cp.decide(request)
+        # A revoked or expired identity, or another one, then the policy.
+        request, refusal = self.caller.recheck(request)
+        self.active = request
+        decision, permitted = refusal or self.cp.decide(request)
         if permitted:
             if not decision.allowed and self.would_revoke is not request:
                 # Report-only: the policy in force would cut this; record it once, relay on.

@@ -145,9 +145,10 @@ def may_resolve_first(known: bool, decides_by_address: bool) -> bool:
 
 
 def name_request(kind: Kind, name: str, port: int, scheme: str | None,
-                 source: IPAddress | None) -> Request:
+                 source: IPAddress | None, identity: str | None = None) -> Request:
     """The request decided on a name alone (no addresses), before any lookup."""
-    return Request(kind=kind, host=name, port=port, scheme=scheme, source=source)
+    return Request(kind=kind, host=name, port=port, scheme=scheme, source=source,
+                   identity=identity)
 
 
 def first_bytes(hello: tls.Result, port: int, connect_host: str, connect_is_ip: bool,

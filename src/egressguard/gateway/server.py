@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from egressguard import metrics
 from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.enforce.events import CloseCause, EventSink
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.engine.normalize import IPAddress
+from egressguard.gateway.auth import Authenticator
 from egressguard.gateway.budgets import Budgets
 from egressguard.gateway.connection import ClientConnection, ConnState
 from egressguard.gateway.limits import Limits, admission_refusal
 from egressguard.gateway.pool import Pool
 from egressguard.gateway.resolver import Resolver
 from egressguard.gateway.upstream import Upstream
+from egressguard.identity.directory import IdentityHolder
+from egressguard.identity.tokens import JwtConfig
 
 log = logging.getLogger("egressguard.gateway")
 _SWEEP_SECONDS = 0.25
@@ -35,8 +39,13 @@ class Gateway:
 
     def __init__(self, holder: SnapshotHolder, sink: EventSink | None = None,
                  resolver: Resolver | None = None, limits: Limits | None = None, *,
-                 report_only: bool = False, cluster: str = "default") -> None:
+                 report_only: bool = False, cluster: str = "default",
+                 identities: IdentityHolder | None = None,
+                 jwt: JwtConfig | None = None) -> None:
         self.holder = holder
+        # Who is calling: the store's identities, the policy's and the JWT issuer's keys.
+        self.identities = identities
+        self.auth = Authenticator(holder, identities, jwt)
         self.resolver = resolver or Resolver()
         self.limits = limits or Limits()
         # decide -> report-only -> metrics -> event -> record, as at every other point.
@@ -49,8 +58,10 @@ class Gateway:
         self.capped: set[IPAddress | None] = set()  # sources refused since last below cap
         self.draining = False
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._unsubscribe: object = None
+        self._unsubscribe_identities: object = None
         self._bytes_up = metrics.BYTES.labels("up")
         self._bytes_down = metrics.BYTES.labels("down")
         self.pool = Pool()   # idle upstream HTTP connections shared by all clients
@@ -69,7 +80,15 @@ class Gateway:
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True)
         self._unsubscribe = self.holder.subscribe(self._swapped)
+        if self.identities is not None:
+            self._unsubscribe_identities = self.identities.subscribe(self._identities_swapped)
         self._sweeper = self.loop.create_task(self._sweep())
+
+    async def start_tls(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        """Also listen for TLS connections (mTLS: `gateway/mtls.py`); after `start`."""
+        self._tls_server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True,
+            ssl=context, ssl_handshake_timeout=self.limits.header_timeout)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -77,14 +96,24 @@ class Gateway:
         assert self._server is not None
         return [s.getsockname()[:2] for s in self._server.sockets]
 
+    @property
+    def tls_addresses(self) -> list[tuple[str, int]]:
+        """Where the TLS listener listens (empty without one)."""
+        server = self._tls_server
+        return [s.getsockname()[:2] for s in server.sockets] if server is not None else []
+
     async def stop(self, deadline: float | None = None) -> None:
         """Stop accepting; let open requests finish up to `deadline` seconds; close the rest."""
         if self._server is None:
             return
         self.draining = True
         self._server.close()
-        if callable(self._unsubscribe):
-            self._unsubscribe()
+        if self._tls_server is not None:
+            self._tls_server.close()
+            self._tls_server = None
+        for unsubscribe in (self._unsubscribe, self._unsubscribe_identities):
+            if callable(unsubscribe):
+                unsubscribe()
         for client in list(self.clients):
             if client.state is ConnState.IDLE and not client.queue:
                 client.close("shutdown")
@@ -172,9 +201,14 @@ class Gateway:
         for client in list(self.clients):
             client.close(cause, final=True)
         self.pool.close_all()
+    def _identities_swapped(self) -> None:
+        # From the identity follower's thread: a revocation is applied on the loop.
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.recheck)
 
     def recheck(self) -> int:
         """Re-decide every open tunnel and in-flight request; returns how many closed."""
+        self.auth.refresh()  # the next request on every connection re-resolves its caller
         return sum(client.recheck() for client in list(self.clients))
 
     async def _sweep(self) -> None:
@@ -183,6 +217,8 @@ class Gateway:
         tick = 0
         while True:
             await asyncio.sleep(_SWEEP_SECONDS)
+            if self.auth.refresh():  # an identity's expiry passed
+                self.recheck()
             now = self.loop.time()
             tick += 1
             if tick % every == 0:

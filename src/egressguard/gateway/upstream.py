@@ -49,8 +49,9 @@ class Exchange:
     hop-by-hop), so the checks that follow do not walk them again.
     """
 
-    __slots__ = ("body_done", "chunked", "conflict", "has_body", "headers", "hop", "hosts",
-                 "keep_alive", "method", "pending", "sink", "url", "version")
+    __slots__ = ("auth_name", "body_done", "chunked", "conflict", "has_body", "headers", "hop",
+                 "hosts", "keep_alive", "method", "pending", "proxy_auth", "sink", "url",
+                 "version")
 
     def __init__(self, method: bytes, url: bytes, headers: http1.Headers, version: str,
                  keep_alive: bool) -> None:
@@ -63,6 +64,8 @@ class Exchange:
         self.has_body = False
         self.hosts: list[bytes] = []
         self.hop = False       # some header is hop-by-hop (or named in Connection)
+        self.proxy_auth: bytes | None = None  # Proxy-Authorization (never forwarded)
+        self.auth_name = b""   # its name as sent (to find it again without a walk)
         has_cl = has_te = False
         hop_by_hop = http1.HOP_BY_HOP
         for name, value in headers:
@@ -75,6 +78,12 @@ class Exchange:
             elif lower == b"content-length":
                 has_cl = True
                 self.has_body = value.strip() not in (b"0", b"")
+            elif lower == b"proxy-authorization":
+                # Two credentials are one too many: refused as an unsupported scheme.
+                if self.proxy_auth is None:
+                    self.proxy_auth, self.auth_name = value, name
+                else:
+                    self.proxy_auth, self.hop = b"duplicate", True
             elif lower in hop_by_hop or lower == b"connection":
                 self.hop = True
         self.conflict = has_cl and has_te
@@ -84,7 +93,13 @@ class Exchange:
 
     def forwarded_headers(self) -> bytes:
         """The end-to-end headers, rendered (all of them when none is hop-by-hop)."""
-        headers = http1.end_to_end(self.headers) if self.hop else self.headers
+        if self.hop:
+            headers = list(http1.end_to_end(self.headers))
+        elif self.proxy_auth is not None:  # an authenticated request: drop one header
+            at = self.headers.index((self.auth_name, self.proxy_auth))
+            headers = self.headers[:at] + self.headers[at + 1:]
+        else:
+            headers = self.headers
         return b"".join([b"%s: %s\r\n" % pair for pair in headers])
 
     def body(self, data: bytes) -> None:

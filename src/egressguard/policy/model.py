@@ -239,6 +239,8 @@ class ApplicationRule(_Strict):
         default_factory=lambda: [PortSpec(protocol="http", port=80),
                                  PortSpec(protocol="https", port=443)])
     sources: list[Source] = Field(default_factory=list)
+    identities: list[Name] = Field(default_factory=list, max_length=256)
+    """Applies only to requests made by one of these workload identities (empty: any)."""
     description: Description = ""
 
     @model_validator(mode="before")
@@ -336,6 +338,7 @@ class NetworkRule(_Strict):
     ports: Annotated[list[PortRange], BeforeValidator(_port_ranges)] = Field(
         default_factory=lambda: [PortRange(low=0, high=65535)])
     sources: list[Source] = Field(default_factory=list)
+    identities: list[Name] = Field(default_factory=list, max_length=256)
     description: Description = ""
     match_resolved_names: bool = False
     """Also allow a request by name when every address it resolves to falls in this rule.
@@ -348,11 +351,15 @@ class NetworkRule(_Strict):
         return [v.lower() if isinstance(v, str) else v for v in value] if isinstance(
             value, list) else value
 
+
 class _Collection(_Strict):
     name: Name
     priority: int = Field(ge=100, le=65000, default=1000)
     action: Action = Action.ALLOW
     report_only: bool = False
+    identities: list[Name] = Field(default_factory=list, max_length=256)
+    """Scopes every rule of the collection to these identities (a rule's own list narrows
+    it further: a rule applies to the identities in both)."""
 
 
 class ApplicationRuleCollection(_Collection):
@@ -564,6 +571,27 @@ class Sku(_Strict):
     family: Annotated[str, StringConstraints(max_length=64)] | None = None
 
 
+SpiffeId = Annotated[str, StringConstraints(min_length=10, max_length=2048,
+                                            pattern=r"^spiffe://[a-z0-9._-]+(/[^?#]*)?$")]
+CommonName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Subject = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+class IdentityMethods(_Strict):
+    """How a workload proves it is this identity, strongest first: a client certificate
+    (SPIFFE URI SAN or subject CN) on the TLS listener, a signed workload token (JWT `sub`
+    claim) in `Proxy-Authorization: Bearer`, and, weakest, its source address. A proxy
+    secret (`Proxy-Authorization: Basic`) is issued by `egressguard identity create`
+    and lives in the store, never in a policy file."""
+
+    spiffe_ids: list[SpiffeId] = Field(default_factory=list, max_length=64)
+    common_names: list[CommonName] = Field(default_factory=list, max_length=64)
+    jwt_subjects: list[Subject] = Field(default_factory=list, max_length=64)
+    sources: list[Source] = Field(default_factory=list, max_length=256)
+    description: Description = ""
+    enabled: bool = True
+
+
 class Policy(_Strict):
     """One cluster's complete outbound-access policy."""
 
@@ -597,6 +625,11 @@ class Policy(_Strict):
     literals unless a network rule names them."""
     assertions: list[Assertion] = Field(default_factory=list, max_length=1000)
     budgets: list[Budget] = Field(default_factory=list, max_length=1000)
+    identities: dict[Name, IdentityMethods] = Field(default_factory=dict, max_length=4096)
+    """Workload identities by name (rules scope themselves with `identities: [name]`)."""
+    require_identity: bool = False
+    """Unauthenticated requests are refused (the gateway answers 407 with
+    `Proxy-Authenticate`; the DNS filter denies a source no identity's CIDR covers)."""
 
     @property
     def immutable_callouts(self) -> tuple[CalloutRule, ...]:
@@ -619,6 +652,17 @@ class Policy(_Strict):
         for kind, collections in (("application", self.application_rule_collections),
                                   ("network", self.network_rule_collections)):
             _refuse_duplicate(collections, f"{kind} rule collection")
+        claimed: dict[str, str] = {}
+        for name, methods in self.identities.items():
+            for kind, values in (("SPIFFE ID", methods.spiffe_ids),
+                                 ("common name", methods.common_names),
+                                 ("JWT subject", methods.jwt_subjects),
+                                 ("source", methods.sources)):
+                for value in values:
+                    other = claimed.setdefault(f"{kind}:{value}", name)
+                    if other != name:
+                        raise ValueError(f"{kind} {value!r} maps to both identity "
+                                         f"{other!r} and {name!r}")
         return self
 
     @field_validator("budgets")

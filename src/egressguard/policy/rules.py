@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from egressguard.policy.model import Action, Policy, is_service_tag
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+NOBODY = "-nobody"  # an identity scope no caller matches (not a valid identity name)
+APPLIES_TO_NOBODY = frozenset({NOBODY})
 ALL_PORTS = (0, 65535)
 
 
@@ -112,6 +114,7 @@ class AppRule:
     sources: tuple[Network, ...]
     report_only: bool
     priority: int
+    identities: frozenset[str] = frozenset()  # empty: any caller (see `scope`)
 
     @property
     def allow(self) -> bool:
@@ -132,6 +135,7 @@ class NetRule:
     report_only: bool
     priority: int
     match_resolved_names: bool = False  # also allows names resolving into it
+    identities: frozenset[str] = frozenset()  # empty: any caller (see `scope`)
 
     @property
     def allow(self) -> bool:
@@ -140,6 +144,17 @@ class NetRule:
     @property
     def all_ports(self) -> bool:
         return ALL_PORTS in self.ports
+
+
+def scope(collection: Sequence[str], rule: Sequence[str]) -> frozenset[str]:
+    """The identities a rule applies to: its collection's list narrowed by its own (both
+    given: those in both; one given: that one; neither: any caller, the empty set). A
+    rule whose two lists share no name applies to nobody: it is kept with the
+    unmatchable scope `{NOBODY}` (no identity name starts with '-') rather than widened
+    to everyone."""
+    if collection and rule:
+        return frozenset(collection) & frozenset(rule) or APPLIES_TO_NOBODY
+    return frozenset(collection or rule)
 
 
 def application_rules(policy: Policy) -> tuple[AppRule, ...]:
@@ -154,7 +169,8 @@ def application_rules(policy: Policy) -> tuple[AppRule, ...]:
                 targets=tuple(rule.targets), fqdn_tags=tuple(rule.fqdn_tags),
                 specs=tuple((p.protocol, p.port) for p in rule.protocols),
                 sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
-                report_only=collection.report_only, priority=collection.priority))
+                report_only=collection.report_only, priority=collection.priority,
+                identities=scope(collection.identities, rule.identities)))
     return tuple(out)
 
 
@@ -172,7 +188,8 @@ def network_rules(policy: Policy) -> tuple[NetRule, ...]:
                 ports=tuple((p.low, p.high) for p in rule.ports),
                 sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
                 report_only=collection.report_only, priority=collection.priority,
-                match_resolved_names=rule.match_resolved_names))
+                match_resolved_names=rule.match_resolved_names,
+                identities=scope(collection.identities, rule.identities)))
     return tuple(out)
 
 

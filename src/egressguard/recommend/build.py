@@ -19,6 +19,9 @@ What is proposed, exactly (and nothing broader):
   (`^scheme://host[:port](/|$)`).
 * Enforced denials are never proposed; report-only would-be denials are (by default),
   commented with the rule that would have denied them.
+* Per identity: a rule whose calls all came from authenticated workload identities is
+  scoped to exactly those (`identities: [...]`), so each identity is proposed only what
+  it used; a rule some anonymous caller also used stays unscoped, with a note.
 """
 
 from __future__ import annotations
@@ -61,12 +64,21 @@ class Usage:
     bytes_up: int = 0
     bytes_down: int = 0
     would_deny: set[str] = field(default_factory=set)
+    identities: set[str] = field(default_factory=set)  # "" for anonymous callers
 
     def merge(self, other: Usage) -> None:
         self.count += other.count
         self.bytes_up += other.bytes_up
         self.bytes_down += other.bytes_down
         self.would_deny |= other.would_deny
+        self.identities |= other.identities
+
+    @property
+    def scope(self) -> list[str]:
+        """The identities to scope a rule to: all the callers, when none was anonymous."""
+        if not self.identities or "" in self.identities:
+            return []
+        return sorted(self.identities)
 
 
 @dataclass
@@ -112,6 +124,7 @@ def observe(records: Iterable[Mapping[str, Any]], options: Options = Options()) 
                 usage.bytes_down += record["bytes_down"]
             else:
                 usage.count += 1
+                usage.identities.add(str(record.get("client_identity") or ""))
                 if would:
                     usage.would_deny.add(record["rule"])
         if record["phase"] != "close" and usages:
@@ -192,6 +205,13 @@ def _volume_risk(proposal: Proposal, options: Options) -> None:
         proposal.risks.append(f"high upload volume: {proposal.usage.bytes_up} bytes sent")
 
 
+def _scope_note(proposal: Proposal) -> None:
+    named = sorted(i for i in proposal.usage.identities if i)
+    if named and not proposal.usage.scope:
+        proposal.notes.append(f"also used by anonymous callers (besides {', '.join(named)}):"
+                              " not scoped to identities")
+
+
 def propose(seen: Observed, options: Options = Options()) -> list[Proposal]:
     """The rules that allow exactly the observed traffic (module docstring)."""
     proposals: list[Proposal] = []
@@ -218,6 +238,7 @@ def propose(seen: Observed, options: Options = Options()) -> list[Proposal]:
                                   "seen; it also allows names not seen")
         for rule in sorted(usage.would_deny):
             proposal.notes.append(f"report-only: would have been denied by {rule}")
+        _scope_note(proposal)
         _volume_risk(proposal, options)
         proposals.append(proposal)
     for (address, protocol), by_port in sorted(seen.net.items()):
@@ -235,6 +256,7 @@ def propose(seen: Observed, options: Options = Options()) -> list[Proposal]:
                               "need match_resolved_names")
         for rule in sorted(usage.would_deny):
             proposal.notes.append(f"report-only: would have been denied by {rule}")
+        _scope_note(proposal)
         _volume_risk(proposal, options)
         proposals.append(proposal)
     for (callout_type, host), usage in sorted(seen.callouts.items()):
@@ -253,11 +275,13 @@ def policy_data(proposals: Iterable[Proposal]) -> dict[str, Any]:
     """The proposals as policy data (`Policy.model_validate`-able)."""
     apps, nets, callouts = [], [], []
     for p in proposals:
+        scope = {"identities": p.usage.scope} if p.usage.scope else {}
         if p.kind == "application":
-            apps.append({"name": p.name, "targets": p.targets, "protocols": p.protocols})
+            apps.append({"name": p.name, "targets": p.targets, "protocols": p.protocols,
+                         **scope})
         elif p.kind == "network":
             nets.append({"name": p.name, "destinations": p.targets,
-                         "protocols": p.protocols, "ports": p.ports})
+                         "protocols": p.protocols, "ports": p.ports, **scope})
         else:
             callouts.append({"callout_type": p.callout_type,
                              "uri_regex": callout_regex(p.targets[0]), "can_call": True})

@@ -70,6 +70,8 @@ def render(proposals: Sequence[Proposal], seen: Observed, cluster: str | None) -
             out += _comments(p, "      ")
             out += [f"      - name: {_q(p.name)}", f"        targets: {_q(p.targets)}",
                     f"        protocols: {_q(p.protocols)}"]
+            if p.usage.scope:
+                out.append(f"        identities: {_q(p.usage.scope)}")
     if nets:
         out += ["network_rule_collections:", "  - name: observed-network",
                 "    priority: 1000", "    action: allow", "    rules:"]
@@ -77,6 +79,8 @@ def render(proposals: Sequence[Proposal], seen: Observed, cluster: str | None) -
             out += _comments(p, "      ")
             out += [f"      - name: {_q(p.name)}", f"        destinations: {_q(p.targets)}",
                     f"        protocols: {_q(p.protocols)}", f"        ports: {_q(p.ports)}"]
+            if p.usage.scope:
+                out.append(f"        identities: {_q(p.usage.scope)}")
     return "\n".join(out) + "\n"
 
 
@@ -84,19 +88,24 @@ def requests_of(seen: Observed) -> list[tuple[str, Request]]:
     """One engine request per observed destination (for diffs and self-checks)."""
     out: list[tuple[str, Request]] = []
     for host, specs in sorted(seen.app.items()):
-        for spec in sorted(specs):
-            if spec == "dns":
-                out.append((f"dns {host}", Request(kind=Kind.DNS, host=host,
-                                                   protocol="udp")))
-                continue
-            scheme, _, port = spec.partition(":")
-            kind = Kind.HTTP if scheme == "http" else Kind.CONNECT
-            out.append((f"{kind.value} {host}:{port}",
-                        Request(kind=kind, host=host, port=int(port), scheme=scheme)))
+        for spec, usage in sorted(specs.items()):
+            for who in sorted(usage.identities) or [""]:
+                tail = f" as {who}" if who else ""
+                if spec == "dns":
+                    out.append((f"dns {host}{tail}", Request(
+                        kind=Kind.DNS, host=host, protocol="udp", identity=who)))
+                    continue
+                scheme, _, port = spec.partition(":")
+                kind = Kind.HTTP if scheme == "http" else Kind.CONNECT
+                out.append((f"{kind.value} {host}:{port}{tail}", Request(
+                    kind=kind, host=host, port=int(port), scheme=scheme, identity=who)))
     for (address, protocol), by_port in sorted(seen.net.items()):
-        for net_port in sorted(by_port, key=lambda p: p or 0):
-            out.append((f"flow {protocol} {address}:{net_port}", Request(
-                kind=Kind.FLOW, host=address, port=net_port, protocol=protocol)))
+        for net_port, usage in sorted(by_port.items(), key=lambda p: p[0] or 0):
+            for who in sorted(usage.identities) or [""]:
+                out.append((f"flow {protocol} {address}:{net_port}"
+                            f"{f' as {who}' if who else ''}", Request(
+                                kind=Kind.FLOW, host=address, port=net_port,
+                                protocol=protocol, identity=who)))
     for callout_type, host in sorted(seen.callouts):
         out.append((f"callout {callout_type} {host}", Request.from_url(
             f"https://{host}/", kind=Kind.CALLOUT, callout_type=callout_type)))

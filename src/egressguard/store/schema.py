@@ -104,3 +104,22 @@ class CeilingRow(Base):
     strict: Mapped[bool] = mapped_column(Boolean, default=False)
     principal: Mapped[str] = mapped_column(String(200))
     set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class IdentityRow(Base):
+    """A workload identity (`egressguard identity`): the proxy secret only as its scrypt
+    hash; the other methods as JSON lists. Revoking clears the hash."""
+
+    __tablename__ = "identities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    secret_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    methods: Mapped[str] = mapped_column(Text, default="{}")
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
