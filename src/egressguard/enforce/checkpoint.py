@@ -267,6 +267,17 @@ class Checkpoint:
                                  **fields))  # type: ignore[arg-type]
 
     @staticmethod
+    def exchange_event(opened: DecisionEvent, cause: CloseCause, up: int, down: int,
+                       duration: float) -> DecisionEvent:
+        """`opened` (a decision never emitted) finished as the one record of a short
+        exchange: decision and close at once. Five stores on the object the decision
+        built, not a second event: this is the audited keep-alive path."""
+        opened.phase = "exchange"
+        opened.bytes_up, opened.bytes_down = up, down
+        opened.duration_s, opened.close_cause = duration, cause
+        return opened
+
+    @staticmethod
     def close_event(opened: DecisionEvent, cause: CloseCause, up: int, down: int,
                     duration: float) -> DecisionEvent:
         """The close event of a permitted connection."""
