@@ -1,7 +1,7 @@
 """Proxy benchmark: direct vs egressguard vs Squid vs tinyproxy, on loopback, in one run.
 
     .venv/bin/python bench/proxy.py [--quick] [--rounds N] [--seconds S] [--idle N]
-    .venv/bin/python bench/proxy.py --side-by-side /tmp/gw-before/src   # A/B CPU per request
+    .venv/bin/python bench/proxy.py --side-by-side /tmp/gw-before/src [--audit]   # A/B CPU/req
 
 Needs `squid`, `tinyproxy`, `wrk`, `unbound` and a C compiler (Debian: `apt-get install
 squid tinyproxy wrk unbound build-essential`); the script installs the missing ones with
@@ -411,11 +411,13 @@ def idle_cpu(bulk: Path, target: Target, http_port: int, count: int) -> float:
 
 # -- main ------------------------------------------------------------------------------------
 
-def side_by_side(before_src: str, rounds: int, seconds: int, conns: int) -> None:
+def side_by_side(before_src: str, rounds: int, seconds: int, conns: int,
+                 audit: bool = False) -> None:
     """CPU per keep-alive request of two gateways at once (this checkout's and the code
     in `before_src`, e.g. a `git worktree` of the starting commit), against one origin,
     in interleaved `wrk` rounds (order alternating), so load on a shared machine falls
-    on both alike. Prints per-round figures, then medians and the ratio."""
+    on both alike (`audit`: both with `serve`'s audit log, the writer child counted).
+    Prints per-round figures, then medians and the ratio."""
     import statistics
 
     http_port, bulk_port = free_port(), free_port()
@@ -426,8 +428,9 @@ def side_by_side(before_src: str, rounds: int, seconds: int, conns: int) -> None
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="egressguard-ab-") as tmpdir:
         tmp = Path(tmpdir)
-        targets = [start_egressguard(tmp, http_port, bulk_port, name="before", src=before_src),
-                   start_egressguard(tmp, http_port, bulk_port, name="after")]
+        targets = [start_egressguard(tmp, http_port, bulk_port, name="before", src=before_src,
+                                     audit=audit),
+                   start_egressguard(tmp, http_port, bulk_port, name="after", audit=audit)]
         figures: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
         try:
             for target in targets:  # warm-up, not counted
@@ -455,7 +458,9 @@ def side_by_side(before_src: str, rounds: int, seconds: int, conns: int) -> None
                       "cpu_us_after": round(cpu["after"], 2),
                       "cpu_ratio": round(cpu["after"] / cpu["before"], 4),
                       "rps_ratio": round(rps["after"] / rps["before"], 4),
-                      "rounds": rounds, "seconds": seconds, "conns": conns}))
+                      "p99_us_before": statistics.median(m["p99_us"] for m in figures["before"]),
+                      "p99_us_after": statistics.median(m["p99_us"] for m in figures["after"]),
+                      "audit": audit, "rounds": rounds, "seconds": seconds, "conns": conns}))
 
 
 def main() -> None:
@@ -471,9 +476,12 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=None,
                         help="idle tunnels to hold for the idle-CPU figure (0: skip)")
     parser.add_argument("--only", default="", help="comma-separated rows to run")
+    parser.add_argument("--audit", action="store_true",
+                        help="with --side-by-side: both gateways with the audit log on")
     args = parser.parse_args()
     if args.side_by_side:
-        side_by_side(args.side_by_side, args.rounds or 9, args.seconds or 4, args.conns)
+        side_by_side(args.side_by_side, args.rounds or 9, args.seconds or 4, args.conns,
+                     args.audit)
         return
     ensure_tools()
     rounds = args.rounds or (2 if args.quick else 5)

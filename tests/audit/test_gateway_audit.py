@@ -253,3 +253,65 @@ def test_recommendation_from_gateway_traffic_allows_exactly_it(
     assert check(f"http://blocked.test:{upstream.port}/", "--address", "127.0.0.2") == 1
     assert check(f"https://up.test:{upstream.port}/", "--address", "203.0.113.1") == 1
     assert check("http://other.test/", "--address", "198.51.100.1") == 1
+
+
+def test_keepalive_exchange_on_a_pooled_upstream_is_one_record_read_as_decision_and_close(
+        proxy_factory: Callable[..., Proxy], upstream: Server) -> None:
+    proxy = proxy_factory()
+    base = f"http://up.test:{upstream.port}"
+    with httpx.Client(proxy=proxy.url, timeout=5) as client:  # one keep-alive connection
+        for path in ("/a", "/b", "/c"):
+            assert client.get(base + path).status_code == 200
+        assert client.get(f"http://blocked.test:{upstream.port}/").status_code == 403
+    wait_for(lambda: len(proxy.records(kind="http")) == 5)
+    http = proxy.records(kind="http")
+    # The first request opened the upstream (decision, then close); the next two reused
+    # it and are one record each; the refusal is a decision, recorded before the 403.
+    assert [(r["phase"], r["path"]) for r in http] == [
+        ("decision", "/a"), ("close", "/a"), ("exchange", "/b"), ("exchange", "/c"),
+        ("decision", "/")]
+    for r in http[2:4]:
+        assert r["method"] == "GET" and r["outcome"] == "allow" and r["bytes_down"] > 0
+        assert r["duration_s"] >= 0 and r["close_cause"] == ""
+        assert r["rule"] == "network:upstreams/loopback-one"
+    assert len({r["connection_id"] for r in http}) == 4
+    # What reads decisions and closes sees the exchange records as both.
+    assert [r["path"] for r in proxy.records(kind="http", phase="decision")] == [
+        "/a", "/b", "/c", "/"]
+    assert [r["path"] for r in proxy.records(kind="http", phase="close")] == [
+        "/a", "/b", "/c"]
+    from egressguard.recommend.build import observe
+    seen = observe(http)
+    assert seen.calls == 3   # every permitted exchange counted once, with its bytes
+    assert sum(u.bytes_down for by_port in seen.app.values() for u in by_port.values()) \
+        == sum(int(r["bytes_down"]) for r in http)  # type: ignore[call-overload]
+
+
+def test_exchange_still_open_after_a_second_has_its_decision_recorded_before_its_end(
+        proxy_factory: Callable[..., Proxy], upstream: Server) -> None:
+    from egressguard.enforce.events import SHORT_EXCHANGE_S
+
+    proxy = proxy_factory()
+    base = f"http://up.test:{upstream.port}"
+    with httpx.Client(proxy=proxy.url, timeout=10) as client:
+        assert client.get(base + "/warm").status_code == 200   # the upstream is pooled
+        done = threading.Event()
+
+        def slow() -> None:
+            assert client.get(f"{base}/slow/{SHORT_EXCHANGE_S + 1.5}").status_code == 200
+            done.set()
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        wait_for(lambda: any(r["path"].startswith("/slow/")
+                             for r in proxy.records(kind="http")), timeout=SHORT_EXCHANGE_S + 1)
+        assert not done.is_set()  # recorded while the exchange is still open
+        [opened] = [r for r in proxy.records(kind="http") if r["path"].startswith("/slow/")]
+        assert opened["phase"] == "decision"
+        thread.join(10)
+        assert done.is_set()
+    wait_for(lambda: len([r for r in proxy.records(kind="http")
+                          if r["path"].startswith("/slow/")]) == 2)
+    closed = [r for r in proxy.records(kind="http") if r["path"].startswith("/slow/")][1]
+    assert closed["phase"] == "close" and closed["connection_id"] == opened["connection_id"]
+    assert closed["duration_s"] >= SHORT_EXCHANGE_S

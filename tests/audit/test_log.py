@@ -269,3 +269,22 @@ async def test_audit_sink_composition_writes_events_and_exfil_warnings(
     finally:
         log.close()
     assert kinds == [("connect", "a"), ("connect", "b"), ("warning", "b"), ("connect", "d")]
+
+
+def test_exfiltration_monitor_counts_the_bytes_of_short_exchange_records() -> None:
+    from egressguard.audit.sinks import ExfilMonitor
+
+    class Warnings:
+        def __init__(self) -> None:
+            self.got: list[object] = []
+
+        def emit(self, e: object) -> None:
+            self.got.append(e)
+
+    warned = Warnings()
+    monitor = ExfilMonitor(1000, 60, warn_to=warned)  # type: ignore[arg-type]
+    monitor.emit(event(phase="decision", bytes_up=5000, connection_id="d"))  # no bytes yet
+    assert warned.got == []
+    monitor.emit(event(phase="exchange", bytes_up=600, connection_id="a"))
+    monitor.emit(event(phase="exchange", bytes_up=600, connection_id="b"))
+    assert len(warned.got) == 1

@@ -177,3 +177,27 @@ def test_an_audit_log_that_never_confirms_delays_a_refusal_only_up_to_the_timeou
         took = asyncio.run(timed())
     assert 0.15 < took < 3.0
     assert "not confirmed durable" in caplog.text and "refusing anyway" in caplog.text
+
+
+def test_event_of_a_reused_decision_matches_the_keyword_built_one_and_follows_the_version(
+        ) -> None:
+    held = holder()
+    cp = Checkpoint(held, ListSink())
+    decision, permitted = cp.decide(connect("allowed.example.com"))
+    fields = dict(connection_id="c1", client_address="10.0.0.1:5", resolved_address="1.2.3.4",
+                  method="GET", path="/p", identity="build-agent")
+    first = cp.event(decision, permitted, "http", **fields)  # type: ignore[arg-type]
+    again = cp.event(decision, permitted, "http", **fields)  # type: ignore[arg-type]
+    # The keyword path (an explicit host/port) builds the same record.
+    explicit = cp.event(decision, permitted, "http", host="allowed.example.com", port=443,
+                        **fields)  # type: ignore[arg-type]
+    for event in (first, again):
+        assert {**event.as_dict(), "time": 0} == {**explicit.as_dict(), "time": 0}
+    assert (first.host, first.port, first.phase, first.policy_version) == (
+        "allowed.example.com", 443, "decision", held.active.version)
+    assert first.client_identity == again.client_identity == "build-agent"  # who, every time
+    # Another kind for the same decision, and a new policy version, are not mixed up.
+    assert cp.event(decision, permitted, "connect").kind == "connect"
+    held.swap(Active(held.active.snapshot, "v-next", "test"))
+    assert cp.event(decision, permitted, "http").policy_version == "v-next"
+    assert cp.event(decision, permitted, "http").connection_id != ""

@@ -108,3 +108,16 @@ def test_traces_off_builds_nothing_and_a_missing_sdk_is_a_clear_error(monkeypatc
     monkeypatch.setattr(builtins, "__import__", no_sdk)
     with pytest.raises(TracingUnavailable, match=r"egressguard\[otel\]"):
         provider(Traces.CONSOLE, "x", install=False)
+
+
+def test_a_short_exchange_record_is_one_finished_span_with_its_bytes(spans) -> None:
+    sink, exporter = spans
+    sink.emit(event(kind="http", phase="exchange", duration_s=0.25, bytes_up=7,
+                    bytes_down=700, connection_id="x1"))
+    (span,) = exporter.get_finished_spans()   # ended at once: there is no close to wait for
+    assert span.name == "egressguard.http"
+    assert (span.end_time - span.start_time) / 1e9 == pytest.approx(0.25, abs=1e-3)
+    attributes = dict(span.attributes or {})
+    assert (attributes["egressguard.bytes_down"], attributes["egressguard.close_cause"]) == (
+        700, "done")
+    assert not set(attributes.values()) & {"secret reason", "/secret/path", "secret-identity"}

@@ -80,6 +80,9 @@ class Upstream(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.3)
             self.wfile.write(b"0\r\n\r\n")
+        elif self.path.startswith("/slow/"):   # answer after that many seconds
+            time.sleep(float(self.path.rsplit("/", 1)[1]))
+            self._echo()
         elif self.path.startswith("/big/"):
             self._send(b"x" * int(self.path.rsplit("/", 1)[1]), ctype="text/plain")
         elif self.path.startswith("/close-delimited"):

@@ -109,7 +109,7 @@ def replay(records: Iterable[Mapping[str, Any]], candidate: Snapshot,
     `limit` decisions: then `truncated`)."""
     result = Replay()
     for record in records:
-        if record.get("phase", "decision") != "decision":
+        if record.get("phase", "decision") not in ("decision", "exchange"):
             continue
         if result.decisions >= limit:
             result.truncated = True

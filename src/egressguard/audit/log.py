@@ -732,7 +732,9 @@ class AuditLog:
         seq, prev_mac, mac, clears, payloads = batch[:5]
         header = batch[5] if len(batch) > 5 else None
         head = {"writer": self.writer_id, "seq": seq, "count": len(clears),
-                "first_time": clears[0][0], "last_time": clears[-1][0],
+                "first_time": min(c[0] for c in clears),
+                # (an "exchange" record carries its decision's time: not in queue order)
+                "last_time": max(c[0] for c in clears),
                 "prev_mac": prev_mac, "mac": mac, "key_header": header}
         try:
             with self.engine.begin() as conn:

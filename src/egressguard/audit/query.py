@@ -100,8 +100,13 @@ class Filter:
             clauses.append(and_(c.verdict == "deny", c.permitted.is_(True)))
         if self.dest:
             clauses.append(host_clause(self.dest))
+        if self.phase in ("decision", "close"):
+            # A short exchange's one record is both its decision and its close.
+            clauses.append(c.phase.in_((self.phase, "exchange")))
+        elif self.phase is not None:
+            clauses.append(c.phase == self.phase)
         for column, value in ((c.cluster, self.cluster), (c.kind, self.kind),
-                              (c.layer, self.layer), (c.phase, self.phase),
+                              (c.layer, self.layer),
                               (c.connection_id, self.connection_id)):
             if value is not None:
                 clauses.append(column == value)

@@ -108,7 +108,7 @@ class ExfilMonitor:
         self._lock = threading.Lock()
 
     def emit(self, event: DecisionEvent) -> None:
-        if event.phase != "close" or event.bytes_up <= 0 or event.kind == "warning":
+        if event.phase == "decision" or event.bytes_up <= 0 or event.kind == "warning":
             return
         now = time.time()
         with self._lock:

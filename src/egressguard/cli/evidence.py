@@ -72,7 +72,7 @@ def _when(t: float) -> str:
 def _line(r: dict[str, Any]) -> str:
     dest = f"{r['host']}:{r['port']}" if r["port"] else r["host"]
     extra = ""
-    if r["phase"] == "close":
+    if r["phase"] in ("close", "exchange"):
         extra = (f" up={r['bytes_up']} down={r['bytes_down']} {r['duration_s']:.3f}s"
                  f"{' cause=' + r['close_cause'] if r['close_cause'] else ''}")
     who = (f"{r['client_identity']}@{r['client_address']}" if r["client_identity"]

@@ -3,6 +3,14 @@
 Enforcement points (gateway, DNS filter, library check) call `sink.emit(event)` once a
 decision is made (before a denied client sees its refusal) and again, with `phase="close"`,
 when a permitted connection ends, carrying byte counts, duration and the closing cause.
+A short permitted exchange (an HTTP request answered within `SHORT_EXCHANGE_S` on a
+pooled upstream) is written as **one** record instead, `phase="exchange"`: its decision
+and its close at once (time is the decision's; bytes, duration and cause are the close's),
+so the keep-alive path pays for one audit row, not two. An exchange still open after
+`SHORT_EXCHANGE_S` gets its decision record then, and a close record at its end. Readers
+treat an exchange record as both a decision and a close (`audit.query.Filter`, the
+recommender, replay, traces). Refusals are never deferred: they are recorded durably
+before the client sees them, as before.
 `emit` must not block: sinks queue and write off the hot path.
 """
 
@@ -11,7 +19,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
-Phase = Literal["decision", "close"]
+Phase = Literal["decision", "close", "exchange"]
+SHORT_EXCHANGE_S = 1.0   # an exchange open longer gets its decision record written then
 CloseCause = Literal["", "client", "upstream", "revoked", "timeout", "error", "shutdown",
                      "budget", "suspended"]
 

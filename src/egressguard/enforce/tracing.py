@@ -123,6 +123,12 @@ class TraceSink:
             return
         span = self.tracer.start_span(f"egressguard.{event.kind}", start_time=at,
                                       attributes=_attributes(event))
+        if event.phase == "exchange":   # a short exchange: decision and close at once
+            span.set_attributes({"egressguard.bytes_up": event.bytes_up,
+                                 "egressguard.bytes_down": event.bytes_down,
+                                 "egressguard.close_cause": event.close_cause or "done"})
+            span.end(end_time=at + int(event.duration_s * 1e9))
+            return
         if event.permitted and event.kind in _CONNECTIONS and event.connection_id:
             with self._lock:
                 if len(self._open) < MAX_OPEN and event.connection_id not in self._open:

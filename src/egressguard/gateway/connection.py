@@ -43,7 +43,7 @@ import httptools
 
 from egressguard import metrics
 from egressguard.enforce.checkpoint import Checkpoint
-from egressguard.enforce.events import CloseCause, DecisionEvent
+from egressguard.enforce.events import SHORT_EXCHANGE_S, CloseCause, DecisionEvent
 from egressguard.engine import Decision, Kind, Request
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.engine.normalize import Host, IPAddress
@@ -186,6 +186,9 @@ class ClientConnection(asyncio.Protocol):
         self.connect_is_ip = False
         self.connected_ip: IPAddress | None = None
         self.open_event: DecisionEvent | None = None
+        # The open exchange's decision record is not yet emitted: it becomes one
+        # "exchange" record at the close, or is emitted by `sweep` / `_undefer` first.
+        self.deferred = False
         self.closed = False
         # A refusal is waiting for its audit record: nothing is relayed, the client waits.
         self.refusing = False
@@ -531,14 +534,18 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._spawn(self._record_then_refuse(ex, decision, event))
             return
-        if event is not None:
-            self.cp.emit(event)
+        budgets = gw.budgets   # checked inline: the keep-alive path pays two loads
+        budgeted = budgets.ledger or budgets.snapshot is not snapshot
+        if event is not None and (unresolved or budgeted):
+            self.cp.emit(event)   # not a plain short exchange: the decision record now
+            event_out = True
+        else:
+            event_out = event is None
         if unresolved:
             self.fail(502, "Bad Gateway", unresolved)
             return
-        budgets = gw.budgets   # checked inline: the keep-alive path pays two loads
-        if (budgets.ledger or budgets.snapshot is not snapshot) and not self._budget_admits(
-                route.host.name, addresses, route.port, "http", ex):
+        if budgeted and not self._budget_admits(route.host.name, addresses, route.port,
+                                                "http", ex):
             return
         up = self.upstream
         if up is None or not up.serves(route.key, addresses):
@@ -547,10 +554,13 @@ class ClientConnection(asyncio.Protocol):
                 gw.park(up)
             up = gw.pool.take(route.key, addresses, self)
             if up is None:
+                if not event_out and event is not None:
+                    self.cp.emit(event)
                 self._spawn(self._open_then(ex, route, request, event, addresses))
                 return
             self.upstream = up
-        self._send(ex, route, up, request, event)
+        # A pooled upstream: the decision is written with the close, as one record.
+        self._send(ex, route, up, request, event, deferred=not event_out)
 
     async def _record_then_refuse(self, ex: Exchange, decision: Decision,
                                   event: DecisionEvent) -> None:
@@ -571,11 +581,13 @@ class ClientConnection(asyncio.Protocol):
         self._send(ex, route, up, request, event)
 
     def _send(self, ex: Exchange, route: Route, up: Upstream, request: Request,
-              event: DecisionEvent | None) -> None:
+              event: DecisionEvent | None, deferred: bool = False) -> None:
         """Forward the request head (and what body is here); the response comes back
-        through `exchange_done` or `exchange_failed`."""
+        through `exchange_done` or `exchange_failed`. `deferred`: `event` (the decision)
+        is not emitted yet and goes out with the close as one "exchange" record."""
         self.active = request
         self.open_event = event
+        self.deferred = deferred
         self.counting = True
         self.started = time.monotonic()
         up.send(ex, b"".join((
@@ -778,6 +790,7 @@ class ClientConnection(asyncio.Protocol):
             event = self._event(decision, permitted, "connect", conn_id,
                                 str(self.connected_ip or ""), b"CONNECT", "")
             if not permitted:
+                self._undefer()
                 self.open_event = None  # the refusal replaces the close event
                 self.counting = False
                 self._refuse(event, "client")
@@ -894,6 +907,7 @@ class ClientConnection(asyncio.Protocol):
         over = metered.charge(up, down, self.loop.time())
         if over is None:
             return False
+        self._undefer()
         decision, permitted = self.gw.budgets.overrun(over, metered.host, metered.port)
         conn_id = self.open_event.connection_id if self.open_event else ""
         event = self._event(decision, permitted, metered.kind, conn_id,
@@ -923,6 +937,7 @@ class ClientConnection(asyncio.Protocol):
             if not decision.allowed and self.would_revoke is not request:
                 # Report-only: the policy in force would cut this; record it once, relay on.
                 self.would_revoke = request
+                self._undefer()
                 conn_id = self.open_event.connection_id if self.open_event else ""
                 event = self._event(decision, True, request.kind.value, conn_id,
                                     str(self.connected_ip or ""), b"", "")
@@ -966,8 +981,20 @@ class ClientConnection(asyncio.Protocol):
         event, self.open_event = self.open_event, None
         if event is None:
             return None
+        if self.deferred:   # never emitted, so ours to finish: one "exchange" record
+            self.deferred = False
+            return self.cp.exchange_event(event, cause, self.bytes_up, self.bytes_down,
+                                          time.monotonic() - self.started)
         return self.cp.close_event(event, cause, self.bytes_up, self.bytes_down,
                                    time.monotonic() - self.started)
+
+    def _undefer(self) -> None:
+        """Emit the open exchange's deferred decision record now (something else is
+        about to refer to it, or the exchange is no longer short)."""
+        if self.deferred:
+            self.deferred = False
+            if self.open_event is not None:
+                self.cp.emit(self.open_event)
 
     def _emit_close(self, cause: CloseCause) -> None:
         event = self._close_event(cause)
@@ -989,6 +1016,7 @@ class ClientConnection(asyncio.Protocol):
             if cause_event:
                 self._emit_close(cause)
             else:
+                self._undefer()
                 self.open_event = None
                 self.counting = False
         if was_tunnel:
@@ -1023,6 +1051,8 @@ class ClientConnection(asyncio.Protocol):
                          self.gw.limits.idle_timeout)
                 self.close("timeout")
             return
+        if self.deferred and time.monotonic() - self.started > SHORT_EXCHANGE_S:
+            self._undefer()   # not a short exchange: its decision record now
         activity = self.bytes_up + self.bytes_down + len(self.queue)
         if activity != self.activity_seen:
             self.activity_seen = activity

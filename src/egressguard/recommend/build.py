@@ -119,10 +119,11 @@ def observe(records: Iterable[Mapping[str, Any]], options: Options = Options()) 
             continue
         usages = _usages_for(seen, record)
         for usage in usages:
-            if record["phase"] == "close":
+            # (an "exchange" record is a short exchange's decision and close at once)
+            if record["phase"] != "decision":
                 usage.bytes_up += record["bytes_up"]
                 usage.bytes_down += record["bytes_down"]
-            else:
+            if record["phase"] != "close":
                 usage.count += 1
                 usage.identities.add(str(record.get("client_identity") or ""))
                 if would:
