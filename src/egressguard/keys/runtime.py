@@ -200,6 +200,11 @@ class StoreKeys:
             self._owned.append(key)
             return key.envelope
 
+    def forget(self, cluster: str) -> None:
+        """Drop a cached "no key" for `cluster` (a write saw its key in the store)."""
+        with self._lock:
+            self._none.pop(cluster, None)
+
     def close(self) -> None:
         with self._lock:
             owned, self._owned = self._owned, []
