@@ -190,3 +190,49 @@ def test_two_gateways_on_one_postgresql_store_read_each_others_records(
         env_a.stop()
         env_b.stop()
         vault.close()
+
+
+def test_verify_opens_each_batch_with_the_key_its_header_names_whichever_cluster(
+        store_url: str, vault: KeyVault, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One store, two clusters, each under its own key: `logs verify` (configured for
+    `default`) checks `other`'s batches too, through the vault as `other`'s identity;
+    when `other`'s key is disabled it says that it is `other`'s key that is missing."""
+    import base64
+
+    from typer.testing import CliRunner
+
+    from egressguard.cli.main import app as cli
+    from egressguard.keys import clusterkeys
+    from egressguard.keys.runtime import ClusterKey
+    from egressguard.store import Store
+
+    monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(MASTER).decode())
+    theirs = KeyVault(store_url, unique("cmk"), master_key=MASTER)  # only `other` may use
+    theirs.create_key("audit-other", "RSA", 2048)
+    theirs.grant("cluster-other", "get,wrapKey,unwrapKey")
+    store = Store(store_url)
+    store.create_cluster("other", store.current("default").policy, "t")
+    for cluster, where, key, identity in (("default", vault, "audit", "gateway"),
+                                          ("other", theirs, "audit-other", "")):
+        clusterkeys.put(store.engine, store_url, MASTER, cluster,
+                        {"keyName": key, "keyVaultUri": f"vault://{where.name}",
+                         "userIdentity": identity}, "t")
+        ck = ClusterKey.open(store_url, cluster, start=False)
+        assert ck is not None
+        ck.envelope.check()
+        with AuditLog(store_url, envelope=ck.envelope) as log:
+            write(log, 3, cluster=cluster)
+        ck.close()
+    store.close()
+    result = CliRunner().invoke(cli, ["logs", "verify", "--store", store_url])
+    assert result.exit_code == 0, result.output
+    assert "CANNOT DECRYPT" not in result.output and "intact" in result.output
+    theirs.set_enabled("audit-other", False)
+    result = CliRunner().invoke(cli, ["logs", "verify", "--store", store_url])
+    theirs.close()
+    assert result.exit_code == 3, result.output
+    assert "TAMPERED" not in result.output
+    assert f"CANNOT DECRYPT: cannot decrypt: key vault://{theirs.name}/keys/audit-other/" \
+        in result.output
+    assert "cluster other's key" in result.output and "disabled" in result.output

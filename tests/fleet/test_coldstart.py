@@ -100,6 +100,57 @@ def test_gateway_with_no_cache_does_not_start_while_the_store_is_down(
     assert "Traceback" not in done.stderr
 
 
+def test_a_cold_start_that_cannot_reach_the_cluster_key_serves_nothing(
+        tmp_path: Path, relay: tuple[Relay, str], pg_url: str,
+        monkeypatch: pytest.MonkeyPatch, closing_upstream: int) -> None:
+    """The cluster names a customer-managed key: the gateway's last-known-good cache is
+    sealed under it; with the store (and so the built-in vault) down, the next start
+    does not decrypt the cache with a local key: it does not start, and says why."""
+    import base64
+
+    from egressguard.fleet.cache import CMK
+    from egressguard.keys import clusterkeys
+    from egressguard.keys.runtime import seal_store
+    from egressguard.keys.vault import KeyVault
+    from tests.keys.conftest import MASTER, unique
+
+    monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(MASTER).decode())
+    cut, relayed = relay
+    vault = KeyVault(pg_url, unique("cmk"), master_key=MASTER)
+    vault.create_key("audit", "RSA", 2048)
+    vault.grant("gateway", "get,wrapKey,unwrapKey")
+    with Store(pg_url) as store:
+        clusterkeys.put(store.engine, pg_url, MASTER, "default",
+                        {"keyName": "audit", "keyVaultUri": f"vault://{vault.name}",
+                         "userIdentity": "gateway"}, "t")
+        keys = seal_store(store)
+        store.commit("default", load_policy_text(LOOPBACK_ONLY), "test", "loopback")
+        keys.close()
+    home = tmp_path / "gw"
+    try:
+        proc, port = serve(home, relayed, "--no-api")
+        try:
+            assert b" 403 " not in _status(port, closing_upstream)
+        finally:
+            _stop(proc)
+        [cached] = list((home / "policy-cache").iterdir())
+        assert cached.read_bytes().startswith(CMK)   # under the cluster key, not the local
+        cut.cut()
+        done = subprocess.run(
+            [EGRESSGUARD, "serve", "--listen", "127.0.0.1:0", "--no-api", "--store", relayed],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "EGRESSGUARD_HOME": str(home),
+                 "EGRESSGUARD_AUDIT_KEY": AUDIT_KEY})
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "listening on" not in done.stdout
+        assert "sealed under its customer-managed key" in done.stderr, done.stderr
+        assert "fail closed" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        cut.restore()
+        vault.close()
+
+
 def _version(text: str = LOOPBACK_ONLY) -> Version:
     return Version("default", 7, load_policy_text(text), text, "alice",
                    datetime.now(UTC), "loopback")

@@ -178,3 +178,90 @@ def test_the_cli_applies_and_shows_sealed_versions_and_a_process_without_the_key
     assert "cli.example.com" not in wrong.stdout
     assert "Traceback" not in wrong.stderr
     store.close()
+
+
+def test_a_key_set_by_another_process_seals_the_very_next_commit(
+        store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resolver caches "no key" (it asks again only after `recheck_s`); a key set
+    meanwhile by another process is seen at commit time: never a clear version."""
+    monkeypatch.setenv("EGRESSGUARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(MASTER).decode())
+    store = Store(store_url)
+    keys = StoreKeys(store_url, recheck_s=3600)
+    store.seal_with(keys)
+    other = Store(store_url)   # "another process": its own engine
+    vault = KeyVault(store_url, unique("cmk"), master_key=MASTER)
+    try:
+        vault.create_key("audit", "RSA", 2048)
+        vault.grant("gateway", "get,wrapKey,unwrapKey")
+        assert keys("default") is None          # cached: no key (for an hour)
+        clusterkeys.put(other.engine, store_url, MASTER, "default",
+                        {"keyName": "audit", "keyVaultUri": f"vault://{vault.name}",
+                         "userIdentity": "gateway"}, "t")
+        v = store.commit("default", policy("right-after-the-key"), "t", "s")  # type: ignore[arg-type]
+        assert stored(store)[v.number].startswith(PREFIX)
+        assert "right-after-the-key" not in stored(store)[v.number]
+        assert "right-after-the-key" in store.current("default").text
+    finally:
+        vault.close()
+        other.close()
+        store.close()
+
+
+def test_a_commit_whose_cluster_key_cannot_be_used_here_is_refused_not_written_in_clear(
+        keyed: tuple[Store, KeyVault, StoreKeys], store_url: str) -> None:
+    store, vault, _ = keyed
+    before = stored(store)
+    bare = Store(store_url)
+    bare.seal_with(None)                 # a process with no customer key at all
+    try:
+        with pytest.raises(StoreUnavailable, match=rf"not written: cluster 'default' names "
+                           rf"the customer-managed key vault://{vault.name}/keys/audit"):
+            bare.commit("default", policy("no-key-here"), "t", "s")  # type: ignore[arg-type]
+        vault.set_enabled("audit", False)   # the key exists but is disabled
+        bare.seal_with(StoreKeys(store_url))
+        with pytest.raises(StoreUnavailable, match=r"not written.*(disabled|suspended)"):
+            bare.commit("default", policy("disabled-key"), "t", "s")  # type: ignore[arg-type]
+    finally:
+        vault.set_enabled("audit", True)
+        bare.close()
+    assert stored(store) == before
+
+
+def test_ceilings_are_sealed_at_rest_read_through_the_key_and_bound_to_their_cluster(
+        keyed: tuple[Store, KeyVault, StoreKeys], store_url: str) -> None:
+    from egressguard.store.schema import CeilingRow, ClusterRow
+
+    store, _, _ = keyed
+    ceiling = policy("ceiling-rule")
+    store.commit("default", ceiling, "t", "under the ceiling")  # type: ignore[arg-type]
+    store.set_ceiling("default", ceiling, "t")  # type: ignore[arg-type]
+    with store.engine.connect() as conn:
+        [raw] = conn.execute(select(CeilingRow.policy)).scalars().all()
+    assert raw.startswith(PREFIX)
+    assert "ceiling-rule" not in raw
+    found = store.ceiling("default")
+    assert found is not None and "ceiling-rule" in found.text
+    # The gate still proves writes against it (an unchanged ceiling is not re-read).
+    store.commit("default", policy("ceiling-rule"), "t", "again")  # type: ignore[arg-type]
+    bare = Store(store_url)
+    bare.seal_with(None)
+    try:
+        with pytest.raises(StoreUnavailable, match="ceiling of default"):
+            bare.ceiling("default")
+        with pytest.raises(StoreUnavailable, match=r"sealed under|not written"):
+            bare.set_ceiling("default", ceiling, "t")  # type: ignore[arg-type]
+    finally:
+        bare.close()
+    # A sealed ceiling copied to another cluster does not open there.
+    store.create_cluster("other", policy("ceiling-rule"), "t")  # type: ignore[arg-type]
+    clusterkeys.put(store.engine, store_url, MASTER, "other",
+                    clusterkeys.get(store.engine, "default").to_arm(), "t")  # type: ignore[union-attr]
+    with store.engine.begin() as conn:
+        other_id = conn.execute(select(ClusterRow.id).where(ClusterRow.name == "other")
+                                ).scalar_one()
+        conn.execute(CeilingRow.__table__.insert().values(
+            cluster_id=other_id, policy=raw, strict=False, principal="t",
+            set_at=store.ceiling("default").set_at))  # type: ignore[union-attr]
+    with pytest.raises(StoreUnavailable, match=r"ceiling of other.*(altered|tampered|open)"):
+        store.ceiling("other")

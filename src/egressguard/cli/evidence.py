@@ -45,24 +45,27 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_BAD_INPUT)
 
 
-def _open(url: str | None) -> tuple[Engine, EnvelopeSealer]:
+def _open(url: str | None, *, every_key: bool = False) -> tuple[Engine, EnvelopeSealer]:
     """The audit tables and a reader: the local audit key for batches without a key
     header, and the configured cluster's customer-managed key (if it names one) for the
-    others; a batch whose key is unavailable here reads as "cannot decrypt"."""
+    others; `every_key`: each batch under the key its header names, whichever cluster's
+    (`verify`). A batch whose key is unavailable here reads as "cannot decrypt"."""
     from egressguard.audit.db import make_engine, migrate
     from egressguard.paths import default_store_url
 
     engine = make_engine(url or default_store_url())  # errors: the handler in cli/main.py
     migrate(engine)
-    return engine, EnvelopeSealer(_envelope(engine), legacy=Sealer(load_or_create_key()))
+    return engine, EnvelopeSealer(_envelope(engine, every_key),
+                                  legacy=Sealer(load_or_create_key()))
 
 
-def _envelope(engine: Engine) -> Any:
+def _envelope(engine: Engine, every_key: bool = False) -> Any:
     from egressguard import config
-    from egressguard.keys.runtime import reader_envelope
+    from egressguard.keys.runtime import KeyRing, reader_envelope
 
-    return reader_envelope(engine.url.render_as_string(hide_password=False),
-                           config.cluster(None))
+    url = engine.url.render_as_string(hide_password=False)
+    own = reader_envelope(url, config.cluster(None))
+    return KeyRing(url, own, config.cluster(None)) if every_key else own
 
 
 def _when(t: float) -> str:
@@ -213,7 +216,7 @@ def logs_verify(store: Store = None) -> None:
     Batches whose customer-managed key version is unavailable here are reported as
     "cannot decrypt: key K version V unavailable (why)", never as tampered.
     Exit 0 intact, 1 tampered, 3 not tampered but not all checked (cannot decrypt)."""
-    engine, sealer = _open(store)
+    engine, sealer = _open(store, every_key=True)
     result = verify(engine, sealer)
     for problem in result.problems or []:
         typer.echo(f"TAMPERED: {problem}")

@@ -27,6 +27,7 @@ from egressguard.dns.upstream import UdpPool, UpstreamError
 from egressguard.dns.wire import (
     EDE_BLOCKED,
     EDE_NETWORK_ERROR,
+    EDE_NOT_READY,
     EDE_OTHER,
     Malformed,
     Query,
@@ -109,6 +110,7 @@ class DnsFilter:
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sources: dict[str, IPAddress | None] = {}  # client text -> address
+        self._told_suspended: str | None = None
         self._pool = UdpPool(self.config.upstream, self.config.upstream_sockets)
         # (snapshot, question decisions, answer decisions): replaced whole on a policy swap,
         # so a decision is never read under another snapshot than the one it was made by.
@@ -145,6 +147,20 @@ class DnsFilter:
         except Exception:  # pragma: no cover - parse_query admits only packable questions
             log.exception("cannot answer %s", query.qname)
             return None
+
+    def _denied(self, query: Query, reason: str) -> bytes:
+        """A refused question's reply: the deny answer, or SERVFAIL while the cluster is
+        suspended (the resolver's "cannot answer now": clients retry, and cache no
+        negative answer the policy never gave)."""
+        suspended = self.checkpoint.suspended
+        if suspended is None:
+            return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED, reason)
+        if self._told_suspended != suspended:  # once per suspension, not per query
+            self._told_suspended = suspended
+            log.warning("dns: answering SERVFAIL while the cluster is suspended: %s",
+                        suspended)
+        log.debug("dns: SERVFAIL %s: cluster suspended: %s", query.qname, suspended)
+        return refusal(query, RCODE.SERVFAIL, EDE_NOT_READY, f"cluster suspended: {suspended}")
 
     def _caches(self, snapshot: object) -> tuple[dict[_AskKey, NameDecision],
                                                  dict[_AnswerKey, NameDecision]]:
@@ -280,8 +296,7 @@ class DnsFilter:
         asked = self._asked(snapshot, query, source)
         if not cp.permit(asked.decision):
             await self._record(active, query, asked, client, tcp, False)
-            return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
-                           asked.decision.reason)
+            return self._denied(query, asked.decision.reason)
         answer: Scanned | DNSRecord
         try:
             raw = await self._pool.resolve(query.data, self.config.timeout, tcp=tcp)
@@ -300,8 +315,7 @@ class DnsFilter:
         permitted = cp.permit(final.decision)
         await self._record(active, query, final, client, tcp, permitted)
         if not permitted:
-            return refusal(query, self.config.deny_rcode.code, EDE_BLOCKED,
-                           final.decision.reason)
+            return self._denied(query, final.decision.reason)
         if isinstance(answer, Scanned):
             packed = query.data[:2] + raw[2:]  # the upstream's bytes, the client's id
         else:  # re-packed as dnslib read it: the client gets only what was decided

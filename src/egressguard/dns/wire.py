@@ -28,6 +28,7 @@ from egressguard.errors import InputError
 EDE_OPTION = 15
 EDE_OTHER = 0
 EDE_BLOCKED = 15
+EDE_NOT_READY = 14  # RFC 8914: not operational now (a suspended cluster)
 EDE_NETWORK_ERROR = 23
 _EDE_TEXT_MAX = 300
 

@@ -6,6 +6,11 @@ atomically by the feed on every new version in force. The content is AES-GCM und
 derived (HKDF) from the audit master key, with the store and cluster as associated data:
 a file copied from another cluster or store, altered, or sealed under another key does not
 open, and is then ignored (the gateway fails closed: no store and no cache, no start).
+
+When the cluster names a customer-managed key (issue 13) the file is instead an envelope
+blob under that key (`CMK` + blob: the wrapped data key names vault, key and version) and
+never under the local key: a cold start that cannot reach the key (with the built-in
+vault: the store is down) serves nothing rather than decrypting it with a local key.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -23,13 +29,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from egressguard.errors import EgressguardError
 from egressguard.policy import PolicyError
 from egressguard.policy.load import load_policy_text
 from egressguard.store import Version
+from egressguard.store.sealing import FieldSealer
 
 _log = logging.getLogger("egressguard.fleet")
 NONCE = 12
 MAX_BYTES = 16 * 1024 * 1024  # a cache file larger than this is not read
+CMK = b"egressguard-policy-cache:cmk:v1\n"  # then the envelope blob of the cluster's key
 
 
 class PolicyCache:
@@ -37,7 +46,10 @@ class PolicyCache:
     (`Store.key`: the URL without its password)."""
 
     def __init__(self, store_key: str, cluster: str, *, master: bytes | None = None,
-                 folder: Path | None = None) -> None:
+                 folder: Path | None = None,
+                 sealer: Callable[[], FieldSealer | None] | None = None) -> None:
+        """`sealer`: the cluster's customer-managed key now (None: it names none), asked
+        at each save and load; None when no key can be reached (a cold start)."""
         if master is None:
             from egressguard.audit.crypto import load_or_create_key
             master = load_or_create_key()
@@ -48,6 +60,7 @@ class PolicyCache:
                                  info=b"egressguard policy cache v1").derive(master))
         self._aad = json.dumps([store_key, cluster]).encode()
         self.cluster = cluster
+        self._sealer = sealer
         name = hashlib.sha256(self._aad).hexdigest()[:32]
         self.path = folder / f"{name}.bin"
 
@@ -58,8 +71,17 @@ class PolicyCache:
                             "text": version.text, "principal": version.principal,
                             "created_at": version.created_at.isoformat(),
                             "summary": version.summary}).encode()
-        nonce = os.urandom(NONCE)
-        sealed = nonce + self._aead.encrypt(nonce, plain, self._aad)
+        try:
+            key = self._sealer() if self._sealer is not None else None
+            if key is not None:
+                sealed = CMK + key.seal(plain, self._aad)
+            else:
+                nonce = os.urandom(NONCE)
+                sealed = nonce + self._aead.encrypt(nonce, plain, self._aad)
+        except EgressguardError as exc:  # the key is unavailable: no copy, never clear
+            _log.warning("policy cache %s not written (%s)", self.path, exc)
+            self.wipe()
+            return
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -95,7 +117,12 @@ class PolicyCache:
         try:
             if len(sealed) > MAX_BYTES:
                 raise ValueError("too large")
-            plain = self._aead.decrypt(sealed[:NONCE], sealed[NONCE:], self._aad)
+            if sealed.startswith(CMK):
+                plain = self._open_cmk(sealed[len(CMK):])
+                if plain is None:
+                    return None
+            else:
+                plain = self._aead.decrypt(sealed[:NONCE], sealed[NONCE:], self._aad)
             data = json.loads(plain)
             return Version(cluster=str(data["cluster"]), number=int(data["number"]),
                            policy=load_policy_text(data["text"], f"cache {self.path}"),
@@ -105,4 +132,28 @@ class PolicyCache:
         except (InvalidTag, ValueError, KeyError, TypeError, PolicyError) as exc:
             _log.warning("ignoring the policy cache %s: it does not open (%s)", self.path,
                          type(exc).__name__)
+            return None
+
+    def _open_cmk(self, blob: bytes) -> bytes | None:
+        """A cache sealed under the cluster's key, or None (logged: fail closed) when
+        that key cannot be reached or does not open it."""
+        from egressguard.keys.envelope import split_blob
+        from egressguard.keys.provider import WrappedKey
+
+        try:
+            kid = WrappedKey.from_bytes(split_blob(blob)[0]).kid
+        except (EgressguardError, ValueError):
+            kid = "(unreadable key header)"
+        key = self._sealer() if self._sealer is not None else None
+        if key is None:
+            _log.error("policy cache %s of cluster %s is sealed under its customer-managed "
+                       "key %s, which cannot be reached now: not enforcing it (fail "
+                       "closed: nothing is served until the store and key are back)",
+                       self.path, self.cluster, kid)
+            return None
+        try:
+            return key.open(blob, self._aad)
+        except EgressguardError as exc:
+            _log.error("policy cache %s of cluster %s does not open under key %s (%s): "
+                       "not enforcing it", self.path, self.cluster, kid, exc)
             return None

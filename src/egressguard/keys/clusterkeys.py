@@ -28,6 +28,7 @@ from egressguard.keys.cluster import (
     validate,
 )
 from egressguard.keys.provider import KeyUnavailable, ProviderUnreachable
+from egressguard.store.schema import ClusterRow
 
 RUNNING, SUSPENDED = "Running", "Suspended"
 KEY_PROPERTY = "keyVaultProperties"
@@ -109,6 +110,11 @@ def _write(engine: Engine, cluster: str, props: KeyVaultProperties | None,
         with engine.connect() as conn:
             conn.execution_options(sqlite_immediate=True)
             with conn.begin():
+                # Queue behind a policy write in progress (it holds the cluster row; on
+                # SQLite BEGIN IMMEDIATE serialises): that write then either committed
+                # before the key or sees it (`store.sealing.seal_for_write`).
+                conn.execute(select(ClusterRow.id).where(ClusterRow.name == cluster)
+                             .with_for_update())
                 if props is None:
                     conn.execute(delete(table).where(table.c.cluster == cluster))
                     return

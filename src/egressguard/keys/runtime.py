@@ -200,6 +200,11 @@ class StoreKeys:
             self._owned.append(key)
             return key.envelope
 
+    def forget(self, cluster: str) -> None:
+        """Drop a cached "no key" for `cluster` (a write saw its key in the store)."""
+        with self._lock:
+            self._none.pop(cluster, None)
+
     def close(self) -> None:
         with self._lock:
             owned, self._owned = self._owned, []
@@ -222,3 +227,64 @@ def seal_store(store: Any, *, known: Iterable[ClusterKey] = (),
                      check_interval=check_interval, known=known)
     store.seal_with(keys)  # (closes the resolver the store had)
     return keys
+
+
+class KeyRing:
+    """Opens data keys wrapped by any cluster's key (`logs verify` of a store shared by
+    several clusters): each wrapped key names vault, key and version, and is unwrapped
+    through the envelope of a cluster that names that key (`own`, the configured
+    cluster's, first; other clusters' are opened once, on first need, as their own
+    identities). A key no cluster can unwrap here is `CannotDecrypt` naming the cluster
+    whose key it is, never a tampered record."""
+
+    def __init__(self, store_url: str, own: Envelope | None = None,
+                 own_cluster: str | None = None) -> None:
+        self.store_url = store_url
+        self._envelopes: dict[str, Envelope | None] = {}
+        if own_cluster is not None:
+            self._envelopes[own_cluster] = own
+        self._named: dict[str, KeyVaultProperties] | None = None
+
+    def _clusters_for(self, vault_uri: str, key: str) -> list[str]:
+        if self._named is None:
+            from egressguard.store.db import make_engine
+
+            engine = make_engine(self.store_url, pool_size=1)
+            try:
+                self._named = clusterkeys.all_keys(engine) if _has_key_table(engine) else {}
+            finally:
+                engine.dispose()
+        same = [c for c, p in sorted(self._named.items())
+                if p.key_vault_uri.rstrip("/") == vault_uri.rstrip("/")]
+        return ([c for c in same if self._named[c].key_name == key]
+                + [c for c in same if self._named[c].key_name != key])
+
+    def _envelope(self, cluster: str) -> Envelope | None:
+        if cluster not in self._envelopes:
+            self._envelopes[cluster] = reader_envelope(self.store_url, cluster)
+        return self._envelopes[cluster]
+
+    def reader_key(self, wrapped: bytes) -> Any:
+        from egressguard.keys.envelope import CannotDecrypt, SuspendedError, Tampered
+        from egressguard.keys.provider import KeyRequestError, WrappedKey
+
+        try:
+            ref = WrappedKey.from_bytes(wrapped)
+        except KeyRequestError as exc:  # the header itself was altered
+            raise Tampered(f"wrapped data key unreadable: {exc}") from None
+        clusters = self._clusters_for(ref.vault_uri, ref.key)
+        if not clusters:
+            raise CannotDecrypt(ref.kid, "no cluster of this store names this key now")
+        why: list[str] = []
+        for cluster in clusters:
+            envelope = self._envelope(cluster)
+            if envelope is None:
+                why.append(f"cluster {cluster}'s key cannot be read here")
+                continue
+            try:
+                return envelope.reader_key(wrapped)
+            except CannotDecrypt as exc:
+                why.append(f"cluster {cluster}'s key: {exc.reason}")
+            except SuspendedError as exc:
+                why.append(f"cluster {cluster}'s key: {exc}")
+        raise CannotDecrypt(ref.kid, "; ".join(why))

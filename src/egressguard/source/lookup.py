@@ -187,7 +187,8 @@ def follow(policy: Path | None = None, cluster: str | None = None, store: StoreR
     saved = None
     if cache:
         from egressguard.fleet.cache import PolicyCache
-        saved = PolicyCache(opened.key, name)
+        saved = PolicyCache(opened.key, name,  # under the cluster's key when it has one
+                            sealer=lambda: opened.sealer_for(name))
     feed = PolicyFeed(opened, name, close_store=owned, cache=saved)
     try:
         holder = feed.start()

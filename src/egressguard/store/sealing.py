@@ -19,6 +19,8 @@ import binascii
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from sqlalchemy import text as sql
+
 from egressguard.errors import EgressguardError
 
 PREFIX = "egressguard-sealed:v1:"
@@ -77,6 +79,48 @@ def open_text(sealer: FieldSealer | None, stored: str, aad: bytes, where: str,
         raise unavailable(f"{where}: sealed field is malformed (altered)") from None
     except EgressguardError as exc:  # cannot decrypt, tampered, suspended: say which
         raise unavailable(f"{where}: {exc}") from None
+
+
+def named_key(conn: Any, cluster: str) -> str | None:
+    """The key `cluster` names (`vault://V/keys/K`), read on the writer's own connection,
+    inside its transaction: a resolver may not know yet of a key set by another process
+    (it re-asks only every few seconds), so every write asks the table itself. One
+    primary-key lookup (`cluster_keys`, store revision 0400_cluster_keys)."""
+    row = conn.execute(sql("SELECT key_vault_uri, key_name FROM cluster_keys "
+                           "WHERE cluster = :cluster"), {"cluster": cluster}).first()
+    return None if row is None else f"{str(row[0]).rstrip('/')}/keys/{row[1]}"
+
+
+def seal_for_write(conn: Any, resolver: Resolver | None, cluster: str, text: str,
+                   aad: bytes, where: str, unavailable: Callable[[str], Exception]) -> str:
+    """`text` as it may be stored now: sealed under the cluster's key, or in clear only
+    when the cluster names no key at commit time. A key this process cannot use (no
+    resolver, a key it cannot open, a suspended key) raises `unavailable(message)`:
+    nothing is written in clear for a cluster that has a key."""
+    key: str | None = None
+    try:
+        sealer = resolver(cluster) if resolver is not None else None
+        if sealer is None:
+            key = named_key(conn, cluster)
+            if key is None:
+                return text
+            forget = getattr(resolver, "forget", None)
+            if resolver is not None and callable(forget):
+                forget(cluster)  # its "no key" is stale: ask it again, now
+                sealer = resolver(cluster)
+        if sealer is not None:
+            return seal_text(sealer, text, aad)
+    except EgressguardError as exc:  # suspended, cannot wrap: never fall back to clear
+        raise unavailable(f"{where} not written: cluster {cluster!r}: {exc}") from None
+    raise unavailable(f"{where} not written: cluster {cluster!r} names the customer-managed "
+                      f"key {key} but this process has no access to it (hint: run with the "
+                      "cluster's key vault and master key; a library user calls "
+                      "keys.runtime.seal_store)")
+
+
+def ceiling_aad(cluster: str) -> bytes:
+    """Where a cluster's ceiling lives (one per cluster)."""
+    return f"cluster_ceilings|{cluster}".encode()
 
 
 def policy_aad(cluster: str, number: int) -> bytes:

@@ -285,16 +285,29 @@ class Store:
         per cluster (policy versions here; identity metadata in `identity/`)."""
         return self.sealers(name) if self.sealers is not None else None
 
+    def _opened(self, name: str, stored: str, aad: bytes, where: str) -> str:
+        """A stored field's clear text, opened if it is sealed (a resolver that still
+        believes the cluster has no key is asked again: the sealed row says it has)."""
+        if not sealing.is_sealed(stored):
+            return stored
+        sealer = self.sealer_for(name)
+        forget = getattr(self.sealers, "forget", None)
+        if sealer is None and callable(forget):
+            forget(name)
+            sealer = self.sealer_for(name)
+        return sealing.open_text(sealer, stored, aad, where, StoreUnavailable)
+
     def _policy_text(self, name: str, row: VersionRow) -> str:
         """A version's policy text, opened if it is sealed."""
-        if not sealing.is_sealed(row.policy):
-            return row.policy
-        return sealing.open_text(self.sealer_for(name), row.policy,
-                                 sealing.policy_aad(name, row.number),
-                                 f"policy version {name}@{row.number}", StoreUnavailable)
+        return self._opened(name, row.policy, sealing.policy_aad(name, row.number),
+                            f"policy version {name}@{row.number}")
 
-    def _sealed_policy(self, name: str, number: int, body: str) -> str:
-        return sealing.seal_text(self.sealer_for(name), body, sealing.policy_aad(name, number))
+    def _sealed_policy(self, s: Session, name: str, number: int, body: str) -> str:
+        """`body` as version `number` may be stored: sealed if the cluster names a key
+        now (read in this transaction), refused if that key cannot be used here."""
+        return sealing.seal_for_write(s.connection(), self.sealers, name, body,
+                                      sealing.policy_aad(name, number),
+                                      f"policy version {name}@{number}", StoreUnavailable)
 
     def _version(self, name: str, row: VersionRow) -> Version:
         body = self._policy_text(name, row)
@@ -396,7 +409,7 @@ class Store:
             self._admit(s, cid, name, policy, proved)
             number = (last.number if last else 0) + 1
             new = VersionRow(cluster_id=cid, number=number,
-                             policy=self._sealed_policy(name, number, body),
+                             policy=self._sealed_policy(s, name, number, body),
                              principal=principal, created_at=_now(), summary=summary)
             s.add(new)
             s.flush()
@@ -427,7 +440,8 @@ class Store:
         row = s.scalar(select(CeilingRow).where(CeilingRow.cluster_id == cid))
         if row is None:
             return None
-        return Ceiling(name, parse_stored(row.policy, f"{name} ceiling"), row.policy,
+        body = self._opened(name, row.policy, sealing.ceiling_aad(name), f"ceiling of {name}")
+        return Ceiling(name, parse_stored(body, f"{name} ceiling"), body,
                        row.strict, row.principal, _aware(row.set_at))
 
     def ceiling(self, name: str) -> Ceiling | None:
@@ -457,7 +471,10 @@ class Store:
             if row is None:
                 row = CeilingRow(cluster_id=cid)
                 s.add(row)
-            row.policy, row.strict, row.principal, row.set_at = body, strict, principal, _now()
+            row.policy = sealing.seal_for_write(s.connection(), self.sealers, name, body,
+                                                sealing.ceiling_aad(name),
+                                                f"ceiling of {name}", StoreUnavailable)
+            row.strict, row.principal, row.set_at = strict, principal, _now()
             s.flush()
             return Ceiling(name, ceiling, body, strict, principal, _aware(row.set_at))
 
@@ -486,7 +503,7 @@ class Store:
                 s.flush()
                 self._admit(s, row.id, name, policy)
                 new = VersionRow(cluster_id=row.id, number=1,
-                                 policy=self._sealed_policy(name, 1, body),
+                                 policy=self._sealed_policy(s, name, 1, body),
                                  principal=principal, created_at=_now(), summary=summary)
                 s.add(new)
                 s.flush()
