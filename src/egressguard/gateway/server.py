@@ -64,10 +64,14 @@ class Gateway:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 3128) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 3128, *,
+                    reuse_port: bool = False) -> None:
+        """Listen on `host:port`; `reuse_port` (SO_REUSEPORT) lets the workers of one
+        `serve --workers N` share the port, the kernel spreading connections over them."""
         self.loop = asyncio.get_running_loop()
         self._server = await self.loop.create_server(
-            lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True)
+            lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True,
+            reuse_port=reuse_port or None)
         self._unsubscribe = self.holder.subscribe(self._swapped)
         self._sweeper = self.loop.create_task(self._sweep())
 
