@@ -208,7 +208,9 @@ def serve(
     assert parts.holder is not None and parts.traced is not None
     resolver = Resolver(static, system=system_resolver, nameservers=nameservers,
                         ask=dns_ask if nameservers else None)
-    count = cores() if workers is None else workers
+    # Spans are exported from the gateway's own process: with --traces, one process
+    # unless more are asked for (which `_serve_with_workers` refuses with a hint).
+    count = workers or (1 if traces is not Traces.OFF else cores())
     if count > 1:
         _serve_with_workers(count, parts, limits, host, port, debug, _WorkerOptions(
             static, system_resolver, nameservers, report_only, cluster, log_level,

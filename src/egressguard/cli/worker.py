@@ -35,6 +35,9 @@ from egressguard.source import active_of
 
 log = logging.getLogger("egressguard.gateway")
 MAX_PENDING = 100_000   # events queued for the parent beyond this are dropped (and logged)
+# Fire-and-forget events linger this long for company: one frame (one wake-up of this
+# sender and of the parent's relay) per this many seconds, not one per request.
+LINGER = 0.01
 PARENT_GONE = "the supervising serve process is gone (no policy feed, no audit log)"
 
 
@@ -49,6 +52,7 @@ class RelaySink:
         self._pending: deque[tuple[Any, ...]] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._hurry = threading.Event()   # a refusal waits: no lingering
         self._idle = False
         self._urgent = False
         self._closing = False
@@ -79,6 +83,7 @@ class RelaySink:
             self._pending.append(raw_of(event))
             self._urgent = True
             self._waiters.append((self._seq, future))
+        self._hurry.set()
         self._wake.set()
         await future
 
@@ -100,6 +105,9 @@ class RelaySink:
             self._wake.wait(0.05)
             self._idle = False
             self._wake.clear()
+            if not self._urgent:
+                self._hurry.wait(LINGER)
+            self._hurry.clear()
             with self._lock:
                 raws = list(self._pending)
                 self._pending.clear()
@@ -116,6 +124,7 @@ class RelaySink:
         with self._lock:
             self._closing = True
             self._urgent = True
+            self._hurry.set()
             if self._acked >= self._seq:
                 done.set()
             else:

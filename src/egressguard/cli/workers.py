@@ -38,6 +38,7 @@ from prometheus_client.metrics_core import Metric
 
 from egressguard.cli.workerwire import Wire, event_of
 from egressguard.enforce.events import EventSink
+from egressguard.errors import EgressguardError
 from egressguard.engine.holder import Active, SnapshotHolder
 
 log = logging.getLogger("egressguard.gateway")
@@ -52,7 +53,7 @@ def cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class WorkerFailed(Exception):
+class WorkerFailed(EgressguardError):
     """A worker could not start (its one-line reason), e.g. the port is taken."""
 
 
@@ -218,8 +219,12 @@ class _Slot:
             if kind == "events":
                 _, last, urgent, raws = message
                 if fleet.sink is not None:
-                    for raw in raws:
-                        fleet.sink.emit(event_of(raw))
+                    try:
+                        for raw in raws:
+                            fleet.sink.emit(event_of(raw))
+                    except Exception:  # as the checkpoint does: logged, never fatal
+                        log.exception("audit: events of worker %d not recorded", self.pid)
+                        continue          # and not acknowledged: the refusal fails closed
                 if urgent and self._durable():
                     wire.send("ack", last)
             elif kind == "active":
