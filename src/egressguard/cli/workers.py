@@ -38,8 +38,8 @@ from prometheus_client.metrics_core import Metric
 
 from egressguard.cli.workerwire import Wire, event_of
 from egressguard.enforce.events import EventSink
-from egressguard.errors import EgressguardError
 from egressguard.engine.holder import Active, SnapshotHolder
+from egressguard.errors import EgressguardError
 
 log = logging.getLogger("egressguard.gateway")
 _BACKOFF_MAX = 5.0
