@@ -186,6 +186,8 @@ class _Slot:
                       "suspended": self.fleet.suspended}
             wire.send("hello", config)
             self._wire, self._proc, self.pid = wire, proc, proc.pid
+            if self.fleet.stopping:  # `stop` came while this one was being spawned
+                proc.send_signal(signal.SIGTERM)
         return proc, wire
 
     def _run(self) -> None:
