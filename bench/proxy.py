@@ -21,7 +21,12 @@ Rows (each proxy on a private port with its own temporary config):
 * **squid** (access log off, IP literals, like the cheapest row), **squid logged**
   (access log on, the default row's 1,000 names as a `dstdomain` ACL, same DNS server,
   same random targets) and **squid logged w2** (the same with `workers 2`);
-* **tinyproxy** (IP literals).
+* **tinyproxy** (IP literals);
+* **egressguard w1** / **egressguard w2**: the cheapest row with `--workers 1` (one
+  process) and `--workers 2` (two SO_REUSEPORT workers under the parent), no tunnels;
+  **egressguard default w1**: the default row in one process (the other egressguard rows
+  run `serve`'s default, one worker per core). CPU per request counts the parent and
+  every worker (descendants of the `serve` process).
 
 Measured in interleaved rounds (every round visits every row in a fresh random order, so
 load drift on a shared machine hits all alike): keep-alive req/s at 64 connections
@@ -182,6 +187,7 @@ class Target:
     port: int | None                 # proxy port, None = direct
     proc: subprocess.Popen[bytes] | None = None
     names: bool = False              # requests go to random app<N>.bench.test names
+    bulk: bool = True                # also measured on tunnels
     runs: list[dict[str, float]] = field(default_factory=list)
     tunnels: dict[int, list[float]] = field(default_factory=dict)
     tunnel_cpu: dict[int, list[float]] = field(default_factory=dict)  # CPU s per GiB
@@ -305,6 +311,11 @@ DisableViaHeader Yes
                             stderr=subprocess.DEVNULL)
     wait_port(port, proc)
     return Target("tinyproxy", port, proc)
+
+
+def _no_bulk(target: Target) -> Target:
+    target.bulk = False
+    return target
 
 
 # -- measurements --------------------------------------------------------------------------
@@ -526,6 +537,16 @@ def main() -> None:
                                                        name="squid logged w2", logged=True,
                                                        names=True, workers=2),
                 "tinyproxy": lambda: start_tinyproxy(tmp, bulk_port),
+                # `serve --workers` (default: one per core) against one process.
+                "egressguard w1": lambda: _no_bulk(start_egressguard(
+                    tmp, http_port, bulk_port, name="egressguard w1",
+                    extra=("--workers", "1"))),
+                "egressguard w2": lambda: _no_bulk(start_egressguard(
+                    tmp, http_port, bulk_port, name="egressguard w2",
+                    extra=("--workers", "2"))),
+                "egressguard default w1": lambda: start_egressguard(
+                    tmp, http_port, bulk_port, audit=True, names=True,
+                    name="egressguard default w1", extra=("--workers", "1")),
             }
             for name, start in starters.items():
                 if wanted and name not in wanted:
@@ -544,7 +565,7 @@ def main() -> None:
                     target.runs.append(m)
                     line = f"round {round_no} {target.name:20} {m['rps']:9,.0f} req/s " \
                            f"{m['cpu_us']:6.1f} us/req"
-                    if not target.names:
+                    if not target.names and target.bulk:
                         for streams in (1, 8):
                             bps, cpu = tunnel_throughput(bulk, target, bulk_port, total,
                                                          streams)
@@ -626,6 +647,11 @@ def _report(targets: list[Target], before: tuple[float, float, float],
         "default_cpu_per_req_vs_squid_logged": ratio(default, "squid logged", "cpu_us"),
         "default_rps_vs_squid_logged_w2": ratio(default, "squid logged w2", "rps"),
         "default_cpu_per_req_vs_squid_logged_w2": ratio(default, "squid logged w2", "cpu_us"),
+        "workers2_rps_vs_1": ratio("egressguard w2", "egressguard w1", "rps"),
+        "workers2_cpu_per_req_vs_1": ratio("egressguard w2", "egressguard w1", "cpu_us"),
+        "default_rps_vs_default_w1": ratio(default, "egressguard default w1", "rps"),
+        "default_cpu_per_req_vs_default_w1": ratio(default, "egressguard default w1",
+                                                   "cpu_us"),
         "audit_cpu_ratio": ratio(audit, eg, "cpu_us"),
         "audit_rps_ratio": ratio(audit, eg, "rps"),
         "tunnel_vs_direct_c": ratio(eg, "direct", "tunnel_1_MiBps"),

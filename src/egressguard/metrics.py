@@ -12,8 +12,11 @@ DECISIONS = Counter("egressguard_decisions_total", "Decisions made, by outcome",
                     ["kind", "verdict", "layer", "permitted"])
 BYTES = Counter("egressguard_bytes_total", "Bytes relayed, by direction (up = to upstream)",
                 ["direction"])
-OPEN_TUNNELS = Gauge("egressguard_open_tunnels", "CONNECT tunnels currently open")
-OPEN_CONNECTIONS = Gauge("egressguard_open_connections", "Client connections currently open")
+# livesum: with `serve --workers N` (multiprocess mode) the workers alive, summed.
+OPEN_TUNNELS = Gauge("egressguard_open_tunnels", "CONNECT tunnels currently open",
+                     multiprocess_mode="livesum")
+OPEN_CONNECTIONS = Gauge("egressguard_open_connections", "Client connections currently open",
+                         multiprocess_mode="livesum")
 DECISION_SECONDS = Histogram(
     "egressguard_decision_seconds", "Time spent deciding one request (engine only)",
     buckets=(1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2))

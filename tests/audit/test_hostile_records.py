@@ -29,8 +29,9 @@ def _serve(store_url: str, tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
     policy = tmp_path / "closed.yaml"
     policy.write_text(CLOSED)
     proc = subprocess.Popen(
+        # --workers 1: the gateway and its audit writer child, no worker processes between.
         [EGRESSGUARD, "serve", "--listen", "127.0.0.1:0", "--no-api", "--policy", str(policy),
-         "--store", store_url, "--audit-timeout", "20", "--log-level", "warning"],
+         "--workers", "1", "--store", store_url, "--audit-timeout", "20", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None

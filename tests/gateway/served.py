@@ -132,8 +132,9 @@ def start_served(tmp: Path, *options: str, policy: str = LOOPBACK_ONLY) -> Serve
     log_path = path.with_suffix(".log")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
+            # --workers 1: the footprint and log measured are the gateway's own process.
             [EGRESSGUARD, "serve", "--listen", "127.0.0.1:0", "--no-api", "--no-audit",
-             "--no-system-resolver", "--policy", str(path), *options],
+             "--no-system-resolver", "--workers", "1", "--policy", str(path), *options],
             stdout=subprocess.PIPE, stderr=log, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "EGRESSGUARD_HOME": str(tmp)})
     assert proc.stdout is not None

@@ -38,6 +38,7 @@ from egressguard import logsetup
 from egressguard.audit.events import EventSink, NullSink
 from egressguard.cli.listen import bind_failure, listen_tcp
 from egressguard.cli.traces import Traced, TracesOpt
+from egressguard.cli.workers import cores
 from egressguard.dns.client import ask as dns_ask
 from egressguard.enforce.tracing import Traces
 from egressguard.engine import CompileError
@@ -170,6 +171,9 @@ def serve(
              "/openid/v1/jwks); needs --jwt-issuer and --jwt-audience")] = None,
     jwt_issuer: Annotated[str | None, typer.Option(help="the tokens' `iss`")] = None,
     jwt_audience: Annotated[str | None, typer.Option(help="the tokens' `aud`")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="gateway processes sharing the port (SO_REUSEPORT; default: one per core); "
+             "1 runs the gateway in this process", min=1, max=256)] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     debug: Annotated[bool, typer.Option(
         help="show the traceback of a start-up failure")] = False,
@@ -228,6 +232,19 @@ def serve(
     assert parts.holder is not None and parts.traced is not None
     resolver = Resolver(static, system=system_resolver, nameservers=nameservers,
                         ask=dns_ask if nameservers else None)
+    # Spans are exported from the gateway's own process: with --traces, one process
+    # unless more are asked for (which `_serve_with_workers` refuses with a hint).
+    count = workers or (1 if traces is not Traces.OFF else cores())
+    if count > 1:
+        _serve_with_workers(count, parts, limits, host, port, debug, _WorkerOptions(
+            static, system_resolver, nameservers, report_only, cluster, log_level,
+            log_format, traces,
+            jwt=(str(jwt_jwks), str(jwt_issuer), str(jwt_audience)) if jwt_config else None,
+            mtls=(proxy_tls[0], proxy_tls[1], str(tls_cert), str(tls_key), str(client_ca))
+            if proxy_tls else None,
+            identities_url=parts.url if parts.identities is not None else None),
+            (api_address, allow_cidr or None, api_max_body, tls))
+        return
     gateway = Gateway(parts.holder, parts.traced.wrap(parts.sink), resolver, limits,
                       report_only=report_only, cluster=cluster,
                       identities=parts.identities, jwt=jwt_config)
@@ -239,6 +256,136 @@ def serve(
         _startup_failed(exc, debug)
     finally:
         parts.close()
+
+
+@dataclass(frozen=True)
+class _WorkerOptions:
+    """The options of `serve` each worker's gateway is built from."""
+
+    static: dict[str, list[Any]]
+    system: bool
+    nameservers: list[tuple[str, int]]
+    report_only: bool
+    cluster: str
+    log_level: str
+    log_format: LogFormat
+    traces: Traces
+    # Who is calling, as in the single process: each worker verifies Bearer tokens
+    # against the JWKS file (path, issuer, audience), listens for mTLS on the shared TLS
+    # port (host, port, cert, key, client CA) and follows the store's identities itself
+    # (revocations within a second in every worker).
+    jwt: tuple[str, str, str] | None = None
+    mtls: tuple[str, int, str, str, str] | None = None
+    identities_url: str | None = None
+
+
+def _serve_with_workers(count: int, parts: _Parts, limits: Limits, host: str, port: int,
+                        debug: bool, options: _WorkerOptions,
+                        api: tuple[Any, ...]) -> None:
+    """`serve --workers N` (N > 1): the host's singletons here, the gateways in
+    `cli.worker` processes (see `cli.workers`)."""
+    from egressguard.cli.workers import Workers
+
+    assert parts.holder is not None
+    try:
+        if options.traces is not Traces.OFF:
+            raise ValueError("--traces needs --workers 1 (hint: the spans are exported "
+                             "from the gateway's own process)")
+        config = {"host": host, "port": port, "limits": limits, "static": options.static,
+                  "system": options.system, "nameservers": options.nameservers,
+                  "report_only": options.report_only, "cluster": options.cluster,
+                  "audit": parts.audit_log is not None, "log_level": options.log_level,
+                  "log_format": options.log_format, "jwt": options.jwt,
+                  "mtls": options.mtls, "identities_url": options.identities_url}
+        audit_log = parts.audit_log
+        fleet = Workers(count, config, parts.holder,
+                        parts.sink if audit_log is not None else None,
+                        flush=audit_log.flush if audit_log is not None else None)
+        parts.bind_key(fleet)
+        _run(_serve_workers(fleet, parts, *api))
+    except Exception as exc:
+        _startup_failed(exc, debug)
+    finally:
+        parts.close()
+
+
+def _reserve(host: str, port: int, what: str = "the gateway",
+             option: str = "--listen") -> socket.socket:
+    """Bind (not listen) `host:port` with SO_REUSEPORT: a port in use fails here, port 0
+    picks the one every worker then joins, and it stays ours until `serve` ends."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(bind_failure(what, host, port, exc, option)) from exc
+    return sock
+
+
+async def _serve_workers(fleet: Any, parts: _Parts, api_address: tuple[str, int] | None,
+                         allow_cidrs: list[str] | None, api_max_body: int,
+                         tls: ApiTLS | None) -> None:
+    from egressguard.cli.workers import WorkerFailed
+
+    loop = asyncio.get_running_loop()
+    host = fleet.config["host"]
+    reserved = _reserve(host, fleet.config["port"])
+    mtls = fleet.config["mtls"]
+    tls_reserved = _reserve(mtls[0], mtls[1], "the TLS listener", "--tls-listen") \
+        if mtls else None
+    api = None
+    try:
+        fleet.config["port"] = reserved.getsockname()[1]
+        if tls_reserved is not None:  # port 0: every worker joins the one picked here
+            fleet.config["mtls"] = (mtls[0], tls_reserved.getsockname()[1], *mtls[2:])
+        try:
+            await asyncio.to_thread(fleet.start)
+        except WorkerFailed as exc:
+            raise StartupError(f"the gateway: {exc} (hint: check --listen)") from None
+        api = _start_api(parts, api_address, allow_cidrs, api_max_body,
+                         report_only=fleet.config["report_only"], tls=tls,
+                         registry=fleet.registry())
+        if parts.live is not None:
+            parts.live.start()
+        stop = asyncio.Event()
+        if parts.live is not None:
+            loop.add_signal_handler(signal.SIGHUP, parts.live.reload)
+        elif parts.cold is not None:
+            loop.add_signal_handler(signal.SIGHUP, parts.cold.reload)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        shown = f"[{host}]" if ":" in host else host
+        typer.echo(f"egressguard: listening on {shown}:{fleet.config['port']} (HTTP proxy, "
+                   f"CONNECT; {len(fleet.slots)} workers, pids "
+                   f"{' '.join(map(str, fleet.pids))})")
+        if tls_reserved is not None:
+            typer.echo(f"egressguard: listening on {mtls[0]}:{fleet.config['mtls'][1]} (TLS "
+                       "proxy, client certificates)")
+        if api is not None:
+            announce_api(api, tls)
+        assert parts.holder is not None
+        active = parts.holder.active
+        typer.echo(f"egressguard: policy {active.source} version {active.version}"
+                   f"{' (report-only)' if fleet.config['report_only'] else ''}")
+        typer.echo(f"egressguard: audit log {'on' if parts.audit_log else 'off'}"
+                   + (f" ({parts.store.url.render_as_string(hide_password=True)})"
+                      if parts.audit_log and parts.store else ""))
+        await stop.wait()
+        typer.echo("egressguard: shutting down", err=True)
+        if parts.live is not None and parts.live.watcher is not None:
+            parts.live.watcher.stop()  # no reload while open requests finish
+    finally:
+        if tls_reserved is not None:
+            tls_reserved.close()
+        limits = fleet.config["limits"]
+        await asyncio.to_thread(fleet.stop, limits.shutdown_deadline
+                                + limits.audit_timeout + 5)
+        reserved.close()
+        if api is not None:
+            await asyncio.to_thread(api.stop)
 
 
 def _nameserver(text: str) -> tuple[str, int]:
@@ -666,7 +813,8 @@ def _bind(host: str, port: int, option: str = "--api-listen (or --no-api)"
 
 def _start_api(parts: _Parts, address: tuple[str, int] | None,
                allow_cidrs: list[str] | None, max_body: int, *,
-               report_only: bool = False, tls: ApiTLS | None = None) -> ApiThread | None:
+               report_only: bool = False, tls: ApiTLS | None = None,
+               registry: Any = None) -> ApiThread | None:
     """Start the REST API in its own thread (the store and holder are shared)."""
     if address is None or parts.store is None:
         return None
@@ -690,6 +838,8 @@ def _start_api(parts: _Parts, address: tuple[str, int] | None,
     if parts.audit_log is not None:
         app.state.audit = parts.audit_log
     app.state.gateway_report_only = report_only  # the dashboard shows "Report-only: yes"
+    if registry is not None:  # `--workers N`: every worker's metrics too
+        app.state.registry = registry
     api = ApiThread(app, _bind(*address), tls)
     try:
         api.start()

@@ -547,7 +547,11 @@ def create_app(store: Store, holder_registry: Mapping[str, SnapshotHolder] | Non
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        # `serve --workers N` sets `app.state.registry`: this process's metrics and
+        # every worker's (Prometheus multiprocess mode), merged.
+        registry = getattr(app.state, "registry", None)
+        body = generate_latest(registry) if registry is not None else generate_latest()
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(_clusters_router(book, snapshots, app.state.cluster))
     app.include_router(_tokens_router(store))

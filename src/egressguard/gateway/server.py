@@ -75,20 +75,27 @@ class Gateway:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 3128) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 3128, *,
+                    reuse_port: bool = False) -> None:
+        """Listen on `host:port`; `reuse_port` (SO_REUSEPORT) lets the workers of one
+        `serve --workers N` share the port, the kernel spreading connections over them."""
         self.loop = asyncio.get_running_loop()
         self._server = await self.loop.create_server(
-            lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True)
+            lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True,
+            reuse_port=reuse_port or None)
         self._unsubscribe = self.holder.subscribe(self._swapped)
         if self.identities is not None:
             self._unsubscribe_identities = self.identities.subscribe(self._identities_swapped)
         self._sweeper = self.loop.create_task(self._sweep())
 
-    async def start_tls(self, host: str, port: int, context: ssl.SSLContext) -> None:
-        """Also listen for TLS connections (mTLS: `gateway/mtls.py`); after `start`."""
+    async def start_tls(self, host: str, port: int, context: ssl.SSLContext, *,
+                        reuse_port: bool = False) -> None:
+        """Also listen for TLS connections (mTLS: `gateway/mtls.py`); after `start`.
+        `reuse_port` as for `start` (the workers of `serve --workers N`)."""
         self._tls_server = await self.loop.create_server(
             lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True,
-            ssl=context, ssl_handshake_timeout=self.limits.header_timeout)
+            reuse_port=reuse_port or None, ssl=context,
+            ssl_handshake_timeout=self.limits.header_timeout)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

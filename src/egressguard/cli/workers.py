@@ -1,0 +1,277 @@
+"""`serve --workers N`: N gateway processes on one port, the host's singletons in the parent.
+
+Why processes: one event loop is one core; the kernel spreads the connections of a
+SO_REUSEPORT port over the workers' listeners. What must stay one per host stays in the
+parent (`serve` itself): the policy source (file watcher or store feed, SIGHUP), the audit
+writer, the REST API, the fleet's singleton jobs and the cluster key's watch.
+
+* Policy: the parent's holder is the one source; every swap is sent to every worker
+  (`("policy", ...)`), which compiles it into its own holder: one policy in force through
+  one checkpoint per process, and each worker reports the version it put in force.
+* Audit: workers ship their events to the parent (`worker.RelaySink`), which emits them
+  into its audit sink; a refusal is acknowledged only once the audit log made it durable.
+* Key suspension: `Workers` is a `Suspendable` point, relayed to every worker (and
+  remembered for workers started later).
+* A worker that dies is restarted (with a backoff); a worker whose parent dies fails
+  closed (`worker.py`).
+* Metrics: workers write Prometheus multiprocess files to a per-run directory; the API's
+  `/metrics` serves the parent's registry merged with every worker's (`registry`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.metrics_core import Metric
+
+from egressguard.cli.workerwire import Wire, event_of
+from egressguard.enforce.events import EventSink
+from egressguard.engine.holder import Active, SnapshotHolder
+from egressguard.errors import EgressguardError
+
+log = logging.getLogger("egressguard.gateway")
+_BACKOFF_MAX = 5.0
+
+
+def cores() -> int:
+    """The cores this process may run on (the default `--workers`)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class WorkerFailed(EgressguardError):
+    """A worker could not start (its one-line reason), e.g. the port is taken."""
+
+
+class Workers:
+    """Start, feed, restart and stop the worker processes."""
+
+    def __init__(self, count: int, config: dict[str, Any], holder: SnapshotHolder,
+                 sink: EventSink | None, flush: Any = None) -> None:
+        """`config`: what every worker's gateway is built from (see `worker.Worker`);
+        `sink`: the parent's audit sink (None with --no-audit); `flush(timeout)`:
+        returns once everything emitted into `sink` is durable (raises if it cannot)."""
+        self.config = config
+        self.holder = holder
+        self.sink = sink
+        self.flush = flush
+        self.suspended: str | None = None
+        self.stopping = False
+        self.metrics_dir = tempfile.mkdtemp(prefix="egressguard-metrics-")
+        self.slots = [_Slot(self, i) for i in range(count)]
+        self._unsubscribe = holder.subscribe(self._swapped)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every worker and wait until each listens; `WorkerFailed` if one cannot."""
+        for slot in self.slots:
+            slot.thread.start()
+        for slot in self.slots:
+            if not slot.started.wait(timeout):
+                raise WorkerFailed(f"worker {slot.index} did not start within {timeout:g} s")
+            if slot.failure is not None:
+                raise WorkerFailed(slot.failure)
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM every worker (each drains its connections and ships its last events),
+        wait up to `timeout` seconds, then kill what is left."""
+        self.stopping = True
+        self._unsubscribe()
+        for slot in self.slots:
+            slot.signal(signal.SIGTERM)
+        end = time.monotonic() + timeout
+        for slot in self.slots:
+            if slot.thread.is_alive():
+                slot.thread.join(max(0.0, end - time.monotonic()))
+            if slot.thread.is_alive():
+                log.error("worker %s did not stop within %g s; killing it", slot.pid,
+                          timeout)
+                slot.signal(signal.SIGKILL)
+                slot.thread.join(5)
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    @property
+    def pids(self) -> list[int]:
+        return [slot.pid for slot in self.slots if slot.pid]
+
+    @property
+    def versions(self) -> dict[int, str]:
+        """The policy version each live worker reported in force, by pid."""
+        return {slot.pid: slot.version for slot in self.slots if slot.pid}
+
+    # -- what the parent relays --------------------------------------------------------
+
+    def _swapped(self, active: Active) -> None:
+        for slot in self.slots:
+            slot.send("policy", *_policy_of(active))
+
+    def suspend(self, reason: str) -> None:
+        self.suspended = reason or "suspended"
+        for slot in self.slots:
+            slot.send("suspend", self.suspended)
+
+    def resume(self) -> None:
+        self.suspended = None
+        for slot in self.slots:
+            slot.send("resume")
+
+    def registry(self) -> CollectorRegistry:
+        """This process's metrics merged with every worker's, for the API's `/metrics`."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Merged(self.metrics_dir))
+        return registry
+
+
+def _policy_of(active: Active) -> tuple[Any, str, str]:
+    return active.snapshot.policy, active.version, active.source
+
+
+class _Slot:
+    """One worker's place: its thread spawns the process, relays its messages until it
+    ends, and spawns it again unless the fleet is stopping."""
+
+    def __init__(self, fleet: Workers, index: int) -> None:
+        self.fleet = fleet
+        self.index = index
+        self.pid = 0
+        self.version = ""
+        self.failure: str | None = None
+        self.started = threading.Event()
+        self._lock = threading.Lock()
+        self._wire: Wire | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        # The process is spawned by this thread, which lives as long as the slot:
+        # PR_SET_PDEATHSIG fires when the spawning thread ends.
+        self.thread = threading.Thread(target=self._run, name=f"worker-{index}",
+                                       daemon=True)
+
+    def send(self, *message: Any) -> None:
+        with self._lock:
+            if self._wire is not None:
+                self._wire.send(*message)
+
+    def signal(self, sig: int) -> None:
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.send_signal(sig)
+
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], Wire]:
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "egressguard.cli.worker", str(theirs.fileno()),
+                 str(os.getpid())],
+                pass_fds=[theirs.fileno()], process_group=0,
+                env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.fleet.metrics_dir})
+        finally:
+            theirs.close()
+        wire = Wire(ours)
+        with self._lock:  # under the lock: no swap is sent before the hello
+            config = {**self.fleet.config, "policy": _policy_of(self.fleet.holder.active),
+                      "suspended": self.fleet.suspended}
+            wire.send("hello", config)
+            self._wire, self._proc, self.pid = wire, proc, proc.pid
+            if self.fleet.stopping:  # `stop` came while this one was being spawned
+                proc.send_signal(signal.SIGTERM)
+        return proc, wire
+
+    def _run(self) -> None:
+        backoff = 0.25
+        while not self.fleet.stopping:
+            began = time.monotonic()
+            proc, wire = self._spawn()
+            self._relay(wire)
+            with self._lock:
+                self._wire = None
+            code = proc.wait()
+            wire.close()
+            _mark_dead(proc.pid, self.fleet.metrics_dir)
+            if not self.started.is_set():  # never listened: a start-up failure
+                self.failure = self.failure or f"worker exited with status {code} at start"
+                self.started.set()
+                return
+            if self.fleet.stopping:
+                return
+            if time.monotonic() - began > 30:  # it ran a while: not a crash loop
+                backoff = 0.25
+            log.error("gateway worker %d exited (status %s); starting another in %g s",
+                      proc.pid, code, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _relay(self, wire: Wire) -> None:
+        fleet = self.fleet
+        while (message := wire.receive()) is not None:
+            kind = message[0]
+            if kind == "events":
+                _, last, urgent, raws = message
+                if fleet.sink is not None:
+                    try:
+                        for raw in raws:
+                            fleet.sink.emit(event_of(raw))
+                    except Exception:  # as the checkpoint does: logged, never fatal
+                        log.exception("audit: events of worker %d not recorded", self.pid)
+                        continue          # and not acknowledged: the refusal fails closed
+                if urgent and self._durable():
+                    wire.send("ack", last)
+            elif kind == "active":
+                self.version = message[1]
+                log.info("gateway worker %d: policy %s in force", self.pid, message[1])
+            elif kind == "ready":
+                self.started.set()
+            elif kind == "failed":
+                self.failure = message[1]
+
+    def _durable(self) -> bool:
+        if self.fleet.flush is None:
+            return True
+        try:
+            self.fleet.flush(self.fleet.config["limits"].audit_timeout)
+        except Exception as exc:  # not acknowledged: the worker refuses anyway
+            log.error("audit log: worker %d's records not durable: %s", self.pid, exc)
+            return False
+        return True
+
+
+def _mark_dead(pid: int, path: str) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, path)
+
+
+class _Merged:
+    """The parent's own metrics (policy feed, audit writer) and the workers' (gateway),
+    one family per name: where both report a series, the workers' is the real one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        theirs = {f.name: f for f in MultiProcessCollector(None, self.path).collect()}
+        for family in REGISTRY.collect():
+            merged = theirs.pop(family.name, None)
+            if merged is None:
+                yield family
+                continue
+            seen = {(s.name, tuple(sorted(s.labels.items()))) for s in merged.samples}
+            merged.samples += [s for s in family.samples
+                               if (s.name, tuple(sorted(s.labels.items()))) not in seen]
+            yield merged
+        yield from theirs.values()

@@ -1,0 +1,301 @@
+"""`egressguard serve --workers N`: gateway processes on one SO_REUSEPORT port, fed and
+audited by the one parent. Which worker took a connection is read from /proc (the
+accepted socket's inode among the worker's fds), so each test knows both served."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import Server, start_http
+
+pytestmark = pytest.mark.timeout(180)
+EGRESSGUARD = str(Path(sys.executable).parent / "egressguard")
+ALLOW_LOOPBACK = """\
+restrict_outbound_network_access: Enabled
+network_rule_collections:
+  - name: lo
+    priority: 100
+    rules:
+      - {name: lo, destinations: [127.0.0.1/32], protocols: [TCP],
+         match_resolved_names: true}
+"""
+DENY_ALL = "restrict_outbound_network_access: Enabled\n"
+
+
+@pytest.fixture
+def upstream() -> Iterator[Server]:
+    server = start_http()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[str]
+    port: int
+    pids: list[int]
+    api: str
+    log_path: Path
+    home: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_log(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            found = re.search(pattern, self.log())
+            if found:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"{pattern!r} not in the log:\n{self.log()}")
+
+
+@contextlib.contextmanager
+def serving(tmp: Path, policy: Path, *extra: str) -> Iterator[Served]:
+    home = tmp / "home"
+    log_path = tmp / "serve.log"
+    with open(log_path, "w") as err:
+        proc = subprocess.Popen(
+            [EGRESSGUARD, "serve", "--policy", str(policy), "--listen", "127.0.0.1:0",
+             "--workers", "2", "--no-system-resolver", *extra],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "EGRESSGUARD_HOME": str(home)})
+    assert proc.stdout is not None
+    try:
+        lines = []
+        while not lines or not lines[-1].startswith("egressguard: audit log"):
+            line = proc.stdout.readline()
+            assert line, f"serve ended: {log_path.read_text()}"
+            lines.append(line)
+        found = re.search(r"listening on 127\.0\.0\.1:(\d+) .*pids ([\d ]+)\)", lines[0])
+        assert found, lines
+        api = next((m.group(1) for line in lines
+                    if (m := re.search(r"REST API on (\S+)", line))), "")
+        yield Served(proc, int(found.group(1)), [int(p) for p in found.group(2).split()],
+                     api, log_path, home)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+
+
+def owner(conn: http.client.HTTPConnection, proxy_port: int, pids: list[int]) -> int:
+    """The worker holding the accepted end of `conn` (read from /proc)."""
+    assert conn.sock is not None
+    client_port = conn.sock.getsockname()[1]
+    inode = ""
+    with open("/proc/net/tcp") as table:
+        for row in table.readlines()[1:]:
+            fields = row.split()
+            local, remote = fields[1], fields[2]
+            if local.endswith(f":{proxy_port:04X}") and remote.endswith(f":{client_port:04X}"):
+                inode = fields[9]
+    assert inode, "no accepted socket for the connection"
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                        return pid
+    raise AssertionError(f"no worker of {pids} holds socket {inode}")
+
+
+def get(conn: http.client.HTTPConnection, url: str) -> int:
+    conn.request("GET", url)
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def spread(served: Served, url_of: object, tries: int = 60
+           ) -> dict[int, list[tuple[str, int]]]:
+    """Open keep-alive connections until every worker took some: {pid: [(url, status)]}.
+    `url_of(i)` names the i-th request's URL."""
+    assert callable(url_of)
+    taken: dict[int, list[tuple[str, int]]] = {}
+    conns = []
+    try:
+        for i in range(tries):
+            conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+            conns.append(conn)
+            url = url_of(i)
+            status = get(conn, url)
+            taken.setdefault(owner(conn, served.port, served.pids), []).append((url, status))
+            if len(taken) == len(served.pids) and i >= 7:
+                break
+    finally:
+        for conn in conns:
+            conn.close()
+    return taken
+
+
+def test_two_workers_share_one_port_and_both_take_connections(
+        tmp_path: Path, upstream: Server) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_LOOPBACK)
+    with serving(tmp_path, policy, "--no-api", "--no-audit") as served:
+        assert len(set(served.pids)) == 2
+        taken = spread(served, lambda i: f"http://127.0.0.1:{upstream.port}/{i}")
+        assert set(taken) == set(served.pids), taken
+        assert all(status == 200 for got in taken.values() for _, status in got)
+        for pid in served.pids:
+            served.wait_log(rf"gateway worker {pid}: policy \w+ in force")
+    assert served.proc.returncode == 0
+
+
+def test_sighup_puts_the_new_policy_in_force_in_every_worker(
+        tmp_path: Path, upstream: Server) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_LOOPBACK)
+    with serving(tmp_path, policy, "--no-api", "--no-audit") as served:
+        url = f"http://127.0.0.1:{upstream.port}/"
+        assert {s for got in spread(served, lambda i: url).values() for _, s in got} == {200}
+        # Same size and mtime second as far as a watcher could tell: only SIGHUP says.
+        policy.write_text(DENY_ALL)
+        new = __import__("hashlib").sha256(DENY_ALL.encode()).hexdigest()[:12]
+        served.proc.send_signal(signal.SIGHUP)
+        for pid in served.pids:
+            served.wait_log(rf"gateway worker {pid}: policy {new} in force")
+        taken = spread(served, lambda i: url)
+        assert set(taken) == set(served.pids)
+        assert {status for got in taken.values() for _, status in got} == {403}, taken
+
+
+def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(
+        tmp_path: Path, upstream: Server) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_LOOPBACK)
+    with serving(tmp_path, policy, "--no-api", "--no-audit") as served:
+        victim, survivor = served.pids
+        os.kill(victim, signal.SIGKILL)
+        # Once it is gone (the parent logs its exit) its listener has left the port's
+        # group; a connection queued on it in its last instant is reset (SO_REUSEPORT).
+        served.wait_log(rf"gateway worker {victim} exited \(status -9\)")
+        url = f"http://127.0.0.1:{upstream.port}/"
+        statuses = []
+        end = time.monotonic() + 1.0   # while the parent restarts it, the other serves
+        while time.monotonic() < end:
+            conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+            statuses.append(get(conn, url))
+            conn.close()
+        assert set(statuses) == {200}, statuses
+        replacement = 0
+        end = time.monotonic() + 30
+        while not replacement and time.monotonic() < end:
+            after = served.log().split(f"gateway worker {victim} exited")[1]
+            started = re.findall(r"gateway worker (\d+): policy \w+ in force", after)
+            replacement = int(started[0]) if started else 0
+            time.sleep(0.1)
+        assert replacement not in (0, victim, survivor), served.log()
+        served.pids = [survivor, replacement]
+        taken = spread(served, lambda i: url)
+        assert set(taken) == {survivor, replacement}
+
+
+def test_metrics_endpoint_adds_up_every_worker(tmp_path: Path, upstream: Server) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_LOOPBACK)
+    with serving(tmp_path, policy, "--api-listen", "127.0.0.1:0", "--no-audit") as served:
+        taken = spread(served, lambda i: f"http://127.0.0.1:{upstream.port}/{i}")
+        assert set(taken) == set(served.pids)
+        total = sum(len(got) for got in taken.values())
+        text = httpx.get(f"{served.api}/metrics", timeout=10).text
+        allowed = re.search(r'egressguard_decisions_total\{[^}]*permitted="true"'
+                            r'[^}]*verdict="allow"\} (\S+)', text)
+        assert allowed, text
+        assert float(allowed.group(1)) == total
+        assert text.count("# TYPE egressguard_decisions_total counter") == 1
+        # The parent's own metrics (the audit writer's, the policy feed's) are there too.
+        assert "egressguard_audit_pending" in text
+
+
+def test_audit_log_receives_decisions_from_both_workers(
+        tmp_path: Path, upstream: Server) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_LOOPBACK)
+    with serving(tmp_path, policy, "--no-api") as served:
+        taken = spread(served, lambda i: f"http://denied-{i}.test/")
+        assert set(taken) == set(served.pids)
+        assert {status for got in taken.values() for _, status in got} == {403}
+    assert served.proc.returncode == 0
+    with contextlib.closing(sqlite3.connect(served.home / "egressguard.db")) as db:
+        hosts = {row[0] for row in db.execute(
+            "SELECT host FROM audit_events WHERE verdict = 'deny' AND permitted = 0")}
+    for pid, got in taken.items():
+        served_hosts = {url.split("/")[2] for url, _ in got}
+        assert served_hosts <= hosts, (pid, served_hosts - hosts)
+
+
+def test_sigterm_lets_every_worker_finish_its_open_request(
+        tmp_path: Path, upstream: Server) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_LOOPBACK)
+    with serving(tmp_path, policy, "--no-api", "--no-audit") as served:
+        conns = {}
+        for _ in range(60):
+            conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=20)
+            get(conn, f"http://127.0.0.1:{upstream.port}/")
+            pid = owner(conn, served.port, served.pids)
+            if pid in conns:
+                conn.close()
+            else:
+                conns[pid] = conn
+            if len(conns) == 2:
+                break
+        assert set(conns) == set(served.pids)
+        for conn in conns.values():  # /stream takes about a second to answer in full
+            conn.request("GET", f"http://127.0.0.1:{upstream.port}/stream")
+        time.sleep(0.2)
+        served.proc.send_signal(signal.SIGTERM)
+        for conn in conns.values():
+            response = conn.getresponse()
+            assert response.status == 200
+            assert response.read().count(b"part") == 3
+        assert served.proc.wait(60) == 0
+        for pid in served.pids:
+            assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+        with socket.socket() as probe, pytest.raises(OSError):
+            probe.connect(("127.0.0.1", served.port))
+
+
+def test_workers_fail_closed_when_the_parent_dies(tmp_path: Path, upstream: Server) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_LOOPBACK)
+    with serving(tmp_path, policy, "--no-api") as served:
+        served.proc.kill()
+        served.proc.wait(10)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(Path(f"/proc/{p}").exists()
+                                             and not _zombie(p) for p in served.pids):
+            time.sleep(0.05)
+        assert not any(Path(f"/proc/{p}").exists() and not _zombie(p)
+                       for p in served.pids)
+        with socket.socket() as probe, pytest.raises(OSError):
+            probe.connect(("127.0.0.1", served.port))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
