@@ -52,6 +52,7 @@ class Served:
     api: str
     log_path: Path
     home: Path
+    lines: tuple[str, ...] = ()  # what serve printed up to its audit log line
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -88,7 +89,7 @@ def serving(tmp: Path, policy: Path, *extra: str) -> Iterator[Served]:
         api = next((m.group(1) for line in lines
                     if (m := re.search(r"REST API on (\S+)", line))), "")
         yield Served(proc, int(found.group(1)), [int(p) for p in found.group(2).split()],
-                     api, log_path, home)
+                     api, log_path, home, tuple(lines))
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -299,3 +300,50 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
     except (OSError, IndexError):
         return True
+
+
+def test_every_worker_joins_the_mtls_port_and_maps_client_certificates(
+        tmp_path: Path, upstream: Server) -> None:
+    # The identity options reach the workers: the TLS listener is one shared port, and a
+    # SPIFFE ID in a client certificate is the identity a rule is scoped to, in each.
+    import ssl
+
+    import trustme
+
+    from tests.gateway.test_mtls import POLICY as MTLS_POLICY
+    from tests.gateway.test_mtls import client_cert
+
+    ca = trustme.CA()
+    server = ca.issue_cert("proxy.test", "127.0.0.1")
+    cert, key, cafile = tmp_path / "proxy.pem", tmp_path / "proxy.key", tmp_path / "ca.pem"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(cafile))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(MTLS_POLICY)
+    web = client_cert(ca, tmp_path, "web", uri="spiffe://prod.example/ns/shop/sa/web")
+    other = client_cert(ca, tmp_path, "batch", uri="spiffe://prod.example/ns/shop/sa/batch")
+    with serving(tmp_path, policy, "--no-api", "--no-audit", "--resolve", "up.test=127.0.0.1",
+                 "--tls-listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
+                 "--client-ca", str(cafile)) as served:
+        announced = [m for line in served.lines
+                     if (m := re.search(r"listening on 127\.0\.0\.1:(\d+) \(TLS proxy", line))]
+        assert announced, served.lines
+        tls_port = int(announced[0].group(1))
+
+        def status(identity: Path) -> int:
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            context.load_cert_chain(identity)
+            with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw, \
+                    context.wrap_socket(raw, server_hostname="proxy.test") as sock:
+                target = f"up.test:{upstream.port}"
+                sock.sendall(f"GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\n"
+                             "Connection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            return int(data.split(b" ", 2)[1])
+
+        assert [status(web) for _ in range(6)] == [200] * 6
+        assert status(other) == 403
