@@ -136,15 +136,28 @@ def record_two_identities(env: Env) -> None:
     env.log.flush()
 
 
-def test_decisions_and_bytes_are_shown_per_identity(env: Env) -> None:
-    record_two_identities(env)
-    rows = overview(env, "auditor").rows["identities"]
+def test_decisions_and_bytes_are_shown_per_identity(store_env: Env) -> None:
+    record_two_identities(store_env)
+    rows = overview(store_env, "auditor").rows["identities"]
     assert rows[0] == ["Identity", "Allowed", "Denied", "Would deny", "Bytes up",
                        "Bytes down", "Connections"]
     assert rows[1:] == [
         ["(anonymous)", "10", "5", "1", "10,002,048", "902,000", "3"],
         ["billing", "3", "1", "0", "1,234", "50,007", "2"],
         ["batch-job", "1", "0", "2", "300", "4,000", "1"]]
+
+
+def test_a_busy_window_counts_only_its_newest_records_and_says_so(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sealed identity is opened in Python, so the panel is bounded by rows."""
+    from egressguard.web import data
+
+    record_two_identities(env)
+    monkeypatch.setattr(data, "IDENTITY_ROWS", 5)
+    page = overview(env, "auditor")
+    counted = sum(int(n) for r in page.rows["identities"][1:] for n in r[1:4])
+    assert 0 < counted <= 5
+    assert "Only the newest records of this window are counted" in page.text["identities"]
 
 
 def test_the_identity_panel_and_filter_are_for_auditors_only(env: Env) -> None:

@@ -110,12 +110,13 @@ _IDENTITY_PHASES = ("decision", "close", "exchange")
 
 
 def by_identity(engine: Engine, sealer: Reader, cluster: str, since: float,
-                rows: int = IDENTITY_ROWS, limit: int = 25
+                rows: int | None = None, limit: int = 25
                 ) -> tuple[list[IdentityTraffic], bool]:
     """Decisions by outcome and bytes per identity since `since`, busiest first, and
     whether the window held more than `rows` records (then only the newest `rows` count).
     The identity is sealed, so the database cannot group by it: the newest `rows`
     records are opened and summed here."""
+    rows = IDENTITY_ROWS if rows is None else rows
     c = events.c
     stmt = (event_rows().where(*Filter(since=since, cluster=cluster).where(),
                                c.phase.in_(_IDENTITY_PHASES))
