@@ -281,9 +281,13 @@ def test_operator_sees_a_denial_live_proposes_an_allow_and_logs_out(
             log_in(audit_page, gw.api, auditor)
             rows = audit_page.locator("#live-body tr", has_text="up.test")
             rows.first.wait_for(timeout=15000)
-            seen = {(r[3], r[6]) for r in (
+            seen = {(r[3], r[6], r[7]) for r in (
                 rows.nth(i).locator("td").all_inner_texts() for i in range(rows.count()))}
-            assert {("deny", "1"), ("allow", "2")} <= seen, seen
+            assert {("deny", "(anonymous)", "1"), ("allow", "(anonymous)", "2")} <= seen, seen
+            # ... and who made them: the curl calls carry no identity.
+            who = audit_page.locator("#identities tbody tr").first.locator("td"
+                                                                             ).all_inner_texts()
+            assert who[0] == "(anonymous)" and int(who[1]) >= 1 and int(who[2]) >= 1, who
             assert "Propose allow" not in audit_page.content()
             audit_page.wait_for_selector("#chart-decisions canvas", timeout=15000)
             audit_page.screenshot(path=str(shots / "6-auditor.png"), full_page=True)

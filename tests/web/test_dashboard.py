@@ -11,13 +11,13 @@ from egressguard.analysis import analyze
 from egressguard.audit.query import outcome_of
 from egressguard.catalog import references
 from egressguard.web.html import SCRIPTS
-from tests.web.conftest import HOSTILE, Env, Sections
+from tests.web.conftest import HOSTILE, Env, Sections, event
 
 pytestmark = pytest.mark.timeout(60)
 
 POLICY_PANELS = ("policy", "findings", "history")
 DECISION_PANELS = ("decisions", "live", "denied")
-AUDIT_PANELS = ("exfiltration", "denials")
+AUDIT_PANELS = ("exfiltration", "identities", "denials")
 
 
 def overview(env: Env, role: str, **params: str) -> Sections:
@@ -107,7 +107,87 @@ def test_panels_follow_the_role(env: Env, role: str, policy: bool, decisions: bo
     for ident in AUDIT_PANELS:
         assert (ident in page.rows) is audit, ident
     refused = page.source.count("Not permitted: role")
-    assert refused == 3 * (not policy) + (not decisions) + 2 * (not audit)
+    assert refused == 3 * (not policy) + (not decisions) + 3 * (not audit)
+
+
+def record_two_identities(env: Env) -> None:
+    """billing: 3 allowed, 1 denied, 2 closed connections; batch-job: 1 allowed, 2 would
+    have been denied, 1 short exchange (decision and close in one record); one of each
+    outside the window, and one in another cluster."""
+    t = env.now - 15
+    for i in range(3):
+        env.log.emit(event(time=t - i, host="pay.example.com", client_identity="billing"))
+    env.log.emit(event(time=t, host="x.evil.net", verdict="deny", permitted=False,
+                       layer="default", rule="default:deny", client_identity="billing"))
+    for i, (up, down) in enumerate(((1_000, 50_000), (234, 7))):
+        env.log.emit(event(time=t, phase="close", host="pay.example.com", bytes_up=up,
+                           bytes_down=down, connection_id=f"bill{i}",
+                           client_identity="billing"))
+    env.log.emit(event(time=t, phase="exchange", host="api.example.com", bytes_up=300,
+                       bytes_down=4_000, connection_id="job0", client_identity="batch-job"))
+    for _ in range(2):
+        env.log.emit(event(time=t, host="y.evil.net", verdict="deny", permitted=True,
+                           layer="default", rule="default:deny",
+                           client_identity="batch-job"))
+    env.log.emit(event(time=env.now - 7200, host="old.example.com",
+                       client_identity="billing"))
+    env.log.emit(event(time=t, cluster="other", host="o.example.com",
+                       client_identity="batch-job"))
+    env.log.flush()
+
+
+def test_decisions_and_bytes_are_shown_per_identity(store_env: Env) -> None:
+    record_two_identities(store_env)
+    rows = overview(store_env, "auditor").rows["identities"]
+    assert rows[0] == ["Identity", "Allowed", "Denied", "Would deny", "Bytes up",
+                       "Bytes down", "Connections"]
+    assert rows[1:] == [
+        ["(anonymous)", "10", "5", "1", "10,002,048", "902,000", "3"],
+        ["billing", "3", "1", "0", "1,234", "50,007", "2"],
+        ["batch-job", "1", "0", "2", "300", "4,000", "1"]]
+
+
+def test_a_busy_window_counts_only_its_newest_records_and_says_so(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sealed identity is opened in Python, so the panel is bounded by rows."""
+    from egressguard.web import data
+
+    record_two_identities(env)
+    monkeypatch.setattr(data, "IDENTITY_ROWS", 5)
+    page = overview(env, "auditor")
+    counted = sum(int(n) for r in page.rows["identities"][1:] for n in r[1:4])
+    assert 0 < counted <= 5
+    assert "Only the newest records of this window are counted" in page.text["identities"]
+
+
+def test_the_identity_panel_and_filter_are_for_auditors_only(env: Env) -> None:
+    """The identity is sealed: an operator sees decisions but neither who made them nor
+    a filter that would reveal it."""
+    record_two_identities(env)
+    page = overview(env, "operator")
+    assert "identities" not in page.rows and "billing" not in page.source
+    assert 'name="identity"' not in page.source
+    refused = env.client.get("/dashboard", params={"identity": "billing"},
+                             headers=env.headers("operator"))
+    assert refused.status_code == 403
+    live = env.client.get("/dashboard/live", params={"identity": "billing"},
+                          headers=env.headers("operator"))
+    assert live.status_code == 403
+
+
+def test_the_live_list_shows_and_filters_by_identity(env: Env) -> None:
+    record_two_identities(env)
+    rows = overview(env, "admin", identity="billing").rows["live"][1:]
+    assert len(rows) == 4
+    assert {r[6] for r in rows} == {"billing"}
+    assert sorted(r[3] for r in rows) == ["allow", "allow", "allow", "deny"]
+    anonymous = overview(env, "admin", identity="(anonymous)").rows["live"][1:]
+    assert anonymous and {r[6] for r in anonymous} == {"(anonymous)"}
+    everyone = overview(env, "auditor").rows["live"][1:]
+    assert {"billing", "batch-job", "(anonymous)"} <= {r[6] for r in everyone}
+    bad = env.client.get("/dashboard", params={"identity": "<b>x"},
+                         headers=env.headers("admin"))
+    assert bad.status_code == 400 and "invalid identity filter" in bad.text
 
 
 def test_auditor_cannot_read_a_version(env: Env) -> None:

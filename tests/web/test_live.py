@@ -79,6 +79,24 @@ def test_operators_see_decisions_but_not_versions_or_sealed_reasons(env: Env) ->
     assert any(d["reason"] == "x0.evil.net not allowed" for d in auditor)
 
 
+def test_an_identity_filter_streams_only_that_identitys_decisions(env: Env) -> None:
+    """The identity is sealed, so it is matched after opening; the records of others are
+    skipped and the stream still moves on to the ones after them."""
+    timers = [emit_later(env, 0.2, host="a.example.com", client_identity="billing"),
+              emit_later(env, 0.3, host="b.example.com", client_identity="batch-job"),
+              emit_later(env, 0.4, host="c.example.com", client_identity="billing")]
+    got = decisions(stream(env, "auditor", params={"identity": "billing"}).text)
+    for t in timers:
+        t.join()
+    assert [(d["host"], d["client_identity"]) for d in got] == [
+        ("a.example.com", "billing"), ("c.example.com", "billing")]
+    old = decisions(stream(env, "admin", SHORT, params={"identity": "(anonymous)"},
+                           headers={"Last-Event-ID": "0"}).text)
+    assert len(old) == 17 and {d["client_identity"] for d in old} == {""}
+    assert "client_identity" not in decisions(
+        stream(env, "operator", SHORT, headers={"Last-Event-ID": "0"}).text)[0]
+
+
 @pytest.mark.parametrize("role", ["viewer"])
 def test_roles_without_decisions_and_strangers_get_no_stream(env: Env, role: str) -> None:
     assert stream(env, role).status_code == 403

@@ -89,4 +89,7 @@ def test_the_live_table_shows_versions_to_auditors_only(env: Env) -> None:
     assert "Policy version" in auditor.rows["live"][0]
     assert "Policy version" not in operator.rows["live"][0]
     assert "Reason" not in operator.rows["live"][0]
-    assert len(auditor.rows["live"]) == 1 + 17 and auditor.rows["live"][1][6] == "2"
+    assert "Identity" in auditor.rows["live"][0]
+    assert "Identity" not in operator.rows["live"][0]  # sealed, like the reason
+    assert len(auditor.rows["live"]) == 1 + 17 and auditor.rows["live"][1][6:8] == [
+        "(anonymous)", "2"]

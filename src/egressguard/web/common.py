@@ -17,11 +17,13 @@ from egressguard.control.auth import Principal, Refusal, outcome
 from egressguard.control.inforce import PolicyBook
 from egressguard.store import Store
 from egressguard.web import session, views
+from egressguard.web.data import ANONYMOUS
 
 CLUSTER = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 READ_AUDIT = ("auditor",)
 READ_DECISIONS = ("operator", "auditor")  # operators see decisions, auditors all the log
 DEST = re.compile(r"[A-Za-z0-9*?._-]{1,253}")
+IDENTITY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # as identity names are
 MIN_WINDOW, MAX_WINDOW = 60.0, 31 * 86400.0
 MAX_FORM = 8192
 HEADERS = {
@@ -85,9 +87,11 @@ class View:
     seconds: float
     outcome: str | None
     dest: str | None
+    identity: str | None = None     # "" = anonymous callers
 
 
-def view_params(cluster: str, window: str, outcome: str, dest: str) -> View | str:
+def view_params(cluster: str, window: str, outcome: str, dest: str, identity: str = ""
+                ) -> View | str:
     """The page's parameters, or the message saying what is wrong with them."""
     if not CLUSTER.fullmatch(cluster):
         return f"invalid cluster name {cluster!r}"
@@ -101,13 +105,18 @@ def view_params(cluster: str, window: str, outcome: str, dest: str) -> View | st
         return f"invalid outcome {outcome!r}: expected allow, deny or would-deny"
     if dest and not DEST.fullmatch(dest):
         return f"invalid destination filter {dest!r}: a host name or glob such as *.example.com"
-    return View(cluster, window, seconds, outcome or None, dest.lower() or None)
+    if identity and identity != ANONYMOUS and not IDENTITY.fullmatch(identity):
+        return (f"invalid identity filter {identity!r}: an identity name or "
+                f"{ANONYMOUS}")
+    who = "" if identity == ANONYMOUS else identity or None
+    return View(cluster, window, seconds, outcome or None, dest.lower() or None, who)
 
 
 Cluster = Annotated[str, Query(max_length=100)]
 Window = Annotated[str, Query(max_length=20)]
 Outcome = Annotated[str, Query(max_length=20)]
 Dest = Annotated[str, Query(max_length=260)]
+Identity = Annotated[str, Query(max_length=130)]
 
 
 def reader(request: Request) -> tuple[Engine, Reader]:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, Integer, cast, func, select
 
 from egressguard.analysis import Report, analyze
-from egressguard.audit.query import Filter, Reader, event_rows, outcome_of, to_record
+from egressguard.audit.query import Filter, Reader, event_rows, outcome_of, query, to_record
 from egressguard.audit.schema import events
 from egressguard.control.inforce import PolicyBook
 from egressguard.store import Version
@@ -89,6 +89,53 @@ def top_destinations(engine: Engine, cluster: str, since: float, limit: int = 10
     with engine.connect() as conn:
         return [Destination(host, int(u or 0), int(d or 0), int(n))
                 for host, u, d, n in conn.execute(stmt)]
+
+
+@dataclass(frozen=True)
+class IdentityTraffic:
+    """One workload identity's decisions and bytes in a window ("" = anonymous callers)."""
+
+    identity: str
+    allowed: int
+    denied: int
+    would_deny: int
+    bytes_up: int
+    bytes_down: int
+    connections: int
+
+
+ANONYMOUS = "(anonymous)"  # how pages and filters name callers without an identity
+IDENTITY_ROWS = 20_000   # records opened per by-identity panel (the newest in the window)
+_IDENTITY_PHASES = ("decision", "close", "exchange")
+
+
+def by_identity(engine: Engine, sealer: Reader, cluster: str, since: float,
+                rows: int | None = None, limit: int = 25
+                ) -> tuple[list[IdentityTraffic], bool]:
+    """Decisions by outcome and bytes per identity since `since`, busiest first, and
+    whether the window held more than `rows` records (then only the newest `rows` count).
+    The identity is sealed, so the database cannot group by it: the newest `rows`
+    records are opened and summed here."""
+    rows = IDENTITY_ROWS if rows is None else rows
+    c = events.c
+    stmt = (event_rows().where(*Filter(since=since, cluster=cluster).where(),
+                               c.phase.in_(_IDENTITY_PHASES))
+            .order_by(c.id.desc()).limit(rows + 1))
+    with engine.connect() as conn:
+        found = [to_record(row, sealer) for row in conn.execute(stmt)]
+    sums: dict[str, list[int]] = {}
+    for r in found[:rows]:
+        s = sums.setdefault(str(r.get("client_identity") or ""), [0] * 6)
+        if r["phase"] in ("decision", "exchange"):
+            s[("allow", "deny", "would-deny").index(r["outcome"])] += 1
+        if r["phase"] in ("close", "exchange"):
+            s[3] += r["bytes_up"]
+            s[4] += r["bytes_down"]
+            s[5] += 1
+    out = sorted((IdentityTraffic(name, *v) for name, v in sums.items()),
+                 key=lambda t: (-(t.allowed + t.denied + t.would_deny), -t.bytes_up,
+                                t.identity))
+    return out[:limit], len(found) > rows
 
 
 def recent_denials(engine: Engine, sealer: Reader, cluster: str, limit: int = 20
@@ -173,9 +220,9 @@ def history(store: PolicyBook, cluster: str, limit: int = 20) -> list[Version]:
 # --- charts and the live view -------------------------------------------------------
 
 # Columns every role that sees decisions may read (all in clear); auditors also get the
-# policy version in force and the sealed reason.
+# sealed identity, the policy version in force and the sealed reason.
 DECISION_FIELDS = ("id", "time", "kind", "host", "port", "outcome", "layer", "rule")
-AUDIT_FIELDS = ("policy_version", "reason")
+AUDIT_FIELDS = ("client_identity", "policy_version", "reason")
 TOP_SERIES_HOSTS = 5
 
 
@@ -293,8 +340,15 @@ def newest_id(engine: Engine) -> int:
 
 def recent_decisions(engine: Engine, sealer: Reader | None, cluster: str,
                      outcome: str | None = None, dest: str | None = None,
-                     limit: int = 25) -> list[dict[str, Any]]:
-    """The newest decisions, newest first (the live table's first rows)."""
+                     limit: int = 25, identity: str | None = None,
+                     since: float | None = None) -> list[dict[str, Any]]:
+    """The newest decisions, newest first (the live table's first rows). `identity`
+    (sealed: needs `sealer`) is matched after opening, reading back no further than
+    `since`."""
+    if identity is not None:
+        flt = Filter(since=since, cluster=cluster, phase="decision", outcome=outcome,
+                     dest=dest, identity=identity)
+        return query(engine, flt, sealer=sealer, limit=limit)
     c = events.c
     stmt = (event_rows().where(*Filter(cluster=cluster, phase="decision", outcome=outcome,
                                          dest=dest).where())

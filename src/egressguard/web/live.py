@@ -74,10 +74,11 @@ Fetch = Callable[[int, int], list[dict[str, Any]]]   # (after id, limit) -> reco
 
 
 async def stream(fetch: Fetch, newest: Callable[[], int], start: int, limits: Limits,
-                 shape: Callable[[dict[str, Any]], dict[str, Any]]) -> AsyncIterator[bytes]:
+                 shape: Callable[[dict[str, Any]], dict[str, Any] | None]
+                 ) -> AsyncIterator[bytes]:
     """Frames for every decision after `start`: `decision` events, `gap` when records were
     skipped (the client was more than a batch behind; it resumes at the newest record),
-    heartbeat comments in between."""
+    heartbeat comments in between. A record `shape` maps to None is left out."""
     after = start
     yield b"retry: 3000\n\n" + frame("hello", {"after": after})
     began = last_beat = time.monotonic()
@@ -88,9 +89,11 @@ async def stream(fetch: Fetch, newest: Callable[[], int], start: int, limits: Li
             resume = max(after, await anyio.to_thread.run_sync(newest))
             yield frame("gap", {"skipped_after": after, "resume": resume}, resume)
             after, rows = resume, []
+        shaped = [(shape(r), r["id"]) for r in rows]
+        chunk = b"".join(frame("decision", s, i) for s, i in shaped if s is not None)
         if rows:
-            chunk = b"".join(frame("decision", shape(r), r["id"]) for r in rows)
             after = rows[-1]["id"]
+        if chunk:
             last_beat = time.monotonic()
             yield chunk
         elif time.monotonic() - last_beat >= limits.heartbeat:

@@ -34,6 +34,7 @@ from egressguard.web.common import (
     READ_DECISIONS,
     Cluster,
     Dest,
+    Identity,
     Outcome,
     Window,
     book_of,
@@ -67,16 +68,17 @@ def _findings(request: Request) -> data.FindingsCache:
 
 @router.get("")
 def overview(request: Request, cluster: Cluster = "default", window: Window = "1h",
-             outcome: Outcome = "", dest: Dest = "") -> Response:
+             outcome: Outcome = "", dest: Dest = "", identity: Identity = "") -> Response:
     who = caller(request)
     if not isinstance(who, Principal):
         return who
     label = f"{who.name} ({who.role})"
-    view = view_params(cluster, window, outcome, dest)
+    view = view_params(cluster, window, outcome, dest, identity)
     if isinstance(view, str):
         return html(views.message_page("Invalid parameters", view, label), 400)
     page = views.Overview(cluster=cluster, who=who.name, role=who.role, window=window,
                           outcome=view.outcome, dest=view.dest,
+                          identity=view.identity,
                           can_propose=who.allows(EDIT_POLICY, cluster),
                           audit=who.allows(READ_AUDIT, cluster),
                           gateway_report_only=bool(getattr(
@@ -95,18 +97,24 @@ def overview(request: Request, cluster: Cluster = "default", window: Window = "1
         page.report = _findings(request).get(current)
         page.versions = data.history(store, cluster)
     since = time.time() - view.seconds
+    if view.identity is not None and not page.audit:
+        return html(views.message_page("Not permitted", "the identity is sealed: only an "
+                                       "auditor or admin may filter by it", label), 403)
     if who.allows(READ_DECISIONS, cluster):
         engine, sealer = reader(request)
         page.decisions = data.decision_counts(engine, cluster, since)
         page.denied = data.top_denied(engine, cluster, since, view.dest)
         opened = sealer if page.audit else None
         page.live = [data.visible(r, page.audit) for r in data.recent_decisions(
-            engine, opened, cluster, view.outcome, view.dest)]
+            engine, opened, cluster, view.outcome, view.dest, identity=view.identity,
+            since=since)]
         if page.policy is not None and current.policy.endpoints:
             page.endpoints = endpoint_health(engine, cluster, current.policy, view.seconds)
     if page.audit:
         engine, sealer = reader(request)
         page.destinations = data.top_destinations(engine, cluster, since)
+        page.identities, page.identities_truncated = data.by_identity(
+            engine, sealer, cluster, since)
         page.denials = data.recent_denials(engine, sealer, cluster)
     page.stats = data.process_stats()
     page.show_hosts = page.audit

@@ -16,6 +16,7 @@ from egressguard.web.common import (
     READ_DECISIONS,
     Cluster,
     Dest,
+    Identity,
     Outcome,
     Window,
     json_response,
@@ -67,16 +68,20 @@ def _live_limits(request: Request) -> live.Limits:
 
 @router.get("/live")
 def live_decisions(request: Request, cluster: Cluster = "default", outcome: Outcome = "",
-                   dest: Dest = "") -> Response:
+                   dest: Dest = "", identity: Identity = "") -> Response:
     """New decisions as server-sent events, shaped for the caller's role."""
     who = principal_of(request)
     if not isinstance(who, Principal):
         return json_response({"error": "not authenticated"}, 401)
     if not who.allows(READ_DECISIONS, cluster):
         return json_response({"error": f"role {who.role!r} may not read decisions"}, 403)
-    view = view_params(cluster, "1h", outcome, dest)
+    view = view_params(cluster, "1h", outcome, dest, identity)
     if isinstance(view, str):
         return json_response({"error": view}, 400)
+    audit = who.allows(READ_AUDIT, cluster)
+    if view.identity is not None and not audit:
+        return json_response({"error": "the identity is sealed: only an auditor or admin "
+                                       "may filter by it"}, 403)
     limits = _live_limits(request)
     slots = _live_slots(request)
     if not slots.take():
@@ -85,7 +90,6 @@ def live_decisions(request: Request, cluster: Cluster = "default", outcome: Outc
         return response
     try:
         engine, sealer = reader(request)
-        audit = who.allows(READ_AUDIT, cluster)
         opened = sealer if audit else None
         start = live.last_event_id(request.headers.get("last-event-id"))
         if start is None:
@@ -95,8 +99,12 @@ def live_decisions(request: Request, cluster: Cluster = "default", outcome: Outc
             return data.decisions_after(engine, opened, cluster, after, view.outcome,
                                         view.dest, limit)
 
-        frames = live.stream(fetch, lambda: data.newest_id(engine), start, limits,
-                             lambda r: data.visible(r, audit))
+        def shape(r: dict[str, object]) -> dict[str, object] | None:
+            if view.identity is not None and r.get("client_identity") != view.identity:
+                return None  # sealed: matched after opening (the stream still moves on)
+            return data.visible(r, audit)
+
+        frames = live.stream(fetch, lambda: data.newest_id(engine), start, limits, shape)
         return live.LiveResponse(frames, slots, limits.send_timeout)
     except BaseException:
         slots.give()

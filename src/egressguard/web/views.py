@@ -12,9 +12,11 @@ from egressguard.analysis.allow import Draft
 from egressguard.analysis.replay import Replay
 from egressguard.store import Version
 from egressguard.web.data import (
+    ANONYMOUS,
     DecisionCount,
     DeniedDestination,
     Destination,
+    IdentityTraffic,
     PolicySummary,
     ProcessStats,
 )
@@ -88,6 +90,9 @@ class Overview:
     denied: list[DeniedDestination] | None = None
     live: list[dict[str, Any]] | None = None
     endpoints: list[dict[str, Any]] | None = None  # IoT Hub endpoints with their health
+    identity: str | None = None         # the identity filter ("" = anonymous callers)
+    identities: list[IdentityTraffic] | None = None  # auditor or admin (sealed field)
+    identities_truncated: bool = False
 
 
 def version_href(cluster: str, number: int) -> str:
@@ -155,6 +160,27 @@ def destinations_panel(rows: list[Destination], window: str) -> Raw:
     return panel(f"Top destinations by bytes sent (last {window})", body, ident="exfiltration")
 
 
+def identity_label(name: str) -> str:
+    return name or ANONYMOUS
+
+
+def identities_panel(rows: list[IdentityTraffic], window: str, cluster: str,
+                     truncated: bool) -> Raw:
+    """Decisions and bytes per workload identity; each name filters the page by it."""
+    cells = [(link(identity_label(t.identity),
+                   url("/dashboard", cluster=cluster, window=window,
+                       identity=identity_label(t.identity))),
+              t.allowed, t.denied, t.would_deny, exact(t.bytes_up), exact(t.bytes_down),
+              t.connections) for t in rows]
+    body = table(["Identity", "Allowed", "Denied", "Would deny", "Bytes up", "Bytes down",
+                  "Connections"], cells, numeric=[1, 2, 3, 4, 5, 6],
+                 empty="No decisions recorded in this window.")
+    note = ("Only the newest records of this window are counted (too many to open all)."
+            if truncated else "Bytes are counted when a connection closes.")
+    return panel(f"Decisions and bytes by identity (last {window})",
+                 join([body, tag("p", note, class_="hint")]), ident="identities")
+
+
 def endpoints_panel(rows: list[dict[str, Any]], window: str) -> Raw:
     """The cluster's endpoints and their health from the decisions observed."""
     body = table(["Endpoint", "Type", "Destination", "Routes", "Health"],
@@ -209,7 +235,7 @@ def live_panel(records: list[dict[str, Any]], audit: bool, cluster: str,
     """The newest decisions; the script adds each new one as the gateway records it."""
     headers = ["Time", "Host", "Port", "Outcome", "Layer", "Rule"]
     if audit:
-        headers += ["Policy version", "Reason"]
+        headers += ["Identity", "Policy version", "Reason"]
     if can_propose:
         headers.append("Action")
     head = join(tag("th", h, scope="col") for h in headers)
@@ -220,7 +246,8 @@ def live_panel(records: list[dict[str, Any]], audit: bool, cluster: str,
                                tag("span", r["outcome"], class_=f"badge {r['outcome']}"),
                                r["layer"], tag("code", r["rule"])]
         if audit:
-            cells += [r.get("policy_version", ""), r.get("reason", "")]
+            cells += [identity_label(r.get("client_identity") or ""),
+                      r.get("policy_version", ""), r.get("reason", "")]
         if can_propose:
             cells.append(link("Propose allow", propose_href(cluster, r["host"], r["port"],
                                                             r["kind"]))
@@ -249,13 +276,18 @@ def filters_form(o: Overview) -> Raw:
         f'<label>Outcome <select name="outcome">{outcomes}</select></label>'
         '<label>Destination <input type="search" name="dest" placeholder="*.example.com" '
         f'maxlength="253" value="{esc(o.dest or "")}"></label>'
-        '<button type="submit">Apply</button></form>')
+        + (f'<label>Identity <input type="search" name="identity" maxlength="128" '
+           f'placeholder="{esc(ANONYMOUS)}" '
+           f'value="{esc("" if o.identity is None else identity_label(o.identity))}">'
+           '</label>' if o.audit else '')
+        + '<button type="submit">Apply</button></form>')
 
 
 def config_element(o: Overview) -> Raw:
     """What the script needs, as data attributes (the page has no inline script)."""
     return tag("div", "", id="dashboard-config", hidden="hidden", data_cluster=o.cluster,
                data_window=o.window, data_outcome=o.outcome or "", data_dest=o.dest or "",
+               data_identity="" if o.identity is None else identity_label(o.identity),
                data_audit="1" if o.audit else "", data_propose="1" if o.can_propose else "",
                data_decisions="1" if o.live is not None else "")
 
@@ -336,6 +368,9 @@ def overview(o: Overview) -> str:
         parts.append(denied_panel(o.denied, o.window, o.cluster, o.can_propose))
     parts.append(destinations_panel(o.destinations, o.window) if o.destinations is not None
                  else not_permitted("Top destinations by bytes sent", o.role, AUDIT_ROLES))
+    parts.append(identities_panel(o.identities, o.window, o.cluster,
+                                  o.identities_truncated) if o.identities is not None
+                 else not_permitted("Decisions and bytes by identity", o.role, AUDIT_ROLES))
     parts.append(denials_panel(o.denials) if o.denials is not None
                  else not_permitted("Recent denials", o.role, AUDIT_ROLES))
     parts.append(findings_panel(o.report) if o.report is not None

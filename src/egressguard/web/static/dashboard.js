@@ -53,7 +53,10 @@
     cells[1].appendChild(hostNode(r.host));
     cells[3].appendChild(el("span", r.outcome, "badge " + r.outcome));
     cells[5].appendChild(el("code", r.rule));
-    if (d.audit) { cells.push(el("td", r.policy_version), el("td", r.reason)); }
+    if (d.audit) {
+      cells.push(el("td", r.client_identity || "(anonymous)"), el("td", r.policy_version),
+                 el("td", r.reason));
+    }
     if (d.propose) {
       var td = el("td");
       if (r.outcome !== "allow" && (r.kind === "http" || r.kind === "connect")) {
@@ -85,6 +88,7 @@
     var q = new URLSearchParams({ cluster: d.cluster });
     if (d.outcome) { q.set("outcome", d.outcome); }
     if (d.dest) { q.set("dest", d.dest); }
+    if (d.identity) { q.set("identity", d.identity); }
     var source = new EventSource("/dashboard/live?" + q.toString());
     source.addEventListener("hello", function () { status("Live: connected."); });
     source.addEventListener("decision", function (ev) {
