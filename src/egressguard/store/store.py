@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from egressguard.catalog import references
 from egressguard.catalog.compile import snapshot_for
 from egressguard.engine import CompileError
+from egressguard.engine.holder import loading
 from egressguard.errors import EgressguardError, InputError, Unavailable
 from egressguard.policy import (
     Policy,
@@ -378,6 +379,11 @@ class Store:
         """Store `policy` as the cluster's next version (unless it equals the current one)
         and announce it. Raises `Invalid` if it does not compile, `NotFound` if the cluster
         does not exist and `create` is false."""
+        with loading():  # a big policy: no collector pass stalls the process meanwhile
+            return self._commit(name, policy, principal, summary, create)
+
+    def _commit(self, name: str, policy: Policy, principal: str, summary: str,
+                create: bool) -> Version:
         if create and not CLUSTER_NAME.fullmatch(name):
             raise Invalid(f"invalid cluster name {name!r}: lower-case letters, digits and "
                           "'-', at most 63", "name")
@@ -501,6 +507,11 @@ class Store:
                        summary: str = "created") -> Version:
         """A new cluster whose version 1 is `policy`; `Exists` if the name is taken (unlike
         `ensure_cluster` and PUT, an explicit create never touches an existing cluster)."""
+        with loading():
+            return self._create_cluster(name, policy, principal, summary)
+
+    def _create_cluster(self, name: str, policy: Policy, principal: str,
+                        summary: str) -> Version:
         if not CLUSTER_NAME.fullmatch(name):
             raise Invalid(f"invalid cluster name {name!r}: lower-case letters, digits and "
                           "'-', at most 63", "name")
