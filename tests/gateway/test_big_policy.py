@@ -131,3 +131,18 @@ def test_a_replaced_big_snapshot_is_freed_by_reference_counting() -> None:
     holder.swap(active_of(big_policy(FREEZE_AT + 1), "2", "test"))
     assert gone() is None
     assert gc.get_freeze_count() > 0
+
+
+def test_a_replaced_big_snapshot_still_in_use_is_left_intact() -> None:
+    """A request still deciding on the old snapshot (it holds a reference) when a swap
+    replaces it must see the whole policy, not one being taken apart."""
+    from egressguard.engine import Kind, Request
+
+    first = active_of(big_policy(FREEZE_AT), "1", "test")
+    holder = SnapshotHolder(first)
+    in_use = holder.current  # what a request in flight holds
+    del first
+    holder.swap(active_of(big_policy(FREEZE_AT + 1), "2", "test"))
+    name = f"api{FREEZE_AT - 1}.svc{(FREEZE_AT - 1) % 1000}.example{(FREEZE_AT - 1) % 97}.com"
+    assert in_use.decide(Request(kind=Kind.CONNECT, host=name, port=443)).allowed
+    assert len(in_use.policy.application_rule_collections[0].rules) == FREEZE_AT
