@@ -107,6 +107,23 @@ _DNS, _CONNECT, _HTTP, _CALLOUT, _FLOW = Kind.DNS, Kind.CONNECT, Kind.HTTP, Kind
 _ALLOW, _DENY = Verdict.ALLOW, Verdict.DENY
 
 
+_Specs = tuple[tuple[str, int | None], ...]
+_Shape = tuple[frozenset[tuple[str, int]], frozenset[str], frozenset[int]]
+
+
+def _shape(specs: _Specs, shapes: dict[_Specs, _Shape] | None) -> _Shape:
+    """(the (protocol, port) pairs, the any-port protocols, the ports) of `specs`, shared
+    through `shapes` by the rules of one compile: 100k rules have a handful of shapes."""
+    found = shapes.get(specs) if shapes is not None else None
+    if found is None:
+        found = (frozenset((p, port) for p, port in specs if port is not None),
+                 frozenset(p for p, port in specs if port is None),
+                 frozenset(port for _, port in specs if port is not None))
+        if shapes is not None:
+            shapes[specs] = found
+    return found
+
+
 class _AppEntry:
     """One application rule, compiled: which (protocol, port) pairs it covers."""
 
@@ -117,7 +134,8 @@ class _AppEntry:
     def __init__(self, order: int, rule_id: str, action: Action,
                  specs: Sequence[tuple[str, int | None]],
                  sources: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
-                 report_only: bool, identities: frozenset[str] = frozenset()) -> None:
+                 report_only: bool, identities: frozenset[str] = frozenset(),
+                 shapes: dict[_Specs, _Shape] | None = None) -> None:
         self.order = order
         self.rule_id = rule_id
         self.action = action
@@ -128,9 +146,7 @@ class _AppEntry:
         self.sources = tuple(sources)
         self.identities = identities
         self.report_only = report_only
-        self.pairs = frozenset((p, port) for p, port in specs if port is not None)
-        self.any_port_protocols = frozenset(p for p, port in specs if port is None)
-        self.connect_ports = frozenset(port for _, port in specs if port is not None)
+        self.pairs, self.any_port_protocols, self.connect_ports = _shape(tuple(specs), shapes)
         self.connect_any = bool(self.any_port_protocols)
 
     def applies(self, kind: Kind, scheme: str | None, port: int | None,
@@ -292,12 +308,14 @@ class Snapshot:
     # -- compilation -------------------------------------------------------------------
 
     def _compile_application_rules(self, policy: Policy, refs: References) -> None:
+        shapes: dict[_Specs, _Shape] = {}  # port shapes shared by the rules of one compile
         for rule in application_rules(policy):  # the one flattening (policy/rules.py)
             if rule.identities == APPLIES_TO_NOBODY:
                 continue  # scoped to identities its collection excludes: never matches
             entry = _AppEntry(order=rule.order, rule_id=str(rule.id), action=rule.action,
                               specs=rule.specs, sources=rule.sources,
-                              report_only=rule.report_only, identities=rule.identities)
+                              report_only=rule.report_only, identities=rule.identities,
+                              shapes=shapes)
             patterns, unknown = expand_fqdn_tags(rule, refs.fqdn_tags)
             if unknown:
                 where = _where(policy, rule.id, "fqdn_tags", unknown[0])

@@ -1,6 +1,12 @@
 """The policy model: what an operator writes, validated, with no matching logic."""
 
-from egressguard.policy.load import PolicyError, dump_policy, load_policy, load_policy_text
+from egressguard.policy.load import (
+    PolicyError,
+    dump_policy,
+    dump_policy_json,
+    load_policy,
+    load_policy_text,
+)
 from egressguard.policy.model import (
     Action,
     ApplicationRule,
@@ -23,6 +29,7 @@ __all__ = [
     "PolicyError",
     "ServiceEndpointPolicy",
     "dump_policy",
+    "dump_policy_json",
     "load_policy",
     "load_policy_text",
 ]

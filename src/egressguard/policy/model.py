@@ -8,6 +8,7 @@ The model validates shape and syntax (a regex RE2 cannot compile, a host pattern
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
@@ -63,10 +64,22 @@ def _reject_placeholder(value: str, what: str) -> str:
     return value
 
 
-def validate_host_pattern(value: str) -> str:
-    """Check and canonicalise a host pattern (semantics §3); return its canonical text."""
+_NORMALIZE: list[Any] = []
+
+
+def _normalizer() -> list[Any]:
+    """The engine's host normaliser, imported on first use (the engine imports this
+    module) and kept: an import statement per pattern is a third of a big policy's
+    validation."""
     from egressguard.engine.normalize import InvalidHost, normalize_host
 
+    _NORMALIZE[:] = [normalize_host, InvalidHost]
+    return _NORMALIZE
+
+
+def validate_host_pattern(value: str) -> str:
+    """Check and canonicalise a host pattern (semantics §3); return its canonical text."""
+    normalize_host, InvalidHost = _NORMALIZE or _normalizer()
     _reject_placeholder(value, "host pattern")
     text = value.strip().lower()
     if text == "*":
@@ -196,9 +209,16 @@ class PortSpec(_Strict):
         return f"{self.protocol}:{'*' if self.port is None else self.port}"
 
 
+@functools.lru_cache(maxsize=256)
+def _port_spec(text: str) -> PortSpec:
+    """`PortSpec.parse`, shared: a big policy repeats a handful of specs (frozen models,
+    so one instance serves every rule; a ValueError is not cached)."""
+    return PortSpec.parse(text)
+
+
 def _port_specs(value: Any) -> Any:
     if isinstance(value, list):
-        return [PortSpec.parse(v) if isinstance(v, str) else v for v in value]
+        return [_port_spec(v) if isinstance(v, str) else v for v in value]
     return value
 
 

@@ -26,7 +26,7 @@ import psycopg
 
 from egressguard.catalog import references
 from egressguard.engine import References
-from egressguard.engine.holder import Active, SnapshotHolder
+from egressguard.engine.holder import Active, SnapshotHolder, loading
 from egressguard.metrics import POLICY_VERSION
 from egressguard.source.compile import active_of
 from egressguard.store import NOTIFY_CHANNEL, Store, Version, bus
@@ -92,8 +92,9 @@ class PolicyFeed:
     def start(self) -> SnapshotHolder:
         """Put the current version in force, then follow changes in a daemon thread.
         Raises what the store raises when the first read fails (nothing to keep yet)."""
-        version = self.store.current(self.cluster)
-        active = active_for(version, self._refs())
+        with loading():
+            version = self.store.current(self.cluster)
+            active = active_for(version, self._refs())
         if self.holder is None:
             self.holder = SnapshotHolder(active)
         else:
@@ -125,12 +126,16 @@ class PolicyFeed:
             latest = self.store.latest_number(self.cluster)
             if latest is None or latest <= self._number:
                 return False
-            version = self.store.current(self.cluster)
-            try:
-                active = active_for(version, self._refs())
-            except Exception as exc:  # any bad version is skipped, never fatal
+            with loading():
+                version = self.store.current(self.cluster)
+                try:
+                    active = active_for(version, self._refs())
+                    error: Exception | None = None
+                except Exception as exc:  # any bad version is skipped, never fatal
+                    error = exc
+            if error is not None:
                 _log.error("cluster %s version %d does not compile; keeping %d: %s",
-                           self.cluster, version.number, self._number, exc)
+                           self.cluster, version.number, self._number, error)
                 self._number = version.number  # do not retry the same bad version
                 return False
             assert self.holder is not None

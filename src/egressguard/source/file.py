@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from egressguard.engine import CompileError
-from egressguard.engine.holder import Active, SnapshotHolder
+from egressguard.engine.holder import Active, SnapshotHolder, loading
 from egressguard.policy import Policy, PolicyError, load_policy_text
 from egressguard.policy.load import Problem
 from egressguard.source.compile import active_of, snapshot_for
@@ -75,7 +75,8 @@ class PolicyFileWatcher:
         with self._lock:
             self._stamp = stamp or self._stat()
             try:
-                active = load_active(self.path)
+                with loading():
+                    active = load_active(self.path)
             except (PolicyError, CompileError, OSError) as exc:
                 self.last_error = str(exc)
                 log.error("policy reload rejected, keeping version %s: %s",

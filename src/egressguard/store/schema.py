@@ -51,6 +51,9 @@ class VersionRow(Base):
     principal: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     summary: Mapped[str] = mapped_column(Text)
+    # The same policy as compact JSON (sealed like `policy`): what feeds load, ~50x
+    # faster than the YAML text for a big policy. NULL for versions written before it.
+    policy_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class TokenRow(Base):
