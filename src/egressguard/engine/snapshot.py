@@ -36,7 +36,6 @@ from egressguard.policy.model import (
     Action,
     CalloutRule,
     Policy,
-    is_service_tag,
     validate_host_pattern,
 )
 from egressguard.policy.rules import (
@@ -754,13 +753,6 @@ class _StorageScope:
             return None
         return (f"storage account {account!r} ({host}) is not in the cluster's service "
                 "endpoint policy")
-
-
-def _is_fqdn(destination: str) -> bool:
-    """A canonical network destination that is a host pattern (not `*`, a tag or a CIDR:
-    the model writes every address as a network, `/` included; a name may start with a
-    digit, `1password.com`)."""
-    return not (destination == "*" or is_service_tag(destination) or "/" in destination)
 
 
 def _where(policy: Policy, rule_id: RuleId, member: str, value: str) -> str:

@@ -85,9 +85,9 @@ class Destination:
             return cls(DestKind.ANY, text)
         if is_service_tag(text):
             return cls(DestKind.TAG, text)
-        if text[0].isdigit() or ":" in text:
+        if "/" in text:  # the model writes every address as a network, `/` included
             return cls(DestKind.NET, text)
-        return cls(DestKind.HOST, text)
+        return cls(DestKind.HOST, text)  # a name may start with a digit: `1password.com`
 
     @property
     def network(self) -> Network:
