@@ -265,3 +265,43 @@ def test_ceilings_are_sealed_at_rest_read_through_the_key_and_bound_to_their_clu
             set_at=store.ceiling("default").set_at))  # type: ignore[union-attr]
     with pytest.raises(StoreUnavailable, match=r"ceiling of other.*(altered|tampered|open)"):
         store.ceiling("other")
+
+
+def test_identity_metadata_is_sealed_at_rest_under_the_bootstrap_clusters_key(
+        keyed: tuple[Store, KeyVault, StoreKeys], store_url: str) -> None:
+    from egressguard.identity.store import IdentityStore
+    from egressguard.store.schema import IdentityRow
+
+    store, _, _ = keyed
+    identities = IdentityStore(store)
+    secret, made = identities.create(
+        "billing", "t", description="pays the invoices",
+        spiffe_ids=["spiffe://prod.example/ns/billing/sa/api"], jwt_subjects=["sa:billing"])
+    assert secret and made.description == "pays the invoices"
+    with store.engine.connect() as conn:
+        [(description, methods, secret_hash)] = conn.execute(select(
+            IdentityRow.description, IdentityRow.methods, IdentityRow.secret_hash)).all()
+    for raw in (description, methods):
+        assert raw.startswith(PREFIX)
+        assert "invoices" not in raw and "spiffe://" not in raw and "sa:billing" not in raw
+    assert secret not in (secret_hash or "")  # the secret itself: only its scrypt hash
+    shown = identities.show("billing")
+    assert shown.spiffe_ids == ("spiffe://prod.example/ns/billing/sa/api",)
+    assert shown.jwt_subjects == ("sa:billing",)
+    # Without the key, the identities do not read (a 503-class error), nor are written.
+    bare = Store(store_url)
+    bare.seal_with(None)
+    try:
+        with pytest.raises(StoreUnavailable, match="identity billing"):
+            IdentityStore(bare).show("billing")
+        with pytest.raises(StoreUnavailable, match=r"identity other.*not written"):
+            IdentityStore(bare).create("other", "t", description="x")
+    finally:
+        bare.close()
+    # A sealed field moved to another identity does not open there.
+    identities.create("batch", "t", description="nightly")
+    with store.engine.begin() as conn:
+        conn.execute(update(IdentityRow).where(IdentityRow.name == "batch")
+                     .values(description=description))
+    with pytest.raises(StoreUnavailable):
+        identities.show("batch")

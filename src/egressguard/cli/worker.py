@@ -177,8 +177,12 @@ class Worker:
         from egressguard.identity.store import IdentityStore
         from egressguard.store import open_store
 
+        from egressguard.keys.runtime import seal_store
+
+        store = open_store(url)
+        seal_store(store)  # identities are sealed under the bootstrap cluster's key, if any
         holder = IdentityHolder()
-        self.follower = IdentityFollower(IdentityStore(open_store(url)), holder)
+        self.follower = IdentityFollower(IdentityStore(store), holder)
         self.follower.start()
         return holder
 

@@ -1,5 +1,10 @@
 """The identities table: create (the secret is returned once), list, show, rotate,
-revoke, and `load` for the gateway's directory. Names follow the policy's name rules."""
+revoke, and `load` for the gateway's directory. Names follow the policy's name rules.
+
+An identity's metadata (description and methods: SPIFFE IDs, CNs, JWT subjects) is
+sealed at rest under the customer-managed key of the store's bootstrap cluster
+(`default`) when it names one, as policy versions are under their cluster's key; the
+proxy secret is only ever stored as its scrypt hash."""
 
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from egressguard.identity.model import StoredIdentity
 from egressguard.identity.secrets import hash_secret, new_secret
 from egressguard.policy.model import MAX_NAME
 from egressguard.store.schema import IdentityRow
-from egressguard.store.store import Exists, Invalid, NotFound, Store
+from egressguard.store.sealing import identity_aad
+from egressguard.store.store import DEFAULT_CLUSTER, Exists, Invalid, NotFound, Store
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _SPIFFE = re.compile(r"spiffe://[a-z0-9._-]+(/[^?#\s]*)?")
@@ -50,10 +56,15 @@ def _claims(spiffe_ids: list[str], common_names: list[str],
             "jwt_subjects": jwt_subjects}
 
 
-def _value(row: IdentityRow) -> StoredIdentity:
-    methods: dict[str, Any] = json.loads(row.methods or "{}")
+def _value(store: Store, row: IdentityRow) -> StoredIdentity:
+    def opened(field: str, stored: str) -> str:
+        return store.open_field(DEFAULT_CLUSTER, stored, identity_aad(row.name, field),
+                                f"identity {row.name}")
+
+    methods: dict[str, Any] = json.loads(opened("methods", row.methods or "{}"))
     return StoredIdentity(
-        name=row.name, description=row.description, enabled=row.enabled,
+        name=row.name, description=opened("description", row.description or ""),
+        enabled=row.enabled,
         secret_hash=row.secret_hash, expires_at=_aware(row.expires_at),
         revoked_at=_aware(row.revoked_at), created_at=_aware(row.created_at),
         spiffe_ids=tuple(methods.get("spiffe_ids", ())),
@@ -96,25 +107,30 @@ class IdentityStore:
             if s.scalar(select(IdentityRow.id).where(IdentityRow.name == name)) is not None:
                 raise Exists(f"identity {name!r} already exists",
                              hint=f"`egressguard identity rotate {name}` issues a new secret")
+            def sealed(field: str, text: str) -> str:
+                return self.store.seal_field(s, DEFAULT_CLUSTER, text,
+                                             identity_aad(name, field), f"identity {name}")
+
             row = IdentityRow(
-                name=name, description=description, enabled=True,
+                name=name, description=sealed("description", description), enabled=True,
                 secret_hash=hash_secret(issued) if issued else None,
-                methods=json.dumps(methods), created_by=principal, created_at=now,
+                methods=sealed("methods", json.dumps(methods)), created_by=principal,
+                created_at=now,
                 updated_at=now,
                 expires_at=now + timedelta(seconds=lifetime) if lifetime else None)
             s.add(row)
             s.flush()
-            return issued, _value(row)
+            return issued, _value(self.store, row)
 
     def list(self, *, include_revoked: bool = True) -> list[StoredIdentity]:
         with self._session() as s:
             rows = s.scalars(select(IdentityRow).order_by(IdentityRow.name)).all()
-            found = [_value(r) for r in rows]
+            found = [_value(self.store, r) for r in rows]
         return [i for i in found if include_revoked or i.revoked_at is None]
 
     def show(self, name: str) -> StoredIdentity:
         with self._session() as s:
-            return _value(self._row(s, name))
+            return _value(self.store, self._row(s, name))
 
     def rotate(self, name: str, *, lifetime: float | None = None) -> tuple[str, StoredIdentity]:
         """A new secret for `name` (the old one stops working at once); a revoked
@@ -128,7 +144,7 @@ class IdentityStore:
             row.updated_at = now
             if lifetime:
                 row.expires_at = now + timedelta(seconds=lifetime)
-            return issued, _value(row)
+            return issued, _value(self.store, row)
 
     def revoke(self, name: str) -> StoredIdentity:
         """Revoke: the secret is erased and no method of the identity authenticates
@@ -139,14 +155,14 @@ class IdentityStore:
             row.secret_hash = None
             row.revoked_at = row.revoked_at or now
             row.updated_at = now
-            return _value(row)
+            return _value(self.store, row)
 
     def set_enabled(self, name: str, enabled: bool) -> StoredIdentity:
         with self._session(write=True) as s, s.begin():
             row = self._row(s, name)
             row.enabled = enabled
             row.updated_at = datetime.now(UTC)
-            return _value(row)
+            return _value(self.store, row)
 
     def load(self) -> tuple[StoredIdentity, ...]:
         """Every identity, for a gateway's directory."""

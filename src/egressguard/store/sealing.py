@@ -118,6 +118,11 @@ def seal_for_write(conn: Any, resolver: Resolver | None, cluster: str, text: str
                       "keys.runtime.seal_store)")
 
 
+def identity_aad(name: str, field: str) -> bytes:
+    """Where an identity's sealed field lives (bound to the identity's name)."""
+    return f"identities|{name}|{field}".encode()
+
+
 def ceiling_aad(cluster: str) -> bytes:
     """Where a cluster's ceiling lives (one per cluster)."""
     return f"cluster_ceilings|{cluster}".encode()

@@ -305,6 +305,17 @@ class Store:
             sealer = self.sealer_for(name)
         return sealing.open_text(sealer, stored, aad, where, StoreUnavailable)
 
+    def open_field(self, cluster: str, stored: str, aad: bytes, where: str) -> str:
+        """A stored field sealed under `cluster`'s key (or in clear), opened: for tables
+        outside this module that hold sensitive text (identities)."""
+        return self._opened(cluster, stored, aad, where)
+
+    def seal_field(self, s: Session, cluster: str, text: str, aad: bytes, where: str) -> str:
+        """`text` as it may be written in transaction `s`: sealed under `cluster`'s key
+        if it names one now, refused (StoreUnavailable) if that key cannot be used."""
+        return sealing.seal_for_write(s.connection(), self.sealers, cluster, text, aad,
+                                      where, StoreUnavailable)
+
     def _policy_text(self, name: str, row: VersionRow) -> str:
         """A version's policy text, opened if it is sealed."""
         return self._opened(name, row.policy, sealing.policy_aad(name, row.number),
