@@ -30,7 +30,7 @@ def test_each_identity_is_proposed_only_what_it_used(sqlite_url: str, audit_key:
         log.flush()
     out = tmp_path / "policy.yaml"
     result = CliRunner().invoke(app, ["recommend", "--since", "1d", "--store", sqlite_url,
-                                      "-o", str(out)])
+                                      "--out", str(out)])
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert "also used by anonymous callers (besides web)" in text

@@ -5,11 +5,11 @@ apply a change within a second. Exit status: 0 done, 2 refused or bad input."""
 from __future__ import annotations
 
 import getpass
-import json
 from typing import Annotated
 
 import typer
 
+from egressguard.cli.output import Format, OutputOpt, emit, is_data
 from egressguard.identity.model import StoredIdentity
 from egressguard.identity.store import IdentityStore
 from egressguard.store import open_store
@@ -17,7 +17,6 @@ from egressguard.store import open_store
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar="EGRESSGUARD_STORE",
     help="store URL (sqlite:///file.db or postgresql://...); default the configured store")]
-OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 ExpiresOpt = Annotated[str | None, typer.Option(
     "--expires", help="lifetime of the secret, e.g. 30d, 12h (default: no expiry)")]
 NameArg = Annotated[str, typer.Argument(help="identity name (as rules name it)")]
@@ -46,10 +45,10 @@ def _lifetime(text: str | None) -> float | None:
         raise typer.Exit(2) from None
 
 
-def _print(identity: StoredIdentity, output: str, secret: str | None = None) -> None:
+def _print(identity: StoredIdentity, output: Format, secret: str | None = None) -> None:
     data = identity.as_dict()
-    if output == "json":
-        typer.echo(json.dumps({**data, **({"secret": secret} if secret else {})}))
+    if is_data(output):
+        emit({**data, **({"secret": secret} if secret else {})}, output)
         return
     for key, value in data.items():
         if value not in (None, [], ""):
@@ -61,7 +60,7 @@ def _print(identity: StoredIdentity, output: str, secret: str | None = None) -> 
 
 
 @identity_app.command("create")
-def create(name: NameArg, store: StoreOpt = None, output: OutputOpt = "table",
+def create(name: NameArg, store: StoreOpt = None, output: OutputOpt = Format.TABLE,
            description: Annotated[str, typer.Option(help="what the workload is")] = "",
            expires: ExpiresOpt = None,
            spiffe_id: Annotated[list[str] | None, typer.Option(
@@ -83,12 +82,12 @@ def create(name: NameArg, store: StoreOpt = None, output: OutputOpt = "table",
 
 
 @identity_app.command("list")
-def list_(store: StoreOpt = None, output: OutputOpt = "table") -> None:
+def list_(store: StoreOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """Every identity with its state and methods (never a secret)."""
     with open_store(store) as st:
         found = IdentityStore(st).list()
-    if output == "json":
-        typer.echo(json.dumps([i.as_dict() for i in found]))
+    if is_data(output):
+        emit([i.as_dict() for i in found], output)
         return
     for i in found:
         d = i.as_dict()
@@ -97,14 +96,14 @@ def list_(store: StoreOpt = None, output: OutputOpt = "table") -> None:
 
 
 @identity_app.command("show")
-def show(name: NameArg, store: StoreOpt = None, output: OutputOpt = "table") -> None:
+def show(name: NameArg, store: StoreOpt = None, output: OutputOpt = Format.TABLE) -> None:
     """One identity."""
     with open_store(store) as st:
         _print(IdentityStore(st).show(name), output)
 
 
 @identity_app.command("rotate")
-def rotate(name: NameArg, store: StoreOpt = None, output: OutputOpt = "table",
+def rotate(name: NameArg, store: StoreOpt = None, output: OutputOpt = Format.TABLE,
            expires: ExpiresOpt = None) -> None:
     """Issue a new proxy secret (printed once); the old one stops working at once."""
     lifetime = _lifetime(expires)

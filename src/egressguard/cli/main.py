@@ -94,6 +94,8 @@ SUMMARIES: dict[str, str] = {
     "cluster": "Show and update clusters (ARM-style properties).",
     "versions": "A cluster's immutable policy versions.",
     "token": "API tokens (stored hashed; shown once).",
+    "identity": "Workload identities (proxy secrets stored hashed, shown once; SPIFFE IDs, "
+                "CNs and JWT subjects).",
     "catalog": "Browse the shipped requirement catalogs.",
     "profile": "Generate the least policy a deployment needs.",
     "servicetags": "Import and inspect Azure service tags.",

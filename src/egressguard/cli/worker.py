@@ -175,9 +175,8 @@ class Worker:
         from egressguard.identity import IdentityHolder
         from egressguard.identity.follow import IdentityFollower
         from egressguard.identity.store import IdentityStore
-        from egressguard.store import open_store
-
         from egressguard.keys.runtime import seal_store
+        from egressguard.store import open_store
 
         store = open_store(url)
         seal_store(store)  # identities are sealed under the bootstrap cluster's key, if any

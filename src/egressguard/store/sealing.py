@@ -19,8 +19,6 @@ import binascii
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import text as sql
-
 from egressguard.errors import EgressguardError
 
 PREFIX = "egressguard-sealed:v1:"
@@ -86,6 +84,8 @@ def named_key(conn: Any, cluster: str) -> str | None:
     inside its transaction: a resolver may not know yet of a key set by another process
     (it re-asks only every few seconds), so every write asks the table itself. One
     primary-key lookup (`cluster_keys`, store revision 0400_cluster_keys)."""
+    from sqlalchemy import text as sql  # here: the CLI installs this module at start-up
+
     row = conn.execute(sql("SELECT key_vault_uri, key_name FROM cluster_keys "
                            "WHERE cluster = :cluster"), {"cluster": cluster}).first()
     return None if row is None else f"{str(row[0]).rstrip('/')}/keys/{row[1]}"
