@@ -22,7 +22,7 @@ from egressguard.keys.envelope import Envelope
 from egressguard.keys.provider import WrappedKey
 from egressguard.keys.vault import KeyVault
 from tests.audit.conftest import event
-from tests.keys.conftest import MASTER, unique
+from tests.keys.conftest import MASTER, audit_vault, unique
 
 pytestmark = pytest.mark.timeout(120)
 SECRET_PATH = "/blob?sig=SECRET-SAS-TOKEN"
@@ -30,9 +30,7 @@ SECRET_PATH = "/blob?sig=SECRET-SAS-TOKEN"
 
 @pytest.fixture
 def vault(store_url: str) -> Iterator[KeyVault]:
-    v = KeyVault(store_url, unique("cmk"), master_key=MASTER)
-    v.create_key("audit", "RSA", 2048)
-    v.grant("gateway", "get,wrapKey,unwrapKey")
+    v = audit_vault(store_url, unique("cmk"))
     yield v
     v.close()
 
@@ -139,9 +137,7 @@ def test_records_written_before_the_key_still_open_under_the_local_key(
 def test_the_spool_holds_batches_sealed_under_the_data_key_with_their_header(
         tmp_path: Path, audit_key: bytes) -> None:
     # The vault lives in a store that stays up; the audit store is unreachable.
-    vault = KeyVault(f"sqlite:///{tmp_path / 'vault.db'}", "cmk", master_key=MASTER)
-    vault.create_key("audit", "RSA", 2048)
-    vault.grant("gateway", "get,wrapKey,unwrapKey")
+    vault = audit_vault(f"sqlite:///{tmp_path / 'vault.db'}", "cmk")
     env = envelope_for(vault)
     log = AuditLog("postgresql://postgres@127.0.0.1:1/none", envelope=env)
     try:
@@ -164,9 +160,7 @@ def test_the_spool_holds_batches_sealed_under_the_data_key_with_their_header(
 def test_two_gateways_on_one_postgresql_store_read_each_others_records(
         pg_url: str, audit_key: bytes, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    vault = KeyVault(pg_url, "cmk", master_key=MASTER)
-    vault.create_key("audit", "RSA", 2048)
-    vault.grant("gateway", "get,wrapKey,unwrapKey")
+    vault = audit_vault(pg_url, "cmk")
     env_a, env_b = envelope_for(vault), envelope_for(vault)
     # Different data homes and different local audit keys: only the vault key is shared.
     monkeypatch.setenv("EGRESSGUARD_HOME", str(tmp_path / "a"))

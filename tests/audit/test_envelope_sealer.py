@@ -14,7 +14,7 @@ from egressguard.audit.crypto import EnvelopeSealer, Sealer, associated
 from egressguard.keys.envelope import Envelope, Tampered
 from egressguard.keys.provider import WrappedKey
 from egressguard.keys.vault import KeyVault
-from tests.keys.conftest import MASTER, unique
+from tests.keys.conftest import audit_vault, unique
 
 pytestmark = pytest.mark.timeout(60)
 CLEAR = (1700000000.0, "default", "request", "http", "example.com", 443, "", "tcp", "",
@@ -36,9 +36,7 @@ def seal_batch(sealer: EnvelopeSealer, n: int) -> tuple[bytes, list[bytes]]:
 
 @pytest.fixture
 def vault(store_url: str) -> Iterator[KeyVault]:
-    v = KeyVault(store_url, unique("cmk"), master_key=MASTER)
-    v.create_key("audit", "RSA", 2048)
-    v.grant("gateway", "get,wrapKey,unwrapKey")
+    v = audit_vault(store_url, unique("cmk"))
     yield v
     v.close()
 

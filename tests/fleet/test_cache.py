@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 
 from egressguard.fleet.cache import CMK, PolicyCache
-from egressguard.keys import clusterkeys
 from egressguard.keys.runtime import StoreKeys, seal_store
 from egressguard.keys.vault import KeyVault
 from egressguard.policy.load import load_policy_text
 from egressguard.store import Store
-from tests.keys.conftest import MASTER, unique
+from tests.keys.conftest import MASTER, audit_vault, point_cluster, unique
 
 pytestmark = pytest.mark.timeout(60)
 LOCAL = os.urandom(32)
@@ -39,12 +38,8 @@ def keyed(sqlite_url: str, monkeypatch: pytest.MonkeyPatch
           ) -> Iterator[tuple[Store, KeyVault, StoreKeys]]:
     monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(MASTER).decode())
     store = Store(sqlite_url)
-    vault = KeyVault(sqlite_url, unique("cmk"), master_key=MASTER)
-    vault.create_key("audit", "RSA", 2048)
-    vault.grant("gateway", "get,wrapKey,unwrapKey")
-    clusterkeys.put(store.engine, sqlite_url, MASTER, "default",
-                    {"keyName": "audit", "keyVaultUri": f"vault://{vault.name}",
-                     "userIdentity": "gateway"}, "t")
+    vault = audit_vault(sqlite_url, unique("cmk"))
+    point_cluster(store.engine, sqlite_url, vault.name)
     keys = seal_store(store)
     store.commit("default", load_policy_text(POLICY, "p.yaml"), "t", "cached")
     yield store, vault, keys

@@ -109,20 +109,14 @@ def test_a_cold_start_that_cannot_reach_the_cluster_key_serves_nothing(
     import base64
 
     from egressguard.fleet.cache import CMK
-    from egressguard.keys import clusterkeys
     from egressguard.keys.runtime import seal_store
-    from egressguard.keys.vault import KeyVault
-    from tests.keys.conftest import MASTER, unique
+    from tests.keys.conftest import MASTER, audit_vault, point_cluster, unique
 
     monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(MASTER).decode())
     cut, relayed = relay
-    vault = KeyVault(pg_url, unique("cmk"), master_key=MASTER)
-    vault.create_key("audit", "RSA", 2048)
-    vault.grant("gateway", "get,wrapKey,unwrapKey")
+    vault = audit_vault(pg_url, unique("cmk"))
     with Store(pg_url) as store:
-        clusterkeys.put(store.engine, pg_url, MASTER, "default",
-                        {"keyName": "audit", "keyVaultUri": f"vault://{vault.name}",
-                         "userIdentity": "gateway"}, "t")
+        point_cluster(store.engine, pg_url, vault.name)
         keys = seal_store(store)
         store.commit("default", load_policy_text(LOOPBACK_ONLY), "test", "loopback")
         keys.close()

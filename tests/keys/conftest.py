@@ -45,6 +45,26 @@ def unique(prefix: str = "k") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def audit_vault(url: str, name: str | None = None) -> KeyVault:
+    """A built-in vault in `url` holding the RSA-2048 key `audit`, which the identity
+    `gateway` may get, wrap and unwrap with (what a cluster's key needs)."""
+    vault = KeyVault(url, name or unique("cmk"), master_key=MASTER)
+    vault.create_key("audit", "RSA", 2048)
+    vault.grant("gateway", "get,wrapKey,unwrapKey")
+    return vault
+
+
+def point_cluster(engine: Any, url: str, vault_name: str, cluster: str = "default",
+                  principal: str = "t") -> None:
+    """Set `cluster`'s keyVaultProperties to the `audit` key of `vault_name`, used as
+    the identity `gateway`."""
+    from egressguard.keys import clusterkeys
+
+    clusterkeys.put(engine, url, MASTER, cluster,
+                    {"keyName": "audit", "keyVaultUri": f"vault://{vault_name}",
+                     "userIdentity": "gateway"}, principal)
+
+
 @dataclass(frozen=True)
 class SoftHsm:
     library: str

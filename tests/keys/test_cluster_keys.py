@@ -17,7 +17,7 @@ from egressguard.cli.main import build_app
 from egressguard.control.api import create_app
 from egressguard.keys.vault import KeyVault
 from egressguard.store import Store
-from tests.keys.conftest import MASTER, unique
+from tests.keys.conftest import MASTER, audit_vault, unique
 
 pytestmark = pytest.mark.timeout(60)
 FIELD = "properties.keyVaultProperties"
@@ -31,9 +31,7 @@ def master(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def vault(store_url: str) -> Iterator[KeyVault]:
-    v = KeyVault(store_url, unique("cmk"), master_key=MASTER)
-    v.create_key("audit", "RSA", 2048)
-    v.grant("gateway", "get,wrapKey,unwrapKey")
+    v = audit_vault(store_url, unique("cmk"))
     yield v
     v.close()
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from egressguard.keys import clusterkeys
 from egressguard.keys.runtime import ClusterKey
 from egressguard.keys.vault import KeyVault
 from egressguard.store import Store
-from tests.keys.conftest import MASTER
+from tests.keys.conftest import MASTER, point_cluster
 
 pytestmark = pytest.mark.timeout(60)
 INTERVAL = 0.5
@@ -40,9 +39,7 @@ def test_the_cluster_key_follows_rotation_and_a_new_key_uri_within_its_interval(
         vault.grant("gateway", "get,wrapKey,unwrapKey")
 
     def point_at(vault: KeyVault) -> None:
-        clusterkeys.put(store.engine, sqlite_url, MASTER, "default",
-                        {"keyName": "audit", "keyVaultUri": f"vault://{vault.name}",
-                         "userIdentity": "gateway"}, "t")
+        point_cluster(store.engine, sqlite_url, vault.name)
 
     point_at(first)
     key = ClusterKey.open(sqlite_url, "default", check_interval=INTERVAL)

@@ -19,13 +19,11 @@ from sqlalchemy import create_engine, select
 
 from egressguard.audit.schema import batches
 from egressguard.audit.system import system_events
-from egressguard.keys import clusterkeys
 from egressguard.keys.provider import WrappedKey
-from egressguard.keys.vault import KeyVault
 from egressguard.store import Store
 from tests.gateway.conftest import LOOPBACK_POLICY, Server, upstream
 from tests.gateway.test_serve import EGRESSGUARD
-from tests.keys.conftest import MASTER
+from tests.keys.conftest import MASTER, audit_vault, point_cluster
 
 __all__ = ["upstream"]
 pytestmark = pytest.mark.timeout(120)
@@ -46,12 +44,8 @@ def test_serve_seals_under_the_cluster_key_and_suspends_and_resumes_with_it(
            "EGRESSGUARD_MASTER_KEY": base64.b64encode(MASTER).decode()}
     env.pop("EGRESSGUARD_AUDIT_KEY", None)
     store = Store(url)
-    vault = KeyVault(url, "cmk", master_key=MASTER)
-    vault.create_key("audit", "RSA", 2048)
-    vault.grant("gateway", "get,wrapKey,unwrapKey")
-    clusterkeys.put(store.engine, url, MASTER, "default",
-                    {"keyName": "audit", "keyVaultUri": "vault://cmk",
-                     "userIdentity": "gateway"}, "test")
+    vault = audit_vault(url, "cmk")
+    point_cluster(store.engine, url, "cmk", "default", "test")
     store.close()
     policy = tmp_path / "p.yaml"
     policy.write_text(LOOPBACK_POLICY)
@@ -117,12 +111,8 @@ def test_serve_in_store_mode_reads_sealed_versions_and_the_policy_cache_follows_
            "EGRESSGUARD_MASTER_KEY": base64.b64encode(MASTER).decode()}
     monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", env["EGRESSGUARD_MASTER_KEY"])
     store = Store(url)
-    vault = KeyVault(url, "cmk", master_key=MASTER)
-    vault.create_key("audit", "RSA", 2048)
-    vault.grant("gateway", "get,wrapKey,unwrapKey")
-    clusterkeys.put(store.engine, url, MASTER, "default",
-                    {"keyName": "audit", "keyVaultUri": "vault://cmk",
-                     "userIdentity": "gateway"}, "test")
+    vault = audit_vault(url, "cmk")
+    point_cluster(store.engine, url, "cmk", "default", "test")
     keys = seal_store(store)
     store.commit("default", load_policy_text(LOOPBACK_POLICY, "p.yaml"), "t", "loopback")
     with store.engine.connect() as conn:

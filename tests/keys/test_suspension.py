@@ -16,7 +16,6 @@ import pytest
 
 from egressguard.audit.log import AuditLog
 from egressguard.audit.system import SystemEvents, system_events
-from egressguard.keys import clusterkeys
 from egressguard.keys.envelope import RUNNING, SUSPENDED
 from egressguard.keys.runtime import ClusterKey, bind
 from egressguard.keys.vault import KeyVault
@@ -30,7 +29,7 @@ from tests.gateway.conftest import (  # the gateway tests' real servers
     raw,
     upstream,
 )
-from tests.keys.conftest import MASTER
+from tests.keys.conftest import MASTER, audit_vault, point_cluster
 
 __all__ = ["echo", "gateway_factory", "upstream"]
 pytestmark = pytest.mark.timeout(120)
@@ -44,12 +43,8 @@ def cluster_key(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("EGRESSGUARD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(MASTER).decode())
     store = Store(sqlite_url)
-    vault = KeyVault(sqlite_url, "cmk", master_key=MASTER)
-    vault.create_key("audit", "RSA", 2048)
-    vault.grant("gateway", "get,wrapKey,unwrapKey")
-    clusterkeys.put(store.engine, sqlite_url, MASTER, "default",
-                    {"keyName": "audit", "keyVaultUri": "vault://cmk",
-                     "userIdentity": "gateway"}, "test")
+    vault = audit_vault(sqlite_url, "cmk")
+    point_cluster(store.engine, sqlite_url, "cmk", "default", "test")
     key = ClusterKey.open(sqlite_url, "default", check_interval=INTERVAL)
     assert key is not None and key.envelope.state == RUNNING
     yield vault, key

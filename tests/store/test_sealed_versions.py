@@ -21,7 +21,7 @@ from egressguard.store import Store
 from egressguard.store.schema import VersionRow
 from egressguard.store.sealing import PREFIX
 from egressguard.store.store import StoreUnavailable
-from tests.keys.conftest import MASTER, unique
+from tests.keys.conftest import MASTER, audit_vault, point_cluster, unique
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,13 +44,9 @@ def keyed(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("EGRESSGUARD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(MASTER).decode())
     store = Store(store_url)
-    vault = KeyVault(store_url, unique("cmk"), master_key=MASTER)
-    vault.create_key("audit", "RSA", 2048)
-    vault.grant("gateway", "get,wrapKey,unwrapKey")
+    vault = audit_vault(store_url, unique("cmk"))
     store.commit("default", policy("before-the-key"), "t", "clear")  # type: ignore[arg-type]
-    clusterkeys.put(store.engine, store_url, MASTER, "default",
-                    {"keyName": "audit", "keyVaultUri": f"vault://{vault.name}",
-                     "userIdentity": "gateway"}, "t")
+    point_cluster(store.engine, store_url, vault.name)
     keys = seal_store(store)
     yield store, vault, keys
     keys.close()
@@ -146,12 +142,8 @@ def test_the_cli_applies_and_shows_sealed_versions_and_a_process_without_the_key
     env = {**os.environ, "EGRESSGUARD_HOME": str(tmp_path / "home"),
            "EGRESSGUARD_MASTER_KEY": base64.b64encode(MASTER).decode()}
     store = Store(sqlite_url)
-    vault = KeyVault(sqlite_url, "cmk", master_key=MASTER)
-    vault.create_key("audit", "RSA", 2048)
-    vault.grant("gateway", "get,wrapKey,unwrapKey")
-    clusterkeys.put(store.engine, sqlite_url, MASTER, "default",
-                    {"keyName": "audit", "keyVaultUri": "vault://cmk",
-                     "userIdentity": "gateway"}, "t")
+    vault = audit_vault(sqlite_url, "cmk")
+    point_cluster(store.engine, sqlite_url, "cmk")
     vault.close()
     file = tmp_path / "p.yaml"
     file.write_text("restrict_outbound_network_access: Enabled\n"
@@ -195,9 +187,7 @@ def test_a_key_set_by_another_process_seals_the_very_next_commit(
         vault.create_key("audit", "RSA", 2048)
         vault.grant("gateway", "get,wrapKey,unwrapKey")
         assert keys("default") is None          # cached: no key (for an hour)
-        clusterkeys.put(other.engine, store_url, MASTER, "default",
-                        {"keyName": "audit", "keyVaultUri": f"vault://{vault.name}",
-                         "userIdentity": "gateway"}, "t")
+        point_cluster(other.engine, store_url, vault.name)
         v = store.commit("default", policy("right-after-the-key"), "t", "s")  # type: ignore[arg-type]
         assert stored(store)[v.number].startswith(PREFIX)
         assert "right-after-the-key" not in stored(store)[v.number]
