@@ -16,6 +16,7 @@ pytestmark = pytest.mark.timeout(60)
 
 FAST = live.Limits(poll=0.05, heartbeat=0.2, lifetime=1.0, batch=100)
 SHORT = live.Limits(poll=0.05, heartbeat=0.1, lifetime=0.35, batch=100)  # replay, then end
+LIVE = live.Limits(poll=0.05, heartbeat=0.2, lifetime=3.0, batch=100)  # waits for a record
 
 
 def frames(text: str) -> list[dict[str, Any]]:
@@ -57,10 +58,12 @@ def emit_later(env: Env, delay: float, **changes: Any) -> threading.Timer:
 
 
 def test_a_denial_made_while_the_stream_is_open_arrives_live(store_env: Env) -> None:
-    timer = emit_later(store_env, 0.4, host="late.evil.net", verdict="deny", permitted=False,
+    # The record is written 0.8 s in (after the stream has opened, also on a busy machine)
+    # and must arrive within the stream's 3 s.
+    timer = emit_later(store_env, 0.8, host="late.evil.net", verdict="deny", permitted=False,
                        layer="default", rule="default:deny", reason="not allowed",
                        policy_version="7")
-    response = stream(store_env, "operator")
+    response = stream(store_env, "operator", LIVE)
     timer.join()
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
