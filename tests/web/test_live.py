@@ -85,10 +85,11 @@ def test_operators_see_decisions_but_not_versions_or_sealed_reasons(env: Env) ->
 def test_an_identity_filter_streams_only_that_identitys_decisions(env: Env) -> None:
     """The identity is sealed, so it is matched after opening; the records of others are
     skipped and the stream still moves on to the ones after them."""
-    timers = [emit_later(env, 0.2, host="a.example.com", client_identity="billing"),
-              emit_later(env, 0.3, host="b.example.com", client_identity="batch-job"),
-              emit_later(env, 0.4, host="c.example.com", client_identity="billing")]
-    got = decisions(stream(env, "auditor", params={"identity": "billing"}).text)
+    # Written after the stream has opened (also on a busy machine), within its 3 s.
+    timers = [emit_later(env, 0.8, host="a.example.com", client_identity="billing"),
+              emit_later(env, 0.9, host="b.example.com", client_identity="batch-job"),
+              emit_later(env, 1.0, host="c.example.com", client_identity="billing")]
+    got = decisions(stream(env, "auditor", LIVE, params={"identity": "billing"}).text)
     for t in timers:
         t.join()
     assert [(d["host"], d["client_identity"]) for d in got] == [
