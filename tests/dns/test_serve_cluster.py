@@ -78,7 +78,10 @@ def test_cluster_update_flips_nxdomain_to_an_answer_within_one_second(
 
     def ask_until_answered() -> None:  # probes from before the update is made
         while not stop.is_set():
-            reply = _ask(server, NAME)
+            try:
+                reply = _ask(server, NAME, timeout=0.5)
+            except TimeoutError:  # one slow answer on a busy machine: ask again
+                continue
             if reply.header.rcode == RCODE.NOERROR and reply.rr:
                 answered.append((time.time(), reply))
                 return
@@ -91,7 +94,7 @@ def test_cluster_update_flips_nxdomain_to_an_answer_within_one_second(
                      "--store", store_url),
         capture_output=True, text=True, timeout=60, env=_env(tmp_path))
     assert update.returncode == 0, update.stderr
-    prober.join(timeout=5)
+    prober.join(timeout=15)
     stop.set()
     assert answered, "the change never reached the filter"
     with Store(store_url) as store:  # when the version was committed (wall clock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -47,24 +48,35 @@ def decisions(text: str) -> list[dict[str, Any]]:
     return [f["data"] for f in frames(text) if f.get("event") == "decision"]
 
 
-def emit_later(env: Env, delay: float, **changes: Any) -> threading.Timer:
+def emit_once_streaming(env: Env, *records: dict[str, Any]) -> threading.Thread:
+    """Write `records` once a live stream has opened: when it holds its slot (taken just
+    before it reads where to start) and 0.3 s more, so a slow open on a busy machine
+    cannot make the records older than the stream."""
+    slots = live.Slots(4)
+    env.client.app.state.dashboard_live_slots = slots  # type: ignore[attr-defined]
+
     def write() -> None:
-        env.log.emit(event(**changes))
+        deadline = time.monotonic() + 30
+        while slots.open == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        for changes in records:
+            env.log.emit(event(**changes))
+            time.sleep(0.05)
         env.log.flush()
 
-    timer = threading.Timer(delay, write)
-    timer.start()
-    return timer
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
 
 
 def test_a_denial_made_while_the_stream_is_open_arrives_live(store_env: Env) -> None:
-    # The record is written 0.8 s in (after the stream has opened, also on a busy machine)
-    # and must arrive within the stream's 3 s.
-    timer = emit_later(store_env, 0.8, host="late.evil.net", verdict="deny", permitted=False,
-                       layer="default", rule="default:deny", reason="not allowed",
-                       policy_version="7")
+    # The record is written after the stream has opened and must arrive within its 3 s.
+    writer = emit_once_streaming(store_env, dict(
+        host="late.evil.net", verdict="deny", permitted=False, layer="default",
+        rule="default:deny", reason="not allowed", policy_version="7"))
     response = stream(store_env, "operator", LIVE)
-    timer.join()
+    writer.join()
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     got = decisions(response.text)
@@ -85,13 +97,11 @@ def test_operators_see_decisions_but_not_versions_or_sealed_reasons(env: Env) ->
 def test_an_identity_filter_streams_only_that_identitys_decisions(env: Env) -> None:
     """The identity is sealed, so it is matched after opening; the records of others are
     skipped and the stream still moves on to the ones after them."""
-    # Written after the stream has opened (also on a busy machine), within its 3 s.
-    timers = [emit_later(env, 0.8, host="a.example.com", client_identity="billing"),
-              emit_later(env, 0.9, host="b.example.com", client_identity="batch-job"),
-              emit_later(env, 1.0, host="c.example.com", client_identity="billing")]
+    writer = emit_once_streaming(env, dict(host="a.example.com", client_identity="billing"),
+                                 dict(host="b.example.com", client_identity="batch-job"),
+                                 dict(host="c.example.com", client_identity="billing"))
     got = decisions(stream(env, "auditor", LIVE, params={"identity": "billing"}).text)
-    for t in timers:
-        t.join()
+    writer.join()
     assert [(d["host"], d["client_identity"]) for d in got] == [
         ("a.example.com", "billing"), ("c.example.com", "billing")]
     old = decisions(stream(env, "admin", SHORT, params={"identity": "(anonymous)"},
