@@ -452,6 +452,31 @@ class Snapshot:
         other addresses (a rebinding to a private range) is decided afresh. The memo is
         bounded (cleared when full), so random names cannot grow it without limit.
         """
+        memo, key = self._memo_slot(request)
+        addresses = request.addresses
+        found = memo.get(key)
+        if found is not None and (found[0] is addresses or found[0] == addresses):
+            return found[1]
+        decision = self._decide(request)
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[key] = (addresses, decision)
+        return decision
+
+    def recall(self, request: Request) -> Decision | None:
+        """The memoised decision of `request`, or None when `decide` would have to work
+        it out (for a caller that times only real decisions)."""
+        memo, key = self._memo_slot(request)
+        found = memo.get(key)
+        addresses = request.addresses
+        if found is not None and (found[0] is addresses or found[0] == addresses):
+            return found[1]
+        return None
+
+    def _memo_slot(self, request: Request) -> tuple[dict[tuple[object, ...], _Memoised],
+                                                     tuple[object, ...]]:
+        """(the memo of the request's kind, its key): every field the decision reads
+        but the addresses, with the source only where a rule is scoped by source."""
         kind = request.kind
         memo = (self._memo_connect if kind is _CONNECT else self._memo_http if kind is _HTTP
                 else self._memo_other)
@@ -462,18 +487,9 @@ class Snapshot:
             scoped = self._source_scoped
             if not (self._scoped_by_source() if scoped is None else scoped):
                 source = None
-        key = (request.host, request.uri, request.port, request.scheme, request.protocol,
-               request.callout_type, kind if memo is self._memo_other else None,
-               identity, source)
-        addresses = request.addresses
-        found = memo.get(key)
-        if found is not None and (found[0] is addresses or found[0] == addresses):
-            return found[1]
-        decision = self._decide(request)
-        if len(memo) >= _MEMO_SIZE:
-            memo.clear()
-        memo[key] = (addresses, decision)
-        return decision
+        return memo, (request.host, request.uri, request.port, request.scheme,
+                      request.protocol, request.callout_type,
+                      kind if memo is self._memo_other else None, identity, source)
 
     def _scoped_by_source(self) -> bool:
         """Whether any rule is scoped by source (`sources:`), so that a decision may
