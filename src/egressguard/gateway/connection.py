@@ -93,6 +93,7 @@ class ConnState(enum.Enum):
 
 IDLE, HEAD, BUSY = ConnState.IDLE, ConnState.HEAD, ConnState.BUSY
 PEEK, TUNNEL, CLOSED = ConnState.PEEK, ConnState.TUNNEL, ConnState.CLOSED
+_HTTP = Kind.HTTP  # bound once: an enum attribute costs ~170 ns on the keep-alive path
 
 
 class Route:
@@ -536,7 +537,7 @@ class ClientConnection(asyncio.Protocol):
                 and request.identity == self.identity:
             decision, permitted = route.decision, route.permitted
         else:
-            request = Request(kind=Kind.HTTP, host=route.host.name, port=route.port,
+            request = Request(kind=_HTTP, host=route.host.name, port=route.port,
                               scheme="http", addresses=addresses, source=self.source,
                               identity=self.identity)
             decision, permitted = self.cp.decide(request)
