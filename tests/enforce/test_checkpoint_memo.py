@@ -55,3 +55,23 @@ def test_a_suspended_checkpoint_refuses_what_the_memo_allows() -> None:
     assert not permitted and decision.rule == "suspended"
     cp.resume()
     assert cp.decide(resolved("shop.example.com", "93.184.216.34"))[1] is True
+
+
+def test_one_decision_noted_under_other_labels_is_counted_under_those() -> None:
+    cp = Checkpoint(holder())
+    decision, _ = cp.decide(resolved("new.org", "93.184.216.34"))
+    assert decision.verdict == "deny"
+
+    def count(kind: str, permitted: str) -> float:
+        return REGISTRY.get_sample_value("egressguard_decisions_total", {
+            "kind": kind, "verdict": "deny", "layer": decision.layer.value,
+            "permitted": permitted}) or 0.0
+
+    before = {(k, p): count(k, p) for k in ("http", "connect") for p in ("true", "false")}
+    for kind, permitted in (("http", False), ("http", False), ("http", True),
+                            ("connect", False), ("http", False)):
+        cp.note(decision, permitted, kind)
+    assert count("http", "false") == before[("http", "false")] + 3
+    assert count("http", "true") == before[("http", "true")] + 1
+    assert count("connect", "false") == before[("connect", "false")] + 1
+    assert count("connect", "true") == before[("connect", "true")]

@@ -81,7 +81,7 @@ class Checkpoint:
     Safe to share between threads (the memo tolerates races; counters are thread-safe).
     """
 
-    __slots__ = ("_by_identity", "_counters", "_hooks", "_templates", "audit_timeout",
+    __slots__ = ("_by_identity", "_counters", "_hooks", "_noted", "_templates", "audit_timeout",
                  "cluster", "holder", "point", "recording", "report_only", "sink", "suspended")
 
     def __init__(self, holder: SnapshotHolder, sink: EventSink | None = None, *,
@@ -96,6 +96,8 @@ class Checkpoint:
         self.point = point
         self.audit_timeout = audit_timeout
         self._counters: dict[tuple[str, str, str, bool], object] = {}
+        # id(decision) -> (decision, kind, permitted, its counter): see `note`.
+        self._noted: dict[int, tuple[Decision, str, bool, object]] = {}
         self._by_identity: dict[tuple[str, str, bool], object] = {}
         # id(decision) -> (decision, kind, policy version, the event's fields that follow
         # from them): see `event`.
@@ -176,23 +178,37 @@ class Checkpoint:
              identity: str | None = None) -> None:
         """Count every enforced decision (and log those that are not plain allows);
         by identity too where the point authenticates (`identity` not None)."""
-        key = (kind, decision.verdict.value, decision.layer.value, permitted)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = metrics.DECISIONS.labels(
-                key[0], key[1], key[2], "true" if permitted else "false")
-        counter.inc()  # type: ignore[attr-defined]
+        # The keep-alive path notes the same decision objects over and over (the snapshot's
+        # memo hands them out): their counter is found by identity, without building the
+        # label key (two enum `.value` reads and a tuple).
+        found = self._noted.get(id(decision))
+        if found is None or found[0] is not decision or found[1] != kind \
+                or found[2] is not permitted:
+            found = self._note_counter(decision, permitted, kind)
+        found[3].inc()  # type: ignore[attr-defined]
         if identity is not None:
-            by = (identity, key[1], permitted)
-            found = self._by_identity.get(by)
-            if found is None:
-                found = self._identity_counter(by)
-            found.inc()  # type: ignore[attr-defined]
+            by = (identity, decision.verdict.value, permitted)
+            counter = self._by_identity.get(by)
+            if counter is None:
+                counter = self._identity_counter(by)
+            counter.inc()  # type: ignore[attr-defined]
         if not decision.allowed:
             log.info("%s: %s %s %s %s (%s: %s)%s", self.point, peer,
                      "report-only" if permitted else "deny", kind,
                      decision.destination, decision.rule, decision.reason,
                      " would be denied" if permitted else "")
+
+    def _note_counter(self, decision: Decision, permitted: bool, kind: str
+                      ) -> tuple[Decision, str, bool, object]:
+        key = (kind, decision.verdict.value, decision.layer.value, permitted)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = metrics.DECISIONS.labels(
+                key[0], key[1], key[2], "true" if permitted else "false")
+        if len(self._noted) >= 4096:
+            self._noted.clear()
+        found = self._noted[id(decision)] = (decision, kind, permitted, counter)
+        return found
 
     def _identity_counter(self, key: tuple[str, str, bool]) -> object:
         """The counter of (identity, verdict, permitted), with the label bounded: a
