@@ -9,13 +9,19 @@ regexes and 1,000 CIDRs, then measures:
 * peak memory: the process's peak RSS (`ru_maxrss`), before and after building;
 * decision latency for FQDN hits (exact, wildcard), misses, URL requests, callouts and IP
   flows, each as p50/p99 and as a ratio to a bare `dict` lookup of an already-normalised
-  host in the same run.
+  host in the same run;
+* the requests the gateway actually asks once it has resolved a name: CONNECT and HTTP
+  requests carrying the resolved address and the client's source (`connect_addr`,
+  `http_addr`), in the big policy and in a policy of 1,000 one-target rules (the shape of
+  `bench/proxy.py`'s default configuration: `one_target_http_addr`, and
+  `one_target_hit` by name alone).
 
 Two regimes are measured. *Cold* (`*_cold`): a freshly compiled snapshot and empty
 normalisation caches, every request seen for the first time: the full cost of
 normalising and matching. *Warm* (the headline keys): the steady state of a gateway,
-where hosts repeat and the snapshot's bounded decision memo answers. Flows carry
-resolved addresses and are never memoised, so `flow` is always the full path.
+where hosts repeat and the snapshot's bounded decision memo answers (every request is
+decided once before the timed passes; the memo keys requests with resolved addresses and a
+source too, so `flow`, `*_addr` are memo hits like the rest).
 
 Latencies are timed per call with `perf_counter_ns` minus the timer's own overhead (the
 median of back-to-back timer calls); the dict baseline is too short to time per call, so
@@ -44,6 +50,7 @@ from egressguard.engine.normalize import _name_host
 from egressguard.policy import Policy
 
 N_EXACT, N_WILD, N_CALLOUT, N_CIDR = 100_000, 10_000, 1_000, 1_000
+N_ONE_TARGET = 1_000  # one-target rules, as bench/proxy.py's default configuration
 TARGETS_PER_RULE = 100
 SAMPLES = 20_000
 ROUNDS = 3
@@ -84,6 +91,15 @@ def policy_document() -> dict[str, Any]:
                                           "rules": rules}],
         "network_rule_collections": [{"name": "cidrs", "priority": 100, "rules": network}],
     }
+
+
+def one_target_document() -> dict[str, Any]:
+    """N_ONE_TARGET application rules of one name each on http:80, restricted."""
+    rules = [{"name": f"app{i}", "targets": [f"app{i}.bench.test"], "protocols": ["http:80"]}
+             for i in range(N_ONE_TARGET)]
+    return {"restrict_outbound_network_access": True,
+            "application_rule_collections": [{"name": "apps", "priority": 200,
+                                              "action": "allow", "rules": rules}]}
 
 
 def _timer_overhead() -> float:
@@ -175,12 +191,38 @@ def main() -> None:
              for ip in (ipaddress.IPv4Address(f"20.{rng.randrange(4)}.{rng.randrange(256)}."
                                               f"{rng.randrange(1, 255)}")
                         for _ in range(SAMPLES))]
+    # What the gateway asks once it has resolved a name: one public address per name (the
+    # same tuple object per name, as its resolver cache hands out) and the client's source.
+    source = ipaddress.IPv4Address("172.20.0.5")
+    resolved: dict[str, tuple[ipaddress.IPv4Address, ...]] = {}
+
+    def addresses_of(host: str) -> tuple[ipaddress.IPv4Address, ...]:
+        found = resolved.get(host)
+        if found is None:
+            n = len(resolved)
+            found = resolved[host] = (
+                ipaddress.IPv4Address(f"93.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"),)
+        return found
+
+    connect_addrs = [Request(kind=Kind.CONNECT, host=h, port=443, addresses=addresses_of(h),
+                             source=source) for h in hit_hosts]
+    http_addrs = [Request(kind=Kind.HTTP, host=h, port=80, scheme="http",
+                          addresses=addresses_of(h), source=source) for h in hit_hosts]
+    one_target = Policy.model_validate(one_target_document())
+    one_hosts = [f"app{rng.randrange(N_ONE_TARGET)}.bench.test" for _ in range(SAMPLES)]
+    one_hits = [Request(kind=Kind.HTTP, host=h, port=80, scheme="http") for h in one_hosts]
+    one_addrs = [Request(kind=Kind.HTTP, host=h, port=80, scheme="http",
+                         addresses=addresses_of(h), source=source) for h in one_hosts]
+    one_snapshot = compile_policy(one_target)
 
     # Sanity: the figures are about the verdicts we think they are.
     assert snapshot.decide(hits[0]).allowed and snapshot.decide(wilds[0]).allowed
     assert not snapshot.decide(misses[0]).allowed
     assert snapshot.decide(urls[0]).allowed and snapshot.decide(callouts[0]).allowed
     assert snapshot.decide(flows[0]).allowed
+    assert snapshot.decide(connect_addrs[0]).allowed and snapshot.decide(http_addrs[0]).allowed
+    assert one_snapshot.decide(one_hits[0]).allowed
+    assert one_snapshot.decide(one_addrs[0]).allowed
 
     overhead = _timer_overhead()
     table = {h: True for h in (exact_name(i) for i in range(N_EXACT))}
@@ -190,20 +232,27 @@ def main() -> None:
     dict_hot_us = dict_baseline({h: True for h in hit_hosts}, hit_hosts)
 
     results: dict[str, list[float]] = {}
-    scenarios = (("hit", hits), ("wildcard", wilds), ("miss", misses), ("url", urls),
-                 ("callout", callouts), ("flow", flows))
+    scenarios = ((policy, snapshot, (
+        ("hit", hits), ("wildcard", wilds), ("miss", misses), ("url", urls),
+        ("callout", callouts), ("flow", flows), ("connect_addr", connect_addrs),
+        ("http_addr", http_addrs))),
+        (one_target, one_snapshot, (("one_target_hit", one_hits),
+                                    ("one_target_http_addr", one_addrs))))
     # Cold: every request seen for the first time by a fresh snapshot.
-    for name, requests in scenarios:
-        unique = list(dict.fromkeys(requests))  # a repeat would be a memo hit
-        results[f"{name}_cold"] = best_round(
-            lambda unique=unique: per_call(cold_snapshot(policy).decide, unique, overhead))
+    for compiled, _, rows in scenarios:
+        for name, requests in rows:
+            unique = list(dict.fromkeys(requests))  # a repeat would be a memo hit
+            results[f"{name}_cold"] = best_round(
+                lambda unique=unique, compiled=compiled: per_call(
+                    cold_snapshot(compiled).decide, unique, overhead))
     # Warm: the steady state of a gateway, where hosts repeat.
-    decide = snapshot.decide
-    for name, requests in scenarios:
-        for request in requests:
-            decide(request)
-        results[name] = best_round(
-            lambda requests=requests: per_call(decide, requests, overhead))
+    for _, warm, rows in scenarios:
+        decide = warm.decide
+        for name, requests in rows:
+            for request in requests:
+                decide(request)
+            results[name] = best_round(
+                lambda requests=requests, decide=decide: per_call(decide, requests, overhead))
 
     figures: dict[str, Any] = {
         "validate_s": round(validate_s, 3),
@@ -218,7 +267,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"Python {sys.version.split()[0]}")
     print(f"policy: {N_EXACT} exact FQDNs, {N_WILD} wildcards, {N_CALLOUT} callout regexes, "
-          f"{N_CIDR} CIDRs")
+          f"{N_CIDR} CIDRs; one_target_*: {N_ONE_TARGET} one-target rules")
     print(f"load/validate (pydantic): {validate_s:.3f} s")
     print(f"compile_policy:           {compile_s:.3f} s")
     print(f"peak RSS (ru_maxrss):     {rss_after:.1f} MB after compile (at start "
@@ -226,13 +275,13 @@ def main() -> None:
     print(f"bare dict lookup:         {dict_us * 1000:.1f} ns (100k-name table, the ratio "
           f"base); {dict_hot_us * 1000:.1f} ns with the table's own key objects")
     print("cold = fresh snapshot, first sight of every request; warm = steady state")
-    print(f"{'decision':<16}{'p50 us':>9}{'p99 us':>9}{'x dict p50':>12}")
+    print(f"{'decision':<26}{'p50 us':>9}{'p99 us':>9}{'x dict p50':>12}")
     for name, values in results.items():
         p50, p99 = pct(values, 0.50), pct(values, 0.99)
         figures[f"p50_us_{name}"] = round(p50, 3)
         figures[f"p99_us_{name}"] = round(p99, 3)
         figures[f"ratio_p50_{name}"] = round(p50 / dict_us, 1)
-        print(f"{name:<16}{p50:>9.3f}{p99:>9.3f}{p50 / dict_us:>12.1f}")
+        print(f"{name:<26}{p50:>9.3f}{p99:>9.3f}{p50 / dict_us:>12.1f}")
     print(json.dumps(figures))
 
 

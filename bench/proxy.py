@@ -1,7 +1,8 @@
 """Proxy benchmark: direct vs egressguard vs Squid vs tinyproxy, on loopback, in one run.
 
     .venv/bin/python bench/proxy.py [--quick] [--rounds N] [--seconds S] [--idle N]
-    .venv/bin/python bench/proxy.py --side-by-side /tmp/gw-before/src [--audit]   # A/B CPU/req
+    .venv/bin/python bench/proxy.py --side-by-side /tmp/gw-before/src [--audit] [--names]
+        [--workers N]                                                  # A/B CPU/req
 
 Needs `squid`, `tinyproxy`, `wrk`, `unbound` and a C compiler (Debian: `apt-get install
 squid tinyproxy wrk unbound build-essential`); the script installs the missing ones with
@@ -423,11 +424,13 @@ def idle_cpu(bulk: Path, target: Target, http_port: int, count: int) -> float:
 # -- main ------------------------------------------------------------------------------------
 
 def side_by_side(before_src: str, rounds: int, seconds: int, conns: int,
-                 audit: bool = False) -> None:
+                 audit: bool = False, names: bool = False, workers: int | None = None) -> None:
     """CPU per keep-alive request of two gateways at once (this checkout's and the code
     in `before_src`, e.g. a `git worktree` of the starting commit), against one origin,
     in interleaved `wrk` rounds (order alternating), so load on a shared machine falls
-    on both alike (`audit`: both with `serve`'s audit log, the writer child counted).
+    on both alike (`audit`: both with `serve`'s audit log, the writer child counted;
+    `names`: the default configuration's workload, 1,000 one-name rules and random names
+    resolved through unbound; `workers`: `serve --workers N`, default one per core).
     Prints per-round figures, then medians and the ratio."""
     import statistics
 
@@ -437,11 +440,14 @@ def side_by_side(before_src: str, rounds: int, seconds: int, conns: int,
     origin.start()
     wait_port(http_port)
     load_before = os.getloadavg()
+    extra = ("--workers", str(workers)) if workers else ()
     with tempfile.TemporaryDirectory(prefix="egressguard-ab-") as tmpdir:
         tmp = Path(tmpdir)
+        dns = start_dns(tmp) if names else None
         targets = [start_egressguard(tmp, http_port, bulk_port, name="before", src=before_src,
-                                     audit=audit),
-                   start_egressguard(tmp, http_port, bulk_port, name="after", audit=audit)]
+                                     audit=audit, names=names, extra=extra),
+                   start_egressguard(tmp, http_port, bulk_port, name="after", audit=audit,
+                                     names=names, extra=extra)]
         figures: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
         try:
             for target in targets:  # warm-up, not counted
@@ -457,6 +463,9 @@ def side_by_side(before_src: str, rounds: int, seconds: int, conns: int,
                 assert target.proc is not None
                 target.proc.terminate()
                 target.proc.wait(10)
+            if dns is not None:
+                dns.terminate()
+                dns.wait(10)
     origin.terminate()
     cpu = {n: statistics.median(m["cpu_us"] for m in f) for n, f in figures.items()}
     rps = {n: statistics.median(m["rps"] for m in f) for n, f in figures.items()}
@@ -471,7 +480,8 @@ def side_by_side(before_src: str, rounds: int, seconds: int, conns: int,
                       "rps_ratio": round(rps["after"] / rps["before"], 4),
                       "p99_us_before": statistics.median(m["p99_us"] for m in figures["before"]),
                       "p99_us_after": statistics.median(m["p99_us"] for m in figures["after"]),
-                      "audit": audit, "rounds": rounds, "seconds": seconds, "conns": conns}))
+                      "audit": audit, "names": names, "workers": workers, "rounds": rounds,
+                      "seconds": seconds, "conns": conns}))
 
 
 def main() -> None:
@@ -489,10 +499,17 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated rows to run")
     parser.add_argument("--audit", action="store_true",
                         help="with --side-by-side: both gateways with the audit log on")
+    parser.add_argument("--names", action="store_true",
+                        help="with --side-by-side: the default configuration's workload "
+                             "(1,000 one-name rules, random names resolved through unbound)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --side-by-side: serve --workers N (default: one per core)")
     args = parser.parse_args()
     if args.side_by_side:
+        if args.names:
+            ensure_tools()
         side_by_side(args.side_by_side, args.rounds or 9, args.seconds or 4, args.conns,
-                     args.audit)
+                     args.audit, args.names, args.workers)
         return
     ensure_tools()
     rounds = args.rounds or (2 if args.quick else 5)

@@ -21,16 +21,17 @@ would-deny. Every decision is recorded with its verdict (what the policy says) a
 Not policy decisions, so not subject to report-only: protocol errors (a request or DNS
 packet that cannot be parsed or re-encoded: HTTP 400, DNS FORMERR) and overload answers.
 
-Cost: `decide` is on the gateway's keep-alive hot path. It memoises decisions per
-snapshot keyed by the `Request` (decisions are pure functions of the two), reads the
-memo through one attribute so that a concurrent swap can never file a decision under the
-wrong snapshot, and allocates nothing but its result tuple; counters are cached per
-label set; no event is built at all without an audit sink (`recording`).
+Cost: `decide` is on the gateway's keep-alive hot path. Decisions are memoised by the
+snapshot itself (`Snapshot.decide`: exact, per snapshot, so a swap can never answer from
+the wrong policy), so the checkpoint keeps no memo of its own and allocates nothing but
+its result tuple; only real engine work is timed (`Snapshot.recall` tells a memo hit);
+counters are cached per label set; no event is built at all without an audit sink
+(`recording`).
 
 Suspension (customer-managed keys, docs/keys.md): while the cluster's root key is
 unavailable the checkpoint is *suspended*: every decision is a refusal whatever the
-policy or report-only says (fail closed), nothing is recorded (records cannot be sealed;
-the transition itself is a system event), and the memo is dropped. Enforcement points
+policy or report-only says (fail closed) and nothing is recorded (records cannot be
+sealed; the transition itself is a system event). Enforcement points
 answer a suspended checkpoint as an outage (the gateway: 503 with the reason, open
 tunnels closed through an `on_suspend` hook), not as a policy refusal. The checkpoint
 knows nothing of keys: whoever watches the key (`keys.suspension`) calls `suspend` and
@@ -53,7 +54,6 @@ from egressguard.engine import Decision, Layer, Request, Snapshot, Verdict
 from egressguard.engine.holder import SnapshotHolder
 
 log = logging.getLogger("egressguard.enforce")
-MEMO_SIZE = 4096          # memoised decisions per snapshot (cleared when full)
 _PID = f"{os.getpid():x}"
 _ids = itertools.count(1)
 _IDENTITY_LABELS: set[str] = set()  # identity label values in use in this process
@@ -81,7 +81,7 @@ class Checkpoint:
     Safe to share between threads (the memo tolerates races; counters are thread-safe).
     """
 
-    __slots__ = ("_by_identity", "_counters", "_hooks", "_memo", "_templates", "audit_timeout",
+    __slots__ = ("_by_identity", "_counters", "_hooks", "_noted", "_templates", "audit_timeout",
                  "cluster", "holder", "point", "recording", "report_only", "sink", "suspended")
 
     def __init__(self, holder: SnapshotHolder, sink: EventSink | None = None, *,
@@ -96,8 +96,9 @@ class Checkpoint:
         self.point = point
         self.audit_timeout = audit_timeout
         self._counters: dict[tuple[str, str, str, bool], object] = {}
+        # id(decision) -> (decision, kind, permitted, its counter): see `note`.
+        self._noted: dict[int, tuple[Decision, str, bool, object]] = {}
         self._by_identity: dict[tuple[str, str, bool], object] = {}
-        self._memo: tuple[object, dict[Request, Decision]] = (None, {})
         # id(decision) -> (decision, kind, policy version, the event's fields that follow
         # from them): see `event`.
         self._templates: dict[int, tuple[Decision, str, str, tuple[Any, ...]]] = {}
@@ -112,10 +113,9 @@ class Checkpoint:
         self._hooks.append(hook)
 
     def suspend(self, reason: str) -> None:
-        """Fail closed from now on: refuse everything, record nothing, drop the memo."""
+        """Fail closed from now on: refuse everything, record nothing."""
         first = self.suspended is None
         self.suspended = reason or "suspended"
-        self._memo = (None, {})
         if first:
             log.error("%s: suspended, refusing every request: %s", self.point, reason)
             self._call(self.suspended)
@@ -146,27 +146,17 @@ class Checkpoint:
         if self.suspended is not None:
             return self.refusal(), False
         snapshot = self.holder.current
-        memo = self._memo
-        if memo[0] is not snapshot or len(memo[1]) > MEMO_SIZE:
-            memo = self._memo = (snapshot, {})
-        decision = memo[1].get(request)
+        decision = snapshot.recall(request)  # the snapshot's memo
         if decision is None:
-            # Decisions are pure functions of (snapshot, request): safe to memoise.
             t0 = time.perf_counter()
-            decision = memo[1][request] = snapshot.decide(request)
+            decision = snapshot.decide(request)
             metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)  # engine only
         return decision, decision.permitted or self.report_only
 
     def decide_in(self, snapshot: Snapshot, request: Request) -> Decision:
         """`decide` against a given snapshot (a point that reads the policy once per
         query and decides several names under it), without the report-only step."""
-        memo = self._memo
-        if memo[0] is not snapshot or len(memo[1]) > MEMO_SIZE:
-            memo = self._memo = (snapshot, {})
-        decision = memo[1].get(request)
-        if decision is None:
-            decision = memo[1][request] = snapshot.decide(request)
-        return decision
+        return snapshot.decide(request)
 
     def permit(self, decision: Decision) -> bool:
         """What to do: the verdict, unless report-only applies (policy, collection, point);
@@ -188,23 +178,37 @@ class Checkpoint:
              identity: str | None = None) -> None:
         """Count every enforced decision (and log those that are not plain allows);
         by identity too where the point authenticates (`identity` not None)."""
-        key = (kind, decision.verdict.value, decision.layer.value, permitted)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = metrics.DECISIONS.labels(
-                key[0], key[1], key[2], "true" if permitted else "false")
-        counter.inc()  # type: ignore[attr-defined]
+        # The keep-alive path notes the same decision objects over and over (the snapshot's
+        # memo hands them out): their counter is found by identity, without building the
+        # label key (two enum `.value` reads and a tuple).
+        found = self._noted.get(id(decision))
+        if found is None or found[0] is not decision or found[1] != kind \
+                or found[2] is not permitted:
+            found = self._note_counter(decision, permitted, kind)
+        found[3].inc()  # type: ignore[attr-defined]
         if identity is not None:
-            by = (identity, key[1], permitted)
-            found = self._by_identity.get(by)
-            if found is None:
-                found = self._identity_counter(by)
-            found.inc()  # type: ignore[attr-defined]
+            by = (identity, decision.verdict.value, permitted)
+            counter = self._by_identity.get(by)
+            if counter is None:
+                counter = self._identity_counter(by)
+            counter.inc()  # type: ignore[attr-defined]
         if not decision.allowed:
             log.info("%s: %s %s %s %s (%s: %s)%s", self.point, peer,
                      "report-only" if permitted else "deny", kind,
                      decision.destination, decision.rule, decision.reason,
                      " would be denied" if permitted else "")
+
+    def _note_counter(self, decision: Decision, permitted: bool, kind: str
+                      ) -> tuple[Decision, str, bool, object]:
+        key = (kind, decision.verdict.value, decision.layer.value, permitted)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = metrics.DECISIONS.labels(
+                key[0], key[1], key[2], "true" if permitted else "false")
+        if len(self._noted) >= 4096:
+            self._noted.clear()
+        found = self._noted[id(decision)] = (decision, kind, permitted, counter)
+        return found
 
     def _identity_counter(self, key: tuple[str, str, bool]) -> object:
         """The counter of (identity, verdict, permitted), with the label bounded: a

@@ -65,6 +65,7 @@ CALLOUT_PORTS: dict[int, tuple[str, ...]] = {
 CALLOUT_ERROR = "(error SEM0056)"
 """Ends every refused callout's reason, as Data Explorer's semantic error does."""
 _MEMO_SIZE = 32768  # decisions remembered per snapshot and request kind (~20 MB at most)
+_Memoised = tuple[tuple[IPAddress, ...], Decision]  # (the addresses decided for, decision)
 _STORAGE_DOMAIN = re.compile(
     r"(?:^|\.)(?:blob|queue|table|file|dfs|web)\.core\."
     r"(?:windows\.net|chinacloudapi\.cn|usgovcloudapi\.net|cloudapi\.de)$")
@@ -300,9 +301,10 @@ class Snapshot:
                     str(net)] = name
         self._has_source_identities = bool(len(self._source_ids_v4)
                                            or len(self._source_ids_v6))
-        self._memo_connect: dict[tuple[object, ...], Decision] = {}
-        self._memo_http: dict[tuple[object, ...], Decision] = {}
-        self._memo_other: dict[tuple[object, ...], Decision] = {}
+        self._memo_connect: dict[tuple[object, ...], _Memoised] = {}
+        self._memo_http: dict[tuple[object, ...], _Memoised] = {}
+        self._memo_other: dict[tuple[object, ...], _Memoised] = {}
+        self._source_scoped: bool | None = None  # see `_scoped_by_source`
 
     # -- compilation -------------------------------------------------------------------
 
@@ -440,27 +442,67 @@ class Snapshot:
     def decide(self, request: Request) -> Decision:
         """Decide one request (semantics §4). Never raises for bad input: it denies.
 
-        Decisions about names (no resolved addresses, no source scope) are memoised per
-        snapshot: the snapshot is immutable and `Decision` frozen, so a repeated request
-        gets the same answer without re-normalising or re-matching. The memo is bounded
-        (cleared when full), so random names cannot grow it without limit.
+        Every decision is memoised per snapshot: the snapshot is immutable and `Decision`
+        frozen, and a decision is a function of the request's fields alone, so a repeated
+        request gets the same answer without re-normalising or re-matching. The key holds
+        every field the decision reads; the source only when some rule is scoped by source
+        (otherwise only the identity it maps to counts). The resolved addresses are kept
+        in the entry and compared on a hit (the gateway's resolver cache hands out the very
+        same tuple, so that is one identity check): a request naming the same host with
+        other addresses (a rebinding to a private range) is decided afresh. The memo is
+        bounded (cleared when full), so random names cannot grow it without limit.
         """
-        if request.addresses or request.source is not None:
-            return self._decide(request)
-        kind = request.kind
-        memo = (self._memo_connect if kind is _CONNECT else self._memo_http if kind is _HTTP
-                else self._memo_other)
-        key = (request.host, request.uri, request.port, request.scheme, request.protocol,
-               request.callout_type, kind if memo is self._memo_other else None,
-               request.identity)
+        memo, key = self._memo_slot(request)
+        addresses = request.addresses
         found = memo.get(key)
-        if found is not None:
-            return found
+        if found is not None and (found[0] is addresses or found[0] == addresses):
+            return found[1]
         decision = self._decide(request)
         if len(memo) >= _MEMO_SIZE:
             memo.clear()
-        memo[key] = decision
+        memo[key] = (addresses, decision)
         return decision
+
+    def recall(self, request: Request) -> Decision | None:
+        """The memoised decision of `request`, or None when `decide` would have to work
+        it out (for a caller that times only real decisions)."""
+        memo, key = self._memo_slot(request)
+        found = memo.get(key)
+        addresses = request.addresses
+        if found is not None and (found[0] is addresses or found[0] == addresses):
+            return found[1]
+        return None
+
+    def _memo_slot(self, request: Request) -> tuple[dict[tuple[object, ...], _Memoised],
+                                                     tuple[object, ...]]:
+        """(the memo of the request's kind, its key): every field the decision reads
+        but the addresses, with the source only where a rule is scoped by source."""
+        kind = request.kind
+        memo = (self._memo_connect if kind is _CONNECT else self._memo_http if kind is _HTTP
+                else self._memo_other)
+        source, identity = request.source, request.identity
+        if source is not None:
+            if identity is None and self._has_source_identities:
+                identity = self.source_identity(canonical_ip(source))  # as `_decide` does
+            scoped = self._source_scoped
+            if not (self._scoped_by_source() if scoped is None else scoped):
+                source = None
+        return memo, (request.host, request.uri, request.port, request.scheme,
+                      request.protocol, request.callout_type,
+                      kind if memo is self._memo_other else None, identity, source)
+
+    def _scoped_by_source(self) -> bool:
+        """Whether any rule is scoped by source (`sources:`), so that a decision may
+        depend on the source address itself and not only on the identity it maps to.
+        Read from the policy once, on the first request that carries a source."""
+        scoped = self._source_scoped
+        if scoped is None:
+            policy = self.policy
+            scoped = self._source_scoped = any(
+                rule.sources for collections in (policy.application_rule_collections,
+                                                 policy.network_rule_collections)
+                for collection in collections for rule in collection.rules)
+        return scoped
 
     def source_identity(self, source: IPAddress | None) -> str | None:
         """The identity whose `sources` hold `source` (the longest prefix wins), if any:

@@ -25,6 +25,7 @@ A `Invalid` is a protocol error (answered 400, never subject to report-only); a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -33,6 +34,7 @@ import httptools
 
 from egressguard.engine import InvalidHost, Kind, Request
 from egressguard.engine import normalize_host as normalize_host
+from egressguard.engine._frozen import fast_init
 from egressguard.engine.normalize import Host, IPAddress
 from egressguard.gateway import http1, tls
 
@@ -44,6 +46,7 @@ class Invalid:
     reason: str
 
 
+@fast_init  # built per request on the keep-alive path
 @dataclass(frozen=True, slots=True)
 class HttpTarget:
     """Where an HTTP request goes: the normalised host, the port, the origin-form target
@@ -98,26 +101,46 @@ FirstBytes = tls.NeedMore | Relay | GuardRefusal | DecideSni
 def http_target(url: bytes, hosts: Sequence[bytes], version: str,
                 conflict: bool = False) -> HttpTarget | Invalid:
     """Check an HTTP request line and its Host headers (semantics §5)."""
+    if conflict:
+        return Invalid("both Content-Length and Transfer-Encoding")
     try:
-        if conflict:
-            return Invalid("both Content-Length and Transfer-Encoding")
         parsed = httptools.parse_url(url)
-        if not parsed.schema:
-            return Invalid("origin-form request: configure this gateway as an HTTP proxy "
-                           "(absolute-form targets only)")
-        if parsed.schema.lower() != b"http":
-            return Invalid(f"{parsed.schema.decode('latin-1')}:// targets must use CONNECT")
-        raw_host = parsed.host.decode("latin-1") if parsed.host else ""
-        host = normalize_host(raw_host)  # cached; the same key the engine computes
-        host_line = http1.host_to_add(list(hosts), version, host.name, parsed.port)
-        if not host_line:
-            http1.check_host(list(hosts), parsed.schema, raw_host, parsed.port)
-    except (http1.BadRequest, httptools.HttpParserInvalidURLError, InvalidHost,
-            UnicodeError) as exc:
+    except httptools.HttpParserInvalidURLError as exc:
         return Invalid(str(exc) or "invalid request target")
+    key = (parsed.schema, parsed.host, parsed.port, tuple(hosts), version)
+    checked = (_authority(*key) if len(parsed.host or b"") <= _CACHED_HOST
+               and sum(map(len, hosts)) <= _CACHED_HOST else _authority.__wrapped__(*key))
+    if isinstance(checked, Invalid):
+        return checked
+    host, host_line = checked
     path = parsed.path or b"/"
     target = path + (b"?" + parsed.query if parsed.query else b"")
     return HttpTarget(host, parsed.port or 80, target, path, host_line)
+
+
+_CACHED_HOST = 300  # longer authorities are no host names: checked, never cached
+
+
+@functools.lru_cache(maxsize=4096)
+def _authority(schema: bytes | None, raw: bytes | None, port: int | None,
+               hosts: tuple[bytes, ...], version: str) -> tuple[Host, bytes] | Invalid:
+    """The URI authority checked against the Host headers: (the normalised host, the
+    Host line to add), or why not. Pure, so memoised per distinct authority and Host
+    (the keep-alive path of a workload calling many names pays it once per name)."""
+    try:
+        if not schema:
+            return Invalid("origin-form request: configure this gateway as an HTTP proxy "
+                           "(absolute-form targets only)")
+        if schema.lower() != b"http":
+            return Invalid(f"{schema.decode('latin-1')}:// targets must use CONNECT")
+        raw_host = raw.decode("latin-1") if raw else ""
+        host = normalize_host(raw_host)  # cached; the same key the engine computes
+        host_line = http1.host_to_add(list(hosts), version, host.name, port)
+        if not host_line:
+            http1.check_host(list(hosts), schema, raw_host, port)
+    except (http1.BadRequest, InvalidHost, UnicodeError) as exc:
+        return Invalid(str(exc) or "invalid request target")
+    return host, host_line
 
 
 def connect_target(authority: bytes) -> ConnectTarget | Invalid:
