@@ -134,5 +134,6 @@ application_rule_collections:
       - {name: typo, targets: ["*"], protocols: ["https:443"], identities: [elt]}
 """
     found = [f for f in findings(text) if f.rule == "application:data/typo"]
-    assert [(f.check, f.target) for f in found] == [("shadowed-rule", "identities")]
+    assert sorted((f.check, f.target) for f in found) == [
+        ("shadowed-rule", "identities"), ("unresolved-reference", "elt")]
     assert "applies to no caller" in found[0].title

@@ -54,7 +54,8 @@ CHECKS: dict[str, str] = {
     "allow-deny-overlap": "allow and deny rules sharing destinations",
     "fqdn-nonstandard-port": "a name allowed on ports other than 80/443",
     "report-only": "denials recorded but not enforced",
-    "unresolved-reference": "an unknown service tag, FQDN tag or alias",
+    "unresolved-reference": "an unknown service tag, FQDN tag or alias (or, as info, an "
+                            "identity the policy does not declare)",
 }
 
 
@@ -118,6 +119,7 @@ def analyze(policy: Policy, refs: References | None = None) -> Report:
     scopes = {r.rule_id: r.identities for r in rules if r.identities}
     findings = [_scoped(f, scopes.get(f.rule)) for f in findings]
     findings += [_nobody(r.rule_id) for r in rules if r.nobody]
+    findings += _undeclared(policy)
     return Report(sort_findings(_dedupe(findings)))
 
 
@@ -129,6 +131,31 @@ def _scoped(finding: Finding, identities: frozenset[str] | None) -> Finding:
     return dataclasses.replace(
         finding, identities=names,
         title=f"{finding.title} (only for identities {', '.join(names)})")
+
+
+def _undeclared(policy: Policy) -> list[Finding]:
+    """Identity names a collection or rule scopes itself to that the policy's
+    `identities:` does not declare: valid (a store identity of that name, proxy secret
+    or certificate names, may exist or be created later, which the policy cannot know),
+    so a note where the name is written, in case it is misspelt."""
+    out: list[Finding] = []
+    declared = policy.identities.keys()
+    for kind, collections in (("application", policy.application_rule_collections),
+                              ("network", policy.network_rule_collections)):
+        for collection in collections:
+            written = [(f"{kind}:{collection.name}", collection.identities)]
+            written += [(f"{kind}:{collection.name}/{rule.name}", rule.identities)
+                        for rule in collection.rules]
+            out += [Finding(
+                "unresolved-reference", Severity.INFO, where, name,
+                f"scoped to identity {name!r}, which the policy does not declare",
+                f"Only a store identity named {name!r} (`egressguard identity create "
+                f"{name}`) can make requests this applies to; until one exists it "
+                "applies to nobody, and a misspelt name never will.",
+                "Check the name against `egressguard identity list`, or declare it "
+                "under `identities:` when a certificate, token or source proves it.")
+                for where, names in written for name in names if name not in declared]
+    return out
 
 
 def _nobody(rule_id: str) -> Finding:
