@@ -31,6 +31,10 @@ IDENTITY_DECISIONS = Counter(
     f"Decisions by workload identity (authenticated callers; at most "
     f"{MAX_IDENTITY_LABELS} names per process, further ones as other)",
     ["identity", "verdict", "permitted"])
+AUTH_THROTTLED = Counter(
+    "egressguard_auth_throttled_total",
+    "Proxy credentials refused unverified (429): their source address or identity name "
+    "had too many invalid ones within a minute")
 REVOKED = Counter("egressguard_revoked_total", "Open tunnels closed by a policy change")
 EXFIL_WARNINGS = Counter("egressguard_exfiltration_warnings_total",
                          "Destinations that crossed the bytes-sent threshold", ["host"])

@@ -184,7 +184,7 @@ def network_findings(rules: list[NetRule], ctx: Context, snapshot: Snapshot) -> 
     explicit CIDRs that lift the address guard."""
     out: list[Finding] = []
     for rule in rules:
-        if rule.action is not Action.ALLOW:
+        if rule.action is not Action.ALLOW or rule.nobody:
             continue
         wide_open = rule.all_ports and "any" in rule.protocols
         for dest in rule.destinations:
@@ -231,8 +231,9 @@ def _guard_lifted(rule: NetRule, cidr: str, snapshot: Snapshot) -> list[Finding]
         probe = (METADATA if net.version == 4 and METADATA in inner
                  else inner[1] if inner.num_addresses > 2 else inner[0])
         protocol = next(iter(sorted(rule.protocols - {"any"})), "tcp")
-        decision = snapshot.decide(Request(kind=Kind.FLOW, host=str(probe),
-                                           port=rule.ports[0][0] or 443, protocol=protocol))
+        decision = snapshot.decide(Request(  # as a caller the rule applies to
+            kind=Kind.FLOW, host=str(probe), port=rule.ports[0][0] or 443,
+            protocol=protocol, identity=min(rule.identities, default=None)))
         if decision.allowed and decision.rule == rule.rule_id:
             reached.setdefault(label, probe)
     if not reached:

@@ -35,7 +35,9 @@ class Finding:
     """One problem: which check found it, where (`rule`, in the engine's rule-id form such
     as `application:aks/registry`, `network:n/any`, `allowed_fqdn:x`, `cluster[2]`,
     `immutable[5]` or `policy`), the offending `target`, why it is an exfiltration path
-    and how to fix it. `example` is a concrete destination that demonstrates it."""
+    and how to fix it. `example` is a concrete destination that demonstrates it.
+    `identities`: the workload identities the rule is scoped to, the only callers the
+    path is open to (empty: every caller)."""
 
     check: str
     severity: Severity
@@ -46,11 +48,17 @@ class Finding:
     fix: str
     example: str = ""
     related: tuple[str, ...] = field(default=())
+    identities: tuple[str, ...] = field(default=())
+
+    def applies_to(self, identity: str | None) -> bool:
+        """Whether a caller with `identity` (None: no identity) is exposed by it."""
+        return not self.identities or identity in self.identities
 
     def as_dict(self) -> dict[str, object]:
         return {"check": self.check, "severity": self.severity.label, "rule": self.rule,
                 "target": self.target, "title": self.title, "why": self.why, "fix": self.fix,
-                "example": self.example, "related": list(self.related)}
+                "example": self.example, "related": list(self.related),
+                "identities": list(self.identities)}
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:

@@ -4,7 +4,9 @@ The engine numbers application and network rules separately, collections by asce
 priority (a stable sort, so equal priorities keep file order), rules in file order, and
 the lowest number that applies wins. The analyser reasons about the same order, so it
 builds it the same way (`engine.snapshot.Snapshot._compile_*_rules`) but keeps the
-patterns as text, which is what subsumption and overlap work on.
+patterns as text, which is what subsumption and overlap work on. Each rule keeps the
+identities it applies to (`policy.rules.scope`: empty for every caller, `NOBODY` for a
+rule whose lists share no name, which the engine drops and the analyser leaves out).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from egressguard.engine import References
 from egressguard.policy.model import Action, Policy, is_service_tag
+from egressguard.policy.rules import APPLIES_TO_NOBODY, scope
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -28,6 +31,11 @@ class AppRule:
     sources: tuple[Network, ...]
     report_only: bool
     unknown_tags: tuple[str, ...] = ()
+    identities: frozenset[str] = frozenset()  # empty: every caller
+
+    @property
+    def nobody(self) -> bool:
+        return self.identities == APPLIES_TO_NOBODY
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,11 @@ class NetRule:
     sources: tuple[Network, ...]
     report_only: bool
     names: bool = False  # match_resolved_names: also allows names resolving into it
+    identities: frozenset[str] = frozenset()  # empty: every caller
+
+    @property
+    def nobody(self) -> bool:
+        return self.identities == APPLIES_TO_NOBODY
 
     @property
     def all_ports(self) -> bool:
@@ -85,7 +98,8 @@ def app_rules(policy: Policy, refs: References) -> list[AppRule]:
                 action=rule.action or collection.action, patterns=tuple(patterns),
                 specs=tuple((p.protocol, p.port) for p in rule.protocols),
                 sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
-                report_only=collection.report_only, unknown_tags=tuple(unknown)))
+                report_only=collection.report_only, unknown_tags=tuple(unknown),
+                identities=scope(collection.identities, rule.identities)))
     return out
 
 
@@ -100,7 +114,8 @@ def net_rules(policy: Policy) -> list[NetRule]:
                 protocols=frozenset(rule.protocols),
                 ports=tuple((p.low, p.high) for p in rule.ports),
                 sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
-                report_only=collection.report_only, names=rule.match_resolved_names))
+                report_only=collection.report_only, names=rule.match_resolved_names,
+                identities=scope(collection.identities, rule.identities)))
     return out
 
 
@@ -119,16 +134,28 @@ def host_grants(policy: Policy, refs: References) -> list[Grant]:
     FQDN list and network allow rules with FQDN destinations."""
     grants: list[Grant] = []
     for app in app_rules(policy, refs):
-        if app.action is Action.ALLOW:
+        if app.action is Action.ALLOW and not app.nobody:
             app_ports = tuple(dict.fromkeys(port for _, port in app.specs))
             grants.extend(Grant(app.rule_id, p, "application", app_ports)
                           for p in app.patterns)
     grants.extend(Grant(f"allowed_fqdn:{p}", p, "allowed_fqdn", (80, 443))
                   for p in policy.allowed_fqdn_list)
     for net in net_rules(policy):
-        if net.action is Action.ALLOW:
+        if net.action is Action.ALLOW and not net.nobody:
             ports: tuple[int | None, ...] = (None,) if net.all_ports else tuple(
                 sorted({lo for lo, _ in net.ports}))
             grants.extend(Grant(net.rule_id, d.text, "network", ports)
                           for d in net.destinations if d.kind == "host")
     return grants
+
+
+def callers(apps: list[AppRule], nets: list[NetRule]) -> list[str | None]:
+    """One identity for each set of callers every rule treats alike (the rules' scopes
+    cut the identities into such classes), after None: a caller no scope names (every
+    rule without `identities` applies to it, no scoped one does)."""
+    classes: dict[frozenset[int], str] = {}
+    rules: list[AppRule | NetRule] = [*apps, *nets]
+    scopes = [r.identities for r in rules if r.identities and not r.nobody]
+    for name in sorted(set().union(*scopes)):
+        classes.setdefault(frozenset(i for i, s in enumerate(scopes) if name in s), name)
+    return [None, *classes.values()]

@@ -3,7 +3,10 @@
 The engine takes the first applicable rule (semantics §4): a rule every request of which
 an earlier rule already takes is never reached (`shadowed-rule`); a deny rule that shares
 some hosts with an earlier allow rule does not apply to those hosts (`allow-deny-overlap`),
-which is how "deny evil.blob... after allow *.blob..." quietly fails.
+which is how "deny evil.blob... after allow *.blob..." quietly fails. A rule scoped to
+identities takes only their requests: it shadows or pre-empts a later rule only for the
+callers both apply to, and a rule that applies to nobody takes nothing (and is reported
+as such by the analyser, not here).
 """
 
 from __future__ import annotations
@@ -42,13 +45,23 @@ def _sources_meet(a: Sequence[Network], b: Sequence[Network]) -> bool:
                for x in a for y in b)
 
 
+def _callers_cover(outer: frozenset[str], inner: frozenset[str]) -> bool:
+    """Every caller `inner` applies to, `outer` applies to (empty: every caller)."""
+    return not outer or (bool(inner) and inner <= outer)
+
+
+def _callers_meet(a: frozenset[str], b: frozenset[str]) -> bool:
+    return not a or not b or bool(a & b)
+
+
 def _spec_covers(outer: tuple[str, int | None], inner: tuple[str, int | None]) -> bool:
     return outer[0] == inner[0] and (outer[1] is None or outer[1] == inner[1])
 
 
 def _app_covers(earlier: AppRule, atom: Atom, spec: tuple[str, int | None] | None,
                 later: AppRule) -> bool:
-    if not _sources_cover(earlier.sources, later.sources):
+    if not _sources_cover(earlier.sources, later.sources) \
+            or not _callers_cover(earlier.identities, later.identities):
         return False
     if spec is not None and not any(_spec_covers(s, spec) for s in earlier.specs):
         return False
@@ -92,6 +105,7 @@ def _dead(rule_id: str, action: Action, by: list[str], what: str) -> Finding:
 
 def app_order(rules: list[AppRule]) -> list[Finding]:
     out: list[Finding] = []
+    rules = [r for r in rules if not r.nobody]
     for index, rule in enumerate(rules):
         earlier = rules[:index]
         shadowers = _app_shadowers(rule, earlier)
@@ -103,6 +117,7 @@ def app_order(rules: list[AppRule]) -> list[Finding]:
         for first in earlier:
             if first.action is not Action.ALLOW or rule.action is not Action.DENY \
                     or not _sources_meet(first.sources, rule.sources) \
+                    or not _callers_meet(first.identities, rule.identities) \
                     or not _specs_meet(first, rule):
                 continue
             witness = _first_overlap(first, rule)
@@ -172,7 +187,8 @@ def _dest_witness(a: Destination, b: Destination) -> str | None:
 
 
 def _net_covers(earlier: NetRule, dest: Destination, later: NetRule) -> bool:
-    if not _sources_cover(earlier.sources, later.sources):
+    if not _sources_cover(earlier.sources, later.sources) \
+            or not _callers_cover(earlier.identities, later.identities):
         return False
     if "any" not in earlier.protocols and ("any" in later.protocols
                                            or not later.protocols <= earlier.protocols):
@@ -186,11 +202,13 @@ def _net_covers(earlier: NetRule, dest: Destination, later: NetRule) -> bool:
 def _net_meet(a: NetRule, b: NetRule) -> bool:
     protocols = "any" in a.protocols or "any" in b.protocols or bool(a.protocols & b.protocols)
     ports = any(lo <= h2 and l2 <= hi for lo, hi in a.ports for l2, h2 in b.ports)
-    return protocols and ports and _sources_meet(a.sources, b.sources)
+    return protocols and ports and _sources_meet(a.sources, b.sources) \
+        and _callers_meet(a.identities, b.identities)
 
 
 def net_order(rules: list[NetRule]) -> list[Finding]:
     out: list[Finding] = []
+    rules = [r for r in rules if not r.nobody]
     for index, rule in enumerate(rules):
         earlier = rules[:index]
         used: dict[str, None] = {}
@@ -223,14 +241,15 @@ def network_bypasses_app_denies(nets: list[NetRule], apps: list[AppRule]) -> lis
     """A network allow for `*` (TCP) that opts in to names (`match_resolved_names`) is
     decided before every application deny rule once the gateway has resolved the name
     (semantics §4, step 5); without the opt-in it decides IP literals and flows only."""
-    opener = next((n for n in nets if n.action is Action.ALLOW and not n.sources and n.names
-                   and any(d.kind == "any" for d in n.destinations)
-                   and ("any" in n.protocols or "tcp" in n.protocols)), None)
-    if opener is None:
-        return []
+    openers = [n for n in nets if n.action is Action.ALLOW and not n.sources and n.names
+               and not n.nobody and any(d.kind == "any" for d in n.destinations)
+               and ("any" in n.protocols or "tcp" in n.protocols)]
     out = []
     for app in apps:
-        if app.action is not Action.DENY:
+        # The first opener for some caller the deny applies to.
+        opener = next((n for n in openers if _callers_meet(n.identities, app.identities)),
+                      None)
+        if app.action is not Action.DENY or app.nobody or opener is None:
             continue
         ports = [p for _, p in app.specs] or [None]
         if all(p is None or any(lo <= p <= hi for lo, hi in opener.ports) for p in ports):

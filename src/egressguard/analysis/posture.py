@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import re2
 
@@ -179,9 +179,13 @@ def unanchored_callouts(policy: Policy) -> list[Finding]:
 
 
 def storage_without_sep(policy: Policy, snapshot: Snapshot, grants: list[Grant],
-                        refs: References) -> list[Finding]:
-    """Storage reachable while no service endpoint policy limits the accounts."""
-    reachable = _storage_probe(snapshot, refs, flows=not policy.service_endpoint_policies)
+                        refs: References, callers: Sequence[str | None] = (None,)
+                        ) -> list[Finding]:
+    """Storage reachable while no service endpoint policy limits the accounts, by any
+    of `callers` (one identity per class the rules' scopes make, `inventory.callers`)."""
+    reachable = next((found for who in callers if (found := _storage_probe(
+        snapshot, refs, flows=not policy.service_endpoint_policies, identity=who))
+        is not None), None)
     if policy.service_endpoint_policies:
         if reachable is None:
             return []
@@ -218,8 +222,8 @@ def storage_without_sep(policy: Policy, snapshot: Snapshot, grants: list[Grant],
     return []
 
 
-def _storage_probe(snapshot: Snapshot, refs: References,
-                   flows: bool = False) -> Decision | None:
+def _storage_probe(snapshot: Snapshot, refs: References, flows: bool = False,
+                   identity: str | None = None) -> Decision | None:
     """An allowed request to an attacker's storage account: by name, else (with `flows`)
     by address into a Storage tag, which network rules decide without the name."""
     addresses: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]] = [()]
@@ -231,15 +235,18 @@ def _storage_probe(snapshot: Snapshot, refs: References,
         for addr in addresses:
             for kind in (Kind.HTTP, Kind.CONNECT):
                 host = f"{PROBE_LABEL}.{zone}"
-                request = (Request.from_url(f"https://{host}/", addresses=addr)
+                request = (Request.from_url(f"https://{host}/", addresses=addr,
+                                            identity=identity)
                            if kind is Kind.HTTP else
-                           Request(kind=kind, host=host, port=443, addresses=addr))
+                           Request(kind=kind, host=host, port=443, addresses=addr,
+                                   identity=identity))
                 decision = snapshot.decide(request)
                 if decision.allowed:
                     return decision
     for addr in addresses[1:] if flows else ():
         decision = snapshot.decide(Request(kind=Kind.FLOW, host=str(addr[0]), port=443,
-                                           protocol="tcp", addresses=addr))
+                                           protocol="tcp", addresses=addr,
+                                           identity=identity))
         if decision.allowed:
             return decision
     return None

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from egressguard.engine import Kind, Request, Snapshot
+from egressguard.engine.request import split_host_port
 
 _KINDS = {k.value: k for k in Kind}
+_PEER_KINDS = (Kind.HTTP, Kind.CONNECT)  # the gateway records its peer with the port
 
 
 def request_of(record: Mapping[str, Any]) -> Request | None:
@@ -34,7 +36,7 @@ def request_of(record: Mapping[str, Any]) -> Request | None:
     try:
         address = record.get("resolved_address") or ""
         addresses = (ipaddress.ip_address(address),) if address else ()
-        source = _client_ip(str(record.get("client_address") or ""))
+        source = _client_ip(str(record.get("client_address") or ""), kind)
     except ValueError:
         return None
     protocol = str(record.get("protocol") or ("udp" if kind is Kind.DNS else "tcp"))
@@ -51,18 +53,31 @@ def request_of(record: Mapping[str, Any]) -> Request | None:
                    source=source)
 
 
-def _client_ip(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The client's address as recorded: a bare IP (DNS filter, callouts), `ip:port` or
-    `[v6]:port` (the gateway records its peer with the port). ValueError if neither."""
+def _client_ip(client: str, kind: Kind) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's address as recorded: a bare IP (DNS filter), or the gateway's peer
+    with its port (kinds http and connect): `ip:port`, `[v6]:port`, and, as the gateway
+    writes IPv6 peers, `v6:port` without brackets. `2001:db8::7:8080` is also a valid
+    address on its own: for the gateway's kinds it is read as a peer with its port
+    whenever what precedes the last `:` is an address (`2001:db8::5` is not split: its
+    head `2001:db8:` is none). A link-local zone (`%eth0`) is dropped, as the gateway
+    drops it from the source it decides on. ValueError if it is none of these."""
     if not client or client.startswith("<"):
         return None
+    if kind in _PEER_KINDS and "[" not in client and client.count(":") > 1:
+        address, _, port = client.rpartition(":")
+        if port.isdigit() and _address(address) is not None:
+            client = f"[{address}]:{port}"
+    host, port = split_host_port(client)
+    if port and not port.isdigit():
+        raise ValueError(f"client address {client!r}: bad port")
+    return ipaddress.ip_address(host.partition("%")[0])
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(client)
+        return ipaddress.ip_address(text)
     except ValueError:
-        host, _, port = client.rpartition(":")
-        if not port.isdigit():
-            raise
-        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        return None
 
 
 @dataclass

@@ -10,6 +10,12 @@ ignores the header, as it did before identities existed). No credential while th
 `require_identity: true` is refused too; both refusals are answered 407 with
 `Proxy-Authenticate` (see `challenge`).
 
+Wrong credentials are limited (`identity.throttle`): once a source address, or the
+identity name a Basic credential claims, has had too many refused in a minute, further
+credentials for it are refused without being verified (no scrypt) and answered 429 with
+`Retry-After` (`identity:throttled`, audited like every refusal), except one this
+directory has already verified. Re-checks after a change are never throttled.
+
 Cost on a kept-alive connection: the identity is resolved once and remembered with
 the directory and snapshot it was resolved under; each request compares the header
 bytes and those two objects (and a JWT's expiry). Any change of the store's identities
@@ -26,18 +32,35 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from egressguard import metrics
 from egressguard.enforce.checkpoint import Checkpoint
 from egressguard.enforce.events import DecisionEvent
 from egressguard.engine import Decision, Request, Snapshot
 from egressguard.engine.holder import SnapshotHolder
 from egressguard.engine.normalize import IPAddress
 from egressguard.gateway import http1
-from egressguard.identity.directory import Authenticated, Directory, IdentityHolder, Refused
+from egressguard.identity.directory import (
+    INVALID,
+    Authenticated,
+    Directory,
+    IdentityHolder,
+    Refused,
+)
+from egressguard.identity.throttle import (
+    NAME_LIMIT,
+    SOURCE_LIMIT,
+    Failures,
+    name_key,
+    retry_after,
+    source_key,
+)
 from egressguard.identity.tokens import JwtConfig
 
 REALM = "egressguard"
 REQUIRED = Refused("proxy authentication required: the policy requires a workload "
                    "identity")
+THROTTLED = ("too many invalid proxy credentials from this address or for this identity; "
+             "retry later")
 
 
 class Authenticator:
@@ -50,6 +73,8 @@ class Authenticator:
         self.jwt = jwt
         self._built_for: tuple[object, int] = (None, -1)
         self.directory = Directory()
+        self.by_source = Failures(SOURCE_LIMIT)  # refused credentials, kept across rebuilds
+        self.by_name = Failures(NAME_LIMIT)
         self.refresh()
 
     def refresh(self, now: datetime | None = None) -> bool:
@@ -65,6 +90,24 @@ class Authenticator:
         self.directory = Directory(stored, snapshot.policy.identities, self.jwt, now)
         self._built_for = (snapshot, epoch)
         return True
+
+    def throttled(self, source: IPAddress | None, header: bytes, now: float
+                  ) -> Refused | None:
+        """The refusal for a credential not worth verifying: its source or claimed name
+        had too many refused within the window."""
+        wait = self.by_source.blocked(source_key(source), now)
+        name = Directory.claimed_name(header)
+        by_name = self.by_name.blocked(name_key(name), now) if name is not None else None
+        if wait is None and by_name is None:
+            return None
+        return Refused(THROTTLED, max(wait or 0.0, by_name or 0.0))
+
+    def failed(self, source: IPAddress | None, header: bytes, now: float) -> None:
+        """Count a refused credential against its source and claimed name."""
+        self.by_source.failed(source_key(source), now)
+        name = Directory.claimed_name(header)
+        if name is not None:
+            self.by_name.failed(name_key(name), now)
 
     @property
     def schemes(self) -> tuple[str, ...]:
@@ -112,7 +155,7 @@ class ConnAuth:
             return self.result
         return self._resolve(header)
 
-    def _resolve(self, header: bytes | None) -> str | Refused:
+    def _resolve(self, header: bytes | None, throttle: bool = True) -> str | Refused:
         directory = self.auth.directory
         snapshot = self.auth.holder.current
         self.directory, self.snapshot, self.header, self.until = (
@@ -124,9 +167,18 @@ class ConnAuth:
         if cert_name is not None:
             result = cert_name
         elif header is not None and (directory.names or directory.jwt is not None):
-            found = directory.header(header, time.time())
+            now = time.monotonic()
+            refusal = self.auth.throttled(self.source, header, now) if throttle else None
+            if refusal is not None:
+                found = directory.remembered(header) or refusal
+            else:
+                found = directory.header(header, time.time())
+                if throttle and isinstance(found, Refused) and found.reason == INVALID:
+                    self.auth.failed(self.source, header, now)
             if isinstance(found, Refused):
                 result = found
+                if found.retry_after is not None:  # verified again once the window ends
+                    self.until = time.time() + found.retry_after
             else:
                 result, self.until = found.name, found.until
         else:
@@ -154,8 +206,11 @@ class ConnAuth:
         refused = cast(Refused, who)
         self.identity = ""
         cp = self.cp
+        if refused.retry_after is not None:
+            metrics.AUTH_THROTTLED.inc()
         decision, permitted = cp.guard_deny(
-            "identity:required" if refused is REQUIRED else "identity:invalid",
+            "identity:required" if refused is REQUIRED else "identity:throttled"
+            if refused.retry_after is not None else "identity:invalid",
             refused.reason, f"{host}:{port}", port)
         cp.note(decision, permitted, kind, self.peer, "")
         event = cp.event(decision, permitted, kind, client_address=self.peer,
@@ -185,11 +240,16 @@ class ConnAuth:
         if self.directory is None:
             return False
         before = self.result
-        return self._resolve(self.header) != before
+        return self._resolve(self.header, throttle=False) != before
 
 
 def challenge(refused: Refused, schemes: Iterable[str], *, close: bool) -> bytes:
-    """407 with one `Proxy-Authenticate` per accepted scheme (RFC 9110 11.7.1)."""
+    """407 with one `Proxy-Authenticate` per accepted scheme (RFC 9110 11.7.1); 429 with
+    `Retry-After` for a throttled credential (RFC 6585 4: trying another now is futile)."""
+    if refused.retry_after is not None:
+        return http1.response(429, "Too Many Requests", f"egressguard: {refused.reason}\n",
+                              close=close, extra=[("Retry-After",
+                                                   str(retry_after(refused.retry_after)))])
     extra = [("Proxy-Authenticate", f'{s} realm="{REALM}"') for s in schemes]
     return http1.response(407, "Proxy Authentication Required",
                           f"egressguard: {refused.reason}\n", close=close, extra=extra)

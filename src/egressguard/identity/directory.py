@@ -33,9 +33,12 @@ _VERIFIED_MAX = 4096  # verified Basic credentials remembered per directory
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """Why a credential does not authenticate (safe to show the caller)."""
+    """Why a credential does not authenticate (safe to show the caller); `retry_after`
+    (seconds) when it was not even verified because its source or name failed too often
+    (`throttle`)."""
 
     reason: str
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +117,10 @@ class Directory:
         known = self._verified.get(digest)
         if known is not None:
             return Authenticated(known)
-        try:
-            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        parts = _basic_parts(credentials)
+        if parts is None:
             return _REFUSED
-        name, sep, secret = decoded.partition(":")
-        if not sep:
-            return _REFUSED
+        name, secret = parts
         # The same work for an unknown name as for a wrong secret (a dummy hash).
         if not verify_secret(secret, self._secrets.get(name)):
             return _REFUSED
@@ -153,6 +153,24 @@ class Directory:
                 return name
         return self._claims.get(("cn", cn)) if cn else None
 
+    def remembered(self, value: bytes) -> Authenticated | None:
+        """A `Proxy-Authorization: Basic` value this directory has already verified (no
+        scrypt: what a throttled caller may still present), else None."""
+        scheme, _, rest = value.strip().partition(b" ")
+        if scheme.lower() != b"basic" or len(rest) > 4 * MAX_SECRET:
+            return None
+        known = self._verified.get(hashlib.sha256(rest).digest())
+        return Authenticated(known) if known is not None else None
+
+    @staticmethod
+    def claimed_name(value: bytes) -> str | None:
+        """The name a `Basic` value claims, known to the directory or not (treating both
+        alike keeps a throttled name from telling which names exist)."""
+        scheme, _, rest = value.strip().partition(b" ")
+        parts = _basic_parts(rest) if scheme.lower() == b"basic" \
+            and len(rest) <= 4 * MAX_SECRET else None
+        return parts[0] if parts is not None else None
+
     def header(self, value: bytes, now: float) -> Authenticated | Refused:
         """A `Proxy-Authorization` value: `Basic ...` or `Bearer ...`."""
         scheme, _, rest = value.strip().partition(b" ")
@@ -162,6 +180,16 @@ class Directory:
         if scheme == b"bearer":
             return self.bearer(rest, now)
         return Refused("unsupported proxy authentication scheme (Basic or Bearer)")
+
+
+def _basic_parts(credentials: bytes) -> tuple[str, str] | None:
+    """(name, secret) of base64 `name:secret`, or None when it is not that."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    name, sep, secret = decoded.partition(":")
+    return (name, secret) if sep else None
 
 
 class IdentityHolder:

@@ -4,7 +4,9 @@ revoke, and `load` for the gateway's directory. Names follow the policy's name r
 An identity's metadata (description and methods: SPIFFE IDs, CNs, JWT subjects) is
 sealed at rest under the customer-managed key of the store's bootstrap cluster
 (`default`) when it names one, as policy versions are under their cluster's key; the
-proxy secret is only ever stored as its scrypt hash."""
+proxy secret is only ever stored as its scrypt hash. Identities written before that
+cluster named a key are sealed when the key is set (`keys.clusterkeys.apply`) and by
+every identity write after it (`reseal`), so none stays in clear."""
 
 from __future__ import annotations
 
@@ -13,19 +15,20 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import not_, or_, select
 from sqlalchemy.orm import Session
 
 from egressguard.identity.model import StoredIdentity
 from egressguard.identity.secrets import hash_secret, new_secret
 from egressguard.policy.model import MAX_NAME
 from egressguard.store.schema import IdentityRow
-from egressguard.store.sealing import identity_aad
+from egressguard.store.sealing import PREFIX, identity_aad, is_sealed, named_key
 from egressguard.store.store import DEFAULT_CLUSTER, Exists, Invalid, NotFound, Store
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _SPIFFE = re.compile(r"spiffe://[a-z0-9._-]+(/[^?#\s]*)?")
 _MAX_CLAIMS = 64
+_SEALED = ("description", "methods")
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -120,7 +123,33 @@ class IdentityStore:
                 expires_at=now + timedelta(seconds=lifetime) if lifetime else None)
             s.add(row)
             s.flush()
+            self._reseal(s)
             return issued, _value(self.store, row)
+
+    def reseal(self) -> int:
+        """Seal the metadata of identities written in clear before the bootstrap cluster
+        named a key (nothing while it names none); how many were sealed now. Refused
+        (StoreUnavailable) when the key cannot be used here: nothing is half done."""
+        with self._session(write=True) as s, s.begin():
+            return self._reseal(s)
+
+    def _reseal(self, s: Session) -> int:
+        """`reseal` inside the caller's write transaction (every identity write runs it:
+        one key lookup, and one query while some row is still in clear). The update
+        time is left alone: the identity itself did not change."""
+        if named_key(s.connection(), DEFAULT_CLUSTER) is None:
+            return 0
+        clear = s.scalars(select(IdentityRow).where(or_(*(
+            or_(column.is_(None), not_(column.startswith(PREFIX)))
+            for column in (IdentityRow.description, IdentityRow.methods))))).all()
+        for row in clear:
+            for field in _SEALED:
+                stored = getattr(row, field) or ("{}" if field == "methods" else "")
+                if not is_sealed(stored):
+                    setattr(row, field, self.store.seal_field(
+                        s, DEFAULT_CLUSTER, stored, identity_aad(row.name, field),
+                        f"identity {row.name}"))
+        return len(clear)
 
     def list(self, *, include_revoked: bool = True) -> list[StoredIdentity]:
         with self._session() as s:
@@ -144,6 +173,7 @@ class IdentityStore:
             row.updated_at = now
             if lifetime:
                 row.expires_at = now + timedelta(seconds=lifetime)
+            self._reseal(s)
             return issued, _value(self.store, row)
 
     def revoke(self, name: str) -> StoredIdentity:
@@ -155,6 +185,7 @@ class IdentityStore:
             row.secret_hash = None
             row.revoked_at = row.revoked_at or now
             row.updated_at = now
+            self._reseal(s)
             return _value(self.store, row)
 
     def set_enabled(self, name: str, enabled: bool) -> StoredIdentity:
@@ -162,6 +193,7 @@ class IdentityStore:
             row = self._row(s, name)
             row.enabled = enabled
             row.updated_at = datetime.now(UTC)
+            self._reseal(s)
             return _value(self.store, row)
 
     def load(self) -> tuple[StoredIdentity, ...]:

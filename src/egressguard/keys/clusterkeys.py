@@ -9,6 +9,7 @@ as a fresh vault check sees it: the same facts the envelope's periodic check dep
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,7 @@ from egressguard.keys.provider import KeyUnavailable, ProviderUnreachable
 from egressguard.store.schema import ClusterRow
 
 RUNNING, SUSPENDED = "Running", "Suspended"
+log = logging.getLogger("egressguard.keys")
 KEY_PROPERTY = "keyVaultProperties"
 
 
@@ -170,7 +172,24 @@ def apply(store: Any, cluster: str, properties: Any, principal: str) -> bool:
 
     value = merged(get(store.engine, cluster), properties[KEY_PROPERTY])
     put(store.engine, _url(store), load_master_key(), cluster, value, principal)
+    if value is not None:
+        _reseal_identities(store, cluster)
     return True
+
+
+def _reseal_identities(store: Any, cluster: str) -> None:
+    """Identities follow the bootstrap cluster's key: seal those written in clear before
+    it (`identity.store.IdentityStore.reseal`). A process that cannot use the key it just
+    set leaves them to the next identity write, which seals them or is refused."""
+    from egressguard.identity.store import IdentityStore
+    from egressguard.store.store import DEFAULT_CLUSTER, StoreUnavailable
+
+    if cluster != DEFAULT_CLUSTER:
+        return
+    try:
+        IdentityStore(store).reseal()
+    except StoreUnavailable as exc:
+        log.warning("identities not re-sealed under the new key: %s", exc)
 
 
 def annotate(store: Any, resource: dict[str, Any]) -> dict[str, Any]:

@@ -507,6 +507,19 @@ class Budget(_Strict):
     report_only: bool = False
     description: Description = ""
 
+    @field_validator("identities")
+    @classmethod
+    def _identity_names(cls, value: list[str]) -> list[str]:
+        """Only names an identity can have (those of rules' `identities:`): the budget
+        would silently count nothing for any other."""
+        for name in value:
+            if len(name) > MAX_NAME or not _NAME.fullmatch(name):
+                raise ValueError(f"{name[:MAX_NAME]!r} can never be a workload identity's "
+                                 "name (letters, digits, '_', '.' and '-', at most "
+                                 f"{MAX_NAME}, starting with a letter, digit or '_'), so "
+                                 "the budget would count nothing for it")
+        return value
+
     @field_validator("per")
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
