@@ -39,8 +39,9 @@ from egressguard.source import active_of
 log = logging.getLogger("egressguard.gateway")
 MAX_PENDING = 100_000   # events queued for the parent beyond this are dropped (and logged)
 # Fire-and-forget events linger this long for company: one frame (one wake-up of this
-# sender and of the parent's relay) per this many seconds, not one per request.
-LINGER = 0.01
+# sender, of the parent's relay and of its writer's sender) per this many seconds, not one
+# per request; the parent's writer lingers as long (`AuditLog.max_delay`) before a commit.
+LINGER = 0.05
 PARENT_GONE = "the supervising serve process is gone (no policy feed, no audit log)"
 
 
