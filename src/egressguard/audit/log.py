@@ -28,6 +28,9 @@ Durability, exactly:
   `egressguard_audit_events_total{result="dropped"}`. `record` never drops (its caller
   waits, so its memory is bounded by the callers), and raises `AuditUnavailable`
   (a `TimeoutError`) when the event is not durable within its timeout.
+* `forward` (a batch a gateway worker packed, `serve --workers`) queues its events as one
+  item, counted as many: dropped whole like `emit`'s when the queue is full, never with
+  `durable=True` (a refusal in it waits: `when_durable` calls back after the commit).
 * A write that fails because the database is unreachable goes to the spool (below), never
   discarded; an ambiguous commit (error after the server committed) is recognised by the
   batch's (writer, seq) key. A batch the database *refuses* is split in halves until the

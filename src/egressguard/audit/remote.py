@@ -3,9 +3,11 @@
 Sealing and inserting cost tens of microseconds of CPU per event; inside the gateway's
 process that CPU competes (through the GIL) with the event loop. Here the gateway keeps
 only the queue: a sender thread turns each batch of queued events into plain tuples
-(`attrgetter`, no conversion) and ships the batch as one marshalled frame through a
-pipe to `python -m egressguard.audit.remote`, which batches, seals, commits and answers
-with the highest committed sequence number.
+(`attrgetter`, no conversion) and ships the batch as one frame of marshalled parts
+(`pack_raws`) through a pipe to `python -m egressguard.audit.remote`, which batches,
+seals, commits and answers with the highest committed sequence number. A batch a
+gateway worker already packed (`AuditLog.forward`, `serve --workers`) is one such part,
+copied into the frame as it came.
 
 The acknowledgement contract is `AuditLog`'s: `record`/`flush` return only after the child
 reported the commit. Frames sent but not yet acknowledged stay in memory; if the child
