@@ -79,3 +79,20 @@ def test_when_durable_calls_back_only_once_the_batch_is_committed(
         assert already.is_set()
     finally:
         log.close()
+
+
+def test_a_commit_of_forwarded_batches_is_bounded_by_events_not_by_batches(
+        sqlite_url: str, audit_key: bytes) -> None:
+    log = AuditLog(sqlite_url, batch_size=3, start=False)
+    try:
+        for n in range(4):
+            log.forward(_packed(f"{n}a", f"{n}b"))
+        log._thread.start()
+        log.flush(timeout=30)
+        with log.engine.connect() as conn:
+            counts = [row[0] for row in conn.exec_driver_sql(
+                "SELECT count FROM audit_batches ORDER BY seq")]
+        assert counts == [4, 4]          # each commit stops once it holds >= 3 events
+        assert verify(log.engine, log.sealer).ok
+    finally:
+        log.close()

@@ -438,12 +438,18 @@ class AuditLog:
         if len(pending) < self.batch_size and not self._waiters and not self._stopping:
             self._urgent.wait(self.max_delay)
         with self._lock:   # (only so that seq and queue position stay in step)
-            take = min(len(pending), self.batch_size)
-            batch = [pending.popleft() for _ in range(take)]
-            if self._packed:   # forwarded batches are queued: each counts its events
-                packed = [item for item in batch if type(item) is Packed]
-                self._packed -= len(packed)
-                take += sum(item.events - 1 for item in packed)
+            if not self._packed:
+                take = min(len(pending), self.batch_size)
+                batch = [pending.popleft() for _ in range(take)]
+            else:   # forwarded batches are queued: each counts (and fills) as its events
+                batch, take = [], 0
+                while pending and take < self.batch_size:
+                    batch.append(item := pending.popleft())
+                    if type(item) is Packed:
+                        self._packed -= 1
+                        take += item.events
+                    else:
+                        take += 1
             self._taken += take
             return batch, self._taken
 
