@@ -19,6 +19,11 @@ CPU / mode CPU per request) is the rate ratio to expect when the gateway is CPU-
 Round 0 is a warm-up; rounds alternate which mode goes first.
 Options: --rounds 3 --seconds 4 --conns 32 --store URL (default: a temp SQLite file)
 --loadgen wrk|python.
+
+`--writer`: no gateway; the writer's own CPU per record (`process_time`), what the writer
+child does with each frame replayed in this process (sealing, then storing: SQL, commit,
+chain), and what the audit row alone costs SQLite (stdlib `sqlite3`, WAL, synchronous=FULL)
+with its three B-trees, fewer indexes, or one marshalled blob per batch instead of rows.
 """
 
 from __future__ import annotations
@@ -131,6 +136,89 @@ def _start_gateway(upstream_port: int):
     return gateway
 
 
+# -- the writer alone (--writer) -------------------------------------------------------------
+
+_BATCHES, _BATCH = 40, 500
+
+
+def _raws() -> list[tuple[object, ...]]:
+    """One batch of keep-alive exchange records, as the writer child receives them."""
+    from egressguard.audit.events import DecisionEvent
+    from egressguard.audit.log import raw_of
+
+    return [raw_of(DecisionEvent(
+        time=time.time(), cluster="default", kind="http", host=f"app{i % 1000}.bench.test",
+        port=8080, verdict="allow", permitted=True, layer="application",
+        rule="application:apps/app1", reason="allowed", policy_version="3f2a",
+        phase="exchange", connection_id=f"c{i}", client_address="127.0.0.1",
+        method="GET", path="/", bytes_up=120, bytes_down=600, duration_s=0.001))
+        for i in range(_BATCH)]
+
+
+def _sqlite_row_cost(tmp: Path, name: str, indexes: tuple[str, ...], blob: bool) -> float:
+    import marshal
+    import sqlite3
+
+    from egressguard.audit.log import _COLUMNS
+
+    db = sqlite3.connect(tmp / f"{name}.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE b (id INTEGER PRIMARY KEY, data BLOB)" if blob else
+               f"CREATE TABLE e (id INTEGER PRIMARY KEY, {', '.join(_COLUMNS)})")
+    for column in indexes:
+        db.execute(f"CREATE INDEX ix_{column} ON e ({column})")
+    one = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
+    sql = f"INSERT INTO e ({', '.join(_COLUMNS)}) VALUES " + ", ".join([one] * 125)
+    cpu = 0.0
+    for batch in range(_BATCHES):
+        rows = [(*raw[:19], os.urandom(68), batch) for raw in _raws()]
+        began = time.process_time()
+        db.execute("BEGIN")
+        if blob:
+            db.execute("INSERT INTO b (data) VALUES (?)", (marshal.dumps(rows, 2),))
+        else:
+            for at in range(0, len(rows), 125):
+                db.execute(sql, [v for row in rows[at:at + 125] for v in row])
+        db.execute("COMMIT")
+        cpu += time.process_time() - began
+    db.close()
+    return cpu / (_BATCHES * _BATCH) * 1e6
+
+
+def writer_cost() -> None:
+    import base64
+
+    tmp = Path(tempfile.mkdtemp(prefix="egressguard-bench-writer-"))
+    os.environ["EGRESSGUARD_HOME"] = str(tmp)
+    os.environ.setdefault("EGRESSGUARD_AUDIT_KEY", base64.b64encode(os.urandom(32)).decode())
+    from egressguard.audit.log import AuditLog
+
+    log = AuditLog(f"sqlite:///{tmp / 'audit.db'}", start=False)
+    log._resume()
+    seal = store = 0.0
+    for _ in range(_BATCHES):
+        raws = _raws()
+        began = time.process_time()
+        sealed = log._seal(raws)
+        sealed_at = time.process_time()
+        log._store(*sealed)
+        seal += sealed_at - began
+        store += time.process_time() - sealed_at
+    log._finish()
+    n = _BATCHES * _BATCH
+    figures = {"seal_us": seal / n * 1e6, "store_us": store / n * 1e6}
+    for name, indexes, blob in (("sqlite_3_btrees_us", ("time", "batch_id"), False),
+                                ("sqlite_no_batch_index_us", ("time",), False),
+                                ("sqlite_rowid_only_us", (), False),
+                                ("sqlite_blob_per_batch_us", (), True)):
+        figures[name] = _sqlite_row_cost(tmp, name, indexes, blob)
+    for name, value in figures.items():
+        print(f"{name:28} {value:6.2f} us CPU per record")
+    print(json.dumps({k: round(v, 2) for k, v in figures.items()} | {
+        "batches": _BATCHES, "batch": _BATCH, "load": os.getloadavg()[0]}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -143,6 +231,8 @@ def main() -> None:
                         help="gc.freeze() after start-up (as a server would)")
     parser.add_argument("--loadgen", choices=("wrk", "python"),
                         default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--writer", action="store_true",
+                        help="only the writer's CPU per record: sealing vs storing")
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--python-loadgen", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -152,6 +242,10 @@ def main() -> None:
     if args.python_loadgen:
         port, target, seconds, conns = args.python_loadgen
         asyncio.run(_loadgen(int(port), target, float(seconds), int(conns), warmup=0.5))
+        return
+
+    if args.writer:
+        writer_cost()
         return
 
     from egressguard.audit.events import NullSink

@@ -247,6 +247,52 @@ def test_audit_log_receives_decisions_from_both_workers(
         assert served_hosts <= hosts, (pid, served_hosts - hosts)
 
 
+def test_a_refusal_by_either_worker_is_in_the_store_before_the_client_sees_403(
+        tmp_path: Path, upstream: Server) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_LOOPBACK)
+    with serving(tmp_path, policy, "--no-api") as served, contextlib.closing(
+            sqlite3.connect(served.home / "egressguard.db", timeout=30)) as db:
+        refused_by: set[int] = set()
+        for i in range(60):
+            conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+            try:
+                assert get(conn, f"http://denied-{i}.test/") == 403
+                refused_by.add(owner(conn, served.port, served.pids))
+            finally:
+                conn.close()
+            stored = db.execute("SELECT count(*) FROM audit_events WHERE host = ? AND "
+                                "permitted = 0", (f"denied-{i}.test",)).fetchone()[0]
+            assert stored == 1, f"refusal {i} not durable when its 403 was sent"
+            if refused_by == set(served.pids) and i >= 7:
+                break
+        assert refused_by == set(served.pids)
+
+
+def test_exfiltration_monitor_in_the_parent_counts_what_the_workers_relayed(
+        tmp_path: Path, upstream: Server) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_LOOPBACK)
+    with serving(tmp_path, policy, "--no-api", "--exfil-threshold", "1000") as served:
+        sent_by: set[int] = set()
+        for i in range(60):   # 100 bytes each, some through each worker: 1,000 crossed
+            conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+            try:
+                conn.request("POST", f"http://127.0.0.1:{upstream.port}/{i}", body=b"x" * 100)
+                conn.getresponse().read()
+                sent_by.add(owner(conn, served.port, served.pids))
+            finally:
+                conn.close()
+            if sent_by == set(served.pids) and i >= 11:
+                break
+        assert sent_by == set(served.pids)
+    assert served.proc.returncode == 0
+    with contextlib.closing(sqlite3.connect(served.home / "egressguard.db")) as db:
+        warnings = db.execute("SELECT host FROM audit_events WHERE kind = 'warning' AND "
+                              "layer = 'exfiltration'").fetchall()
+    assert warnings == [("127.0.0.1",)]
+
+
 def test_sigterm_lets_every_worker_finish_its_open_request(
         tmp_path: Path, upstream: Server) -> None:
     policy = tmp_path / "policy.yaml"

@@ -28,6 +28,9 @@ Durability, exactly:
   `egressguard_audit_events_total{result="dropped"}`. `record` never drops (its caller
   waits, so its memory is bounded by the callers), and raises `AuditUnavailable`
   (a `TimeoutError`) when the event is not durable within its timeout.
+* `forward` (a batch a gateway worker packed, `serve --workers`) queues its events as one
+  item, counted as many: dropped whole like `emit`'s when the queue is full, never with
+  `durable=True` (a refusal in it waits: `when_durable` calls back after the commit).
 * A write that fails because the database is unreachable goes to the spool (below), never
   discarded; an ambiguous commit (error after the server committed) is recognised by the
   batch's (writer, seq) key. A batch the database *refuses* is split in halves until the
@@ -55,11 +58,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, groupby
 from operator import attrgetter, ge, itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import URL
@@ -158,6 +161,53 @@ def raws_of(batch: Iterable[DecisionEvent]) -> list[Raw]:
         return out
 
 
+class Packed(NamedTuple):
+    """`events` events already packed by `pack_raws` (a gateway worker's batch): queued
+    and shipped to the writer as they are, never decoded in between (`AuditLog.forward`)."""
+
+    events: int
+    data: bytes
+
+
+def pack_raws(raws: list[Raw]) -> bytes:
+    """`raws` as one marshalled list (a field of an unusual type is converted, or its event
+    dropped and logged): what `unpack_raws` and the writer child read."""
+    try:
+        return marshal.dumps(raws, 2)
+    except ValueError:
+        fixed = []
+        for raw in raws:
+            try:
+                fixed.append(canonical(raw))
+            except (TypeError, ValueError, UnicodeError):
+                _invalid(raw)
+        return marshal.dumps(fixed, 2)
+
+
+def unpack_raws(data: bytes | memoryview) -> list[Raw]:
+    raws: list[Raw] = marshal.loads(data)
+    return raws
+
+
+def event_of_raw(raw: Raw) -> DecisionEvent:
+    """The event of a raw tuple (for the watchers of forwarded events, `ExfilMonitor`)."""
+    return DecisionEvent(**dict(zip(FIELDS, raw, strict=True)))
+
+
+def segments(batch: list[Any]) -> Iterator[tuple[bool, bytes, list[DecisionEvent]]]:
+    """`batch` (events and `Packed` items, in queue order) as runs: (True, data, []) for
+    a packed batch, (False, b"", events) for consecutive events."""
+    if not any(type(item) is Packed for item in batch):
+        yield False, b"", batch
+        return
+    for packed, run in groupby(batch, key=lambda item: type(item) is Packed):
+        if packed:
+            for item in run:
+                yield True, item.data, []
+        else:
+            yield False, b"", list(run)
+
+
 def _invalid(what: object) -> None:
     metrics.AUDIT_EVENTS.labels("invalid").inc()
     log.error("audit: unrecordable event dropped: %r", what)
@@ -206,7 +256,7 @@ class AuditLog:
         self._fitting: set[tuple[Any, ...]] = set()   # see `_fits`
         # Queue order is sequence order: the n-th event appended has seq n (both under
         # `_lock`), so the writer only counts what it takes (`_taken`).
-        self._pending: deque[DecisionEvent] = deque()
+        self._pending: deque[Any] = deque()   # events and `Packed` batches
         self._lock = threading.Lock()
         self._wake = threading.Event()       # set by `emit` only while the writer sleeps
         self._idle = False
@@ -218,6 +268,7 @@ class AuditLog:
         self._taken = 0                      # seq of the last event the writer dequeued
         self._acked = 0                      # every queued seq <= this is committed
         self._dropped = 0
+        self._packed = 0                     # `Packed` items in the queue
         self._seq = 0                        # batch sequence of this writer's chain
         self._prev_mac = GENESIS
         self._next_prune = time.monotonic()
@@ -243,9 +294,32 @@ class AuditLog:
         if self._idle:
             self._wake.set()
 
-    def _drop(self) -> None:
-        self._dropped += 1
-        metrics.AUDIT_EVENTS.labels("dropped").inc()
+    def forward(self, packed: Packed, durable: bool = False) -> int:
+        """Queue a packed batch of events (fire-and-forget unless `durable`: then never
+        dropped, like `record`); the seq that acknowledges it (`when_durable`), or 0 if
+        it was dropped because `max_pending` events are already queued."""
+        with self._lock:
+            if self._closed:
+                raise AuditUnavailable("audit log is closed")
+            if not durable and self._last_seq - self._acked >= self.max_pending:
+                self._drop(packed.events)
+                return 0
+            self._last_seq += packed.events
+            self._packed += 1
+            self._pending.append(packed)
+            seq = self._last_seq
+        if self._idle or durable:
+            self._wake.set()
+        return seq
+
+    def when_durable(self, seq: int, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the writer's thread, or now) once `seq` is committed."""
+        if not self._register(seq, callback):
+            callback()
+
+    def _drop(self, count: int = 1) -> None:
+        self._dropped += count
+        metrics.AUDIT_EVENTS.labels("dropped").inc(count)
         if self._dropped & (self._dropped - 1) == 0:  # log at 1, 2, 4, 8, ...
             log.error("audit queue full (%d pending): %d events dropped",
                       self.max_pending, self._dropped)
@@ -275,6 +349,11 @@ class AuditLog:
         done = threading.Event()
         if self._register(target, done.set) and not done.wait(timeout):
             raise AuditUnavailable(f"audit events not durable after {timeout} s")
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last event queued (`when_durable(last_seq, ...)`: all of them)."""
+        return self._last_seq
 
     @property
     def acknowledged(self) -> int:
@@ -340,7 +419,7 @@ class AuditLog:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _next_batch(self) -> tuple[list[DecisionEvent], int] | None:
+    def _next_batch(self) -> tuple[list[Any], int] | None:
         """Wait for events, linger for more (group commit), and take up to `batch_size`:
         (events, seq of the last one), or None once stopping and nothing is left."""
         pending = self._pending
@@ -359,8 +438,18 @@ class AuditLog:
         if len(pending) < self.batch_size and not self._waiters and not self._stopping:
             self._urgent.wait(self.max_delay)
         with self._lock:   # (only so that seq and queue position stay in step)
-            take = min(len(pending), self.batch_size)
-            batch = [pending.popleft() for _ in range(take)]
+            if not self._packed:
+                take = min(len(pending), self.batch_size)
+                batch = [pending.popleft() for _ in range(take)]
+            else:   # forwarded batches are queued: each counts (and fills) as its events
+                batch, take = [], 0
+                while pending and take < self.batch_size:
+                    batch.append(item := pending.popleft())
+                    if type(item) is Packed:
+                        self._packed -= 1
+                        take += item.events
+                    else:
+                        take += 1
             self._taken += take
             return batch, self._taken
 
@@ -377,7 +466,9 @@ class AuditLog:
         try:
             while (item := self._next_batch()) is not None:
                 batch, last = item
-                self.write_raws(raws_of(batch))
+                self.write_raws(list(chain.from_iterable(
+                    unpack_raws(data) if packed else raws_of(part)
+                    for packed, data, part in segments(batch))))
                 self._acknowledge(last)
                 self._maybe_prune()
         finally:

@@ -3,9 +3,11 @@
 Sealing and inserting cost tens of microseconds of CPU per event; inside the gateway's
 process that CPU competes (through the GIL) with the event loop. Here the gateway keeps
 only the queue: a sender thread turns each batch of queued events into plain tuples
-(`attrgetter`, no conversion) and ships the batch as one marshalled frame through a
-pipe to `python -m egressguard.audit.remote`, which batches, seals, commits and answers
-with the highest committed sequence number.
+(`attrgetter`, no conversion) and ships the batch as one frame of marshalled parts
+(`pack_raws`) through a pipe to `python -m egressguard.audit.remote`, which batches,
+seals, commits and answers with the highest committed sequence number. A batch a
+gateway worker already packed (`AuditLog.forward`, `serve --workers`) is one such part,
+copied into the frame as it came.
 
 The acknowledgement contract is `AuditLog`'s: `record`/`flush` return only after the child
 reported the commit. Frames sent but not yet acknowledged stay in memory; if the child
@@ -35,11 +37,20 @@ from sqlalchemy.engine import URL
 
 from egressguard.audit import metrics
 from egressguard.audit.crypto import load_or_create_key
-from egressguard.audit.log import AuditLog, Raw, Retention, canonical, raws_of
+from egressguard.audit.log import (
+    AuditLog,
+    Raw,
+    Retention,
+    pack_raws,
+    raws_of,
+    segments,
+    unpack_raws,
+)
 
 log = logging.getLogger("egressguard.audit")
 _LEN = struct.Struct(">I")
 _ACK = struct.Struct(">Q")
+_HEAD = struct.Struct(">Q?")     # a frame's last seq and urgent flag
 _DEGRADED = 1 << 63        # set in an acknowledgement while the child spools
 
 
@@ -97,10 +108,13 @@ class ProcessAuditLog(AuditLog):
             pass  # the receiver sees the child gone and resends everything in flight
 
     def _run(self) -> None:
-        """Sender: queue -> frames (last seq, urgent, raw tuples) -> child."""
+        """Sender: queue -> frames (last seq, urgent, packed raw tuples) -> child. A batch
+        a gateway worker packed (`forward`) goes into the frame as it came."""
         while (item := self._next_batch()) is not None:
             batch, last = item
-            frame = _frame(last, bool(self._waiters), raws_of(batch))
+            frame = _frame(last, bool(self._waiters),
+                           [data if packed else pack_raws(raws_of(part))
+                            for packed, data, part in segments(batch)])
             with self._proc_lock:
                 self._inflight.append((last, frame))
                 self._send(frame)
@@ -156,17 +170,25 @@ class ProcessAuditLog(AuditLog):
         self.engine.dispose()
 
 
-def _frame(last: int, urgent: bool, raws: list[Raw]) -> bytes:
-    try:
-        return marshal.dumps((last, urgent, raws), 2)
-    except ValueError:      # a field of an unusual type: convert (or drop) per event
-        fixed = []
-        for raw in raws:
-            try:
-                fixed.append(canonical(raw))
-            except (TypeError, ValueError, UnicodeError):
-                log.error("audit: unrecordable event dropped: %r", raw)
-        return marshal.dumps((last, urgent, fixed), 2)
+def _frame(last: int, urgent: bool, parts: list[bytes]) -> bytes:
+    """(last seq, urgent) then each `pack_raws` part, length-prefixed (`_unframe`)."""
+    out = [_HEAD.pack(last, urgent)]
+    for part in parts:
+        out += (_LEN.pack(len(part)), part)
+    return b"".join(out)
+
+
+def _unframe(frame: bytes) -> tuple[int, bool, list[Raw]]:
+    last, urgent = _HEAD.unpack_from(frame)
+    view = memoryview(frame)
+    raws: list[Raw] = []
+    at = _HEAD.size
+    while at < len(frame):
+        size = _LEN.unpack_from(frame, at)[0]
+        at += _LEN.size
+        raws += unpack_raws(view[at:at + size])
+        at += size
+    return last, bool(urgent), raws
 
 
 class _Frames:
@@ -272,14 +294,13 @@ def _serve_frames(writer: AuditLog, frames: _Frames, batch_size: int,
                 out.write(_ACK.pack(acked | (_DEGRADED if writer.degraded else 0)))
                 out.flush()
             continue
-        last, urgent, raws = marshal.loads(frame)
-        pending: list[Any] = list(raws)
+        last, urgent, pending = _unframe(frame)
         deadline = time.monotonic() + max_delay
         while not urgent and len(pending) < batch_size and not frames.eof:
             more = frames.next(max(0.0, deadline - time.monotonic()))
             if more is None:
                 break
-            last, urgent, raws = marshal.loads(more)
+            last, urgent, raws = _unframe(more)
             pending += raws
         writer.write_raws(pending)
         acked = last

@@ -300,7 +300,7 @@ def _serve_with_workers(count: int, parts: _Parts, limits: Limits, host: str, po
         audit_log = parts.audit_log
         fleet = Workers(count, config, parts.holder,
                         parts.sink if audit_log is not None else None,
-                        flush=audit_log.flush if audit_log is not None else None)
+                        audit=audit_log)
         parts.bind_key(fleet)
         _run(_serve_workers(fleet, parts, *api))
     except Exception as exc:

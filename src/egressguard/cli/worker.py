@@ -4,8 +4,9 @@ A worker is an ordinary `Gateway` (one holder, one checkpoint) listening with
 SO_REUSEPORT beside its siblings, with none of the host's singletons: the parent follows
 the policy source and sends each version in force down the socket pair (the worker
 compiles it and swaps its holder), relays key suspensions, and writes the audit log (the
-worker's sink, `RelaySink`, ships events up the same socket; a refusal waits for the
-parent's acknowledgement that its record is durable, as with `AuditLog.record`).
+worker's sink, `RelaySink`, ships packed batches of events up the same socket, which the
+parent forwards to its audit writer undecoded; a refusal waits for the parent's
+acknowledgement that its record is durable, as with `AuditLog.record`).
 
 Fail closed: when the parent is gone (end of the socket stream) the worker suspends its
 checkpoint, so nothing more is relayed without a policy feed or an audit log, and exits
@@ -26,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from egressguard import logsetup
+from egressguard.audit.log import pack_raws, raws_of
 from egressguard.audit.remote import die_with_parent
-from egressguard.cli.workerwire import Wire, raw_of
+from egressguard.cli.workerwire import Wire
 from egressguard.enforce.events import DecisionEvent, EventSink, NullSink
 from egressguard.engine import CompileError
 from egressguard.engine.holder import SnapshotHolder
@@ -37,20 +39,22 @@ from egressguard.source import active_of
 log = logging.getLogger("egressguard.gateway")
 MAX_PENDING = 100_000   # events queued for the parent beyond this are dropped (and logged)
 # Fire-and-forget events linger this long for company: one frame (one wake-up of this
-# sender and of the parent's relay) per this many seconds, not one per request.
-LINGER = 0.01
+# sender, of the parent's relay and of its writer's sender) per this many seconds, not one
+# per request; the parent's writer lingers as long (`AuditLog.max_delay`) before a commit.
+LINGER = 0.05
 PARENT_GONE = "the supervising serve process is gone (no policy feed, no audit log)"
 
 
 class RelaySink:
     """The worker's audit sink: events queued here, shipped in batches to the parent by a
-    sender thread (the event loop only appends a tuple); `record` returns once the parent
-    acknowledged the event durable."""
+    sender thread (the event loop only appends the event), each batch packed once as the
+    audit writer reads it (`audit.log.pack_raws`: the parent forwards it unchanged);
+    `record` returns once the parent acknowledged the event durable."""
 
     def __init__(self, wire: Wire) -> None:
         self.wire = wire
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._pending: deque[tuple[Any, ...]] = deque()
+        self._pending: deque[DecisionEvent] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._hurry = threading.Event()   # a refusal waits: no lingering
@@ -72,7 +76,7 @@ class RelaySink:
                     log.error("audit relay queue full: %d events dropped", self._dropped)
                 return
             self._seq += 1
-            self._pending.append(raw_of(event))
+            self._pending.append(event)
         if self._idle:
             self._wake.set()
 
@@ -81,7 +85,7 @@ class RelaySink:
         future: asyncio.Future[None] = self.loop.create_future()
         with self._lock:
             self._seq += 1
-            self._pending.append(raw_of(event))
+            self._pending.append(event)
             self._urgent = True
             self._waiters.append((self._seq, future))
         self._hurry.set()
@@ -110,13 +114,14 @@ class RelaySink:
                 self._hurry.wait(LINGER)
             self._hurry.clear()
             with self._lock:
-                raws = list(self._pending)
+                batch = list(self._pending)
                 self._pending.clear()
                 last, urgent, closing = self._seq, self._urgent, self._closing
                 self._urgent = False
-            if raws or urgent:  # urgent and empty: an acknowledgement of what was sent
-                self.wire.send("events", last, urgent, raws)
-            if closing and not raws:
+            if batch or urgent:  # urgent and empty: an acknowledgement of what was sent
+                raws = raws_of(batch)
+                self.wire.send("events", last, urgent, len(raws), pack_raws(raws))
+            if closing and not batch:
                 return
 
     def close(self, timeout: float) -> None:

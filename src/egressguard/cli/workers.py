@@ -8,8 +8,11 @@ writer, the REST API, the fleet's singleton jobs and the cluster key's watch.
 * Policy: the parent's holder is the one source; every swap is sent to every worker
   (`("policy", ...)`), which compiles it into its own holder: one policy in force through
   one checkpoint per process, and each worker reports the version it put in force.
-* Audit: workers ship their events to the parent (`worker.RelaySink`), which emits them
-  into its audit sink; a refusal is acknowledged only once the audit log made it durable.
+* Audit: workers ship packed batches of events to the parent (`worker.RelaySink`), which
+  forwards the bytes unchanged into its audit log (`AuditLog.forward`: the one writer per
+  host, no event decoded or encoded again on the way); a refusal is acknowledged only once
+  the audit log made it durable. Only watchers beside the log (`--exfil-threshold`'s
+  `ExfilMonitor`) get the events decoded.
 * Key suspension: `Workers` is a `Suspendable` point, relayed to every worker (and
   remembered for workers started later).
 * A worker that dies is restarted (with a backoff); a worker whose parent dies fails
@@ -36,7 +39,8 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-from egressguard.cli.workerwire import Wire, event_of
+from egressguard.audit.log import AuditLog, Packed, event_of_raw, unpack_raws
+from egressguard.cli.workerwire import Wire
 from egressguard.enforce.events import EventSink
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.errors import EgressguardError
@@ -61,14 +65,15 @@ class Workers:
     """Start, feed, restart and stop the worker processes."""
 
     def __init__(self, count: int, config: dict[str, Any], holder: SnapshotHolder,
-                 sink: EventSink | None, flush: Any = None) -> None:
+                 sink: EventSink | None, audit: AuditLog | None = None) -> None:
         """`config`: what every worker's gateway is built from (see `worker.Worker`);
-        `sink`: the parent's audit sink (None with --no-audit); `flush(timeout)`:
-        returns once everything emitted into `sink` is durable (raises if it cannot)."""
+        `sink`: the parent's audit sink (None with --no-audit): `audit`, the audit log,
+        alone or in a `FanoutSink` with watchers."""
         self.config = config
         self.holder = holder
-        self.sink = sink
-        self.flush = flush
+        self.audit = audit if sink is not None else None
+        self.watchers = [s for s in getattr(sink, "sinks", (sink,))
+                         if s is not None and s is not audit]
         self.suspended: str | None = None
         self.stopping = False
         self.metrics_dir = tempfile.mkdtemp(prefix="egressguard-metrics-")
@@ -215,20 +220,10 @@ class _Slot:
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     def _relay(self, wire: Wire) -> None:
-        fleet = self.fleet
         while (message := wire.receive()) is not None:
             kind = message[0]
             if kind == "events":
-                _, last, urgent, raws = message
-                if fleet.sink is not None:
-                    try:
-                        for raw in raws:
-                            fleet.sink.emit(event_of(raw))
-                    except Exception:  # as the checkpoint does: logged, never fatal
-                        log.exception("audit: events of worker %d not recorded", self.pid)
-                        continue          # and not acknowledged: the refusal fails closed
-                if urgent and self._durable():
-                    wire.send("ack", last)
+                self._forward(wire, *message[1:])
             elif kind == "active":
                 self.version = message[1]
                 log.info("gateway worker %d: policy %s in force", self.pid, message[1])
@@ -237,15 +232,45 @@ class _Slot:
             elif kind == "failed":
                 self.failure = message[1]
 
-    def _durable(self) -> bool:
-        if self.fleet.flush is None:
-            return True
+    def _forward(self, wire: Wire, last: int, urgent: bool, count: int,
+                 data: bytes) -> None:
+        """A worker's packed events into the audit log as they came; with `urgent` (a
+        refusal waits), its acknowledgement once they are durable (never before: the
+        worker refuses anyway when it does not come in time)."""
+        fleet = self.fleet
+        if fleet.audit is None:   # (a worker without the audit log sends no events)
+            if urgent:
+                wire.send("ack", last)
+            return
         try:
-            self.fleet.flush(self.fleet.config["limits"].audit_timeout)
-        except Exception as exc:  # not acknowledged: the worker refuses anyway
-            log.error("audit log: worker %d's records not durable: %s", self.pid, exc)
-            return False
-        return True
+            seq = (fleet.audit.forward(Packed(count, data), durable=urgent) if count
+                   else fleet.audit.last_seq)
+        except Exception:  # as the checkpoint does: logged, never fatal
+            log.exception("audit: events of worker %d not recorded", self.pid)
+            return            # and not acknowledged: the refusal fails closed
+        self._watch(data)
+        if urgent:
+            fleet.audit.when_durable(seq, lambda: _acknowledge(wire, last))
+
+    def _watch(self, data: bytes) -> None:
+        if not self.fleet.watchers:
+            return
+        try:
+            events = [event_of_raw(raw) for raw in unpack_raws(data)]
+        except Exception:
+            log.exception("audit: events of worker %d not readable", self.pid)
+            return
+        for watcher in self.fleet.watchers:
+            for event in events:
+                try:
+                    watcher.emit(event)
+                except Exception:
+                    log.exception("audit: sink %r failed", watcher)
+                    break
+
+
+def _acknowledge(wire: Wire, last: int) -> None:
+    wire.send("ack", last)   # (False once the worker is gone: nothing to tell)
 
 
 def _mark_dead(pid: int, path: str) -> None:

@@ -6,10 +6,11 @@ Frames are pickled tuples whose first item says what they are:
 * parent -> worker: `("hello", config)`, `("policy", policy, version, source)`,
   `("suspend", reason)`, `("resume",)`, `("ack", seq)`;
 * worker -> parent: `("ready", addresses)`, `("failed", line)`, `("active", version)`,
-  `("events", last_seq, urgent, raws)`.
+  `("events", last_seq, urgent, count, packed)`.
 
-An event travels as the tuple of its fields in `DecisionEvent` order (`raw_of` /
-`event_of`): plain values, no object graph, rebuilt in the parent as the same event.
+`packed` is `count` events as the audit writer reads them (`audit.log.pack_raws`: one
+marshalled list of field tuples), so the parent forwards the bytes to its writer as they
+came (`AuditLog.forward`) instead of decoding and re-encoding every event.
 """
 
 from __future__ import annotations
@@ -19,19 +20,10 @@ import pickle
 import socket
 import struct
 import threading
-from operator import attrgetter
 from typing import Any
-
-from egressguard.enforce.events import DecisionEvent
 
 _LEN = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024   # a frame larger than this is a broken peer, not data
-
-raw_of = attrgetter(*DecisionEvent.__slots__)
-
-
-def event_of(raw: tuple[Any, ...]) -> DecisionEvent:
-    return DecisionEvent(*raw)
 
 
 class Wire:
