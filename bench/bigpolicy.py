@@ -13,7 +13,9 @@ measured in a fresh child process so that the figures are that process's alone:
   `Store.commit` and the child reports the seconds from the commit's return to the swap
   and the largest loop lag from the commit until one second after the swap.
 
-`--quick`: 100k rules only. The last line is one JSON object.
+`--quick`: 100k rules only. `--against SRC`: the same children also run on another source
+tree (e.g. `/work/main/src`, the code before a change), interleaved with this one's, size by
+size, each figure keyed `before_...` as well. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -108,28 +110,35 @@ def child_follow(url: str, cluster: str) -> None:
     print(json.dumps(asyncio.run(_follow(url, cluster))), flush=True)
 
 
-def _run_child(args: list[str], stdin: str | None = None) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, *args], input=stdin, text=True,
+def _env(src: str | None) -> dict[str, str] | None:
+    """The environment of a child running the source tree `src` (None: this one's)."""
+    return None if src is None else {**os.environ, "PYTHONPATH": src}
+
+
+def _run_child(args: list[str], src: str | None = None) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, *args], text=True, env=_env(src),
                          capture_output=True, check=True, timeout=1800)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def measure_load(rules: int, workdir: Path) -> dict[str, Any]:
+def measure_load(rules: int, workdir: Path, src: str | None = None) -> dict[str, Any]:
     path = workdir / f"policy-{rules}.json"
-    path.write_text(json.dumps(document(rules), separators=(",", ":")), encoding="utf-8")
-    return _run_child(["--child-load", str(path)])
+    if not path.exists():
+        path.write_text(json.dumps(document(rules), separators=(",", ":")), encoding="utf-8")
+    return _run_child(["--child-load", str(path)], src)
 
 
-def measure_in_force(rules: int, workdir: Path) -> dict[str, Any]:
+def measure_in_force(rules: int, workdir: Path, src: str | None = None) -> dict[str, Any]:
     from egressguard.policy import Policy
     from egressguard.store import Store
 
-    url = f"sqlite:///{workdir}/store-{rules}.db"
+    url = f"sqlite:///{workdir}/store-{rules}-{'before' if src else 'after'}.db"
     with Store(url) as store:
         store.create_cluster("big", Policy.model_validate(document(10)), "bench")
         policy = Policy.model_validate(document(rules))
         follower = subprocess.Popen([sys.executable, __file__, "--child-follow", url, "big"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                    env=_env(src))
         assert follower.stdin is not None and follower.stdout is not None
         if follower.stdout.readline().strip() != "ready":
             raise SystemExit("follower did not start")
@@ -149,6 +158,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100k rules only")
     parser.add_argument("--follow-all", action="store_true",
                         help="measure the commit-to-in-force path for 1M rules too")
+    parser.add_argument("--against", metavar="SRC",
+                        help="also run every child on this source tree, interleaved")
     parser.add_argument("--child-load", help=argparse.SUPPRESS)
     parser.add_argument("--child-follow", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,21 +171,27 @@ def main() -> None:
           f"Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}")
     figures: dict[str, Any] = {}
     sizes = SIZES[:1] if args.quick else SIZES
+    trees: list[tuple[str, str | None]] = [("", None)]
+    if args.against:
+        trees.insert(0, ("before_", args.against))
     with tempfile.TemporaryDirectory(prefix="bigpolicy-") as tmp:
         for rules in sizes:
             key = f"{rules // 1000}k"
-            load = measure_load(rules, Path(tmp))
-            print(f"{key} rules load: {load['load_s']:.2f} s (parse+validate "
-                  f"{load['parse_validate_s']:.2f}, compile {load['compile_s']:.2f}); peak "
-                  f"{load['peak_mb']:.0f} MB, after {load['rss_after_mb']:.0f} MB")
-            figures.update({f"{key}_{k}": v for k, v in load.items()})
+            for label, src in trees:
+                load = measure_load(rules, Path(tmp), src)
+                print(f"{label}{key} rules load: {load['load_s']:.2f} s (parse+validate "
+                      f"{load['parse_validate_s']:.2f}, compile {load['compile_s']:.2f}); "
+                      f"peak {load['peak_mb']:.0f} MB, after {load['rss_after_mb']:.0f} MB",
+                      flush=True)
+                figures.update({f"{label}{key}_{k}": v for k, v in load.items()})
             if rules == SIZES[0] or args.follow_all:
-                live = measure_in_force(rules, Path(tmp))
-                print(f"{key} rules commit {live['commit_s']:.1f} s, in force "
-                      f"{live['in_force_after_commit_s']} s after it, max loop lag "
-                      f"{live['max_loop_lag_ms']} ms, follower peak "
-                      f"{live['follower_peak_mb']:.0f} MB")
-                figures.update({f"{key}_{k}": v for k, v in live.items()})
+                for label, src in trees:
+                    live = measure_in_force(rules, Path(tmp), src)
+                    print(f"{label}{key} rules commit {live['commit_s']:.1f} s, in force "
+                          f"{live['in_force_after_commit_s']} s after it, max loop lag "
+                          f"{live['max_loop_lag_ms']} ms, follower peak "
+                          f"{live['follower_peak_mb']:.0f} MB", flush=True)
+                    figures.update({f"{label}{key}_{k}": v for k, v in live.items()})
     figures["load_average_end"] = round(os.getloadavg()[0], 1)
     print(json.dumps(figures))
 

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from egressguard.errors import InputError
 from egressguard.policy.model import Policy
+from egressguard.policy.packed import PACK_AT, consuming
 
 MAX_DEPTH = 64  # a real policy nests 6 deep; far deeper is an attack or an accident
 MAX_NODES = 1_000_000  # nodes after alias expansion (a "billion laughs" stays bounded)
@@ -209,12 +210,14 @@ def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
 
 
 def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Rejected(None, f"duplicate key {key!r}: a repeated key is refused, not "
-                                  "decided by the last one")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # name the first key that repeats
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Rejected(None, f"duplicate key {key!r}: a repeated key is refused, "
+                                      "not decided by the last one")
+            seen.add(key)
     return out
 
 
@@ -310,17 +313,32 @@ def locate(policy: Policy, loc: tuple[int | str, ...]) -> str:
 def _fast_json(text: str) -> Policy | None:
     """A valid JSON document validated without the YAML node tree (big policies: the
     store's JSON form of a version); None for anything else, which the line-aware path
-    then reports. The same checks: duplicate keys, depth, a mapping, the model."""
+    then reports. The same checks: duplicate keys, a mapping, the model; and depth, as
+    no field takes free-form data: a document that validates nests no deeper than the
+    model (7 levels), and one nested deeper than `MAX_DEPTH` fails validation and is
+    refused as too deep by the line-aware path (walking a big tree costs a second)."""
     try:
         data = json.loads(text, object_pairs_hook=_json_pairs)
     except (ValueError, _Rejected, RecursionError):
         return None
-    if not isinstance(data, dict) or _json_depth(data) > MAX_DEPTH:
+    if not isinstance(data, dict):
         return None
+    _consume_big_collections(data)
     try:
         return Policy.model_validate(data)
     except ValidationError:
         return None
+
+
+def _consume_big_collections(data: dict[str, Any]) -> None:
+    """Let validation free each big collection's parsed rules as it packs them (a
+    million parsed rules are half a gigabyte): `data` is not read again."""
+    for kind in ("application_rule_collections", "network_rule_collections"):
+        collections = data.get(kind)
+        for collection in collections if isinstance(collections, list) else ():
+            rules = collection.get("rules") if isinstance(collection, dict) else None
+            if isinstance(rules, list) and len(rules) >= PACK_AT:
+                collection["rules"] = consuming(rules)
 
 
 def load_policy_text(text: str, source: str = "<policy>") -> Policy:
