@@ -15,6 +15,7 @@ exactly what it was.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, overload
 
@@ -38,41 +39,54 @@ class _Layout:
     def __init__(self, model: type[BaseModel], own: str) -> None:
         self.model = model
         self.own = own
-        self.fields = tuple(model.model_fields)
-        self.lists = frozenset(name for name, info in model.model_fields.items()
-                               if getattr(info.annotation, "__origin__", None) is list)
-        self.shared = tuple(f for f in self.fields if f not in ("name", own))
-        self.templates: dict[tuple[Any, ...], BaseModel] = {}
+        self.lists = tuple(name for name, info in model.model_fields.items()
+                           if getattr(info.annotation, "__origin__", None) is list)
+        shared = tuple(f for f in model.model_fields if f not in ("name", own))
+        self._shared = operator.itemgetter(*shared)
+        self._shared_lists = frozenset(self.lists) & frozenset(shared)
+        self._fields = shared
+        self._templates: dict[tuple[Any, ...], BaseModel] = {}
+        self._last: BaseModel | None = None
 
     def pack(self, rule: BaseModel) -> Record:
         """The record of a validated rule; its other fields go to a shared template."""
         values = rule.__dict__
-        lists = self.lists
         fields_set = rule.__pydantic_fields_set__
-        key = tuple([tuple(values[f]) if f in lists else values[f] for f in self.shared])
-        key += (frozenset(fields_set),)
-        template = self.templates.get(key)
-        if template is None:
-            if len(self.templates) >= _TEMPLATES_MAX:
-                self.templates.clear()
-            template = self.model.__new__(self.model)
-            _set(template, "__dict__", {**values, "name": "", self.own: []})
-            _set(template, "__pydantic_fields_set__", set(fields_set))
-            _set(template, "__pydantic_extra__", None)
-            _set(template, "__pydantic_private__", None)
-            self.templates[key] = template
+        template = self._last  # the common case: the same shape as the rule before
+        if template is None or fields_set != template.__pydantic_fields_set__ or \
+                self._shared(values) != self._shared(template.__dict__):
+            template = self._template(rule)
         own = values[self.own]
         return values["name"], tuple(own) if own.__class__ is list else own, template
 
+    def _template(self, rule: BaseModel) -> BaseModel:
+        values = rule.__dict__
+        lists = self._shared_lists
+        key = tuple([tuple(values[f]) if f in lists else values[f] for f in self._fields])
+        key += (frozenset(rule.__pydantic_fields_set__),)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= _TEMPLATES_MAX:
+                self._templates.clear()
+            template = self.model.__new__(self.model)
+            _set(template, "__dict__", {**values, "name": "", self.own: []})
+            _set(template, "__pydantic_fields_set__", set(rule.__pydantic_fields_set__))
+            _set(template, "__pydantic_extra__", None)
+            _set(template, "__pydantic_private__", None)
+            self._templates[key] = template
+        self._last = template
+        return template
+
     def build(self, record: Record) -> BaseModel:
-        """The frozen model a record stands for (as `model_construct` would build it)."""
+        """The frozen model a record stands for (as `model_construct` would build it),
+        with lists of its own."""
         name, own, template = record
-        model = self.model
-        rule = model.__new__(model)
-        values = template.__dict__
-        values = {f: (list(v) if f in self.lists else v) for f, v in values.items()}
+        values = template.__dict__.copy()
+        for field in self.lists:
+            values[field] = list(values[field])
         values["name"] = name
         values[self.own] = list(own)
+        rule = self.model.__new__(self.model)
         _set(rule, "__dict__", values)
         _set(rule, "__pydantic_fields_set__", set(template.__pydantic_fields_set__))
         _set(rule, "__pydantic_extra__", None)
