@@ -6,7 +6,7 @@ measured in a fresh child process so that the figures are that process's alone:
 
 * `load`: the store's JSON form of a version parsed, validated and compiled
   (`load_policy_text` + `snapshot_for`, inside `engine.holder.loading`), with the child's
-  peak RSS (`ru_maxrss`) and its RSS after the load (`/proc/self/statm`);
+  peak RSS (`VmHWM`) and its RSS after the load (`/proc/self/statm`);
 * `in_force` (100k only, or every size with `--follow-all`): a child follows a SQLite
   store cluster with a real `PolicyFeed` (200 ms poll) while its asyncio loop runs a lag
   probe (a 5 ms sleep, its overshoot recorded); the parent commits the big policy through
@@ -52,6 +52,11 @@ def _rss_now_mb() -> float:
 
 
 def _peak_mb() -> float:
+    """This process's peak RSS (`VmHWM`: `ru_maxrss` would count the parent's RSS at the
+    fork too, which Linux carries across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

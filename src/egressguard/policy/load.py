@@ -341,12 +341,110 @@ def _consume_big_collections(data: dict[str, Any]) -> None:
                 collection["rules"] = consuming(rules)
 
 
+_EVENTS = getattr(yaml, "_yaml", None)  # libyaml's parser, where PyYAML was built with it
+_CONSTRUCTED = frozenset(f"tag:yaml.org,2002:{t}" for t in (
+    "bool", "int", "float", "null", "timestamp"))
+_STR = "tag:yaml.org,2002:str"
+
+
+def _yaml_data(text: str) -> Any:
+    """The document libyaml's events spell, built as the safe loader would build it
+    (the same parser, the loader's own implicit resolvers and scalar constructors), or
+    None for anything the fast path leaves to the line-aware one: an error, a duplicate
+    key, an anchor, alias, explicit tag or merge key, more than one document, nesting
+    deeper than `MAX_DEPTH`, more than `MAX_NODES` values. Event by event in Python, so
+    it holds the GIL in short calls."""
+    if _EVENTS is None:
+        return None
+    resolvers = _BaseLoader.yaml_implicit_resolvers
+    wildcard = resolvers.get(None, [])
+    constructor = yaml.constructor.SafeConstructor()
+    constructors = constructor.yaml_constructors
+    scalar_event, end_events = yaml.ScalarEvent, (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
+    parser = _EVENTS.CParser(text)
+    stack: list[tuple[Any, Any]] = []  # (the open mapping or list, a mapping's pending key)
+    nodes = 0
+    root: Any = None
+    done = False
+    try:
+        for kind in (yaml.StreamStartEvent, yaml.DocumentStartEvent):
+            if not isinstance(parser.get_event(), kind):
+                return None
+        while not done:
+            event = parser.get_event()
+            cls = event.__class__
+            if cls in end_events:
+                value = stack.pop()[0]
+            else:
+                nodes += 1
+                if nodes > MAX_NODES or event.anchor is not None or cls is yaml.AliasEvent \
+                        or event.tag is not None:
+                    return None
+                if cls is scalar_event:
+                    value = event.value
+                    if event.implicit[0]:  # plain: the loader's implicit resolvers
+                        for tag, regexp in resolvers.get(value[:1], []) + wildcard:
+                            if regexp.match(value):
+                                if tag not in _CONSTRUCTED:
+                                    return None
+                                value = constructors[tag](
+                                    constructor, yaml.ScalarNode(tag, value))
+                                break
+                elif cls is mapping_start or cls is sequence_start:
+                    if len(stack) >= MAX_DEPTH:
+                        return None
+                    stack.append(({} if cls is mapping_start else [], _NO_KEY))
+                    continue
+                else:
+                    return None
+            if not stack:
+                root, done = value, True
+                continue
+            container, key = stack[-1]
+            if container.__class__ is list:
+                container.append(value)
+            elif key is _NO_KEY:
+                if value.__class__ in (dict, list) or value in container:
+                    return None  # a collection as a key, or a duplicate: reported slowly
+                stack[-1] = (container, value)
+            else:
+                container[key] = value
+                stack[-1] = (container, _NO_KEY)
+        if not isinstance(parser.get_event(), yaml.DocumentEndEvent) or \
+                not isinstance(parser.get_event(), yaml.StreamEndEvent):
+            return None
+    except (yaml.YAMLError, ValueError, TypeError):
+        return None
+    finally:
+        parser.dispose()
+    return root
+
+
+_NO_KEY = object()
+
+
+def _fast_yaml(text: str, source: str) -> Policy | None:
+    """A valid YAML document validated without the node tree (`_yaml_data`); None for
+    anything else, which the line-aware path then reports."""
+    data = _yaml_data(text)
+    if not isinstance(data, dict):
+        return None
+    _consume_big_collections(data)
+    try:
+        return _remember(Policy.model_validate(data), source, text)
+    except ValidationError:
+        return None
+
+
 def load_policy_text(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate a policy document; raise `PolicyError` naming every problem."""
     if text.lstrip().startswith("{"):
         fast = _fast_json(text)
-        if fast is not None:
-            return fast
+    else:
+        fast = None if source.lower().endswith(".json") else _fast_yaml(text, source)
+    if fast is not None:
+        return fast
     root, data = parse_document(text, source)
     try:
         return _remember(Policy.model_validate(data), source, text)
