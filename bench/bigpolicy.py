@@ -13,9 +13,11 @@ measured in a fresh child process so that the figures are that process's alone:
   `Store.commit` and the child reports the seconds from the commit's return to the swap
   and the largest loop lag from the commit until one second after the swap.
 
-`--quick`: 100k rules only. `--against SRC`: the same children also run on another source
-tree (e.g. `/work/main/src`, the code before a change), interleaved with this one's, size by
-size, each figure keyed `before_...` as well. The last line is one JSON object.
+`--quick`: 100k rules only. `--yaml`: also the 100k-rule policy loaded from a YAML file
+(`load_policy_text` of `dump_policy`'s text). `--against SRC`: the same children also run
+on another source tree (e.g. `/work/main/src`, the code before a change), interleaved with
+this one's, size by size, each figure keyed `before_...` as well. The last line is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -126,10 +128,18 @@ def _run_child(args: list[str], src: str | None = None) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def measure_load(rules: int, workdir: Path, src: str | None = None) -> dict[str, Any]:
-    path = workdir / f"policy-{rules}.json"
+def measure_load(rules: int, workdir: Path, src: str | None = None,
+                 form: str = "json") -> dict[str, Any]:
+    """Load the store's JSON form, or (`form="yaml"`) the policy as a YAML file."""
+    path = workdir / f"policy-{rules}.{form}"
     if not path.exists():
-        path.write_text(json.dumps(document(rules), separators=(",", ":")), encoding="utf-8")
+        if form == "yaml":
+            from egressguard.policy import Policy, dump_policy
+
+            text = dump_policy(Policy.model_validate(document(rules)))
+        else:
+            text = json.dumps(document(rules), separators=(",", ":"))
+        path.write_text(text, encoding="utf-8")
     return _run_child(["--child-load", str(path)], src)
 
 
@@ -163,6 +173,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100k rules only")
     parser.add_argument("--follow-all", action="store_true",
                         help="measure the commit-to-in-force path for 1M rules too")
+    parser.add_argument("--yaml", action="store_true",
+                        help="also load the 100k-rule policy as a YAML file")
     parser.add_argument("--against", metavar="SRC",
                         help="also run every child on this source tree, interleaved")
     parser.add_argument("--child-load", help=argparse.SUPPRESS)
@@ -197,6 +209,13 @@ def main() -> None:
                           f"{live['max_loop_lag_ms']} ms, follower peak "
                           f"{live['follower_peak_mb']:.0f} MB", flush=True)
                     figures.update({f"{label}{key}_{k}": v for k, v in live.items()})
+        if args.yaml:
+            for label, src in trees:
+                load = measure_load(SIZES[0], Path(tmp), src, "yaml")
+                print(f"{label}100k rules YAML file load: {load['load_s']:.2f} s (parse+"
+                      f"validate {load['parse_validate_s']:.2f}); peak {load['peak_mb']:.0f} "
+                      "MB", flush=True)
+                figures.update({f"{label}100k_yaml_{k}": v for k, v in load.items()})
     figures["load_average_end"] = round(os.getloadavg()[0], 1)
     print(json.dumps(figures))
 
