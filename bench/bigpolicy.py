@@ -11,7 +11,14 @@ measured in a fresh child process so that the figures are that process's alone:
   store cluster with a real `PolicyFeed` (200 ms poll) while its asyncio loop runs a lag
   probe (a 5 ms sleep, its overshoot recorded); the parent commits the big policy through
   `Store.commit` and the child reports the seconds from the commit's return to the swap
-  and the largest loop lag from the commit until one second after the swap.
+  and the largest loop lag from the commit until one second after the swap;
+* `in_process` (with `in_force`): the same commit made in the follower's own process (the
+  API and the gateway in one `serve`): `Store.commit` in a worker thread, the feed swapping
+  on the in-process bus, the lag probe on the loop throughout. Beside the lag, the most
+  CPU time the process spent during one probe tick: on a loaded machine a tick also lags
+  while the process waits for a core, but CPU spent while the loop cannot run is another
+  thread holding the GIL, so this figure is what a long native call costs, whatever the
+  load.
 
 `--quick`: 100k rules only. `--yaml`: also the 100k-rule policy loaded from a YAML file
 (`load_policy_text` of `dump_policy`'s text). `--against SRC`: the same children also run
@@ -113,6 +120,45 @@ async def _follow(url: str, cluster: str) -> dict[str, Any]:
             "follower_rss_mb": round(_rss_now_mb(), 1)}
 
 
+async def _in_process(url: str, rules: int) -> dict[str, Any]:
+    """A commit made in the gateway's own process (`serve` with the API): `Store.commit`
+    in a worker thread, an in-process `PolicyFeed` swapping on the store's bus, the lag
+    probe on this loop from the commit's start until one second after the swap."""
+    from egressguard.policy import Policy
+    from egressguard.source import PolicyFeed
+    from egressguard.store import Store
+
+    store = Store(url)
+    store.create_cluster("big", Policy.model_validate(document(10)), "bench")
+    feed = PolicyFeed(store, "big")
+    holder = feed.start()
+    swapped: list[float] = []
+    holder.subscribe(lambda _active: swapped.append(time.time()))
+    policy = Policy.model_validate(document(rules))  # an API body, validated before
+    loop = asyncio.get_running_loop()
+    began = time.time()
+    commit = loop.run_in_executor(None, lambda: (store.commit("big", policy, "bench", "x"),
+                                                 time.time())[1])
+    worst = worst_cpu = 0.0
+    while not (commit.done() and swapped and time.time() > swapped[0] + 1.0):
+        before, cpu = loop.time(), time.process_time()
+        await asyncio.sleep(LAG_TICK)
+        worst = max(worst, loop.time() - before - LAG_TICK)
+        worst_cpu = max(worst_cpu, time.process_time() - cpu)
+        if time.time() > began + 600:
+            break
+    committed = await commit
+    feed.stop()
+    store.close()
+    return {"in_process_commit_s": round(committed - began, 3),
+            "in_process_max_loop_lag_ms": round(worst * 1000, 1),
+            "in_process_max_tick_cpu_ms": round(worst_cpu * 1000, 1)}
+
+
+def child_in_process(url: str, rules: str) -> None:
+    print(json.dumps(asyncio.run(_in_process(url, int(rules)))), flush=True)
+
+
 def child_follow(url: str, cluster: str) -> None:
     print(json.dumps(asyncio.run(_follow(url, cluster))), flush=True)
 
@@ -179,11 +225,14 @@ def main() -> None:
                         help="also run every child on this source tree, interleaved")
     parser.add_argument("--child-load", help=argparse.SUPPRESS)
     parser.add_argument("--child-follow", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-in-process", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_load:
         return child_load(args.child_load)
     if args.child_follow:
         return child_follow(*args.child_follow)
+    if args.child_in_process:
+        return child_in_process(*args.child_in_process)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}")
     figures: dict[str, Any] = {}
@@ -209,6 +258,14 @@ def main() -> None:
                           f"{live['max_loop_lag_ms']} ms, follower peak "
                           f"{live['follower_peak_mb']:.0f} MB", flush=True)
                     figures.update({f"{label}{key}_{k}": v for k, v in live.items()})
+                for label, src in trees:
+                    url = f"sqlite:///{tmp}/inproc-{rules}-{label or 'after'}.db"
+                    inproc = _run_child(["--child-in-process", url, str(rules)], src)
+                    print(f"{label}{key} rules committed in the gateway's process: "
+                          f"{inproc['in_process_commit_s']} s to in force, max loop lag "
+                          f"{inproc['in_process_max_loop_lag_ms']} ms, most CPU in one "
+                          f"tick {inproc['in_process_max_tick_cpu_ms']} ms", flush=True)
+                    figures.update({f"{label}{key}_{k}": v for k, v in inproc.items()})
         if args.yaml:
             for label, src in trees:
                 load = measure_load(SIZES[0], Path(tmp), src, "yaml")

@@ -495,11 +495,38 @@ def _port_text(port: dict[str, int]) -> str:
 
 def dump_policy(policy: Policy) -> str:
     """Serialise a policy as YAML that `load_policy_text` reads back to an equal policy."""
-    return yaml.dump(policy_to_data(policy), Dumper=_Dumper, sort_keys=False,
-                     allow_unicode=True)
+    return yaml_text(policy_to_data(policy))
+
+
+def yaml_text(data: dict[str, Any]) -> str:
+    """`policy_to_data`'s data as the YAML `dump_policy` writes."""
+    return yaml.dump(data, Dumper=_Dumper, **YAML_OPTIONS)
+
+
+YAML_OPTIONS: dict[str, Any] = {"sort_keys": False, "allow_unicode": True}
 
 
 def dump_policy_json(policy: Policy) -> str:
     """The policy as compact JSON that `load_policy_text` reads back to an equal policy,
     far faster than YAML (the store keeps it beside each version's YAML text)."""
-    return json.dumps(policy_to_data(policy), ensure_ascii=False, separators=(",", ":"))
+    return json_text(policy_to_data(policy))
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_JSON_SLICE = 2_000  # list items encoded in one call (a few milliseconds)
+
+
+def json_text(value: Any) -> str:
+    """`value` as compact JSON, exactly `json.dumps(value, ensure_ascii=False,
+    separators=(",", ":"))`, with long lists encoded a slice at a time: one C call over a
+    big policy would hold the GIL (stall an event loop in the process) for its length."""
+    encode = _JSON.encode
+    if isinstance(value, list):
+        if len(value) <= _JSON_SLICE:
+            return "[" + ",".join(map(json_text, value)) + "]" if any(
+                isinstance(v, dict | list) for v in value) else encode(value)
+        return "[" + ",".join(encode(value[i:i + _JSON_SLICE])[1:-1]
+                              for i in range(0, len(value), _JSON_SLICE)) + "]"
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return "{" + ",".join(f"{encode(k)}:{json_text(v)}" for k, v in value.items()) + "}"
+    return encode(value)
