@@ -20,7 +20,7 @@ from egressguard.policy import (
     dump_policy_json,
     load_policy_text,
 )
-from egressguard.policy.load import policy_to_data
+from egressguard.policy.load import _json_streamed, _Rejected, policy_to_data
 from egressguard.policy.packed import PACK_AT, RuleList
 from egressguard.policy.rules import application_rules, network_rules
 
@@ -160,3 +160,42 @@ def test_a_bad_rule_deep_in_a_big_collection_is_refused_at_its_path_and_line() -
     assert "rule 'r1234' in collection 'big'" in problem.reason
     lines = [n for n, line in enumerate(text.splitlines(), 1) if '"bad host"' in line]
     assert [problem.line] == lines
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": 1, "b": [1, {"c": null}], "application_rule_collections": []}',
+    ' {\n "application_rule_collections" : [ {"name": "x", "rules": [ {"n": 1} , {} ]},'
+    ' 5 ], "network_rule_collections": {"rules": []}, "d": "\\u00e9"}\n ',
+    '{"application_rule_collections": [{"rules": "no list"}], "e": {}}',
+    '{}',
+])
+def test_the_streamed_json_reads_small_documents_as_json_loads(text: str) -> None:
+    assert _json_streamed(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": 1, "a": 2}',
+    '{"application_rule_collections": [{"rules": [], "rules": []}]}',
+    '{"application_rule_collections": [{"rules": [{"name": "x", "name": "y"}]}]}',
+    '{"a": 1} {"b": 2}',
+    '{"a": 1,}',
+    '{"a" 1}',
+    '[1]',
+])
+def test_the_streamed_json_refuses_what_json_loads_or_the_loader_refuses(text: str) -> None:
+    with pytest.raises((ValueError, StopIteration, _Rejected)):
+        _json_streamed(text)
+
+
+def test_a_duplicate_key_deep_in_a_big_json_collection_is_refused() -> None:
+    text = json.dumps(document())
+    text = text.replace('{"name": "r1400", ', '{"name": "r1400", "name": "again", ', 1)
+    with pytest.raises(PolicyError, match="duplicate key 'name'"):
+        load_policy_text(text, "big.json")
+
+
+def test_a_streamed_big_json_collection_is_validated_and_packed(big: Policy) -> None:
+    data = _json_streamed(json.dumps(document()))
+    assert isinstance(data["application_rule_collections"][0]["rules"], RuleList)
+    assert type(data["application_rule_collections"][1]["rules"][0]) is dict  # small
+    assert load_policy_text(json.dumps(document())) == big

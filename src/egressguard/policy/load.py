@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ import yaml
 from pydantic import ValidationError
 
 from egressguard.errors import InputError
-from egressguard.policy.model import Policy
-from egressguard.policy.packed import PACK_AT, consuming
+from egressguard.policy.model import ApplicationRule, NetworkRule, Policy
+from egressguard.policy.packed import PACK_AT, Packer, consuming
 
 MAX_DEPTH = 64  # a real policy nests 6 deep; far deeper is an attack or an accident
 MAX_NODES = 1_000_000  # nodes after alias expansion (a "billion laughs" stays bounded)
@@ -310,6 +311,110 @@ def locate(policy: Policy, loc: tuple[int | str, ...]) -> str:
         node = None
     line = f"{node.start_mark.line + 1}:" if node is not None else ""
     return f"{source}:{line} {path}"
+_WS = json.decoder.WHITESPACE.match  # type: ignore[attr-defined]
+_SCAN_STRING = json.decoder.scanstring  # type: ignore[attr-defined]
+_DECODER = json.JSONDecoder(object_pairs_hook=_json_pairs)
+_RULES: dict[str, type[ApplicationRule] | type[NetworkRule]] = {
+    "application_rule_collections": ApplicationRule, "network_rule_collections": NetworkRule}
+
+
+def _ws(text: str, idx: int) -> int:
+    return _WS(text, idx).end()
+
+
+def _json_object(text: str, idx: int, value: Callable[[str, int], tuple[Any, int]]
+                 ) -> tuple[dict[str, Any], int]:
+    """The object at `text[idx] == "{"`, each member's value read by `value(key, idx)`;
+    ValueError for a duplicate key or anything `json.loads` would refuse."""
+    out: dict[str, Any] = {}
+    idx = _ws(text, idx + 1)
+    if text[idx] == "}":
+        return out, idx + 1
+    while True:
+        if text[idx] != '"':
+            raise ValueError("expected a key")
+        key, idx = _SCAN_STRING(text, idx + 1)
+        idx = _ws(text, idx)
+        if text[idx] != ":" or key in out:
+            raise ValueError("expected ':' or a new key")
+        out[key], idx = value(key, _ws(text, idx + 1))
+        idx = _ws(text, idx)
+        if text[idx] == "}":
+            return out, idx + 1
+        if text[idx] != ",":
+            raise ValueError("expected ',' or '}'")
+        idx = _ws(text, idx + 1)
+
+
+def _json_array(text: str, idx: int, item: Callable[[int], tuple[Any, int]]) -> int:
+    """Read the array at `text[idx] == "["`, each item by `item(idx)`; its end."""
+    idx = _ws(text, idx + 1)
+    if text[idx] == "]":
+        return idx + 1
+    while True:
+        idx = _ws(text, item(idx)[1])
+        if text[idx] == "]":
+            return idx + 1
+        if text[idx] != ",":
+            raise ValueError("expected ',' or ']'")
+        idx = _ws(text, idx + 1)
+
+
+def _json_streamed(text: str) -> dict[str, Any]:
+    """The document's data, each collection's rules validated as they are read and kept
+    packed from `PACK_AT` rules: a big document is never held as parsed JSON (half a
+    gigabyte at a million rules). Raises for anything the line-aware path must judge."""
+    scan = _DECODER.scan_once  # type: ignore[attr-defined]
+
+    def rules(model: type[ApplicationRule | NetworkRule], idx: int) -> tuple[Any, int]:
+        plain: list[Any] = []
+        packer: Packer[Any] | None = None
+
+        def item(at: int) -> tuple[Any, int]:
+            nonlocal packer
+            rule, end = scan(text, at)
+            if packer is None and len(plain) < PACK_AT:
+                plain.append(rule)
+            else:
+                if packer is None:
+                    packer = Packer(model)
+                    for earlier in plain:
+                        packer.add(model.model_validate(earlier))
+                    plain.clear()
+                packer.add(model.model_validate(rule))
+            return None, end
+
+        end = _json_array(text, idx, item)
+        return (plain if packer is None else packer.rules()), end
+
+    def collection(model: type[ApplicationRule | NetworkRule], idx: int) -> tuple[Any, int]:
+        if text[idx] != "{":
+            return scan(text, idx)
+        return _json_object(text, idx, lambda key, at: rules(model, at) if (
+            key == "rules" and text[at] == "[") else scan(text, at))
+
+    def member(key: str, idx: int) -> tuple[Any, int]:
+        model = _RULES.get(key)
+        if model is None or text[idx] != "[":
+            return scan(text, idx)
+        found: list[Any] = []
+
+        def item(at: int) -> tuple[Any, int]:
+            value, end = collection(model, at)
+            found.append(value)
+            return value, end
+
+        return found, _json_array(text, idx, item)
+
+    start = _ws(text, 0)
+    if text[start] != "{":
+        raise ValueError("not an object")
+    data, end = _json_object(text, start, member)
+    if _ws(text, end) != len(text):
+        raise ValueError("extra data")
+    return data
+
+
 def _fast_json(text: str) -> Policy | None:
     """A valid JSON document validated without the YAML node tree (big policies: the
     store's JSON form of a version); None for anything else, which the line-aware path
@@ -318,16 +423,9 @@ def _fast_json(text: str) -> Policy | None:
     model (7 levels), and one nested deeper than `MAX_DEPTH` fails validation and is
     refused as too deep by the line-aware path (walking a big tree costs a second)."""
     try:
-        data = json.loads(text, object_pairs_hook=_json_pairs)
-    except (ValueError, _Rejected, RecursionError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    _consume_big_collections(data)
-    try:
-        return Policy.model_validate(data)
-    except ValidationError:
-        return None
+        return Policy.model_validate(_json_streamed(text))
+    except (ValueError, IndexError, StopIteration, _Rejected, RecursionError):
+        return None  # ValidationError is a ValueError
 
 
 def _consume_big_collections(data: dict[str, Any]) -> None:

@@ -155,6 +155,20 @@ def _unpickle(model: type[BaseModel], rules: list[BaseModel]) -> Sequence[BaseMo
     return RuleList(layout, [layout.pack(r) for r in rules])
 
 
+class Packer(Generic[M]):
+    """Packs rules of one model validated one at a time (a streamed big document)."""
+
+    def __init__(self, model: type[M]) -> None:
+        self._layout = _LAYOUTS[model]
+        self.records: list[Record] = []
+
+    def add(self, rule: M) -> None:
+        self.records.append(self._layout.pack(rule))
+
+    def rules(self) -> RuleList[M]:
+        return RuleList(self._layout, self.records)
+
+
 def records(rules: Sequence[M]) -> Iterator[tuple[str, tuple[Any, ...], M]]:
     """(name, the own list field as a tuple, a model holding the other fields) per rule,
     for a packed list without building models, and for a plain list of models too."""
