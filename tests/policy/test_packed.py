@@ -110,6 +110,11 @@ def test_packed_and_plain_lists_compare_as_the_rules_they_hold(big: Policy) -> N
 
 def test_dumps_and_loads_round_trip(big: Policy) -> None:
     data = policy_to_data(big)
+    plain = big.model_copy(update={kind: [c.model_copy(update={"rules": list(c.rules)})
+                                          for c in getattr(big, kind)]
+                                   for kind in ("application_rule_collections",
+                                                "network_rule_collections")})
+    assert json.dumps(data) == json.dumps(policy_to_data(plain))  # the same, in order
     assert data["application_rule_collections"][0]["rules"][5] == {
         "name": "r5", "action": "deny", "targets": ["api5.svc.example.com"],
         "sources": ["10.0.0.0/8"], "description": "five"}

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from egressguard.errors import InputError
 from egressguard.policy.model import ApplicationRule, NetworkRule, Policy
-from egressguard.policy.packed import PACK_AT, Packer, consuming
+from egressguard.policy.packed import PACK_AT, Packer, RuleList, consuming, dump_rules
 
 MAX_DEPTH = 64  # a real policy nests 6 deep; far deeper is an attack or an accident
 MAX_NODES = 1_000_000  # nodes after alias expansion (a "billion laughs" stays bounded)
@@ -571,8 +571,23 @@ def load_policy(path: str | Path) -> Policy:
 
 
 def policy_to_data(policy: Policy) -> dict[str, Any]:
-    """The policy as plain data in the file format (defaults omitted, strings for specs)."""
-    data = policy.model_dump(mode="json", exclude_defaults=True)
+    """The policy as plain data in the file format (defaults omitted, strings for specs).
+    Packed collections are dumped a slice of rules at a time, beside the rest (dumped
+    through the model, a packed list's data passes through pydantic once more in one
+    native call)."""
+    packed: dict[tuple[str, int], RuleList[Any]] = {}
+    changes: dict[str, Any] = {}
+    for kind in ("application_rule_collections", "network_rule_collections"):
+        collections = getattr(policy, kind)
+        for i, collection in enumerate(collections):
+            if isinstance(collection.rules, RuleList):
+                packed[kind, i] = collection.rules
+        if any(k == kind for k, _ in packed):
+            changes[kind] = [c.model_copy(update={"rules": []}) if (kind, i) in packed else c
+                             for i, c in enumerate(collections)]
+    data = policy.model_copy(update=changes).model_dump(mode="json", exclude_defaults=True)
+    for (kind, i), rules in packed.items():
+        data[kind][i]["rules"] = dump_rules(rules, mode="json", exclude_defaults=True)
     for kind in ("application_rule_collections", "network_rule_collections"):
         for collection in data.get(kind, []):
             for rule in collection.get("rules", []):

@@ -19,7 +19,7 @@ import operator
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, overload
 
-from pydantic import BaseModel, GetCoreSchemaHandler, SerializationInfo
+from pydantic import BaseModel, GetCoreSchemaHandler, SerializationInfo, TypeAdapter
 from pydantic_core import core_schema
 
 M = TypeVar("M", bound=BaseModel)
@@ -47,6 +47,7 @@ class _Layout:
         self._fields = shared
         self._templates: dict[tuple[Any, ...], BaseModel] = {}
         self._last: BaseModel | None = None
+        self.adapter: TypeAdapter[list[Any]] | None = None  # for `dump_rules`
 
     def pack(self, rule: BaseModel) -> Record:
         """The record of a validated rule; its other fields go to a shared template."""
@@ -167,6 +168,18 @@ class Packer(Generic[M]):
 
     def rules(self) -> RuleList[M]:
         return RuleList(self._layout, self.records)
+
+
+def dump_rules(rules: RuleList[M], **options: Any) -> list[Any]:
+    """`TypeAdapter(list[Rule]).dump_python(rules, **options)`, a slice at a time (each
+    one native call of a few milliseconds)."""
+    layout = rules._layout
+    if layout.adapter is None:
+        layout.adapter = TypeAdapter(list[layout.model])  # type: ignore[name-defined]
+    out: list[Any] = []
+    for start in range(0, len(rules), _CHUNK):
+        out.extend(layout.adapter.dump_python(rules[start:start + _CHUNK], **options))
+    return out
 
 
 def records(rules: Sequence[M]) -> Iterator[tuple[str, tuple[Any, ...], M]]:
