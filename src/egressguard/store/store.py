@@ -35,6 +35,7 @@ from egressguard.policy import (
     Policy,
     PolicyError,
     dump_policy,
+    dump_policy_json,
     load_policy_text,
 )
 from egressguard.policy.builtins import DENY_ALL
@@ -423,8 +424,8 @@ class Store:
             proved = None
         for attempt in range(5):
             try:
-                version, changed = self._insert(name, body, json_form, principal, summary,
-                                                create, policy, proved)
+                version, changed = self._insert(name, body, principal, summary, create,
+                                                policy, proved, json_form=json_form)
                 break
             except IntegrityError:
                 if attempt == 4 or create:
@@ -433,9 +434,10 @@ class Store:
             bus.publish(self.key, name, version.number)
         return version
 
-    def _insert(self, name: str, body: str, json_form: str, principal: str, summary: str,
+    def _insert(self, name: str, body: str, principal: str, summary: str,
                 create: bool, policy: Policy,
-                proved: tuple[str | None, bool] | None = None) -> tuple[Version, bool]:
+                proved: tuple[str | None, bool] | None = None, *,
+                json_form: str | None = None) -> tuple[Version, bool]:
         with self._write_lock, self._session(write=True) as s:
             # Lock the cluster row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
             # writers) so that concurrent writers in other processes queue here instead of
@@ -457,7 +459,9 @@ class Store:
             number = (last.number if last else 0) + 1
             new = VersionRow(cluster_id=cid, number=number,
                              policy=self._sealed_policy(s, name, number, body),
-                             policy_json=self._sealed_json(s, name, number, json_form),
+                             policy_json=self._sealed_json(
+                                 s, name, number,
+                                 dump_policy_json(policy) if json_form is None else json_form),
                              principal=principal, created_at=_now(), summary=summary)
             s.add(new)
             s.flush()
