@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from egressguard.engine.snapshot import Snapshot
+from egressguard.policy.packed import RuleList
 
 Listener = Callable[["Active"], None]
 FREEZE_AT = 5_000
@@ -136,7 +137,7 @@ def _dismantle(holder_ref: list[Active]) -> None:
                 # the list's slot, the loop's name, `rules` and the argument
                 if sys.getrefcount(collection) <= _ONE_OWNER and \
                         sys.getrefcount(rules) <= _ONE_OWNER:
-                    _drain(rules)
+                    _drain(rules.records if isinstance(rules, RuleList) else rules)
                 del rules
         del collections
 

@@ -43,9 +43,9 @@ from egressguard.policy.rules import (
     DestKind,
     NetRule,
     RuleId,
-    application_rules,
     expand_fqdn_tags,
-    network_rules,
+    iter_application_rules,
+    iter_network_rules,
     storage_entries,
 )
 
@@ -310,7 +310,7 @@ class Snapshot:
 
     def _compile_application_rules(self, policy: Policy, refs: References) -> None:
         shapes: dict[_Specs, _Shape] = {}  # port shapes shared by the rules of one compile
-        for rule in application_rules(policy):  # the one flattening (policy/rules.py)
+        for rule in iter_application_rules(policy):  # the one flattening (policy/rules.py)
             if rule.identities == APPLIES_TO_NOBODY:
                 continue  # scoped to identities its collection excludes: never matches
             entry = _AppEntry(order=rule.order, rule_id=str(rule.id), action=rule.action,
@@ -332,7 +332,7 @@ class Snapshot:
                     entry)
 
     def _compile_network_rules(self, policy: Policy, refs: References) -> None:
-        for rule in network_rules(policy):  # the one flattening (policy/rules.py)
+        for rule in iter_network_rules(policy):  # the one flattening (policy/rules.py)
             if rule.identities == APPLIES_TO_NOBODY:
                 continue
 

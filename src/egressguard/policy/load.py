@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import yaml
 from pydantic import ValidationError
 
 from egressguard.errors import InputError
-from egressguard.policy.model import Policy
+from egressguard.policy.model import ApplicationRule, NetworkRule, Policy
+from egressguard.policy.packed import PACK_AT, Packer, RuleList, consuming, dump_rules
 
 MAX_DEPTH = 64  # a real policy nests 6 deep; far deeper is an attack or an accident
 MAX_NODES = 1_000_000  # nodes after alias expansion (a "billion laughs" stays bounded)
@@ -209,12 +211,14 @@ def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
 
 
 def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Rejected(None, f"duplicate key {key!r}: a repeated key is refused, not "
-                                  "decided by the last one")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # name the first key that repeats
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Rejected(None, f"duplicate key {key!r}: a repeated key is refused, "
+                                      "not decided by the last one")
+            seen.add(key)
     return out
 
 
@@ -307,18 +311,226 @@ def locate(policy: Policy, loc: tuple[int | str, ...]) -> str:
         node = None
     line = f"{node.start_mark.line + 1}:" if node is not None else ""
     return f"{source}:{line} {path}"
+_WS = json.decoder.WHITESPACE.match  # type: ignore[attr-defined]
+_SCAN_STRING = json.decoder.scanstring  # type: ignore[attr-defined]
+_DECODER = json.JSONDecoder(object_pairs_hook=_json_pairs)
+_RULES: dict[str, type[ApplicationRule] | type[NetworkRule]] = {
+    "application_rule_collections": ApplicationRule, "network_rule_collections": NetworkRule}
+
+
+def _ws(text: str, idx: int) -> int:
+    return _WS(text, idx).end()
+
+
+def _json_object(text: str, idx: int, value: Callable[[str, int], tuple[Any, int]]
+                 ) -> tuple[dict[str, Any], int]:
+    """The object at `text[idx] == "{"`, each member's value read by `value(key, idx)`;
+    ValueError for a duplicate key or anything `json.loads` would refuse."""
+    out: dict[str, Any] = {}
+    idx = _ws(text, idx + 1)
+    if text[idx] == "}":
+        return out, idx + 1
+    while True:
+        if text[idx] != '"':
+            raise ValueError("expected a key")
+        key, idx = _SCAN_STRING(text, idx + 1)
+        idx = _ws(text, idx)
+        if text[idx] != ":" or key in out:
+            raise ValueError("expected ':' or a new key")
+        out[key], idx = value(key, _ws(text, idx + 1))
+        idx = _ws(text, idx)
+        if text[idx] == "}":
+            return out, idx + 1
+        if text[idx] != ",":
+            raise ValueError("expected ',' or '}'")
+        idx = _ws(text, idx + 1)
+
+
+def _json_array(text: str, idx: int, item: Callable[[int], tuple[Any, int]]) -> int:
+    """Read the array at `text[idx] == "["`, each item by `item(idx)`; its end."""
+    idx = _ws(text, idx + 1)
+    if text[idx] == "]":
+        return idx + 1
+    while True:
+        idx = _ws(text, item(idx)[1])
+        if text[idx] == "]":
+            return idx + 1
+        if text[idx] != ",":
+            raise ValueError("expected ',' or ']'")
+        idx = _ws(text, idx + 1)
+
+
+def _json_streamed(text: str) -> dict[str, Any]:
+    """The document's data, each collection's rules validated as they are read and kept
+    packed from `PACK_AT` rules: a big document is never held as parsed JSON (half a
+    gigabyte at a million rules). Raises for anything the line-aware path must judge."""
+    scan = _DECODER.scan_once  # type: ignore[attr-defined]
+
+    def rules(model: type[ApplicationRule | NetworkRule], idx: int) -> tuple[Any, int]:
+        plain: list[Any] = []
+        packer: Packer[Any] | None = None
+
+        def item(at: int) -> tuple[Any, int]:
+            nonlocal packer
+            rule, end = scan(text, at)
+            if packer is None and len(plain) < PACK_AT:
+                plain.append(rule)
+            else:
+                if packer is None:
+                    packer = Packer(model)
+                    for earlier in plain:
+                        packer.add(model.model_validate(earlier))
+                    plain.clear()
+                packer.add(model.model_validate(rule))
+            return None, end
+
+        end = _json_array(text, idx, item)
+        return (plain if packer is None else packer.rules()), end
+
+    def collection(model: type[ApplicationRule | NetworkRule], idx: int) -> tuple[Any, int]:
+        if text[idx] != "{":
+            return scan(text, idx)
+        return _json_object(text, idx, lambda key, at: rules(model, at) if (
+            key == "rules" and text[at] == "[") else scan(text, at))
+
+    def member(key: str, idx: int) -> tuple[Any, int]:
+        model = _RULES.get(key)
+        if model is None or text[idx] != "[":
+            return scan(text, idx)
+        found: list[Any] = []
+
+        def item(at: int) -> tuple[Any, int]:
+            value, end = collection(model, at)
+            found.append(value)
+            return value, end
+
+        return found, _json_array(text, idx, item)
+
+    start = _ws(text, 0)
+    if text[start] != "{":
+        raise ValueError("not an object")
+    data, end = _json_object(text, start, member)
+    if _ws(text, end) != len(text):
+        raise ValueError("extra data")
+    return data
+
+
 def _fast_json(text: str) -> Policy | None:
     """A valid JSON document validated without the YAML node tree (big policies: the
     store's JSON form of a version); None for anything else, which the line-aware path
-    then reports. The same checks: duplicate keys, depth, a mapping, the model."""
+    then reports. The same checks: duplicate keys, a mapping, the model; and depth, as
+    no field takes free-form data: a document that validates nests no deeper than the
+    model (7 levels), and one nested deeper than `MAX_DEPTH` fails validation and is
+    refused as too deep by the line-aware path (walking a big tree costs a second)."""
     try:
-        data = json.loads(text, object_pairs_hook=_json_pairs)
-    except (ValueError, _Rejected, RecursionError):
+        return Policy.model_validate(_json_streamed(text))
+    except (ValueError, IndexError, StopIteration, _Rejected, RecursionError):
+        return None  # ValidationError is a ValueError
+
+
+def _consume_big_collections(data: dict[str, Any]) -> None:
+    """Let validation free each big collection's parsed rules as it packs them (a
+    million parsed rules are half a gigabyte): `data` is not read again."""
+    for kind in ("application_rule_collections", "network_rule_collections"):
+        collections = data.get(kind)
+        for collection in collections if isinstance(collections, list) else ():
+            rules = collection.get("rules") if isinstance(collection, dict) else None
+            if isinstance(rules, list) and len(rules) >= PACK_AT:
+                collection["rules"] = consuming(rules)
+
+
+_EVENTS = getattr(yaml, "_yaml", None)  # libyaml's parser, where PyYAML was built with it
+_CONSTRUCTED = frozenset(f"tag:yaml.org,2002:{t}" for t in (
+    "bool", "int", "float", "null", "timestamp"))
+_STR = "tag:yaml.org,2002:str"
+
+
+def _yaml_data(text: str) -> Any:
+    """The document libyaml's events spell, built as the safe loader would build it
+    (the same parser, the loader's own implicit resolvers and scalar constructors), or
+    None for anything the fast path leaves to the line-aware one: an error, a duplicate
+    key, an anchor, alias, explicit tag or merge key, more than one document, nesting
+    deeper than `MAX_DEPTH`, more than `MAX_NODES` values. Event by event in Python, so
+    it holds the GIL in short calls."""
+    if _EVENTS is None:
         return None
-    if not isinstance(data, dict) or _json_depth(data) > MAX_DEPTH:
-        return None
+    resolvers = _BaseLoader.yaml_implicit_resolvers
+    wildcard = resolvers.get(None, [])
+    constructor = yaml.constructor.SafeConstructor()
+    constructors = constructor.yaml_constructors
+    scalar_event, end_events = yaml.ScalarEvent, (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
+    parser = _EVENTS.CParser(text)
+    stack: list[tuple[Any, Any]] = []  # (the open mapping or list, a mapping's pending key)
+    nodes = 0
+    root: Any = None
+    done = False
     try:
-        return Policy.model_validate(data)
+        for kind in (yaml.StreamStartEvent, yaml.DocumentStartEvent):
+            if not isinstance(parser.get_event(), kind):
+                return None
+        while not done:
+            event = parser.get_event()
+            cls = event.__class__
+            if cls in end_events:
+                value = stack.pop()[0]
+            else:
+                nodes += 1
+                if nodes > MAX_NODES or event.anchor is not None or cls is yaml.AliasEvent \
+                        or event.tag is not None:
+                    return None
+                if cls is scalar_event:
+                    value = event.value
+                    if event.implicit[0]:  # plain: the loader's implicit resolvers
+                        for tag, regexp in resolvers.get(value[:1], []) + wildcard:
+                            if regexp.match(value):
+                                if tag not in _CONSTRUCTED:
+                                    return None
+                                value = constructors[tag](
+                                    constructor, yaml.ScalarNode(tag, value))
+                                break
+                elif cls is mapping_start or cls is sequence_start:
+                    if len(stack) >= MAX_DEPTH:
+                        return None
+                    stack.append(({} if cls is mapping_start else [], _NO_KEY))
+                    continue
+                else:
+                    return None
+            if not stack:
+                root, done = value, True
+                continue
+            container, key = stack[-1]
+            if container.__class__ is list:
+                container.append(value)
+            elif key is _NO_KEY:
+                if value.__class__ in (dict, list) or value in container:
+                    return None  # a collection as a key, or a duplicate: reported slowly
+                stack[-1] = (container, value)
+            else:
+                container[key] = value
+                stack[-1] = (container, _NO_KEY)
+        if not isinstance(parser.get_event(), yaml.DocumentEndEvent) or \
+                not isinstance(parser.get_event(), yaml.StreamEndEvent):
+            return None
+    except (yaml.YAMLError, ValueError, TypeError):
+        return None
+    finally:
+        parser.dispose()
+    return root
+
+
+_NO_KEY = object()
+
+
+def _fast_yaml(text: str, source: str) -> Policy | None:
+    """A valid YAML document validated without the node tree (`_yaml_data`); None for
+    anything else, which the line-aware path then reports."""
+    data = _yaml_data(text)
+    if not isinstance(data, dict):
+        return None
+    _consume_big_collections(data)
+    try:
+        return _remember(Policy.model_validate(data), source, text)
     except ValidationError:
         return None
 
@@ -327,8 +539,10 @@ def load_policy_text(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate a policy document; raise `PolicyError` naming every problem."""
     if text.lstrip().startswith("{"):
         fast = _fast_json(text)
-        if fast is not None:
-            return fast
+    else:
+        fast = None if source.lower().endswith(".json") else _fast_yaml(text, source)
+    if fast is not None:
+        return fast
     root, data = parse_document(text, source)
     try:
         return _remember(Policy.model_validate(data), source, text)
@@ -357,8 +571,23 @@ def load_policy(path: str | Path) -> Policy:
 
 
 def policy_to_data(policy: Policy) -> dict[str, Any]:
-    """The policy as plain data in the file format (defaults omitted, strings for specs)."""
-    data = policy.model_dump(mode="json", exclude_defaults=True)
+    """The policy as plain data in the file format (defaults omitted, strings for specs).
+    Packed collections are dumped a slice of rules at a time, beside the rest (dumped
+    through the model, a packed list's data passes through pydantic once more in one
+    native call)."""
+    packed: dict[tuple[str, int], RuleList[Any]] = {}
+    changes: dict[str, Any] = {}
+    for kind in ("application_rule_collections", "network_rule_collections"):
+        collections = getattr(policy, kind)
+        for i, collection in enumerate(collections):
+            if isinstance(collection.rules, RuleList):
+                packed[kind, i] = collection.rules
+        if any(k == kind for k, _ in packed):
+            changes[kind] = [c.model_copy(update={"rules": []}) if (kind, i) in packed else c
+                             for i, c in enumerate(collections)]
+    data = policy.model_copy(update=changes).model_dump(mode="json", exclude_defaults=True)
+    for (kind, i), rules in packed.items():
+        data[kind][i]["rules"] = dump_rules(rules, mode="json", exclude_defaults=True)
     for kind in ("application_rule_collections", "network_rule_collections"):
         for collection in data.get(kind, []):
             for rule in collection.get("rules", []):
@@ -379,11 +608,38 @@ def _port_text(port: dict[str, int]) -> str:
 
 def dump_policy(policy: Policy) -> str:
     """Serialise a policy as YAML that `load_policy_text` reads back to an equal policy."""
-    return yaml.dump(policy_to_data(policy), Dumper=_Dumper, sort_keys=False,
-                     allow_unicode=True)
+    return yaml_text(policy_to_data(policy))
+
+
+def yaml_text(data: dict[str, Any]) -> str:
+    """`policy_to_data`'s data as the YAML `dump_policy` writes."""
+    return yaml.dump(data, Dumper=_Dumper, **YAML_OPTIONS)
+
+
+YAML_OPTIONS: dict[str, Any] = {"sort_keys": False, "allow_unicode": True}
 
 
 def dump_policy_json(policy: Policy) -> str:
     """The policy as compact JSON that `load_policy_text` reads back to an equal policy,
     far faster than YAML (the store keeps it beside each version's YAML text)."""
-    return json.dumps(policy_to_data(policy), ensure_ascii=False, separators=(",", ":"))
+    return json_text(policy_to_data(policy))
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_JSON_SLICE = 2_000  # list items encoded in one call (a few milliseconds)
+
+
+def json_text(value: Any) -> str:
+    """`value` as compact JSON, exactly `json.dumps(value, ensure_ascii=False,
+    separators=(",", ":"))`, with long lists encoded a slice at a time: one C call over a
+    big policy would hold the GIL (stall an event loop in the process) for its length."""
+    encode = _JSON.encode
+    if isinstance(value, list):
+        if len(value) <= _JSON_SLICE:
+            return "[" + ",".join(map(json_text, value)) + "]" if any(
+                isinstance(v, dict | list) for v in value) else encode(value)
+        return "[" + ",".join(encode(value[i:i + _JSON_SLICE])[1:-1]
+                              for i in range(0, len(value), _JSON_SLICE)) + "]"
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return "{" + ",".join(f"{encode(k)}:{json_text(v)}" for k, v in value.items()) + "}"
+    return encode(value)

@@ -11,6 +11,7 @@ import enum
 import functools
 import ipaddress
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import re2
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from egressguard.policy.defaults import IMMUTABLE_CALLOUT_ROWS
+from egressguard.policy.packed import Packed
 
 _PLACEHOLDER = re.compile(r"<[^<>]+>|APIServerPublicIP|CustomDNSIP")
 _GLOB_LABEL = re.compile(r"[a-z0-9_*-]+")
@@ -73,13 +75,24 @@ def _normalizer() -> list[Any]:
     validation."""
     from egressguard.engine.normalize import InvalidHost, normalize_host
 
-    _NORMALIZE[:] = [normalize_host, InvalidHost]
+    # Uncached: a big policy's names would evict the names a gateway is deciding.
+    _NORMALIZE[:] = [getattr(normalize_host, "__wrapped__", normalize_host), InvalidHost]
     return _NORMALIZE
+
+
+# A lower-case name with no wildcard, leading dot or placeholder: what the general path
+# below would only strip, lower and split to hand to the normaliser as it is.
+_PLAIN_NAME = re.compile(r"[a-z0-9_-][a-z0-9_.-]*")
 
 
 def validate_host_pattern(value: str) -> str:
     """Check and canonicalise a host pattern (semantics §3); return its canonical text."""
     normalize_host, InvalidHost = _NORMALIZE or _normalizer()
+    if _PLAIN_NAME.fullmatch(value):  # most targets of a big policy
+        try:
+            return str(normalize_host(value).name)
+        except InvalidHost as exc:
+            raise ValueError(f"host pattern {value!r}: {exc}") from None
     _reject_placeholder(value, "host pattern")
     text = value.strip().lower()
     if text == "*":
@@ -383,11 +396,15 @@ class _Collection(_Strict):
 
 
 class ApplicationRuleCollection(_Collection):
-    rules: list[ApplicationRule] = Field(default_factory=list)
+    rules: Annotated[Sequence[ApplicationRule], Packed(ApplicationRule, "targets")] = Field(
+        default_factory=list)
+    """A list of rules; from `packed.PACK_AT` rules a packed `RuleList` (a big policy
+    fits in memory that way), read the same way."""
 
 
 class NetworkRuleCollection(_Collection):
-    rules: list[NetworkRule] = Field(default_factory=list)
+    rules: Annotated[Sequence[NetworkRule], Packed(NetworkRule, "destinations")] = Field(
+        default_factory=list)
 
 
 class ServiceEndpointPolicy(_Strict):

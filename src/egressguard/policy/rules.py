@@ -17,14 +17,17 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from egressguard.policy.model import Action, Policy, is_service_tag
+from egressguard.policy.packed import records
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NOBODY = "-nobody"  # an identity scope no caller matches (not a valid identity name)
 APPLIES_TO_NOBODY = frozenset({NOBODY})
+ANYONE: frozenset[str] = frozenset()  # one empty scope shared by every rule (216 bytes each)
 ALL_PORTS = (0, 65535)
 
 
@@ -154,43 +157,61 @@ def scope(collection: Sequence[str], rule: Sequence[str]) -> frozenset[str]:
     to everyone."""
     if collection and rule:
         return frozenset(collection) & frozenset(rule) or APPLIES_TO_NOBODY
-    return frozenset(collection or rule)
+    return frozenset(collection or rule) if collection or rule else ANYONE
 
 
 def application_rules(policy: Policy) -> tuple[AppRule, ...]:
     """Every application rule, in the order the engine tries them."""
-    out: list[AppRule] = []
+    return tuple(iter_application_rules(policy))
+
+
+def iter_application_rules(policy: Policy) -> Iterator[AppRule]:
+    """`application_rules` one at a time (a big policy's compile holds one at once).
+    What rules share (ports, sources, scope: the fields of a packed rule's template) is
+    converted once per template and shared."""
+    order = 0
     for collection in sorted(policy.application_rule_collections, key=lambda c: c.priority):
-        for rule in collection.rules:
-            out.append(AppRule(
-                order=len(out) + 1,
-                id=RuleId(RuleKind.APPLICATION, collection.name, rule.name),
-                action=rule.action or collection.action,
-                targets=tuple(rule.targets), fqdn_tags=tuple(rule.fqdn_tags),
-                specs=tuple((p.protocol, p.port) for p in rule.protocols),
-                sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
-                report_only=collection.report_only, priority=collection.priority,
-                identities=scope(collection.identities, rule.identities)))
-    return tuple(out)
+        shared: dict[int, tuple[Any, ...]] = {}  # id(template) -> its fields, converted
+        for name, targets, rule in records(collection.rules):
+            found = shared.get(id(rule))
+            if found is None:
+                found = shared[id(rule)] = (
+                    rule.action or collection.action, tuple(rule.fqdn_tags),
+                    tuple((p.protocol, p.port) for p in rule.protocols),
+                    tuple(ipaddress.ip_network(s) for s in rule.sources),
+                    scope(collection.identities, rule.identities), rule)  # `rule`: kept alive
+            action, fqdn_tags, specs, sources, identities, _ = found
+            order += 1
+            yield AppRule(order, RuleId(RuleKind.APPLICATION, collection.name, name), action,
+                          targets, fqdn_tags, specs, sources, collection.report_only,
+                          collection.priority, identities)
 
 
 def network_rules(policy: Policy) -> tuple[NetRule, ...]:
     """Every network rule, in the order the engine tries them."""
-    out: list[NetRule] = []
+    return tuple(iter_network_rules(policy))
+
+
+def iter_network_rules(policy: Policy) -> Iterator[NetRule]:
+    """`network_rules` one at a time, sharing what rules share (`iter_application_rules`)."""
+    order = 0
     for collection in sorted(policy.network_rule_collections, key=lambda c: c.priority):
-        for rule in collection.rules:
-            out.append(NetRule(
-                order=len(out) + 1,
-                id=RuleId(RuleKind.NETWORK, collection.name, rule.name),
-                action=rule.action or collection.action,
-                destinations=tuple(Destination.of(d) for d in rule.destinations),
-                protocols=frozenset(rule.protocols),
-                ports=tuple((p.low, p.high) for p in rule.ports),
-                sources=tuple(ipaddress.ip_network(s) for s in rule.sources),
-                report_only=collection.report_only, priority=collection.priority,
-                match_resolved_names=rule.match_resolved_names,
-                identities=scope(collection.identities, rule.identities)))
-    return tuple(out)
+        shared: dict[int, tuple[Any, ...]] = {}
+        for name, destinations, rule in records(collection.rules):
+            found = shared.get(id(rule))
+            if found is None:
+                found = shared[id(rule)] = (
+                    rule.action or collection.action, frozenset(rule.protocols),
+                    tuple((p.low, p.high) for p in rule.ports),
+                    tuple(ipaddress.ip_network(s) for s in rule.sources),
+                    rule.match_resolved_names,
+                    scope(collection.identities, rule.identities), rule)
+            action, protocols, ports, sources, names, identities, _ = found
+            order += 1
+            yield NetRule(order, RuleId(RuleKind.NETWORK, collection.name, name), action,
+                          tuple(Destination.of(d) for d in destinations), protocols, ports,
+                          sources, collection.report_only, collection.priority, names,
+                          identities)
 
 
 def expand_fqdn_tags(rule: AppRule, fqdn_tags: Mapping[str, Sequence[str]]

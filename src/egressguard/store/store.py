@@ -40,6 +40,7 @@ from egressguard.policy import (
 )
 from egressguard.policy.builtins import DENY_ALL
 from egressguard.store import bus, db, sealing
+from egressguard.store.render import stored_texts
 from egressguard.store.schema import (
     CeilingRow,
     ClusterRow,
@@ -328,10 +329,9 @@ class Store:
                                       sealing.policy_aad(name, number),
                                       f"policy version {name}@{number}", StoreUnavailable)
 
-    def _sealed_json(self, s: Session, name: str, number: int, policy: Policy) -> str:
+    def _sealed_json(self, s: Session, name: str, number: int, json_form: str) -> str:
         """The version's JSON form, sealed exactly as its text (`_sealed_policy`)."""
-        return sealing.seal_for_write(s.connection(), self.sealers, name,
-                                      dump_policy_json(policy),
+        return sealing.seal_for_write(s.connection(), self.sealers, name, json_form,
                                       sealing.policy_aad(name, number) + _JSON_AAD,
                                       f"policy version {name}@{number}", StoreUnavailable)
 
@@ -415,7 +415,7 @@ class Store:
             raise Invalid(f"invalid cluster name {name!r}: lower-case letters, digits and "
                           "'-', at most 63", "name")
         check_policy(policy)
-        body = dump_policy(policy)
+        body, json_form = stored_texts(policy)
         # Prove outside the write lock (it can take seconds); the transaction re-proves
         # only if the ceiling changed meanwhile.
         try:
@@ -425,7 +425,7 @@ class Store:
         for attempt in range(5):
             try:
                 version, changed = self._insert(name, body, principal, summary, create,
-                                                policy, proved)
+                                                policy, proved, json_form=json_form)
                 break
             except IntegrityError:
                 if attempt == 4 or create:
@@ -436,7 +436,8 @@ class Store:
 
     def _insert(self, name: str, body: str, principal: str, summary: str,
                 create: bool, policy: Policy,
-                proved: tuple[str | None, bool] | None = None) -> tuple[Version, bool]:
+                proved: tuple[str | None, bool] | None = None, *,
+                json_form: str | None = None) -> tuple[Version, bool]:
         with self._write_lock, self._session(write=True) as s:
             # Lock the cluster row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
             # writers) so that concurrent writers in other processes queue here instead of
@@ -458,7 +459,9 @@ class Store:
             number = (last.number if last else 0) + 1
             new = VersionRow(cluster_id=cid, number=number,
                              policy=self._sealed_policy(s, name, number, body),
-                             policy_json=self._sealed_json(s, name, number, policy),
+                             policy_json=self._sealed_json(
+                                 s, name, number,
+                                 dump_policy_json(policy) if json_form is None else json_form),
                              principal=principal, created_at=_now(), summary=summary)
             s.add(new)
             s.flush()
@@ -547,7 +550,7 @@ class Store:
             raise Invalid(f"invalid cluster name {name!r}: lower-case letters, digits and "
                           "'-', at most 63", "name")
         check_policy(policy)
-        body = dump_policy(policy)
+        body, json_form = stored_texts(policy)
         try:
             with self._write_lock, self._session(write=True) as s:
                 if s.scalar(select(ClusterRow.id).where(ClusterRow.name == name)) is not None:
@@ -558,7 +561,7 @@ class Store:
                 self._admit(s, row.id, name, policy)
                 new = VersionRow(cluster_id=row.id, number=1,
                                  policy=self._sealed_policy(s, name, 1, body),
-                                 policy_json=self._sealed_json(s, name, 1, policy),
+                                 policy_json=self._sealed_json(s, name, 1, json_form),
                                  principal=principal, created_at=_now(), summary=summary)
                 s.add(new)
                 s.flush()
