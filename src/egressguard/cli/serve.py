@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from egressguard.control.apitls import ApiTLS
     from egressguard.fleet import Leader
     from egressguard.fleet.coldstart import ColdStart
-    from egressguard.identity import IdentityHolder, JwtConfig
+    from egressguard.identity import IdentityHolder
     from egressguard.identity.follow import IdentityFollower
     from egressguard.keys.runtime import ClusterKey, StoreKeys, Suspendable
     from egressguard.source import LivePolicy, PolicyFeed
@@ -209,7 +209,9 @@ def serve(
             for name, ips in parse_hosts_file(hosts_file).items():
                 static.setdefault(name, []).extend(ips)
         proxy_tls = _tls_options(tls_listen, tls_cert, tls_key, client_ca)
-        jwt_config = _jwt_options(jwt_jwks, jwt_issuer, jwt_audience)
+        from egressguard.identity import JwtConfig
+
+        jwt_config = JwtConfig.from_options(jwt_jwks, jwt_issuer, jwt_audience)
         parts.open(store, cluster, policy,
                    need_store=api or audit or bool(identities) or policy is None,
                    key_check_interval=key_check_interval)
@@ -428,16 +430,15 @@ class _Parts:
     follower: IdentityFollower | None = None
 
     def open_identities(self) -> None:
-        """Follow the store's identities (revocations reach the gateway in < 1 s)."""
-        if self.store is None:
-            return  # store down at start: no identity authenticates until it is back
-        from egressguard.identity import IdentityHolder
-        from egressguard.identity.follow import IdentityFollower
-        from egressguard.identity.store import IdentityStore
+        """Follow the store's identities (revocations reach the gateway in < 1 s); the
+        store down at start: none until it answers (`identity.follow`)."""
+        if not self.url:
+            return  # no store asked for (`--policy FILE` without the API or audit log)
+        from egressguard.identity.follow import follow_identities
+        from egressguard.keys.runtime import seal_store
 
-        self.identities = IdentityHolder()
-        self.follower = IdentityFollower(IdentityStore(self.store), self.identities)
-        self.follower.start()
+        self.identities, self.follower = follow_identities(self.url, self.store,
+                                                           seal=seal_store)
 
     @property
     def holder(self) -> SnapshotHolder | None:
@@ -634,17 +635,6 @@ def _tls_options(listen: str | None, cert: Path | None, key: Path | None,
 
     host, port = _listen_address(listen)
     return host, port, server_context(cert, key, client_ca)
-
-
-def _jwt_options(jwks: Path | None, issuer: str | None, audience: str | None
-                 ) -> JwtConfig | None:
-    if jwks is None and issuer is None and audience is None:
-        return None
-    if jwks is None or not issuer or not audience:
-        raise ValueError("--jwt-jwks, --jwt-issuer and --jwt-audience go together")
-    from egressguard.identity import JwtConfig
-
-    return JwtConfig.load(jwks, issuer, audience)
 
 
 def _listen_address(text: str) -> tuple[str, int]:
