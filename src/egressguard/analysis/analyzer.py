@@ -13,9 +13,9 @@ from egressguard.analysis import exposure, ordering, posture
 from egressguard.analysis.findings import Finding, Severity, sort_findings
 from egressguard.analysis.inventory import app_rules, host_grants, net_rules
 from egressguard.catalog import references
+from egressguard.catalog.compile import snapshot_for
 from egressguard.engine import CompileError, References
 from egressguard.policy import Policy
-from egressguard.source.compile import snapshot_for
 
 CHECKS: dict[str, str] = {
     "any-host": "an application rule or allowed FQDN entry is `*`",
