@@ -15,7 +15,7 @@ import pytest
 
 from tests.gateway.served import EGRESSGUARD
 
-__all__ = ["EGRESSGUARD", "closing_upstream", "serve"]
+__all__ = ["EGRESSGUARD", "closing_upstream", "serve", "stop"]
 
 
 @pytest.fixture
@@ -64,3 +64,13 @@ def serve(home: Path, store: str, *options: str) -> tuple[subprocess.Popen[str],
 
     threading.Thread(target=drain, daemon=True).start()
     return proc, int(first.rsplit(":", 1)[1].split()[0])
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM and wait (killed after 20 s)."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -23,7 +23,7 @@ from egressguard.policy.load import load_policy_text
 from egressguard.store import Store, Version
 from egressguard.store.store import default_policy
 from egressguard.store.urls import bus_key, normalize_url
-from tests.fleet.conftest import AUDIT_KEY, EGRESSGUARD, serve
+from tests.fleet.conftest import AUDIT_KEY, EGRESSGUARD, serve, stop
 from tests.gateway.served import LOOPBACK_ONLY, exchange
 from tests.relay import Relay
 
@@ -39,15 +39,6 @@ def _status(port: int, upstream: int, credential: str = "") -> bytes:
     return head.split(b"\r\n", 1)[0]
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def test_gateway_started_while_the_store_is_down_enforces_the_cached_policy_and_catches_up(
         tmp_path: Path, pg_relay: tuple[Relay, str], pg_url: str,
         closing_upstream: int) -> None:
@@ -59,7 +50,7 @@ def test_gateway_started_while_the_store_is_down_enforces_the_cached_policy_and_
     try:
         assert b" 403 " not in _status(port, closing_upstream)  # version 2 in force
     finally:
-        _stop(proc)
+        stop(proc)
     cached = list((home / "policy-cache").iterdir())
     assert len(cached) == 1 and stat.S_IMODE(cached[0].stat().st_mode) == 0o600
     assert b"loopback-one" not in cached[0].read_bytes()  # sealed, not clear text
@@ -81,7 +72,7 @@ def test_gateway_started_while_the_store_is_down_enforces_the_cached_policy_and_
             time.sleep(0.2)
         assert proc.poll() is None
     finally:
-        _stop(proc)
+        stop(proc)
     log = (home / "log").read_text()
     assert "last-known-good" in log and "Traceback" not in log, log
     engine = make_engine(pg_url)  # what was audited during the outage reached the store
@@ -120,7 +111,7 @@ def test_identities_reach_a_gateway_started_while_the_store_is_down_once_it_answ
             time.sleep(0.2)
         assert b" 403 " in _status(port, closing_upstream)  # anonymous: still denied
     finally:
-        _stop(proc)
+        stop(proc)
     assert "Traceback" not in (home / "log").read_text()
 
 
@@ -165,7 +156,7 @@ def test_a_cold_start_that_cannot_reach_the_cluster_key_serves_nothing(
         try:
             assert b" 403 " not in _status(port, closing_upstream)
         finally:
-            _stop(proc)
+            stop(proc)
         [cached] = list((home / "policy-cache").iterdir())
         assert cached.read_bytes().startswith(CMK)   # under the cluster key, not the local
         cut.cut()

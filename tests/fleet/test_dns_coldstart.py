@@ -19,7 +19,7 @@ from egressguard.policy.load import load_policy_text
 from egressguard.store import Store
 from egressguard.store.store import default_policy
 from tests.dns.upstream_server import Upstream
-from tests.fleet.conftest import AUDIT_KEY, EGRESSGUARD
+from tests.fleet.conftest import AUDIT_KEY, EGRESSGUARD, stop
 from tests.relay import Relay
 
 pytestmark = pytest.mark.timeout(120)
@@ -58,15 +58,6 @@ def _rcode(port: int) -> int:
     return int(DNSRecord.parse(reply).header.rcode)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def test_dns_filter_started_while_the_store_is_down_answers_by_the_cached_policy(
         tmp_path: Path, pg_relay: tuple[Relay, str], pg_url: str, upstream: Upstream) -> None:
     cut, relayed = pg_relay
@@ -77,7 +68,7 @@ def test_dns_filter_started_while_the_store_is_down_answers_by_the_cached_policy
     try:
         assert _rcode(port) == RCODE.NOERROR   # the store's version, now cached
     finally:
-        _stop(proc)
+        stop(proc)
     assert len(list((home / "policy-cache").iterdir())) == 1
 
     cut.cut()
@@ -93,7 +84,7 @@ def test_dns_filter_started_while_the_store_is_down_answers_by_the_cached_policy
             time.sleep(0.2)
         assert proc.poll() is None
     finally:
-        _stop(proc)
+        stop(proc)
     log = (home / "log").read_text()
     assert "last-known-good" in log and "reachable again" in log, log
     assert "Traceback" not in log, log
