@@ -18,6 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.relay import Relay, relayed_url
+
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
 
@@ -97,6 +99,17 @@ def pg_url(pg_available: bool) -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_relay(pg_url: str) -> Iterator[tuple[Relay, str]]:
+    """A cuttable relay in front of `pg_url`'s server, and the URL through it."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url)
+    relay = Relay((url.host or "127.0.0.1", url.port or 5432))
+    yield relay, relayed_url(pg_url, relay)
+    relay.close()
 
 
 @pytest.fixture

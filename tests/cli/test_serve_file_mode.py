@@ -5,11 +5,7 @@ changes nothing, neither in the store nor in what the proxy enforces."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +13,10 @@ import httpx
 import pytest
 
 from egressguard.store import Store
-from tests.gateway.conftest import Server, start_http
+from tests.cli.serving import serve_process
+from tests.gateway.conftest import Server
 
 pytestmark = pytest.mark.timeout(120)
-EGRESSGUARD = str(Path(sys.executable).parent / "egressguard")
 POLICY = """\
 restrict_outbound_network_access: Enabled
 application_rule_collections:
@@ -37,36 +33,23 @@ network_rule_collections:
 FILE_MODE = "PolicyFromFile"
 
 
-@pytest.fixture
-def upstream() -> Iterator[Server]:
-    server = start_http()
-    yield server
-    server.stop()
-
-
 @contextlib.contextmanager
 def serving(home: Path, *extra: str) -> Iterator[tuple[str, str, dict[str, str]]]:
     """(proxy URL, API URL, admin auth header) of a running `egressguard serve`."""
-    proc = subprocess.Popen(
-        [EGRESSGUARD, "serve", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0",
-         "--resolve", "up.test=127.0.0.1", "--resolve", "down.test=127.0.0.1",
-         "--no-system-resolver", "--audit-writer", "thread", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "EGRESSGUARD_HOME": str(home)})
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        lines = [proc.stdout.readline() for _ in range(3)]
+    with serve_process(
+            home, "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0",
+            "--resolve", "up.test=127.0.0.1", "--resolve", "down.test=127.0.0.1",
+            "--no-system-resolver", "--audit-writer", "thread", *extra,
+            stop_timeout=20) as (proc, lines):
         proxy = re.search(r"listening on (\S+)", lines[0])
         api = re.search(r"REST API on (\S+)", lines[1])
-        assert proxy and api, (lines, proc.stderr.read() if proc.poll() is not None else "")
+        assert proxy and api and proc.stderr is not None, lines
         token = ""
         while not token.startswith("egt_"):
             token = proc.stderr.readline().strip()
         yield (f"http://{proxy.group(1)}", api.group(1),
                {"Authorization": f"Bearer {token}"})
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+    assert proc.returncode == 0
 
 
 def test_file_mode_api_checks_what_the_proxy_enforces_and_refuses_every_write(

@@ -12,12 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import Server, start_http
+from tests.gateway.conftest import Server
 from tests.gateway.test_identity import Client
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,13 +32,6 @@ application_rule_collections:
     rules:
       - {name: up, targets: [up.test], protocols: ["http:*"]}
 """
-
-
-@pytest.fixture
-def upstream() -> Iterator[Server]:
-    server = start_http()
-    yield server
-    server.stop()
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-from tests.gateway.conftest import Server, start_http
+from tests.gateway.conftest import Server
 
 pytestmark = pytest.mark.timeout(60)
 EGRESSGUARD = str(Path(sys.executable).parent / "egressguard")
@@ -59,13 +59,6 @@ def zone() -> Iterator[tuple[Zone, int]]:
                        logger=DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data"))
     server.start_thread()
     yield resolver, server.server.server_address[1]
-    server.stop()
-
-
-@pytest.fixture
-def upstream() -> Iterator[Server]:
-    server = start_http()
-    yield server
     server.stop()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway.conftest import Server, start_http
+from tests.gateway.conftest import Server
 
 pytestmark = pytest.mark.timeout(90)
 EGRESSGUARD = str(Path(sys.executable).parent / "egressguard")
@@ -31,13 +31,6 @@ class Running:
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
-
-
-@pytest.fixture
-def upstream() -> Iterator[Server]:
-    server = start_http()
-    yield server
-    server.stop()
 
 
 @contextlib.contextmanager

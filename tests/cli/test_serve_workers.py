@@ -12,7 +12,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway.conftest import Server, start_http
+from tests.cli.serving import serve_process
+from tests.gateway.conftest import Server
 
 pytestmark = pytest.mark.timeout(180)
-EGRESSGUARD = str(Path(sys.executable).parent / "egressguard")
 ALLOW_LOOPBACK = """\
 restrict_outbound_network_access: Enabled
 network_rule_collections:
@@ -35,13 +34,6 @@ network_rule_collections:
          match_resolved_names: true}
 """
 DENY_ALL = "restrict_outbound_network_access: Enabled\n"
-
-
-@pytest.fixture
-def upstream() -> Iterator[Server]:
-    server = start_http()
-    yield server
-    server.stop()
 
 
 @dataclass
@@ -71,33 +63,15 @@ class Served:
 def serving(tmp: Path, policy: Path, *extra: str) -> Iterator[Served]:
     home = tmp / "home"
     log_path = tmp / "serve.log"
-    with open(log_path, "w") as err:
-        proc = subprocess.Popen(
-            [EGRESSGUARD, "serve", "--policy", str(policy), "--listen", "127.0.0.1:0",
-             "--workers", "2", "--no-system-resolver", *extra],
-            stdout=subprocess.PIPE, stderr=err, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "EGRESSGUARD_HOME": str(home)})
-    assert proc.stdout is not None
-    try:
-        lines = []
-        while not lines or not lines[-1].startswith("egressguard: audit log"):
-            line = proc.stdout.readline()
-            assert line, f"serve ended: {log_path.read_text()}"
-            lines.append(line)
+    with open(log_path, "w") as err, serve_process(
+            home, "--policy", str(policy), "--listen", "127.0.0.1:0", "--workers", "2",
+            "--no-system-resolver", *extra, stderr=err) as (proc, lines):
         found = re.search(r"listening on 127\.0\.0\.1:(\d+) .*pids ([\d ]+)\)", lines[0])
         assert found, lines
         api = next((m.group(1) for line in lines
                     if (m := re.search(r"REST API on (\S+)", line))), "")
         yield Served(proc, int(found.group(1)), [int(p) for p in found.group(2).split()],
                      api, log_path, home, tuple(lines))
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise
 
 
 def owner(conn: http.client.HTTPConnection, proxy_port: int, pids: list[int]) -> int:

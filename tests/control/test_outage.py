@@ -10,8 +10,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,7 +17,7 @@ import pytest
 from egressguard.cli.serve import ApiThread, _bind
 from egressguard.control.api import create_app
 from egressguard.store import Store
-from tests.control.relay import Relay
+from tests.relay import Relay
 
 pytestmark = pytest.mark.timeout(90)
 PATCH = {"properties": {"allowedFqdnList": ["a.example.com"]}}
@@ -40,17 +38,9 @@ def state_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "egressguard.control"]
 
 
-@pytest.fixture
-def relayed(pg_url: str) -> Iterator[tuple[Relay, str]]:
-    relay = Relay(("127.0.0.1", 5432))
-    parts = urlsplit(pg_url)
-    yield relay, f"postgresql://postgres@127.0.0.1:{relay.port}{parts.path}"
-    relay.close()
-
-
 def test_postgresql_outage_degrades_health_and_refuses_writes_with_503(
-        relayed: tuple[Relay, str], caplog: pytest.LogCaptureFixture) -> None:
-    relay, url = relayed
+        pg_relay: tuple[Relay, str], caplog: pytest.LogCaptureFixture) -> None:
+    relay, url = pg_relay
     caplog.set_level(logging.INFO, logger="egressguard.control")
     with Store(url) as store:
         api, base, token = serve(store)

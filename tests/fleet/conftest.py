@@ -1,5 +1,5 @@
 """Fleet tests: gateways as real processes on one PostgreSQL store, reached through a
-relay the test can cut (the store outage)."""
+relay the test can cut (the store outage: the `pg_relay` fixture)."""
 
 from __future__ import annotations
 
@@ -12,20 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from tests.gateway.served import EGRESSGUARD
-from tests.source.test_feed import Relay
 
-__all__ = ["EGRESSGUARD", "Relay", "closing_upstream", "relay", "serve"]
-
-
-@pytest.fixture
-def relay(pg_url: str) -> Iterator[tuple[Relay, str]]:
-    url = make_url(pg_url)
-    cut = Relay((url.host or "127.0.0.1", url.port or 5432))
-    yield cut, url.set(port=cut.port).render_as_string(hide_password=False)
-    cut.close()
+__all__ = ["EGRESSGUARD", "closing_upstream", "serve", "stop"]
 
 
 @pytest.fixture
@@ -74,3 +64,13 @@ def serve(home: Path, store: str, *options: str) -> tuple[subprocess.Popen[str],
 
     threading.Thread(target=drain, daemon=True).start()
     return proc, int(first.rsplit(":", 1)[1].split()[0])
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM and wait (killed after 20 s)."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -4,6 +4,7 @@ refuses to start (fail closed)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 import subprocess
@@ -17,34 +18,31 @@ from sqlalchemy import func, select
 from egressguard.audit.db import make_engine
 from egressguard.audit.schema import events
 from egressguard.fleet.cache import PolicyCache
+from egressguard.identity.store import IdentityStore
 from egressguard.policy.load import load_policy_text
 from egressguard.store import Store, Version
 from egressguard.store.store import default_policy
-from tests.fleet.conftest import AUDIT_KEY, EGRESSGUARD, Relay, serve
+from egressguard.store.urls import bus_key, normalize_url
+from tests.fleet.conftest import AUDIT_KEY, EGRESSGUARD, serve, stop
 from tests.gateway.served import LOOPBACK_ONLY, exchange
+from tests.relay import Relay
 
 pytestmark = pytest.mark.timeout(120)
+WEB_ONLY = LOOPBACK_ONLY.replace("    priority: 100\n",  # the same rule, for `web` only
+                                 "    priority: 100\n    identities: [web]\n")
 
 
-def _status(port: int, upstream: int) -> bytes:
+def _status(port: int, upstream: int, credential: str = "") -> bytes:
+    auth = f"Proxy-Authorization: {credential}\r\n" if credential else ""
     head = exchange(port, f"GET http://127.0.0.1:{upstream}/ HTTP/1.1\r\n"
-                          f"Host: 127.0.0.1:{upstream}\r\n\r\n".encode(), timeout=10)
+                          f"Host: 127.0.0.1:{upstream}\r\n{auth}\r\n".encode(), timeout=10)
     return head.split(b"\r\n", 1)[0]
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def test_gateway_started_while_the_store_is_down_enforces_the_cached_policy_and_catches_up(
-        tmp_path: Path, relay: tuple[Relay, str], pg_url: str,
+        tmp_path: Path, pg_relay: tuple[Relay, str], pg_url: str,
         closing_upstream: int) -> None:
-    cut, relayed = relay
+    cut, relayed = pg_relay
     with Store(pg_url) as store:
         store.commit("default", load_policy_text(LOOPBACK_ONLY), "test", "loopback")
     home = tmp_path / "gw"
@@ -52,7 +50,7 @@ def test_gateway_started_while_the_store_is_down_enforces_the_cached_policy_and_
     try:
         assert b" 403 " not in _status(port, closing_upstream)  # version 2 in force
     finally:
-        _stop(proc)
+        stop(proc)
     cached = list((home / "policy-cache").iterdir())
     assert len(cached) == 1 and stat.S_IMODE(cached[0].stat().st_mode) == 0o600
     assert b"loopback-one" not in cached[0].read_bytes()  # sealed, not clear text
@@ -74,7 +72,7 @@ def test_gateway_started_while_the_store_is_down_enforces_the_cached_policy_and_
             time.sleep(0.2)
         assert proc.poll() is None
     finally:
-        _stop(proc)
+        stop(proc)
     log = (home / "log").read_text()
     assert "last-known-good" in log and "Traceback" not in log, log
     engine = make_engine(pg_url)  # what was audited during the outage reached the store
@@ -85,9 +83,41 @@ def test_gateway_started_while_the_store_is_down_enforces_the_cached_policy_and_
     assert stored >= 1 + 2, f"only {stored} audit events from before the store returned"
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_identities_reach_a_gateway_started_while_the_store_is_down_once_it_answers(
+        tmp_path: Path, pg_relay: tuple[Relay, str], pg_url: str, closing_upstream: int,
+        workers: str) -> None:
+    """Until the store answers no identity is known, so the identity-scoped rule matches
+    nobody (fail closed); then the identities arrive without a restart."""
+    cut, relayed = pg_relay
+    with Store(pg_url) as store:
+        store.commit("default", load_policy_text(WEB_ONLY), "test", "web only")
+        secret, _ = IdentityStore(store).create("web", "test")
+        version = store.current("default")
+    credential = "Basic " + base64.b64encode(f"web:{secret}".encode()).decode()
+    home = tmp_path / "gw"
+    PolicyCache(bus_key(normalize_url(relayed)), "default",  # as a run with the store did
+                master=base64.b64decode(AUDIT_KEY), folder=home / "policy-cache"
+                ).save(version)
+    cut.cut()
+    proc, port = serve(home, relayed, "--no-api", "--workers", workers)
+    try:
+        refused = _status(port, closing_upstream, credential)
+        assert b" 403 " in refused or b" 407 " in refused, refused
+        cut.restore()
+        deadline = time.monotonic() + 30
+        while b" 502 " not in _status(port, closing_upstream, credential):
+            assert time.monotonic() < deadline, "the identities never arrived"
+            time.sleep(0.2)
+        assert b" 403 " in _status(port, closing_upstream)  # anonymous: still denied
+    finally:
+        stop(proc)
+    assert "Traceback" not in (home / "log").read_text()
+
+
 def test_gateway_with_no_cache_does_not_start_while_the_store_is_down(
-        tmp_path: Path, relay: tuple[Relay, str]) -> None:
-    cut, relayed = relay
+        tmp_path: Path, pg_relay: tuple[Relay, str]) -> None:
+    cut, relayed = pg_relay
     cut.cut()
     home = tmp_path / "cold"
     home.mkdir(mode=0o700)
@@ -101,7 +131,7 @@ def test_gateway_with_no_cache_does_not_start_while_the_store_is_down(
 
 
 def test_a_cold_start_that_cannot_reach_the_cluster_key_serves_nothing(
-        tmp_path: Path, relay: tuple[Relay, str], pg_url: str,
+        tmp_path: Path, pg_relay: tuple[Relay, str], pg_url: str,
         monkeypatch: pytest.MonkeyPatch, closing_upstream: int) -> None:
     """The cluster names a customer-managed key: the gateway's last-known-good cache is
     sealed under it; with the store (and so the built-in vault) down, the next start
@@ -113,7 +143,7 @@ def test_a_cold_start_that_cannot_reach_the_cluster_key_serves_nothing(
     from tests.keys.conftest import MASTER, audit_vault, point_cluster, unique
 
     monkeypatch.setenv("EGRESSGUARD_MASTER_KEY", base64.b64encode(MASTER).decode())
-    cut, relayed = relay
+    cut, relayed = pg_relay
     vault = audit_vault(pg_url, unique("cmk"))
     with Store(pg_url) as store:
         point_cluster(store.engine, pg_url, vault.name)
@@ -126,7 +156,7 @@ def test_a_cold_start_that_cannot_reach_the_cluster_key_serves_nothing(
         try:
             assert b" 403 " not in _status(port, closing_upstream)
         finally:
-            _stop(proc)
+            stop(proc)
         [cached] = list((home / "policy-cache").iterdir())
         assert cached.read_bytes().startswith(CMK)   # under the cluster key, not the local
         cut.cut()

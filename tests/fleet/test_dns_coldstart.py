@@ -19,7 +19,8 @@ from egressguard.policy.load import load_policy_text
 from egressguard.store import Store
 from egressguard.store.store import default_policy
 from tests.dns.upstream_server import Upstream
-from tests.fleet.conftest import AUDIT_KEY, EGRESSGUARD, Relay
+from tests.fleet.conftest import AUDIT_KEY, EGRESSGUARD, stop
+from tests.relay import Relay
 
 pytestmark = pytest.mark.timeout(120)
 NAME = "allowed.example.com"  # the upstream answers 93.184.216.34
@@ -57,18 +58,9 @@ def _rcode(port: int) -> int:
     return int(DNSRecord.parse(reply).header.rcode)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def test_dns_filter_started_while_the_store_is_down_answers_by_the_cached_policy(
-        tmp_path: Path, relay: tuple[Relay, str], pg_url: str, upstream: Upstream) -> None:
-    cut, relayed = relay
+        tmp_path: Path, pg_relay: tuple[Relay, str], pg_url: str, upstream: Upstream) -> None:
+    cut, relayed = pg_relay
     with Store(pg_url) as store:
         store.commit("default", load_policy_text(ALLOW), "test", "allow one name")
     home = tmp_path / "dns"
@@ -76,7 +68,7 @@ def test_dns_filter_started_while_the_store_is_down_answers_by_the_cached_policy
     try:
         assert _rcode(port) == RCODE.NOERROR   # the store's version, now cached
     finally:
-        _stop(proc)
+        stop(proc)
     assert len(list((home / "policy-cache").iterdir())) == 1
 
     cut.cut()
@@ -92,15 +84,15 @@ def test_dns_filter_started_while_the_store_is_down_answers_by_the_cached_policy
             time.sleep(0.2)
         assert proc.poll() is None
     finally:
-        _stop(proc)
+        stop(proc)
     log = (home / "log").read_text()
     assert "last-known-good" in log and "reachable again" in log, log
     assert "Traceback" not in log, log
 
 
 def test_dns_filter_with_no_cache_does_not_start_while_the_store_is_down(
-        tmp_path: Path, relay: tuple[Relay, str], upstream: Upstream) -> None:
-    cut, relayed = relay
+        tmp_path: Path, pg_relay: tuple[Relay, str], upstream: Upstream) -> None:
+    cut, relayed = pg_relay
     cut.cut()
     home = tmp_path / "cold"
     home.mkdir(mode=0o700)

@@ -22,7 +22,7 @@ from egressguard.keys import clusterkeys
 from egressguard.keys.vault import KeyVault
 from egressguard.policy import load_policy_text
 from egressguard.store import Store
-from tests.fleet.conftest import serve
+from tests.fleet.conftest import serve, stop
 
 pytestmark = pytest.mark.timeout(120)
 MASTER = bytes(range(32))
@@ -94,14 +94,6 @@ def test_scheduled_recommendation_writes_each_clusters_policy_and_diff(
     assert "github.com" in (out / "other.yaml").read_text()
 
 
-def _stop(proc: object) -> None:
-    proc.terminate()  # type: ignore[attr-defined]
-    try:
-        proc.wait(20)  # type: ignore[attr-defined]
-    except Exception:
-        proc.kill()  # type: ignore[attr-defined]
-
-
 def test_only_the_leader_writes_recommendations_and_the_other_takes_over(
         pg_url: str, tmp_path: Path) -> None:
     with Store(pg_url) as store, AuditLog(pg_url) as audit:
@@ -133,4 +125,4 @@ def test_only_the_leader_writes_recommendations_and_the_other_takes_over(
         assert "pypi.org" in follower.read_text()
     finally:
         for proc in procs:
-            _stop(proc)
+            stop(proc)

@@ -28,9 +28,9 @@ from egressguard.analysis.inventory import (
     net_rules,
 )
 from egressguard.catalog import references
+from egressguard.catalog.compile import snapshot_for
 from egressguard.engine import CompileError, References
 from egressguard.policy import Policy
-from egressguard.source.compile import snapshot_for
 
 CHECKS: dict[str, str] = {
     "any-host": "an application rule or allowed FQDN entry is `*`",

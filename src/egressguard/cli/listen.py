@@ -25,15 +25,20 @@ def bind_failure(what: str, host: str, port: int, exc: OSError, option: str) -> 
     return f"{what} cannot listen on {host}:{port}: {cause} (hint: {hint})"
 
 
-def listen_tcp(host: str, port: int) -> socket.socket:
+def listen_tcp(host: str, port: int, *, reserve: bool = False) -> socket.socket:
     """A listening TCP socket, bound before any server starts, so a taken port is an
-    ordinary `OSError` the command turns into one line (`bind_failure`)."""
+    ordinary `OSError` the command turns into one line (`bind_failure`). `reserve`: bound
+    with SO_REUSEPORT and not listening, holding the port (0: picking it) for processes
+    that each listen on it with SO_REUSEPORT (`serve --workers`)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                          socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reserve:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(1024)
+        if not reserve:
+            sock.listen(1024)
     except OSError:
         sock.close()
         raise

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from egressguard.control.apitls import ApiTLS
     from egressguard.fleet import Leader
     from egressguard.fleet.coldstart import ColdStart
-    from egressguard.identity import IdentityHolder, JwtConfig
+    from egressguard.identity import IdentityHolder
     from egressguard.identity.follow import IdentityFollower
     from egressguard.keys.runtime import ClusterKey, StoreKeys, Suspendable
     from egressguard.source import LivePolicy, PolicyFeed
@@ -108,8 +108,10 @@ def serve(
     exfil_window: Annotated[str, typer.Option(help="window of --exfil-threshold")] = "1h",
     key_check_every: Annotated[str | None, typer.Option(
         help="watch every cluster's customer-managed key this often (e.g. 5m), once per "
-             "fleet by its leader: a metric and a warning per change (each gateway "
-             "enforces its own cluster's key every --key-check-interval)")] = None,
+             "fleet by its leader: a metric and a warning per change, also for clusters "
+             "no gateway serves; it suspends nothing (each gateway enforces its own "
+             "cluster's key every --key-check-interval; this is off unless given)")
+    ] = None,
     recommend_every: Annotated[str | None, typer.Option(
         help="write each cluster's recommended policy this often (e.g. 24h) to "
              "--recommend-out, once per fleet by its leader")] = None,
@@ -118,9 +120,11 @@ def serve(
     recommend_out: Annotated[Path | None, typer.Option(
         help="folder of the scheduled recommendations (<cluster>.yaml and .diff)")] = None,
     key_check_interval: Annotated[float, typer.Option(
-        help="seconds between checks of the cluster's customer-managed key: revocation "
-             "suspends and recovery resumes within this; an unset keyVersion follows the "
-             "latest within it", min=0.1, max=60.0)] = 5.0,
+        help="seconds between this gateway's checks of its own cluster's customer-managed "
+             "key: revocation suspends and recovery resumes within this; an unset "
+             "keyVersion follows the latest within it. Always on, in every gateway (each "
+             "suspends itself); not --key-check-every, the leader's fleet-wide watch that "
+             "only reports", min=0.1, max=60.0)] = 5.0,
     audit_timeout: Annotated[float, typer.Option(
         help="seconds a refusal waits for its audit record to be durable (then refuses "
              "anyway and logs it)")] = 5.0,
@@ -205,7 +209,9 @@ def serve(
             for name, ips in parse_hosts_file(hosts_file).items():
                 static.setdefault(name, []).extend(ips)
         proxy_tls = _tls_options(tls_listen, tls_cert, tls_key, client_ca)
-        jwt_config = _jwt_options(jwt_jwks, jwt_issuer, jwt_audience)
+        from egressguard.identity import JwtConfig
+
+        jwt_config = JwtConfig.from_options(jwt_jwks, jwt_issuer, jwt_audience)
         parts.open(store, cluster, policy,
                    need_store=api or audit or bool(identities) or policy is None,
                    key_check_interval=key_check_interval)
@@ -309,33 +315,18 @@ def _serve_with_workers(count: int, parts: _Parts, limits: Limits, host: str, po
         parts.close()
 
 
-def _reserve(host: str, port: int, what: str = "the gateway",
-             option: str = "--listen") -> socket.socket:
-    """Bind (not listen) `host:port` with SO_REUSEPORT: a port in use fails here, port 0
-    picks the one every worker then joins, and it stays ours until `serve` ends."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise StartupError(bind_failure(what, host, port, exc, option)) from exc
-    return sock
-
-
 async def _serve_workers(fleet: Any, parts: _Parts, api_address: tuple[str, int] | None,
                          allow_cidrs: list[str] | None, api_max_body: int,
                          tls: ApiTLS | None) -> None:
     from egressguard.cli.workers import WorkerFailed
 
-    loop = asyncio.get_running_loop()
     host = fleet.config["host"]
-    reserved = _reserve(host, fleet.config["port"])
+    # Bound (not listening) with SO_REUSEPORT: a port in use fails here, port 0 picks the
+    # one every worker then joins, and it stays ours until `serve` ends.
+    reserved = _bind(host, fleet.config["port"], "--listen", "the gateway", reserve=True)
     mtls = fleet.config["mtls"]
-    tls_reserved = _reserve(mtls[0], mtls[1], "the TLS listener", "--tls-listen") \
-        if mtls else None
+    tls_reserved = _bind(mtls[0], mtls[1], "--tls-listen", "the TLS listener",
+                         reserve=True) if mtls else None
     api = None
     try:
         fleet.config["port"] = reserved.getsockname()[1]
@@ -348,35 +339,13 @@ async def _serve_workers(fleet: Any, parts: _Parts, api_address: tuple[str, int]
         api = _start_api(parts, api_address, allow_cidrs, api_max_body,
                          report_only=fleet.config["report_only"], tls=tls,
                          registry=fleet.registry())
-        if parts.live is not None:
-            parts.live.start()
-        stop = asyncio.Event()
-        if parts.live is not None:
-            loop.add_signal_handler(signal.SIGHUP, parts.live.reload)
-        elif parts.cold is not None:
-            loop.add_signal_handler(signal.SIGHUP, parts.cold.reload)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         shown = f"[{host}]" if ":" in host else host
-        typer.echo(f"egressguard: listening on {shown}:{fleet.config['port']} (HTTP proxy, "
-                   f"CONNECT; {len(fleet.slots)} workers, pids "
-                   f"{' '.join(map(str, fleet.pids))})")
+        listening = [f"{shown}:{fleet.config['port']} (HTTP proxy, CONNECT; "
+                     f"{len(fleet.slots)} workers, pids {' '.join(map(str, fleet.pids))})"]
         if tls_reserved is not None:
-            typer.echo(f"egressguard: listening on {mtls[0]}:{fleet.config['mtls'][1]} (TLS "
-                       "proxy, client certificates)")
-        if api is not None:
-            announce_api(api, tls)
-        assert parts.holder is not None
-        active = parts.holder.active
-        typer.echo(f"egressguard: policy {active.source} version {active.version}"
-                   f"{' (report-only)' if fleet.config['report_only'] else ''}")
-        typer.echo(f"egressguard: audit log {'on' if parts.audit_log else 'off'}"
-                   + (f" ({parts.store.url.render_as_string(hide_password=True)})"
-                      if parts.audit_log and parts.store else ""))
-        await stop.wait()
-        typer.echo("egressguard: shutting down", err=True)
-        if parts.live is not None and parts.live.watcher is not None:
-            parts.live.watcher.stop()  # no reload while open requests finish
+            listening.append(f"{mtls[0]}:{fleet.config['mtls'][1]} (TLS proxy, client "
+                             "certificates)")
+        await _announce_and_wait(parts, listening, api, tls, fleet.config["report_only"])
     finally:
         if tls_reserved is not None:
             tls_reserved.close()
@@ -461,16 +430,15 @@ class _Parts:
     follower: IdentityFollower | None = None
 
     def open_identities(self) -> None:
-        """Follow the store's identities (revocations reach the gateway in < 1 s)."""
-        if self.store is None:
-            return  # store down at start: no identity authenticates until it is back
-        from egressguard.identity import IdentityHolder
-        from egressguard.identity.follow import IdentityFollower
-        from egressguard.identity.store import IdentityStore
+        """Follow the store's identities (revocations reach the gateway in < 1 s); the
+        store down at start: none until it answers (`identity.follow`)."""
+        if not self.url:
+            return  # no store asked for (`--policy FILE` without the API or audit log)
+        from egressguard.identity.follow import follow_identities
+        from egressguard.keys.runtime import seal_store
 
-        self.identities = IdentityHolder()
-        self.follower = IdentityFollower(IdentityStore(self.store), self.identities)
-        self.follower.start()
+        self.identities, self.follower = follow_identities(self.url, self.store,
+                                                           seal=seal_store)
 
     @property
     def holder(self) -> SnapshotHolder | None:
@@ -669,17 +637,6 @@ def _tls_options(listen: str | None, cert: Path | None, key: Path | None,
     return host, port, server_context(cert, key, client_ca)
 
 
-def _jwt_options(jwks: Path | None, issuer: str | None, audience: str | None
-                 ) -> JwtConfig | None:
-    if jwks is None and issuer is None and audience is None:
-        return None
-    if jwks is None or not issuer or not audience:
-        raise ValueError("--jwt-jwks, --jwt-issuer and --jwt-audience go together")
-    from egressguard.identity import JwtConfig
-
-    return JwtConfig.load(jwks, issuer, audience)
-
-
 def _listen_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
@@ -693,7 +650,6 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
                  proxy_tls: tuple[str, int, Any] | None = None) -> None:
     """Listen (the proxy, its mTLS listener `proxy_tls`, the API over `tls`) and serve
     until SIGTERM or SIGINT."""
-    loop = asyncio.get_running_loop()
     try:
         await gateway.start(host, port)
     except OSError as exc:
@@ -712,6 +668,21 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
     except BaseException:
         await gateway.stop(0)
         raise
+    listening = [f"{addr}:{bound} (HTTP proxy, CONNECT)" for addr, bound in gateway.addresses]
+    listening += [f"{addr}:{bound} (TLS proxy, client certificates)"
+                  for addr, bound in gateway.tls_addresses]
+    await _announce_and_wait(parts, listening, api, tls, gateway.report_only)
+    await gateway.stop()
+    if api is not None:
+        await asyncio.to_thread(api.stop)
+
+
+async def _announce_and_wait(parts: _Parts, listening: list[str], api: ApiThread | None,
+                             tls: ApiTLS | None, report_only: bool) -> None:
+    """Once everything listens (one gateway or the workers): start following the policy,
+    take the signals (SIGHUP reloads, SIGTERM/SIGINT stop), say what serves, and wait for
+    the stop; then no more reloads while the caller drains open requests."""
+    loop = asyncio.get_running_loop()
     if parts.live is not None:
         parts.live.start()
     stop = asyncio.Event()
@@ -721,17 +692,14 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
         loop.add_signal_handler(signal.SIGHUP, parts.cold.reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    for addr, bound in gateway.addresses:
-        typer.echo(f"egressguard: listening on {addr}:{bound} (HTTP proxy, CONNECT)")
-    for addr, bound in gateway.tls_addresses:
-        typer.echo(f"egressguard: listening on {addr}:{bound} (TLS proxy, client "
-                   "certificates)")
+    for line in listening:
+        typer.echo(f"egressguard: listening on {line}")
     if api is not None:
         announce_api(api, tls)
     assert parts.holder is not None
     active = parts.holder.active
     typer.echo(f"egressguard: policy {active.source} version {active.version}"
-               f"{' (report-only)' if gateway.report_only else ''}")
+               f"{' (report-only)' if report_only else ''}")
     typer.echo(f"egressguard: audit log {'on' if parts.audit_log else 'off'}"
                + (f" ({parts.store.url.render_as_string(hide_password=True)})"
                   if parts.audit_log and parts.store else ""))
@@ -739,9 +707,6 @@ async def _serve(gateway: Gateway, parts: _Parts, host: str, port: int,
     typer.echo("egressguard: shutting down", err=True)
     if parts.live is not None and parts.live.watcher is not None:
         parts.live.watcher.stop()  # no reload while open requests finish
-    await gateway.stop()
-    if api is not None:
-        await asyncio.to_thread(api.stop)
 
 
 class ApiThread:
@@ -800,13 +765,14 @@ class ApiThread:
         self.sock.close()
 
 
-def _bind(host: str, port: int, option: str = "--api-listen (or --no-api)"
-          ) -> socket.socket:
-    """The API's listening socket; a failure names `option`, the flag that fixes it."""
+def _bind(host: str, port: int, option: str = "--api-listen (or --no-api)",
+          what: str = "the REST API", *, reserve: bool = False) -> socket.socket:
+    """`what`'s listening socket (`reserve`: bound only, see `listen_tcp`); a failure is
+    a `StartupError` naming `option`, the flag that fixes it."""
     try:
-        sock = listen_tcp(host, port)
+        sock = listen_tcp(host, port, reserve=reserve)
     except OSError as exc:
-        raise StartupError(bind_failure("the REST API", host, port, exc, option)) from exc
+        raise StartupError(bind_failure(what, host, port, exc, option)) from exc
     sock.setblocking(False)
     return sock
 

@@ -156,13 +156,16 @@ class Worker:
         self.relay = RelaySink(wire) if config["audit"] else None
         sink: EventSink = self.relay if self.relay is not None else NullSink()
         self.follower: Any = None
-        identities = self._identities(config.get("identities_url"))
-        jwt = None
-        if config.get("jwt"):
-            from egressguard.identity import JwtConfig
+        identities = None
+        if config.get("identities_url"):  # followed here too (as `serve` does alone)
+            from egressguard.identity.follow import follow_identities
+            from egressguard.keys.runtime import seal_store
 
-            jwks, issuer, audience = config["jwt"]
-            jwt = JwtConfig.load(Path(jwks), issuer, audience)
+            identities, self.follower = follow_identities(config["identities_url"],
+                                                          seal=seal_store)
+        from egressguard.identity import JwtConfig
+
+        jwt = JwtConfig.from_options(*config.get("jwt") or (None, None, None))
         self.gateway = Gateway(
             self.holder, sink, Resolver(config["static"], system=config["system"],
                                         nameservers=config["nameservers"],
@@ -172,23 +175,6 @@ class Worker:
         if config["suspended"]:
             self.gateway.checkpoint.suspend(config["suspended"])
         self.stop = asyncio.Event()
-
-    def _identities(self, url: str | None) -> Any:
-        """The store's identities, followed by this worker (as `serve` does alone)."""
-        if url is None:
-            return None
-        from egressguard.identity import IdentityHolder
-        from egressguard.identity.follow import IdentityFollower
-        from egressguard.identity.store import IdentityStore
-        from egressguard.keys.runtime import seal_store
-        from egressguard.store import open_store
-
-        store = open_store(url)
-        seal_store(store)  # identities are sealed under the bootstrap cluster's key, if any
-        holder = IdentityHolder()
-        self.follower = IdentityFollower(IdentityStore(store), holder)
-        self.follower.start()
-        return holder
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()

@@ -55,6 +55,17 @@ class JwtConfig:
             raise TokenError("a JWT issuer and audience are both required")
         return cls(issuer=issuer, audience=audience, keys=keys, leeway=leeway)
 
+    @classmethod
+    def from_options(cls, jwks: Path | str | None, issuer: str | None,
+                     audience: str | None) -> JwtConfig | None:
+        """`serve`'s --jwt-jwks/--jwt-issuer/--jwt-audience (in its workers too): None
+        when none is given, ValueError when only some are."""
+        if jwks is None and issuer is None and audience is None:
+            return None
+        if jwks is None or not issuer or not audience:
+            raise ValueError("--jwt-jwks, --jwt-issuer and --jwt-audience go together")
+        return cls.load(Path(jwks), issuer, audience)
+
     def subject(self, token: str, now: float) -> tuple[str, float] | None:
         """The verified token's (`sub`, `exp`), or None (expired, wrong issuer or audience, unknown
         key, bad signature, malformed). Never raises."""

@@ -6,11 +6,11 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from egressguard.catalog.compile import snapshot_for
 from egressguard.engine import Kind, Request
 from egressguard.engine.snapshot import References
 from egressguard.policy import Policy
 from egressguard.recommend.build import Observed, Proposal, Usage, callout_regex
-from egressguard.source.compile import snapshot_for
 
 
 def human_bytes(n: int) -> str:

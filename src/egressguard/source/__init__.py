@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from egressguard.source.compile import active_of, snapshot_for
-from egressguard.source.defaults import DENY_ALL, UNRESTRICTED, fallback_name
+from egressguard.catalog.compile import active_of, snapshot_for
+from egressguard.policy.builtins import DENY_ALL, UNRESTRICTED, fallback_name
 from egressguard.source.file import PolicyFileWatcher, holder_for, load_active
 
 if TYPE_CHECKING:

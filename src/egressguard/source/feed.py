@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from egressguard.catalog import references
+from egressguard.catalog.compile import active_of
 from egressguard.engine import References
 from egressguard.engine.holder import Active, SnapshotHolder, loading
 from egressguard.metrics import POLICY_VERSION
-from egressguard.source.compile import active_of
 from egressguard.store import NOTIFY_CHANNEL, Store, Version, bus
 
 if TYPE_CHECKING:

@@ -18,12 +18,12 @@ import os
 import threading
 from pathlib import Path
 
+from egressguard.catalog.compile import active_of, snapshot_for
 from egressguard.engine import CompileError
 from egressguard.engine.holder import Active, SnapshotHolder, loading
 from egressguard.policy import Policy, PolicyError, load_policy_text
+from egressguard.policy.builtins import UNRESTRICTED, fallback_name
 from egressguard.policy.load import Problem
-from egressguard.source.compile import active_of, snapshot_for
-from egressguard.source.defaults import UNRESTRICTED, fallback_name
 
 log = logging.getLogger("egressguard.source.file")
 

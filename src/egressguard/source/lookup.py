@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egressguard import config
+from egressguard.catalog.compile import active_of
 from egressguard.engine import CompileError
 from egressguard.engine.holder import Active, SnapshotHolder
 from egressguard.errors import InputError
 from egressguard.policy import Policy, PolicyError, load_policy
-from egressguard.source.compile import active_of
-from egressguard.source.defaults import DENY_ALL, fallback_name
+from egressguard.policy.builtins import DENY_ALL, fallback_name
 from egressguard.source.feed import PolicyFeed
 from egressguard.source.file import PolicyFileWatcher, load_active
 from egressguard.store import (

@@ -1,5 +1,8 @@
 """A TCP relay in front of a real database server that a test can cut and restore: the
-store really becomes unreachable (pooled connections reset, new ones refused)."""
+store really becomes unreachable (pooled connections reset, new ones refused), as a
+database server that goes away does (SQLite is a local file: it does not). The
+`pg_relay` fixture (tests/conftest.py) puts one in front of the test's PostgreSQL
+database."""
 
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ import threading
 
 
 class Relay:
+    """127.0.0.1:port -> target; `cut()` resets every connection and refuses new ones,
+    `restore()` accepts again on the same port."""
+
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = 0
@@ -43,6 +49,7 @@ class Relay:
 
     close = cut
 
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -71,3 +78,11 @@ class Relay:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+
+def relayed_url(url: str, relay: Relay) -> str:
+    """`url` (a PostgreSQL URL) reaching its server through `relay`."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(host="127.0.0.1", port=relay.port).render_as_string(
+        hide_password=False)
