@@ -334,12 +334,10 @@ def test_every_worker_joins_the_mtls_port_and_maps_client_certificates(
         tmp_path: Path, upstream: Server) -> None:
     # The identity options reach the workers: the TLS listener is one shared port, and a
     # SPIFFE ID in a client certificate is the identity a rule is scoped to, in each.
-    import ssl
-
     import trustme
 
     from tests.gateway.test_mtls import POLICY as MTLS_POLICY
-    from tests.gateway.test_mtls import client_cert
+    from tests.gateway.test_mtls import client_cert, tls_status
 
     ca = trustme.CA()
     server = ca.issue_cert("proxy.test", "127.0.0.1")
@@ -359,19 +357,5 @@ def test_every_worker_joins_the_mtls_port_and_maps_client_certificates(
         assert announced, served.lines
         tls_port = int(announced[0].group(1))
 
-        def status(identity: Path) -> int:
-            context = ssl.create_default_context()
-            ca.configure_trust(context)
-            context.load_cert_chain(identity)
-            with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw, \
-                    context.wrap_socket(raw, server_hostname="proxy.test") as sock:
-                target = f"up.test:{upstream.port}"
-                sock.sendall(f"GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\n"
-                             "Connection: close\r\n\r\n".encode())
-                data = b""
-                while chunk := sock.recv(65536):
-                    data += chunk
-            return int(data.split(b" ", 2)[1])
-
-        assert [status(web) for _ in range(6)] == [200] * 6
-        assert status(other) == 403
+        assert [tls_status(tls_port, ca, upstream, web) for _ in range(6)] == [200] * 6
+        assert tls_status(tls_port, ca, upstream, other) == 403

@@ -78,12 +78,17 @@ def tls_gateway(gateway_factory: Callable[..., Running], ca: trustme.CA,
 
 
 def get(gw: Running, ca: trustme.CA, upstream: Server, identity: Path | None) -> int:
+    return tls_status(gw.gateway.tls_addresses[0][1], ca, upstream, identity)
+
+
+def tls_status(port: int, ca: trustme.CA, upstream: Server, identity: Path | None) -> int:
+    """The status of one `GET` to `upstream` through the TLS proxy listener at `port`,
+    presenting the client certificate `identity` (0: no answer at all)."""
     context = ssl.create_default_context()
     ca.configure_trust(context)
     if identity is not None:
         context.load_cert_chain(identity)
-    port = gw.gateway.tls_addresses[0][1]
-    with socket.create_connection(("127.0.0.1", port), timeout=3) as raw, \
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
             context.wrap_socket(raw, server_hostname="proxy.test") as sock:
         target = f"up.test:{upstream.port}"
         sock.sendall(f"GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\n"
