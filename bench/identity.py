@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import multiprocessing
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.proxy import Target, _origin_main, _wrk, free_port, wait_port
+from bench.proxy import Target, _wrk, free_port, medians, start_origin, wait_port
 
 POLICY = """restrict_outbound_network_access: Enabled
 network_rule_collections:
@@ -83,11 +81,7 @@ def mtls(connections: int) -> None:
 
     from bench.proxy import _cpu_seconds
 
-    http_port = free_port()
-    origin = multiprocessing.Process(target=_origin_main, args=(http_port, free_port()),
-                                     daemon=True)
-    origin.start()
-    wait_port(http_port)
+    origin, http_port = start_origin()
     load_before = os.getloadavg()
     ca = trustme.CA()
     results: dict[str, float] = {}
@@ -171,11 +165,7 @@ def main() -> None:
     if args.mtls:
         mtls(args.connections)
         return
-    http_port = free_port()
-    origin = multiprocessing.Process(target=_origin_main, args=(http_port, free_port()),
-                                     daemon=True)
-    origin.start()
-    wait_port(http_port)
+    origin, http_port = start_origin()
     load_before = os.getloadavg()
     figures: dict[str, list[dict[str, float]]] = {"anonymous": [], "basic": []}
     with tempfile.TemporaryDirectory(prefix="egressguard-identity-bench-") as tmpdir:
@@ -204,13 +194,7 @@ def main() -> None:
                 target.proc.terminate()
                 target.proc.wait(10)
     origin.terminate()
-    cpu = {n: statistics.median(m["cpu_us"] for m in f) for n, f in figures.items()}
-    rps = {n: statistics.median(m["rps"] for m in f) for n, f in figures.items()}
-    load = os.getloadavg()
-    print(f"\nload average before {load_before[0]:.2f}, after {load[0]:.2f} "
-          f"({os.cpu_count()} CPUs)")
-    for n in cpu:
-        print(f"{n:9} median cpu/req {cpu[n]:6.2f} us   median {rps[n]:9,.0f} req/s")
+    cpu, rps = medians(figures, load_before, 9)
     print(json.dumps({"cpu_us_anonymous": round(cpu["anonymous"], 2),
                       "cpu_us_basic": round(cpu["basic"], 2),
                       "cpu_ratio": round(cpu["basic"] / cpu["anonymous"], 4),

@@ -151,6 +151,30 @@ def _origin_main(http_port: int) -> None:
     loop.run_until_complete(server.serve_forever())
 
 
+
+def start_origin() -> tuple[multiprocessing.Process, int]:
+    """The keep-alive HTTP origin every row relays to, in its own process, once it
+    listens: the process and its port."""
+    http_port = free_port()
+    origin = multiprocessing.Process(target=_origin_main, args=(http_port,), daemon=True)
+    origin.start()
+    wait_port(http_port)
+    return origin, http_port
+
+
+def medians(figures: dict[str, list[dict[str, float]]], load_before: tuple[float, ...],
+            width: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median CPU µs per request and req/s of each row's rounds, printed after the load
+    average (a side-by-side run's summary): (cpu, rps)."""
+    cpu = {n: statistics.median(m["cpu_us"] for m in f) for n, f in figures.items()}
+    rps = {n: statistics.median(m["rps"] for m in f) for n, f in figures.items()}
+    load = os.getloadavg()
+    print(f"\nload average before {load_before[0]:.2f}, after {load[0]:.2f} "
+          f"({os.cpu_count()} CPUs)")
+    for n in cpu:
+        print(f"{n:{width}} median cpu/req {cpu[n]:6.2f} us   median {rps[n]:9,.0f} req/s")
+    return cpu, rps
+
 def start_dns(tmp: Path) -> subprocess.Popen[bytes]:
     """unbound on DNS_ADDRESS:53 answering app<N>.bench.test with 127.0.0.1 (TTL 300)."""
     conf = tmp / "unbound.conf"
@@ -432,13 +456,8 @@ def side_by_side(before_src: str, rounds: int, seconds: int, conns: int,
     `names`: the default configuration's workload, 1,000 one-name rules and random names
     resolved through unbound; `workers`: `serve --workers N`, default one per core).
     Prints per-round figures, then medians and the ratio."""
-    import statistics
-
-    http_port, bulk_port = free_port(), free_port()
-    origin = multiprocessing.Process(target=_origin_main, args=(http_port,),
-                                     daemon=True)
-    origin.start()
-    wait_port(http_port)
+    origin, http_port = start_origin()
+    bulk_port = free_port()
     load_before = os.getloadavg()
     extra = ("--workers", str(workers)) if workers else ()
     with tempfile.TemporaryDirectory(prefix="egressguard-ab-") as tmpdir:
@@ -467,13 +486,7 @@ def side_by_side(before_src: str, rounds: int, seconds: int, conns: int,
                 dns.terminate()
                 dns.wait(10)
     origin.terminate()
-    cpu = {n: statistics.median(m["cpu_us"] for m in f) for n, f in figures.items()}
-    rps = {n: statistics.median(m["rps"] for m in f) for n, f in figures.items()}
-    load = os.getloadavg()
-    print(f"\nload average before {load_before[0]:.2f}, after {load[0]:.2f} "
-          f"({os.cpu_count()} CPUs)")
-    for n in cpu:
-        print(f"{n:7} median cpu/req {cpu[n]:6.2f} us   median {rps[n]:9,.0f} req/s")
+    cpu, rps = medians(figures, load_before, 7)
     print(json.dumps({"cpu_us_before": round(cpu["before"], 2),
                       "cpu_us_after": round(cpu["after"], 2),
                       "cpu_ratio": round(cpu["after"] / cpu["before"], 4),
@@ -524,9 +537,8 @@ def main() -> None:
     load_before = os.getloadavg()
     wanted = {s for s in args.only.split(",") if s}
 
-    http_port, bulk_port = free_port(), free_port()
-    origin = multiprocessing.Process(target=_origin_main, args=(http_port,), daemon=True)
-    origin.start()
+    origin, http_port = start_origin()
+    bulk_port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
     targets: list[Target] = []
     with tempfile.TemporaryDirectory(prefix="egressguard-bench-") as tmpdir:
