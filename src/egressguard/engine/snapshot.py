@@ -260,6 +260,9 @@ class Snapshot:
         for pattern in policy.allowed_fqdn_list:
             self._allowed_fqdns.add(pattern, pattern)
         self._apps: HostIndex[_AppEntry] = HostIndex()
+        self._source_scoped = False
+        """True when some rule is scoped by source (`sources:`): a decision may then depend
+        on the source address itself, not only on the identity it maps to (the memo key)."""
         self._compile_application_rules(policy, refs)
         self._net_v4 = pytricia.PyTricia(32)
         self._net_v6 = pytricia.PyTricia(128)
@@ -304,13 +307,14 @@ class Snapshot:
         self._memo_connect: dict[tuple[object, ...], _Memoised] = {}
         self._memo_http: dict[tuple[object, ...], _Memoised] = {}
         self._memo_other: dict[tuple[object, ...], _Memoised] = {}
-        self._source_scoped: bool | None = None  # see `_scoped_by_source`
 
     # -- compilation -------------------------------------------------------------------
 
     def _compile_application_rules(self, policy: Policy, refs: References) -> None:
         shapes: dict[_Specs, _Shape] = {}  # port shapes shared by the rules of one compile
         for rule in iter_application_rules(policy):  # the one flattening (policy/rules.py)
+            if rule.sources:
+                self._source_scoped = True
             if rule.identities == APPLIES_TO_NOBODY:
                 continue  # scoped to identities its collection excludes: never matches
             entry = _AppEntry(order=rule.order, rule_id=str(rule.id), action=rule.action,
@@ -333,6 +337,8 @@ class Snapshot:
 
     def _compile_network_rules(self, policy: Policy, refs: References) -> None:
         for rule in iter_network_rules(policy):  # the one flattening (policy/rules.py)
+            if rule.sources:
+                self._source_scoped = True
             if rule.identities == APPLIES_TO_NOBODY:
                 continue
 
@@ -484,25 +490,11 @@ class Snapshot:
         if source is not None:
             if identity is None and self._has_source_identities:
                 identity = self.source_identity(canonical_ip(source))  # as `_decide` does
-            scoped = self._source_scoped
-            if not (self._scoped_by_source() if scoped is None else scoped):
+            if not self._source_scoped:
                 source = None
         return memo, (request.host, request.uri, request.port, request.scheme,
                       request.protocol, request.callout_type,
                       kind if memo is self._memo_other else None, identity, source)
-
-    def _scoped_by_source(self) -> bool:
-        """Whether any rule is scoped by source (`sources:`), so that a decision may
-        depend on the source address itself and not only on the identity it maps to.
-        Read from the policy once, on the first request that carries a source."""
-        scoped = self._source_scoped
-        if scoped is None:
-            policy = self.policy
-            scoped = self._source_scoped = any(
-                rule.sources for collections in (policy.application_rule_collections,
-                                                 policy.network_rule_collections)
-                for collection in collections for rule in collection.rules)
-        return scoped
 
     def source_identity(self, source: IPAddress | None) -> str | None:
         """The identity whose `sources` hold `source` (the longest prefix wins), if any:
