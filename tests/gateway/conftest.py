@@ -136,8 +136,9 @@ def _serve(server: socketserver.BaseServer) -> Callable[[], None]:
     return stop
 
 
-def start_http(tls_context: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> Server:
-    server = _HTTPServer((host, 0), Upstream)
+def start_http(tls_context: ssl.SSLContext | None = None, host: str = "127.0.0.1",
+               port: int = 0) -> Server:
+    server = _HTTPServer((host, port), Upstream)
     server.peers = []
     if tls_context is not None:
         # Handshake in the handler thread, so a stalled client cannot block accept().

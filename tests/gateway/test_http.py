@@ -279,6 +279,8 @@ def test_pooled_connection_is_not_used_for_another_host(gateway_factory, upstrea
     gw = gateway_factory(resolve={"up.test": "127.0.0.1", "alias.test": "127.0.0.1"})
     with httpx.Client(proxy=gw.url) as client:
         client.get(f"http://up.test:{upstream.port}/")
+    time.sleep(0.05)  # parked, under up.test
+    with httpx.Client(proxy=gw.url) as client:
         seen = json.loads(client.get(f"http://alias.test:{upstream.port}/").text)
     assert ["Host", f"alias.test:{upstream.port}"] in seen["headers"]
     assert len(upstream.peers) == 2

@@ -56,9 +56,10 @@ class Client:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=3)
         self.buf = b""
 
-    def get(self, upstream_port: int, auth: str | None = None) -> tuple[int, bytes]:
-        url = f"http://up.test:{upstream_port}/"
-        head = f"GET {url} HTTP/1.1\r\nHost: up.test:{upstream_port}\r\n"
+    def get(self, upstream_port: int, auth: str | None = None,
+            host: str = "up.test") -> tuple[int, bytes]:
+        url = f"http://{host}:{upstream_port}/"
+        head = f"GET {url} HTTP/1.1\r\nHost: {host}:{upstream_port}\r\n"
         if auth:
             head += f"Proxy-Authorization: {auth}\r\n"
         self.sock.sendall((head + "\r\n").encode())
@@ -359,5 +360,33 @@ def test_identity_expiring_on_a_kept_alive_connection_is_refused_from_then_on(
         assert client.get(upstream.port, credential)[0] == 200
         time.sleep(1.5 + 0.5)  # the gateway's sweep rebuilds the directory (0.25 s)
         assert client.get(upstream.port, credential)[0] == 407
+    finally:
+        client.close()
+
+
+def test_another_identity_on_the_connection_never_rides_on_the_upstream_got_for_a_name_it_may_not_reach(  # noqa: E501
+        gateway_factory: Callable[..., Running], upstream: Server,
+        identities: tuple[IdentityStore, IdentityHolder]) -> None:
+    # A connection opened for web's up.test would take batch's request for shared.test
+    # to up.test's backend at an origin that routes by a connection's first request.
+    ids, holder = identities
+    web_secret, _ = ids.create("web", "test")
+    batch_secret, _ = ids.create("batch", "test")
+    shared = '  - name: everyone\n    priority: 300\n    rules:\n' \
+             '      - {name: shared, targets: [shared.test], protocols: ["http:*"]}'
+    policy = SCOPED.format(extra="").replace("network_rule_collections:",
+                                             f"{shared}\nnetwork_rule_collections:")
+    gw = gateway_factory(policy, resolve={"up.test": "127.0.0.1",
+                                          "shared.test": "127.0.0.1"}, identities=holder)
+    client = Client(gw.port)
+    try:
+        assert client.get(upstream.port, basic("web", web_secret or ""))[0] == 200
+        assert client.get(upstream.port, basic("web", web_secret or ""),
+                          host="shared.test")[0] == 200
+        assert len(upstream.peers) == 1   # web's own requests share its connection
+        assert client.get(upstream.port, basic("batch", batch_secret or ""),
+                          host="shared.test")[0] == 200
+        assert len(upstream.peers) == 2
+        assert client.get(upstream.port, basic("batch", batch_secret or ""))[0] == 403
     finally:
         client.close()

@@ -178,6 +178,9 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()
         self.receiving: Exchange | None = None
         self.upstream: Upstream | None = None
+        # (policy snapshot, identity) under which `upstream` was opened or taken for a
+        # request (see `_carries`).
+        self.granted: tuple[object, str | None] | None = None
         self.paused: set[str] = set()
         self.accepted = 0.0
         self.served = False       # a request head was completed (see limits.deadline_breach)
@@ -567,7 +570,7 @@ class ClientConnection(asyncio.Protocol):
                                                 "http", ex):
             return
         up = self.upstream
-        if up is None or not up.serves(route.key, addresses):
+        if up is None or not self._carries(up, route, addresses, snapshot):
             if up is not None:
                 self.upstream = None
                 gw.park(up)
@@ -578,8 +581,25 @@ class ClientConnection(asyncio.Protocol):
                 self._spawn(self._open_then(ex, route, request, event, addresses))
                 return
             self.upstream = up
+            self.granted = (snapshot, self.identity)
         # A pooled upstream: the decision is written with the close, as one record.
         self._send(ex, route, up, request, event, deferred=not event_out)
+
+    def _carries(self, up: Upstream, route: Route, addresses: tuple[IPAddress, ...],
+                 snapshot: object) -> bool:
+        """Whether the held upstream may carry this (permitted) request: one for the same
+        name and port at a checked address (`Upstream.serves`, as the pool hands out), or
+        one for another name whose peer is a checked address at the same port, got by
+        this connection under the policy in force now for the identity calling now.
+
+        The second kind is not shared: parked, it goes back under the name it was opened
+        for. An origin that routes a connection by its first request's Host (connection-
+        state routing) sends every later request on it to that first name's backend, so
+        a request may ride on another name's connection only when its sender could have
+        asked for that name itself, now."""
+        return up.serves(route.key, addresses) or (
+            up.reaches(route.port, addresses) and self.granted is not None
+            and self.granted[0] is snapshot and self.granted[1] == self.identity)
 
     async def _record_then_refuse(self, ex: Exchange, decision: Decision,
                                   event: DecisionEvent) -> None:
@@ -597,6 +617,7 @@ class ClientConnection(asyncio.Protocol):
         up = await self._open(addresses, route.port, route.key)
         if up is None:
             return
+        self.granted = (route.snapshot, request.identity)
         self._send(ex, route, up, request, event)
 
     def _send(self, ex: Exchange, route: Route, up: Upstream, request: Request,

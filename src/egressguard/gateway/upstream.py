@@ -289,6 +289,13 @@ class Upstream(asyncio.Protocol):
         return (self.state is UpState.IDLE or self.state is UpState.PARKED) \
             and self.key == key and self.ip in addresses
 
+    def reaches(self, port: int, addresses: tuple[IPAddress, ...]) -> bool:
+        """Held between responses, and its peer is one of the checked `addresses` at
+        `port` (whatever name it was opened for)."""
+        key = self.key
+        return self.state is UpState.IDLE and key is not None and key[1] == port \
+            and self.ip in addresses
+
     def send(self, exchange: Exchange, head: bytes) -> None:
         """Forward a request head (and the body as it comes); await its response."""
         transport = self.transport
