@@ -50,6 +50,33 @@ def test_every_path_of_a_memoised_authority_keeps_its_own_target() -> None:
     assert first.host is second.host
 
 
+def test_a_remembered_request_line_with_another_host_or_version_is_checked_afresh() -> None:
+    url = b"http://shop.example:8080/remembered"
+    passed = decide.http_target(url, [b"shop.example:8080"], "1.1")
+    assert isinstance(passed, decide.HttpTarget)
+    assert decide.http_target(url, [b"shop.example:8080"], "1.1") is passed  # remembered
+    for hosts, version in (([b"evil.example:8080"], "1.1"), ([], "1.1"),
+                           ([b"shop.example:8080"] * 2, "1.1"), ([b"SHOP.example:8081"], "1.0")):
+        assert isinstance(decide.http_target(url, hosts, version), decide.Invalid), hosts
+    assert isinstance(decide.http_target(url, [b"shop.example:8080"], "1.1", conflict=True),
+                      decide.Invalid)
+    ten = decide.http_target(url, [], "1.0")
+    assert isinstance(ten, decide.HttpTarget) and ten.host_line == b"Host: shop.example:8080\r\n"
+    assert passed.host_line == b""
+
+
+def test_a_refused_request_line_stays_refused_however_often_it_comes() -> None:
+    url = b"http://shop.example/x"
+    for _ in range(3):
+        assert isinstance(decide.http_target(url, [b"other.example"], "1.1"), decide.Invalid)
+    for i in range(decide._TARGETS_SIZE + 10):   # the memo fills and is cleared
+        name = b"n%d.example" % i
+        assert isinstance(decide.http_target(b"http://%s/" % name, [name], "1.1"),
+                          decide.HttpTarget)
+    assert isinstance(decide.http_target(url, [b"other.example"], "1.1"), decide.Invalid)
+    assert len(decide._TARGETS) <= decide._TARGETS_SIZE
+
+
 def test_the_audited_address_is_the_first_of_each_tuple() -> None:
     v4 = (ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("10.0.0.1"))
     v6 = (ipaddress.ip_address("2001:db8::1"),)

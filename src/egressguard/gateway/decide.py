@@ -100,14 +100,35 @@ FirstBytes = tls.NeedMore | Relay | GuardRefusal | DecideSni
 
 def http_target(url: bytes, hosts: Sequence[bytes], version: str,
                 conflict: bool = False) -> HttpTarget | Invalid:
-    """Check an HTTP request line and its Host headers (semantics §5)."""
+    """Check an HTTP request line and its Host headers (semantics §5). Pure, so a passed
+    request line and Host are remembered as they were sent (`_TARGETS`): a workload
+    calling many names on its kept-alive connections has each name's request line
+    checked once, not once per request (the memo is bounded, cleared when full)."""
     if conflict:
         return Invalid("both Content-Length and Transfer-Encoding")
+    memo = (url, tuple(hosts), version)
+    found = _TARGETS.get(memo)
+    if found is not None:
+        return found
+    checked = _http_target(url, memo[1], version)
+    if type(checked) is HttpTarget and len(url) + sum(map(len, hosts)) <= _CACHED_REQUEST:
+        if len(_TARGETS) >= _TARGETS_SIZE:
+            _TARGETS.clear()
+        _TARGETS[memo] = checked
+    return checked
+
+
+_TARGETS: dict[tuple[bytes, tuple[bytes, ...], str], HttpTarget] = {}
+_TARGETS_SIZE = 4096
+_CACHED_REQUEST = 1024   # longer request lines and Hosts are checked, never remembered
+
+
+def _http_target(url: bytes, hosts: tuple[bytes, ...], version: str) -> HttpTarget | Invalid:
     try:
         parsed = httptools.parse_url(url)
     except httptools.HttpParserInvalidURLError as exc:
         return Invalid(str(exc) or "invalid request target")
-    key = (parsed.schema, parsed.host, parsed.port, tuple(hosts), version)
+    key = (parsed.schema, parsed.host, parsed.port, hosts, version)
     checked = (_authority(*key) if len(parsed.host or b"") <= _CACHED_HOST
                and sum(map(len, hosts)) <= _CACHED_HOST else _authority.__wrapped__(*key))
     if isinstance(checked, Invalid):
