@@ -5,6 +5,7 @@ their TTL (clamped), NXDOMAIN is cached for the SOA's negative TTL, a hit is ans
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 class Zone(BaseResolver):  # type: ignore[misc]
-    """web.test: A and AAAA with TTL `ttl`; anything else NXDOMAIN with a SOA of TTL 20."""
+    """web.test (and cdn.test, the same addresses): A and AAAA with TTL `ttl`; anything
+    else NXDOMAIN with a SOA of TTL 20."""
 
     def __init__(self) -> None:
         self.ttl = 60
@@ -32,7 +34,7 @@ class Zone(BaseResolver):  # type: ignore[misc]
         name, qtype = str(request.q.qname).lower(), QTYPE[request.q.qtype]
         with self.lock:
             self.asked.append((name, qtype))
-        if name == "web.test.":
+        if name in ("web.test.", "cdn.test."):
             if qtype == "A":
                 reply.add_answer(RR(name, QTYPE.A, rdata=A("93.184.216.34"), ttl=self.ttl))
             elif qtype == "AAAA":
@@ -86,6 +88,25 @@ def test_answer_is_cached_for_its_ttl_then_asked_again(zone: tuple[Zone, int]) -
         await resolver.resolve("web.test", 443)
         assert len(server.asked) == 4
     asyncio.run(run())
+
+
+def test_names_at_one_address_are_answered_with_the_same_address_objects(
+        zone: tuple[Zone, int]) -> None:
+    # What lets a connection opened for one name be matched against another's addresses
+    # by identity (`Upstream.reaches`), with no `IPv4Address.__eq__` per request.
+    _, port = zone
+    resolver = _resolver(port, Clock())
+
+    async def run() -> None:
+        web = await resolver.resolve("web.test", 80)
+        cdn = await resolver.resolve("cdn.test", 80)
+        assert web == cdn and all(a is b for a, b in zip(web, cdn, strict=True))
+        assert resolver.known("web.test") is web and resolver.known("cdn.test") is cdn
+    asyncio.run(run())
+    static = Resolver({"a.test": [ipaddress.ip_address("10.0.0.1")],
+                       "b.test": [ipaddress.ip_address("10.0.0.1")]}, system=False)
+    a, b = static.known("a.test"), static.known("b.test")
+    assert a is not None and b is not None and a[0] is b[0]
 
 
 @pytest.mark.parametrize(("ttl", "life"), [(0, 5.0), (86400, 100.0)])

@@ -121,6 +121,11 @@ class Resolver:
         self.timeout = timeout
         self.clock = clock
         self._cache: dict[str, _Entry] = {}
+        # One object per address across answers: a connection opened for one name is
+        # matched against another name's addresses by `in`, which then stops at identity
+        # instead of calling `IPv4Address.__eq__` (Python code) on every request.
+        self._same: dict[IPAddress, IPAddress] = {}
+        self.static = {k: self._interned(v) for k, v in self.static.items()}
         self._inflight: dict[str, asyncio.Future[tuple[IPAddress, ...]]] = {}
 
     def known(self, name: str) -> tuple[IPAddress, ...] | None:
@@ -168,9 +173,16 @@ class Resolver:
             raise
         finally:
             self._inflight.pop(name, None)
+        addresses = self._interned(addresses)
         self._store(name, addresses, ttl)
         future.set_result(addresses)
         return addresses
+
+    def _interned(self, addresses: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
+        same = self._same
+        if len(same) >= 4 * self.max_entries:
+            same.clear()
+        return tuple([same.setdefault(ip, ip) for ip in addresses])
 
     def _store(self, name: str, value: tuple[IPAddress, ...] | str, ttl: float | None) -> None:
         now = self.clock()
