@@ -42,8 +42,7 @@ from egressguard.audit.log import (
     AuditLog,
     Raw,
     Retention,
-    pack_raws,
-    raws_of,
+    packed_slices,
     segments,
     unpack_raws,
 )
@@ -117,9 +116,13 @@ class ProcessAuditLog(AuditLog):
         a gateway worker packed (`forward`) goes into the frame as it came."""
         while (item := self._next_batch()) is not None:
             batch, last = item
-            frame = _frame(last, bool(self._waiters),
-                           [data if packed else pack_raws(raws_of(part))
-                            for packed, data, part in segments(batch)])
+            parts: list[bytes] = []
+            for packed, data, part in segments(batch):
+                if packed:
+                    parts.append(data)
+                else:
+                    parts += (sliced for _, _, sliced in packed_slices(part))
+            frame = _frame(last, bool(self._waiters), parts)
             with self._proc_lock:
                 self._inflight.append((last, frame, time.monotonic()))
                 self._send(frame)
