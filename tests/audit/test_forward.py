@@ -8,7 +8,16 @@ import threading
 
 import pytest
 
-from egressguard.audit.log import AuditLog, Packed, pack_raws, raw_of
+from egressguard.audit.log import (
+    FIELDS,
+    SLICE,
+    AuditLog,
+    Packed,
+    pack_raws,
+    packed_slices,
+    raw_of,
+    unpack_raws,
+)
 from egressguard.audit.query import Filter, query, verify
 from tests.audit.conftest import event
 
@@ -96,3 +105,30 @@ def test_a_commit_of_forwarded_batches_is_bounded_by_events_not_by_batches(
         assert verify(log.engine, log.sealer).ok
     finally:
         log.close()
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_big_batch_packed_in_slices_is_stored_whole_and_in_order(
+        writer: str, sqlite_url: str, audit_key: bytes) -> None:
+    events = [event(connection_id=f"s{i}") for i in range(SLICE * 2 + 44)]
+    slices = list(packed_slices(events))
+    assert [(done, count) for done, count, _ in slices] == [
+        (SLICE, SLICE), (SLICE * 2, SLICE), (SLICE * 2 + 44, 44)]
+    log = _open(writer, sqlite_url)
+    try:
+        for _, count, data in slices:
+            log.forward(Packed(count, data))
+        log.flush(timeout=30)
+        ids = [r["connection_id"] for r in query(log.engine, Filter(), sealer=log.sealer,
+                                                   newest_first=False, limit=1000)]
+        assert ids == [e.connection_id for e in events]
+        assert verify(log.engine, log.sealer).ok
+    finally:
+        log.close()
+
+
+def test_an_unrecordable_object_in_a_slice_is_dropped_and_counted_out_of_its_slice() -> None:
+    events = [event(connection_id="a"), object(), event(connection_id="b")]
+    (done, count, data), = packed_slices(events)  # type: ignore[arg-type]
+    assert (done, count) == (3, 2)
+    assert [raw[FIELDS.index("connection_id")] for raw in unpack_raws(data)] == ["a", "b"]

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import URL
@@ -41,11 +42,11 @@ from egressguard.audit.log import (
     AuditLog,
     Raw,
     Retention,
-    pack_raws,
-    raws_of,
+    packed_slices,
     segments,
     unpack_raws,
 )
+from egressguard.audit.priority import WriterPriority
 
 log = logging.getLogger("egressguard.audit")
 _LEN = struct.Struct(">I")
@@ -60,9 +61,10 @@ class ProcessAuditLog(AuditLog):
     def __init__(self, url: str | URL | None = None, *, key: bytes | None = None,
                  batch_size: int = 2000, max_pending: int = 100_000,
                  max_delay: float = 0.05, retention: Retention | None = None,
-                 cluster_key: Any = None) -> None:
+                 cluster_key: Any = None, background: bool = True) -> None:
         """`cluster_key` (`keys.runtime.ClusterKey`): this process reads with its
-        envelope; the child opens the same cluster's key itself and seals under it."""
+        envelope; the child opens the same cluster's key itself and seals under it.
+        `background`: the child runs as SCHED_IDLE while it keeps up (`priority`)."""
         key = key if key is not None else load_or_create_key()
         super().__init__(url, key=key, batch_size=batch_size, max_pending=max_pending,
                          max_delay=max_delay, retention=retention, start=False,
@@ -72,7 +74,8 @@ class ProcessAuditLog(AuditLog):
                      0.0 if cluster_key is None else cluster_key.envelope.check_interval)
         self._url = self.engine.url.render_as_string(hide_password=False)
         self._proc_lock = threading.Lock()
-        self._inflight: deque[tuple[int, bytes]] = deque()
+        self._inflight: deque[tuple[int, bytes, float]] = deque()   # (last, frame, sent)
+        self._priority = WriterPriority(enabled=background)
         self._stopping_child = False
         self._spawned = threading.Event()
         # The receiver thread spawns every child: PR_SET_PDEATHSIG fires when the thread
@@ -91,6 +94,7 @@ class ProcessAuditLog(AuditLog):
             # Its own process group: a terminal's Ctrl-C reaches the gateway only, which then
             # drains and stops the writer in order (no KeyboardInterrupt mid-write).
             process_group=0)
+        self._priority.attach(child.pid)
         assert child.stdin is not None
         # Secrets never in argv or env.
         hello = marshal.dumps((self._key, self._url, *self._cmk), 2)
@@ -112,12 +116,17 @@ class ProcessAuditLog(AuditLog):
         a gateway worker packed (`forward`) goes into the frame as it came."""
         while (item := self._next_batch()) is not None:
             batch, last = item
-            frame = _frame(last, bool(self._waiters),
-                           [data if packed else pack_raws(raws_of(part))
-                            for packed, data, part in segments(batch)])
+            parts: list[bytes] = []
+            for packed, data, part in segments(batch):
+                if packed:
+                    parts.append(data)
+                else:
+                    parts += (sliced for _, _, sliced in packed_slices(part))
+            frame = _frame(last, bool(self._waiters), parts)
             with self._proc_lock:
-                self._inflight.append((last, frame))
+                self._inflight.append((last, frame, time.monotonic()))
                 self._send(frame)
+            self._pace()
             self._maybe_prune()
         with self._proc_lock:
             self._stopping_child = True
@@ -141,6 +150,7 @@ class ProcessAuditLog(AuditLog):
                     while self._inflight and self._inflight[0][0] <= seq:
                         self._inflight.popleft()
                 self._acknowledge(seq)
+                self._pace()
                 continue
             self._child.wait()
             with self._proc_lock:
@@ -151,8 +161,41 @@ class ProcessAuditLog(AuditLog):
                           len(self._inflight))
                 time.sleep(0.2)
                 self._child = self._spawn()
-                for _, frame in self._inflight:
+                for _, frame, _ in self._inflight:
                     self._send(frame)
+
+    # -- the child's priority (`priority`) ---------------------------------------------
+
+    def _pace(self) -> None:
+        """Background or normal priority for the child, from what it has not acknowledged
+        and whether anyone waits (called on every frame sent, acknowledgement, waiter
+        and idle tick)."""
+        inflight = self._inflight
+        try:
+            oldest: float | None = inflight[0][2]
+        except IndexError:
+            oldest = None
+        self._priority.update(len(inflight), oldest, bool(self._waiters),
+                              time.monotonic())
+
+    def _register(self, target: int, callback: Callable[[], None]) -> bool:
+        waits = super()._register(target, callback)
+        if waits:
+            self._pace()   # someone waits for the child: it must not wait for idle CPU
+        return waits
+
+    def _sleep_for(self) -> float | None:
+        """While the child is in the background with frames unacknowledged, wake in time
+        to notice it falling behind (`tick`)."""
+        sleep = super()._sleep_for()
+        if self._priority.background and self._inflight:
+            late = self._priority.pacer.late_after
+            return late if sleep is None else min(sleep, late)
+        return sleep
+
+    def tick(self) -> None:
+        self._pace()
+        super().tick()
 
     def close(self, timeout: float = 30.0) -> None:
         if not self._stop():

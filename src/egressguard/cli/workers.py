@@ -220,10 +220,17 @@ class _Slot:
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     def _relay(self, wire: Wire) -> None:
+        acks = Acks(wire)
+        try:
+            self._relay_messages(wire, acks)
+        finally:
+            acks.close()
+
+    def _relay_messages(self, wire: Wire, acks: Acks) -> None:
         while (message := wire.receive()) is not None:
             kind = message[0]
             if kind == "events":
-                self._forward(wire, *message[1:])
+                self._forward(acks, *message[1:])
             elif kind == "active":
                 self.version = message[1]
                 log.info("gateway worker %d: policy %s in force", self.pid, message[1])
@@ -232,7 +239,7 @@ class _Slot:
             elif kind == "failed":
                 self.failure = message[1]
 
-    def _forward(self, wire: Wire, last: int, urgent: bool, count: int,
+    def _forward(self, acks: Acks, last: int, urgent: bool, count: int,
                  data: bytes) -> None:
         """A worker's packed events into the audit log as they came; with `urgent` (a
         refusal waits), its acknowledgement once they are durable (never before: the
@@ -240,7 +247,7 @@ class _Slot:
         fleet = self.fleet
         if fleet.audit is None:   # (a worker without the audit log sends no events)
             if urgent:
-                wire.send("ack", last)
+                acks.post(last)
             return
         try:
             seq = (fleet.audit.forward(Packed(count, data), durable=urgent) if count
@@ -250,7 +257,7 @@ class _Slot:
             return            # and not acknowledged: the refusal fails closed
         self._watch(data)
         if urgent:
-            fleet.audit.when_durable(seq, lambda: _acknowledge(wire, last))
+            fleet.audit.when_durable(seq, lambda: acks.post(last))
 
     def _watch(self, data: bytes) -> None:
         if not self.fleet.watchers:
@@ -269,8 +276,48 @@ class _Slot:
                     break
 
 
-def _acknowledge(wire: Wire, last: int) -> None:
-    wire.send("ack", last)   # (False once the worker is gone: nothing to tell)
+class Acks:
+    """Acknowledgements to one worker, sent by a thread of their own.
+
+    The audit writer calls back from its one acknowledgement thread, for every worker.
+    Had it sent each acknowledgement itself, one worker not reading its socket (stopped,
+    wedged, or just being sent a big policy frame) would hold that thread, and with it
+    every other worker's refusals and the parent's own. Here the callback only records
+    the highest seq and wakes this thread: acknowledgements are cumulative (the worker
+    resolves every waiter up to the seq), so sending the latest one says it all.
+    """
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self._wanted = 0
+        self._sent = 0
+        self._closed = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="worker-acks", daemon=True)
+        self._thread.start()
+
+    def post(self, seq: int) -> None:
+        """Acknowledge every event up to `seq` (never blocks)."""
+        with self._ready:
+            if seq > self._wanted:
+                self._wanted = seq
+                self._ready.notify()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while self._wanted == self._sent and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                seq = self._sent = self._wanted
+            if not self.wire.send("ack", seq):   # the worker is gone: nothing to tell
+                return
 
 
 def _mark_dead(pid: int, path: str) -> None:
