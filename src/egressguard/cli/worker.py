@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from egressguard import logsetup
-from egressguard.audit.log import pack_raws, packed_slices
+from egressguard.audit.log import Raw, pack_raws, packed_slices, raw_of
 from egressguard.audit.remote import die_with_parent
 from egressguard.cli.workerwire import Wire
 from egressguard.enforce.events import DecisionEvent, EventSink, NullSink
@@ -54,7 +54,7 @@ class RelaySink:
     def __init__(self, wire: Wire) -> None:
         self.wire = wire
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._pending: deque[DecisionEvent] = deque()
+        self._pending: deque[Raw] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._hurry = threading.Event()   # a refusal waits: no lingering
@@ -69,6 +69,8 @@ class RelaySink:
         self._thread.start()
 
     def emit(self, event: DecisionEvent) -> None:
+        """Queue the event's field tuple (`AuditLog.emit` says why a tuple)."""
+        raw = raw_of(event)
         with self._lock:
             if len(self._pending) >= MAX_PENDING:
                 self._dropped += 1
@@ -76,16 +78,17 @@ class RelaySink:
                     log.error("audit relay queue full: %d events dropped", self._dropped)
                 return
             self._seq += 1
-            self._pending.append(event)
+            self._pending.append(raw)
         if self._idle:
             self._wake.set()
 
     async def record(self, event: DecisionEvent) -> None:
         assert self.loop is not None
+        raw = raw_of(event)
         future: asyncio.Future[None] = self.loop.create_future()
         with self._lock:
             self._seq += 1
-            self._pending.append(event)
+            self._pending.append(raw)
             self._urgent = True
             self._waiters.append((self._seq, future))
         self._hurry.set()
@@ -123,7 +126,7 @@ class RelaySink:
             if closing and not batch:
                 return
 
-    def _ship(self, batch: list[DecisionEvent], last: int, urgent: bool) -> None:
+    def _ship(self, batch: list[Raw], last: int, urgent: bool) -> None:
         """One message per slice (`packed_slices`: the event loop never waits behind the
         packing of a whole batch), each with the seq of its own last event. Every slice
         of an urgent batch is urgent: the parent never drops those, and a refusal's
