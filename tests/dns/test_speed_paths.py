@@ -13,19 +13,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSRecord, EDNSOption
+from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSLabel, DNSRecord, EDNSOption
 
 from egressguard.dns import FilterConfig, FilterThread, holder_for
 from egressguard.dns.upstream import UdpPool, UpstreamError
+from egressguard.engine.holder import SnapshotHolder
 from egressguard.policyfile import load_active
-from tests.dns.conftest import POLICY
+from tests.dns.conftest import POLICY, ListSink
 
 pytestmark = pytest.mark.timeout(60)
 
 
 class RawUpstream:
     """A UDP DNS server that records the exact bytes it receives and answers A queries
-    with 93.184.216.34; `forge` first sends an answer with a wrong id."""
+    with `address` (93.184.216.34 unless changed); `forge` first sends an answer with a
+    wrong id; `other_name`: answer as if that name had been asked (a lying upstream)."""
 
     def __init__(self, forge: bool = False, silent: bool = False) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -34,6 +36,8 @@ class RawUpstream:
         self.received: list[bytes] = []
         self.sources: set[int] = set()
         self.forge, self.silent = forge, silent
+        self.address_answered = "93.184.216.34"
+        self.other_name: str | None = None
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -47,8 +51,12 @@ class RawUpstream:
             self.sources.add(addr[1])
             if self.silent:
                 continue
-            reply = DNSRecord.parse(data).reply()
-            reply.add_answer(RR(reply.q.qname, QTYPE.A, rdata=A("93.184.216.34"), ttl=60))
+            query = DNSRecord.parse(data)
+            if self.other_name is not None:
+                query.questions[0].qname = DNSLabel(self.other_name)
+            reply = query.reply()
+            reply.add_answer(RR(reply.q.qname, QTYPE.A, rdata=A(self.address_answered),
+                                ttl=60))
             packed = bytes(reply.pack())
             if self.forge:
                 wrong = (int.from_bytes(packed[:2], "big") + 1) % 65536
@@ -147,3 +155,86 @@ def test_policy_swap_invalidates_the_decision_cache(raw_upstream: RawUpstream,
         holder.swap(load_active(allow))
         assert rcode() == RCODE.NOERROR
     assert len(raw_upstream.received) == 3  # the refused question never went upstream
+
+
+def _filter(upstream: RawUpstream, holder: SnapshotHolder, sink: ListSink | None = None
+            ) -> FilterThread:
+    """A filter with one upstream socket: from the second query on, every allowed query
+    takes the callback path (the first opens the socket), and the third of a name is
+    answered from the answer cache."""
+    config = FilterConfig(listen=("127.0.0.1", 0), upstream=upstream.address, timeout=2,
+                          upstream_sockets=1)
+    return FilterThread(holder, config, sink)
+
+
+def _ask(addr: tuple[str, int], name: str = "allowed.example.com") -> DNSRecord:
+    return DNSRecord.parse(DNSRecord.question(name).send(*addr, timeout=5))
+
+
+def _refusal(reply: DNSRecord) -> str:
+    """The RCODE and the extended error's text of a reply."""
+    texts = [bytes(o.data[2:]).decode() for rr in reply.ar if rr.rtype == QTYPE.OPT
+             for o in rr.rdata if o.code == 15]
+    return f"{RCODE[reply.header.rcode]} {' '.join(texts)}".strip()
+
+
+def test_a_name_rebound_to_a_private_address_after_cached_allows_is_still_refused(
+        raw_upstream: RawUpstream, policy_file: Path) -> None:
+    with _filter(raw_upstream, holder_for(policy_file)) as filt:
+        first, miss, hit = (_ask(filt.address) for _ in range(3))
+        raw_upstream.address_answered = "127.0.0.1"
+        rebound = DNSRecord.question("allowed.example.com")
+        rebound.add_ar(EDNS0())
+        refused = DNSRecord.parse(rebound.send(*filt.address, timeout=5))
+        raw_upstream.address_answered = "93.184.216.34"
+        back = _ask(filt.address)
+    assert [str(r.rr[0].rdata) for r in (first, miss, hit, back)] == ["93.184.216.34"] * 4
+    assert "NXDOMAIN" in _refusal(refused) and "127.0.0.1 (loopback" in _refusal(refused)
+    assert not refused.rr
+
+
+def test_a_cached_answer_is_checked_again_under_a_new_policy(
+        raw_upstream: RawUpstream, tmp_path: Path) -> None:
+    # The question is allowed under both policies; only the answer (a private address
+    # that the first policy's network rule names) is refused by the second.
+    with_net, without = tmp_path / "with.yaml", tmp_path / "without.yaml"
+    with_net.write_text(POLICY)
+    without.write_text(POLICY.split("network_rule_collections:")[0])
+    raw_upstream.address_answered = "10.1.2.3"
+    holder = holder_for(with_net)
+    with _filter(raw_upstream, holder) as filt:
+        allowed = [_ask(filt.address).header.rcode for _ in range(3)]
+        holder.swap(load_active(without))
+        refused = _ask(filt.address).header.rcode
+        holder.swap(load_active(with_net))
+        again = _ask(filt.address).header.rcode
+    assert allowed == [RCODE.NOERROR] * 3
+    assert (refused, again) == (RCODE.NXDOMAIN, RCODE.NOERROR)
+
+
+def test_an_answer_cached_for_one_name_is_not_accepted_for_another(
+        raw_upstream: RawUpstream, policy_file: Path) -> None:
+    with _filter(raw_upstream, holder_for(policy_file)) as filt:
+        for _ in range(3):  # a.example.com's answer, cached by its bytes
+            assert _ask(filt.address, "a.example.com").header.rcode == RCODE.NOERROR
+        raw_upstream.other_name = "a.example.com"  # b's question answered with a's bytes
+        lied = _ask(filt.address, "b.example.com")
+    assert lied.header.rcode == RCODE.SERVFAIL and not lied.rr
+
+
+def test_every_cached_answer_is_audited_with_the_fields_of_the_first(
+        raw_upstream: RawUpstream, policy_file: Path) -> None:
+    sink, holder = ListSink(), holder_for(policy_file)
+    with _filter(raw_upstream, holder, sink) as filt:
+        for _ in range(4):  # the coroutine path, a miss, then two cache hits
+            _ask(filt.address, "Allowed.Example.com")
+    assert len(sink.events) == 4
+    fields = [{k: v for k, v in e.as_dict().items() if k not in ("time", "connection_id")}
+              for e in sink.events]
+    assert fields[0] == fields[1] == fields[2] == fields[3]
+    assert (fields[0]["host"], fields[0]["resolved_address"], fields[0]["method"],
+            fields[0]["protocol"], fields[0]["verdict"], fields[0]["port"]) == (
+        "allowed.example.com", "93.184.216.34", "A", "udp", "allow", None)
+    assert len({e.connection_id for e in sink.events}) == 4
+    assert (fields[0]["policy_version"], fields[0]["cluster"]) == (holder.active.version,
+                                                                   "default")
