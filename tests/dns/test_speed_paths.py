@@ -138,6 +138,25 @@ def test_pool_sockets_are_replaced_after_rotate_queries(raw_upstream: RawUpstrea
     assert len(raw_upstream.sources) == 3  # a fresh source port every 3 queries
 
 
+def test_upstream_query_ids_stay_unpredictable_across_refills_of_the_random_ids(
+        raw_upstream: RawUpstream) -> None:
+    # The pool reads its random ids 512 at a time: every batch must be fresh randomness
+    # (an off-path attacker guessing ids gains nothing from the batching).
+    async def ask() -> None:
+        pool = UdpPool(raw_upstream.address, size=1)
+        try:
+            query = bytes(DNSRecord.question("a.example.com").pack())
+            for _ in range(26):  # a few at a time: the test upstream is one thread
+                await asyncio.gather(*(pool.query(query, 5.0) for _ in range(50)))
+        finally:
+            pool.close()
+    asyncio.run(ask())
+    ids = [int.from_bytes(packet[:2], "big") for packet in raw_upstream.received]
+    assert len(ids) == 1300
+    assert len(set(ids)) > 1200  # ~13 repeats expected among 1,300 random 16-bit ids
+    assert ids[:512] != ids[512:1024] and ids[:100] != sorted(ids[:100])
+
+
 def test_policy_swap_invalidates_the_decision_cache(raw_upstream: RawUpstream,
                                                     tmp_path: Path) -> None:
     allow, deny = tmp_path / "allow.yaml", tmp_path / "deny.yaml"

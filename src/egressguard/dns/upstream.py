@@ -10,12 +10,14 @@ guessing ids against it.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
+import os
 import secrets
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from egressguard.errors import Unavailable
 
@@ -158,6 +160,16 @@ class UdpPool:
         self._sweeper: asyncio.Task[None] | None = None
         self._opening: dict[int, asyncio.Future[_Socket]] = {}
         self._draining: set[_Socket] = set()  # replaced sockets still awaiting answers
+        self._ids: Iterator[int] = iter(())
+
+    def _random_id(self) -> int:
+        """A query id from the OS's CSPRNG, read 512 at a time: one system call per 512
+        queries instead of one per query, the ids just as unpredictable."""
+        qid = next(self._ids, None)
+        if qid is None:
+            self._ids = iter(array.array("H", os.urandom(1024)))
+            qid = next(self._ids)
+        return qid
 
     async def _socket(self, slot: int) -> _Socket:
         sock = self._sockets[slot]
@@ -205,7 +217,7 @@ class UdpPool:
     def _send(self, sock: _Socket, packet: bytes, timeout: float, waiter: Waiter) -> None:
         loop = asyncio.get_running_loop()
         for _ in range(8):
-            qid = secrets.randbits(16)
+            qid = self._random_id()
             if qid not in sock.pending:
                 break
         else:
