@@ -18,7 +18,7 @@ import struct
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from dnslib import RCODE, DNSRecord
 
@@ -83,11 +83,13 @@ class FilterConfig:
 # Decision cache keys: the question (wire name, client) and the answer, by what it says
 # (wire name, client, addresses, chain names) and by its exact bytes (client, the answer
 # without its id, stored only when its question is byte for byte the query's). Decisions
-# are pure functions of the snapshot and these.
-_AskKey = tuple[bytes, IPAddress | None]
-_AnswerKey = tuple[bytes, IPAddress | None, tuple[IPAddress, ...], tuple[tuple[bytes, ...], ...]]
-_ReplyKey = tuple[IPAddress | None, bytes]
+# are pure functions of the snapshot and these. The client is its address as the socket
+# gives it (text hashes once; the source address it maps to is worked out on a miss).
+_AskKey = tuple[bytes, str]
+_AnswerKey = tuple[bytes, str, tuple[IPAddress, ...], tuple[tuple[bytes, ...], ...]]
+_ReplyKey = tuple[str, bytes]
 _Answered = tuple[NameDecision, str]  # the decision and its addresses as the event shows them
+_V = TypeVar("_V")
 
 
 class _Memo:
@@ -95,7 +97,7 @@ class _Memo:
     (by content and by bytes) and the identity of each client. Replaced whole on a policy
     swap or when full, so nothing is ever read under another snapshot than its own."""
 
-    __slots__ = ("answers", "asks", "identities", "replies", "snapshot")
+    __slots__ = ("answers", "asks", "identities", "replies", "size", "snapshot")
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -103,9 +105,12 @@ class _Memo:
         self.answers: dict[_AnswerKey, _Answered] = {}
         self.replies: dict[_ReplyKey, _Answered] = {}
         self.identities: dict[str, str] = {}
+        self.size = 0  # entries put, in all four tables
 
-    def size(self) -> int:
-        return len(self.asks) + len(self.answers) + len(self.replies) + len(self.identities)
+    def put(self, table: dict[Any, _V], key: object, value: _V) -> _V:
+        self.size += 1
+        table[key] = value
+        return value
 
 
 def _ip(address: str) -> IPAddress | None:
@@ -183,8 +188,7 @@ class DnsFilter:
 
     def _memo_for(self, snapshot: Snapshot) -> _Memo:
         memo = self._memo
-        if memo is None or memo.snapshot is not snapshot \
-                or memo.size() > self.config.cache_size:
+        if memo is None or memo.snapshot is not snapshot or memo.size > self.config.cache_size:
             memo = self._memo = _Memo(snapshot)
         return memo
 
@@ -196,35 +200,36 @@ class DnsFilter:
         source = self._sources[client] = _ip(client) if client else None
         return source
 
-    def _asked(self, memo: _Memo, query: Query, source: IPAddress | None) -> NameDecision:
-        key = (query.qkey, source)
+    def _asked(self, memo: _Memo, query: Query, client: str) -> NameDecision:
+        key = (query.qkey, client)
         asked = memo.asks.get(key)
         if asked is None:
-            asked = memo.asks[key] = decide_name(memo.snapshot, query.qname, source,
-                                                 decide=self.checkpoint.decide_in)
+            asked = memo.put(memo.asks, key, decide_name(
+                memo.snapshot, query.qname, self._source(client),
+                decide=self.checkpoint.decide_in))
         return asked
 
-    def _checked(self, memo: _Memo, query: Query, source: IPAddress | None,
+    def _checked(self, memo: _Memo, query: Query, client: str,
                  answer: Scanned | DNSRecord) -> _Answered:
         """The answer's decision (`check_answer`) and its addresses as events show them."""
         if isinstance(answer, Scanned):
-            key = (query.qkey, source, answer.addresses, tuple(n.label for n in answer.chain))
+            key = (query.qkey, client, answer.addresses, tuple(n.label for n in answer.chain))
             found = memo.answers.get(key)
             if found is not None:
                 return found
-        final = check_answer(memo.snapshot, query.qname, answer, self.config.cname_mode, source,
-                             self.checkpoint.decide_in)
+        final = check_answer(memo.snapshot, query.qname, answer, self.config.cname_mode,
+                             self._source(client), self.checkpoint.decide_in)
         found = final, ",".join(map(str, final.addresses))
         if isinstance(answer, Scanned):
-            memo.answers[key] = found
+            memo.put(memo.answers, key, found)
         return found
 
     def _identity(self, memo: _Memo, client: str) -> str:
         """Who asks, by the policy's identity sources (the filter's only way to tell)."""
         identity = memo.identities.get(client)
         if identity is None:
-            identity = memo.identities[client] = \
-                memo.snapshot.source_identity(self._source(client)) or ""
+            identity = memo.put(memo.identities, client,
+                                memo.snapshot.source_identity(self._source(client)) or "")
         return identity
 
     # -- the UDP hot path: callbacks only, no task per query ----------------------------
@@ -252,8 +257,7 @@ class DnsFilter:
             return
         active = self.holder.active
         memo = self._memo_for(active.snapshot)
-        source = self._source(addr[0])
-        asked = self._asked(memo, query, source)
+        asked = self._asked(memo, query, addr[0])
         if not self.checkpoint.permit(asked.decision):
             self._spawn(self._udp_slow(query, addr, transport))
             return
@@ -261,8 +265,7 @@ class DnsFilter:
         def answered(result: bytes | Exception) -> None:
             self._inflight -= 1
             try:
-                reply = self._udp_answered(active, memo, query, asked, source, addr,
-                                           transport, result)
+                reply = self._udp_answered(active, memo, query, asked, addr, transport, result)
             except Exception:
                 log.exception("error answering %s from %s", query.qname, addr[0])
                 reply = self._servfail(query, "internal error")
@@ -275,8 +278,7 @@ class DnsFilter:
             self._spawn(self._udp_slow(query, addr, transport))
 
     def _udp_answered(self, active: Active, memo: _Memo, query: Query, asked: NameDecision,
-                      source: IPAddress | None, addr: tuple[str, int],
-                      transport: asyncio.DatagramTransport,
+                      addr: tuple[str, int], transport: asyncio.DatagramTransport,
                       result: bytes | Exception) -> bytes | None:
         client = addr[0]
         if not isinstance(result, bytes):
@@ -292,7 +294,7 @@ class DnsFilter:
         found = None
         exact = result[12:qend] == query.data[12:qend]
         if exact:
-            key = (source, result[2:])
+            key = (client, result[2:])
             found = memo.replies.get(key)
         if found is None:
             answer = scan_answer(result)
@@ -303,9 +305,9 @@ class DnsFilter:
                 self._record_now(active, memo, query, asked, "", client, False)
                 return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
                                "upstream answered a different question")
-            found = self._checked(memo, query, source, answer)
+            found = self._checked(memo, query, client, answer)
             if exact:
-                memo.replies[key] = found
+                memo.put(memo.replies, key, found)
         final, resolved = found
         if not self.checkpoint.permit(final.decision):
             self._spawn(self._udp_slow(query, addr, transport))
@@ -335,8 +337,7 @@ class DnsFilter:
         active = self.holder.active
         memo = self._memo_for(active.snapshot)
         cp = self.checkpoint
-        source = self._source(client)
-        asked = self._asked(memo, query, source)
+        asked = self._asked(memo, query, client)
         if not cp.permit(asked.decision):
             await self._record(active, memo, query, asked, "", client, tcp, False)
             return self._denied(query, asked.decision.reason)
@@ -354,7 +355,7 @@ class DnsFilter:
             await self._record(active, memo, query, asked, "", client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
                            "upstream answered a different question")
-        final, resolved = self._checked(memo, query, source, answer)
+        final, resolved = self._checked(memo, query, client, answer)
         permitted = cp.permit(final.decision)
         await self._record(active, memo, query, final, resolved, client, tcp, permitted)
         if not permitted:
