@@ -6,6 +6,7 @@ never outlives the policy it was made under."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
 import time
@@ -257,3 +258,15 @@ def test_every_cached_answer_is_audited_with_the_fields_of_the_first(
     assert len({e.connection_id for e in sink.events}) == 4
     assert (fields[0]["policy_version"], fields[0]["cluster"]) == (holder.active.version,
                                                                    "default")
+
+
+def test_what_is_alive_once_the_filter_listens_is_left_out_of_collector_passes(
+        raw_upstream: RawUpstream, policy_file: Path) -> None:
+    # Else every full pass of the cycle collector walks the whole process again (tens of
+    # ms holding the GIL while queries wait).
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    with _filter(raw_upstream, holder_for(policy_file)):
+        frozen = gc.get_freeze_count()
+    gc.unfreeze()
+    assert frozen > 10_000
