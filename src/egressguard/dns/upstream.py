@@ -103,10 +103,12 @@ def _deliver(waiter: Waiter, result: bytes | Exception) -> None:
 
 
 class _Socket(asyncio.DatagramProtocol):
-    """One connected socket of the pool and the queries waiting on it."""
+    """One connected socket of the pool, the loop it lives on and the queries waiting on
+    it. (The loop is kept: `asyncio.get_running_loop()` is a getpid system call.)"""
 
-    def __init__(self, pool: UdpPool) -> None:
+    def __init__(self, pool: UdpPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
+        self.loop = loop
         self.transport: asyncio.DatagramTransport | None = None
         self.pending: dict[int, tuple[Waiter, float]] = {}
         self.sent = 0
@@ -185,7 +187,7 @@ class UdpPool:
         try:
             family = socket.AF_INET6 if ":" in self.server[0] else socket.AF_INET
             _, proto = await loop.create_datagram_endpoint(
-                lambda: _Socket(self), remote_addr=self.server, family=family)
+                lambda: _Socket(self, loop), remote_addr=self.server, family=family)
         except OSError as exc:
             error = UpstreamError(f"upstream {self.label}: {exc}")
             future.set_exception(error)
@@ -215,7 +217,7 @@ class UdpPool:
         return True
 
     def _send(self, sock: _Socket, packet: bytes, timeout: float, waiter: Waiter) -> None:
-        loop = asyncio.get_running_loop()
+        loop = sock.loop
         for _ in range(8):
             qid = self._random_id()
             if qid not in sock.pending:
