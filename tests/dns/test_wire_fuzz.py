@@ -168,7 +168,7 @@ def test_unusual_queries_leave_the_fast_path(packet: bytes) -> None:
 
 def _fields(query: Query) -> tuple[object, ...]:
     return (query.data, query.qname.label, query.qkey, query.qtype, query.qclass, query.qend,
-            query.edns, query.udp_limit)
+            query.edns, query.udp_limit, query.question)
 
 
 @FUZZ

@@ -291,11 +291,11 @@ class DnsFilter:
         # An answer whose question is byte for byte the query's (what resolvers send) is
         # remembered by its bytes under this snapshot: the same answer again is one lookup,
         # its question needing no other comparison. Any other answer is read and checked.
-        qend = query.qend
         found = None
-        exact = result[12:qend] == query.data[12:qend]
+        tail = result[2:]  # all but the upstream's id: the cache key, and the reply's body
+        exact = result.startswith(query.question, 12)
         if exact:
-            key = (client, result[2:])
+            key = (client, tail)
             found = memo.replies.get(key)
         if found is None:
             answer = scan_answer(result)
@@ -314,7 +314,7 @@ class DnsFilter:
             self._spawn(self._udp_slow(query, addr, transport))
             return None
         self._record_now(active, memo, query, final, resolved, client, False)
-        return fit_udp(query, query.data[:2] + result[2:])
+        return fit_udp(query, query.data[:2] + tail)
 
     async def _udp_slow(self, query: Query, addr: tuple[str, int],
                         transport: asyncio.DatagramTransport) -> None:

@@ -67,14 +67,11 @@ class Query:
     qend: int           # offset just past the question
     edns: bool          # the client sent an OPT record (so it may get EDE back)
     udp_limit: int      # largest UDP answer the client accepts
+    question: bytes     # the question section as the client sent it (data[12:qend])
 
     @property
     def qid(self) -> int:
         return int.from_bytes(self.data[:2], "big")
-
-    @property
-    def question(self) -> bytes:
-        return self.data[12:self.qend]
 
     @property
     def qtype_name(self) -> str:
@@ -106,7 +103,7 @@ _HEADER = struct.Struct("!HHHHHH")
 # `_fast_query`'s reading of plain queries, by the query's bytes after its id (what it is
 # a pure function of): a client asking the same question again costs one lookup. Bounded,
 # and queries longer than _KNOWN_SIZE (large OPT records) are read every time.
-_KNOWN: dict[bytes, tuple[DNSLabel, bytes, int, int, int, bool, int]] = {}
+_KNOWN: dict[bytes, tuple[DNSLabel, bytes, int, int, int, bool, int, bytes]] = {}
 _KNOWN_MAX = 10000
 _KNOWN_SIZE = 512
 _QTAIL = struct.Struct("!HH")
@@ -162,6 +159,7 @@ def _fast_query(data: bytes, plain: bool = True) -> Query | None:
     qtype, qclass = _QTAIL.unpack_from(data, pos)
     pos += 4
     qend = pos
+    question = data[12:qend]
     edns = False
     limit = _MIN_UDP
     if ar:
@@ -178,8 +176,8 @@ def _fast_query(data: bytes, plain: bool = True) -> Query | None:
     if plain and size <= _KNOWN_SIZE:
         if len(_KNOWN) >= _KNOWN_MAX:
             _KNOWN.clear()
-        _KNOWN[data[2:]] = (qname, qkey, qtype, qclass, qend, edns, limit)
-    return Query(data, qname, qkey, qtype, qclass, qend, edns, limit)
+        _KNOWN[data[2:]] = (qname, qkey, qtype, qclass, qend, edns, limit, question)
+    return Query(data, qname, qkey, qtype, qclass, qend, edns, limit, question)
 
 
 def _slow_query(data: bytes) -> Query:
