@@ -28,7 +28,8 @@ pytestmark = pytest.mark.timeout(60)
 class RawUpstream:
     """A UDP DNS server that records the exact bytes it receives and answers A queries
     with `address` (93.184.216.34 unless changed); `forge` first sends an answer with a
-    wrong id; `other_name`: answer as if that name had been asked (a lying upstream)."""
+    wrong id; `other_name`: answer as if that name had been asked (a lying upstream);
+    `extra_records`: that many more A records."""
 
     def __init__(self, forge: bool = False, silent: bool = False) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -39,6 +40,7 @@ class RawUpstream:
         self.forge, self.silent = forge, silent
         self.address_answered = "93.184.216.34"
         self.other_name: str | None = None
+        self.extra_records = 0  # more A records (public addresses) in every answer
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -58,6 +60,9 @@ class RawUpstream:
             reply = query.reply()
             reply.add_answer(RR(reply.q.qname, QTYPE.A, rdata=A(self.address_answered),
                                 ttl=60))
+            for i in range(self.extra_records):
+                reply.add_answer(RR(reply.q.qname, QTYPE.A, rdata=A(f"93.184.217.{i}"),
+                                    ttl=60))
             packed = bytes(reply.pack())
             if self.forge:
                 wrong = (int.from_bytes(packed[:2], "big") + 1) % 65536
@@ -270,3 +275,18 @@ def test_what_is_alive_once_the_filter_listens_is_left_out_of_collector_passes(
         frozen = gc.get_freeze_count()
     gc.unfreeze()
     assert frozen > 10_000
+
+
+def test_a_large_answer_is_checked_every_time_and_never_held_by_its_bytes(
+        raw_upstream: RawUpstream, policy_file: Path) -> None:
+    # An allowed name with a big answer must not let a client fill memory with the
+    # answer cache's keys.
+    raw_upstream.extra_records = 100  # ~1.6 KB of A records
+    with _filter(raw_upstream, holder_for(policy_file)) as filt:
+        for _ in range(3):
+            query = DNSRecord.question("big.example.com")
+            query.add_ar(EDNS0(udp_len=4096))
+            reply = DNSRecord.parse(query.send(*filt.address, timeout=5))
+            assert reply.header.rcode == RCODE.NOERROR and len(reply.rr) == 101
+        memo = filt.filter._memo
+        assert memo is not None and not memo.replies

@@ -91,6 +91,7 @@ _AnswerKey = tuple[bytes, str, tuple[IPAddress, ...], tuple[tuple[bytes, ...], .
 _ReplyKey = tuple[str, bytes]
 _Answered = tuple[NameDecision, str]  # the decision and its addresses as the event shows them
 _V = TypeVar("_V")
+_REMEMBER = 1232  # largest answer remembered by its bytes (keys stay small: 10,000 x 1.2 KB)
 
 
 class _Memo:
@@ -290,10 +291,11 @@ class DnsFilter:
             return None
         # An answer whose question is byte for byte the query's (what resolvers send) is
         # remembered by its bytes under this snapshot: the same answer again is one lookup,
-        # its question needing no other comparison. Any other answer is read and checked.
+        # its question needing no other comparison. Any other answer (or a large one) is
+        # read and checked.
         found = None
         tail = result[2:]  # all but the upstream's id: the cache key, and the reply's body
-        exact = result.startswith(query.question, 12)
+        exact = len(result) <= _REMEMBER and result.startswith(query.question, 12)
         if exact:
             key = (client, tail)
             found = memo.replies.get(key)
