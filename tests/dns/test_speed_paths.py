@@ -41,6 +41,7 @@ class RawUpstream:
         self.address_answered = "93.184.216.34"
         self.other_name: str | None = None
         self.extra_records = 0  # more A records (public addresses) in every answer
+        self.ttl = 60
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -59,7 +60,7 @@ class RawUpstream:
                 query.questions[0].qname = DNSLabel(self.other_name)
             reply = query.reply()
             reply.add_answer(RR(reply.q.qname, QTYPE.A, rdata=A(self.address_answered),
-                                ttl=60))
+                                ttl=self.ttl))
             for i in range(self.extra_records):
                 reply.add_answer(RR(reply.q.qname, QTYPE.A, rdata=A(f"93.184.217.{i}"),
                                     ttl=60))
@@ -182,14 +183,14 @@ def test_policy_swap_invalidates_the_decision_cache(raw_upstream: RawUpstream,
     assert len(raw_upstream.received) == 3  # the refused question never went upstream
 
 
-def _filter(upstream: RawUpstream, holder: SnapshotHolder, sink: ListSink | None = None
-            ) -> FilterThread:
+def _filter(upstream: RawUpstream, holder: SnapshotHolder, sink: ListSink | None = None,
+            **config: object) -> FilterThread:
     """A filter with one upstream socket: from the second query on, every allowed query
     takes the callback path (the first opens the socket), and the third of a name is
     answered from the answer cache."""
-    config = FilterConfig(listen=("127.0.0.1", 0), upstream=upstream.address, timeout=2,
-                          upstream_sockets=1)
-    return FilterThread(holder, config, sink)
+    return FilterThread(holder, FilterConfig(
+        listen=("127.0.0.1", 0), upstream=upstream.address, timeout=2, upstream_sockets=1,
+        **config), sink)  # type: ignore[arg-type]
 
 
 def _ask(addr: tuple[str, int], name: str = "allowed.example.com") -> DNSRecord:
@@ -290,3 +291,17 @@ def test_a_large_answer_is_checked_every_time_and_never_held_by_its_bytes(
             assert reply.header.rcode == RCODE.NOERROR and len(reply.rr) == 101
         memo = filt.filter._memo
         assert memo is not None and not memo.replies
+
+
+def test_an_upstream_counting_ttls_down_neither_grows_the_answer_cache_nor_evicts_decisions(
+        raw_upstream: RawUpstream, policy_file: Path) -> None:
+    # A caching resolver's answers change every second (the TTL): each is new bytes.
+    with _filter(raw_upstream, holder_for(policy_file), cache_size=4) as filt:
+        assert _ask(filt.address).header.rcode == RCODE.NOERROR
+        memo = filt.filter._memo
+        for ttl in range(59, 40, -1):
+            raw_upstream.ttl = ttl
+            reply = _ask(filt.address)
+            assert reply.header.rcode == RCODE.NOERROR and reply.rr[0].ttl == ttl
+        assert filt.filter._memo is memo and memo is not None  # decisions kept
+        assert 0 < len(memo.replies) <= 4

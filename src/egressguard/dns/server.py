@@ -97,7 +97,9 @@ _REMEMBER = 1232  # largest answer remembered by its bytes (keys stay small: 10,
 class _Memo:
     """What the filter worked out under one snapshot: question decisions, answer decisions
     (by content and by bytes) and the identity of each client. Replaced whole on a policy
-    swap or when full, so nothing is ever read under another snapshot than its own."""
+    swap or when full, so nothing is ever read under another snapshot than its own. The
+    answers by bytes are bounded on their own (`remember`): a caching upstream counts its
+    TTLs down, so each second brings new bytes, and those must not push out the rest."""
 
     __slots__ = ("answers", "asks", "identities", "replies", "size", "snapshot")
 
@@ -107,12 +109,17 @@ class _Memo:
         self.answers: dict[_AnswerKey, _Answered] = {}
         self.replies: dict[_ReplyKey, _Answered] = {}
         self.identities: dict[str, str] = {}
-        self.size = 0  # entries put, in all four tables
+        self.size = 0  # entries put in the other three tables
 
     def put(self, table: dict[Any, _V], key: object, value: _V) -> _V:
         self.size += 1
         table[key] = value
         return value
+
+    def remember(self, key: _ReplyKey, found: _Answered, limit: int) -> None:
+        if len(self.replies) >= limit:
+            self.replies.clear()
+        self.replies[key] = found
 
 
 def _ip(address: str) -> IPAddress | None:
@@ -310,7 +317,7 @@ class DnsFilter:
                                "upstream answered a different question")
             found = self._checked(memo, query, client, answer)
             if exact:
-                memo.put(memo.replies, key, found)
+                memo.remember(key, found, self.config.cache_size)
         final, resolved = found
         if not self.checkpoint.permit(final.decision):
             self._spawn(self._udp_slow(query, addr, transport))
