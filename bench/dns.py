@@ -9,13 +9,16 @@ every `*.example.com` name from local-data, so no internet is needed):
 * unbound: `local-zone: "." always_nxdomain`, `example.com` transparent and forwarded to the
   upstream, `cache-max-ttl: 0` (forwarding, not answering from its own cache);
 * egressguard `dns serve` in its default configuration (audit log on, to an SQLite store)
-  and with `--no-audit`.
+  and with `--no-audit`; with `--against SRC`, the same two again from another source
+  tree (`egressguard_before`, `egressguard_noaudit_before`: e.g. the tree before a change,
+  `git archive COMMIT src | tar -x -C /tmp/before`), in the same interleaved rounds.
 
 The load generator is dnsperf (C; Debian `dnsperf`), 100 outstanding queries over UDP,
 2,000 distinct names per path. Servers run in interleaved rounds (each round visits every
 server in a fresh random order) so load drift on a shared machine hits all alike. The
-steadiest figure is CPU per answered query, read from /proc for each server process. The
-last line of output is one JSON object of ratios.
+steadiest figure is CPU per answered query, read from /proc for each server process and
+its descendants (egressguard's audit writer; the `self` column is the server process
+alone). The last line of output is one JSON object of ratios.
 """
 
 from __future__ import annotations
@@ -93,16 +96,23 @@ def _cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> list[int]:
+    """Live children of every thread of `pid` (the audit writer is forked by a thread of
+    the filter, not its main thread, so the main thread's list alone misses it)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                found += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    return found
+
+
 def _tree_cpu(pid: int) -> float:
-    """CPU of `pid` and its live children (the audit writer is a child process)."""
+    """CPU of `pid` and its live descendants (the audit writer is a child process)."""
     total = _cpu_seconds(pid)
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for child in children:
+    for child in _children(pid):
         with contextlib.suppress(OSError, ValueError):
-            total += _tree_cpu(int(child))
+            total += _tree_cpu(child)
     return total
 
 
@@ -139,6 +149,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     qps: dict[str, list[float]] = field(default_factory=lambda: {"allowed": [], "denied": []})
     cpu: dict[str, float] = field(default_factory=lambda: {"allowed": 0.0, "denied": 0.0})
+    own: dict[str, float] = field(default_factory=lambda: {"allowed": 0.0, "denied": 0.0})
     done: dict[str, int] = field(default_factory=lambda: {"allowed": 0, "denied": 0})
     lost: dict[str, int] = field(default_factory=lambda: {"allowed": 0, "denied": 0})
 
@@ -167,6 +178,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="per server, path, round")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 2 s")
     parser.add_argument("--only", default="", help="comma-separated servers to run")
+    parser.add_argument("--against", metavar="SRC",
+                        help="also run egressguard from this source tree (a src/ directory), "
+                             "interleaved: rows *_before, keys before_* and *_vs_before")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 2, 2.0
@@ -235,9 +249,13 @@ forward-zone:
         eg = [sys.executable, "-c", "from egressguard.cli.main import main; main()", "dns",
               "serve", "--listen", "127.0.0.1:@PORT", "--upstream", f"127.0.0.1:{up_port}",
               "--policy", str(tmp / "policy.yaml"), "--log-level", "warning"]
-        env = dict(os.environ, EGRESSGUARD_STORE=f"sqlite:///{tmp}/store.db")
-        add("egressguard", [*eg, "--audit"], env)
-        add("egressguard_noaudit", [*eg, "--no-audit"], env)
+        trees = [("", None)] + ([("_before", args.against)] if args.against else [])
+        for suffix, src in trees:
+            env = dict(os.environ, EGRESSGUARD_STORE=f"sqlite:///{tmp}/store{suffix}.db")
+            if src:
+                env["PYTHONPATH"] = src
+            add(f"egressguard{suffix}", [*eg, "--audit"], env)
+            add(f"egressguard_noaudit{suffix}", [*eg, "--no-audit"], env)
 
         for server in servers:  # warm every path once (caches, imports, JIT-free Python)
             for path in ("allowed", "denied"):
@@ -248,9 +266,10 @@ forward-zone:
             random.shuffle(order)
             for server in order:
                 for path in ("allowed", "denied"):
-                    cpu0 = _tree_cpu(server.proc.pid)
+                    cpu0, own0 = _tree_cpu(server.proc.pid), _cpu_seconds(server.proc.pid)
                     done, lost, qps = _dnsperf(server.port, files[path], args.seconds)
                     server.cpu[path] += _tree_cpu(server.proc.pid) - cpu0
+                    server.own[path] += _cpu_seconds(server.proc.pid) - own0
                     server.done[path] += done
                     server.lost[path] += lost
                     server.qps[path].append(qps)
@@ -269,20 +288,24 @@ forward-zone:
           f"Python {sys.version.split()[0]}; load average {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f}; {args.rounds} interleaved rounds of {args.seconds:g} s per server "
           f"and path; dnsperf -q 100 -c 4, UDP, loopback, {NAMES} names per path")
-    print(f"{'server':<22}{'path':<9}{'q/s (median)':>14}{'lost':>7}{'CPU us/q':>10}")
+    print(f"{'server':<28}{'path':<9}{'q/s (median)':>14}{'lost':>7}{'CPU us/q':>10}"
+          f"{'self':>7}")
     figures: dict[str, Any] = {"rounds": args.rounds, "seconds": args.seconds,
                                "load1": round(load[0], 2)}
     for server in servers:
         for path in ("allowed", "denied"):
             qps = statistics.median(server.qps[path])
             cpu_us = server.cpu[path] * 1e6 / max(1, server.done[path])
-            print(f"{server.name:<22}{path:<9}{qps:>14.0f}{server.lost[path]:>7}"
-                  f"{cpu_us:>10.1f}")
+            own_us = server.own[path] * 1e6 / max(1, server.done[path])
+            print(f"{server.name:<28}{path:<9}{qps:>14.0f}{server.lost[path]:>7}"
+                  f"{cpu_us:>10.1f}{own_us:>7.1f}")
             figures[f"{server.name}_{path}_qps"] = round(qps)
             figures[f"{server.name}_{path}_cpu_us"] = round(cpu_us, 1)
+            figures[f"{server.name}_{path}_self_cpu_us"] = round(own_us, 1)
     by = {s.name: s for s in servers}
-    for ours in ("egressguard", "egressguard_noaudit"):
-        prefix = "" if ours == "egressguard" else "noaudit_"
+    for ours, prefix in (("egressguard", ""), ("egressguard_noaudit", "noaudit_"),
+                         ("egressguard_before", "before_"),
+                         ("egressguard_noaudit_before", "before_noaudit_")):
         if ours not in by:
             continue
         for peer in ("dnsmasq", "unbound"):
@@ -293,6 +316,12 @@ forward-zone:
                 figures[f"{prefix}{path}_qps_vs_{peer}"] = round(q, 3)
                 c = figures[f"{ours}_{path}_cpu_us"] / max(0.1, figures[f"{peer}_{path}_cpu_us"])
                 figures[f"{prefix}{path}_cpu_vs_{peer}"] = round(c, 3)
+        before = by.get(f"{ours}_before")
+        for path in ("allowed", "denied") if before else ():
+            q = statistics.median(by[ours].qps[path]) / statistics.median(before.qps[path])
+            figures[f"{prefix}{path}_qps_vs_before"] = round(q, 3)
+            c = figures[f"{ours}_{path}_cpu_us"] / max(0.1, figures[f"{before.name}_{path}_cpu_us"])
+            figures[f"{prefix}{path}_cpu_vs_before"] = round(c, 3)
     print(json.dumps(figures))
 
 

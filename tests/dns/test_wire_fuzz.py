@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from dnslib import AAAA, CNAME, DNAME, EDNS0, MX, QTYPE, RR, SOA, TXT, A, DNSLabel, DNSRecord
+from dnslib import AAAA, CNAME, DNAME, EDNS0, MX, QTYPE, RCODE, RR, SOA, TXT, A, DNSLabel, DNSRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from egressguard.dns.wire import (
     Malformed,
+    Query,
     _fast_query,
     addresses,
     chain_names,
@@ -163,3 +164,37 @@ def test_mutated_answers_scanned_agree_with_dnslib_when_it_reads_them(
 ])
 def test_unusual_queries_leave_the_fast_path(packet: bytes) -> None:
     assert _fast_query(packet) is None
+
+
+def _fields(query: Query) -> tuple[object, ...]:
+    return (query.data, query.qname.label, query.qkey, query.qtype, query.qclass, query.qend,
+            query.edns, query.udp_limit, query.question)
+
+
+@FUZZ
+@given(names, qtypes, st.one_of(st.none(), st.integers(0, 65535)), st.integers(0, 65535),
+       st.integers(0, 65535))
+def test_a_remembered_query_reads_as_a_fresh_one_with_its_own_id(
+        name: str, qtype: str, edns: int | None, first: int, again: int) -> None:
+    parse_query(_query(name, qtype, edns, first))
+    data = _query(name, qtype, edns, again)
+    remembered, fresh = parse_query(data), _fast_query(data)
+    assert fresh is not None and _fields(remembered) == _fields(fresh)
+    assert remembered.qid == again
+
+
+@pytest.mark.parametrize(("flip", "reply"), [
+    (0x80, None),   # QR: the same bytes as a response are never answered
+    (0x28, "NOTIMP"),  # opcode UPDATE
+])
+def test_a_remembered_question_is_no_query_with_other_flags(flip: int, reply: str | None
+                                                            ) -> None:
+    data = _query("remembered.example.com.", "A", 1232, 7)
+    parse_query(data)
+    other = bytearray(data)
+    other[2] |= flip
+    with pytest.raises(Malformed) as refused:
+        parse_query(bytes(other))
+    got = refused.value.reply
+    assert (None if got is None else DNSRecord.parse(got).header.rcode) == (
+        None if reply is None else getattr(RCODE, reply))

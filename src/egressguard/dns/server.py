@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import ipaddress
 import logging
 import struct
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from dnslib import RCODE, DNSRecord
 
@@ -80,10 +81,45 @@ class FilterConfig:
     cache_size: int = 10000
 
 
-# Decision cache keys: the question (wire name, client) and the answer (wire name, client,
-# addresses, chain names). Decisions are pure functions of the snapshot and these.
-_AskKey = tuple[bytes, IPAddress | None]
-_AnswerKey = tuple[bytes, IPAddress | None, tuple[IPAddress, ...], tuple[tuple[bytes, ...], ...]]
+# Decision cache keys: the question (wire name, client) and the answer, by what it says
+# (wire name, client, addresses, chain names) and by its exact bytes (client, the answer
+# without its id, stored only when its question is byte for byte the query's). Decisions
+# are pure functions of the snapshot and these. The client is its address as the socket
+# gives it (text hashes once; the source address it maps to is worked out on a miss).
+_AskKey = tuple[bytes, str]
+_AnswerKey = tuple[bytes, str, tuple[IPAddress, ...], tuple[tuple[bytes, ...], ...]]
+_ReplyKey = tuple[str, bytes]
+_Answered = tuple[NameDecision, str]  # the decision and its addresses as the event shows them
+_V = TypeVar("_V")
+_REMEMBER = 1232  # largest answer remembered by its bytes (keys stay small: 10,000 x 1.2 KB)
+
+
+class _Memo:
+    """What the filter worked out under one snapshot: question decisions, answer decisions
+    (by content and by bytes) and the identity of each client. Replaced whole on a policy
+    swap or when full, so nothing is ever read under another snapshot than its own. The
+    answers by bytes are bounded on their own (`remember`): a caching upstream counts its
+    TTLs down, so each second brings new bytes, and those must not push out the rest."""
+
+    __slots__ = ("answers", "asks", "identities", "replies", "size", "snapshot")
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.asks: dict[_AskKey, NameDecision] = {}
+        self.answers: dict[_AnswerKey, _Answered] = {}
+        self.replies: dict[_ReplyKey, _Answered] = {}
+        self.identities: dict[str, str] = {}
+        self.size = 0  # entries put in the other three tables
+
+    def put(self, table: dict[Any, _V], key: object, value: _V) -> _V:
+        self.size += 1
+        table[key] = value
+        return value
+
+    def remember(self, key: _ReplyKey, found: _Answered, limit: int) -> None:
+        if len(self.replies) >= limit:
+            self.replies.clear()
+        self.replies[key] = found
 
 
 def _ip(address: str) -> IPAddress | None:
@@ -112,10 +148,7 @@ class DnsFilter:
         self._sources: dict[str, IPAddress | None] = {}  # client text -> address
         self._told_suspended: str | None = None
         self._pool = UdpPool(self.config.upstream, self.config.upstream_sockets)
-        # (snapshot, question decisions, answer decisions): replaced whole on a policy swap,
-        # so a decision is never read under another snapshot than the one it was made by.
-        self._cache: tuple[object, dict[_AskKey, NameDecision],
-                           dict[_AnswerKey, NameDecision]] = (None, {}, {})
+        self._memo: _Memo | None = None
 
     # -- answering one query -----------------------------------------------------------
 
@@ -162,12 +195,11 @@ class DnsFilter:
         log.debug("dns: SERVFAIL %s: cluster suspended: %s", query.qname, suspended)
         return refusal(query, RCODE.SERVFAIL, EDE_NOT_READY, f"cluster suspended: {suspended}")
 
-    def _caches(self, snapshot: object) -> tuple[dict[_AskKey, NameDecision],
-                                                 dict[_AnswerKey, NameDecision]]:
-        cache = self._cache
-        if cache[0] is not snapshot or len(cache[1]) + len(cache[2]) > self.config.cache_size:
-            cache = self._cache = (snapshot, {}, {})
-        return cache[1], cache[2]
+    def _memo_for(self, snapshot: Snapshot) -> _Memo:
+        memo = self._memo
+        if memo is None or memo.snapshot is not snapshot or memo.size > self.config.cache_size:
+            memo = self._memo = _Memo(snapshot)
+        return memo
 
     def _source(self, client: str) -> IPAddress | None:
         if client in self._sources:
@@ -177,29 +209,37 @@ class DnsFilter:
         source = self._sources[client] = _ip(client) if client else None
         return source
 
-    def _asked(self, snapshot: Snapshot, query: Query, source: IPAddress | None
-               ) -> NameDecision:
-        asks = self._caches(snapshot)[0]
-        key = (query.qkey, source)
-        asked = asks.get(key)
+    def _asked(self, memo: _Memo, query: Query, client: str) -> NameDecision:
+        key = (query.qkey, client)
+        asked = memo.asks.get(key)
         if asked is None:
-            asked = asks[key] = decide_name(snapshot, query.qname, source,
-                                            decide=self.checkpoint.decide_in)
+            asked = memo.put(memo.asks, key, decide_name(
+                memo.snapshot, query.qname, self._source(client),
+                decide=self.checkpoint.decide_in))
         return asked
 
-    def _checked(self, snapshot: Snapshot, query: Query, source: IPAddress | None,
-                 answer: Scanned | DNSRecord) -> NameDecision:
-        if not isinstance(answer, Scanned):
-            return check_answer(snapshot, query.qname, answer, self.config.cname_mode,
-                                source, self.checkpoint.decide_in)
-        answers = self._caches(snapshot)[1]
-        key = (query.qkey, source, answer.addresses, tuple(n.label for n in answer.chain))
-        final = answers.get(key)
-        if final is None:
-            final = answers[key] = check_answer(snapshot, query.qname, answer,
-                                                self.config.cname_mode, source,
-                                                self.checkpoint.decide_in)
-        return final
+    def _checked(self, memo: _Memo, query: Query, client: str,
+                 answer: Scanned | DNSRecord) -> _Answered:
+        """The answer's decision (`check_answer`) and its addresses as events show them."""
+        if isinstance(answer, Scanned):
+            key = (query.qkey, client, answer.addresses, tuple(n.label for n in answer.chain))
+            found = memo.answers.get(key)
+            if found is not None:
+                return found
+        final = check_answer(memo.snapshot, query.qname, answer, self.config.cname_mode,
+                             self._source(client), self.checkpoint.decide_in)
+        found = final, ",".join(map(str, final.addresses))
+        if isinstance(answer, Scanned):
+            memo.put(memo.answers, key, found)
+        return found
+
+    def _identity(self, memo: _Memo, client: str) -> str:
+        """Who asks, by the policy's identity sources (the filter's only way to tell)."""
+        identity = memo.identities.get(client)
+        if identity is None:
+            identity = memo.put(memo.identities, client,
+                                memo.snapshot.source_identity(self._source(client)) or "")
+        return identity
 
     # -- the UDP hot path: callbacks only, no task per query ----------------------------
 
@@ -225,8 +265,8 @@ class DnsFilter:
                 transport.sendto(reply, addr)
             return
         active = self.holder.active
-        source = self._source(addr[0])
-        asked = self._asked(active.snapshot, query, source)
+        memo = self._memo_for(active.snapshot)
+        asked = self._asked(memo, query, addr[0])
         if not self.checkpoint.permit(asked.decision):
             self._spawn(self._udp_slow(query, addr, transport))
             return
@@ -234,8 +274,7 @@ class DnsFilter:
         def answered(result: bytes | Exception) -> None:
             self._inflight -= 1
             try:
-                reply = self._udp_answered(active, query, asked, source, addr, transport,
-                                           result)
+                reply = self._udp_answered(active, memo, query, asked, addr, transport, result)
             except Exception:
                 log.exception("error answering %s from %s", query.qname, addr[0])
                 reply = self._servfail(query, "internal error")
@@ -247,28 +286,44 @@ class DnsFilter:
             self._inflight -= 1
             self._spawn(self._udp_slow(query, addr, transport))
 
-    def _udp_answered(self, active: Active, query: Query, asked: NameDecision,
-                      source: IPAddress | None, addr: tuple[str, int],
-                      transport: asyncio.DatagramTransport,
+    def _udp_answered(self, active: Active, memo: _Memo, query: Query, asked: NameDecision,
+                      addr: tuple[str, int], transport: asyncio.DatagramTransport,
                       result: bytes | Exception) -> bytes | None:
         client = addr[0]
         if not isinstance(result, bytes):
-            self._record_now(active, query, asked, client, False, True)
+            self._record_now(active, memo, query, asked, "", client, False)
             return refusal(query, RCODE.SERVFAIL, EDE_NETWORK_ERROR, str(result))
-        answer = None if result[2] & 0x02 else scan_answer(result)  # TC: retry over TCP
-        if answer is None or active is not self.holder.active:
+        if result[2] & 0x02 or active is not self.holder.active:  # TC: retry over TCP
             self._spawn(self._udp_slow(query, addr, transport))
             return None
-        if not same_question(query, answer):
-            self._record_now(active, query, asked, client, False, True)
-            return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
-                           "upstream answered a different question")
-        final = self._checked(active.snapshot, query, source, answer)
+        # An answer whose question is byte for byte the query's (what resolvers send) is
+        # remembered by its bytes under this snapshot: the same answer again is one lookup,
+        # its question needing no other comparison. Any other answer (or a large one) is
+        # read and checked.
+        found = None
+        tail = result[2:]  # all but the upstream's id: the cache key, and the reply's body
+        exact = len(result) <= _REMEMBER and result.startswith(query.question, 12)
+        if exact:
+            key = (client, tail)
+            found = memo.replies.get(key)
+        if found is None:
+            answer = scan_answer(result)
+            if answer is None:  # records the scanner leaves to dnslib
+                self._spawn(self._udp_slow(query, addr, transport))
+                return None
+            if not same_question(query, answer):
+                self._record_now(active, memo, query, asked, "", client, False)
+                return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
+                               "upstream answered a different question")
+            found = self._checked(memo, query, client, answer)
+            if exact:
+                memo.remember(key, found, self.config.cache_size)
+        final, resolved = found
         if not self.checkpoint.permit(final.decision):
             self._spawn(self._udp_slow(query, addr, transport))
             return None
-        self._record_now(active, query, final, client, False, True)
-        return fit_udp(query, query.data[:2] + result[2:])
+        self._record_now(active, memo, query, final, resolved, client, False)
+        return fit_udp(query, query.data[:2] + tail)
 
     async def _udp_slow(self, query: Query, addr: tuple[str, int],
                         transport: asyncio.DatagramTransport) -> None:
@@ -290,30 +345,29 @@ class DnsFilter:
 
     async def _answer(self, query: Query, client: str, tcp: bool) -> bytes:
         active = self.holder.active
-        snapshot = active.snapshot
+        memo = self._memo_for(active.snapshot)
         cp = self.checkpoint
-        source = self._source(client)
-        asked = self._asked(snapshot, query, source)
+        asked = self._asked(memo, query, client)
         if not cp.permit(asked.decision):
-            await self._record(active, query, asked, client, tcp, False)
+            await self._record(active, memo, query, asked, "", client, tcp, False)
             return self._denied(query, asked.decision.reason)
         answer: Scanned | DNSRecord
         try:
             raw = await self._pool.resolve(query.data, self.config.timeout, tcp=tcp)
             answer = scan_answer(raw) or DNSRecord.parse(raw)
         except UpstreamError as exc:
-            await self._record(active, query, asked, client, tcp, True)
+            await self._record(active, memo, query, asked, "", client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_NETWORK_ERROR, str(exc))
         except Exception as exc:  # an answer dnslib cannot read
-            await self._record(active, query, asked, client, tcp, True)
+            await self._record(active, memo, query, asked, "", client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_OTHER, f"unreadable upstream answer: {exc}")
         if not same_question(query, answer):
-            await self._record(active, query, asked, client, tcp, True)
+            await self._record(active, memo, query, asked, "", client, tcp, True)
             return refusal(query, RCODE.SERVFAIL, EDE_OTHER,
                            "upstream answered a different question")
-        final = self._checked(snapshot, query, source, answer)
+        final, resolved = self._checked(memo, query, client, answer)
         permitted = cp.permit(final.decision)
-        await self._record(active, query, final, client, tcp, permitted)
+        await self._record(active, memo, query, final, resolved, client, tcp, permitted)
         if not permitted:
             return self._denied(query, final.decision.reason)
         if isinstance(answer, Scanned):
@@ -323,37 +377,45 @@ class DnsFilter:
             packed = bytes(answer.pack())
         return packed if tcp else fit_udp(query, packed)
 
-    async def _record(self, active: Active, query: Query, verdict: NameDecision, client: str,
-                      tcp: bool, permitted: bool) -> None:
+    async def _record(self, active: Active, memo: _Memo, query: Query, verdict: NameDecision,
+                      resolved: str, client: str, tcp: bool, permitted: bool) -> None:
         """The checkpoint's tail: count, emit a permitted decision, make a refusal durable
-        before the client sees it (so no client is refused without a record of why)."""
+        before the client sees it (so no client is refused without a record of why).
+        `resolved`: the verdict's addresses as the event shows them."""
         if permitted:
-            self._record_now(active, query, verdict, client, tcp, True)
+            self._record_now(active, memo, query, verdict, resolved, client, tcp)
             return
         cp = self.checkpoint
-        decision = verdict.decision
-        cp.note(decision, permitted, "dns", client)
-        if not cp.recording:
-            return
-        await cp.record(self._event(active, query, verdict, client, tcp, permitted))
+        cp.note(verdict.decision, False, "dns", client)
+        if cp.recording:
+            await cp.record(self._event(active, memo, query, verdict, resolved, client, tcp,
+                                        False))
 
-    def _record_now(self, active: Active, query: Query, verdict: NameDecision, client: str,
-                    tcp: bool, permitted: bool) -> None:
+    def _record_now(self, active: Active, memo: _Memo, query: Query, verdict: NameDecision,
+                    resolved: str, client: str, tcp: bool) -> None:
         """The tail for a permitted decision: count it and emit its event (no waiting)."""
         cp = self.checkpoint
-        cp.note(verdict.decision, permitted, "dns", client)
+        cp.note(verdict.decision, True, "dns", client)
         if cp.recording:
-            cp.emit(self._event(active, query, verdict, client, tcp, permitted))
+            cp.emit(self._event(active, memo, query, verdict, resolved, client, tcp, True))
 
-    def _event(self, active: Active, query: Query, verdict: NameDecision, client: str,
-               tcp: bool, permitted: bool) -> DecisionEvent:
+    def _event(self, active: Active, memo: _Memo, query: Query, verdict: NameDecision,
+               resolved: str, client: str, tcp: bool, permitted: bool) -> DecisionEvent:
+        decision = verdict.decision
+        protocol = "tcp" if tcp else "udp"
+        identity = self._identity(memo, client)
+        if verdict.host == decision.destination and ":" not in verdict.host \
+                and active is self.holder.active:
+            # The checkpoint's positional path: the same event, its host, port and version
+            # following from the decision and the policy in force (worked out once per
+            # decision object).
+            return self.checkpoint.event(
+                decision, permitted, "dns", client_address=client, resolved_address=resolved,
+                method=query.qtype_name, protocol=protocol, identity=identity)
         return self.checkpoint.event(
-            verdict.decision, permitted, "dns", host=verdict.host,
-            client_address=client, policy_version=active.version,
-            resolved_address=",".join(str(a) for a in verdict.addresses),
-            method=query.qtype_name, protocol="tcp" if tcp else "udp",
-            # The filter's only way to tell who asks: the policy's identity sources.
-            identity=active.snapshot.source_identity(self._source(client)) or "")
+            decision, permitted, "dns", host=verdict.host, client_address=client,
+            policy_version=active.version, resolved_address=resolved,
+            method=query.qtype_name, protocol=protocol, identity=identity)
 
     # -- transports --------------------------------------------------------------------
 
@@ -375,6 +437,12 @@ class DnsFilter:
                 continue
             self._udp = transport
             self.address = (host, bound)
+            # What is alive once the filter listens (modules, the policy, the audit log)
+            # lives as long as the process: out of the collector's passes with it, else
+            # each full pass walks it all again (tens of ms of GIL, and about a tenth of
+            # the CPU per allowed query, as events queued for the audit writer age into
+            # the oldest generation). Frozen objects are still freed by reference count.
+            gc.freeze()
             return self.address
         raise OSError("no free port")  # pragma: no cover
 

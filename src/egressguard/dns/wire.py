@@ -67,18 +67,21 @@ class Query:
     qend: int           # offset just past the question
     edns: bool          # the client sent an OPT record (so it may get EDE back)
     udp_limit: int      # largest UDP answer the client accepts
+    question: bytes     # the question section as the client sent it (data[12:qend])
 
     @property
     def qid(self) -> int:
         return int.from_bytes(self.data[:2], "big")
 
     @property
-    def question(self) -> bytes:
-        return self.data[12:self.qend]
-
-    @property
     def qtype_name(self) -> str:
-        return str(QTYPE.get(self.qtype, f"TYPE{self.qtype}"))
+        name = _TYPE_NAMES.get(self.qtype)
+        if name is None:  # at most 65,536 of them
+            name = _TYPE_NAMES[self.qtype] = str(QTYPE.get(self.qtype, f"TYPE{self.qtype}"))
+        return name
+
+
+_TYPE_NAMES: dict[int, str] = {}  # record type -> its name (dnslib's lookup is slow)
 
 
 class Malformed(InputError, ValueError):
@@ -97,8 +100,12 @@ def _error_header(header: DNSHeader, rcode: int) -> DNSRecord:
 
 
 _HEADER = struct.Struct("!HHHHHH")
-_PLAIN: dict[bytes, DNSLabel] = {}  # wire names already read by `_fast_query` (a memo)
-_PLAIN_MAX = 10000
+# `_fast_query`'s reading of plain queries, by the query's bytes after its id (what it is
+# a pure function of): a client asking the same question again costs one lookup. Bounded,
+# and queries longer than _KNOWN_SIZE (large OPT records) are read every time.
+_KNOWN: dict[bytes, tuple[DNSLabel, bytes, int, int, int, bool, int, bytes]] = {}
+_KNOWN_MAX = 10000
+_KNOWN_SIZE = 512
 _QTAIL = struct.Struct("!HH")
 _OPT = struct.Struct("!HHIH")
 _RR = struct.Struct("!HHIH")
@@ -111,54 +118,48 @@ def parse_query(data: bytes) -> Query:
     after) is read by hand; anything else goes through dnslib, whose verdicts (FORMERR,
     NOTIMP, drop) stay the reference for unusual packets."""
     data = bytes(data)  # a bytearray (dnslib's pack) would be an unhashable cache key
+    known = _KNOWN.get(data[2:])
+    if known is not None:
+        return Query(data, *known)
     return _fast_query(data) or _slow_query(data)
 
 
 def _fast_query(data: bytes, plain: bool = True) -> Query | None:
     """The query if `data` has the common shape, else None (not an error: ask dnslib).
-    `plain`: also require host name characters in every label (else dnslib reads it)."""
+    `plain`: also require host name characters in every label (else dnslib reads it); a
+    plain query's reading is remembered in `_KNOWN`."""
     size = len(data)
     if size < 17:
         return None
     _qid, flags, qd, an, ns, ar = _HEADER.unpack_from(data)
     if flags & 0xF800 or qd != 1 or an or ns or ar > 1:  # QR=0, OPCODE=QUERY
         return None
-    # A name seen before is recognised by its bytes up to the first zero octet (plain
-    # labels hold none, so that zero is its end): its structure is then already known.
-    end = data.find(0, 12) + 1
-    qname = _PLAIN.get(data[12:end]) if plain and end else None
-    if qname is not None:
-        pos = end
-    else:
-        pos = 12
-        labels: list[bytes] = []
-        while True:
-            if pos >= size:
-                return None
-            length = data[pos]
-            if length == 0:
-                pos += 1
-                break
-            if length > _MAX_LABEL:  # a pointer, or a 64..191 octet that is no DNS name
-                return None
-            raw = data[pos + 1:pos + 1 + length]
-            if plain and not _LABEL.fullmatch(raw):  # unusual: dnslib's verdict counts
-                return None
-            labels.append(raw)
-            pos += 1 + length
-        if pos - 12 > _MAX_NAME:
+    pos = 12
+    labels: list[bytes] = []
+    while True:
+        if pos >= size:
             return None
-        qname = DNSLabel(tuple(labels))
-        if plain:
-            if len(_PLAIN) >= _PLAIN_MAX:
-                _PLAIN.clear()
-            _PLAIN[data[12:pos]] = qname
+        length = data[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length > _MAX_LABEL:  # a pointer, or a 64..191 octet that is no DNS name
+            return None
+        raw = data[pos + 1:pos + 1 + length]
+        if plain and not _LABEL.fullmatch(raw):  # unusual: dnslib's verdict counts
+            return None
+        labels.append(raw)
+        pos += 1 + length
+    if pos - 12 > _MAX_NAME:
+        return None
+    qname = DNSLabel(tuple(labels))
     if pos + 4 > size:
         return None
     qkey = data[12:pos]
     qtype, qclass = _QTAIL.unpack_from(data, pos)
     pos += 4
     qend = pos
+    question = data[12:qend]
     edns = False
     limit = _MIN_UDP
     if ar:
@@ -172,7 +173,11 @@ def _fast_query(data: bytes, plain: bool = True) -> Query | None:
         limit = max(_MIN_UDP, min(rclass, _MAX_UDP))
     if pos != size:
         return None
-    return Query(data, qname, qkey, qtype, qclass, qend, edns, limit)
+    if plain and size <= _KNOWN_SIZE:
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN[data[2:]] = (qname, qkey, qtype, qclass, qend, edns, limit, question)
+    return Query(data, qname, qkey, qtype, qclass, qend, edns, limit, question)
 
 
 def _slow_query(data: bytes) -> Query:
