@@ -35,9 +35,24 @@ def _until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     return check()
 
 
+def _keep_up(log: ProcessAuditLog, until: Callable[[], bool], timeout: float = 10.0,
+             ) -> bool:
+    """Fire-and-forget events one by one, as a light load sends them (nobody waits:
+    a flush would count as someone waiting), until `until` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log.emit(event(connection_id="light"))
+        _until(lambda: log.acknowledged == log.last_seq)
+        if until():
+            return True
+        time.sleep(0.02)
+    return until()
+
+
 @pytest.fixture
 def log(sqlite_url: str, audit_key: bytes) -> Iterator[ProcessAuditLog]:
     log = ProcessAuditLog(sqlite_url)
+    log._priority.pacer = Pacer(late_after=0.1, calm_for=0.3)
     try:
         yield log
     finally:
@@ -50,14 +65,13 @@ def test_the_writer_starts_at_normal_priority_and_goes_to_the_background_once_it
     assert _policy(log) == os.SCHED_OTHER      # nothing sent yet: nothing decided
     log.emit(event(connection_id="a"))
     log.flush(timeout=30)
-    assert _until(lambda: _policy(log) == os.SCHED_IDLE)
+    assert _policy(log) == os.SCHED_OTHER      # not calm for long enough yet
+    assert _keep_up(log, lambda: _policy(log) == os.SCHED_IDLE)
 
 
 def test_a_refusal_waiting_for_its_record_lifts_a_stalled_writer_to_normal_priority(
         log: ProcessAuditLog) -> None:
-    log.emit(event(connection_id="warm"))
-    log.flush(timeout=30)
-    assert _until(lambda: _policy(log) == os.SCHED_IDLE)
+    assert _keep_up(log, lambda: _policy(log) == os.SCHED_IDLE)
     os.kill(log._child.pid, signal.SIGSTOP)    # as if starved of CPU
     done = threading.Event()
 
@@ -75,14 +89,13 @@ def test_a_refusal_waiting_for_its_record_lifts_a_stalled_writer_to_normal_prior
         os.kill(log._child.pid, signal.SIGCONT)
         waiter.join(30)
     assert done.is_set()
-    assert _until(lambda: _policy(log) == os.SCHED_IDLE)   # caught up: background again
+    assert _policy(log) == os.SCHED_OTHER      # not calm again yet
+    assert _keep_up(log, lambda: _policy(log) == os.SCHED_IDLE)   # calm: background
 
 
 def test_a_writer_that_falls_behind_fire_and_forget_events_is_lifted_to_normal_priority(
         log: ProcessAuditLog) -> None:
-    log.emit(event(connection_id="warm"))
-    log.flush(timeout=30)
-    assert _until(lambda: _policy(log) == os.SCHED_IDLE)
+    assert _keep_up(log, lambda: _policy(log) == os.SCHED_IDLE)
     os.kill(log._child.pid, signal.SIGSTOP)
     for i in range(3):                         # nobody waits: only its lag tells
         log.emit(event(connection_id=f"e{i}"))
@@ -90,7 +103,7 @@ def test_a_writer_that_falls_behind_fire_and_forget_events_is_lifted_to_normal_p
     os.kill(log._child.pid, signal.SIGCONT)
     log.flush(timeout=30)
     assert log.acknowledged == log.last_seq
-    assert _until(lambda: _policy(log) == os.SCHED_IDLE)
+    assert _keep_up(log, lambda: _policy(log) == os.SCHED_IDLE)
 
 
 def test_without_background_the_writer_stays_at_normal_priority(
@@ -107,13 +120,28 @@ def test_without_background_the_writer_stays_at_normal_priority(
 
 # -- the rules, without processes ------------------------------------------------------
 
-def test_the_pacer_keeps_a_writer_in_the_background_only_while_nothing_waits_for_it() -> None:
-    pacer = Pacer(late_after=0.2)
-    assert pacer.background(0, None, waited_for=False, now=10.0)
-    assert pacer.background(1, 9.9, waited_for=False, now=10.0)       # the frame just sent
-    assert not pacer.background(1, 9.9, waited_for=True, now=10.0)    # a refusal waits
-    assert not pacer.background(2, 9.99, waited_for=False, now=10.0)  # a frame behind
-    assert not pacer.background(1, 9.7, waited_for=False, now=10.0)   # late to answer
+def test_the_pacer_lets_a_writer_go_only_once_it_has_kept_up_for_a_while() -> None:
+    pacer = Pacer(late_after=0.1, calm_for=2.0)
+    assert pacer.keeps_up(0, None, waited_for=False, now=10.0)
+    assert pacer.keeps_up(1, 9.95, waited_for=False, now=10.0)      # the frame just sent
+    assert not pacer.keeps_up(1, 9.95, waited_for=True, now=10.0)   # a refusal waits
+    assert not pacer.keeps_up(2, 9.99, waited_for=False, now=10.0)  # a frame behind
+    assert not pacer.keeps_up(1, 9.8, waited_for=False, now=10.0)   # late to answer
+    assert not pacer.background(None, now=10.0)
+    assert not pacer.background(9.0, now=10.0)                      # calm for 1 s only
+    assert pacer.background(8.0, now=10.0)
+
+
+def test_a_writer_that_stops_keeping_up_even_briefly_must_be_calm_again_for_as_long(
+        ) -> None:
+    priority = WriterPriority(Pacer(late_after=0.1, calm_for=2.0), enabled=False)
+    priority.enabled = True           # (the rules only: no child to change)
+    for now in (0.0, 1.0, 1.9):
+        priority.update(0, None, waited_for=False, now=now)
+    priority.update(2, 1.9, waited_for=False, now=1.95)   # a frame behind: not calm
+    priority.update(0, None, waited_for=False, now=3.0)
+    assert priority._calm_since == 3.0
+    assert not priority.background
 
 
 def test_the_right_to_raise_priority_again_comes_from_cap_sys_nice_or_rlimit_nice() -> None:

@@ -36,19 +36,29 @@ CAP_SYS_NICE = 23      # capabilities(7)
 class Pacer:
     """When the writer may run in the background.
 
-    It may while it keeps up: at most one frame unacknowledged (the one just sent), none
-    of them older than `late_after` seconds, and nobody waiting for an acknowledgement
-    (a refusal held until its record is durable, a flush). Anything else means the
-    writer's progress is what someone is waiting for, or soon will be.
+    Only once it has plainly kept up for `calm_for` seconds: at most one frame
+    unacknowledged (the one just sent), none older than `late_after` seconds, and nobody
+    waiting for an acknowledgement (a refusal held until its record is durable, a
+    flush). Anything else means the writer's progress is what someone waits for, or soon
+    will, and lifts it at once. Under a sustained load it so stays at normal priority
+    most of the time: in the background it would get so little CPU that the gateway,
+    given the writer's share, would queue events faster than it writes them, and the
+    queue would fill (and drop) before a lift.
     """
 
-    late_after: float = 0.2
+    late_after: float = 0.1
+    calm_for: float = 2.0
 
-    def background(self, unacknowledged: int, oldest_sent: float | None,
-                   waited_for: bool, now: float) -> bool:
+    def keeps_up(self, unacknowledged: int, oldest_sent: float | None, waited_for: bool,
+                 now: float) -> bool:
         if waited_for or unacknowledged > 1:
             return False
         return oldest_sent is None or now - oldest_sent < self.late_after
+
+    def background(self, calm_since: float | None, now: float) -> bool:
+        """Whether a writer that has kept up since `calm_since` (None: it does not now)
+        may go to the background."""
+        return calm_since is not None and now - calm_since >= self.calm_for
 
 
 def can_return_to_normal(status: str, nice_limit: int) -> bool:
@@ -88,6 +98,7 @@ class WriterPriority:
         self._lock = threading.Lock()
         self._pid = 0
         self._background = False
+        self._calm_since: float | None = None   # kept up since (None: not now)
 
     @property
     def background(self) -> bool:
@@ -97,14 +108,18 @@ class WriterPriority:
     def attach(self, pid: int) -> None:
         """A new child (a restarted writer starts at normal priority)."""
         with self._lock:
-            self._pid, self._background = pid, False
+            self._pid, self._background, self._calm_since = pid, False, None
 
     def update(self, unacknowledged: int, oldest_sent: float | None, waited_for: bool,
                now: float) -> None:
         if not self.enabled:
             return
-        want = self.pacer.background(unacknowledged, oldest_sent, waited_for, now)
         with self._lock:
+            if not self.pacer.keeps_up(unacknowledged, oldest_sent, waited_for, now):
+                self._calm_since = None
+            elif self._calm_since is None:
+                self._calm_since = now
+            want = self.pacer.background(self._calm_since, now)
             if want == self._background or not self._pid:
                 return
             policy = os.SCHED_IDLE if want else os.SCHED_OTHER
