@@ -359,3 +359,33 @@ def test_every_worker_joins_the_mtls_port_and_maps_client_certificates(
 
         assert [tls_status(tls_port, ca, upstream, web) for _ in range(6)] == [200] * 6
         assert tls_status(tls_port, ca, upstream, other) == 403
+
+
+def _writer_policy(served: Served) -> int:
+    kids = subprocess.run(["pgrep", "-P", str(served.proc.pid), "-f", "audit.remote"],
+                          capture_output=True, text=True).stdout.split()
+    assert len(kids) == 1, kids
+    return os.sched_getscheduler(int(kids[0]))
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_the_audit_writer_goes_to_the_background_under_a_light_load_unless_told_not_to(
+        tmp_path: Path, upstream: Server, background: bool) -> None:
+    from egressguard.audit.priority import WriterPriority
+
+    if background and not WriterPriority().enabled:
+        pytest.skip("this process may not raise a SCHED_IDLE task back to normal")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_LOOPBACK)
+    flag = "--audit-writer-background" if background else "--no-audit-writer-background"
+    with serving(tmp_path, policy, flag) as served:
+        conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+        url = f"http://127.0.0.1:{upstream.port}/"
+        seen = set()
+        deadline = time.monotonic() + 8     # calm for 2 s, then in the background
+        while time.monotonic() < deadline and os.SCHED_IDLE not in seen:
+            assert get(conn, url) == 200
+            seen.add(_writer_policy(served))
+            time.sleep(0.05)
+        conn.close()
+    assert (os.SCHED_IDLE in seen) is background

@@ -12,7 +12,8 @@ from egressguard.audit.sinks import ExfilMonitor, FanoutSink
 def audit_sink(url: str | None = None, *, retention: Retention | None = None,
                exfil_threshold: int | None = None, exfil_window_s: float = 3600.0,
                writer: Literal["process", "thread"] = "process",
-               cluster_key: Any = None) -> tuple[EventSink, AuditLog]:
+               cluster_key: Any = None, background: bool = True
+               ) -> tuple[EventSink, AuditLog]:
     """(the sink to give the gateway, the log to `close()` on shutdown).
 
     `writer="process"` (default) seals and writes in a child process, keeping that CPU off
@@ -20,11 +21,14 @@ def audit_sink(url: str | None = None, *, retention: Retention | None = None,
     `exfil_threshold` (bytes), an `ExfilMonitor` watches bytes sent per destination over
     `exfil_window_s` and writes its warnings to the same log. With `cluster_key`
     (`keys.runtime.ClusterKey`) batches are sealed under data keys it wraps.
+    `background`: the writer process runs as SCHED_IDLE while it keeps up
+    (`audit.priority`).
     """
     log: AuditLog
     if writer == "process":
         from egressguard.audit.remote import ProcessAuditLog
-        log = ProcessAuditLog(url, retention=retention, cluster_key=cluster_key)
+        log = ProcessAuditLog(url, retention=retention, cluster_key=cluster_key,
+                              background=background)
     else:
         log = AuditLog(url, retention=retention,
                        envelope=cluster_key.envelope if cluster_key is not None else None)

@@ -98,6 +98,9 @@ def serve(
                      ] = True,
     audit_writer: Annotated[str, typer.Option(
         help="process (seal and write in a child process) or thread")] = "process",
+    audit_writer_background: Annotated[bool, typer.Option(
+        help="run the writer process in the background (SCHED_IDLE) while it keeps "
+             "up: a lower tail latency at light load, ~10 us more median")] = True,
     audit_max_age: Annotated[str | None, typer.Option(
         help="prune audit records older than this (e.g. 30d, 12h)")] = None,
     audit_max_rows: Annotated[int | None, typer.Option(
@@ -219,7 +222,7 @@ def serve(
             parts.open_identities()
         if audit:
             parts.open_audit(audit_writer, audit_max_age, audit_max_rows, exfil_threshold,
-                             exfil_window)
+                             exfil_window, background=audit_writer_background)
         parts.open_jobs(Singletons(audit_max_age if audit else None,
                                    audit_max_rows if audit else None, key_check_every,
                                    recommend_every, recommend_window, recommend_out))
@@ -527,7 +530,8 @@ class _Parts:
         suspend_with_key(self.key, [checkpoint, *caches], engine)
 
     def open_audit(self, writer: str, max_age: str | None, max_rows: int | None,
-                   exfil_threshold: int | None, exfil_window: str) -> None:
+                   exfil_threshold: int | None, exfil_window: str,
+                   background: bool = True) -> None:
         from egressguard.audit.compose import audit_sink
         from egressguard.audit.query import parse_duration
 
@@ -538,7 +542,7 @@ class _Parts:
             exfil_threshold=exfil_threshold,
             exfil_window_s=parse_duration(exfil_window),
             writer="thread" if writer == "thread" else "process",
-            cluster_key=self.key)
+            cluster_key=self.key, background=background)
 
     def open_jobs(self, wanted: Singletons) -> None:
         """Start the fleet leader when a singleton job is asked for: it runs them only
