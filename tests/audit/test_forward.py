@@ -8,14 +8,7 @@ import threading
 
 import pytest
 
-from egressguard.audit.log import (
-    SLICE,
-    AuditLog,
-    Packed,
-    pack_raws,
-    packed_slices,
-    raw_of,
-)
+from egressguard.audit.log import AuditLog, Packed, pack_raws, raw_of
 from egressguard.audit.query import Filter, query, verify
 from tests.audit.conftest import event
 
@@ -100,26 +93,6 @@ def test_a_commit_of_forwarded_batches_is_bounded_by_events_not_by_batches(
             counts = [row[0] for row in conn.exec_driver_sql(
                 "SELECT count FROM audit_batches ORDER BY seq")]
         assert counts == [4, 4]          # each commit stops once it holds >= 3 events
-        assert verify(log.engine, log.sealer).ok
-    finally:
-        log.close()
-
-
-@pytest.mark.parametrize("writer", ["thread", "process"])
-def test_a_big_batch_packed_in_slices_is_stored_whole_and_in_order(
-        writer: str, sqlite_url: str, audit_key: bytes) -> None:
-    events = [event(connection_id=f"s{i}") for i in range(SLICE * 2 + 44)]
-    slices = list(packed_slices([raw_of(e) for e in events]))
-    assert [(done, count) for done, count, _ in slices] == [
-        (SLICE, SLICE), (SLICE * 2, SLICE), (SLICE * 2 + 44, 44)]
-    log = _open(writer, sqlite_url)
-    try:
-        for _, count, data in slices:
-            log.forward(Packed(count, data))
-        log.flush(timeout=30)
-        ids = [r["connection_id"] for r in query(log.engine, Filter(), sealer=log.sealer,
-                                                   newest_first=False, limit=1000)]
-        assert ids == [e.connection_id for e in events]
         assert verify(log.engine, log.sealer).ok
     finally:
         log.close()

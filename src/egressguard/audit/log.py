@@ -184,26 +184,6 @@ def pack_raws(raws: list[Raw]) -> bytes:
         return marshal.dumps(fixed, 2)
 
 
-SLICE = 128          # events a sender thread packs before letting the event loop in
-_YIELD_S = 0.0001    # long enough for a thread waiting for the GIL to take it
-
-
-def packed_slices(raws: list[Raw]) -> Iterator[tuple[int, int, bytes]]:
-    """`raws` packed `SLICE` at a time: (how many of `raws` are done, how many the slice
-    holds, its `pack_raws` bytes).
-
-    A sender thread packing a whole batch at once (hundreds of events per linger period)
-    holds the GIL for as long, and the event loop, once it has a request to read, waits
-    behind it: a tail latency of the whole batch. Between slices the GIL is let go for a
-    moment (`_YIELD_S`: a `sleep(0)` hands nothing over, the sender takes the GIL back
-    before a waiting thread wakes), so the loop waits for one slice at most (~0.1 ms)."""
-    for at in range(0, len(raws), SLICE):
-        if at:
-            time.sleep(_YIELD_S)
-        part = raws[at:at + SLICE]
-        yield at + len(part), len(part), pack_raws(part)
-
-
 def unpack_raws(data: bytes | memoryview) -> list[Raw]:
     raws: list[Raw] = marshal.loads(data)
     return raws

@@ -42,7 +42,7 @@ from egressguard.audit.log import (
     AuditLog,
     Raw,
     Retention,
-    packed_slices,
+    pack_raws,
     segments,
     unpack_raws,
 )
@@ -116,13 +116,9 @@ class ProcessAuditLog(AuditLog):
         a gateway worker packed (`forward`) goes into the frame as it came."""
         while (item := self._next_batch()) is not None:
             batch, last = item
-            parts: list[bytes] = []
-            for packed, data, part in segments(batch):
-                if packed:
-                    parts.append(data)
-                else:
-                    parts += (sliced for _, _, sliced in packed_slices(part))
-            frame = _frame(last, bool(self._waiters), parts)
+            frame = _frame(last, bool(self._waiters),
+                           [data if packed else pack_raws(part)
+                            for packed, data, part in segments(batch)])
             with self._proc_lock:
                 self._inflight.append((last, frame, time.monotonic()))
                 self._send(frame)

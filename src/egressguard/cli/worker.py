@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from egressguard import logsetup
-from egressguard.audit.log import Raw, pack_raws, packed_slices, raw_of
+from egressguard.audit.log import Raw, pack_raws, raw_of
 from egressguard.audit.remote import die_with_parent
 from egressguard.cli.workerwire import Wire
 from egressguard.enforce.events import DecisionEvent, EventSink, NullSink
@@ -122,21 +122,9 @@ class RelaySink:
                 last, urgent, closing = self._seq, self._urgent, self._closing
                 self._urgent = False
             if batch or urgent:  # urgent and empty: an acknowledgement of what was sent
-                self._ship(batch, last, urgent)
+                self.wire.send("events", last, urgent, len(batch), pack_raws(batch))
             if closing and not batch:
                 return
-
-    def _ship(self, batch: list[Raw], last: int, urgent: bool) -> None:
-        """One message per slice (`packed_slices`: the event loop never waits behind the
-        packing of a whole batch), each with the seq of its own last event. Every slice
-        of an urgent batch is urgent: the parent never drops those, and a refusal's
-        acknowledgement must not cover a dropped slice before it."""
-        if not batch:
-            self.wire.send("events", last, urgent, 0, pack_raws([]))
-            return
-        first = last - len(batch)
-        for done, count, data in packed_slices(batch):
-            self.wire.send("events", first + done, urgent, count, data)
 
     def close(self, timeout: float) -> None:
         """Ship what is queued and wait (up to `timeout`) until the parent has it durable."""
