@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from egressguard import logsetup
-from egressguard.audit.log import Raw, pack_raws, raw_of
+from egressguard.audit.log import Raw, pack_raws, raw_or_drop
 from egressguard.audit.remote import die_with_parent
 from egressguard.cli.workerwire import Wire
 from egressguard.enforce.events import DecisionEvent, EventSink, NullSink
@@ -70,7 +70,8 @@ class RelaySink:
 
     def emit(self, event: DecisionEvent) -> None:
         """Queue the event's field tuple (`AuditLog.emit` says why a tuple)."""
-        raw = raw_of(event)
+        if (raw := raw_or_drop(event)) is None:
+            return
         with self._lock:
             if len(self._pending) >= MAX_PENDING:
                 self._dropped += 1
@@ -84,7 +85,8 @@ class RelaySink:
 
     async def record(self, event: DecisionEvent) -> None:
         assert self.loop is not None
-        raw = raw_of(event)
+        if (raw := raw_or_drop(event)) is None:
+            return   # nothing of its own to wait for
         future: asyncio.Future[None] = self.loop.create_future()
         with self._lock:
             self._seq += 1
