@@ -20,7 +20,6 @@ CAP_SYS_NICE or RLIMIT_NICE >= 20: without those it stays at normal priority).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import resource
@@ -127,14 +126,9 @@ class WriterPriority:
                 os.sched_setscheduler(self._pid, policy, os.sched_param(0))
             except ProcessLookupError:   # the child is gone: the receiver restarts it
                 return
-            except OSError as exc:       # not allowed after all: stay at normal priority
-                log.warning("audit writer priority cannot be changed (%s); it stays "
-                            "normal", exc)
+            except OSError as exc:       # not allowed after all (`_supported` checks)
+                log.warning("audit writer priority cannot be changed (%s); no more "
+                            "changes are tried", exc)
                 self.enabled = False
-                if self._background:
-                    with contextlib.suppress(OSError):
-                        os.sched_setscheduler(self._pid, os.SCHED_OTHER,
-                                              os.sched_param(0))
-                self._background = False
                 return
             self._background = want
